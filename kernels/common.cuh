@@ -1,0 +1,302 @@
+// common.cuh — helpers shared by strata's kernels: argument checks, grid sizing, warp and
+// block reductions, and the per-type weight decoders every op family uses.
+//
+// The decoders work on "chunks" of 32 consecutive values of a row (one quant block, or 32
+// plain floats), split into four "parts" of 8 values so that four threads share a chunk.
+// For Q4_0/Q4_1, part p holds values {4p..4p+3} (low nibbles of qs word p) and
+// {16+4p..16+4p+3} (its high nibbles); for every other type, part p holds values 8p..8p+7.
+// `part_index(dtype, p, k)` gives the position in the chunk of the k-th value of part p.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "strata.h"
+
+namespace strata {
+
+constexpr int kWarp = 32;
+// Grid-stride loops cover any amount of work; this caps the grid (well under every device's
+// gridDim.x limit of 2^31-1) so that huge inputs do not launch millions of tiny blocks.
+constexpr int64_t kMaxBlocks = 1 << 16;
+
+__host__ inline unsigned grid_for(int64_t work_items, int items_per_block) {
+    int64_t blocks = (work_items + items_per_block - 1) / items_per_block;
+    if (blocks < 1) blocks = 1;
+    if (blocks > kMaxBlocks) blocks = kMaxBlocks;
+    return (unsigned)blocks;
+}
+
+#define STRATA_CHECK_ARG(cond)                                                                 \
+    do {                                                                                       \
+        if (!(cond)) return STRATA_ERR_INVALID_VALUE;                                          \
+    } while (0)
+
+__host__ __device__ constexpr bool is_quantized(strata_dtype t) {
+    return t == STRATA_DTYPE_Q4_0 || t == STRATA_DTYPE_Q4_1 || t == STRATA_DTYPE_Q8_0;
+}
+
+__host__ inline bool is_weight_dtype(strata_dtype t) {
+    return t == STRATA_DTYPE_F32 || t == STRATA_DTYPE_F16 || t == STRATA_DTYPE_BF16 ||
+           is_quantized(t);
+}
+
+// Bytes of one row of `cols` values, or -1 if cols does not fit the type's blocks.
+__host__ inline int64_t row_bytes(strata_dtype t, int64_t cols) {
+    switch (t) {
+    case STRATA_DTYPE_F32: return cols * 4;
+    case STRATA_DTYPE_F16:
+    case STRATA_DTYPE_BF16: return cols * 2;
+    case STRATA_DTYPE_Q8_0:
+        return cols % STRATA_QK ? -1 : cols / STRATA_QK * (int64_t)sizeof(strata_block_q8_0);
+    case STRATA_DTYPE_Q4_0:
+        return cols % STRATA_QK ? -1 : cols / STRATA_QK * (int64_t)sizeof(strata_block_q4_0);
+    case STRATA_DTYPE_Q4_1:
+        return cols % STRATA_QK ? -1 : cols / STRATA_QK * (int64_t)sizeof(strata_block_q4_1);
+    }
+    return -1;
+}
+
+__host__ inline strata_status launch_status() { return (strata_status)cudaGetLastError(); }
+
+// ---- reductions ------------------------------------------------------------------------
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = kWarp / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = kWarp / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the whole block (blockDim.x a multiple of 32, at most 1024). Every thread gets the
+// result. `scratch` holds 32 floats of shared memory; it may be reused after the call.
+__device__ __forceinline__ float block_sum(float v, float *scratch) {
+    const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+    const int n_warps = blockDim.x / kWarp;
+    v = warp_sum(v);
+    __syncthreads();  // scratch may still be read by a previous reduction
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < n_warps ? scratch[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+__device__ __forceinline__ float block_max(float v, float *scratch) {
+    const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+    const int n_warps = blockDim.x / kWarp;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < n_warps ? scratch[lane] : -INFINITY;
+    return warp_max(v);
+}
+
+// ---- loads -----------------------------------------------------------------------------
+
+__device__ __forceinline__ float half_bits_to_float(uint16_t bits) {
+    return __half2float(__ushort_as_half(bits));
+}
+
+__device__ __forceinline__ float bf16_bits_to_float(uint16_t bits) {
+    return __uint_as_float((uint32_t)bits << 16);
+}
+
+// A 4-byte word at a 2-byte aligned address (quant blocks are only 2-byte aligned).
+__device__ __forceinline__ uint32_t load_u32_a2(const uint8_t *p) {
+    const uint16_t *h = reinterpret_cast<const uint16_t *>(p);
+    return (uint32_t)__ldg(h) | ((uint32_t)__ldg(h + 1) << 16);
+}
+
+__device__ __forceinline__ bool aligned16(const void *p) {
+    return ((uintptr_t)p & 15) == 0;
+}
+
+__device__ __forceinline__ uint16_t load_u16(const uint8_t *p) {
+    return __ldg(reinterpret_cast<const uint16_t *>(p));
+}
+
+// Turns byte k (0..3) of w, a value 0..255, into a float exactly without the slow I2F path:
+// 0x4B0000bb is the float 2^23 + bb, so subtracting `bias` = 2^23 + offset gives bb - offset.
+// (Exact: every intermediate is an integer below 2^24.)
+template <int k>
+__device__ __forceinline__ float byte_to_float(uint32_t w, float bias) {
+    return __uint_as_float(__byte_perm(w, 0x4B000000u, 0x7650 | k)) - bias;
+}
+
+constexpr float kTwo23 = 8388608.0f;
+
+// ---- weight decoders ---------------------------------------------------------------------
+
+// Position in a 32-value chunk of the k-th value of part p (see the file comment).
+__host__ __device__ __forceinline__ int part_index(strata_dtype t, int p, int k) {
+    if (t == STRATA_DTYPE_Q4_0 || t == STRATA_DTYPE_Q4_1) return k < 4 ? 4 * p + k : 16 + 4 * p + (k - 4);
+    return 8 * p + k;
+}
+
+// Decodes part p of chunk c of `row` (a row of `cols` values of type T) into v[8] as
+// v = q * scale + offset, returning the raw q (already centred for Q4_0) in q[8] and the
+// block's scale and offset, so that dot products can factor the scale out of the sum:
+//   sum_k v[k] x[k] = scale * sum_k q[k] x[k] + offset * sum_k x[k].
+// For plain float types scale = 1, offset = 0 and q = the values. Values past `cols` in the
+// last chunk of a plain-float row decode as 0 (quantized rows have no partial chunks).
+template <strata_dtype T>
+struct Decoder;
+
+template <>
+struct Decoder<STRATA_DTYPE_Q4_0> {
+    static constexpr int64_t kChunkBytes = sizeof(strata_block_q4_0);
+    __device__ __forceinline__ static void load(const uint8_t *row, int64_t c, int p, int64_t,
+                                                float q[8], float &scale, float &offset) {
+        const uint8_t *b = row + c * kChunkBytes;
+        scale = half_bits_to_float(load_u16(b));
+        offset = 0.0f;
+        const uint32_t w = load_u32_a2(b + 2 + 4 * p);
+        const uint32_t lo = w & 0x0F0F0F0Fu, hi = (w >> 4) & 0x0F0F0F0Fu;
+        const float bias = kTwo23 + 8.0f;  // q - 8
+        q[0] = byte_to_float<0>(lo, bias);
+        q[1] = byte_to_float<1>(lo, bias);
+        q[2] = byte_to_float<2>(lo, bias);
+        q[3] = byte_to_float<3>(lo, bias);
+        q[4] = byte_to_float<0>(hi, bias);
+        q[5] = byte_to_float<1>(hi, bias);
+        q[6] = byte_to_float<2>(hi, bias);
+        q[7] = byte_to_float<3>(hi, bias);
+    }
+};
+
+template <>
+struct Decoder<STRATA_DTYPE_Q4_1> {
+    static constexpr int64_t kChunkBytes = sizeof(strata_block_q4_1);
+    __device__ __forceinline__ static void load(const uint8_t *row, int64_t c, int p, int64_t,
+                                                float q[8], float &scale, float &offset) {
+        const uint8_t *b = row + c * kChunkBytes;
+        // d and m are adjacent and the block is 4-byte aligned whenever the row is.
+        const uint32_t dm = load_u32_a2(b);
+        scale = half_bits_to_float((uint16_t)(dm & 0xFFFF));
+        offset = half_bits_to_float((uint16_t)(dm >> 16));
+        const uint32_t w = load_u32_a2(b + 4 + 4 * p);
+        const uint32_t lo = w & 0x0F0F0F0Fu, hi = (w >> 4) & 0x0F0F0F0Fu;
+        q[0] = byte_to_float<0>(lo, kTwo23);
+        q[1] = byte_to_float<1>(lo, kTwo23);
+        q[2] = byte_to_float<2>(lo, kTwo23);
+        q[3] = byte_to_float<3>(lo, kTwo23);
+        q[4] = byte_to_float<0>(hi, kTwo23);
+        q[5] = byte_to_float<1>(hi, kTwo23);
+        q[6] = byte_to_float<2>(hi, kTwo23);
+        q[7] = byte_to_float<3>(hi, kTwo23);
+    }
+};
+
+template <>
+struct Decoder<STRATA_DTYPE_Q8_0> {
+    static constexpr int64_t kChunkBytes = sizeof(strata_block_q8_0);
+    __device__ __forceinline__ static void load(const uint8_t *row, int64_t c, int p, int64_t,
+                                                float q[8], float &scale, float &offset) {
+        const uint8_t *b = row + c * kChunkBytes;
+        scale = half_bits_to_float(load_u16(b));
+        offset = 0.0f;
+        // Flipping the sign bit maps int8 -128..127 to 0..255; the bias undoes it.
+        const uint32_t w0 = load_u32_a2(b + 2 + 8 * p) ^ 0x80808080u;
+        const uint32_t w1 = load_u32_a2(b + 2 + 8 * p + 4) ^ 0x80808080u;
+        const float bias = kTwo23 + 128.0f;
+        q[0] = byte_to_float<0>(w0, bias);
+        q[1] = byte_to_float<1>(w0, bias);
+        q[2] = byte_to_float<2>(w0, bias);
+        q[3] = byte_to_float<3>(w0, bias);
+        q[4] = byte_to_float<0>(w1, bias);
+        q[5] = byte_to_float<1>(w1, bias);
+        q[6] = byte_to_float<2>(w1, bias);
+        q[7] = byte_to_float<3>(w1, bias);
+    }
+};
+
+template <>
+struct Decoder<STRATA_DTYPE_F32> {
+    static constexpr int64_t kChunkBytes = 32 * 4;
+    __device__ __forceinline__ static void load(const uint8_t *row, int64_t c, int p,
+                                                int64_t cols, float q[8], float &scale,
+                                                float &offset) {
+        scale = 1.0f;
+        offset = 0.0f;
+        const float *r = reinterpret_cast<const float *>(row);
+        const int64_t i0 = c * 32 + 8 * p;
+        if (i0 + 8 <= cols && aligned16(r + i0)) {
+            const float4 a = __ldg(reinterpret_cast<const float4 *>(r + i0));
+            const float4 b = __ldg(reinterpret_cast<const float4 *>(r + i0) + 1);
+            q[0] = a.x, q[1] = a.y, q[2] = a.z, q[3] = a.w;
+            q[4] = b.x, q[5] = b.y, q[6] = b.z, q[7] = b.w;
+            return;
+        }
+#pragma unroll
+        for (int k = 0; k < 8; ++k) q[k] = i0 + k < cols ? __ldg(r + i0 + k) : 0.0f;
+    }
+};
+
+template <>
+struct Decoder<STRATA_DTYPE_F16> {
+    static constexpr int64_t kChunkBytes = 32 * 2;
+    __device__ __forceinline__ static void load(const uint8_t *row, int64_t c, int p,
+                                                int64_t cols, float q[8], float &scale,
+                                                float &offset) {
+        scale = 1.0f;
+        offset = 0.0f;
+        const uint16_t *r = reinterpret_cast<const uint16_t *>(row);
+        const int64_t i0 = c * 32 + 8 * p;
+        if (i0 + 8 <= cols && aligned16(r + i0)) {
+            const uint4 w = __ldg(reinterpret_cast<const uint4 *>(r + i0));
+            const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                q[2 * k] = half_bits_to_float((uint16_t)(words[k] & 0xFFFF));
+                q[2 * k + 1] = half_bits_to_float((uint16_t)(words[k] >> 16));
+            }
+            return;
+        }
+#pragma unroll
+        for (int k = 0; k < 8; ++k)
+            q[k] = i0 + k < cols ? half_bits_to_float(__ldg(r + i0 + k)) : 0.0f;
+    }
+};
+
+template <>
+struct Decoder<STRATA_DTYPE_BF16> {
+    static constexpr int64_t kChunkBytes = 32 * 2;
+    __device__ __forceinline__ static void load(const uint8_t *row, int64_t c, int p,
+                                                int64_t cols, float q[8], float &scale,
+                                                float &offset) {
+        scale = 1.0f;
+        offset = 0.0f;
+        const uint16_t *r = reinterpret_cast<const uint16_t *>(row);
+        const int64_t i0 = c * 32 + 8 * p;
+        if (i0 + 8 <= cols && aligned16(r + i0)) {
+            const uint4 w = __ldg(reinterpret_cast<const uint4 *>(r + i0));
+            const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                q[2 * k] = bf16_bits_to_float((uint16_t)(words[k] & 0xFFFF));
+                q[2 * k + 1] = bf16_bits_to_float((uint16_t)(words[k] >> 16));
+            }
+            return;
+        }
+#pragma unroll
+        for (int k = 0; k < 8; ++k)
+            q[k] = i0 + k < cols ? bf16_bits_to_float(__ldg(r + i0 + k)) : 0.0f;
+    }
+};
+
+// Dequantized value from the decoder's outputs, rounded exactly like the CPU reference:
+// q * scale, then + offset, with no fused multiply-add (nvcc would otherwise contract it).
+__device__ __forceinline__ float dequant_value(float q, float scale, float offset, bool has_offset) {
+    const float v = __fmul_rn(q, scale);
+    return has_offset ? __fadd_rn(v, offset) : v;
+}
+
+}  // namespace strata

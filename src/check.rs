@@ -1,0 +1,150 @@
+//! Comparing results against a reference with a named tolerance, with a report that says how
+//! far off, where, and the first offending pairs. Used by the kernel tests here and by the
+//! tests of the crates above.
+
+use std::fmt;
+
+/// A named tolerance: element i passes when
+/// `|got_i - want_i| <= abs + rel * max(|want_i|, rms(want))`.
+///
+/// Using the row's RMS as a floor keeps values near zero (cancellation in a dot product) from
+/// demanding an impossible relative accuracy, while large values are still held to `rel`.
+/// NaN never passes, except against NaN under [`Tolerance::STRICT`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tolerance {
+    pub name: &'static str,
+    pub abs: f64,
+    pub rel: f64,
+}
+
+impl Tolerance {
+    /// Bit-identical values (NaN matches NaN): ops that only convert or copy (dequantize,
+    /// gather, KV append, add, scale, argmax).
+    pub const STRICT: Tolerance = Tolerance { name: "strict", abs: 0.0, rel: 0.0 };
+    /// Elementwise f32 math where only a transcendental's last bits differ (CUDA expf/sincosf
+    /// against libm, a few ulp): silu, softmax, rope.
+    pub const F32_ROUNDING: Tolerance = Tolerance { name: "f32 rounding", abs: 1e-6, rel: 2e-6 };
+    /// f32 sums taken in another order (matvec, matmul, rmsnorm, attention): the error of a
+    /// sum of n terms grows like sqrt(n) ulp of the row's magnitude; 1e-4 of the RMS covers
+    /// rows of tens of thousands of terms with a wide margin.
+    pub const F32_ACCUMULATION: Tolerance = Tolerance { name: "f32 accumulation", abs: 1e-6, rel: 1e-4 };
+    /// Values that went through binary16 storage once (2^-11 relative rounding) on one side.
+    pub const FP16: Tolerance = Tolerance { name: "fp16", abs: 1e-6, rel: 1e-3 };
+
+    pub fn is_strict(&self) -> bool {
+        self.abs == 0.0 && self.rel == 0.0
+    }
+}
+
+/// The outcome of [`compare`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Comparison {
+    pub tolerance: Tolerance,
+    pub len: usize,
+    /// Largest |got - want| and where (NaN counts as infinite).
+    pub max_abs: f64,
+    pub max_abs_at: usize,
+    /// Largest |got - want| / max(|want|, rms(want)) and where.
+    pub max_rel: f64,
+    pub max_rel_at: usize,
+    /// Elements outside the tolerance, and the first few of them as (index, got, want).
+    pub n_bad: usize,
+    pub first_bad: Vec<(usize, f64, f64)>,
+    /// A length mismatch, if any (then nothing else was compared).
+    pub len_mismatch: Option<(usize, usize)>,
+}
+
+impl Comparison {
+    pub fn passed(&self) -> bool {
+        self.len_mismatch.is_none() && self.n_bad == 0
+    }
+}
+
+impl fmt::Display for Comparison {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some((g, w)) = self.len_mismatch {
+            return write!(f, "length mismatch: got {g} values, want {w}");
+        }
+        write!(
+            f,
+            "{} of {} values outside {} (abs {:e} + rel {:e}); max abs err {:.3e} at [{}], max rel err {:.3e} at [{}]",
+            self.n_bad,
+            self.len,
+            self.tolerance.name,
+            self.tolerance.abs,
+            self.tolerance.rel,
+            self.max_abs,
+            self.max_abs_at,
+            self.max_rel,
+            self.max_rel_at
+        )?;
+        if !self.first_bad.is_empty() {
+            write!(f, "; first:")?;
+            for (i, g, w) in &self.first_bad {
+                write!(f, " [{i}] got {g:e} want {w:e};")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Compares `got` with `want` under `tol`.
+pub fn compare<A: Copy + Into<f64>, B: Copy + Into<f64>>(got: &[A], want: &[B], tol: Tolerance) -> Comparison {
+    let mut c = Comparison {
+        tolerance: tol,
+        len: want.len(),
+        max_abs: 0.0,
+        max_abs_at: 0,
+        max_rel: 0.0,
+        max_rel_at: 0,
+        n_bad: 0,
+        first_bad: Vec::new(),
+        len_mismatch: None,
+    };
+    if got.len() != want.len() {
+        c.len_mismatch = Some((got.len(), want.len()));
+        return c;
+    }
+    let finite = want.iter().map(|&w| w.into()).filter(|w: &f64| w.is_finite());
+    let (sum_sq, n) = finite.fold((0.0f64, 0usize), |(s, n), w| (s + w * w, n + 1));
+    let rms = if n > 0 { (sum_sq / n as f64).sqrt() } else { 0.0 };
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let (g, w): (f64, f64) = (g.into(), w.into());
+        let ok = if tol.is_strict() {
+            g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan())
+        } else {
+            let scale = w.abs().max(rms);
+            (g - w).abs() <= tol.abs + tol.rel * scale || (g == w)
+        };
+        let abs = if g.is_nan() != w.is_nan() {
+            f64::INFINITY
+        } else if g.is_nan() {
+            0.0
+        } else {
+            (g - w).abs()
+        };
+        let rel = if abs == 0.0 { 0.0 } else { abs / w.abs().max(rms).max(f64::MIN_POSITIVE) };
+        if abs > c.max_abs {
+            c.max_abs = abs;
+            c.max_abs_at = i;
+        }
+        if rel > c.max_rel {
+            c.max_rel = rel;
+            c.max_rel_at = i;
+        }
+        if !ok {
+            c.n_bad += 1;
+            if c.first_bad.len() < 5 {
+                c.first_bad.push((i, g, w));
+            }
+        }
+    }
+    c
+}
+
+/// Panics with a full report when `got` is not within `tol` of `want`.
+#[track_caller]
+pub fn assert_close<A: Copy + Into<f64>, B: Copy + Into<f64>>(label: &str, got: &[A], want: &[B], tol: Tolerance) {
+    let c = compare(got, want, tol);
+    assert!(c.passed(), "{label}: {c}");
+}

@@ -1,0 +1,26 @@
+//! strata-kernels: the low-level kernel crate of strata.
+//!
+//! Every op a llama-family decoder needs exists twice: as hand-written CUDA C (the launchers
+//! declared in `kernels/strata.h`, called through [`cuda`]) and as a plain rayon CPU reference
+//! ([`cpu`]) with the same semantics and argument order. The CPU reference is the oracle the
+//! CUDA kernels are tested against, and the CPU path when no GPU is present.
+//!
+//! - [`DType`] and the quant block layouts ([`BlockQ8_0`], [`BlockQ4_0`], [`BlockQ4_1`]) mirror
+//!   GGUF's and the C header's;
+//! - [`quant`] quantizes and dequantizes blocks (tests, synthetic models);
+//! - [`check`] compares results against a reference with a named [`check::Tolerance`];
+//! - [`cuda`] holds the `unsafe` launcher calls; built without the `cuda` feature, the same
+//!   functions return [`Error::CudaNotBuilt`].
+
+pub mod check;
+pub mod cpu;
+mod dtype;
+mod error;
+pub mod quant;
+
+#[cfg_attr(feature = "cuda", path = "cuda/mod.rs")]
+#[cfg_attr(not(feature = "cuda"), path = "cuda/disabled.rs")]
+pub mod cuda;
+
+pub use dtype::{BlockQ4_0, BlockQ4_1, BlockQ8_0, DType, QK, RopeLayout};
+pub use error::{Error, Result};
