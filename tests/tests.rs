@@ -1,1 +1,16 @@
+//! strata-kernels tests, in one binary (one link) with a module per area.
+//!
+//! - `ops`: every op, CPU reference against a naive f64 oracle and CUDA against the CPU
+//!   reference, fanned out by `device_test!` into `<op>::cpu` and `<op>::cuda`;
+//! - `quant`: quantization round trips and the block layouts;
+//! - `model`: the dequantizer against known values of the real default model.
+//!
+//! CUDA tests that cannot run print `skipped: ...` and pass; the binary prints how many were
+//! skipped and why when it exits.
 
+mod support;
+
+mod model;
+mod ops;
+mod oracle;
+mod quant;

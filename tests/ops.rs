@@ -1,0 +1,263 @@
+//! Every op, on every weight and cache type, against the f64 oracle (CPU reference) and
+//! against the CPU reference (CUDA). Shapes come from proptest: odd sizes, tails that are not
+//! multiples of 32 or of a block, one token and many.
+
+use proptest::prelude::*;
+use strata_kernels::check::{Tolerance, assert_close};
+use strata_kernels::{DType, RopeLayout, quant};
+
+use crate::device_test;
+use crate::oracle;
+use crate::support::{Backend, Cache, Cpu, rng, uniform};
+
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+}
+
+fn any_dtype() -> impl Strategy<Value = DType> {
+    prop::sample::select(DType::ALL.to_vec())
+}
+
+fn any_cache_dtype() -> impl Strategy<Value = DType> {
+    prop::sample::select(vec![DType::F32, DType::F16])
+}
+
+/// A row length valid for `dt`: whole blocks, plus a ragged tail for plain-float types.
+fn cols_for(dt: DType, blocks: usize, tail: usize) -> usize {
+    if dt.is_quantized() { blocks.max(1) * 32 } else { (blocks * 32 + tail).max(1) }
+}
+
+fn random_matrix(seed: u64, dt: DType, rows: usize, cols: usize) -> Vec<u8> {
+    let values = uniform(&mut rng(seed), rows * cols, 1.0);
+    quant::quantize_matrix(dt, &values, rows, cols).expect("valid shape")
+}
+
+/// The label of a device-vs-reference comparison.
+fn vs_cpu(dev: &dyn Backend, what: &str) -> String {
+    format!("{what}: {} vs cpu reference", dev.name())
+}
+
+fn dequantize_body(dev: &dyn Backend) {
+    proptest!(config(48), |(dt in any_dtype(), rows in 1usize..9, blocks in 0usize..12, tail in 0usize..32, seed: u64)| {
+        let cols = cols_for(dt, blocks, tail);
+        let w = random_matrix(seed, dt, rows, cols);
+        let want = Cpu.dequantize_rows(dt, &w, rows, cols);
+        assert_close("dequantize: cpu vs oracle", &want, &oracle::dequantize(dt, &w, rows, cols), Tolerance::F32_ROUNDING);
+        let label = vs_cpu(dev, &format!("dequantize {dt} {rows}x{cols}"));
+        assert_close(&label, &dev.dequantize_rows(dt, &w, rows, cols), &want, Tolerance::STRICT);
+    });
+}
+device_test!(dequantize_rows, dequantize_body);
+
+fn gather_body(dev: &dyn Backend) {
+    proptest!(config(32), |(dt in any_dtype(), n_vocab in 1usize..300, blocks in 0usize..6, tail in 0usize..32, n_ids in 1usize..20, seed: u64)| {
+        let dim = cols_for(dt, blocks, tail);
+        let table = random_matrix(seed, dt, n_vocab, dim);
+        let ids: Vec<i32> = (0..n_ids).map(|i| ((seed as usize / 7 + i * 131) % n_vocab) as i32).collect();
+        let want = Cpu.embedding_gather(dt, &table, n_vocab, dim, &ids);
+        let full = oracle::dequantize(dt, &table, n_vocab, dim);
+        let oracle_rows: Vec<f64> = ids.iter().flat_map(|&id| full[id as usize * dim..][..dim].to_vec()).collect();
+        assert_close("gather: cpu vs oracle", &want, &oracle_rows, Tolerance::F32_ROUNDING);
+        let label = vs_cpu(dev, &format!("embedding_gather {dt} dim {dim}"));
+        assert_close(&label, &dev.embedding_gather(dt, &table, n_vocab, dim, &ids), &want, Tolerance::STRICT);
+    });
+}
+device_test!(embedding_gather, gather_body);
+
+fn matvec_body(dev: &dyn Backend) {
+    proptest!(config(48), |(dt in any_dtype(), rows in 1usize..70, blocks in 0usize..14, tail in 0usize..32, seed: u64)| {
+        let cols = cols_for(dt, blocks, tail);
+        let w = random_matrix(seed, dt, rows, cols);
+        let x = uniform(&mut rng(seed ^ 1), cols, 1.0);
+        let want = Cpu.matvec(dt, &w, rows, cols, &x);
+        assert_close("matvec: cpu vs oracle", &want, &oracle::matmul(dt, &w, rows, cols, &x, 1), Tolerance::F32_ACCUMULATION);
+        let label = vs_cpu(dev, &format!("matvec {dt} {rows}x{cols}"));
+        assert_close(&label, &dev.matvec(dt, &w, rows, cols, &x), &want, Tolerance::F32_ACCUMULATION);
+    });
+}
+device_test!(matvec, matvec_body);
+
+fn matmul_body(dev: &dyn Backend) {
+    proptest!(config(32), |(dt in any_dtype(), rows in 1usize..80, blocks in 0usize..8, tail in 0usize..32, n_tokens in 1usize..72, seed: u64)| {
+        let cols = cols_for(dt, blocks, tail);
+        let w = random_matrix(seed, dt, rows, cols);
+        let x = uniform(&mut rng(seed ^ 2), n_tokens * cols, 1.0);
+        let want = Cpu.matmul(dt, &w, rows, cols, &x, n_tokens);
+        assert_close("matmul: cpu vs oracle", &want, &oracle::matmul(dt, &w, rows, cols, &x, n_tokens), Tolerance::F32_ACCUMULATION);
+        let label = vs_cpu(dev, &format!("matmul {dt} {rows}x{cols} T={n_tokens}"));
+        assert_close(&label, &dev.matmul(dt, &w, rows, cols, &x, n_tokens), &want, Tolerance::F32_ACCUMULATION);
+    });
+}
+device_test!(matmul, matmul_body);
+
+/// The default model's shapes (576 / 1536 / 192 rows and columns) in each weight type, one
+/// token and a prefill batch that is not a multiple of the matmul tile.
+fn model_shapes_body(dev: &dyn Backend) {
+    for dt in DType::ALL {
+        for (rows, cols) in [(576, 576), (192, 576), (1536, 576), (576, 1536)] {
+            let w = random_matrix(rows as u64 * 7 + cols as u64, dt, rows, cols);
+            let x = uniform(&mut rng(3), 67 * cols, 1.0);
+            let want = Cpu.matvec(dt, &w, rows, cols, &x[..cols]);
+            let label = vs_cpu(dev, &format!("matvec {dt} {rows}x{cols}"));
+            assert_close(&label, &dev.matvec(dt, &w, rows, cols, &x[..cols]), &want, Tolerance::F32_ACCUMULATION);
+            let want = Cpu.matmul(dt, &w, rows, cols, &x, 67);
+            let label = vs_cpu(dev, &format!("matmul {dt} {rows}x{cols} T=67"));
+            assert_close(&label, &dev.matmul(dt, &w, rows, cols, &x, 67), &want, Tolerance::F32_ACCUMULATION);
+        }
+    }
+}
+device_test!(model_shapes, model_shapes_body);
+
+fn rmsnorm_body(dev: &dyn Backend) {
+    proptest!(config(32), |(n_rows in 1usize..6, dim in 1usize..1300, eps in prop::sample::select(vec![1e-5f32, 1e-6, 0.0]), seed: u64)| {
+        let x = uniform(&mut rng(seed), n_rows * dim, 3.0);
+        let w = uniform(&mut rng(seed ^ 3), dim, 2.0);
+        let want = Cpu.rmsnorm(&x, &w, n_rows, dim, eps);
+        assert_close("rmsnorm: cpu vs oracle", &want, &oracle::rmsnorm(&x, &w, dim, eps), Tolerance::F32_ACCUMULATION);
+        let label = vs_cpu(dev, &format!("rmsnorm {n_rows}x{dim}"));
+        assert_close(&label, &dev.rmsnorm(&x, &w, n_rows, dim, eps), &want, Tolerance::F32_ACCUMULATION);
+    });
+}
+device_test!(rmsnorm, rmsnorm_body);
+
+fn rope_body(dev: &dyn Backend) {
+    let layouts = vec![RopeLayout::Adjacent, RopeLayout::HalfSplit];
+    proptest!(config(48), |(n_tokens in 1usize..6, n_heads in 1usize..5, half_dim in 1usize..65, rot_frac in 1usize..=4,
+                            layout in prop::sample::select(layouts.clone()),
+                            base in prop::sample::select(vec![10000.0f32, 100000.0, 500000.0]),
+                            fscale in prop::sample::select(vec![1.0f32, 0.25]), seed: u64)| {
+        let head_dim = 2 * half_dim;
+        let n_rot = 2 * (half_dim * rot_frac).div_ceil(4);
+        let x = uniform(&mut rng(seed), n_tokens * n_heads * head_dim, 2.0);
+        let positions: Vec<i32> = (0..n_tokens).map(|t| ((seed >> 8) as i32 & 0x1FFF) + t as i32).collect();
+        let want = Cpu.rope(&x, n_tokens, n_heads, head_dim, &positions, n_rot, base, fscale, layout);
+        let oracle = oracle::rope(&x, n_heads, head_dim, &positions, n_rot, base, fscale, layout);
+        assert_close("rope: cpu vs oracle", &want, &oracle, Tolerance::F32_ROUNDING);
+        let label = vs_cpu(dev, &format!("rope {layout:?} head_dim {head_dim} n_rot {n_rot}"));
+        let got = dev.rope(&x, n_tokens, n_heads, head_dim, &positions, n_rot, base, fscale, layout);
+        assert_close(&label, &got, &want, Tolerance::F32_ROUNDING);
+    });
+}
+device_test!(rope, rope_body);
+
+struct AttnCase {
+    n_heads: usize,
+    k: Cache,
+    v: Cache,
+    scale: f32,
+}
+
+fn attn_case(dt: DType, n_kv_heads: usize, group: usize, head_dim: usize, rows: usize, seed: u64) -> AttnCase {
+    let len = rows * n_kv_heads * head_dim;
+    AttnCase {
+        n_heads: n_kv_heads * group,
+        k: Cache::from_f32(dt, &uniform(&mut rng(seed ^ 4), len, 1.0)),
+        v: Cache::from_f32(dt, &uniform(&mut rng(seed ^ 5), len, 1.0)),
+        scale: 1.0 / (head_dim as f32).sqrt(),
+    }
+}
+
+fn head_dims() -> impl Strategy<Value = usize> {
+    prop::sample::select(vec![8usize, 17, 24, 64, 80, 96, 128, 130, 256])
+}
+
+fn attention_decode_body(dev: &dyn Backend) {
+    proptest!(config(32), |(dt in any_cache_dtype(), n_kv_heads in 1usize..4, group in 1usize..4, head_dim in head_dims(),
+                            n_kv in 1usize..400, extra in 0usize..3, seed: u64)| {
+        let c = attn_case(dt, n_kv_heads, group, head_dim, n_kv + extra, seed);
+        let q = uniform(&mut rng(seed), c.n_heads * head_dim, 2.0);
+        let want = Cpu.attention_decode(&q, &c.k, &c.v, c.n_heads, n_kv_heads, head_dim, n_kv, c.scale);
+        let oracle = oracle::attention(&q, 1, n_kv - 1, &c.k.to_f32(), &c.v.to_f32(), c.n_heads, n_kv_heads, head_dim, c.scale);
+        assert_close("attention_decode: cpu vs oracle", &want, &oracle, Tolerance::F32_ACCUMULATION);
+        let label = vs_cpu(dev, &format!("attention_decode {dt} kv {n_kv} heads {}/{n_kv_heads} dim {head_dim}", c.n_heads));
+        let got = dev.attention_decode(&q, &c.k, &c.v, c.n_heads, n_kv_heads, head_dim, n_kv, c.scale);
+        assert_close(&label, &got, &want, Tolerance::F32_ACCUMULATION);
+    });
+}
+device_test!(attention_decode, attention_decode_body);
+
+fn attention_prefill_body(dev: &dyn Backend) {
+    proptest!(config(32), |(dt in any_cache_dtype(), n_kv_heads in 1usize..4, group in 1usize..4, head_dim in head_dims(),
+                            n_tokens in 1usize..12, pos0 in 0usize..150, seed: u64)| {
+        let c = attn_case(dt, n_kv_heads, group, head_dim, pos0 + n_tokens + 1, seed);
+        let q = uniform(&mut rng(seed), n_tokens * c.n_heads * head_dim, 2.0);
+        let want = Cpu.attention_prefill(&q, n_tokens, pos0, &c.k, &c.v, c.n_heads, n_kv_heads, head_dim, c.scale);
+        let oracle = oracle::attention(&q, n_tokens, pos0, &c.k.to_f32(), &c.v.to_f32(), c.n_heads, n_kv_heads, head_dim, c.scale);
+        assert_close("attention_prefill: cpu vs oracle", &want, &oracle, Tolerance::F32_ACCUMULATION);
+        let label = vs_cpu(dev, &format!("attention_prefill {dt} T {n_tokens} pos0 {pos0} dim {head_dim}"));
+        let got = dev.attention_prefill(&q, n_tokens, pos0, &c.k, &c.v, c.n_heads, n_kv_heads, head_dim, c.scale);
+        assert_close(&label, &got, &want, Tolerance::F32_ACCUMULATION);
+    });
+}
+device_test!(attention_prefill, attention_prefill_body);
+
+fn kv_append_body(dev: &dyn Backend) {
+    proptest!(config(32), |(dt in any_cache_dtype(), n_tokens in 1usize..10, row_len in 1usize..300, spare in 0usize..20, seed: u64)| {
+        let rows = n_tokens + spare;
+        let cache = Cache::from_f32(dt, &uniform(&mut rng(seed), rows * row_len, 1.0));
+        let src = uniform(&mut rng(seed ^ 6), n_tokens * row_len, 100.0);
+        // Distinct positions, in a scrambled order.
+        let offset = (seed % (spare as u64 + 1)) as i32;
+        let positions: Vec<i32> = (0..n_tokens as i32).map(|t| (t * 7 % n_tokens as i32) + offset).collect();
+        let want = Cpu.kv_append(&src, n_tokens, row_len, &positions, &cache);
+        // Oracle: the untouched rows are unchanged and appended rows are the values rounded once.
+        let mut expect = cache.to_f32();
+        for (t, &p) in positions.iter().enumerate() {
+            for j in 0..row_len {
+                let v = src[t * row_len + j];
+                expect[p as usize * row_len + j] = if dt == DType::F16 { half::f16::from_f32(v).to_f32() } else { v };
+            }
+        }
+        assert_close("kv_append: cpu vs oracle", &want.to_f32(), &expect, Tolerance::STRICT);
+        let label = vs_cpu(dev, &format!("kv_append {dt} T {n_tokens} row {row_len}"));
+        assert_close(&label, &dev.kv_append(&src, n_tokens, row_len, &positions, &cache).to_f32(), &want.to_f32(), Tolerance::STRICT);
+    });
+}
+device_test!(kv_append, kv_append_body);
+
+fn elementwise_body(dev: &dyn Backend) {
+    proptest!(config(32), |(n in 1usize..5000, s in -4.0f32..4.0, seed: u64)| {
+        let a = uniform(&mut rng(seed), n, 12.0);
+        let b = uniform(&mut rng(seed ^ 7), n, 3.0);
+        let want = Cpu.silu_mul(&a, &b);
+        assert_close("silu_mul: cpu vs oracle", &want, &oracle::silu_mul(&a, &b), Tolerance::F32_ROUNDING);
+        assert_close(&vs_cpu(dev, "silu_mul"), &dev.silu_mul(&a, &b), &want, Tolerance::F32_ROUNDING);
+
+        let want = Cpu.add(&a, &b);
+        let exact: Vec<f64> = a.iter().zip(&b).map(|(&x, &y)| x as f64 + y as f64).collect();
+        assert_close("add: cpu vs oracle", &want, &exact, Tolerance::F32_ROUNDING);
+        assert_close(&vs_cpu(dev, "add"), &dev.add(&a, &b), &want, Tolerance::STRICT);
+
+        let want = Cpu.scale(&a, s);
+        let exact: Vec<f64> = a.iter().map(|&x| x as f64 * s as f64).collect();
+        assert_close("scale: cpu vs oracle", &want, &exact, Tolerance::F32_ROUNDING);
+        assert_close(&vs_cpu(dev, "scale"), &dev.scale(&a, s), &want, Tolerance::STRICT);
+    });
+}
+device_test!(elementwise, elementwise_body);
+
+fn softmax_body(dev: &dyn Backend) {
+    proptest!(config(32), |(rows in 1usize..5, cols in 1usize..3000, seed: u64)| {
+        let x = uniform(&mut rng(seed), rows * cols, 10.0);
+        let want = Cpu.softmax_rows(&x, rows, cols);
+        assert_close("softmax: cpu vs oracle", &want, &oracle::softmax_rows(&x, cols), Tolerance::F32_ACCUMULATION);
+        assert_close(&vs_cpu(dev, &format!("softmax {rows}x{cols}")), &dev.softmax_rows(&x, rows, cols), &want, Tolerance::F32_ACCUMULATION);
+    });
+}
+device_test!(softmax_rows, softmax_body);
+
+fn argmax_body(dev: &dyn Backend) {
+    proptest!(config(48), |(rows in 1usize..5, cols in 1usize..3000, levels in 1u32..6, nan_every in 0usize..7, seed: u64)| {
+        // Few distinct levels force ties (the smallest index must win); some NaNs are ignored.
+        let mut x: Vec<f32> = uniform(&mut rng(seed), rows * cols, 1.0).iter().map(|v| ((v + 1.0) * levels as f32 / 2.0).floor()).collect();
+        if nan_every > 0 {
+            for v in x.iter_mut().step_by(nan_every + 1) {
+                *v = f32::NAN;
+            }
+        }
+        let want = Cpu.argmax_rows(&x, rows, cols);
+        assert_eq!(want, oracle::argmax_rows(&x, cols), "argmax: cpu vs oracle");
+        assert_eq!(dev.argmax_rows(&x, rows, cols), want, "{}", vs_cpu(dev, "argmax"));
+    });
+}
+device_test!(argmax_rows, argmax_body);

@@ -1,0 +1,130 @@
+//! Quantization round trips within each format's error bound, and the block layouts.
+
+use half::{bf16, f16};
+use proptest::prelude::*;
+use strata_kernels::{BlockQ4_0, BlockQ4_1, BlockQ8_0, DType, QK, quant};
+
+/// binary16 keeps 11 significant bits: storing d (or m) in it moves it by at most 2^-11
+/// relative; 2^-10 leaves a margin.
+const F16_REL: f32 = 1.0 / 1024.0;
+/// Below 2^-14 binary16 is subnormal, with a fixed spacing of 2^-24: an absolute error.
+const F16_ABS: f32 = 1.0 / 16_777_216.0;
+
+fn block() -> impl Strategy<Value = Vec<f32>> {
+    prop_oneof![
+        prop::collection::vec(-1.0f32..1.0, QK),
+        prop::collection::vec(-1000.0f32..1000.0, QK),
+        prop::collection::vec(0.0f32..1e-3, QK),
+        (-5.0f32..5.0).prop_map(|c| vec![c; QK]),
+        Just(vec![0.0; QK]),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Q8_0: d = amax/127, |x - q*d| <= d/2, plus what rounding d to f16 moves (127 steps).
+    #[test]
+    fn q8_0_round_trip(x in block()) {
+        let b = quant::quantize_q8_0(&x);
+        let mut y = [0.0f32; QK];
+        quant::dequantize_q8_0(&b, &mut y);
+        let d = f16::from_bits(b.d).to_f32().abs();
+        let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let bound = 0.5 * d + 127.0 * (d * F16_REL + F16_ABS) + amax * 1e-6;
+        for (a, b) in x.iter().zip(&y) {
+            prop_assert!((a - b).abs() <= bound, "x {a} -> {b}, bound {bound}");
+        }
+    }
+
+    /// Q4_0: d = -max/8 where max has the largest magnitude; values of the other sign can
+    /// clamp at q = 15, so the bound is one step, plus f16 rounding of d over 8 steps.
+    #[test]
+    fn q4_0_round_trip(x in block()) {
+        let b = quant::quantize_q4_0(&x);
+        let mut y = [0.0f32; QK];
+        quant::dequantize_q4_0(&b, &mut y);
+        let d = f16::from_bits(b.d).to_f32().abs();
+        let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let bound = d + 8.0 * (d * F16_REL + F16_ABS) + amax * 1e-6;
+        for (a, b) in x.iter().zip(&y) {
+            prop_assert!((a - b).abs() <= bound, "x {a} -> {b}, bound {bound}");
+        }
+    }
+
+    /// Q4_1: d = (max-min)/15, m = min: half a step, plus f16 rounding of d (15 steps) and m.
+    #[test]
+    fn q4_1_round_trip(x in block()) {
+        let b = quant::quantize_q4_1(&x);
+        let mut y = [0.0f32; QK];
+        quant::dequantize_q4_1(&b, &mut y);
+        let d = f16::from_bits(b.d).to_f32().abs();
+        let min = x.iter().fold(f32::INFINITY, |m, &v| m.min(v));
+        let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let bound = 0.5 * d + 15.0 * (d * F16_REL + F16_ABS) + min.abs() * F16_REL + F16_ABS + amax * 1e-6;
+        for (a, b) in x.iter().zip(&y) {
+            prop_assert!((a - b).abs() <= bound, "x {a} -> {b}, bound {bound}");
+        }
+    }
+
+    /// Plain types: f32 is exact, f16 and bf16 round to nearest (11 and 8 significant bits).
+    #[test]
+    fn float_round_trips(x in prop::collection::vec(-6e4f32..6e4, 1..70)) {
+        for (dt, rel) in [(DType::F32, 0.0f32), (DType::F16, 1.0 / 2048.0), (DType::BF16, 1.0 / 256.0)] {
+            let bytes = quant::quantize_matrix(dt, &x, 1, x.len()).unwrap();
+            let mut y = vec![0.0; x.len()];
+            quant::dequantize_row(dt, &bytes, &mut y).unwrap();
+            for (a, b) in x.iter().zip(&y) {
+                // f16 also has a smallest normal of 2^-14; tiny values are absolute-bounded.
+                prop_assert!((a - b).abs() <= a.abs() * rel + 6.2e-5 * (dt == DType::F16) as u32 as f32, "{dt}: {a} -> {b}");
+            }
+        }
+    }
+
+    /// Block bytes survive read/write unchanged.
+    #[test]
+    fn block_bytes_round_trip(bytes in prop::collection::vec(any::<u8>(), 34)) {
+        let b8: [u8; 34] = bytes.clone().try_into().unwrap();
+        let mut out8 = [0u8; 34];
+        BlockQ8_0::read(&b8).write(&mut out8);
+        prop_assert_eq!(out8, b8);
+        let b40: [u8; 18] = bytes[..18].try_into().unwrap();
+        let mut out40 = [0u8; 18];
+        BlockQ4_0::read(&b40).write(&mut out40);
+        prop_assert_eq!(out40, b40);
+        let b41: [u8; 20] = bytes[..20].try_into().unwrap();
+        let mut out41 = [0u8; 20];
+        BlockQ4_1::read(&b41).write(&mut out41);
+        prop_assert_eq!(out41, b41);
+    }
+}
+
+/// The nibble order GGUF documents: value j < 16 is the low nibble of qs[j], value j + 16 the
+/// high nibble.
+#[test]
+fn q4_nibble_order() {
+    let mut qs = [0u8; 16];
+    qs[0] = 0x2F; // value 0 -> 15, value 16 -> 2
+    qs[15] = 0x90; // value 15 -> 0, value 31 -> 9
+    let mut y = [0.0f32; QK];
+    quant::dequantize_q4_1(&BlockQ4_1 { d: f16::from_f32(1.0).to_bits(), m: 0, qs }, &mut y);
+    assert_eq!((y[0], y[16], y[15], y[31]), (15.0, 2.0, 0.0, 9.0));
+    quant::dequantize_q4_0(&BlockQ4_0 { d: f16::from_f32(0.5).to_bits(), qs }, &mut y);
+    assert_eq!((y[0], y[16], y[15], y[31]), (3.5, -3.0, -4.0, 0.5));
+}
+
+#[test]
+fn row_sizes_and_names() {
+    assert_eq!(DType::Q4_1.row_bytes(576).unwrap(), 18 * 20);
+    assert_eq!(DType::Q8_0.row_bytes(576).unwrap(), 18 * 34);
+    assert_eq!(DType::Q4_0.row_bytes(4096).unwrap(), 128 * 18);
+    assert_eq!(DType::F16.row_bytes(7).unwrap(), 14);
+    assert!(DType::Q4_0.row_bytes(33).is_err(), "a partial block is not a row");
+    assert!(DType::F32.matrix_bytes(usize::MAX / 2, 3).is_err(), "overflow is an error");
+    for dt in DType::ALL {
+        assert_eq!(DType::from_ggml_type(dt.ggml_type()), Some(dt));
+        assert_eq!(DType::from_name(dt.name()), Some(dt));
+    }
+    assert_eq!(DType::from_ggml_type(12), None, "Q4_K is not supported");
+    assert_eq!(bf16::from_f32(1.0).to_bits(), 0x3F80);
+}
