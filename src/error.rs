@@ -22,7 +22,8 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn invalid(op: &'static str, what: impl Into<String>) -> Self {
+    /// An [`Error::InvalidArgument`] for `op`.
+    pub fn invalid(op: &'static str, what: impl Into<String>) -> Self {
         Error::InvalidArgument { op, what: what.into() }
     }
 }

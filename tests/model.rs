@@ -5,6 +5,9 @@
 //! The expected values were produced independently by the `gguf` Python package
 //! (`gguf.quants.dequantize`, llama.cpp's own reader) on the same file.
 
+// The expected values are written exactly as the Python tool printed them.
+#![allow(clippy::excessive_precision)]
+
 use strata_kernels::DType;
 use strata_kernels::check::{Tolerance, assert_close};
 

@@ -3,6 +3,7 @@
 //! multiples of 32 or of a block, one token and many.
 
 use proptest::prelude::*;
+use rand::seq::SliceRandom;
 use strata_kernels::check::{Tolerance, assert_close};
 use strata_kernels::{DType, RopeLayout, quant};
 
@@ -196,9 +197,11 @@ fn kv_append_body(dev: &dyn Backend) {
         let rows = n_tokens + spare;
         let cache = Cache::from_f32(dt, &uniform(&mut rng(seed), rows * row_len, 1.0));
         let src = uniform(&mut rng(seed ^ 6), n_tokens * row_len, 100.0);
-        // Distinct positions, in a scrambled order.
+        // Distinct positions (a repeated one would make the result depend on write order), in
+        // a shuffled order.
         let offset = (seed % (spare as u64 + 1)) as i32;
-        let positions: Vec<i32> = (0..n_tokens as i32).map(|t| (t * 7 % n_tokens as i32) + offset).collect();
+        let mut positions: Vec<i32> = (0..n_tokens as i32).map(|t| t + offset).collect();
+        positions.shuffle(&mut rng(seed ^ 8));
         let want = Cpu.kv_append(&src, n_tokens, row_len, &positions, &cache);
         // Oracle: the untouched rows are unchanged and appended rows are the values rounded once.
         let mut expect = cache.to_f32();

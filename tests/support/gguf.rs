@@ -46,8 +46,8 @@ impl Cursor<'_> {
         match ty {
             0 | 1 | 7 => Some(self.take(1)[0] as u64),
             2 | 3 => Some(u16::from_le_bytes(self.take(2).try_into().unwrap()) as u64),
-            4 | 5 | 6 => Some(self.u32() as u64),
-            10 | 11 | 12 => Some(self.u64()),
+            4..=6 => Some(self.u32() as u64),
+            10..=12 => Some(self.u64()),
             8 => {
                 self.string();
                 None

@@ -41,7 +41,7 @@ fn open() -> Result<Gpu, String> {
 
 impl Gpu {
     fn up<T: DeviceRepr>(&self, v: &[T]) -> CudaSlice<T> {
-        self.stream.memcpy_stod(v).unwrap_or_else(|e| panic!("upload of {} values: {e}", v.len()))
+        self.stream.clone_htod(v).unwrap_or_else(|e| panic!("upload of {} values: {e}", v.len()))
     }
 
     fn poisoned(&self, n: usize) -> CudaSlice<f32> {
@@ -50,7 +50,7 @@ impl Gpu {
 
     fn down<T: DeviceRepr + Default + Clone>(&self, s: &CudaSlice<T>, n: usize) -> Vec<T> {
         self.stream.synchronize().unwrap_or_else(|e| panic!("kernel failed: {e}"));
-        let mut v = self.stream.memcpy_dtov(s).unwrap_or_else(|e| panic!("download: {e}"));
+        let mut v = self.stream.clone_dtoh(s).unwrap_or_else(|e| panic!("download: {e}"));
         v.truncate(n);
         v
     }
