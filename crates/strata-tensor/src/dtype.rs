@@ -1,0 +1,82 @@
+//! Tensor element types: the kernel crate's weight types (which include the f32 and f16
+//! activations) plus i32 for token ids and positions.
+
+use std::fmt;
+
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+    Q8_0,
+    Q4_0,
+    Q4_1,
+    I32,
+}
+
+impl DType {
+    /// The kernel crate's type, for everything but I32.
+    pub fn weight(self) -> Option<strata_kernels::DType> {
+        use strata_kernels::DType as K;
+        Some(match self {
+            DType::F32 => K::F32,
+            DType::F16 => K::F16,
+            DType::BF16 => K::BF16,
+            DType::Q8_0 => K::Q8_0,
+            DType::Q4_0 => K::Q4_0,
+            DType::Q4_1 => K::Q4_1,
+            DType::I32 => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self.weight() {
+            Some(k) => k.name(),
+            None => "i32",
+        }
+    }
+
+    /// Bytes of a tensor of this type and shape (row-major; quantized types need the last
+    /// dimension to be a whole number of blocks). Overflow-checked.
+    pub fn bytes_for(self, shape: &[usize]) -> Result<usize> {
+        let (rows, cols) = match shape.split_last() {
+            None => (1usize, 1usize),
+            Some((&last, rest)) => {
+                let rows = rest
+                    .iter()
+                    .try_fold(1usize, |a, &d| a.checked_mul(d))
+                    .ok_or_else(|| Error::shape("tensor", format!("shape {shape:?} overflows usize")))?;
+                (rows, last)
+            }
+        };
+        match self.weight() {
+            Some(k) => k.matrix_bytes(rows, cols).map_err(Error::from),
+            None => rows
+                .checked_mul(cols)
+                .and_then(|n| n.checked_mul(4))
+                .ok_or_else(|| Error::shape("tensor", format!("shape {shape:?} of i32 overflows usize"))),
+        }
+    }
+}
+
+impl From<strata_kernels::DType> for DType {
+    fn from(k: strata_kernels::DType) -> Self {
+        use strata_kernels::DType as K;
+        match k {
+            K::F32 => DType::F32,
+            K::F16 => DType::F16,
+            K::BF16 => DType::BF16,
+            K::Q8_0 => DType::Q8_0,
+            K::Q4_0 => DType::Q4_0,
+            K::Q4_1 => DType::Q4_1,
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}

@@ -1,0 +1,175 @@
+//! Safe kernel launches: every buffer is checked to hold at least the bytes the dimensions
+//! imply before the `unsafe` launcher call, so no combination of arguments can make a kernel
+//! touch memory outside its buffers.
+
+use strata_kernels::cuda;
+
+use super::{DeviceBuffer, GpuStream};
+use crate::kernel_call::KernelCall;
+use crate::{Error, Result};
+
+/// `n` elements of `size` bytes, or None on overflow.
+fn bytes(n: usize, size: usize) -> Option<usize> {
+    n.checked_mul(size)
+}
+
+fn prod(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
+}
+
+/// Checks that `buf` holds at least `need` bytes.
+fn fits(op: &'static str, what: &str, buf: &DeviceBuffer, need: Option<usize>) -> Result<()> {
+    match need {
+        Some(n) if n <= buf.len() => Ok(()),
+        Some(n) => Err(Error::shape(op, format!("{what} buffer has {} bytes, the launch needs {n}", buf.len()))),
+        None => Err(Error::shape(op, format!("the size of {what} overflows usize"))),
+    }
+}
+
+/// Enqueues `call` on `s` after the previous users of its buffers.
+pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
+    use KernelCall as K;
+    let op = call.name();
+    let mut bufs: Vec<&DeviceBuffer> = Vec::with_capacity(4);
+    // 1. Check every buffer against the dimensions.
+    match &call {
+        K::Dequantize { dt, w, rows, cols, out } => {
+            fits(op, "weight", w, dt.matrix_bytes(*rows, *cols).ok())?;
+            fits(op, "output", out, prod(&[*rows, *cols, 4]))?;
+            bufs.extend([*w, *out]);
+        }
+        K::Gather { dt, table, n_vocab, dim, ids, n_ids, out } => {
+            fits(op, "table", table, dt.matrix_bytes(*n_vocab, *dim).ok())?;
+            fits(op, "ids", ids, bytes(*n_ids, 4))?;
+            fits(op, "output", out, prod(&[*n_ids, *dim, 4]))?;
+            bufs.extend([*table, *ids, *out]);
+        }
+        K::Matvec { dt, w, rows, cols, x, y } => {
+            fits(op, "weight", w, dt.matrix_bytes(*rows, *cols).ok())?;
+            fits(op, "x", x, bytes(*cols, 4))?;
+            fits(op, "y", y, bytes(*rows, 4))?;
+            bufs.extend([*w, *x, *y]);
+        }
+        K::Matmul { dt, w, rows, cols, x, n_tokens, y } => {
+            fits(op, "weight", w, dt.matrix_bytes(*rows, *cols).ok())?;
+            fits(op, "x", x, prod(&[*n_tokens, *cols, 4]))?;
+            fits(op, "y", y, prod(&[*n_tokens, *rows, 4]))?;
+            bufs.extend([*w, *x, *y]);
+        }
+        K::Rmsnorm { x, weight, n_rows, dim, out, .. } => {
+            fits(op, "x", x, prod(&[*n_rows, *dim, 4]))?;
+            fits(op, "weight", weight, bytes(*dim, 4))?;
+            fits(op, "output", out, prod(&[*n_rows, *dim, 4]))?;
+            bufs.extend([*x, *weight, *out]);
+        }
+        K::Rope { x, n_tokens, n_heads, head_dim, positions, .. } => {
+            fits(op, "x", x, prod(&[*n_tokens, *n_heads, *head_dim, 4]))?;
+            fits(op, "positions", positions, bytes(*n_tokens, 4))?;
+            bufs.extend([*x, *positions]);
+        }
+        K::Attention { q, n_tokens, pos0, cache, k, v, n_heads, n_kv_heads, head_dim, out, .. } => {
+            fits(op, "q", q, prod(&[*n_tokens, *n_heads, *head_dim, 4]))?;
+            fits(op, "output", out, prod(&[*n_tokens, *n_heads, *head_dim, 4]))?;
+            let rows = pos0.checked_add(*n_tokens);
+            let need = rows.and_then(|r| prod(&[r, *n_kv_heads, *head_dim, cache.block_bytes()]));
+            fits(op, "K cache", k, need)?;
+            fits(op, "V cache", v, need)?;
+            bufs.extend([*q, *k, *v, *out]);
+        }
+        K::KvAppend { src, n_tokens, row_len, positions, cache_dt, cache, cache_rows } => {
+            fits(op, "source", src, prod(&[*n_tokens, *row_len, 4]))?;
+            fits(op, "positions", positions, bytes(*n_tokens, 4))?;
+            fits(op, "cache", cache, prod(&[*cache_rows, *row_len, cache_dt.block_bytes()]))?;
+            bufs.extend([*src, *positions, *cache]);
+        }
+        K::SiluMul { gate: a, up: b, n, out } | K::Add { a, b, n, out } => {
+            fits(op, "input", a, bytes(*n, 4))?;
+            fits(op, "input", b, bytes(*n, 4))?;
+            fits(op, "output", out, bytes(*n, 4))?;
+            bufs.extend([*a, *b, *out]);
+        }
+        K::Scale { x, n, out, .. } => {
+            fits(op, "input", x, bytes(*n, 4))?;
+            fits(op, "output", out, bytes(*n, 4))?;
+            bufs.extend([*x, *out]);
+        }
+        K::Softmax { x, rows, cols, out } => {
+            fits(op, "input", x, prod(&[*rows, *cols, 4]))?;
+            fits(op, "output", out, prod(&[*rows, *cols, 4]))?;
+            bufs.extend([*x, *out]);
+        }
+        K::Argmax { x, rows, cols, out } => {
+            fits(op, "input", x, prod(&[*rows, *cols, 4]))?;
+            fits(op, "output", out, bytes(*rows, 4))?;
+            bufs.extend([*x, *out]);
+        }
+    }
+    for b in &bufs {
+        if !std::sync::Arc::ptr_eq(&b.gpu().0, &s.gpu().0) {
+            return Err(Error::Device { op, what: format!("a buffer is on another GPU than stream `{}`", s.name()) });
+        }
+    }
+    // 2. Order the stream after each buffer's previous user, then launch.
+    let mut ptr = Vec::with_capacity(bufs.len());
+    for b in &bufs {
+        ptr.push(b.ptr_for(s)?);
+    }
+    let raw = s.raw()?;
+    let _range = crate::nvtx::range(op);
+    // SAFETY: every pointer is the start of a live DeviceBuffer of this stream's GPU holding
+    // at least the bytes the dimensions imply (checked in step 1); the buffers outlive the
+    // kernel because dropping one waits for the last stream that used it (marked below).
+    let r = unsafe {
+        match call {
+            K::Dequantize { dt, rows, cols, .. } => cuda::dequantize_rows_f32(dt, ptr[0], rows, cols, ptr[1], raw),
+            K::Gather { dt, n_vocab, dim, n_ids, .. } => {
+                cuda::embedding_gather_f32(dt, ptr[0], n_vocab, dim, ptr[1], n_ids, ptr[2], raw)
+            }
+            K::Matvec { dt, rows, cols, .. } => cuda::matvec_f32(dt, ptr[0], rows, cols, ptr[1], ptr[2], raw),
+            K::Matmul { dt, rows, cols, n_tokens, .. } => cuda::matmul_f32(dt, ptr[0], rows, cols, ptr[1], n_tokens, ptr[2], raw),
+            K::Rmsnorm { n_rows, dim, eps, .. } => cuda::rmsnorm_f32(ptr[0], ptr[1], n_rows, dim, eps, ptr[2], raw),
+            K::Rope { n_tokens, n_heads, head_dim, n_rot, freq_base, freq_scale, layout, .. } => {
+                cuda::rope_f32(ptr[0], n_tokens, n_heads, head_dim, ptr[1], n_rot, freq_base, freq_scale, layout, raw)
+            }
+            K::Attention { n_tokens: 1, pos0, cache, n_heads, n_kv_heads, head_dim, scale, .. } => cuda::attention_decode_f32(
+                ptr[0],
+                cache,
+                ptr[1],
+                ptr[2],
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                pos0 + 1,
+                scale,
+                ptr[3],
+                raw,
+            ),
+            K::Attention { n_tokens, pos0, cache, n_heads, n_kv_heads, head_dim, scale, .. } => cuda::attention_prefill_f32(
+                ptr[0],
+                n_tokens,
+                pos0,
+                cache,
+                ptr[1],
+                ptr[2],
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                scale,
+                ptr[3],
+                raw,
+            ),
+            K::KvAppend { n_tokens, row_len, cache_dt, cache_rows, .. } => {
+                cuda::kv_append_f32(ptr[0], n_tokens, row_len, ptr[1], cache_dt, ptr[2], cache_rows, raw)
+            }
+            K::SiluMul { n, .. } => cuda::silu_mul_f32(ptr[0], ptr[1], n, ptr[2], raw),
+            K::Add { n, .. } => cuda::add_f32(ptr[0], ptr[1], n, ptr[2], raw),
+            K::Scale { factor, n, .. } => cuda::scale_f32(ptr[0], factor, n, ptr[1], raw),
+            K::Softmax { rows, cols, .. } => cuda::softmax_rows_f32(ptr[0], rows, cols, ptr[1], raw),
+            K::Argmax { rows, cols, .. } => cuda::argmax_rows_f32(ptr[0], rows, cols, ptr[1], raw),
+        }
+    };
+    for b in &bufs {
+        b.used_by(s);
+    }
+    r.map_err(Error::from)
+}

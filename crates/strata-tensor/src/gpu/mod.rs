@@ -1,0 +1,553 @@
+//! CUDA through cudarc: opening a device, streams, events, device memory, pinned host memory
+//! and copies. Together with the kernel crate's launcher calls this is the only `unsafe` code
+//! of strata; everything above uses the safe types here.
+//!
+//! Memory is allocated with the driver API directly (cuMemAlloc / cuMemHostAlloc) so that every
+//! allocation is first reserved against a [`MemoryBudget`] and an out-of-memory from the
+//! driver becomes the same typed, recoverable error.
+//!
+//! Ordering across streams: each buffer remembers the stream that last used it. When another
+//! stream uses it, that stream first waits on an event recorded on the previous one; when the
+//! host reads or frees it, it waits for that stream's work. So a weight slot filled on the copy
+//! stream is read by the compute stream only after the copy, and refilled only after the
+//! compute, with no global synchronize.
+
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::sys::{self, CUdevice_attribute, CUevent_flags};
+use cudarc::driver::{CudaContext, CudaEvent, CudaStream, DriverError, result};
+
+mod launch;
+pub(crate) use launch::launch;
+
+use crate::device::{DeviceInfo, GpuOptions, PinnedKind};
+use crate::error::Unavailable;
+use crate::{Error, MemoryBudget, Reservation, Result};
+
+fn driver(what: impl Into<String>, e: DriverError) -> Error {
+    let code = e.error_name().map(|c| c.to_string_lossy().into_owned()).unwrap_or_else(|_| format!("{:?}", e.0));
+    if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
+        return Error::OutOfMemory { what: what.into(), budget: "device (driver)".into(), requested: 0, cap: 0, in_use: 0, peak: 0 };
+    }
+    Error::Driver { what: what.into(), code }
+}
+
+fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen libcuda; cudarc panics on first use when it is missing.
+    unsafe { sys::is_culib_present() }
+}
+
+/// How many CUDA devices the driver sees.
+pub fn device_count() -> Result<usize, Unavailable> {
+    if !driver_present() {
+        return Err(Unavailable::NoDriver);
+    }
+    match std::panic::catch_unwind(CudaContext::device_count) {
+        Ok(Ok(n)) => Ok(n.max(0) as usize),
+        Ok(Err(e)) if e.0 == sys::cudaError_enum::CUDA_ERROR_NO_DEVICE => Ok(0),
+        Ok(Err(e)) => Err(Unavailable::Failed { ordinal: 0, reason: format!("{e:?}") }),
+        Err(_) => Err(Unavailable::NoDriver),
+    }
+}
+
+struct GpuInner {
+    ctx: Arc<CudaContext>,
+    info: DeviceInfo,
+    budget: MemoryBudget,
+    pinned: MemoryBudget,
+}
+
+/// An opened CUDA device (cheap to clone): its primary context, properties and budgets.
+#[derive(Clone)]
+pub struct Gpu(Arc<GpuInner>);
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu({})", self.0.info.name)
+    }
+}
+
+impl Gpu {
+    /// Opens device `ordinal`.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when there is no driver, no such device, or it cannot be used.
+    pub fn open(ordinal: usize, options: &GpuOptions) -> Result<Gpu> {
+        let count = device_count().map_err(Error::Unavailable)?;
+        if ordinal >= count {
+            return Err(Error::Unavailable(Unavailable::NoDevice { ordinal, count }));
+        }
+        let fail = |reason: String| Error::Unavailable(Unavailable::Failed { ordinal, reason });
+        let ctx = match std::panic::catch_unwind(|| CudaContext::new(ordinal)) {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) if e.0 == sys::cudaError_enum::CUDA_ERROR_DEVICE_UNAVAILABLE => {
+                return Err(fail("busy (another process holds it in exclusive mode)".into()));
+            }
+            Ok(Err(e)) => return Err(fail(format!("{e:?}"))),
+            Err(_) => return Err(fail("the CUDA driver failed while creating a context".into())),
+        };
+        // strata tracks cross-stream order itself (see the module doc).
+        // SAFETY: no cudarc-managed allocation of this context relies on its event tracking:
+        // strata allocates through the driver API below.
+        unsafe { ctx.disable_event_tracking() };
+        let attr = |a| ctx.attribute(a).map_err(|e| fail(format!("{e:?}")));
+        let (free, total) = ctx.mem_get_info().map_err(|e| fail(format!("{e:?}")))?;
+        let info = DeviceInfo {
+            ordinal,
+            name: ctx.name().unwrap_or_else(|_| "unknown NVIDIA GPU".into()),
+            compute_capability: (
+                attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+                attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+            ),
+            multiprocessors: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(0) as u32,
+            total_memory: total as u64,
+            free_memory: free as u64,
+        };
+        let cap = options.memory_cap.map_or(free as u64, |c| c.min(free as u64));
+        let pinned_cap =
+            options.pinned_cap.unwrap_or_else(|| crate::device::mem_available().map_or(8 << 30, |a| a / 2));
+        Ok(Gpu(Arc::new(GpuInner {
+            ctx,
+            budget: MemoryBudget::new(&format!("GPU {ordinal}"), cap),
+            pinned: MemoryBudget::new("pinned host", pinned_cap),
+            info,
+        })))
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.0.info
+    }
+
+    /// The device-memory budget every [`DeviceBuffer`] is counted against.
+    pub fn budget(&self) -> &MemoryBudget {
+        &self.0.budget
+    }
+
+    /// The pinned host-memory budget every [`PinnedBuffer`] is counted against.
+    pub fn pinned_budget(&self) -> &MemoryBudget {
+        &self.0.pinned
+    }
+
+    fn bind(&self) -> Result<()> {
+        self.0.ctx.bind_to_thread().map_err(|e| driver("binding the CUDA context", e))
+    }
+
+    /// Free device memory now (all processes), from cuMemGetInfo.
+    pub fn free_memory(&self) -> Result<u64> {
+        self.0.ctx.mem_get_info().map(|(f, _)| f as u64).map_err(|e| driver("cuMemGetInfo", e))
+    }
+
+    /// Waits for all work on the device (for tools and tests; strata's own paths wait on
+    /// events instead).
+    pub fn synchronize(&self) -> Result<()> {
+        self.0.ctx.synchronize().map_err(|e| driver("synchronizing the device", e))
+    }
+
+    /// A new non-blocking stream, named `name` in Nsight timelines.
+    pub fn stream(&self, name: &str) -> Result<GpuStream> {
+        let s = self.0.ctx.new_stream().map_err(|e| driver(format!("creating stream `{name}`"), e))?;
+        crate::nvtx::name_stream(s.cu_stream().cast(), name);
+        Ok(GpuStream(Arc::new(StreamInner { gpu: self.clone(), s, name: name.to_string() })))
+    }
+
+    /// Allocates `bytes` of device memory for `what`, counted against the budget.
+    ///
+    /// # Errors
+    /// [`Error::OutOfMemory`] if the budget or the device has no room (nothing leaks).
+    pub fn alloc(&self, bytes: usize, what: &str) -> Result<DeviceBuffer> {
+        let res = self.0.budget.reserve(bytes as u64, what)?;
+        self.bind()?;
+        let ptr = if bytes == 0 {
+            0
+        } else {
+            // SAFETY: plain allocation in the bound context; freed exactly once in Drop.
+            unsafe { result::malloc_sync(bytes) }.map_err(|e| oom_detail(driver(what, e), &res))?
+        };
+        Ok(DeviceBuffer { ptr, bytes, gpu: self.clone(), last: LastUse::default(), _res: res })
+    }
+
+    /// Allocates `bytes` of page-locked host memory of `kind`, counted against the pinned
+    /// budget. Pinning is slow (~1-2 GB/s): allocate once at load time and reuse.
+    ///
+    /// # Errors
+    /// [`Error::OutOfMemory`] if the pinned budget or the driver refuses.
+    pub fn alloc_pinned(&self, bytes: usize, kind: PinnedKind, what: &str) -> Result<PinnedBuffer> {
+        let res = self.0.pinned.reserve(bytes as u64, what)?;
+        self.bind()?;
+        let flags = match kind {
+            PinnedKind::WriteCombined => sys::CU_MEMHOSTALLOC_WRITECOMBINED | sys::CU_MEMHOSTALLOC_PORTABLE,
+            PinnedKind::Normal => sys::CU_MEMHOSTALLOC_PORTABLE,
+        };
+        let ptr = if bytes == 0 {
+            std::ptr::null_mut()
+        } else {
+            // SAFETY: plain allocation; freed exactly once in Drop.
+            unsafe { result::malloc_host(bytes, flags) }.map_err(|e| oom_detail(driver(what, e), &res))? as *mut u8
+        };
+        Ok(PinnedBuffer { ptr, bytes, kind, gpu: self.clone(), last: LastUse::default(), _res: res })
+    }
+}
+
+/// Fills the budget numbers into an out-of-memory error the driver reported.
+fn oom_detail(e: Error, res: &Reservation) -> Error {
+    match e {
+        Error::OutOfMemory { what, .. } => {
+            let b = res.budget();
+            Error::OutOfMemory {
+                what: format!("{what} (the device itself is out of memory: another process may hold it)"),
+                budget: b.name().to_string(),
+                requested: res.bytes(),
+                cap: b.cap(),
+                in_use: b.used() - res.bytes(),
+                peak: b.peak(),
+            }
+        }
+        e => e,
+    }
+}
+
+struct StreamInner {
+    gpu: Gpu,
+    s: Arc<CudaStream>,
+    name: String,
+}
+
+/// A non-blocking CUDA stream (cheap to clone).
+#[derive(Clone)]
+pub struct GpuStream(Arc<StreamInner>);
+
+impl std::fmt::Debug for GpuStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GpuStream({})", self.0.name)
+    }
+}
+
+impl PartialEq for GpuStream {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl GpuStream {
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.0.gpu
+    }
+
+    /// Records an event (with timing) after the work enqueued so far.
+    pub fn record(&self) -> Result<Event> {
+        let e = self.0.s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(|e| driver("recording an event", e))?;
+        Ok(Event(e))
+    }
+
+    /// Makes later work on this stream wait for `event`.
+    pub fn wait(&self, event: &Event) -> Result<()> {
+        self.0.s.wait(&event.0).map_err(|e| driver(format!("stream `{}` waiting on an event", self.0.name), e))
+    }
+
+    /// Blocks the host until this stream's work is done.
+    pub fn synchronize(&self) -> Result<()> {
+        self.0.s.synchronize().map_err(|e| driver(format!("synchronizing stream `{}`", self.0.name), e))
+    }
+
+    /// The raw handle for kernel launches; binds the context to this thread.
+    pub(crate) fn raw(&self) -> Result<strata_kernels::cuda::Stream> {
+        self.0.gpu.bind()?;
+        Ok(self.0.s.cu_stream().cast())
+    }
+}
+
+/// A CUDA event recorded on a stream.
+pub struct Event(CudaEvent);
+
+impl Event {
+    /// Milliseconds from this event to `end` (both must have completed or will be waited for).
+    pub fn elapsed_ms(&self, end: &Event) -> Result<f32> {
+        self.0.elapsed_ms(&end.0).map_err(|e| driver("reading event times", e))
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        self.0.synchronize().map_err(|e| driver("waiting for an event", e))
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.0.is_complete()
+    }
+}
+
+/// The stream that last used a buffer (see the module doc).
+#[derive(Default)]
+struct LastUse(Mutex<Option<GpuStream>>);
+
+impl LastUse {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<GpuStream>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Orders `s` after the previous user's work.
+    fn before(&self, s: &GpuStream) -> Result<()> {
+        let prev = self.lock().clone();
+        if let Some(prev) = prev
+            && prev != *s
+        {
+            s.wait(&prev.record()?)?;
+        }
+        Ok(())
+    }
+
+    fn after(&self, s: &GpuStream) {
+        *self.lock() = Some(s.clone());
+    }
+
+    /// Blocks the host until the last user's work is done.
+    fn host_wait(&self) -> Result<()> {
+        let prev = self.lock().take();
+        if let Some(prev) = prev {
+            prev.record()?.synchronize()?;
+        }
+        Ok(())
+    }
+}
+
+/// Device memory counted against its GPU's budget; freed (after its last use) on drop.
+pub struct DeviceBuffer {
+    ptr: sys::CUdeviceptr,
+    bytes: usize,
+    gpu: Gpu,
+    last: LastUse,
+    _res: Reservation,
+}
+
+fn check_range(what: &str, r: &Range<usize>, len: usize) -> Result<()> {
+    if r.start > r.end || r.end > len {
+        return Err(Error::shape("copy", format!("{what} range {}..{} is outside its {len} bytes", r.start, r.end)));
+    }
+    Ok(())
+}
+
+impl DeviceBuffer {
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// The device address for work on `s`, after ordering `s` behind the previous user.
+    /// Call [`DeviceBuffer::used_by`] once the work is enqueued.
+    pub(crate) fn ptr_for(&self, s: &GpuStream) -> Result<u64> {
+        self.last.before(s)?;
+        Ok(self.ptr)
+    }
+
+    pub(crate) fn used_by(&self, s: &GpuStream) {
+        self.last.after(s);
+    }
+
+    fn same_gpu(&self, s: &GpuStream) -> Result<()> {
+        if !Arc::ptr_eq(&self.gpu.0, &s.gpu().0) {
+            return Err(Error::Device { op: "copy", what: "buffer and stream belong to different GPUs".into() });
+        }
+        Ok(())
+    }
+
+    /// Copies host bytes into the buffer at `offset`. The source may be reused as soon as this
+    /// returns (pageable memory is staged by the driver).
+    pub fn upload(&mut self, offset: usize, src: &[u8], s: &GpuStream) -> Result<()> {
+        check_range("destination", &(offset..offset + src.len()), self.bytes)?;
+        self.same_gpu(s)?;
+        if src.is_empty() {
+            return Ok(());
+        }
+        let (dst, raw) = (self.ptr_for(s)? + offset as u64, s.raw()?);
+        // SAFETY: dst..dst+len lies inside this live allocation (checked above); src is a live
+        // host slice; for pageable memory the call returns once the source has been staged.
+        unsafe { result::memcpy_htod_async(dst, src, raw.cast()) }.map_err(|e| driver("host-to-device copy", e))?;
+        self.used_by(s);
+        Ok(())
+    }
+
+    /// Copies `src_range` of a pinned buffer into this buffer at `offset`, asynchronously.
+    /// Both buffers remember the stream, so later host access to `src` waits for the copy.
+    pub fn upload_pinned(&mut self, offset: usize, src: &PinnedBuffer, src_range: Range<usize>, s: &GpuStream) -> Result<()> {
+        check_range("source", &src_range, src.bytes)?;
+        check_range("destination", &(offset..offset + src_range.len()), self.bytes)?;
+        self.same_gpu(s)?;
+        if src_range.is_empty() {
+            return Ok(());
+        }
+        src.last.before(s)?;
+        let (dst, raw) = (self.ptr_for(s)? + offset as u64, s.raw()?);
+        // SAFETY: both ranges are inside live allocations (checked above); the pinned source
+        // stays alive and unaliased for writing until its LastUse is waited for (as_mut_slice
+        // and Drop wait for it).
+        let src_slice = unsafe { std::slice::from_raw_parts(src.ptr.add(src_range.start), src_range.len()) };
+        // SAFETY: see above; page-locked memory makes the copy truly asynchronous.
+        unsafe { result::memcpy_htod_async(dst, src_slice, raw.cast()) }.map_err(|e| driver("pinned host-to-device copy", e))?;
+        src.last.after(s);
+        self.used_by(s);
+        Ok(())
+    }
+
+    /// Copies bytes from `offset` into `dst`, returning when they are there.
+    pub fn download(&self, offset: usize, dst: &mut [u8], s: &GpuStream) -> Result<()> {
+        check_range("source", &(offset..offset + dst.len()), self.bytes)?;
+        self.same_gpu(s)?;
+        if dst.is_empty() {
+            return Ok(());
+        }
+        let (src, raw) = (self.ptr_for(s)? + offset as u64, s.raw()?);
+        // SAFETY: src range inside this live allocation; dst is a live exclusive host slice.
+        unsafe { result::memcpy_dtoh_async(dst, src, raw.cast()) }.map_err(|e| driver("device-to-host copy", e))?;
+        self.used_by(s);
+        // A pageable destination is written synchronously by the driver, but a caller's slice
+        // may be pinned memory; wait so the data is there either way.
+        s.synchronize()
+    }
+
+    /// Copies from `offset` into `dst_range` of a pinned buffer, asynchronously; reading the
+    /// pinned buffer on the host waits for it.
+    pub fn download_pinned(&self, offset: usize, dst: &mut PinnedBuffer, dst_range: Range<usize>, s: &GpuStream) -> Result<()> {
+        check_range("destination", &dst_range, dst.bytes)?;
+        check_range("source", &(offset..offset + dst_range.len()), self.bytes)?;
+        self.same_gpu(s)?;
+        if dst_range.is_empty() {
+            return Ok(());
+        }
+        dst.last.before(s)?;
+        let (src, raw) = (self.ptr_for(s)? + offset as u64, s.raw()?);
+        // SAFETY: ranges checked; the destination is borrowed mutably here and host reads of it
+        // wait on its LastUse.
+        let dst_slice = unsafe { std::slice::from_raw_parts_mut(dst.ptr.add(dst_range.start), dst_range.len()) };
+        // SAFETY: see above.
+        unsafe { result::memcpy_dtoh_async(dst_slice, src, raw.cast()) }.map_err(|e| driver("device-to-pinned copy", e))?;
+        dst.last.after(s);
+        self.used_by(s);
+        Ok(())
+    }
+
+    /// Copies `src_range` of another device buffer (same GPU) to `offset`.
+    pub fn copy_from(&mut self, offset: usize, src: &DeviceBuffer, src_range: Range<usize>, s: &GpuStream) -> Result<()> {
+        check_range("source", &src_range, src.bytes)?;
+        check_range("destination", &(offset..offset + src_range.len()), self.bytes)?;
+        self.same_gpu(s)?;
+        src.same_gpu(s)?;
+        if src_range.is_empty() {
+            return Ok(());
+        }
+        let from = src.ptr_for(s)? + src_range.start as u64;
+        let (to, raw) = (self.ptr_for(s)? + offset as u64, s.raw()?);
+        // SAFETY: both ranges inside live allocations of the same context.
+        unsafe { result::memcpy_dtod_async(to, from, src_range.len(), raw.cast()) }
+            .map_err(|e| driver("device-to-device copy", e))?;
+        src.used_by(s);
+        self.used_by(s);
+        Ok(())
+    }
+
+    /// Sets every byte to `byte` (0xFF poisons f32 data with NaN).
+    pub fn fill(&mut self, byte: u8, s: &GpuStream) -> Result<()> {
+        self.same_gpu(s)?;
+        if self.bytes == 0 {
+            return Ok(());
+        }
+        let (ptr, raw) = (self.ptr_for(s)?, s.raw()?);
+        // SAFETY: the whole live allocation.
+        unsafe { result::memset_d8_async(ptr, byte, self.bytes, raw.cast()) }.map_err(|e| driver("memset", e))?;
+        self.used_by(s);
+        Ok(())
+    }
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        if self.ptr == 0 {
+            return;
+        }
+        // Work still reading or writing the memory must finish first. Errors cannot be
+        // returned from drop; a failed free leaks the block rather than crash.
+        let _ = self.last.host_wait();
+        if self.gpu.bind().is_ok() {
+            // SAFETY: allocated by cuMemAlloc in this context, freed once, no work pending.
+            let _ = unsafe { result::free_sync(self.ptr) };
+        }
+    }
+}
+
+/// Page-locked host memory counted against the pinned budget. Host access waits for the last
+/// copy that used it.
+pub struct PinnedBuffer {
+    ptr: *mut u8,
+    bytes: usize,
+    kind: PinnedKind,
+    gpu: Gpu,
+    last: LastUse,
+    _res: Reservation,
+}
+
+// SAFETY: the buffer owns its allocation exclusively; shared access is read-only (&self) and
+// mutation needs &mut self, as for a Vec<u8>.
+unsafe impl Send for PinnedBuffer {}
+// SAFETY: see above.
+unsafe impl Sync for PinnedBuffer {}
+
+impl PinnedBuffer {
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    pub fn kind(&self) -> PinnedKind {
+        self.kind
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// The bytes, after the last copy that used them is done.
+    pub fn as_slice(&self) -> Result<&[u8]> {
+        self.last.host_wait()?;
+        if self.bytes == 0 {
+            return Ok(&[]);
+        }
+        // SAFETY: ptr is a live allocation of `bytes` bytes; no copy is in flight (waited above)
+        // and new copies into it need &mut self.
+        Ok(unsafe { std::slice::from_raw_parts(self.ptr, self.bytes) })
+    }
+
+    /// The bytes for writing, after every copy that used them is done.
+    pub fn as_mut_slice(&mut self) -> Result<&mut [u8]> {
+        self.last.host_wait()?;
+        if self.bytes == 0 {
+            return Ok(&mut []);
+        }
+        // SAFETY: as above, and &mut self makes this the only reference.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.ptr, self.bytes) })
+    }
+}
+
+impl Drop for PinnedBuffer {
+    fn drop(&mut self) {
+        if self.ptr.is_null() {
+            return;
+        }
+        let _ = self.last.host_wait();
+        if self.gpu.bind().is_ok() {
+            // SAFETY: allocated by cuMemHostAlloc, freed once, no copy pending.
+            let _ = unsafe { result::free_host(self.ptr.cast()) };
+        }
+    }
+}

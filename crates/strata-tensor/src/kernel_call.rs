@@ -1,0 +1,78 @@
+//! One kernel launch described as data: the op, its device buffers and its dimensions. `ops`
+//! builds these after checking shapes; `gpu::launch` checks every buffer is large enough for
+//! the dimensions (so a launch can never read or write out of bounds), orders the stream after
+//! the buffers' previous users, and calls the launcher.
+
+use strata_kernels::{DType, RopeLayout};
+
+use crate::gpu::DeviceBuffer;
+
+/// A kernel launch. Field names follow the launchers in `kernels/strata.h`.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) enum KernelCall<'a> {
+    Dequantize { dt: DType, w: &'a DeviceBuffer, rows: usize, cols: usize, out: &'a DeviceBuffer },
+    Gather { dt: DType, table: &'a DeviceBuffer, n_vocab: usize, dim: usize, ids: &'a DeviceBuffer, n_ids: usize, out: &'a DeviceBuffer },
+    Matvec { dt: DType, w: &'a DeviceBuffer, rows: usize, cols: usize, x: &'a DeviceBuffer, y: &'a DeviceBuffer },
+    Matmul { dt: DType, w: &'a DeviceBuffer, rows: usize, cols: usize, x: &'a DeviceBuffer, n_tokens: usize, y: &'a DeviceBuffer },
+    Rmsnorm { x: &'a DeviceBuffer, weight: &'a DeviceBuffer, n_rows: usize, dim: usize, eps: f32, out: &'a DeviceBuffer },
+    Rope {
+        x: &'a DeviceBuffer,
+        n_tokens: usize,
+        n_heads: usize,
+        head_dim: usize,
+        positions: &'a DeviceBuffer,
+        n_rot: usize,
+        freq_base: f32,
+        freq_scale: f32,
+        layout: RopeLayout,
+    },
+    Attention {
+        q: &'a DeviceBuffer,
+        n_tokens: usize,
+        pos0: usize,
+        cache: DType,
+        k: &'a DeviceBuffer,
+        v: &'a DeviceBuffer,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        scale: f32,
+        out: &'a DeviceBuffer,
+    },
+    KvAppend {
+        src: &'a DeviceBuffer,
+        n_tokens: usize,
+        row_len: usize,
+        positions: &'a DeviceBuffer,
+        cache_dt: DType,
+        cache: &'a DeviceBuffer,
+        cache_rows: usize,
+    },
+    SiluMul { gate: &'a DeviceBuffer, up: &'a DeviceBuffer, n: usize, out: &'a DeviceBuffer },
+    Add { a: &'a DeviceBuffer, b: &'a DeviceBuffer, n: usize, out: &'a DeviceBuffer },
+    Scale { x: &'a DeviceBuffer, factor: f32, n: usize, out: &'a DeviceBuffer },
+    Softmax { x: &'a DeviceBuffer, rows: usize, cols: usize, out: &'a DeviceBuffer },
+    Argmax { x: &'a DeviceBuffer, rows: usize, cols: usize, out: &'a DeviceBuffer },
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+impl KernelCall<'_> {
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            KernelCall::Dequantize { .. } => "dequantize_rows",
+            KernelCall::Gather { .. } => "embedding_gather",
+            KernelCall::Matvec { .. } => "matvec",
+            KernelCall::Matmul { .. } => "matmul",
+            KernelCall::Rmsnorm { .. } => "rmsnorm",
+            KernelCall::Rope { .. } => "rope",
+            KernelCall::Attention { n_tokens: 1, .. } => "attention_decode",
+            KernelCall::Attention { .. } => "attention_prefill",
+            KernelCall::KvAppend { .. } => "kv_append",
+            KernelCall::SiluMul { .. } => "silu_mul",
+            KernelCall::Add { .. } => "add",
+            KernelCall::Scale { .. } => "scale",
+            KernelCall::Softmax { .. } => "softmax_rows",
+            KernelCall::Argmax { .. } => "argmax_rows",
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! One function per kernel-crate op. Each checks shapes, dtypes and devices (typed errors,
+//! never undefined behaviour), then runs the CPU reference for host tensors or enqueues the
+//! CUDA kernel on the given stream for device tensors. Every tensor of a call must live on the
+//! stream's device.
+//!
+//! Two differences from the kernels' CPU reference, both on bad indices that the host cannot
+//! see without a synchronize: on a GPU an out-of-range token id gathers a NaN row and an
+//! out-of-range cache position is skipped, where the CPU returns an error.
+
+#![allow(clippy::too_many_arguments)]
+
+use strata_kernels::RopeLayout;
+use strata_kernels::cpu::{self, CacheMut, CacheRef};
+
+use crate::gpu::{self, DeviceBuffer};
+use crate::kernel_call::KernelCall;
+use crate::tensor::{Storage, Stream};
+use crate::{DType, Error, Result, Tensor};
+
+fn check_devices(op: &'static str, s: &Stream, ts: &[&Tensor]) -> Result<()> {
+    let want = s.device();
+    for t in ts {
+        if t.device() != want {
+            return Err(Error::Device { op, what: format!("a {t:?} is not on {want}, where this stream runs") });
+        }
+    }
+    Ok(())
+}
+
+fn expect_dtype(op: &'static str, name: &str, t: &Tensor, want: &[DType], expected: &'static str) -> Result<()> {
+    if !want.contains(&t.dtype()) {
+        return Err(Error::Dtype { op, dtype: format!("{name} {}", t.dtype()), expected });
+    }
+    Ok(())
+}
+
+fn expect_shape(op: &'static str, name: &str, t: &Tensor, want: &[usize]) -> Result<()> {
+    if t.shape() != want {
+        return Err(Error::shape(op, format!("{name} has shape {:?}, expected {want:?}", t.shape())));
+    }
+    Ok(())
+}
+
+/// (rows, cols) of a rank-2 tensor.
+fn dims2(op: &'static str, name: &str, t: &Tensor) -> Result<(usize, usize)> {
+    match *t.shape() {
+        [r, c] => Ok((r, c)),
+        ref s => Err(Error::shape(op, format!("{name} must be 2-D [rows, cols], got {s:?}"))),
+    }
+}
+
+fn dims3(op: &'static str, name: &str, t: &Tensor) -> Result<(usize, usize, usize)> {
+    match *t.shape() {
+        [a, b, c] => Ok((a, b, c)),
+        ref s => Err(Error::shape(op, format!("{name} must be 3-D, got {s:?}"))),
+    }
+}
+
+fn weight_type(op: &'static str, w: &Tensor) -> Result<strata_kernels::DType> {
+    w.dtype().weight().ok_or_else(|| Error::Dtype { op, dtype: w.dtype().to_string(), expected: "a weight type" })
+}
+
+fn dev(t: &Tensor) -> Result<&DeviceBuffer> {
+    match t.storage() {
+        Storage::Cuda(b) => Ok(b),
+        Storage::Host(_) => Err(Error::Device { op: "launch", what: "expected a device tensor".into() }),
+    }
+}
+
+fn gpu_stream(s: &Stream) -> Option<&gpu::GpuStream> {
+    match s {
+        Stream::Gpu(g) => Some(g),
+        Stream::Host => None,
+    }
+}
+
+fn cache_ref(t: &Tensor) -> Result<CacheRef<'_>> {
+    Ok(match t.dtype() {
+        DType::F16 => CacheRef::F16(t.as_f16()?),
+        _ => CacheRef::F32(t.as_f32()?),
+    })
+}
+
+fn f32_out(op: &'static str, t: &Tensor) -> Result<()> {
+    expect_dtype(op, "output", t, &[DType::F32], "f32")
+}
+
+/// out[r][c] = w[r][c] as f32; w is [rows, cols] of any weight type, out [rows, cols] f32.
+pub fn dequantize_rows(w: &Tensor, out: &mut Tensor, s: &Stream) -> Result<()> {
+    const OP: &str = "dequantize_rows";
+    check_devices(OP, s, &[w, out])?;
+    let dt = weight_type(OP, w)?;
+    let (rows, cols) = dims2(OP, "w", w)?;
+    f32_out(OP, out)?;
+    expect_shape(OP, "out", out, &[rows, cols])?;
+    match gpu_stream(s) {
+        None => Ok(cpu::dequantize_rows(dt, w.host_bytes()?, rows, cols, out.as_f32_mut()?)?),
+        Some(g) => gpu::launch(g, KernelCall::Dequantize { dt, w: dev(w)?, rows, cols, out: dev(out)? }),
+    }
+}
+
+/// out[t] = table[ids[t]] as f32; table [n_vocab, dim], ids [n] i32, out [n, dim] f32.
+pub fn embedding_gather(table: &Tensor, ids: &Tensor, out: &mut Tensor, s: &Stream) -> Result<()> {
+    const OP: &str = "embedding_gather";
+    check_devices(OP, s, &[table, ids, out])?;
+    let dt = weight_type(OP, table)?;
+    let (n_vocab, dim) = dims2(OP, "table", table)?;
+    expect_dtype(OP, "ids", ids, &[DType::I32], "i32")?;
+    let n_ids = ids.numel();
+    f32_out(OP, out)?;
+    expect_shape(OP, "out", out, &[n_ids, dim])?;
+    match gpu_stream(s) {
+        None => Ok(cpu::embedding_gather(dt, table.host_bytes()?, n_vocab, dim, ids.as_i32()?, out.as_f32_mut()?)?),
+        Some(g) => {
+            gpu::launch(g, KernelCall::Gather { dt, table: dev(table)?, n_vocab, dim, ids: dev(ids)?, n_ids, out: dev(out)? })
+        }
+    }
+}
+
+/// y = W x; w [rows, cols], x with cols f32 values, y with rows f32 values.
+pub fn matvec(w: &Tensor, x: &Tensor, y: &mut Tensor, s: &Stream) -> Result<()> {
+    const OP: &str = "matvec";
+    check_devices(OP, s, &[w, x, y])?;
+    let dt = weight_type(OP, w)?;
+    let (rows, cols) = dims2(OP, "w", w)?;
+    expect_dtype(OP, "x", x, &[DType::F32], "f32")?;
+    f32_out(OP, y)?;
+    if x.numel() != cols || y.numel() != rows {
+        return Err(Error::shape(OP, format!("w {:?} needs x of {cols} and y of {rows} values, got {:?} and {:?}", w.shape(), x.shape(), y.shape())));
+    }
+    match gpu_stream(s) {
+        None => Ok(cpu::matvec(dt, w.host_bytes()?, rows, cols, x.as_f32()?, y.as_f32_mut()?)?),
+        Some(g) => gpu::launch(g, KernelCall::Matvec { dt, w: dev(w)?, rows, cols, x: dev(x)?, y: dev(y)? }),
+    }
+}
+
+/// Y = X W^T; w [rows, cols], x [n_tokens, cols], y [n_tokens, rows].
+pub fn matmul(w: &Tensor, x: &Tensor, y: &mut Tensor, s: &Stream) -> Result<()> {
+    const OP: &str = "matmul";
+    check_devices(OP, s, &[w, x, y])?;
+    let dt = weight_type(OP, w)?;
+    let (rows, cols) = dims2(OP, "w", w)?;
+    expect_dtype(OP, "x", x, &[DType::F32], "f32")?;
+    let (n_tokens, xc) = dims2(OP, "x", x)?;
+    if xc != cols {
+        return Err(Error::shape(OP, format!("x has {xc} columns, w has {cols}")));
+    }
+    f32_out(OP, y)?;
+    expect_shape(OP, "y", y, &[n_tokens, rows])?;
+    match gpu_stream(s) {
+        None => Ok(cpu::matmul(dt, w.host_bytes()?, rows, cols, x.as_f32()?, n_tokens, y.as_f32_mut()?)?),
+        Some(g) => gpu::launch(g, KernelCall::Matmul { dt, w: dev(w)?, rows, cols, x: dev(x)?, n_tokens, y: dev(y)? }),
+    }
+}
+
+/// RMS norm of each row of x [.., dim] with weight [dim] f32 into out (same shape).
+pub fn rmsnorm(x: &Tensor, weight: &Tensor, eps: f32, out: &mut Tensor, s: &Stream) -> Result<()> {
+    const OP: &str = "rmsnorm";
+    check_devices(OP, s, &[x, weight, out])?;
+    expect_dtype(OP, "x", x, &[DType::F32], "f32")?;
+    expect_dtype(OP, "weight", weight, &[DType::F32], "f32")?;
+    f32_out(OP, out)?;
+    let dim = *x.shape().last().ok_or_else(|| Error::shape(OP, "x has no dimensions"))?;
+    expect_shape(OP, "weight", weight, &[dim])?;
+    expect_shape(OP, "out", out, x.shape())?;
+    let n_rows = x.numel().checked_div(dim).unwrap_or(0);
+    match gpu_stream(s) {
+        None => Ok(cpu::rmsnorm(x.as_f32()?, weight.as_f32()?, n_rows, dim, eps, out.as_f32_mut()?)?),
+        Some(g) => gpu::launch(g, KernelCall::Rmsnorm { x: dev(x)?, weight: dev(weight)?, n_rows, dim, eps, out: dev(out)? }),
+    }
+}
+
+/// RoPE in place on x [n_tokens, n_heads, head_dim] f32 at positions [n_tokens] i32.
+pub fn rope(
+    x: &mut Tensor,
+    positions: &Tensor,
+    n_rot: usize,
+    freq_base: f32,
+    freq_scale: f32,
+    layout: RopeLayout,
+    s: &Stream,
+) -> Result<()> {
+    const OP: &str = "rope";
+    check_devices(OP, s, &[x, positions])?;
+    expect_dtype(OP, "x", x, &[DType::F32], "f32")?;
+    expect_dtype(OP, "positions", positions, &[DType::I32], "i32")?;
+    let (n_tokens, n_heads, head_dim) = dims3(OP, "x", x)?;
+    expect_shape(OP, "positions", positions, &[n_tokens])?;
+    if n_rot % 2 != 0 || n_rot > head_dim {
+        return Err(Error::shape(OP, format!("n_rot must be even and at most head_dim {head_dim}, got {n_rot}")));
+    }
+    match gpu_stream(s) {
+        None => {
+            let p = positions.as_i32()?.to_vec();
+            Ok(cpu::rope(x.as_f32_mut()?, n_tokens, n_heads, head_dim, &p, n_rot, freq_base, freq_scale, layout)?)
+        }
+        Some(g) => gpu::launch(
+            g,
+            KernelCall::Rope { x: dev(x)?, n_tokens, n_heads, head_dim, positions: dev(positions)?, n_rot, freq_base, freq_scale, layout },
+        ),
+    }
+}
+
+/// Checks caches [rows, n_kv_heads, head_dim] of f32/f16 against q's head count; returns
+/// (cache dtype, rows, n_kv_heads).
+fn check_caches(op: &'static str, k: &Tensor, v: &Tensor, n_heads: usize, head_dim: usize) -> Result<(strata_kernels::DType, usize, usize)> {
+    expect_dtype(op, "K cache", k, &[DType::F32, DType::F16], "f32 or f16")?;
+    if v.dtype() != k.dtype() || v.shape() != k.shape() {
+        return Err(Error::shape(op, format!("K cache {} {:?} and V cache {} {:?} differ", k.dtype(), k.shape(), v.dtype(), v.shape())));
+    }
+    let (rows, n_kv_heads, d) = dims3(op, "K cache", k)?;
+    if d != head_dim || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+        return Err(Error::shape(op, format!("cache {:?} does not fit {n_heads} query heads of {head_dim}", k.shape())));
+    }
+    let dt = if k.dtype() == DType::F16 { strata_kernels::DType::F16 } else { strata_kernels::DType::F32 };
+    Ok((dt, rows, n_kv_heads))
+}
+
+/// Decode attention: q [n_heads, head_dim] over cache rows 0..n_kv; out like q.
+pub fn attention_decode(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, n_kv: usize, scale: f32, out: &mut Tensor, s: &Stream) -> Result<()> {
+    const OP: &str = "attention_decode";
+    check_devices(OP, s, &[q, k_cache, v_cache, out])?;
+    expect_dtype(OP, "q", q, &[DType::F32], "f32")?;
+    let (n_heads, head_dim) = dims2(OP, "q", q)?;
+    f32_out(OP, out)?;
+    expect_shape(OP, "out", out, q.shape())?;
+    let (cache, rows, n_kv_heads) = check_caches(OP, k_cache, v_cache, n_heads, head_dim)?;
+    if n_kv == 0 || n_kv > rows {
+        return Err(Error::shape(OP, format!("n_kv must be in 1..={rows} (the cache rows), got {n_kv}")));
+    }
+    match gpu_stream(s) {
+        None => Ok(cpu::attention_decode(
+            q.as_f32()?,
+            cache_ref(k_cache)?,
+            cache_ref(v_cache)?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            n_kv,
+            scale,
+            out.as_f32_mut()?,
+        )?),
+        Some(g) => gpu::launch(
+            g,
+            KernelCall::Attention {
+                q: dev(q)?,
+                n_tokens: 1,
+                pos0: n_kv - 1,
+                cache,
+                k: dev(k_cache)?,
+                v: dev(v_cache)?,
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                scale,
+                out: dev(out)?,
+            },
+        ),
+    }
+}
+
+/// Prefill attention: q [n_tokens, n_heads, head_dim], token t at position pos0 + t attends
+/// rows 0..=pos0+t; out like q.
+pub fn attention_prefill(q: &Tensor, pos0: usize, k_cache: &Tensor, v_cache: &Tensor, scale: f32, out: &mut Tensor, s: &Stream) -> Result<()> {
+    const OP: &str = "attention_prefill";
+    check_devices(OP, s, &[q, k_cache, v_cache, out])?;
+    expect_dtype(OP, "q", q, &[DType::F32], "f32")?;
+    let (n_tokens, n_heads, head_dim) = dims3(OP, "q", q)?;
+    f32_out(OP, out)?;
+    expect_shape(OP, "out", out, q.shape())?;
+    let (cache, rows, n_kv_heads) = check_caches(OP, k_cache, v_cache, n_heads, head_dim)?;
+    if pos0.checked_add(n_tokens).is_none_or(|end| end > rows) {
+        return Err(Error::shape(OP, format!("positions {pos0}..{} exceed the cache of {rows} rows", pos0.saturating_add(n_tokens))));
+    }
+    match gpu_stream(s) {
+        None => Ok(cpu::attention_prefill(
+            q.as_f32()?,
+            n_tokens,
+            pos0,
+            cache_ref(k_cache)?,
+            cache_ref(v_cache)?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            scale,
+            out.as_f32_mut()?,
+        )?),
+        Some(g) => gpu::launch(
+            g,
+            KernelCall::Attention {
+                q: dev(q)?,
+                n_tokens,
+                pos0,
+                cache,
+                k: dev(k_cache)?,
+                v: dev(v_cache)?,
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                scale,
+                out: dev(out)?,
+            },
+        ),
+    }
+}
+
+/// Writes src [n_tokens, ..] f32 into cache rows positions[t] (cache [rows, ..] f32/f16 with
+/// the same row size), converting to the cache type.
+pub fn kv_append(src: &Tensor, positions: &Tensor, cache: &mut Tensor, s: &Stream) -> Result<()> {
+    const OP: &str = "kv_append";
+    check_devices(OP, s, &[src, positions, cache])?;
+    expect_dtype(OP, "src", src, &[DType::F32], "f32")?;
+    expect_dtype(OP, "positions", positions, &[DType::I32], "i32")?;
+    expect_dtype(OP, "cache", cache, &[DType::F32, DType::F16], "f32 or f16")?;
+    let n_tokens = *src.shape().first().ok_or_else(|| Error::shape(OP, "src has no dimensions"))?;
+    let cache_rows = *cache.shape().first().ok_or_else(|| Error::shape(OP, "cache has no dimensions"))?;
+    let row_len = src.numel().checked_div(n_tokens).unwrap_or(0);
+    if src.shape()[1..].iter().product::<usize>() != cache.shape()[1..].iter().product::<usize>() {
+        return Err(Error::shape(OP, format!("src rows {:?} do not match cache rows {:?}", &src.shape()[1..], &cache.shape()[1..])));
+    }
+    expect_shape(OP, "positions", positions, &[n_tokens])?;
+    let cache_dt = if cache.dtype() == DType::F16 { strata_kernels::DType::F16 } else { strata_kernels::DType::F32 };
+    match gpu_stream(s) {
+        None => {
+            let (x, p) = (src.as_f32()?.to_vec(), positions.as_i32()?.to_vec());
+            let c = match cache.dtype() {
+                DType::F16 => CacheMut::F16(cache.as_f16_mut()?),
+                _ => CacheMut::F32(cache.as_f32_mut()?),
+            };
+            Ok(cpu::kv_append(&x, n_tokens, row_len, &p, c, cache_rows)?)
+        }
+        Some(g) => gpu::launch(
+            g,
+            KernelCall::KvAppend { src: dev(src)?, n_tokens, row_len, positions: dev(positions)?, cache_dt, cache: dev(cache)?, cache_rows },
+        ),
+    }
+}
+
+fn same_f32(op: &'static str, a: &Tensor, b: &Tensor, out: &Tensor) -> Result<usize> {
+    for (name, t) in [("a", a), ("b", b), ("out", out)] {
+        expect_dtype(op, name, t, &[DType::F32], "f32")?;
+    }
+    if a.shape() != b.shape() || a.shape() != out.shape() {
+        return Err(Error::shape(op, format!("shapes {:?}, {:?} and {:?} differ", a.shape(), b.shape(), out.shape())));
+    }
+    Ok(a.numel())
+}
+
+/// out = silu(gate) * up, elementwise (all f32, same shape).
+pub fn silu_mul(gate: &Tensor, up: &Tensor, out: &mut Tensor, s: &Stream) -> Result<()> {
+    const OP: &str = "silu_mul";
+    check_devices(OP, s, &[gate, up, out])?;
+    let n = same_f32(OP, gate, up, out)?;
+    match gpu_stream(s) {
+        None => Ok(cpu::silu_mul(gate.as_f32()?, up.as_f32()?, out.as_f32_mut()?)?),
+        Some(g) => gpu::launch(g, KernelCall::SiluMul { gate: dev(gate)?, up: dev(up)?, n, out: dev(out)? }),
+    }
+}
+
+/// out = a + b, elementwise.
+pub fn add(a: &Tensor, b: &Tensor, out: &mut Tensor, s: &Stream) -> Result<()> {
+    const OP: &str = "add";
+    check_devices(OP, s, &[a, b, out])?;
+    let n = same_f32(OP, a, b, out)?;
+    match gpu_stream(s) {
+        None => Ok(cpu::add(a.as_f32()?, b.as_f32()?, out.as_f32_mut()?)?),
+        Some(g) => gpu::launch(g, KernelCall::Add { a: dev(a)?, b: dev(b)?, n, out: dev(out)? }),
+    }
+}
+
+/// acc += b (the residual add), elementwise.
+pub fn add_inplace(acc: &mut Tensor, b: &Tensor, s: &Stream) -> Result<()> {
+    const OP: &str = "add";
+    check_devices(OP, s, &[acc, b])?;
+    let n = same_f32(OP, acc, b, acc)?;
+    match gpu_stream(s) {
+        None => {
+            let a = acc.as_f32()?.to_vec();
+            Ok(cpu::add(&a, b.as_f32()?, acc.as_f32_mut()?)?)
+        }
+        Some(g) => gpu::launch(g, KernelCall::Add { a: dev(acc)?, b: dev(b)?, n, out: dev(acc)? }),
+    }
+}
+
+/// out = x * factor, elementwise.
+pub fn scale(x: &Tensor, factor: f32, out: &mut Tensor, s: &Stream) -> Result<()> {
+    const OP: &str = "scale";
+    check_devices(OP, s, &[x, out])?;
+    let n = same_f32(OP, x, x, out)?;
+    match gpu_stream(s) {
+        None => Ok(cpu::scale(x.as_f32()?, factor, out.as_f32_mut()?)?),
+        Some(g) => gpu::launch(g, KernelCall::Scale { x: dev(x)?, factor, n, out: dev(out)? }),
+    }
+}
+
+/// Row-wise softmax of x [rows, cols] into out (same shape).
+pub fn softmax_rows(x: &Tensor, out: &mut Tensor, s: &Stream) -> Result<()> {
+    const OP: &str = "softmax_rows";
+    check_devices(OP, s, &[x, out])?;
+    expect_dtype(OP, "x", x, &[DType::F32], "f32")?;
+    let (rows, cols) = dims2(OP, "x", x)?;
+    f32_out(OP, out)?;
+    expect_shape(OP, "out", out, &[rows, cols])?;
+    match gpu_stream(s) {
+        None => Ok(cpu::softmax_rows(x.as_f32()?, rows, cols, out.as_f32_mut()?)?),
+        Some(g) => gpu::launch(g, KernelCall::Softmax { x: dev(x)?, rows, cols, out: dev(out)? }),
+    }
+}
+
+/// out[r] = index of the largest value of row r of x [rows, cols]; out [rows] i32.
+pub fn argmax_rows(x: &Tensor, out: &mut Tensor, s: &Stream) -> Result<()> {
+    const OP: &str = "argmax_rows";
+    check_devices(OP, s, &[x, out])?;
+    expect_dtype(OP, "x", x, &[DType::F32], "f32")?;
+    let (rows, cols) = dims2(OP, "x", x)?;
+    expect_dtype(OP, "out", out, &[DType::I32], "i32")?;
+    expect_shape(OP, "out", out, &[rows])?;
+    match gpu_stream(s) {
+        None => Ok(cpu::argmax_rows(x.as_f32()?, rows, cols, out.as_i32_mut()?)?),
+        Some(g) => gpu::launch(g, KernelCall::Argmax { x: dev(x)?, rows, cols, out: dev(out)? }),
+    }
+}

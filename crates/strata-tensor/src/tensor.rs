@@ -1,0 +1,323 @@
+//! Tensors: a type, a contiguous row-major shape, and storage on the host (owned, or a view
+//! into memory held by an `Arc`, such as a memory-mapped model file) or on a CUDA device.
+
+use std::sync::Arc;
+
+use half::f16;
+
+use crate::gpu::{DeviceBuffer, GpuStream};
+use crate::{DType, Device, Error, Result};
+
+/// Where ops run: on the host (synchronously, by the CPU reference) or on a CUDA stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stream {
+    Host,
+    Gpu(GpuStream),
+}
+
+impl Stream {
+    pub fn device(&self) -> Device {
+        match self {
+            Stream::Host => Device::Cpu,
+            Stream::Gpu(s) => Device::Cuda(s.gpu().info().ordinal),
+        }
+    }
+
+    /// Blocks until the stream's work is done (nothing to wait for on the host).
+    pub fn synchronize(&self) -> Result<()> {
+        match self {
+            Stream::Host => Ok(()),
+            Stream::Gpu(s) => s.synchronize(),
+        }
+    }
+}
+
+/// Bytes shared with something else that keeps them alive (e.g. a memory map).
+pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// Host bytes, owned (4-byte aligned) or borrowed from shared memory.
+#[derive(Clone)]
+pub enum HostData {
+    /// Owned, stored as words so that f32/i32/f16 views are always aligned.
+    Owned { words: Vec<u32>, len: usize },
+    /// `len` bytes at `offset` of memory kept alive by `owner`.
+    Mapped { owner: SharedBytes, offset: usize, len: usize },
+}
+
+impl HostData {
+    fn zeroed(len: usize) -> HostData {
+        HostData::Owned { words: vec![0; len.div_ceil(4)], len }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            HostData::Owned { words, len } => &bytemuck::cast_slice(words)[..*len],
+            HostData::Mapped { owner, offset, len } => &(**owner).as_ref()[*offset..*offset + *len],
+        }
+    }
+}
+
+/// Where a tensor's bytes are.
+pub enum Storage {
+    Host(HostData),
+    Cuda(DeviceBuffer),
+}
+
+/// A tensor: dtype, shape (contiguous, row-major; quantized types block the last dimension),
+/// and storage.
+pub struct Tensor {
+    dtype: DType,
+    shape: Vec<usize>,
+    storage: Storage,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({} {:?} on {})", self.dtype, self.shape, self.device())
+    }
+}
+
+fn expect_numel(op: &'static str, shape: &[usize], n: usize) -> Result<()> {
+    let want = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    if want != Some(n) {
+        return Err(Error::shape(op, format!("shape {shape:?} needs {want:?} elements, got {n}")));
+    }
+    Ok(())
+}
+
+impl Tensor {
+    fn host(dtype: DType, shape: &[usize], data: HostData) -> Tensor {
+        Tensor { dtype, shape: shape.to_vec(), storage: Storage::Host(data) }
+    }
+
+    /// An f32 host tensor.
+    pub fn from_f32(shape: &[usize], data: Vec<f32>) -> Result<Tensor> {
+        expect_numel("from_f32", shape, data.len())?;
+        let len = data.len() * 4;
+        Ok(Tensor::host(DType::F32, shape, HostData::Owned { words: bytemuck::allocation::cast_vec(data), len }))
+    }
+
+    /// An i32 host tensor (token ids, positions).
+    pub fn from_i32(shape: &[usize], data: Vec<i32>) -> Result<Tensor> {
+        expect_numel("from_i32", shape, data.len())?;
+        let len = data.len() * 4;
+        Ok(Tensor::host(DType::I32, shape, HostData::Owned { words: bytemuck::allocation::cast_vec(data), len }))
+    }
+
+    /// An f16 host tensor.
+    pub fn from_f16(shape: &[usize], data: &[f16]) -> Result<Tensor> {
+        expect_numel("from_f16", shape, data.len())?;
+        Tensor::from_bytes(DType::F16, shape, bytemuck::cast_slice(data))
+    }
+
+    /// A host tensor of any type from its little-endian bytes (copied).
+    pub fn from_bytes(dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<Tensor> {
+        let need = dtype.bytes_for(shape)?;
+        if bytes.len() != need {
+            return Err(Error::shape("from_bytes", format!("{dtype} {shape:?} takes {need} bytes, got {}", bytes.len())));
+        }
+        let mut data = HostData::zeroed(need);
+        if let HostData::Owned { words, .. } = &mut data {
+            bytemuck::cast_slice_mut::<u32, u8>(words)[..need].copy_from_slice(bytes);
+        }
+        Ok(Tensor::host(dtype, shape, data))
+    }
+
+    /// A host tensor viewing `owner`'s bytes at `offset` without copying (e.g. a weight inside
+    /// a memory-mapped model file).
+    ///
+    /// # Errors
+    /// If the tensor's bytes do not lie inside `owner`.
+    pub fn from_shared(dtype: DType, shape: &[usize], owner: SharedBytes, offset: usize) -> Result<Tensor> {
+        let len = dtype.bytes_for(shape)?;
+        let total = (*owner).as_ref().len();
+        if offset.checked_add(len).is_none_or(|end| end > total) {
+            return Err(Error::shape(
+                "from_shared",
+                format!("{dtype} {shape:?} ({len} bytes at offset {offset}) does not fit in {total} bytes"),
+            ));
+        }
+        Ok(Tensor::host(dtype, shape, HostData::Mapped { owner, offset, len }))
+    }
+
+    /// A tensor of zeros on the stream's device.
+    pub fn zeros(dtype: DType, shape: &[usize], s: &Stream, what: &str) -> Result<Tensor> {
+        let len = dtype.bytes_for(shape)?;
+        let storage = match s {
+            Stream::Host => Storage::Host(HostData::zeroed(len)),
+            Stream::Gpu(g) => {
+                let mut b = g.gpu().alloc(len, what)?;
+                b.fill(0, g)?;
+                Storage::Cuda(b)
+            }
+        };
+        Ok(Tensor { dtype, shape: shape.to_vec(), storage })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn len_bytes(&self) -> usize {
+        match &self.storage {
+            Storage::Host(h) => h.bytes().len(),
+            Storage::Cuda(b) => b.len(),
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        match &self.storage {
+            Storage::Host(_) => Device::Cpu,
+            Storage::Cuda(b) => Device::Cuda(b.gpu().info().ordinal),
+        }
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Same bytes, another shape with the same byte size.
+    pub fn reshape(mut self, shape: &[usize]) -> Result<Tensor> {
+        let need = self.dtype.bytes_for(shape)?;
+        if need != self.len_bytes() {
+            return Err(Error::shape("reshape", format!("{:?} -> {shape:?} changes the size", self.shape)));
+        }
+        self.shape = shape.to_vec();
+        Ok(self)
+    }
+
+    /// The bytes of a host tensor.
+    pub fn host_bytes(&self) -> Result<&[u8]> {
+        match &self.storage {
+            Storage::Host(h) => Ok(h.bytes()),
+            Storage::Cuda(_) => Err(Error::Device { op: "host_bytes", what: format!("tensor is on {}", self.device()) }),
+        }
+    }
+
+    fn typed<T: bytemuck::Pod>(&self, want: DType) -> Result<&[T]> {
+        if self.dtype != want {
+            return Err(Error::Dtype { op: "view", dtype: self.dtype.to_string(), expected: want.name() });
+        }
+        bytemuck::try_cast_slice(self.host_bytes()?)
+            .map_err(|e| Error::shape("view", format!("{want} view of misaligned bytes: {e}")))
+    }
+
+    pub fn as_f32(&self) -> Result<&[f32]> {
+        self.typed(DType::F32)
+    }
+
+    pub fn as_i32(&self) -> Result<&[i32]> {
+        self.typed(DType::I32)
+    }
+
+    pub fn as_f16(&self) -> Result<&[f16]> {
+        self.typed(DType::F16)
+    }
+
+    /// Mutable bytes of an owned host tensor (a shared view is read-only).
+    pub(crate) fn host_bytes_mut(&mut self) -> Result<&mut [u8]> {
+        let device = self.device();
+        match &mut self.storage {
+            Storage::Host(HostData::Owned { words, len }) => Ok(&mut bytemuck::cast_slice_mut(words)[..*len]),
+            Storage::Host(HostData::Mapped { .. }) => {
+                Err(Error::Device { op: "write", what: "tensor is a read-only view of shared memory".into() })
+            }
+            Storage::Cuda(_) => Err(Error::Device { op: "write", what: format!("tensor is on {device}") }),
+        }
+    }
+
+    fn typed_mut<T: bytemuck::Pod>(&mut self, want: DType) -> Result<&mut [T]> {
+        if self.dtype != want {
+            return Err(Error::Dtype { op: "view", dtype: self.dtype.to_string(), expected: want.name() });
+        }
+        bytemuck::try_cast_slice_mut(self.host_bytes_mut()?)
+            .map_err(|e| Error::shape("view", format!("{want} view of misaligned bytes: {e}")))
+    }
+
+    pub fn as_f32_mut(&mut self) -> Result<&mut [f32]> {
+        self.typed_mut(DType::F32)
+    }
+
+    pub fn as_i32_mut(&mut self) -> Result<&mut [i32]> {
+        self.typed_mut(DType::I32)
+    }
+
+    pub fn as_f16_mut(&mut self) -> Result<&mut [f16]> {
+        self.typed_mut(DType::F16)
+    }
+
+    /// A copy of this tensor on the stream's device (upload, download or host copy). Returns
+    /// once the source may be reused; the copy itself is ordered on the stream.
+    pub fn to_device(&self, s: &Stream, what: &str) -> Result<Tensor> {
+        let mut out = Tensor::empty_like(self, s, what)?;
+        out.copy_from(self, s)?;
+        Ok(out)
+    }
+
+    fn empty_like(src: &Tensor, s: &Stream, what: &str) -> Result<Tensor> {
+        let storage = match s {
+            Stream::Host => Storage::Host(HostData::zeroed(src.len_bytes())),
+            Stream::Gpu(g) => Storage::Cuda(g.gpu().alloc(src.len_bytes(), what)?),
+        };
+        Ok(Tensor { dtype: src.dtype, shape: src.shape.clone(), storage })
+    }
+
+    /// Copies `src` (same type and shape, any device) into this tensor on stream `s`.
+    pub fn copy_from(&mut self, src: &Tensor, s: &Stream) -> Result<()> {
+        if src.dtype != self.dtype || src.shape != self.shape {
+            return Err(Error::shape(
+                "copy",
+                format!("{} {:?} into {} {:?}", src.dtype, src.shape, self.dtype, self.shape),
+            ));
+        }
+        let stream_of = |op| match s {
+            Stream::Gpu(g) => Ok(g),
+            Stream::Host => Err(Error::Device { op, what: "a copy to or from a GPU needs a GPU stream".into() }),
+        };
+        match (&mut self.storage, &src.storage) {
+            (Storage::Host(_), Storage::Host(h)) => {
+                let bytes = h.bytes().to_vec();
+                self.host_bytes_mut()?.copy_from_slice(&bytes);
+                Ok(())
+            }
+            (Storage::Cuda(d), Storage::Host(h)) => d.upload(0, h.bytes(), stream_of("upload")?),
+            (Storage::Host(_), Storage::Cuda(d)) => {
+                let g = stream_of("download")?;
+                d.download(0, self.host_bytes_mut()?, g)
+            }
+            (Storage::Cuda(d), Storage::Cuda(from)) => d.copy_from(0, from, 0..from.len(), stream_of("copy")?),
+        }
+    }
+
+    /// A host copy of this tensor (downloaded on `s` if it is on a GPU).
+    pub fn to_host(&self, s: &Stream) -> Result<Tensor> {
+        let mut host = Tensor::empty_like(self, &Stream::Host, "host copy")?;
+        host.copy_from(self, s)?;
+        Ok(host)
+    }
+
+    /// The values as f32 on the host (f32 tensors only), downloading if needed.
+    pub fn to_vec_f32(&self, s: &Stream) -> Result<Vec<f32>> {
+        match &self.storage {
+            Storage::Host(_) => Ok(self.as_f32()?.to_vec()),
+            Storage::Cuda(_) => Ok(self.to_host(s)?.as_f32()?.to_vec()),
+        }
+    }
+
+    /// The values as i32 on the host (i32 tensors only), downloading if needed.
+    pub fn to_vec_i32(&self, s: &Stream) -> Result<Vec<i32>> {
+        match &self.storage {
+            Storage::Host(_) => Ok(self.as_i32()?.to_vec()),
+            Storage::Cuda(_) => Ok(self.to_host(s)?.as_i32()?.to_vec()),
+        }
+    }
+}
