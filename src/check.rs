@@ -148,3 +148,32 @@ pub fn assert_close<A: Copy + Into<f64>, B: Copy + Into<f64>>(label: &str, got: 
     let c = compare(got, want, tol);
     assert!(c.passed(), "{label}: {c}");
 }
+
+static SKIPPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static SKIP_REASON: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+extern "C" fn report_skipped() {
+    let n = SKIPPED.load(std::sync::atomic::Ordering::SeqCst);
+    if n > 0 {
+        let why = SKIP_REASON.lock().map(|s| s.clone()).unwrap_or_default();
+        // Straight to stderr at exit, after the harness's summary: `cargo test` captures what
+        // passing tests print, and this line must show what was not exercised.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "skipped: {n} CUDA tests in this binary: {why}");
+    }
+}
+
+/// Records that a test could not run (no CUDA device, ...): prints `skipped: <test>: <why>`
+/// (visible with `--nocapture`) and counts it; when the test binary exits it prints
+/// `skipped: N CUDA tests in this binary: <why>` to stderr. A skipped test is never counted as
+/// verified: the caller returns without asserting anything.
+pub fn skip(test: &str, why: &str) {
+    println!("skipped: {test}: {why}");
+    if SKIPPED.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+        if let Ok(mut r) = SKIP_REASON.lock() {
+            *r = why.to_string();
+        }
+        // SAFETY: registers a plain extern "C" function that captures nothing.
+        unsafe { libc::atexit(report_skipped) };
+    }
+}

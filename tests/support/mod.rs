@@ -8,9 +8,6 @@ pub mod gguf;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -26,32 +23,7 @@ pub fn uniform(rng: &mut ChaCha8Rng, n: usize, amp: f32) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-amp..amp)).collect()
 }
 
-static SKIPPED: AtomicUsize = AtomicUsize::new(0);
-static SKIP_REASON: Mutex<String> = Mutex::new(String::new());
-
-extern "C" fn report_skipped() {
-    let n = SKIPPED.load(Ordering::SeqCst);
-    if n > 0 {
-        let why = SKIP_REASON.lock().map(|s| s.clone()).unwrap_or_default();
-        // Written straight to stderr at exit, after the harness's summary, so that `cargo test`
-        // shows what was not exercised even though passing tests' output is captured.
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "skipped: {n} CUDA tests in this binary: {why}");
-    }
-}
-
-/// Records that a CUDA test could not run, prints `skipped: ...` (visible with --nocapture)
-/// and counts it for the summary line printed when the test binary exits.
-pub fn skip(test: &str, why: &str) {
-    println!("skipped: {test}: {why}");
-    if SKIPPED.fetch_add(1, Ordering::SeqCst) == 0 {
-        if let Ok(mut r) = SKIP_REASON.lock() {
-            *r = why.to_string();
-        }
-        // SAFETY: registering a plain extern "C" fn with no captured state.
-        unsafe { libc::atexit(report_skipped) };
-    }
-}
+pub use strata_kernels::check::skip;
 
 /// Runs `body` on the CPU reference.
 pub fn on_cpu(body: impl FnOnce(&dyn Backend)) {

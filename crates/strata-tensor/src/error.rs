@@ -20,7 +20,9 @@ impl fmt::Display for Unavailable {
         match self {
             Unavailable::NotBuilt => write!(f, "built without CUDA support (rebuild with `--features cuda`)"),
             Unavailable::NoDriver => write!(f, "no NVIDIA driver (libcuda.so could not be loaded)"),
-            Unavailable::NoDevice { ordinal, count: 0 } => write!(f, "no CUDA device (asked for GPU {ordinal}, the driver sees none)"),
+            Unavailable::NoDevice { ordinal, count: 0 } => {
+                write!(f, "no CUDA device (asked for GPU {ordinal}, the driver sees none)")
+            }
             Unavailable::NoDevice { ordinal, count } => {
                 write!(f, "no CUDA device {ordinal} (the driver sees {count}: 0..{})", count - 1)
             }

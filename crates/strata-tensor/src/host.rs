@@ -50,7 +50,9 @@ impl HostBuffer {
         let Some(gpu) = gpu else { return Ok(HostBuffer::pageable(bytes)) };
         if pinning_disabled() {
             if !SAID_DISABLED.swap(true, Ordering::Relaxed) {
-                log::warn!("pinned memory disabled (STRATA_NO_PINNED): host-device copies use pageable memory and are slower");
+                log::warn!(
+                    "pinned memory disabled (STRATA_NO_PINNED): host-device copies use pageable memory and are slower"
+                );
             }
             return Ok(HostBuffer::pageable(bytes));
         }
@@ -100,12 +102,26 @@ impl HostBuffer {
 
     /// Copies `range` of this buffer to `dst` at `dst_offset` on stream `s`: asynchronous from
     /// pinned memory, staged by the driver from pageable memory.
-    pub fn copy_to_device(&self, range: Range<usize>, dst: &mut DeviceBuffer, dst_offset: usize, s: &GpuStream) -> Result<()> {
+    pub fn copy_to_device(
+        &self,
+        range: Range<usize>,
+        dst: &mut DeviceBuffer,
+        dst_offset: usize,
+        s: &GpuStream,
+    ) -> Result<()> {
         match &self.0 {
             Inner::Pinned(p) => dst.upload_pinned(dst_offset, p, range, s),
             Inner::Pageable(v) => {
                 let src = v.get(range.clone()).ok_or_else(|| {
-                    Error::shape("copy", format!("range {}..{} is outside the {} bytes of the host buffer", range.start, range.end, v.len()))
+                    Error::shape(
+                        "copy",
+                        format!(
+                            "range {}..{} is outside the {} bytes of the host buffer",
+                            range.start,
+                            range.end,
+                            v.len()
+                        ),
+                    )
                 })?;
                 dst.upload(dst_offset, src, s)
             }
@@ -113,13 +129,22 @@ impl HostBuffer {
     }
 
     /// Copies from `src` at `src_offset` into `range` of this buffer on stream `s`.
-    pub fn copy_from_device(&mut self, range: Range<usize>, src: &DeviceBuffer, src_offset: usize, s: &GpuStream) -> Result<()> {
+    pub fn copy_from_device(
+        &mut self,
+        range: Range<usize>,
+        src: &DeviceBuffer,
+        src_offset: usize,
+        s: &GpuStream,
+    ) -> Result<()> {
         match &mut self.0 {
             Inner::Pinned(p) => src.download_pinned(src_offset, p, range, s),
             Inner::Pageable(v) => {
                 let len = v.len();
                 let dst = v.get_mut(range.clone()).ok_or_else(|| {
-                    Error::shape("copy", format!("range {}..{} is outside the {len} bytes of the host buffer", range.start, range.end))
+                    Error::shape(
+                        "copy",
+                        format!("range {}..{} is outside the {len} bytes of the host buffer", range.start, range.end),
+                    )
                 })?;
                 src.download(src_offset, dst, s)
             }

@@ -10,11 +10,47 @@ use crate::gpu::DeviceBuffer;
 /// A kernel launch. Field names follow the launchers in `kernels/strata.h`.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(crate) enum KernelCall<'a> {
-    Dequantize { dt: DType, w: &'a DeviceBuffer, rows: usize, cols: usize, out: &'a DeviceBuffer },
-    Gather { dt: DType, table: &'a DeviceBuffer, n_vocab: usize, dim: usize, ids: &'a DeviceBuffer, n_ids: usize, out: &'a DeviceBuffer },
-    Matvec { dt: DType, w: &'a DeviceBuffer, rows: usize, cols: usize, x: &'a DeviceBuffer, y: &'a DeviceBuffer },
-    Matmul { dt: DType, w: &'a DeviceBuffer, rows: usize, cols: usize, x: &'a DeviceBuffer, n_tokens: usize, y: &'a DeviceBuffer },
-    Rmsnorm { x: &'a DeviceBuffer, weight: &'a DeviceBuffer, n_rows: usize, dim: usize, eps: f32, out: &'a DeviceBuffer },
+    Dequantize {
+        dt: DType,
+        w: &'a DeviceBuffer,
+        rows: usize,
+        cols: usize,
+        out: &'a DeviceBuffer,
+    },
+    Gather {
+        dt: DType,
+        table: &'a DeviceBuffer,
+        n_vocab: usize,
+        dim: usize,
+        ids: &'a DeviceBuffer,
+        n_ids: usize,
+        out: &'a DeviceBuffer,
+    },
+    Matvec {
+        dt: DType,
+        w: &'a DeviceBuffer,
+        rows: usize,
+        cols: usize,
+        x: &'a DeviceBuffer,
+        y: &'a DeviceBuffer,
+    },
+    Matmul {
+        dt: DType,
+        w: &'a DeviceBuffer,
+        rows: usize,
+        cols: usize,
+        x: &'a DeviceBuffer,
+        n_tokens: usize,
+        y: &'a DeviceBuffer,
+    },
+    Rmsnorm {
+        x: &'a DeviceBuffer,
+        weight: &'a DeviceBuffer,
+        n_rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &'a DeviceBuffer,
+    },
     Rope {
         x: &'a DeviceBuffer,
         n_tokens: usize,
@@ -48,11 +84,36 @@ pub(crate) enum KernelCall<'a> {
         cache: &'a DeviceBuffer,
         cache_rows: usize,
     },
-    SiluMul { gate: &'a DeviceBuffer, up: &'a DeviceBuffer, n: usize, out: &'a DeviceBuffer },
-    Add { a: &'a DeviceBuffer, b: &'a DeviceBuffer, n: usize, out: &'a DeviceBuffer },
-    Scale { x: &'a DeviceBuffer, factor: f32, n: usize, out: &'a DeviceBuffer },
-    Softmax { x: &'a DeviceBuffer, rows: usize, cols: usize, out: &'a DeviceBuffer },
-    Argmax { x: &'a DeviceBuffer, rows: usize, cols: usize, out: &'a DeviceBuffer },
+    SiluMul {
+        gate: &'a DeviceBuffer,
+        up: &'a DeviceBuffer,
+        n: usize,
+        out: &'a DeviceBuffer,
+    },
+    Add {
+        a: &'a DeviceBuffer,
+        b: &'a DeviceBuffer,
+        n: usize,
+        out: &'a DeviceBuffer,
+    },
+    Scale {
+        x: &'a DeviceBuffer,
+        factor: f32,
+        n: usize,
+        out: &'a DeviceBuffer,
+    },
+    Softmax {
+        x: &'a DeviceBuffer,
+        rows: usize,
+        cols: usize,
+        out: &'a DeviceBuffer,
+    },
+    Argmax {
+        x: &'a DeviceBuffer,
+        rows: usize,
+        cols: usize,
+        out: &'a DeviceBuffer,
+    },
 }
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]

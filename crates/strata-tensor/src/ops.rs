@@ -111,9 +111,10 @@ pub fn embedding_gather(table: &Tensor, ids: &Tensor, out: &mut Tensor, s: &Stre
     expect_shape(OP, "out", out, &[n_ids, dim])?;
     match gpu_stream(s) {
         None => Ok(cpu::embedding_gather(dt, table.host_bytes()?, n_vocab, dim, ids.as_i32()?, out.as_f32_mut()?)?),
-        Some(g) => {
-            gpu::launch(g, KernelCall::Gather { dt, table: dev(table)?, n_vocab, dim, ids: dev(ids)?, n_ids, out: dev(out)? })
-        }
+        Some(g) => gpu::launch(
+            g,
+            KernelCall::Gather { dt, table: dev(table)?, n_vocab, dim, ids: dev(ids)?, n_ids, out: dev(out)? },
+        ),
     }
 }
 
@@ -126,7 +127,15 @@ pub fn matvec(w: &Tensor, x: &Tensor, y: &mut Tensor, s: &Stream) -> Result<()> 
     expect_dtype(OP, "x", x, &[DType::F32], "f32")?;
     f32_out(OP, y)?;
     if x.numel() != cols || y.numel() != rows {
-        return Err(Error::shape(OP, format!("w {:?} needs x of {cols} and y of {rows} values, got {:?} and {:?}", w.shape(), x.shape(), y.shape())));
+        return Err(Error::shape(
+            OP,
+            format!(
+                "w {:?} needs x of {cols} and y of {rows} values, got {:?} and {:?}",
+                w.shape(),
+                x.shape(),
+                y.shape()
+            ),
+        ));
     }
     match gpu_stream(s) {
         None => Ok(cpu::matvec(dt, w.host_bytes()?, rows, cols, x.as_f32()?, y.as_f32_mut()?)?),
@@ -166,7 +175,9 @@ pub fn rmsnorm(x: &Tensor, weight: &Tensor, eps: f32, out: &mut Tensor, s: &Stre
     let n_rows = x.numel().checked_div(dim).unwrap_or(0);
     match gpu_stream(s) {
         None => Ok(cpu::rmsnorm(x.as_f32()?, weight.as_f32()?, n_rows, dim, eps, out.as_f32_mut()?)?),
-        Some(g) => gpu::launch(g, KernelCall::Rmsnorm { x: dev(x)?, weight: dev(weight)?, n_rows, dim, eps, out: dev(out)? }),
+        Some(g) => {
+            gpu::launch(g, KernelCall::Rmsnorm { x: dev(x)?, weight: dev(weight)?, n_rows, dim, eps, out: dev(out)? })
+        }
     }
 }
 
@@ -186,7 +197,7 @@ pub fn rope(
     expect_dtype(OP, "positions", positions, &[DType::I32], "i32")?;
     let (n_tokens, n_heads, head_dim) = dims3(OP, "x", x)?;
     expect_shape(OP, "positions", positions, &[n_tokens])?;
-    if n_rot % 2 != 0 || n_rot > head_dim {
+    if !n_rot.is_multiple_of(2) || n_rot > head_dim {
         return Err(Error::shape(OP, format!("n_rot must be even and at most head_dim {head_dim}, got {n_rot}")));
     }
     match gpu_stream(s) {
@@ -196,28 +207,58 @@ pub fn rope(
         }
         Some(g) => gpu::launch(
             g,
-            KernelCall::Rope { x: dev(x)?, n_tokens, n_heads, head_dim, positions: dev(positions)?, n_rot, freq_base, freq_scale, layout },
+            KernelCall::Rope {
+                x: dev(x)?,
+                n_tokens,
+                n_heads,
+                head_dim,
+                positions: dev(positions)?,
+                n_rot,
+                freq_base,
+                freq_scale,
+                layout,
+            },
         ),
     }
 }
 
 /// Checks caches [rows, n_kv_heads, head_dim] of f32/f16 against q's head count; returns
 /// (cache dtype, rows, n_kv_heads).
-fn check_caches(op: &'static str, k: &Tensor, v: &Tensor, n_heads: usize, head_dim: usize) -> Result<(strata_kernels::DType, usize, usize)> {
+fn check_caches(
+    op: &'static str,
+    k: &Tensor,
+    v: &Tensor,
+    n_heads: usize,
+    head_dim: usize,
+) -> Result<(strata_kernels::DType, usize, usize)> {
     expect_dtype(op, "K cache", k, &[DType::F32, DType::F16], "f32 or f16")?;
     if v.dtype() != k.dtype() || v.shape() != k.shape() {
-        return Err(Error::shape(op, format!("K cache {} {:?} and V cache {} {:?} differ", k.dtype(), k.shape(), v.dtype(), v.shape())));
+        return Err(Error::shape(
+            op,
+            format!("K cache {} {:?} and V cache {} {:?} differ", k.dtype(), k.shape(), v.dtype(), v.shape()),
+        ));
     }
     let (rows, n_kv_heads, d) = dims3(op, "K cache", k)?;
-    if d != head_dim || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-        return Err(Error::shape(op, format!("cache {:?} does not fit {n_heads} query heads of {head_dim}", k.shape())));
+    if d != head_dim || n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
+        return Err(Error::shape(
+            op,
+            format!("cache {:?} does not fit {n_heads} query heads of {head_dim}", k.shape()),
+        ));
     }
     let dt = if k.dtype() == DType::F16 { strata_kernels::DType::F16 } else { strata_kernels::DType::F32 };
     Ok((dt, rows, n_kv_heads))
 }
 
 /// Decode attention: q [n_heads, head_dim] over cache rows 0..n_kv; out like q.
-pub fn attention_decode(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, n_kv: usize, scale: f32, out: &mut Tensor, s: &Stream) -> Result<()> {
+pub fn attention_decode(
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    n_kv: usize,
+    scale: f32,
+    out: &mut Tensor,
+    s: &Stream,
+) -> Result<()> {
     const OP: &str = "attention_decode";
     check_devices(OP, s, &[q, k_cache, v_cache, out])?;
     expect_dtype(OP, "q", q, &[DType::F32], "f32")?;
@@ -261,7 +302,15 @@ pub fn attention_decode(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, n_kv: us
 
 /// Prefill attention: q [n_tokens, n_heads, head_dim], token t at position pos0 + t attends
 /// rows 0..=pos0+t; out like q.
-pub fn attention_prefill(q: &Tensor, pos0: usize, k_cache: &Tensor, v_cache: &Tensor, scale: f32, out: &mut Tensor, s: &Stream) -> Result<()> {
+pub fn attention_prefill(
+    q: &Tensor,
+    pos0: usize,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    scale: f32,
+    out: &mut Tensor,
+    s: &Stream,
+) -> Result<()> {
     const OP: &str = "attention_prefill";
     check_devices(OP, s, &[q, k_cache, v_cache, out])?;
     expect_dtype(OP, "q", q, &[DType::F32], "f32")?;
@@ -270,7 +319,10 @@ pub fn attention_prefill(q: &Tensor, pos0: usize, k_cache: &Tensor, v_cache: &Te
     expect_shape(OP, "out", out, q.shape())?;
     let (cache, rows, n_kv_heads) = check_caches(OP, k_cache, v_cache, n_heads, head_dim)?;
     if pos0.checked_add(n_tokens).is_none_or(|end| end > rows) {
-        return Err(Error::shape(OP, format!("positions {pos0}..{} exceed the cache of {rows} rows", pos0.saturating_add(n_tokens))));
+        return Err(Error::shape(
+            OP,
+            format!("positions {pos0}..{} exceed the cache of {rows} rows", pos0.saturating_add(n_tokens)),
+        ));
     }
     match gpu_stream(s) {
         None => Ok(cpu::attention_prefill(
@@ -316,7 +368,10 @@ pub fn kv_append(src: &Tensor, positions: &Tensor, cache: &mut Tensor, s: &Strea
     let cache_rows = *cache.shape().first().ok_or_else(|| Error::shape(OP, "cache has no dimensions"))?;
     let row_len = src.numel().checked_div(n_tokens).unwrap_or(0);
     if src.shape()[1..].iter().product::<usize>() != cache.shape()[1..].iter().product::<usize>() {
-        return Err(Error::shape(OP, format!("src rows {:?} do not match cache rows {:?}", &src.shape()[1..], &cache.shape()[1..])));
+        return Err(Error::shape(
+            OP,
+            format!("src rows {:?} do not match cache rows {:?}", &src.shape()[1..], &cache.shape()[1..]),
+        ));
     }
     expect_shape(OP, "positions", positions, &[n_tokens])?;
     let cache_dt = if cache.dtype() == DType::F16 { strata_kernels::DType::F16 } else { strata_kernels::DType::F32 };
@@ -331,7 +386,15 @@ pub fn kv_append(src: &Tensor, positions: &Tensor, cache: &mut Tensor, s: &Strea
         }
         Some(g) => gpu::launch(
             g,
-            KernelCall::KvAppend { src: dev(src)?, n_tokens, row_len, positions: dev(positions)?, cache_dt, cache: dev(cache)?, cache_rows },
+            KernelCall::KvAppend {
+                src: dev(src)?,
+                n_tokens,
+                row_len,
+                positions: dev(positions)?,
+                cache_dt,
+                cache: dev(cache)?,
+                cache_rows,
+            },
         ),
     }
 }

@@ -114,7 +114,10 @@ impl Tensor {
     pub fn from_bytes(dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<Tensor> {
         let need = dtype.bytes_for(shape)?;
         if bytes.len() != need {
-            return Err(Error::shape("from_bytes", format!("{dtype} {shape:?} takes {need} bytes, got {}", bytes.len())));
+            return Err(Error::shape(
+                "from_bytes",
+                format!("{dtype} {shape:?} takes {need} bytes, got {}", bytes.len()),
+            ));
         }
         let mut data = HostData::zeroed(need);
         if let HostData::Owned { words, .. } = &mut data {
@@ -199,7 +202,9 @@ impl Tensor {
     pub fn host_bytes(&self) -> Result<&[u8]> {
         match &self.storage {
             Storage::Host(h) => Ok(h.bytes()),
-            Storage::Cuda(_) => Err(Error::Device { op: "host_bytes", what: format!("tensor is on {}", self.device()) }),
+            Storage::Cuda(_) => {
+                Err(Error::Device { op: "host_bytes", what: format!("tensor is on {}", self.device()) })
+            }
         }
     }
 

@@ -119,16 +119,34 @@ impl DeviceBuffer {
     pub fn upload(&mut self, offset: usize, src: &[u8], s: &GpuStream) -> Result<()> {
         match self.0 {}
     }
-    pub fn upload_pinned(&mut self, offset: usize, src: &PinnedBuffer, src_range: Range<usize>, s: &GpuStream) -> Result<()> {
+    pub fn upload_pinned(
+        &mut self,
+        offset: usize,
+        src: &PinnedBuffer,
+        src_range: Range<usize>,
+        s: &GpuStream,
+    ) -> Result<()> {
         match self.0 {}
     }
     pub fn download(&self, offset: usize, dst: &mut [u8], s: &GpuStream) -> Result<()> {
         match self.0 {}
     }
-    pub fn download_pinned(&self, offset: usize, dst: &mut PinnedBuffer, dst_range: Range<usize>, s: &GpuStream) -> Result<()> {
+    pub fn download_pinned(
+        &self,
+        offset: usize,
+        dst: &mut PinnedBuffer,
+        dst_range: Range<usize>,
+        s: &GpuStream,
+    ) -> Result<()> {
         match self.0 {}
     }
-    pub fn copy_from(&mut self, offset: usize, src: &DeviceBuffer, src_range: Range<usize>, s: &GpuStream) -> Result<()> {
+    pub fn copy_from(
+        &mut self,
+        offset: usize,
+        src: &DeviceBuffer,
+        src_range: Range<usize>,
+        s: &GpuStream,
+    ) -> Result<()> {
         match self.0 {}
     }
     pub fn fill(&mut self, byte: u8, s: &GpuStream) -> Result<()> {

@@ -126,38 +126,33 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
                 cuda::embedding_gather_f32(dt, ptr[0], n_vocab, dim, ptr[1], n_ids, ptr[2], raw)
             }
             K::Matvec { dt, rows, cols, .. } => cuda::matvec_f32(dt, ptr[0], rows, cols, ptr[1], ptr[2], raw),
-            K::Matmul { dt, rows, cols, n_tokens, .. } => cuda::matmul_f32(dt, ptr[0], rows, cols, ptr[1], n_tokens, ptr[2], raw),
+            K::Matmul { dt, rows, cols, n_tokens, .. } => {
+                cuda::matmul_f32(dt, ptr[0], rows, cols, ptr[1], n_tokens, ptr[2], raw)
+            }
             K::Rmsnorm { n_rows, dim, eps, .. } => cuda::rmsnorm_f32(ptr[0], ptr[1], n_rows, dim, eps, ptr[2], raw),
             K::Rope { n_tokens, n_heads, head_dim, n_rot, freq_base, freq_scale, layout, .. } => {
                 cuda::rope_f32(ptr[0], n_tokens, n_heads, head_dim, ptr[1], n_rot, freq_base, freq_scale, layout, raw)
             }
-            K::Attention { n_tokens: 1, pos0, cache, n_heads, n_kv_heads, head_dim, scale, .. } => cuda::attention_decode_f32(
-                ptr[0],
-                cache,
-                ptr[1],
-                ptr[2],
-                n_heads,
-                n_kv_heads,
-                head_dim,
-                pos0 + 1,
-                scale,
-                ptr[3],
-                raw,
-            ),
-            K::Attention { n_tokens, pos0, cache, n_heads, n_kv_heads, head_dim, scale, .. } => cuda::attention_prefill_f32(
-                ptr[0],
-                n_tokens,
-                pos0,
-                cache,
-                ptr[1],
-                ptr[2],
-                n_heads,
-                n_kv_heads,
-                head_dim,
-                scale,
-                ptr[3],
-                raw,
-            ),
+            K::Attention { n_tokens: 1, pos0, cache, n_heads, n_kv_heads, head_dim, scale, .. } => {
+                cuda::attention_decode_f32(
+                    ptr[0],
+                    cache,
+                    ptr[1],
+                    ptr[2],
+                    n_heads,
+                    n_kv_heads,
+                    head_dim,
+                    pos0 + 1,
+                    scale,
+                    ptr[3],
+                    raw,
+                )
+            }
+            K::Attention { n_tokens, pos0, cache, n_heads, n_kv_heads, head_dim, scale, .. } => {
+                cuda::attention_prefill_f32(
+                    ptr[0], n_tokens, pos0, cache, ptr[1], ptr[2], n_heads, n_kv_heads, head_dim, scale, ptr[3], raw,
+                )
+            }
             K::KvAppend { n_tokens, row_len, cache_dt, cache_rows, .. } => {
                 cuda::kv_append_f32(ptr[0], n_tokens, row_len, ptr[1], cache_dt, ptr[2], cache_rows, raw)
             }

@@ -28,7 +28,14 @@ use crate::{Error, MemoryBudget, Reservation, Result};
 fn driver(what: impl Into<String>, e: DriverError) -> Error {
     let code = e.error_name().map(|c| c.to_string_lossy().into_owned()).unwrap_or_else(|_| format!("{:?}", e.0));
     if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
-        return Error::OutOfMemory { what: what.into(), budget: "device (driver)".into(), requested: 0, cap: 0, in_use: 0, peak: 0 };
+        return Error::OutOfMemory {
+            what: what.into(),
+            budget: "device (driver)".into(),
+            requested: 0,
+            cap: 0,
+            in_use: 0,
+            peak: 0,
+        };
     }
     Error::Driver { what: what.into(), code }
 }
@@ -240,7 +247,11 @@ impl GpuStream {
 
     /// Records an event (with timing) after the work enqueued so far.
     pub fn record(&self) -> Result<Event> {
-        let e = self.0.s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(|e| driver("recording an event", e))?;
+        let e = self
+            .0
+            .s
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| driver("recording an event", e))?;
         Ok(Event(e))
     }
 
@@ -378,7 +389,13 @@ impl DeviceBuffer {
 
     /// Copies `src_range` of a pinned buffer into this buffer at `offset`, asynchronously.
     /// Both buffers remember the stream, so later host access to `src` waits for the copy.
-    pub fn upload_pinned(&mut self, offset: usize, src: &PinnedBuffer, src_range: Range<usize>, s: &GpuStream) -> Result<()> {
+    pub fn upload_pinned(
+        &mut self,
+        offset: usize,
+        src: &PinnedBuffer,
+        src_range: Range<usize>,
+        s: &GpuStream,
+    ) -> Result<()> {
         check_range("source", &src_range, src.bytes)?;
         check_range("destination", &(offset..offset + src_range.len()), self.bytes)?;
         self.same_gpu(s)?;
@@ -392,7 +409,8 @@ impl DeviceBuffer {
         // and Drop wait for it).
         let src_slice = unsafe { std::slice::from_raw_parts(src.ptr.add(src_range.start), src_range.len()) };
         // SAFETY: see above; page-locked memory makes the copy truly asynchronous.
-        unsafe { result::memcpy_htod_async(dst, src_slice, raw.cast()) }.map_err(|e| driver("pinned host-to-device copy", e))?;
+        unsafe { result::memcpy_htod_async(dst, src_slice, raw.cast()) }
+            .map_err(|e| driver("pinned host-to-device copy", e))?;
         src.last.after(s);
         self.used_by(s);
         Ok(())
@@ -416,7 +434,13 @@ impl DeviceBuffer {
 
     /// Copies from `offset` into `dst_range` of a pinned buffer, asynchronously; reading the
     /// pinned buffer on the host waits for it.
-    pub fn download_pinned(&self, offset: usize, dst: &mut PinnedBuffer, dst_range: Range<usize>, s: &GpuStream) -> Result<()> {
+    pub fn download_pinned(
+        &self,
+        offset: usize,
+        dst: &mut PinnedBuffer,
+        dst_range: Range<usize>,
+        s: &GpuStream,
+    ) -> Result<()> {
         check_range("destination", &dst_range, dst.bytes)?;
         check_range("source", &(offset..offset + dst_range.len()), self.bytes)?;
         self.same_gpu(s)?;
@@ -429,14 +453,21 @@ impl DeviceBuffer {
         // wait on its LastUse.
         let dst_slice = unsafe { std::slice::from_raw_parts_mut(dst.ptr.add(dst_range.start), dst_range.len()) };
         // SAFETY: see above.
-        unsafe { result::memcpy_dtoh_async(dst_slice, src, raw.cast()) }.map_err(|e| driver("device-to-pinned copy", e))?;
+        unsafe { result::memcpy_dtoh_async(dst_slice, src, raw.cast()) }
+            .map_err(|e| driver("device-to-pinned copy", e))?;
         dst.last.after(s);
         self.used_by(s);
         Ok(())
     }
 
     /// Copies `src_range` of another device buffer (same GPU) to `offset`.
-    pub fn copy_from(&mut self, offset: usize, src: &DeviceBuffer, src_range: Range<usize>, s: &GpuStream) -> Result<()> {
+    pub fn copy_from(
+        &mut self,
+        offset: usize,
+        src: &DeviceBuffer,
+        src_range: Range<usize>,
+        s: &GpuStream,
+    ) -> Result<()> {
         check_range("source", &src_range, src.bytes)?;
         check_range("destination", &(offset..offset + src_range.len()), self.bytes)?;
         self.same_gpu(s)?;

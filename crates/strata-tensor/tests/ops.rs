@@ -1,0 +1,216 @@
+//! Every op through the tensor API, on the CPU and on CUDA, against the kernel crate's CPU
+//! reference called directly; plus the typed errors for bad shapes, types and devices.
+
+use half::f16;
+use strata_kernels::check::{Tolerance, assert_close};
+use strata_kernels::cpu::{self, CacheMut, CacheRef};
+use strata_kernels::quant;
+use strata_tensor::{DType, Error, RopeLayout, Stream, Tensor, ops};
+
+use crate::device_test;
+use crate::support::{on, poisoned, tol, uniform};
+
+type K = strata_kernels::DType;
+
+fn weights(dt: K, rows: usize, cols: usize, seed: u64) -> (Vec<u8>, Tensor) {
+    let bytes = quant::quantize_matrix(dt, &uniform(seed, rows * cols, 1.0), rows, cols).unwrap();
+    let t = Tensor::from_bytes(dt.into(), &[rows, cols], &bytes).unwrap();
+    (bytes, t)
+}
+
+fn f32t(shape: &[usize], v: &[f32]) -> Tensor {
+    Tensor::from_f32(shape, v.to_vec()).unwrap()
+}
+
+fn i32t(v: &[i32]) -> Tensor {
+    Tensor::from_i32(&[v.len()], v.to_vec()).unwrap()
+}
+
+const SHAPES: [(K, usize, usize); 6] =
+    [(K::Q4_1, 37, 96), (K::Q4_0, 64, 576), (K::Q8_0, 5, 32), (K::F16, 9, 45), (K::BF16, 70, 33), (K::F32, 3, 7)];
+
+fn dequantize_body(s: &Stream) {
+    for (dt, rows, cols) in SHAPES {
+        let (bytes, w) = weights(dt, rows, cols, 1);
+        let mut want = vec![0.0; rows * cols];
+        cpu::dequantize_rows(dt, &bytes, rows, cols, &mut want).unwrap();
+        let mut out = poisoned(&[rows, cols], s);
+        ops::dequantize_rows(&on(s, w), &mut out, s).unwrap();
+        assert_close(&format!("dequantize {dt}"), &out.to_vec_f32(s).unwrap(), &want, Tolerance::STRICT);
+    }
+}
+device_test!(dequantize_rows, dequantize_body);
+
+fn gather_body(s: &Stream) {
+    for (dt, rows, cols) in SHAPES {
+        let (bytes, table) = weights(dt, rows, cols, 2);
+        let ids: Vec<i32> = (0..5).map(|i| (i * 7 % rows) as i32).collect();
+        let mut want = vec![0.0; ids.len() * cols];
+        cpu::embedding_gather(dt, &bytes, rows, cols, &ids, &mut want).unwrap();
+        let mut out = poisoned(&[ids.len(), cols], s);
+        ops::embedding_gather(&on(s, table), &on(s, i32t(&ids)), &mut out, s).unwrap();
+        assert_close(&format!("gather {dt}"), &out.to_vec_f32(s).unwrap(), &want, Tolerance::STRICT);
+    }
+}
+device_test!(embedding_gather, gather_body);
+
+fn matvec_matmul_body(s: &Stream) {
+    for (dt, rows, cols) in SHAPES {
+        let (bytes, w) = weights(dt, rows, cols, 3);
+        let w = on(s, w);
+        let x = uniform(4, 67 * cols, 1.0);
+        let mut want = vec![0.0; rows];
+        cpu::matvec(dt, &bytes, rows, cols, &x[..cols], &mut want).unwrap();
+        let mut y = poisoned(&[rows], s);
+        ops::matvec(&w, &on(s, f32t(&[cols], &x[..cols])), &mut y, s).unwrap();
+        assert_close(&format!("matvec {dt}"), &y.to_vec_f32(s).unwrap(), &want, tol(s, Tolerance::F32_ACCUMULATION));
+
+        let mut want = vec![0.0; 67 * rows];
+        cpu::matmul(dt, &bytes, rows, cols, &x, 67, &mut want).unwrap();
+        let mut y = poisoned(&[67, rows], s);
+        ops::matmul(&w, &on(s, f32t(&[67, cols], &x)), &mut y, s).unwrap();
+        assert_close(&format!("matmul {dt}"), &y.to_vec_f32(s).unwrap(), &want, tol(s, Tolerance::F32_ACCUMULATION));
+    }
+}
+device_test!(matvec_matmul, matvec_matmul_body);
+
+fn norm_rope_body(s: &Stream) {
+    let (t, h, d) = (5, 3, 64);
+    let x = uniform(5, t * h * d, 2.0);
+    let w = uniform(6, d, 1.0);
+    let mut want = vec![0.0; x.len()];
+    cpu::rmsnorm(&x, &w, t * h, d, 1e-5, &mut want).unwrap();
+    let mut out = poisoned(&[t, h, d], s);
+    ops::rmsnorm(&on(s, f32t(&[t, h, d], &x)), &on(s, f32t(&[d], &w)), 1e-5, &mut out, s).unwrap();
+    assert_close("rmsnorm", &out.to_vec_f32(s).unwrap(), &want, tol(s, Tolerance::F32_ACCUMULATION));
+
+    let pos = [3, 4, 5, 6, 4000];
+    for layout in [RopeLayout::Adjacent, RopeLayout::HalfSplit] {
+        let mut want = x.clone();
+        cpu::rope(&mut want, t, h, d, &pos, 48, 10000.0, 1.0, layout).unwrap();
+        let mut xt = on(s, f32t(&[t, h, d], &x));
+        ops::rope(&mut xt, &on(s, i32t(&pos)), 48, 10000.0, 1.0, layout, s).unwrap();
+        assert_close(&format!("rope {layout:?}"), &xt.to_vec_f32(s).unwrap(), &want, tol(s, Tolerance::F32_ROUNDING));
+    }
+}
+device_test!(rmsnorm_rope, norm_rope_body);
+
+fn attention_body(s: &Stream) {
+    let (h, kvh, d, rows) = (9, 3, 64, 40);
+    for cache_dt in [DType::F16, DType::F32] {
+        let kv = uniform(7, rows * kvh * d, 1.0);
+        let vv = uniform(8, rows * kvh * d, 1.0);
+        let (k16, v16): (Vec<f16>, Vec<f16>) =
+            (kv.iter().map(|&x| f16::from_f32(x)).collect(), vv.iter().map(|&x| f16::from_f32(x)).collect());
+        let (kt, vt, kr, vr) = match cache_dt {
+            DType::F16 => (
+                Tensor::from_f16(&[rows, kvh, d], &k16).unwrap(),
+                Tensor::from_f16(&[rows, kvh, d], &v16).unwrap(),
+                CacheRef::F16(&k16),
+                CacheRef::F16(&v16),
+            ),
+            _ => (f32t(&[rows, kvh, d], &kv), f32t(&[rows, kvh, d], &vv), CacheRef::F32(&kv), CacheRef::F32(&vv)),
+        };
+        let (kt, vt) = (on(s, kt), on(s, vt));
+        let scale = 0.125;
+        let q = uniform(9, 6 * h * d, 1.0);
+        let mut want = vec![0.0; h * d];
+        cpu::attention_decode(&q[..h * d], kr, vr, h, kvh, d, 33, scale, &mut want).unwrap();
+        let mut out = poisoned(&[h, d], s);
+        ops::attention_decode(&on(s, f32t(&[h, d], &q[..h * d])), &kt, &vt, 33, scale, &mut out, s).unwrap();
+        assert_close(
+            &format!("decode {cache_dt}"),
+            &out.to_vec_f32(s).unwrap(),
+            &want,
+            tol(s, Tolerance::F32_ACCUMULATION),
+        );
+
+        let mut want = vec![0.0; 6 * h * d];
+        cpu::attention_prefill(&q, 6, 30, kr, vr, h, kvh, d, scale, &mut want).unwrap();
+        let mut out = poisoned(&[6, h, d], s);
+        ops::attention_prefill(&on(s, f32t(&[6, h, d], &q)), 30, &kt, &vt, scale, &mut out, s).unwrap();
+        assert_close(
+            &format!("prefill {cache_dt}"),
+            &out.to_vec_f32(s).unwrap(),
+            &want,
+            tol(s, Tolerance::F32_ACCUMULATION),
+        );
+    }
+}
+device_test!(attention, attention_body);
+
+fn kv_append_body(s: &Stream) {
+    let (rows, kvh, d, t) = (12, 3, 8, 4);
+    let src = uniform(10, t * kvh * d, 5.0);
+    let pos = [7, 2, 9, 0];
+    let mut want16 = vec![f16::ZERO; rows * kvh * d];
+    cpu::kv_append(&src, t, kvh * d, &pos, CacheMut::F16(&mut want16), rows).unwrap();
+    let mut cache = on(s, Tensor::from_f16(&[rows, kvh, d], &vec![f16::ZERO; rows * kvh * d]).unwrap());
+    ops::kv_append(&on(s, f32t(&[t, kvh, d], &src)), &on(s, i32t(&pos)), &mut cache, s).unwrap();
+    let got = cache.to_host(s).unwrap();
+    assert_eq!(got.as_f16().unwrap(), &want16[..], "f16 cache after append");
+}
+device_test!(kv_append, kv_append_body);
+
+fn elementwise_body(s: &Stream) {
+    let n = 1000;
+    let (a, b) = (uniform(11, n, 8.0), uniform(12, n, 2.0));
+    let (at, bt) = (on(s, f32t(&[n], &a)), on(s, f32t(&[n], &b)));
+    let mut want = vec![0.0; n];
+    cpu::silu_mul(&a, &b, &mut want).unwrap();
+    let mut out = poisoned(&[n], s);
+    ops::silu_mul(&at, &bt, &mut out, s).unwrap();
+    assert_close("silu_mul", &out.to_vec_f32(s).unwrap(), &want, tol(s, Tolerance::F32_ROUNDING));
+
+    cpu::add(&a, &b, &mut want).unwrap();
+    let mut acc = on(s, f32t(&[n], &a));
+    ops::add_inplace(&mut acc, &bt, s).unwrap();
+    assert_close("add_inplace", &acc.to_vec_f32(s).unwrap(), &want, Tolerance::STRICT);
+
+    cpu::scale(&a, -0.25, &mut want).unwrap();
+    ops::scale(&at, -0.25, &mut out, s).unwrap();
+    assert_close("scale", &out.to_vec_f32(s).unwrap(), &want, Tolerance::STRICT);
+
+    let (rows, cols) = (3, 333);
+    let x = uniform(13, rows * cols, 10.0);
+    let xt = on(s, f32t(&[rows, cols], &x));
+    let mut want = vec![0.0; rows * cols];
+    cpu::softmax_rows(&x, rows, cols, &mut want).unwrap();
+    let mut out = poisoned(&[rows, cols], s);
+    ops::softmax_rows(&xt, &mut out, s).unwrap();
+    assert_close("softmax", &out.to_vec_f32(s).unwrap(), &want, tol(s, Tolerance::F32_ACCUMULATION));
+
+    let mut want = vec![0; rows];
+    cpu::argmax_rows(&x, rows, cols, &mut want).unwrap();
+    let mut idx = on(s, Tensor::from_i32(&[rows], vec![-1; rows]).unwrap());
+    ops::argmax_rows(&xt, &mut idx, s).unwrap();
+    assert_eq!(idx.to_vec_i32(s).unwrap(), want, "argmax");
+}
+device_test!(elementwise, elementwise_body);
+
+#[test]
+fn bad_shapes_types_and_devices_are_typed_errors() {
+    let s = Stream::Host;
+    let (_, w) = weights(K::Q4_0, 4, 64, 1);
+    let x = f32t(&[63], &[0.0; 63]);
+    let mut y = f32t(&[4], &[0.0; 4]);
+    assert!(matches!(ops::matvec(&w, &x, &mut y, &s), Err(Error::Shape { op: "matvec", .. })));
+    let ids = f32t(&[2], &[0.0, 1.0]);
+    let mut out = f32t(&[2, 64], &[0.0; 128]);
+    assert!(matches!(ops::embedding_gather(&w, &ids, &mut out, &s), Err(Error::Dtype { .. })));
+    let mut i = Tensor::from_i32(&[4], vec![0; 4]).unwrap();
+    assert!(matches!(ops::matvec(&w, &f32t(&[64], &[0.0; 64]), &mut i, &s), Err(Error::Dtype { .. })));
+    // Out-of-vocabulary ids are refused on the CPU.
+    let bad = i32t(&[0, 4]);
+    assert!(matches!(ops::embedding_gather(&w, &bad, &mut out, &s), Err(Error::Kernel(_))));
+    // A quantized row must be whole blocks.
+    assert!(Tensor::from_bytes(DType::Q4_0, &[2, 33], &[0; 36]).is_err());
+    // A shared view must lie inside its owner.
+    let owner: strata_tensor::SharedBytes = std::sync::Arc::new(vec![0u8; 100]);
+    assert!(Tensor::from_shared(DType::F32, &[30], owner.clone(), 0).is_err());
+    assert!(Tensor::from_shared(DType::F32, &[20], owner, 20).is_ok());
+    if let Ok((_, gs)) = crate::support::gpu() {
+        // A host tensor on a GPU stream is a device error, not a crash.
+        assert!(matches!(ops::matvec(&w, &f32t(&[64], &[0.0; 64]), &mut y, gs), Err(Error::Device { .. })));
+    }
+}
