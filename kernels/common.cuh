@@ -141,71 +141,87 @@ __host__ __device__ __forceinline__ int part_index(strata_dtype t, int p, int k)
     return 8 * p + k;
 }
 
-// Decodes part p of chunk c of `row` (a row of `cols` values of type T) into v[8] as
-// v = q * scale + offset, returning the raw q (already centred for Q4_0) in q[8] and the
-// block's scale and offset, so that dot products can factor the scale out of the sum:
+// Decoder<T> reads part p of chunk c of `row` (a row of `cols` values of type T) in two steps
+// so that callers can issue many loads before using any (memory-level parallelism):
+//   load_raw(row, c, p, cols) -> Raw      only global loads, no arithmetic on the data;
+//   decode(raw, q, scale, offset)         v[k] = q[k] * scale + offset for the 8 values.
+// Dot products factor the scale out of the sum:
 //   sum_k v[k] x[k] = scale * sum_k q[k] x[k] + offset * sum_k x[k].
 // For plain float types scale = 1, offset = 0 and q = the values. Values past `cols` in the
 // last chunk of a plain-float row decode as 0 (quantized rows have no partial chunks).
+// load(...) does both steps.
 template <strata_dtype T>
 struct Decoder;
+
+// Q4 nibbles of one qs word: low nibbles are values 4p..4p+3, high nibbles 16+4p..16+4p+3.
+__device__ __forceinline__ void nibbles_to_float(uint32_t w, float bias, float q[8]) {
+    const uint32_t lo = w & 0x0F0F0F0Fu, hi = (w >> 4) & 0x0F0F0F0Fu;
+    q[0] = byte_to_float<0>(lo, bias);
+    q[1] = byte_to_float<1>(lo, bias);
+    q[2] = byte_to_float<2>(lo, bias);
+    q[3] = byte_to_float<3>(lo, bias);
+    q[4] = byte_to_float<0>(hi, bias);
+    q[5] = byte_to_float<1>(hi, bias);
+    q[6] = byte_to_float<2>(hi, bias);
+    q[7] = byte_to_float<3>(hi, bias);
+}
 
 template <>
 struct Decoder<STRATA_DTYPE_Q4_0> {
     static constexpr int64_t kChunkBytes = sizeof(strata_block_q4_0);
-    __device__ __forceinline__ static void load(const uint8_t *row, int64_t c, int p, int64_t,
-                                                float q[8], float &scale, float &offset) {
+    struct Raw {
+        uint16_t d;
+        uint32_t w;
+    };
+    __device__ __forceinline__ static Raw load_raw(const uint8_t *row, int64_t c, int p, int64_t) {
         const uint8_t *b = row + c * kChunkBytes;
-        scale = half_bits_to_float(load_u16(b));
+        return Raw{load_u16(b), load_u32_a2(b + 2 + 4 * p)};
+    }
+    __device__ __forceinline__ static void decode(const Raw &r, float q[8], float &scale, float &offset) {
+        scale = half_bits_to_float(r.d);
         offset = 0.0f;
-        const uint32_t w = load_u32_a2(b + 2 + 4 * p);
-        const uint32_t lo = w & 0x0F0F0F0Fu, hi = (w >> 4) & 0x0F0F0F0Fu;
-        const float bias = kTwo23 + 8.0f;  // q - 8
-        q[0] = byte_to_float<0>(lo, bias);
-        q[1] = byte_to_float<1>(lo, bias);
-        q[2] = byte_to_float<2>(lo, bias);
-        q[3] = byte_to_float<3>(lo, bias);
-        q[4] = byte_to_float<0>(hi, bias);
-        q[5] = byte_to_float<1>(hi, bias);
-        q[6] = byte_to_float<2>(hi, bias);
-        q[7] = byte_to_float<3>(hi, bias);
+        nibbles_to_float(r.w, kTwo23 + 8.0f, q);  // q - 8
     }
 };
 
 template <>
 struct Decoder<STRATA_DTYPE_Q4_1> {
     static constexpr int64_t kChunkBytes = sizeof(strata_block_q4_1);
-    __device__ __forceinline__ static void load(const uint8_t *row, int64_t c, int p, int64_t,
-                                                float q[8], float &scale, float &offset) {
+    struct Raw {
+        uint32_t dm;
+        uint32_t w;
+    };
+    __device__ __forceinline__ static Raw load_raw(const uint8_t *row, int64_t c, int p, int64_t) {
         const uint8_t *b = row + c * kChunkBytes;
-        // d and m are adjacent and the block is 4-byte aligned whenever the row is.
-        const uint32_t dm = load_u32_a2(b);
-        scale = half_bits_to_float((uint16_t)(dm & 0xFFFF));
-        offset = half_bits_to_float((uint16_t)(dm >> 16));
-        const uint32_t w = load_u32_a2(b + 4 + 4 * p);
-        const uint32_t lo = w & 0x0F0F0F0Fu, hi = (w >> 4) & 0x0F0F0F0Fu;
-        q[0] = byte_to_float<0>(lo, kTwo23);
-        q[1] = byte_to_float<1>(lo, kTwo23);
-        q[2] = byte_to_float<2>(lo, kTwo23);
-        q[3] = byte_to_float<3>(lo, kTwo23);
-        q[4] = byte_to_float<0>(hi, kTwo23);
-        q[5] = byte_to_float<1>(hi, kTwo23);
-        q[6] = byte_to_float<2>(hi, kTwo23);
-        q[7] = byte_to_float<3>(hi, kTwo23);
+        // 20-byte blocks: 4-byte aligned whenever the row is, so single 32-bit loads.
+        if (((uintptr_t)b & 3) == 0)
+            return Raw{__ldg(reinterpret_cast<const uint32_t *>(b)),
+                       __ldg(reinterpret_cast<const uint32_t *>(b + 4 + 4 * p))};
+        return Raw{load_u32_a2(b), load_u32_a2(b + 4 + 4 * p)};
+    }
+    __device__ __forceinline__ static void decode(const Raw &r, float q[8], float &scale, float &offset) {
+        scale = half_bits_to_float((uint16_t)(r.dm & 0xFFFF));
+        offset = half_bits_to_float((uint16_t)(r.dm >> 16));
+        nibbles_to_float(r.w, kTwo23, q);
     }
 };
 
 template <>
 struct Decoder<STRATA_DTYPE_Q8_0> {
     static constexpr int64_t kChunkBytes = sizeof(strata_block_q8_0);
-    __device__ __forceinline__ static void load(const uint8_t *row, int64_t c, int p, int64_t,
-                                                float q[8], float &scale, float &offset) {
+    struct Raw {
+        uint16_t d;
+        uint32_t w0, w1;
+    };
+    __device__ __forceinline__ static Raw load_raw(const uint8_t *row, int64_t c, int p, int64_t) {
         const uint8_t *b = row + c * kChunkBytes;
-        scale = half_bits_to_float(load_u16(b));
+        return Raw{load_u16(b), load_u32_a2(b + 2 + 8 * p), load_u32_a2(b + 2 + 8 * p + 4)};
+    }
+    __device__ __forceinline__ static void decode(const Raw &r, float q[8], float &scale, float &offset) {
+        scale = half_bits_to_float(r.d);
         offset = 0.0f;
         // Flipping the sign bit maps int8 -128..127 to 0..255; the bias undoes it.
-        const uint32_t w0 = load_u32_a2(b + 2 + 8 * p) ^ 0x80808080u;
-        const uint32_t w1 = load_u32_a2(b + 2 + 8 * p + 4) ^ 0x80808080u;
+        const uint32_t w0 = r.w0 ^ 0x80808080u, w1 = r.w1 ^ 0x80808080u;
         const float bias = kTwo23 + 128.0f;
         q[0] = byte_to_float<0>(w0, bias);
         q[1] = byte_to_float<1>(w0, bias);
@@ -221,76 +237,81 @@ struct Decoder<STRATA_DTYPE_Q8_0> {
 template <>
 struct Decoder<STRATA_DTYPE_F32> {
     static constexpr int64_t kChunkBytes = 32 * 4;
-    __device__ __forceinline__ static void load(const uint8_t *row, int64_t c, int p,
-                                                int64_t cols, float q[8], float &scale,
-                                                float &offset) {
-        scale = 1.0f;
-        offset = 0.0f;
-        const float *r = reinterpret_cast<const float *>(row);
+    struct Raw {
+        float v[8];
+    };
+    __device__ __forceinline__ static Raw load_raw(const uint8_t *row, int64_t c, int p, int64_t cols) {
+        Raw r;
+        const float *f = reinterpret_cast<const float *>(row);
         const int64_t i0 = c * 32 + 8 * p;
-        if (i0 + 8 <= cols && aligned16(r + i0)) {
-            const float4 a = __ldg(reinterpret_cast<const float4 *>(r + i0));
-            const float4 b = __ldg(reinterpret_cast<const float4 *>(r + i0) + 1);
-            q[0] = a.x, q[1] = a.y, q[2] = a.z, q[3] = a.w;
-            q[4] = b.x, q[5] = b.y, q[6] = b.z, q[7] = b.w;
-            return;
+        if (i0 + 8 <= cols && aligned16(f + i0)) {
+            const float4 a = __ldg(reinterpret_cast<const float4 *>(f + i0));
+            const float4 b = __ldg(reinterpret_cast<const float4 *>(f + i0) + 1);
+            r.v[0] = a.x, r.v[1] = a.y, r.v[2] = a.z, r.v[3] = a.w;
+            r.v[4] = b.x, r.v[5] = b.y, r.v[6] = b.z, r.v[7] = b.w;
+            return r;
         }
 #pragma unroll
-        for (int k = 0; k < 8; ++k) q[k] = i0 + k < cols ? __ldg(r + i0 + k) : 0.0f;
+        for (int k = 0; k < 8; ++k) r.v[k] = i0 + k < cols ? __ldg(f + i0 + k) : 0.0f;
+        return r;
+    }
+    __device__ __forceinline__ static void decode(const Raw &r, float q[8], float &scale, float &offset) {
+        scale = 1.0f;
+        offset = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 8; ++k) q[k] = r.v[k];
+    }
+};
+
+// F16 and BF16 rows: 8 values are one 16-byte load when aligned (raw bits, converted later).
+template <strata_dtype T>
+struct Decoder16 {
+    static constexpr int64_t kChunkBytes = 32 * 2;
+    struct Raw {
+        uint32_t w[4];
+    };
+    __device__ __forceinline__ static Raw load_raw(const uint8_t *row, int64_t c, int p, int64_t cols) {
+        Raw r;
+        const uint16_t *h = reinterpret_cast<const uint16_t *>(row);
+        const int64_t i0 = c * 32 + 8 * p;
+        if (i0 + 8 <= cols && aligned16(h + i0)) {
+            const uint4 w = __ldg(reinterpret_cast<const uint4 *>(h + i0));
+            r.w[0] = w.x, r.w[1] = w.y, r.w[2] = w.z, r.w[3] = w.w;
+            return r;
+        }
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const uint32_t a = i0 + 2 * k < cols ? __ldg(h + i0 + 2 * k) : 0;
+            const uint32_t b = i0 + 2 * k + 1 < cols ? __ldg(h + i0 + 2 * k + 1) : 0;
+            r.w[k] = a | (b << 16);
+        }
+        return r;
+    }
+    __device__ __forceinline__ static float cvt(uint16_t bits) {
+        return T == STRATA_DTYPE_F16 ? half_bits_to_float(bits) : bf16_bits_to_float(bits);
+    }
+    __device__ __forceinline__ static void decode(const Raw &r, float q[8], float &scale, float &offset) {
+        scale = 1.0f;
+        offset = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            q[2 * k] = cvt((uint16_t)(r.w[k] & 0xFFFF));
+            q[2 * k + 1] = cvt((uint16_t)(r.w[k] >> 16));
+        }
     }
 };
 
 template <>
-struct Decoder<STRATA_DTYPE_F16> {
-    static constexpr int64_t kChunkBytes = 32 * 2;
-    __device__ __forceinline__ static void load(const uint8_t *row, int64_t c, int p,
-                                                int64_t cols, float q[8], float &scale,
-                                                float &offset) {
-        scale = 1.0f;
-        offset = 0.0f;
-        const uint16_t *r = reinterpret_cast<const uint16_t *>(row);
-        const int64_t i0 = c * 32 + 8 * p;
-        if (i0 + 8 <= cols && aligned16(r + i0)) {
-            const uint4 w = __ldg(reinterpret_cast<const uint4 *>(r + i0));
-            const uint32_t words[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-            for (int k = 0; k < 4; ++k) {
-                q[2 * k] = half_bits_to_float((uint16_t)(words[k] & 0xFFFF));
-                q[2 * k + 1] = half_bits_to_float((uint16_t)(words[k] >> 16));
-            }
-            return;
-        }
-#pragma unroll
-        for (int k = 0; k < 8; ++k)
-            q[k] = i0 + k < cols ? half_bits_to_float(__ldg(r + i0 + k)) : 0.0f;
-    }
-};
-
+struct Decoder<STRATA_DTYPE_F16> : Decoder16<STRATA_DTYPE_F16> {};
 template <>
-struct Decoder<STRATA_DTYPE_BF16> {
-    static constexpr int64_t kChunkBytes = 32 * 2;
-    __device__ __forceinline__ static void load(const uint8_t *row, int64_t c, int p,
-                                                int64_t cols, float q[8], float &scale,
-                                                float &offset) {
-        scale = 1.0f;
-        offset = 0.0f;
-        const uint16_t *r = reinterpret_cast<const uint16_t *>(row);
-        const int64_t i0 = c * 32 + 8 * p;
-        if (i0 + 8 <= cols && aligned16(r + i0)) {
-            const uint4 w = __ldg(reinterpret_cast<const uint4 *>(r + i0));
-            const uint32_t words[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-            for (int k = 0; k < 4; ++k) {
-                q[2 * k] = bf16_bits_to_float((uint16_t)(words[k] & 0xFFFF));
-                q[2 * k + 1] = bf16_bits_to_float((uint16_t)(words[k] >> 16));
-            }
-            return;
-        }
-#pragma unroll
-        for (int k = 0; k < 8; ++k)
-            q[k] = i0 + k < cols ? bf16_bits_to_float(__ldg(r + i0 + k)) : 0.0f;
-    }
-};
+struct Decoder<STRATA_DTYPE_BF16> : Decoder16<STRATA_DTYPE_BF16> {};
+
+// Both steps at once.
+template <strata_dtype T>
+__device__ __forceinline__ void decode_part(const uint8_t *row, int64_t c, int p, int64_t cols, float q[8],
+                                            float &scale, float &offset) {
+    Decoder<T>::decode(Decoder<T>::load_raw(row, c, p, cols), q, scale, offset);
+}
 
 // Dequantized value from the decoder's outputs, rounded exactly like the CPU reference:
 // q * scale, then + offset, with no fused multiply-add (nvcc would otherwise contract it).

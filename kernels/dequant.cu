@@ -33,7 +33,7 @@ static __device__ __forceinline__ void dequantize_rows_body(const uint8_t *w, in
             continue;
         }
         float q[8], scale, offset;
-        Decoder<T>::load(w + src * rbytes, c, p, cols, q, scale, offset);
+        decode_part<T>(w + src * rbytes, c, p, cols, q, scale, offset);
 #pragma unroll
         for (int k = 0; k < 8; ++k) {
             const int idx = part_index(T, p, k);

@@ -43,7 +43,7 @@ static __device__ __forceinline__ void matmul_body(const uint8_t *w, int64_t rby
             {
                 const int64_t r = m0 + load_i;
                 float q[8] = {}, scale = 0.0f, offset = 0.0f;
-                if (r < rows) Decoder<T>::load(w + r * rbytes, c, load_p, cols, q, scale, offset);
+                if (r < rows) decode_part<T>(w + r * rbytes, c, load_p, cols, q, scale, offset);
 #pragma unroll
                 for (int k = 0; k < 8; ++k)
                     ws[part_index(T, load_p, k)][load_i] =

@@ -15,7 +15,8 @@
 using namespace strata;
 
 static constexpr int kWarps = 4;
-static constexpr int kRows = 2;  // rows per warp: reuses each x load twice
+static constexpr int kRows = 2;   // rows per warp: reuses each x load twice
+static constexpr int kSteps = 4;  // chunk-steps whose loads are issued together
 static constexpr int kThreads = kWarps * kWarp;
 
 // x values of part p of chunk c (positions from part_index), 0 past `cols`.
@@ -42,6 +43,7 @@ template <strata_dtype T>
 static __device__ __forceinline__ void matvec_body(const uint8_t *w, int64_t rbytes,
                                                    int64_t rows, int64_t cols, const float *x,
                                                    bool x_vec, float *y) {
+    using Raw = typename Decoder<T>::Raw;
     const int lane = threadIdx.x % kWarp;
     const int p = lane % 4;
     const int64_t chunks = (cols + 31) / 32;
@@ -53,24 +55,41 @@ static __device__ __forceinline__ void matvec_body(const uint8_t *w, int64_t rby
         float acc[kRows];
 #pragma unroll
         for (int r = 0; r < kRows; ++r) acc[r] = 0.0f;
-#pragma unroll 4
-        for (int64_t c = lane / 4; c < chunks; c += 8) {
-            float xv[8];
-            load_x8<T>(x, cols, c, p, x_vec, xv);
-            float xsum = 0.0f;
-            if (T == STRATA_DTYPE_Q4_1) {
+        // kSteps chunk-steps at a time: first every load of the step (weights of all kRows rows,
+        // then x), then the arithmetic, so each lane keeps kSteps * kRows weight loads in
+        // flight instead of one. Without this the kernel is bound by DRAM latency.
+        for (int64_t c0 = lane / 4; c0 < chunks; c0 += 8 * kSteps) {
+            Raw raw[kSteps][kRows];
 #pragma unroll
-                for (int k = 0; k < 8; ++k) xsum += xv[k];
+            for (int u = 0; u < kSteps; ++u) {
+                const int64_t c = c0 + 8 * u;
+#pragma unroll
+                for (int r = 0; r < kRows; ++r)
+                    if (c < chunks && row0 + r < rows)
+                        raw[u][r] = Decoder<T>::load_raw(w + (row0 + r) * rbytes, c, p, cols);
             }
+            float xv[kSteps][8];
 #pragma unroll
-            for (int r = 0; r < kRows; ++r) {
-                if (row0 + r < rows) {
-                    float q[8], scale, offset;
-                    Decoder<T>::load(w + (row0 + r) * rbytes, c, p, cols, q, scale, offset);
-                    float s = 0.0f;
+            for (int u = 0; u < kSteps; ++u)
+                if (c0 + 8 * u < chunks) load_x8<T>(x, cols, c0 + 8 * u, p, x_vec, xv[u]);
 #pragma unroll
-                    for (int k = 0; k < 8; ++k) s += q[k] * xv[k];
-                    acc[r] += T == STRATA_DTYPE_Q4_1 ? scale * s + offset * xsum : scale * s;
+            for (int u = 0; u < kSteps; ++u) {
+                if (c0 + 8 * u >= chunks) break;
+                float xsum = 0.0f;
+                if (T == STRATA_DTYPE_Q4_1) {
+#pragma unroll
+                    for (int k = 0; k < 8; ++k) xsum += xv[u][k];
+                }
+#pragma unroll
+                for (int r = 0; r < kRows; ++r) {
+                    if (row0 + r < rows) {
+                        float q[8], scale, offset;
+                        Decoder<T>::decode(raw[u][r], q, scale, offset);
+                        float s = 0.0f;
+#pragma unroll
+                        for (int k = 0; k < 8; ++k) s += q[k] * xv[u][k];
+                        acc[r] += T == STRATA_DTYPE_Q4_1 ? scale * s + offset * xsum : scale * s;
+                    }
                 }
             }
         }

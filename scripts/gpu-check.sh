@@ -84,6 +84,8 @@ run() {
   step start 30 "$bin/kernels" --list
   TAIL=80 step report 150 "$bin/gpu_report" --json "$out/report.json"
   if [[ -x $bin/copy_bandwidth ]]; then TAIL=30 step copy 90 "$bin/copy_bandwidth" --json "$out/copy.json"; fi
+  # One criterion CUDA bench case, to show the bench runs there (the report above has them all).
+  TAIL=8 step criterion 60 "$bin/cuda_ops" --bench "matvec q4_0 4096x4096"
   local t
   for t in "$bin"/*; do
     case $(basename "$t") in gpu_report | cuda_ops | cpu_ops | copy_bandwidth | *_bench) continue ;; esac
@@ -91,14 +93,17 @@ run() {
   done
   if command -v compute-sanitizer >/dev/null; then
     TAIL=6 step memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/kernels" --test-threads 4 cuda
+    TAIL=6 step memcheck-tensor 120 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/tensor" --test-threads 4
     # Kernels that use shared memory: matmul, attention, rmsnorm, softmax/argmax.
-    TAIL=6 step racecheck 150 compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/kernels" --test-threads 4 \
+    TAIL=6 step racecheck 150 env STRATA_TEST_CASES=2 compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/kernels" --test-threads 4 \
       ops::matmul::cuda ops::attention_decode::cuda ops::attention_prefill::cuda ops::rmsnorm::cuda ops::softmax_rows::cuda ops::argmax_rows::cuda
   else
     summary+=("sanitizer: skipped: compute-sanitizer not on PATH")
   fi
   echo "=== summary"
   printf '%s\n' "${summary[@]}" | tee -a "$out/check.log"
+  # The device tool brings back at most 8 files: keep the JSON and the summary, pack the logs.
+  (cd "$out" && tar czf logs.tgz ./*.log && find . -maxdepth 1 -name '*.log' ! -name check.log -delete)
 }
 
 case ${1:-} in

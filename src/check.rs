@@ -173,7 +173,8 @@ pub fn skip(test: &str, why: &str) {
         if let Ok(mut r) = SKIP_REASON.lock() {
             *r = why.to_string();
         }
-        // SAFETY: registers a plain extern "C" function that captures nothing.
+        // SAFETY: FFI call into libc; registers a plain extern "C" function that captures
+        // nothing and only reads atomics and a mutex, valid for the whole process lifetime.
         unsafe { libc::atexit(report_skipped) };
     }
 }

@@ -11,8 +11,11 @@ use crate::device_test;
 use crate::oracle;
 use crate::support::{Backend, Cache, Cpu, rng, uniform};
 
+/// `cases` proptest cases, or fewer when `STRATA_TEST_CASES` says so (scripts/gpu-check.sh
+/// sets it under compute-sanitizer's racecheck, which slows kernels down a thousandfold).
 fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+    let cap = std::env::var("STRATA_TEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(u32::MAX);
+    ProptestConfig { cases: cases.min(cap).max(1), failure_persistence: None, ..ProptestConfig::default() }
 }
 
 fn any_dtype() -> impl Strategy<Value = DType> {

@@ -478,6 +478,11 @@ pub fn cuda_cases() -> Vec<Op> {
         v.push(Op::Dequantize { dt, rows: b.ffn, cols: b.hidden });
     }
     v.push(Op::Matmul { dt: DType::Q4_1, rows: m.ffn, cols: m.hidden, tokens: 64 });
+    // The output projection of a 7B model: large enough that launch overhead does not hide
+    // the kernel's own bandwidth.
+    for dt in [DType::Q4_0, DType::Q8_0] {
+        v.push(Op::Matvec { dt, rows: b.vocab, cols: b.hidden });
+    }
     v.extend(common_cases());
     v
 }

@@ -158,7 +158,10 @@ pub fn attention_prefill(
     if n_tokens == 0 || n_heads == 0 {
         return Ok(());
     }
-    check_shape(OP, &k_cache, &v_cache, &shape, pos0 + n_tokens)?;
+    let rows = pos0
+        .checked_add(n_tokens)
+        .ok_or_else(|| Error::invalid(OP, format!("pos0 {pos0} + {n_tokens} tokens overflows")))?;
+    check_shape(OP, &k_cache, &v_cache, &shape, rows)?;
     let group = n_heads / n_kv_heads;
     let row = n_kv_heads * head_dim;
     out.par_chunks_mut(head_dim).zip(q.par_chunks(head_dim)).enumerate().for_each(|(item, (o, qh))| {

@@ -54,7 +54,9 @@ fn device_budget_refuses_and_recovers() {
     assert_eq!(small.budget().cap(), 4 << 20);
     {
         let _first = small.alloc(3 << 20, "first block").unwrap();
-        let Err(e) = small.alloc(2 << 20, "second block") else { panic!("2 MiB more must not fit a 4 MiB budget holding 3") };
+        let Err(e) = small.alloc(2 << 20, "second block") else {
+            panic!("2 MiB more must not fit a 4 MiB budget holding 3")
+        };
         assert!(e.is_out_of_memory() && e.to_string().contains("second block needs 2.0 MiB"), "{e}");
         assert_eq!(small.budget().used(), 3 << 20, "the refused allocation left nothing behind");
     }
