@@ -149,32 +149,34 @@ pub fn assert_close<A: Copy + Into<f64>, B: Copy + Into<f64>>(label: &str, got: 
     assert!(c.passed(), "{label}: {c}");
 }
 
-static SKIPPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-static SKIP_REASON: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+/// Skipped tests so far, counted per reason.
+static SKIPPED: std::sync::Mutex<Vec<(String, usize)>> = std::sync::Mutex::new(Vec::new());
 
 extern "C" fn report_skipped() {
-    let n = SKIPPED.load(std::sync::atomic::Ordering::SeqCst);
-    if n > 0 {
-        let why = SKIP_REASON.lock().map(|s| s.clone()).unwrap_or_default();
-        // Straight to stderr at exit, after the harness's summary: `cargo test` captures what
-        // passing tests print, and this line must show what was not exercised.
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "skipped: {n} CUDA tests in this binary: {why}");
+    let skipped = SKIPPED.lock().map(|s| s.clone()).unwrap_or_default();
+    // Straight to stderr at exit, after the harness's summary: `cargo test` captures what
+    // passing tests print, and these lines must show what was not exercised.
+    use std::io::Write;
+    let mut err = std::io::stderr();
+    for (why, n) in skipped {
+        let _ = writeln!(err, "skipped: {n} test{} in this binary: {why}", if n == 1 { "" } else { "s" });
     }
 }
 
-/// Records that a test could not run (no CUDA device, ...): prints `skipped: <test>: <why>`
-/// (visible with `--nocapture`) and counts it; when the test binary exits it prints
-/// `skipped: N CUDA tests in this binary: <why>` to stderr. A skipped test is never counted as
-/// verified: the caller returns without asserting anything.
+/// Records that a test could not run (no CUDA device, no model file, ...): prints
+/// `skipped: <test>: <why>` (visible with `--nocapture`) and counts it; when the test binary
+/// exits it prints `skipped: N tests in this binary: <why>` to stderr for each reason. A skipped
+/// test is never counted as verified: the caller returns without asserting anything.
 pub fn skip(test: &str, why: &str) {
     println!("skipped: {test}: {why}");
-    if SKIPPED.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
-        if let Ok(mut r) = SKIP_REASON.lock() {
-            *r = why.to_string();
-        }
+    let mut list = SKIPPED.lock().unwrap_or_else(|p| p.into_inner());
+    if list.is_empty() {
         // SAFETY: FFI call into libc; registers a plain extern "C" function that captures
-        // nothing and only reads atomics and a mutex, valid for the whole process lifetime.
+        // nothing and only reads a mutex, valid for the whole process lifetime.
         unsafe { libc::atexit(report_skipped) };
+    }
+    match list.iter_mut().find(|(w, _)| w == why) {
+        Some((_, n)) => *n += 1,
+        None => list.push((why.to_string(), 1)),
     }
 }

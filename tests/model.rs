@@ -122,11 +122,11 @@ const KNOWN: &[Known] = &[
     },
 ];
 
-fn model() -> Option<Gguf> {
+fn model(test: &str) -> Option<Gguf> {
     match gguf::default_model_path() {
         Some(p) => Some(gguf::read(&p)),
         None => {
-            println!("skipped: model not found (run scripts/fetch-model.sh)");
+            strata_kernels::check::skip(test, "model not found (run scripts/fetch-model.sh)");
             None
         }
     }
@@ -143,7 +143,7 @@ fn matrix<'a>(g: &'a Gguf, name: &str) -> (DType, usize, usize, &'a [u8]) {
 
 #[test]
 fn model_tensor_types_are_the_documented_ones() {
-    let Some(g) = model() else { return };
+    let Some(g) = model("model::model_tensor_types_are_the_documented_ones") else { return };
     assert_eq!(matrix(&g, "token_embd.weight").0, DType::Q8_0);
     assert_eq!(matrix(&g, "blk.0.attn_q.weight").0, DType::Q4_1);
     assert_eq!(matrix(&g, "blk.0.ffn_down.weight").0, DType::Q4_1);
@@ -151,7 +151,7 @@ fn model_tensor_types_are_the_documented_ones() {
 
 #[test]
 fn dequantize_matches_known_model_values() {
-    let Some(g) = model() else { return };
+    let Some(g) = model("model::dequantize_matches_known_model_values") else { return };
     for k in KNOWN {
         let (dt, rows, cols, w) = matrix(&g, k.tensor);
         let rb = dt.row_bytes(cols).unwrap();
@@ -167,7 +167,7 @@ fn dequantize_matches_known_model_values() {
 /// Whole real tensors (the 49152 x 576 Q8_0 embedding table, Q4_1 projections) dequantized on
 /// the device, bit for bit equal to the reference.
 fn real_tensors_body(dev: &dyn Backend) {
-    let Some(g) = model() else { return };
+    let Some(g) = model(&format!("model::real_tensors::{}", dev.name())) else { return };
     for name in ["token_embd.weight", "blk.0.attn_q.weight", "blk.7.ffn_down.weight", "blk.29.ffn_up.weight"] {
         let (dt, rows, cols, w) = matrix(&g, name);
         let want = Cpu.dequantize_rows(dt, w, rows, cols);
