@@ -201,10 +201,17 @@ pub fn rope(
         return Err(Error::shape(OP, format!("n_rot must be even and at most head_dim {head_dim}, got {n_rot}")));
     }
     match gpu_stream(s) {
-        None => {
-            let p = positions.as_i32()?.to_vec();
-            Ok(cpu::rope(x.as_f32_mut()?, n_tokens, n_heads, head_dim, &p, n_rot, freq_base, freq_scale, layout)?)
-        }
+        None => Ok(cpu::rope(
+            x.as_f32_mut()?,
+            n_tokens,
+            n_heads,
+            head_dim,
+            positions.as_i32()?,
+            n_rot,
+            freq_base,
+            freq_scale,
+            layout,
+        )?),
         Some(g) => gpu::launch(
             g,
             KernelCall::Rope {
@@ -377,12 +384,11 @@ pub fn kv_append(src: &Tensor, positions: &Tensor, cache: &mut Tensor, s: &Strea
     let cache_dt = if cache.dtype() == DType::F16 { strata_kernels::DType::F16 } else { strata_kernels::DType::F32 };
     match gpu_stream(s) {
         None => {
-            let (x, p) = (src.as_f32()?.to_vec(), positions.as_i32()?.to_vec());
             let c = match cache.dtype() {
                 DType::F16 => CacheMut::F16(cache.as_f16_mut()?),
                 _ => CacheMut::F32(cache.as_f32_mut()?),
             };
-            Ok(cpu::kv_append(&x, n_tokens, row_len, &p, c, cache_rows)?)
+            Ok(cpu::kv_append(src.as_f32()?, n_tokens, row_len, positions.as_i32()?, c, cache_rows)?)
         }
         Some(g) => gpu::launch(
             g,

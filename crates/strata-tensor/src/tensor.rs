@@ -290,8 +290,7 @@ impl Tensor {
         };
         match (&mut self.storage, &src.storage) {
             (Storage::Host(_), Storage::Host(h)) => {
-                let bytes = h.bytes().to_vec();
-                self.host_bytes_mut()?.copy_from_slice(&bytes);
+                self.host_bytes_mut()?.copy_from_slice(h.bytes());
                 Ok(())
             }
             (Storage::Cuda(d), Storage::Host(h)) => d.upload(0, h.bytes(), stream_of("upload")?),
