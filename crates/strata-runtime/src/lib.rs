@@ -1,0 +1,3 @@
+//! strata-runtime: the layer-streaming runtime (placement plan, executor, timeline).
+
+pub mod plan;
