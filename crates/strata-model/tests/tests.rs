@@ -1,1 +1,3 @@
-//! placeholder
+//! strata-model's integration tests: one binary, a module per area.
+
+mod gguf;
