@@ -14,10 +14,12 @@
 mod reader;
 mod types;
 mod value;
+mod writer;
 
 pub use reader::GgufFile;
 pub use types::{GgmlType, TensorInfo};
 pub use value::{Metadata, Value};
+pub use writer::GgufWriter;
 
 /// The first four bytes of every GGUF file.
 pub const MAGIC: [u8; 4] = *b"GGUF";
