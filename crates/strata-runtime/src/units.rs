@@ -113,7 +113,8 @@ pub fn fmt_rate(bytes_per_s: f64) -> String {
 }
 
 /// Binary units for [`fmt_size`]: name, bytes, decimals printed.
-const BINARY: [(&str, u64, usize); 4] = [("KiB", 1 << 10, 1), ("MiB", 1 << 20, 1), ("GiB", 1 << 30, 2), ("TiB", 1 << 40, 2)];
+const BINARY: [(&str, u64, usize); 4] =
+    [("KiB", 1 << 10, 1), ("MiB", 1 << 20, 1), ("GiB", 1 << 30, 2), ("TiB", 1 << 40, 2)];
 /// Decimal units for [`fmt_rate`].
 const DECIMAL: [(&str, u64); 4] = [("KB", 1_000), ("MB", 1_000_000), ("GB", 1_000_000_000), ("TB", 1_000_000_000_000)];
 
