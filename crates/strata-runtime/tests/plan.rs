@@ -587,12 +587,37 @@ fn assumed_speeds_are_flagged() {
 fn bad_input_is_an_error_not_a_panic() {
     let err = plan(&with(&seven_b(), |r| r.layers.clear())).unwrap_err();
     assert_eq!(err, PlanError::NoLayers);
-    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+    for bad in [0.0, 1e-300, -1.0, f64::NAN, f64::INFINITY] {
         let err = plan(&with(&seven_b(), |r| r.speeds.h2d_bytes_per_s = bad)).unwrap_err();
         assert!(err.to_string().contains("h2d_bytes_per_s"), "{err}");
     }
-    let err = plan(&with(&seven_b(), |r| r.speeds.cpu_handoff_s = -1.0)).unwrap_err();
-    assert!(err.to_string().contains("cpu_handoff_s"), "{err}");
+    for bad in [-1.0, 1e300, f64::NAN] {
+        let err = plan(&with(&seven_b(), |r| r.speeds.cpu_handoff_s = bad)).unwrap_err();
+        assert!(err.to_string().contains("cpu_handoff_s"), "{err}");
+    }
+    // The slowest speeds allowed with the largest sizes still predict finite times.
+    let slow = Speeds {
+        h2d_bytes_per_s: 1.0,
+        gpu_bytes_per_s: 1.0,
+        gpu_flops: 1.0,
+        cpu_bytes_per_s: 1.0,
+        cpu_flops: 1.0,
+        layer_overhead_s: 60.0,
+        cpu_handoff_s: 60.0,
+        source: SpeedSource::Measured,
+    };
+    let big = LayerSpec { weight_bytes: u64::MAX / 4, kv_bytes: 0, flops_per_token: u64::MAX };
+    let req = with(&seven_b(), |r| {
+        r.layers = vec![big; 3];
+        r.speeds = slow;
+        r.gpu_budget = Some(u64::MAX);
+        r.host_available = u64::MAX;
+        r.pinned_budget = u64::MAX;
+        r.prefill_tokens = usize::MAX;
+    });
+    let p = ok(&req);
+    check_invariants(&req, &p).unwrap();
+    assert!(p.predicted.decode_seconds_per_token.is_finite() && p.predicted.prefill_tokens_per_second > 0.0);
     // GPU speeds do not matter without a GPU.
     let p = ok(&with(&seven_b(), |r| {
         r.gpu_budget = None;

@@ -106,8 +106,8 @@ pub struct LayerSpec {
     pub flops_per_token: u64,
 }
 
-/// How fast this machine moves and computes. Rates must be finite and positive, costs finite and
-/// non-negative; the GPU rates are only checked when there is a GPU.
+/// How fast this machine moves and computes. Rates must be finite and at least 1 per second,
+/// costs between 0 and 60 seconds; the GPU numbers are only checked when there is a GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Speeds {
     /// Pinned host → device copy rate.
