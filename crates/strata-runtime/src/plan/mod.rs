@@ -30,7 +30,7 @@
 //! # Time model (per token, in seconds)
 //! - Decode: resident or streamed layer on the GPU `w / gpu_bytes_per_s + layer_overhead_s`
 //!   (+ `kv / h2d` when its KV cache is on the host: attention reads it over PCIe); cpu layer
-//!   `w / cpu_bytes_per_s + cpu_handoff_s`; each streamed layer's copy takes `w / h2d` (staged:
+//!   `w / cpu_bytes_per_s + cpu_handoff_s` (no handoff when no GPU is used); each streamed layer's copy takes `w / h2d` (staged:
 //!   `w / h2d + w / cpu_bytes_per_s`, the memcpy into the ring and the DMA in series).
 //! - The copy stream and the compute run in parallel: copy j starts when copy j-1 is done and its
 //!   slot has been released by streamed layer j-K; layer j starts when both the previous layer and
@@ -51,8 +51,8 @@
 //! candidates do not depend on the GPU budget and a larger budget only makes more of them fit (and
 //! keeps more KV on the GPU), more GPU memory never predicts a slower decode. Placements are
 //! chosen for decode; when prefill would prefer another split the plan says so in a warning.
-//! Cost: O(n³·d) simple steps (a few million, milliseconds, for 128 layers); above 256 layers the counts are
-//! tried in steps.
+//! Cost: O(n³·d) simple steps (milliseconds for 128 layers); above 256 layers the resident and
+//! streamed counts are tried in steps.
 
 mod advice;
 mod predict;
