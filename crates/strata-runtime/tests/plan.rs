@@ -239,7 +239,9 @@ prop_compose! {
             embedding_bytes: embedding,
             scratch_bytes: scratch,
             context_overhead_bytes: overhead,
-            gpu_budget: gpu.map(|f| if f.is_infinite() { u64::MAX } else { fixed / 2 + share(weights + kv + fixed, f) }),
+            gpu_budget: gpu.map(|f| {
+                if f.is_infinite() { u64::MAX } else { fixed / 2 + share(weights + kv + fixed, f) }
+            }),
             host_available: margin + share(weights + kv + head + embedding, host),
             host_margin: margin,
             pinned_budget: budget(weights, pinned),
@@ -305,8 +307,16 @@ proptest! {
 
     /// `--gpu-layers N` gives exactly the first N resident, or an error naming the flag.
     #[test]
-    fn gpu_layers_exactly_or_error(req in any_request(), k in 0usize..40, rest in prop::sample::select(vec![Rest::Auto, Rest::Streamed, Rest::Cpu])) {
-        let req = with(&req, |r| { r.policy = Policy::GpuLayers(k); r.rest = rest; r.gpu_budget.get_or_insert(4 * GIB); });
+    fn gpu_layers_exactly_or_error(
+        req in any_request(),
+        k in 0usize..40,
+        rest in prop::sample::select(vec![Rest::Auto, Rest::Streamed, Rest::Cpu]),
+    ) {
+        let req = with(&req, |r| {
+            r.policy = Policy::GpuLayers(k);
+            r.rest = rest;
+            r.gpu_budget.get_or_insert(4 * GIB);
+        });
         match plan(&req) {
             Ok(p) => {
                 check_invariants(&req, &p)?;

@@ -30,8 +30,9 @@
 //! # Time model (per token, in seconds)
 //! - Decode: resident or streamed layer on the GPU `w / gpu_bytes_per_s + layer_overhead_s`
 //!   (+ `kv / h2d` when its KV cache is on the host: attention reads it over PCIe); cpu layer
-//!   `w / cpu_bytes_per_s + cpu_handoff_s` (no handoff when no GPU is used); each streamed layer's copy takes `w / h2d` (staged:
-//!   `w / h2d + w / cpu_bytes_per_s`, the memcpy into the ring and the DMA in series).
+//!   `w / cpu_bytes_per_s + cpu_handoff_s` (no handoff when no GPU is used); each streamed
+//!   layer's copy takes `w / h2d` (staged: `w / h2d + w / cpu_bytes_per_s`, the memcpy into the
+//!   ring and the DMA in series).
 //! - The copy stream and the compute run in parallel: copy j starts when copy j-1 is done and its
 //!   slot has been released by streamed layer j-K; layer j starts when both the previous layer and
 //!   its copy are done. Every token starts with empty slots (no prefetch across tokens, which is
