@@ -1,3 +1,4 @@
 //! strata-model's integration tests: one binary, a module per area.
 
 mod gguf;
+mod gguf_malformed;

@@ -58,11 +58,17 @@ pub enum GgufError {
     Truncated { what: String, offset: u64, need: u64, have: u64 },
     #[error("{what} at offset {offset} claims {len} bytes; the limit is {max}")]
     StringTooLong { what: String, offset: u64, len: u64, max: u64 },
-    #[error("array {key:?} at offset {offset} claims {len} elements; the rest of the file holds at most {max}")]
+    #[error(
+        "array {key:?} at offset {offset} claims {len} elements, but the rest of the file has room for at most {max} (truncated or corrupt file)"
+    )]
     ArrayTooLong { key: String, offset: u64, len: u64, max: u64 },
-    #[error("the header claims {count} tensors; the rest of the file can describe at most {max}")]
+    #[error(
+        "the header claims {count} tensors, but the rest of the file has room for at most {max} (truncated or corrupt file)"
+    )]
     TooManyTensors { count: u64, max: u64 },
-    #[error("the header claims {count} metadata keys; the rest of the file can hold at most {max}")]
+    #[error(
+        "the header claims {count} metadata keys, but the rest of the file has room for at most {max} (truncated or corrupt file)"
+    )]
     TooManyKvs { count: u64, max: u64 },
     #[error("general.alignment is {value}; it must be a power of two from 1 to {max}")]
     BadAlignment { value: u64, max: u64 },
