@@ -2,3 +2,6 @@
 
 mod gguf;
 mod gguf_malformed;
+mod offload;
+mod reference;
+mod support;
