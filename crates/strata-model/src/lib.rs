@@ -3,5 +3,6 @@
 
 pub mod chat;
 pub mod gguf;
+pub mod inspect;
 pub mod safetensors;
 pub mod tokenizer;
