@@ -206,6 +206,13 @@ fn gguf_open_errors_name_the_path() {
     let w = sample(None);
     let err = w.write_file(&missing.join("sub/dir.gguf"), pattern, |_| {}).unwrap_err();
     assert!(matches!(err, GgufError::Io { .. }), "{err}");
+    // The target is a directory: the rename fails and the .part file is removed.
+    let dir = TempPath::new("dir");
+    std::fs::create_dir(&dir.0).unwrap();
+    let err = w.write_file(&dir.0, pattern, |_| {}).unwrap_err();
+    assert!(matches!(err, GgufError::Io { .. }), "{err}");
+    assert!(!dir.0.with_extension("gguf.part").exists());
+    std::fs::remove_dir(&dir.0).unwrap();
 }
 
 #[test]
