@@ -10,6 +10,7 @@ mod error;
 pub mod forward;
 pub mod generate;
 pub mod gguf;
+pub mod inspect;
 pub mod model;
 pub mod offload;
 pub mod safetensors;

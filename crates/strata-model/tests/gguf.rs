@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use strata_model::gguf::{GgmlType, GgufError, GgufFile, GgufWriter, Value};
+use strata_model::inspect::inspect;
 use strata_tensor::DType;
 
 /// The default model: `$STRATA_MODEL`, else `<workspace>/models/SmolLM2-135M-Instruct.Q4_1.gguf`.
@@ -205,6 +206,13 @@ fn gguf_open_errors_name_the_path() {
     let w = sample(None);
     let err = w.write_file(&missing.join("sub/dir.gguf"), pattern, |_| {}).unwrap_err();
     assert!(matches!(err, GgufError::Io { .. }), "{err}");
+    // The target is a directory: the rename fails and the .part file is removed.
+    let dir = TempPath::new("dir");
+    std::fs::create_dir(&dir.0).unwrap();
+    let err = w.write_file(&dir.0, pattern, |_| {}).unwrap_err();
+    assert!(matches!(err, GgufError::Io { .. }), "{err}");
+    assert!(!dir.0.with_extension("gguf.part").exists());
+    std::fs::remove_dir(&dir.0).unwrap();
 }
 
 #[test]
@@ -335,4 +343,46 @@ fn gguf_default_model_rewrites_identically() {
     let original = std::fs::read(&path).unwrap();
     assert_eq!(copy.len(), original.len());
     assert!(copy == original, "rewritten file differs from the original");
+}
+
+#[test]
+fn gguf_inspect_sample() {
+    let w = sample(None);
+    let f = GgufFile::from_bytes(w.to_bytes(pattern).unwrap()).unwrap();
+    let info = inspect(&f, std::path::Path::new("sample.gguf"));
+    assert_eq!((info.tensor_count, info.version, info.file_bytes), (8, 3, f.file_len()));
+    let layers: Vec<(u32, usize)> = info.layers.iter().map(|l| (l.layer, l.tensors)).collect();
+    assert_eq!(layers, vec![(0, 2), (1, 2), (10, 1)]);
+    assert_eq!(info.non_layer.names, ["token_embd.weight", "output.weight", "positions"]);
+    let layer_bytes: u64 = info.layers.iter().map(|l| l.bytes).sum();
+    assert_eq!(layer_bytes + info.non_layer.bytes, info.total_bytes);
+    assert_eq!(info.bytes_by_type.iter().map(|t| t.bytes).sum::<u64>(), info.total_bytes);
+    assert!(info.bytes_by_type.windows(2).all(|p| p[0].bytes >= p[1].bytes));
+    let tokens = info.metadata.iter().find(|m| m.key == "tokenizer.ggml.tokens").unwrap();
+    assert_eq!((tokens.value_type.as_str(), tokens.summary.as_str()), ("array", "[string; 6]"));
+    let embd = &info.tensors[0];
+    assert_eq!((embd.ggml_type.as_str(), embd.shape.as_slice(), embd.n_elements), ("q8_0", &[64u64, 7][..], 448));
+
+    let json: serde_json::Value = serde_json::to_value(&info).unwrap();
+    assert_eq!(json["tensors"][0]["type"], "q8_0");
+    assert_eq!(json["metadata"][0]["key"], "general.architecture");
+    let table = info.render_table();
+    for needle in ["sample.gguf", "blk.0.ffn_up.weight", "q4_1", "96 × 5", "non-layer", "[string; 6]", "by type"] {
+        assert!(table.contains(needle), "{needle:?} missing from\n{table}");
+    }
+}
+
+#[test]
+fn gguf_inspect_default_model() {
+    let path = match default_model() {
+        Ok(p) => p,
+        Err(why) => return strata_kernels::check::skip("gguf::gguf_inspect_default_model", &why),
+    };
+    let info = inspect(&GgufFile::open(&path).unwrap(), &path);
+    assert_eq!(info.layers.len(), 30);
+    assert!(info.layers.iter().all(|l| l.tensors == 9 && l.bytes == info.layers[0].bytes));
+    assert_eq!(info.non_layer.names, ["token_embd.weight", "output_norm.weight"]);
+    let types: Vec<&str> = info.bytes_by_type.iter().map(|t| t.ggml_type.as_str()).collect();
+    assert_eq!(types, ["q4_1", "q8_0", "f32"]);
+    println!("{}", info.render_table());
 }

@@ -184,6 +184,18 @@ fn gguf_malformed_absurd_counts_fail_without_allocating() {
 }
 
 #[test]
+fn gguf_malformed_counts_over_the_caps_fail_even_when_backed() {
+    use strata_model::gguf::{MAX_METADATA_VALUES, MAX_TENSORS};
+    // Enough bytes for the claim, but more tensors than any model has.
+    let e = Raw::new(3, MAX_TENSORS + 1, 0).data(1, 40 << 20).err();
+    assert!(matches!(e, GgufError::TooManyTensors { max: MAX_TENSORS, .. }), "{e}");
+    // A u8 array backed byte for byte, but whose values would cost 32× the file in memory.
+    let big = Raw::new(3, 0, 1).str("k").u32(TYPE_ARRAY).u32(TYPE_U8).u64(MAX_METADATA_VALUES + 1);
+    let e = big.data(1, (MAX_METADATA_VALUES + 1) as usize).err();
+    assert!(matches!(e, GgufError::ArrayTooLong { max: MAX_METADATA_VALUES, .. }), "{e}");
+}
+
+#[test]
 fn gguf_malformed_absurd_lengths_fail_without_allocating() {
     let key = |len: u64| Raw::new(3, 0, 1).u64(len).data(1, 64).0;
     let string = |len: u64| Raw::new(3, 0, 1).str("k").u32(TYPE_STRING).u64(len).data(1, 64).0;

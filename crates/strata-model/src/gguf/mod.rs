@@ -38,6 +38,15 @@ pub const MAX_TENSOR_NAME_LEN: u64 = 64;
 pub const MAX_ARRAY_DEPTH: u32 = 4;
 /// Most dimensions of a tensor.
 pub const MAX_RANK: u32 = 4;
+/// Most tensors in a file. Real models have hundreds to tens of thousands; the cap bounds the
+/// memory of the tensor table (~100 bytes per entry) whatever the file size.
+pub const MAX_TENSORS: u64 = 1 << 20;
+/// Most metadata keys in a file (real files have tens).
+pub const MAX_KVS: u64 = 1 << 20;
+/// Most metadata values in all arrays together. Each costs a 32-byte [`Value`] in memory but
+/// only 1 byte in the file, so file size alone would let a 4 GiB file claim 128 GiB; the
+/// largest real tokenizers (vocab, scores, types, merges) total about 1.5 million.
+pub const MAX_METADATA_VALUES: u64 = 1 << 24;
 
 /// What is wrong with a GGUF file (or with what a writer was asked to write).
 #[derive(Debug, thiserror::Error)]
@@ -59,15 +68,18 @@ pub enum GgufError {
     #[error("{what} at offset {offset} claims {len} bytes; the limit is {max}")]
     StringTooLong { what: String, offset: u64, len: u64, max: u64 },
     #[error(
-        "array {key:?} at offset {offset} claims {len} elements, but the rest of the file has room for at most {max} (truncated or corrupt file)"
+        "array {key:?} at offset {offset} claims {len} elements; at most {max} fit in the rest of the file and \
+         the limit of {MAX_METADATA_VALUES} metadata values (truncated or corrupt file?)"
     )]
     ArrayTooLong { key: String, offset: u64, len: u64, max: u64 },
     #[error(
-        "the header claims {count} tensors, but the rest of the file has room for at most {max} (truncated or corrupt file)"
+        "the header claims {count} tensors; at most {max} fit in the rest of the file and the limit of \
+         {MAX_TENSORS} (truncated or corrupt file?)"
     )]
     TooManyTensors { count: u64, max: u64 },
     #[error(
-        "the header claims {count} metadata keys, but the rest of the file has room for at most {max} (truncated or corrupt file)"
+        "the header claims {count} metadata keys; at most {max} fit in the rest of the file and the limit of \
+         {MAX_KVS} (truncated or corrupt file?)"
     )]
     TooManyKvs { count: u64, max: u64 },
     #[error("general.alignment is {value}; it must be a power of two from 1 to {max}")]

@@ -11,8 +11,8 @@ use strata_tensor::SharedBytes;
 
 use super::types::{GgmlType, TensorInfo, value_type};
 use super::{
-    DEFAULT_ALIGNMENT, GgufError, MAGIC, MAX_ALIGNMENT, MAX_ARRAY_DEPTH, MAX_KEY_LEN, MAX_RANK, MAX_STRING_LEN,
-    MAX_TENSOR_NAME_LEN, Metadata, Value,
+    DEFAULT_ALIGNMENT, GgufError, MAGIC, MAX_ALIGNMENT, MAX_ARRAY_DEPTH, MAX_KEY_LEN, MAX_KVS, MAX_METADATA_VALUES,
+    MAX_RANK, MAX_STRING_LEN, MAX_TENSOR_NAME_LEN, MAX_TENSORS, Metadata, Value,
 };
 
 /// Fewest bytes one metadata entry occupies: key length u64, a 1-byte key, value type u32,
@@ -278,15 +278,17 @@ fn parse(buf: &[u8]) -> Result<Parsed, GgufError> {
 
     // Reject counts the remaining bytes cannot back before allocating anything for them.
     let rem = cur.remaining();
-    if n_kv > rem / MIN_KV_BYTES {
-        return Err(GgufError::TooManyKvs { count: n_kv, max: rem / MIN_KV_BYTES });
+    let max_kvs = (rem / MIN_KV_BYTES).min(MAX_KVS);
+    if n_kv > max_kvs {
+        return Err(GgufError::TooManyKvs { count: n_kv, max: max_kvs });
     }
-    let max_tensors = (rem - n_kv * MIN_KV_BYTES) / MIN_TENSOR_INFO_BYTES;
+    let max_tensors = ((rem - n_kv * MIN_KV_BYTES) / MIN_TENSOR_INFO_BYTES).min(MAX_TENSORS);
     if n_tensors > max_tensors {
         return Err(GgufError::TooManyTensors { count: n_tensors, max: max_tensors });
     }
 
     let mut metadata = Metadata::new();
+    let mut values_left = MAX_METADATA_VALUES;
     for i in 0..n_kv {
         let key_at = cur.offset();
         let key = cur.string(MAX_KEY_LEN, || format!("key of metadata entry {i}"))?;
@@ -295,7 +297,7 @@ fn parse(buf: &[u8]) -> Result<Parsed, GgufError> {
         }
         let ty_at = cur.offset();
         let ty = cur.u32().map_err(|s| s.what(format!("value type of {key:?}")))?;
-        let value = read_value(&mut cur, ty, ty_at, key, 0)?;
+        let value = read_value(&mut cur, ValueAt { ty, ty_at, key, depth: 0 }, &mut values_left)?;
         metadata.insert(key.to_owned(), value)?;
     }
     let alignment = alignment(&metadata)?;
@@ -343,9 +345,20 @@ pub(crate) fn alignment(metadata: &Metadata) -> Result<u64, GgufError> {
     }
 }
 
-/// One metadata value of type `ty` (read at `ty_at`), inside `depth` enclosing arrays.
-fn read_value(cur: &mut Cursor<'_>, ty: u32, ty_at: u64, key: &str, depth: u32) -> Result<Value, GgufError> {
+/// Where a metadata value is: its type (read at `ty_at`), its key, and how many arrays
+/// enclose it.
+#[derive(Clone, Copy)]
+struct ValueAt<'k> {
+    ty: u32,
+    ty_at: u64,
+    key: &'k str,
+    depth: u32,
+}
+
+/// One metadata value. `values_left` is what remains of [`MAX_METADATA_VALUES`].
+fn read_value(cur: &mut Cursor<'_>, at: ValueAt<'_>, values_left: &mut u64) -> Result<Value, GgufError> {
     use value_type as t;
+    let ValueAt { ty, ty_at, key, depth } = at;
     let what = || {
         if depth == 0 { format!("value of {key:?}") } else { format!("array element of {key:?}") }
     };
@@ -382,14 +395,16 @@ fn read_value(cur: &mut Cursor<'_>, ty: u32, ty_at: u64, key: &str, depth: u32) 
             let len_at = cur.offset();
             let len = cur.u64().map_err(|s| s.what(format!("length of array {key:?}")))?;
             // Each element takes at least `min` bytes, so this bounds the allocation below by
-            // the bytes the file actually has.
-            let max = cur.remaining() / min;
+            // the bytes the file actually has (and by the budget of values).
+            let max = (cur.remaining() / min).min(*values_left);
             if len > max {
                 return Err(GgufError::ArrayTooLong { key: key.into(), offset: len_at, len, max });
             }
+            *values_left -= len;
             let mut items = Vec::with_capacity(len as usize);
+            let inner = ValueAt { ty: elem, ty_at: elem_at, key, depth: depth + 1 };
             for _ in 0..len {
-                items.push(read_value(cur, elem, elem_at, key, depth + 1)?);
+                items.push(read_value(cur, inner, values_left)?);
             }
             Value::Array(items)
         }

@@ -113,18 +113,32 @@ impl GgufWriter {
         let mut part = path.as_os_str().to_owned();
         part.push(".part");
         let part = PathBuf::from(part);
+        let written = self.write_part(&part, &layout, &fill, &progress).and_then(|()| {
+            std::fs::rename(&part, path).map_err(|source| GgufError::Io { path: path.display().to_string(), source })
+        });
+        if written.is_err() {
+            // Leave nothing half-written behind; the error says what went wrong.
+            let _ = std::fs::remove_file(&part);
+        }
+        written
+    }
+
+    fn write_part(
+        &self,
+        part: &Path,
+        layout: &Layout,
+        fill: &(impl Fn(usize, &mut [u8]) + Sync),
+        progress: &(impl Fn(u64) + Sync),
+    ) -> Result<(), GgufError> {
         let io = |source| GgufError::Io { path: part.display().to_string(), source };
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&part).map_err(io)?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(part).map_err(io)?;
         file.set_len(layout.total_len).map_err(io)?;
         reserve(&file, layout.total_len).map_err(io)?;
         // SAFETY: we created and truncated this file just now and keep the only handle; the
         // map is dropped before the file is renamed. Space is reserved above, so stores into
         // the map cannot fault for lack of disk space.
         let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }.map_err(io)?;
-        self.fill_into(&mut map, &layout, &fill, &progress)?;
-        drop(map);
-        drop(file);
-        std::fs::rename(&part, path).map_err(|source| GgufError::Io { path: path.display().to_string(), source })
+        self.fill_into(&mut map, layout, fill, progress)
     }
 
     /// The whole file in memory; `fill` as for [`GgufWriter::write_file`].
