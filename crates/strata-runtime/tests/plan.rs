@@ -354,7 +354,7 @@ fn seven_b_at_several_budgets() {
         match name {
             // 1 GiB: the head, scratch and context take ~470 MiB; a few layers fit.
             "1 GiB" => assert!(resident <= 4 && resident + streamed + cpu == 32, "{name}: {resident}"),
-            "2 GiB" => assert!((6..=12).contains(&resident), "{name}: {resident} resident"),
+            "2 GiB" => assert!((4..=12).contains(&resident), "{name}: {resident} resident"),
             "4 GiB" => assert!((20..32).contains(&resident), "{name}: {resident} resident"),
             _ => {
                 assert_eq!((resident, streamed, cpu), (32, 0, 0), "{name}");
@@ -576,13 +576,11 @@ fn decode_choice_notes_when_prefill_would_prefer_the_other() {
     });
     let p = ok(&req);
     let (_, streamed, cpu) = p.counts();
-    // Mostly cpu; a couple of streamed layers at the end copy while the cpu layers compute.
+    // Mostly cpu. (Since streamed layers keep their KV cache on the GPU, this budget leaves no
+    // room for a plan that streams more layers at the same resident count, so the "prefill
+    // would be faster" advice has nothing to offer here.)
     assert!(cpu > 4 * streamed, "{}", p.render_table());
-    assert!(
-        p.warnings.iter().any(|w| w.starts_with("prefill would be faster with") && w.contains("chosen for decode")),
-        "{:?}",
-        p.warnings
-    );
+    assert!(p.warnings.iter().any(|w| w.contains("run on the CPU: decode is CPU-bound")), "{:?}", p.warnings);
 }
 
 #[test]

@@ -162,9 +162,8 @@ impl<'a> Planner<'a> {
         r.context_overhead_bytes as u128 + r.scratch_bytes as u128 + r.head_bytes as u128
     }
 
-    /// The memory `l` takes. Streamed layers keep their KV cache on the GPU, in order, as long as
-    /// the budget allows: with the weights already counted, that only trades host memory and
-    /// PCIe traffic for GPU memory nothing else would use.
+    /// The memory `l` takes. Streamed layers are computed on the GPU, so their KV caches live
+    /// there too (the executor has no path for attention over a host cache from the GPU).
     pub fn account(&self, l: &Layout) -> Accounting {
         let req = self.req;
         let n = self.n();
@@ -178,8 +177,7 @@ impl<'a> Planner<'a> {
         let resident_w = sum(&self.weights, 0, r);
         let resident_kv = sum(&self.kv, 0, r);
         let base = fixed + resident_w + resident_kv + slot_total;
-        let room = self.gpu_budget().saturating_sub(base);
-        let kv_gpu_streamed = self.kv[s0..=n].partition_point(|&k| k - self.kv[s0] <= room).saturating_sub(1);
+        let kv_gpu_streamed = l.streamed;
         let streamed_kv_gpu = sum(&self.kv, s0, s0 + kv_gpu_streamed);
         let gpu_total = base + streamed_kv_gpu;
 

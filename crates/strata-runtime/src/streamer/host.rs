@@ -178,9 +178,8 @@ impl WeightStream for HostStreamer {
         let slot = &mut self.slots[k];
         slot.views.clear();
         let mem = slot.in_use.take().ok_or_else(|| Error::Stream(format!("slot {k} released twice")))?;
-        slot.idle = Some(
-            Arc::try_unwrap(mem).map_err(|_| Error::Stream(format!("slot {k} still has users after release")))?,
-        );
+        slot.idle =
+            Some(Arc::try_unwrap(mem).map_err(|_| Error::Stream(format!("slot {k} still has users after release")))?);
         Ok(())
     }
 
@@ -194,7 +193,7 @@ impl WeightStream for HostStreamer {
         Ok(self
             .records
             .drain(..)
-            .map(|(group, bytes, s, e)| CopyRecord { group, bytes, start_s: secs(s), end_s: secs(e) })
+            .map(|(group, bytes, s, e)| CopyRecord { group, layer: None, bytes, start_s: secs(s), end_s: secs(e) })
             .collect())
     }
 

@@ -24,6 +24,8 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct CopyRecord {
     pub group: usize,
+    /// The model layer the group holds (filled in by the executor, which knows the mapping).
+    pub layer: Option<usize>,
     pub bytes: u64,
     pub start_s: f64,
     pub end_s: f64,
