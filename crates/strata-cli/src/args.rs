@@ -32,6 +32,9 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Write a random-weight llama model of a real shape (for tests and benchmarks).
     Synth(SynthArgs),
+    /// Show where each layer would run (resident, streamed, cpu) and the predicted speed,
+    /// without running anything. Works without a GPU for a hypothetical card (--gpu-memory).
+    Plan(PlanArgs),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -74,6 +77,41 @@ pub struct SessionArgs {
     /// Cap on GPU memory strata may use, e.g. 6GiB (emulates a smaller card).
     #[arg(long, value_name = "SIZE")]
     pub gpu_memory: Option<String>,
+    #[command(flatten)]
+    pub offload: OffloadArgs,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OffloadArg {
+    /// Resident layers first, then streamed or cpu per layer, whichever is predicted faster.
+    Auto,
+    /// Every layer that is not resident is streamed over PCIe (same as --stream).
+    Stream,
+    /// Every layer that is not resident runs on the CPU (same as --cpu-layers).
+    Cpu,
+}
+
+/// Where the layers go when they do not all fit in GPU memory.
+#[derive(Args, Debug, Clone)]
+pub struct OffloadArgs {
+    /// How layers that do not fit in GPU memory run.
+    #[arg(long, value_enum, default_value_t = OffloadArg::Auto)]
+    pub offload: OffloadArg,
+    /// Keep exactly the first N layers resident on the GPU (like llama.cpp's -ngl); the rest
+    /// are streamed or run on the CPU (see --stream, --cpu-layers).
+    #[arg(long, value_name = "N")]
+    pub gpu_layers: Option<usize>,
+    /// Stream every non-resident layer's weights to the GPU just in time (pinned memory, a copy
+    /// stream and prefetch overlapping compute).
+    #[arg(long, conflicts_with = "cpu_layers")]
+    pub stream: bool,
+    /// Compute every non-resident layer on the CPU.
+    #[arg(long)]
+    pub cpu_layers: bool,
+    /// Cap on pinned (page-locked) host memory for streamed layers, e.g. 8GiB [default: half
+    /// of the available RAM].
+    #[arg(long, value_name = "SIZE")]
+    pub pinned_memory: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -123,13 +161,33 @@ pub struct RunArgs {
     /// System message for --chat.
     #[arg(long)]
     pub system: Option<String>,
-    /// Print one JSON object (text, ids, timings, device) instead of streaming text.
+    /// Print one JSON object (text, ids, timings, device, plan) instead of streaming text.
     #[arg(long)]
     pub json: bool,
+    /// Print per-layer compute, copy and wait times and the copy/compute overlap.
+    #[arg(long)]
+    pub stats: bool,
     #[command(flatten)]
     pub session: SessionArgs,
     #[command(flatten)]
     pub sample: SampleArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub session: SessionArgs,
+    /// Host→device copy rate to assume for a hypothetical GPU, e.g. 25GB/s.
+    #[arg(long, value_name = "RATE")]
+    pub h2d_bandwidth: Option<String>,
+    /// Measure this machine's speeds now (a second or so) instead of using cached or assumed ones.
+    #[arg(long)]
+    pub measure: bool,
+    /// Print the plan as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -2,11 +2,13 @@
 //!
 //! Every command prints one clear line on error and exits with code 1 (2 for bad usage).
 
+#[macro_use]
+mod output;
 mod args;
 mod commands;
 mod device;
-mod output;
 mod progress;
+mod stats;
 
 use clap::Parser;
 

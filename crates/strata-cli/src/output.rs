@@ -42,3 +42,30 @@ pub fn model_path(arg: &Option<PathBuf>) -> Result<PathBuf> {
     }
     bail!("the default model {DEFAULT_MODEL} is missing: run scripts/fetch-model.sh (or pass --model FILE)")
 }
+
+/// Writes to stdout; a closed pipe (`strata inspect … | head`) ends the program quietly
+/// instead of panicking like `print!` does.
+pub fn write_out(s: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(s.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` through [`write_out`].
+
+macro_rules! outln {
+    () => { $crate::output::write_out("\n") };
+    ($($t:tt)*) => { $crate::output::write_out(&(format!($($t)*) + "\n")) };
+}
+
+/// `print!` through [`write_out`].
+
+macro_rules! out {
+    ($($t:tt)*) => { $crate::output::write_out(&format!($($t)*)) };
+}

@@ -17,6 +17,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Logits(a) => tools::logits(a),
         Command::Inspect(a) => tools::inspect(a),
         Command::Synth(a) => tools::synth(a),
+        Command::Plan(a) => tools::plan(a),
     }
 }
 

@@ -49,7 +49,7 @@ fn summary(g: &Generation, device: &str, seed: u64, greedy: bool) -> String {
 
 pub fn run(a: RunArgs) -> Result<()> {
     let model = load_model(&a.model)?;
-    let mut session = open_session(&model, &a.session, a.json)?;
+    let (plan, mut session) = open_session(&model, &a.session, a.json)?;
     let prompt_text = if a.chat {
         let mut msgs = Vec::new();
         if let Some(s) = &a.system {
@@ -80,9 +80,14 @@ pub fn run(a: RunArgs) -> Result<()> {
         v["device"] = serde_json::Value::String(device);
         v["model"] = serde_json::Value::String(model.path.display().to_string());
         v["sampler"] = serde_json::to_value(&opts.sampler)?;
-        println!("{}", serde_json::to_string(&v)?);
+        v["plan"] = serde_json::to_value(&plan)?;
+        v["stats"] = crate::stats::json(&session.take_stats());
+        outln!("{}", serde_json::to_string(&v)?);
     } else {
         eprintln!("{}", summary(&g, &device, opts.sampler.seed, opts.sampler.temperature == 0.0));
+        if a.stats {
+            eprint!("{}", crate::stats::render(&session.take_stats()));
+        }
     }
     Ok(())
 }
@@ -99,7 +104,7 @@ fn sync_prompt(session: &mut Session<'_>, cached: &mut Vec<u32>, full: &[u32]) -
 
 pub fn chat(a: ChatArgs) -> Result<()> {
     let model = load_model(&a.model)?;
-    let mut session = open_session(&model, &a.session, false)?;
+    let (_, mut session) = open_session(&model, &a.session, false)?;
     let mut messages = Vec::new();
     if let Some(s) = &a.system {
         messages.push(ChatMessage { role: "system".into(), content: s.clone() });
@@ -122,7 +127,7 @@ pub fn chat(a: ChatArgs) -> Result<()> {
             let _ = stdout.write_all(piece.as_bytes());
             let _ = stdout.flush();
         })?;
-        println!();
+        outln!();
         cached.extend_from_slice(&new);
         cached.extend_from_slice(&g.generated_ids);
         // The last generated token was sampled but not run through the model.

@@ -7,7 +7,7 @@ use serde_json::json;
 use strata_model::gguf::GgufFile;
 
 use super::load_model;
-use crate::args::{InspectArgs, LogitsArgs, SynthArgs, TokenizeArgs};
+use crate::args::{InspectArgs, LogitsArgs, PlanArgs, SynthArgs, TokenizeArgs};
 use crate::device::open_session;
 
 pub fn tokenize(a: TokenizeArgs) -> Result<()> {
@@ -23,10 +23,10 @@ pub fn tokenize(a: TokenizeArgs) -> Result<()> {
     let ids = t.encode(&a.text, add_bos, !a.no_special)?;
     let pieces: Vec<String> = ids.iter().map(|&i| t.piece(i)).collect();
     if a.json {
-        println!("{}", json!({ "ids": ids, "pieces": pieces }));
+        outln!("{}", json!({ "ids": ids, "pieces": pieces }));
     } else {
         for (id, p) in ids.iter().zip(&pieces) {
-            println!("{id:>8}  {p:?}");
+            outln!("{id:>8}  {p:?}");
         }
         eprintln!("[{} tokens]", ids.len());
     }
@@ -55,7 +55,7 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
     if ids.is_empty() {
         bail!("no tokens to score");
     }
-    let mut session = open_session(&model, &a.session, a.json)?;
+    let (_, mut session) = open_session(&model, &a.session, a.json)?;
     let n_vocab = model.config.n_vocab;
     let all = session.forward(&ids, true)?;
     let positions: Vec<_> = all
@@ -67,12 +67,12 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
         .collect();
     if a.json {
         let pos: Vec<_> = positions.iter().map(|(i, l)| json!({ "ids": i, "logits": l })).collect();
-        println!("{}", json!({ "prompt_ids": ids, "device": session.device().to_string(), "positions": pos }));
+        outln!("{}", json!({ "prompt_ids": ids, "device": session.device().to_string(), "positions": pos }));
     } else {
         for (p, ((best, vals), id)) in positions.iter().zip(&ids).enumerate() {
             let cells: Vec<String> =
                 best.iter().zip(vals).map(|(i, v)| format!("{i} {:?} {v:.3}", model.tokenizer.piece(*i))).collect();
-            println!("{p:>4} {id:>6} {:<14} → {}", format!("{:?}", model.tokenizer.piece(*id)), cells.join(" | "));
+            outln!("{p:>4} {id:>6} {:<14} → {}", format!("{:?}", model.tokenizer.piece(*id)), cells.join(" | "));
         }
     }
     Ok(())
@@ -82,15 +82,15 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
     let file = GgufFile::open(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
     let report = strata_model::inspect::inspect(&file, &a.file);
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.render_table());
+        out!("{}", report.render_table());
         match strata_model::LlamaConfig::from_gguf(&file) {
-            Ok(cfg) => println!(
+            Ok(cfg) => outln!(
                 "\nmodel: {} layers, embedding {}, {} heads ({} kv), vocab {}, ffn {}",
                 cfg.n_layers, cfg.n_embd, cfg.n_head, cfg.n_head_kv, cfg.n_vocab, cfg.n_ff
             ),
-            Err(e) => println!("\nnot runnable by strata: {e}"),
+            Err(e) => outln!("\nnot runnable by strata: {e}"),
         }
     }
     Ok(())
@@ -124,5 +124,35 @@ pub fn synth(a: SynthArgs) -> Result<()> {
         strata_tensor::fmt_bytes(std::fs::metadata(&a.out).map(|m| m.len()).unwrap_or(total)),
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+pub fn plan(a: PlanArgs) -> Result<()> {
+    let model = load_model(&a.model)?;
+    let opts = crate::device::session_options(&a.session);
+    let mut offload = crate::device::offload_options(&a.session)?;
+    offload.h2d_bytes_per_s =
+        a.h2d_bandwidth.as_deref().map(strata_runtime::units::parse_rate).transpose().context("--h2d-bandwidth")?;
+    let gpu = crate::device::pick_gpu(&a.session, a.json)?;
+    if gpu.is_none() {
+        offload.hypothetical_gpu =
+            a.session.gpu_memory.as_deref().map(strata_runtime::units::parse_size).transpose().context("--gpu-memory")?;
+    }
+    let speeds = if a.measure {
+        strata_model::offload::measure_speeds(&model, gpu.as_ref())?
+    } else {
+        strata_model::offload::cached_speeds(gpu.as_ref()).unwrap_or_else(strata_runtime::plan::assumed_speeds)
+    };
+    let plan = strata_model::offload::make_plan(&model, &opts, gpu.as_ref(), speeds, &offload)?;
+    if a.json {
+        outln!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        match &gpu {
+            Some(g) => outln!("device: {}", g.info()),
+            None if offload.hypothetical_gpu.is_some() => outln!("device: a hypothetical GPU (no GPU is used here)"),
+            None => outln!("device: cpu only (give --gpu-memory SIZE to plan for a hypothetical GPU)"),
+        }
+        out!("{}", plan.render_table());
+    }
     Ok(())
 }
