@@ -12,9 +12,9 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
 }
 
 fn summary(passes: &[&PassStats]) -> Value {
-    let wall: f64 = passes.iter().map(|p| p.wall_s).sum();
-    let compute: f64 = passes.iter().map(|p| p.compute_s).sum();
-    let copy: f64 = passes.iter().map(|p| p.copy_s).sum();
+    let wall = passes.iter().map(|p| p.wall_s).fold(0.0, |a, b| a + b);
+    let compute = passes.iter().map(|p| p.compute_s).fold(0.0, |a, b| a + b);
+    let copy = passes.iter().map(|p| p.copy_s).fold(0.0, |a, b| a + b);
     let bytes: u64 = passes.iter().map(|p| p.copy_bytes).sum();
     let tokens: usize = passes.iter().map(|p| p.tokens).sum();
     json!({
@@ -24,7 +24,7 @@ fn summary(passes: &[&PassStats]) -> Value {
         "compute_s": compute,
         "copy_s": copy,
         "copy_bytes": bytes,
-        "wait_s": passes.iter().map(|p| p.wait_s).sum::<f64>(),
+        "wait_s": passes.iter().map(|p| p.wait_s).fold(0.0, |a, b| a + b),
         "overlap_efficiency": if wall > 0.0 { compute.max(copy) / wall } else { 0.0 },
         "copy_gb_per_s": if copy > 0.0 { bytes as f64 / copy / 1e9 } else { 0.0 },
         "tokens_per_second": if wall > 0.0 { tokens as f64 / wall } else { 0.0 },
@@ -66,7 +66,7 @@ pub fn render(stats: &[PassStats]) -> String {
         let _ = writeln!(out, "last decoded token, per layer (ms):");
         let _ = writeln!(out, "{:>5} {:<9} {:>8} {:>8} {:>8}", "layer", "placement", "compute", "wait", "copy");
         for l in &last.layers {
-            let copy = last.copies.iter().filter(|c| c.layer == Some(l.layer)).map(|c| c.end_s - c.start_s).sum::<f64>();
+            let copy = last.copies.iter().filter(|c| c.layer == Some(l.layer)).map(|c| c.end_s - c.start_s).fold(0.0, |a, b| a + b);
             let name = match l.placement {
                 Placement::Resident => "resident",
                 Placement::Streamed => "streamed",

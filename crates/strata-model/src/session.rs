@@ -104,6 +104,8 @@ pub struct Session<'m> {
     device: Device,
     /// Timelines of passes since the last `take_stats`.
     stats: Vec<PassStats>,
+    /// The layer of each streamed group.
+    streamed_layers: Vec<usize>,
     _res: Vec<Reservation>,
 }
 
@@ -233,6 +235,7 @@ impl<'m> Session<'m> {
             batch: opts.batch,
             device,
             stats: Vec::new(),
+            streamed_layers: streamed,
             _res: res,
         })
     }
@@ -431,14 +434,17 @@ impl<'m> Session<'m> {
             prev_end = Some(e);
             layers.push(LayerTiming { layer: l, placement, start_s: s, end_s: e, wait_s });
         }
-        let copies = match self.streamer.as_mut() {
+        let mut copies = match self.streamer.as_mut() {
             Some(st) => st.drain_records(&epoch)?,
             None => Vec::new(),
         };
-        let compute_s: f64 = layers.iter().map(|l| l.end_s - l.start_s).sum();
-        let copy_s: f64 = copies.iter().map(|c| c.end_s - c.start_s).sum();
+        for c in &mut copies {
+            c.layer = self.streamed_layers.get(c.group).copied();
+        }
+        let compute_s: f64 = layers.iter().map(|l| l.end_s - l.start_s).fold(0.0, |a, b| a + b);
+        let copy_s: f64 = copies.iter().map(|c| c.end_s - c.start_s).fold(0.0, |a, b| a + b);
         let copy_bytes: u64 = copies.iter().map(|c| c.bytes).sum();
-        let wait_s = layers.iter().map(|l| l.wait_s).sum();
+        let wait_s = layers.iter().map(|l| l.wait_s).fold(0.0, |a, b| a + b);
         self.stats.push(PassStats {
             tokens,
             wall_s,

@@ -7,6 +7,7 @@
 
 mod gguf;
 mod gguf_malformed;
+mod gpu;
 mod offload;
 mod reference;
 mod support;
