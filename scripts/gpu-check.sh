@@ -57,7 +57,7 @@ for line in open(sys.argv[1]):
     print(f"{kind:6} {name}")
 PY
   cargo build --release --features cuda -p strata-cli
-  cp target/release/strata "$bundle/bin/strata"
+  cp "${CARGO_TARGET_DIR:-target}/release/strata" "$bundle/bin/strata"
   strip "$bundle"/bin/*
   cp "$root/scripts/gpu-check.sh" "$bundle/"
   du -sh "$bundle"

@@ -136,6 +136,21 @@ impl<'m> Session<'m> {
         layout: &Layout,
         opts: &SessionOptions,
     ) -> Result<Session<'m>> {
+        Session::with_layout_progress(model, acc, layout, opts, &|_, _| {})
+    }
+
+    /// [`Session::with_layout`], calling `progress(bytes done, bytes total)` as weights are
+    /// uploaded and packed (for a progress bar on big models).
+    ///
+    /// # Errors
+    /// As [`Session::with_layout`].
+    pub fn with_layout_progress(
+        model: &'m Model,
+        acc: Option<&Accelerator>,
+        layout: &Layout,
+        opts: &SessionOptions,
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<Session<'m>> {
         let cfg = &model.config;
         let context = opts.context_for(cfg);
         if context == 0 || context > 1 << 20 {
@@ -162,6 +177,15 @@ impl<'m> Session<'m> {
         let kv_bytes = cfg.kv_bytes_per_layer(context, opts.kv_type.bytes());
         let mut sites = Vec::with_capacity(cfg.n_layers);
         let mut streamed = Vec::new();
+        let to_load: u64 = layout
+            .placements
+            .iter()
+            .zip(&model.weights.layers)
+            .filter(|(p, _)| **p != Placement::Cpu)
+            .map(|(_, w)| w.bytes())
+            .sum();
+        let mut loaded = 0u64;
+        progress(0, to_load);
         for (l, (&placement, w)) in layout.placements.iter().zip(&model.weights.layers).enumerate() {
             let _r = nvtx::range(&format!("load layer {l}"));
             let (weights, stream, mut res) = match placement {
@@ -180,6 +204,10 @@ impl<'m> Session<'m> {
             }
             let kv = LayerKv::new(cfg, context, opts.kv_type.dtype(), &stream, l)?;
             sites.push(Site { placement, weights, kv, stream, _res: res });
+            if placement == Placement::Resident {
+                loaded += w.bytes();
+                progress(loaded, to_load);
+            }
         }
         let (head, head_stream, mut res) = match (acc, on_acc) {
             (Some(Accelerator::Gpu(_)), true) => {
@@ -199,11 +227,14 @@ impl<'m> Session<'m> {
                     let packed = streamed
                         .iter()
                         .map(|&l| {
-                            GpuStreamer::pack(g, &model.weights.layers[l].tensors(), &format!("packed layer {l}"))
-                                .map_err(Error::from)
+                            let w = &model.weights.layers[l];
+                            let packed = GpuStreamer::pack(g, &w.tensors(), &format!("packed layer {l}"));
+                            loaded += w.bytes();
+                            progress(loaded, to_load);
+                            packed.map_err(Error::from)
                         })
                         .collect::<Result<Vec<_>>>()?;
-                    Box::new(GpuStreamer::new(g, compute, packed, depth)?)
+                    Box::new(GpuStreamer::new(g, compute, packed, &streamed, depth)?)
                 }
                 (Some(Accelerator::Host(HostDevice { budget, copy_delay_per_mib })), _) => {
                     let groups: Vec<(GroupLayout, Vec<&Tensor>)> = streamed
