@@ -1,7 +1,28 @@
 //! strata-model: model files (GGUF, safetensors), the llama-family forward pass, tokenizer,
 //! chat templates, sampling and synthetic models.
+//!
+//! The library API for runners: [`Model::load`] a file, open a [`Session`] on a device, and
+//! [`generate`] text (or call [`Session::forward`] for logits).
 
 pub mod chat;
+pub mod config;
+mod error;
+pub mod forward;
+pub mod generate;
 pub mod gguf;
+pub mod inspect;
+pub mod model;
+pub mod offload;
 pub mod safetensors;
+pub mod sample;
+pub mod session;
+pub mod synth;
 pub mod tokenizer;
+pub mod weights;
+
+pub use config::LlamaConfig;
+pub use error::{Error, Result};
+pub use generate::{GenerateOptions, Generation, StopReason, Timings, generate};
+pub use model::{KvType, Model, SessionOptions};
+pub use sample::{Sampler, SamplerConfig};
+pub use session::{Layout, PassStats, Session};

@@ -143,6 +143,21 @@ impl Tensor {
         Ok(Tensor::host(dtype, shape, HostData::Mapped { owner, offset, len }))
     }
 
+    /// A device tensor over `buf` (e.g. a view into a streamed layer's slot).
+    ///
+    /// # Errors
+    /// If the buffer's size is not the one `dtype` and `shape` take.
+    pub fn from_device(dtype: DType, shape: &[usize], buf: DeviceBuffer) -> Result<Tensor> {
+        let need = dtype.bytes_for(shape)?;
+        if buf.len() != need {
+            return Err(Error::shape(
+                "from_device",
+                format!("{dtype} {shape:?} takes {need} bytes, the buffer has {}", buf.len()),
+            ));
+        }
+        Ok(Tensor { dtype, shape: shape.to_vec(), storage: Storage::Cuda(buf) })
+    }
+
     /// A tensor of zeros on the stream's device.
     pub fn zeros(dtype: DType, shape: &[usize], s: &Stream, what: &str) -> Result<Tensor> {
         let len = dtype.bytes_for(shape)?;
@@ -299,6 +314,36 @@ impl Tensor {
                 d.download(0, self.host_bytes_mut()?, g)
             }
             (Storage::Cuda(d), Storage::Cuda(from)) => d.copy_from(0, from, 0..from.len(), stream_of("copy")?),
+        }
+    }
+
+    /// A new tensor on the same device holding rows `rows` of the first dimension (any
+    /// unquantized type).
+    ///
+    /// # Errors
+    /// If the range is outside the tensor or the type is block-quantized.
+    pub fn copy_rows(&self, rows: std::ops::Range<usize>, s: &Stream) -> Result<Tensor> {
+        let n = *self.shape.first().ok_or_else(|| Error::shape("copy_rows", "tensor has no dimensions"))?;
+        if rows.start > rows.end || rows.end > n {
+            return Err(Error::shape("copy_rows", format!("rows {rows:?} of a tensor with {n}")));
+        }
+        let row_bytes = self.len_bytes().checked_div(n).unwrap_or(0);
+        if self.dtype.bytes_for(&self.shape[1..])? != row_bytes {
+            return Err(Error::shape("copy_rows", format!("{} rows cannot be split", self.dtype)));
+        }
+        let mut shape = self.shape.clone();
+        shape[0] = rows.len();
+        let bytes = rows.start * row_bytes..rows.end * row_bytes;
+        match &self.storage {
+            Storage::Host(h) => Tensor::from_bytes(self.dtype, &shape, &h.bytes()[bytes]),
+            Storage::Cuda(d) => {
+                let Stream::Gpu(g) = s else {
+                    return Err(Error::Device { op: "copy_rows", what: "a device tensor needs a GPU stream".into() });
+                };
+                let mut out = g.gpu().alloc(bytes.len(), "rows")?;
+                out.copy_from(0, d, bytes, g)?;
+                Ok(Tensor { dtype: self.dtype, shape, storage: Storage::Cuda(out) })
+            }
         }
     }
 

@@ -234,9 +234,6 @@ impl Metadata {
 
     /// A required array of strings.
     pub fn str_array(&self, key: &str) -> Result<Vec<&str>, GgufError> {
-        self.array(key)?
-            .iter()
-            .map(|v| v.as_str().ok_or_else(|| Self::wrong(key, v, "an array of strings")))
-            .collect()
+        self.array(key)?.iter().map(|v| v.as_str().ok_or_else(|| Self::wrong(key, v, "an array of strings"))).collect()
     }
 }

@@ -171,7 +171,8 @@ impl Gpu {
             // SAFETY: plain allocation in the bound context; freed exactly once in Drop.
             unsafe { result::malloc_sync(bytes) }.map_err(|e| oom_detail(driver(what, e), &res))?
         };
-        Ok(DeviceBuffer { ptr, bytes, gpu: self.clone(), last: LastUse::default(), _res: res })
+        let alloc = Arc::new(Allocation { ptr, gpu: self.clone(), _res: res });
+        Ok(DeviceBuffer { alloc, offset: 0, bytes, gpu: self.clone(), last: LastUse::default() })
     }
 
     /// Allocates `bytes` of page-locked host memory of `kind`, counted against the pinned
@@ -324,13 +325,37 @@ impl LastUse {
     }
 }
 
-/// Device memory counted against its GPU's budget; freed (after its last use) on drop.
-pub struct DeviceBuffer {
+/// One cuMemAlloc block, freed when the last buffer viewing it is dropped.
+struct Allocation {
     ptr: sys::CUdeviceptr,
+    gpu: Gpu,
+    _res: Reservation,
+}
+
+impl Drop for Allocation {
+    fn drop(&mut self) {
+        if self.ptr == 0 {
+            return;
+        }
+        // Every view waited for its own last use when it was dropped. Errors cannot be
+        // returned from drop; a failed free leaks the block rather than crash.
+        if self.gpu.bind().is_ok() {
+            // SAFETY: allocated by cuMemAlloc in this context, freed once (last Arc), no work
+            // pending on any view.
+            let _ = unsafe { result::free_sync(self.ptr) };
+        }
+    }
+}
+
+/// Device memory counted against its GPU's budget: a whole allocation or a view of part of
+/// one ([`DeviceBuffer::view`]); the memory is freed (after its last use) when the last
+/// buffer over it is dropped.
+pub struct DeviceBuffer {
+    alloc: Arc<Allocation>,
+    offset: usize,
     bytes: usize,
     gpu: Gpu,
     last: LastUse,
-    _res: Reservation,
 }
 
 fn check_range(what: &str, r: &Range<usize>, len: usize) -> Result<()> {
@@ -357,7 +382,26 @@ impl DeviceBuffer {
     /// Call [`DeviceBuffer::used_by`] once the work is enqueued.
     pub(crate) fn ptr_for(&self, s: &GpuStream) -> Result<u64> {
         self.last.before(s)?;
-        Ok(self.ptr)
+        Ok(self.alloc.ptr + self.offset as u64)
+    }
+
+    /// A buffer over `range` of this one, sharing the memory (e.g. one tensor inside a
+    /// streamed layer's slot). Its first user is ordered after this buffer's last user;
+    /// after that, order between the two is the caller's (events), as for two buffers.
+    ///
+    /// # Errors
+    /// If the range is outside the buffer.
+    pub fn view(&self, range: Range<usize>) -> Result<DeviceBuffer> {
+        check_range("view", &range, self.bytes)?;
+        let last = LastUse::default();
+        *last.lock() = self.last.lock().clone();
+        Ok(DeviceBuffer {
+            alloc: self.alloc.clone(),
+            offset: self.offset + range.start,
+            bytes: range.len(),
+            gpu: self.gpu.clone(),
+            last,
+        })
     }
 
     pub(crate) fn used_by(&self, s: &GpuStream) {
@@ -501,16 +545,9 @@ impl DeviceBuffer {
 
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
-        if self.ptr == 0 {
-            return;
-        }
-        // Work still reading or writing the memory must finish first. Errors cannot be
-        // returned from drop; a failed free leaks the block rather than crash.
+        // Work still reading or writing this memory must finish before it can be freed or
+        // reused by another view's owner.
         let _ = self.last.host_wait();
-        if self.gpu.bind().is_ok() {
-            // SAFETY: allocated by cuMemAlloc in this context, freed once, no work pending.
-            let _ = unsafe { result::free_sync(self.ptr) };
-        }
     }
 }
 

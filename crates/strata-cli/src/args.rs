@@ -1,0 +1,272 @@
+//! Command-line arguments (clap derive). Every flag says what it does in `--help`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "strata",
+    version,
+    about = "Run llama-family language models on the CPU or a GPU, streaming the layers that do not fit",
+    long_about = "Run llama-family language models (GGUF files) on the CPU or a CUDA GPU.\n\n\
+                  Without --model, commands use the default model models/SmolLM2-135M-Instruct.Q4_1.gguf \
+                  (fetch it with scripts/fetch-model.sh)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate text from a prompt, streaming it to stdout, then print a one-line summary.
+    Run(RunArgs),
+    /// Talk to the model interactively using its chat template (empty line or Ctrl-D ends).
+    Chat(ChatArgs),
+    /// Show the token ids (and pieces) of a text.
+    Tokenize(TokenizeArgs),
+    /// Print the top-k logits at every prompt position (for comparing with other engines).
+    Logits(LogitsArgs),
+    /// Show a GGUF file's metadata, tensors and per-layer sizes.
+    Inspect(InspectArgs),
+    /// Write a random-weight llama model of a real shape (for tests and benchmarks).
+    Synth(SynthArgs),
+    /// Show where each layer would run (resident, streamed, cpu) and the predicted speed,
+    /// without running anything. Works without a GPU for a hypothetical card (--gpu-memory).
+    Plan(PlanArgs),
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    /// A GPU when the build has CUDA and one is usable and the model fits, else the CPU.
+    Auto,
+    /// Only the CPU.
+    Cpu,
+    /// The GPU; an error if there is none or the model does not fit.
+    Cuda,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KvArg {
+    F16,
+    F32,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// GGUF model file [default: models/SmolLM2-135M-Instruct.Q4_1.gguf, or $STRATA_MODEL]
+    #[arg(long, short = 'm')]
+    pub model: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SessionArgs {
+    /// Where to run the layers.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
+    /// Context length in tokens [default: the model's training context, at most 4096].
+    #[arg(long, short = 'c')]
+    pub context: Option<usize>,
+    /// KV cache element type.
+    #[arg(long, value_enum, default_value_t = KvArg::F16)]
+    pub kv_type: KvArg,
+    /// Most prompt tokens processed in one batch.
+    #[arg(long, default_value_t = 512)]
+    pub batch: usize,
+    /// Cap on GPU memory strata may use, e.g. 6GiB (emulates a smaller card).
+    #[arg(long, value_name = "SIZE")]
+    pub gpu_memory: Option<String>,
+    #[command(flatten)]
+    pub offload: OffloadArgs,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OffloadArg {
+    /// Resident layers first, then streamed or cpu per layer, whichever is predicted faster.
+    Auto,
+    /// Every layer that is not resident is streamed over PCIe (same as --stream).
+    Stream,
+    /// Every layer that is not resident runs on the CPU (same as --cpu-layers).
+    Cpu,
+}
+
+/// Where the layers go when they do not all fit in GPU memory.
+#[derive(Args, Debug, Clone)]
+pub struct OffloadArgs {
+    /// How layers that do not fit in GPU memory run.
+    #[arg(long, value_enum, default_value_t = OffloadArg::Auto)]
+    pub offload: OffloadArg,
+    /// Keep exactly the first N layers resident on the GPU (like llama.cpp's -ngl); the rest
+    /// are streamed or run on the CPU (see --stream, --cpu-layers).
+    #[arg(long, value_name = "N")]
+    pub gpu_layers: Option<usize>,
+    /// Stream every non-resident layer's weights to the GPU just in time (pinned memory, a copy
+    /// stream and prefetch overlapping compute).
+    #[arg(long, conflicts_with = "cpu_layers")]
+    pub stream: bool,
+    /// Compute every non-resident layer on the CPU.
+    #[arg(long)]
+    pub cpu_layers: bool,
+    /// Cap on pinned (page-locked) host memory for streamed layers, e.g. 8GiB [default: half
+    /// of the available RAM].
+    #[arg(long, value_name = "SIZE")]
+    pub pinned_memory: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SampleArgs {
+    /// Sampling temperature; 0 = greedy (always the most likely token).
+    #[arg(long, short = 't', default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Sample only from the k most likely tokens (0 = no limit).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Sample only from the most likely tokens whose probabilities add up to p (1 = off).
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens less likely than min-p times the most likely one (0 = off).
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Penalize tokens seen in the last --repeat-last-n tokens (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// How many recent tokens the repetition penalty considers.
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: usize,
+    /// Random seed: the same seed gives the same text [default: random, printed in the summary].
+    #[arg(long, short = 's')]
+    pub seed: Option<u64>,
+    /// Stop after this many generated tokens.
+    #[arg(long, short = 'n', default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Stop when the text contains this string (repeatable); it is not printed.
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Keep generating past end-of-generation tokens, up to --max-tokens (for benchmarks).
+    #[arg(long)]
+    pub ignore_eos: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The prompt text.
+    #[arg(long, short = 'p')]
+    pub prompt: String,
+    /// Wrap the prompt in the model's chat template as a user message.
+    #[arg(long)]
+    pub chat: bool,
+    /// System message for --chat.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Print one JSON object (text, ids, timings, device, plan) instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+    /// Print per-layer compute, copy and wait times and the copy/compute overlap.
+    #[arg(long)]
+    pub stats: bool,
+    #[command(flatten)]
+    pub session: SessionArgs,
+    #[command(flatten)]
+    pub sample: SampleArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub session: SessionArgs,
+    /// Host→device copy rate to assume for a hypothetical GPU, e.g. 25GB/s.
+    #[arg(long, value_name = "RATE")]
+    pub h2d_bandwidth: Option<String>,
+    /// Measure this machine's speeds now (a second or so) instead of using cached or assumed ones.
+    #[arg(long)]
+    pub measure: bool,
+    /// Print the plan as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// System message.
+    #[arg(long)]
+    pub system: Option<String>,
+    #[command(flatten)]
+    pub session: SessionArgs,
+    #[command(flatten)]
+    pub sample: SampleArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct TokenizeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The text to tokenize.
+    pub text: String,
+    /// Add the BOS token (default: as the model's metadata says).
+    #[arg(long, overrides_with = "no_bos")]
+    pub bos: bool,
+    /// Do not add the BOS token.
+    #[arg(long)]
+    pub no_bos: bool,
+    /// Treat special-token text such as <|im_start|> as plain text.
+    #[arg(long)]
+    pub no_special: bool,
+    /// Print {"ids": [...], "pieces": [...]}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LogitsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The prompt text (tokenized as `strata tokenize` does).
+    #[arg(long, short = 'p', conflicts_with = "tokens", required_unless_present = "tokens")]
+    pub prompt: Option<String>,
+    /// Token ids instead of text, comma-separated (e.g. 504,3947,1834), scored exactly.
+    #[arg(long, value_delimiter = ',')]
+    pub tokens: Option<Vec<u32>>,
+    /// How many of the highest logits to print per position.
+    #[arg(long, default_value_t = 10)]
+    pub top_k: usize,
+    /// Print {"positions": [{"ids": [...], "logits": [...]}, ...]}.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub session: SessionArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// The GGUF file.
+    pub file: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SynthArgs {
+    /// Model shape: smollm2-135m (the default model's), llama-1b, llama-7b, llama-13b, llama-70b.
+    #[arg(long)]
+    pub preset: String,
+    /// Weight type of the layer matrices: f32, f16, bf16, q8_0, q4_0, q4_1.
+    #[arg(long, default_value = "q4_0")]
+    pub dtype: String,
+    /// Output GGUF file.
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+    /// Seed of the random weights (same seed, same file).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Override the number of layers (smaller variants of a shape).
+    #[arg(long)]
+    pub layers: Option<usize>,
+}

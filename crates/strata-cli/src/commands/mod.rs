@@ -1,0 +1,45 @@
+//! One function per subcommand.
+
+mod run;
+mod tools;
+
+use anyhow::{Context, Result};
+use strata_model::{Model, SamplerConfig};
+
+use crate::args::{Cli, Command, ModelArgs, SampleArgs};
+use crate::output::model_path;
+
+pub fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run(a) => run::run(a),
+        Command::Chat(a) => run::chat(a),
+        Command::Tokenize(a) => tools::tokenize(a),
+        Command::Logits(a) => tools::logits(a),
+        Command::Inspect(a) => tools::inspect(a),
+        Command::Synth(a) => tools::synth(a),
+        Command::Plan(a) => tools::plan(a),
+    }
+}
+
+fn load_model(a: &ModelArgs) -> Result<Model> {
+    let path = model_path(&a.model)?;
+    Model::load(&path).with_context(|| format!("cannot use model {}", path.display()))
+}
+
+fn sampler_config(a: &SampleArgs) -> SamplerConfig {
+    SamplerConfig {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        min_p: a.min_p,
+        repeat_penalty: a.repeat_penalty,
+        repeat_last_n: a.repeat_last_n,
+        seed: a.seed.unwrap_or_else(rand_seed),
+    }
+}
+
+/// A seed from the clock and process id (the summary prints it, so a run can be repeated).
+fn rand_seed() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    t ^ (u64::from(std::process::id()) << 32)
+}

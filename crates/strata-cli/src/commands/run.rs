@@ -1,0 +1,141 @@
+//! `strata run` and `strata chat`.
+
+use std::io::{BufRead, Write};
+
+use anyhow::{Context, Result};
+use strata_model::chat::{ChatMessage, ChatTemplate};
+use strata_model::{GenerateOptions, Generation, Model, Session, generate};
+
+use super::{load_model, sampler_config};
+use crate::args::{ChatArgs, RunArgs, SampleArgs};
+use crate::device::open_session;
+
+fn generate_options(a: &SampleArgs) -> GenerateOptions {
+    GenerateOptions {
+        max_tokens: a.max_tokens,
+        stop: a.stop.clone(),
+        ignore_eos: a.ignore_eos,
+        sampler: sampler_config(a),
+    }
+}
+
+fn template(model: &Model) -> ChatTemplate {
+    model.chat_template.clone().unwrap_or_else(|| {
+        log::warn!("the model has no chat template; using ChatML");
+        ChatTemplate::chatml()
+    })
+}
+
+fn special(model: &Model, id: Option<u32>) -> String {
+    id.map(|i| model.tokenizer.token_text(i).unwrap_or_default().to_string()).unwrap_or_default()
+}
+
+fn render(model: &Model, messages: &[ChatMessage]) -> Result<String> {
+    let t = &model.tokenizer;
+    Ok(template(model).render(messages, true, &special(model, t.bos()), &special(model, t.eos()))?)
+}
+
+fn summary(g: &Generation, device: &str, seed: u64, greedy: bool) -> String {
+    let t = &g.timings;
+    format!(
+        "[{} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s, device {device}{}]",
+        t.prompt_tokens,
+        t.prompt_tokens_per_second,
+        t.generated_tokens,
+        t.generation_tokens_per_second,
+        if greedy { String::new() } else { format!(", seed {seed}") }
+    )
+}
+
+pub fn run(a: RunArgs) -> Result<()> {
+    let model = load_model(&a.model)?;
+    let (plan, mut session) = open_session(&model, &a.session, a.json)?;
+    let prompt_text = if a.chat {
+        let mut msgs = Vec::new();
+        if let Some(s) = &a.system {
+            msgs.push(ChatMessage { role: "system".into(), content: s.clone() });
+        }
+        msgs.push(ChatMessage { role: "user".into(), content: a.prompt.clone() });
+        render(&model, &msgs)?
+    } else {
+        a.prompt.clone()
+    };
+    let ids = model.tokenizer.encode(&prompt_text, None, a.chat)?;
+    let opts = generate_options(&a.sample);
+    let device = session.device().to_string();
+    let stdout = std::io::stdout();
+    let g = if a.json {
+        generate(&mut session, &ids, &opts, |_| {})?
+    } else {
+        let mut out = stdout.lock();
+        let g = generate(&mut session, &ids, &opts, |piece| {
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+        })?;
+        let _ = writeln!(out);
+        g
+    };
+    if a.json {
+        let mut v = serde_json::to_value(&g)?;
+        v["device"] = serde_json::Value::String(device);
+        v["model"] = serde_json::Value::String(model.path.display().to_string());
+        v["sampler"] = serde_json::to_value(&opts.sampler)?;
+        v["plan"] = serde_json::to_value(&plan)?;
+        v["stats"] = crate::stats::json(&session.take_stats());
+        outln!("{}", serde_json::to_string(&v)?);
+    } else {
+        eprintln!("{}", summary(&g, &device, opts.sampler.seed, opts.sampler.temperature == 0.0));
+        if a.stats {
+            eprint!("{}", crate::stats::render(&session.take_stats()));
+        }
+    }
+    Ok(())
+}
+
+/// Feeds the rendered conversation to the session, reusing the cached prefix.
+fn sync_prompt(session: &mut Session<'_>, cached: &mut Vec<u32>, full: &[u32]) -> Vec<u32> {
+    let common = cached.iter().zip(full).take_while(|(a, b)| a == b).count();
+    // Keep at least one token to run, so the step has logits to sample from.
+    let keep = common.min(full.len().saturating_sub(1));
+    session.truncate(keep);
+    cached.truncate(keep);
+    full[keep..].to_vec()
+}
+
+pub fn chat(a: ChatArgs) -> Result<()> {
+    let model = load_model(&a.model)?;
+    let (_, mut session) = open_session(&model, &a.session, false)?;
+    let mut messages = Vec::new();
+    if let Some(s) = &a.system {
+        messages.push(ChatMessage { role: "system".into(), content: s.clone() });
+    }
+    let opts = generate_options(&a.sample);
+    let mut cached: Vec<u32> = Vec::new();
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout();
+    eprintln!("chatting with {} (empty line or Ctrl-D to end)", model.path.display());
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line).context("reading stdin")? == 0 || line.trim().is_empty() {
+            break;
+        }
+        messages.push(ChatMessage { role: "user".into(), content: line.trim_end().to_string() });
+        let full = model.tokenizer.encode(&render(&model, &messages)?, None, true)?;
+        let new = sync_prompt(&mut session, &mut cached, &full);
+        let g = generate(&mut session, &new, &opts, |piece| {
+            let _ = stdout.write_all(piece.as_bytes());
+            let _ = stdout.flush();
+        })?;
+        outln!();
+        cached.extend_from_slice(&new);
+        cached.extend_from_slice(&g.generated_ids);
+        // The last generated token was sampled but not run through the model.
+        if session.n_past() < cached.len() {
+            cached.truncate(session.n_past());
+        }
+        messages.push(ChatMessage { role: "assistant".into(), content: g.text.trim().to_string() });
+        eprintln!("{}", summary(&g, &session.device().to_string(), opts.sampler.seed, opts.sampler.temperature == 0.0));
+    }
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! `strata tokenize`, `logits`, `inspect` and `synth`.
+
+use std::io::IsTerminal;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use strata_model::gguf::GgufFile;
+
+use super::load_model;
+use crate::args::{InspectArgs, LogitsArgs, PlanArgs, SynthArgs, TokenizeArgs};
+use crate::device::open_session;
+
+pub fn tokenize(a: TokenizeArgs) -> Result<()> {
+    let model = load_model(&a.model)?;
+    let t = &model.tokenizer;
+    let add_bos = if a.no_bos {
+        Some(false)
+    } else if a.bos {
+        Some(true)
+    } else {
+        None
+    };
+    let ids = t.encode(&a.text, add_bos, !a.no_special)?;
+    let pieces: Vec<String> = ids.iter().map(|&i| t.piece(i)).collect();
+    if a.json {
+        outln!("{}", json!({ "ids": ids, "pieces": pieces }));
+    } else {
+        for (id, p) in ids.iter().zip(&pieces) {
+            outln!("{id:>8}  {p:?}");
+        }
+        eprintln!("[{} tokens]", ids.len());
+    }
+    Ok(())
+}
+
+/// Indexes of the k largest values, best first (ties: lower id first).
+fn top_k(row: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..row.len()).collect();
+    let k = k.min(row.len());
+    idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+pub fn logits(a: LogitsArgs) -> Result<()> {
+    if a.top_k == 0 {
+        bail!("--top-k must be at least 1");
+    }
+    let model = load_model(&a.model)?;
+    let ids = match (&a.prompt, &a.tokens) {
+        (_, Some(t)) => t.clone(),
+        (Some(p), None) => model.tokenizer.encode(p, None, true)?,
+        (None, None) => bail!("give --prompt TEXT or --tokens IDS"),
+    };
+    if ids.is_empty() {
+        bail!("no tokens to score");
+    }
+    let (_, mut session) = open_session(&model, &a.session, a.json)?;
+    let n_vocab = model.config.n_vocab;
+    let all = session.forward(&ids, true)?;
+    let positions: Vec<_> = all
+        .chunks_exact(n_vocab)
+        .map(|row| {
+            let best = top_k(row, a.top_k);
+            (best.iter().map(|&i| i as u32).collect::<Vec<_>>(), best.iter().map(|&i| row[i]).collect::<Vec<_>>())
+        })
+        .collect();
+    if a.json {
+        let pos: Vec<_> = positions.iter().map(|(i, l)| json!({ "ids": i, "logits": l })).collect();
+        outln!("{}", json!({ "prompt_ids": ids, "device": session.device().to_string(), "positions": pos }));
+    } else {
+        for (p, ((best, vals), id)) in positions.iter().zip(&ids).enumerate() {
+            let cells: Vec<String> =
+                best.iter().zip(vals).map(|(i, v)| format!("{i} {:?} {v:.3}", model.tokenizer.piece(*i))).collect();
+            outln!("{p:>4} {id:>6} {:<14} → {}", format!("{:?}", model.tokenizer.piece(*id)), cells.join(" | "));
+        }
+    }
+    Ok(())
+}
+
+pub fn inspect(a: InspectArgs) -> Result<()> {
+    let file = GgufFile::open(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
+    let report = strata_model::inspect::inspect(&file, &a.file);
+    if a.json {
+        outln!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        out!("{}", report.render_table());
+        match strata_model::LlamaConfig::from_gguf(&file) {
+            Ok(cfg) => outln!(
+                "\nmodel: {} layers, embedding {}, {} heads ({} kv), vocab {}, ffn {}",
+                cfg.n_layers, cfg.n_embd, cfg.n_head, cfg.n_head_kv, cfg.n_vocab, cfg.n_ff
+            ),
+            Err(e) => outln!("\nnot runnable by strata: {e}"),
+        }
+    }
+    Ok(())
+}
+
+pub fn synth(a: SynthArgs) -> Result<()> {
+    let preset = strata_model::synth::Preset::by_name(&a.preset)?;
+    let preset = match a.layers {
+        Some(n) => preset.with_layers(n)?,
+        None => preset,
+    };
+    let dtype = strata_model::synth::parse_dtype(&a.dtype)?;
+    let show = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let total = preset.file_bytes(dtype);
+    let bar = if show { Some(crate::progress::bytes_bar(total, "writing")) } else { None };
+    strata_model::synth::write_gguf(&preset, dtype, a.seed, &a.out, |done| {
+        if let Some(b) = &bar {
+            b.set_position(done);
+        }
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    eprintln!(
+        "wrote {} ({} layers, {} {}, {}) in {:.1} s",
+        a.out.display(),
+        preset.n_layers,
+        preset.name,
+        a.dtype,
+        strata_tensor::fmt_bytes(std::fs::metadata(&a.out).map(|m| m.len()).unwrap_or(total)),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+pub fn plan(a: PlanArgs) -> Result<()> {
+    let model = load_model(&a.model)?;
+    let opts = crate::device::session_options(&a.session);
+    let mut offload = crate::device::offload_options(&a.session)?;
+    offload.h2d_bytes_per_s =
+        a.h2d_bandwidth.as_deref().map(strata_runtime::units::parse_rate).transpose().context("--h2d-bandwidth")?;
+    let gpu = crate::device::pick_gpu(&a.session, a.json)?;
+    if gpu.is_none() {
+        offload.hypothetical_gpu =
+            a.session.gpu_memory.as_deref().map(strata_runtime::units::parse_size).transpose().context("--gpu-memory")?;
+    }
+    let speeds = if a.measure {
+        strata_model::offload::measure_speeds(&model, gpu.as_ref())?
+    } else {
+        strata_model::offload::cached_speeds(gpu.as_ref()).unwrap_or_else(strata_runtime::plan::assumed_speeds)
+    };
+    let plan = strata_model::offload::make_plan(&model, &opts, gpu.as_ref(), speeds, &offload)?;
+    if a.json {
+        outln!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        match &gpu {
+            Some(g) => outln!("device: {}", g.info()),
+            None if offload.hypothetical_gpu.is_some() => outln!("device: a hypothetical GPU (no GPU is used here)"),
+            None => outln!("device: cpu only (give --gpu-memory SIZE to plan for a hypothetical GPU)"),
+        }
+        out!("{}", plan.render_table());
+    }
+    Ok(())
+}

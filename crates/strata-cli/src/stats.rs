@@ -1,0 +1,88 @@
+//! `--stats`: per-pass timelines summarized for people (a table) and for scripts (JSON).
+
+use std::fmt::Write;
+
+use serde_json::{Value, json};
+use strata_model::PassStats;
+use strata_runtime::plan::Placement;
+
+fn mean(v: impl Iterator<Item = f64>) -> f64 {
+    let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    if n == 0 { 0.0 } else { s / n as f64 }
+}
+
+fn summary(passes: &[&PassStats]) -> Value {
+    let wall: f64 = passes.iter().map(|p| p.wall_s).sum();
+    let compute: f64 = passes.iter().map(|p| p.compute_s).sum();
+    let copy: f64 = passes.iter().map(|p| p.copy_s).sum();
+    let bytes: u64 = passes.iter().map(|p| p.copy_bytes).sum();
+    let tokens: usize = passes.iter().map(|p| p.tokens).sum();
+    json!({
+        "passes": passes.len(),
+        "tokens": tokens,
+        "wall_s": wall,
+        "compute_s": compute,
+        "copy_s": copy,
+        "copy_bytes": bytes,
+        "wait_s": passes.iter().map(|p| p.wait_s).sum::<f64>(),
+        "overlap_efficiency": if wall > 0.0 { compute.max(copy) / wall } else { 0.0 },
+        "copy_gb_per_s": if copy > 0.0 { bytes as f64 / copy / 1e9 } else { 0.0 },
+        "tokens_per_second": if wall > 0.0 { tokens as f64 / wall } else { 0.0 },
+    })
+}
+
+/// `{"prefill": {...}, "decode": {...}, "last_decode_layers": [...]}`.
+pub fn json(stats: &[PassStats]) -> Value {
+    let prefill: Vec<&PassStats> = stats.iter().filter(|p| p.tokens > 1).collect();
+    let decode: Vec<&PassStats> = stats.iter().filter(|p| p.tokens == 1).collect();
+    json!({
+        "prefill": summary(&prefill),
+        "decode": summary(&decode),
+        "last_decode": decode.last().map(|p| serde_json::to_value(p).unwrap_or(Value::Null)),
+    })
+}
+
+/// A table: prefill and decode totals, then the last decoded token layer by layer.
+pub fn render(stats: &[PassStats]) -> String {
+    let v = json(stats);
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<8} {:>6} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9}", "phase", "tokens", "wall ms", "compute", "copy", "wait", "overlap", "copy GB/s");
+    for phase in ["prefill", "decode"] {
+        let p = &v[phase];
+        let ms = |k: &str| p[k].as_f64().unwrap_or(0.0) * 1e3;
+        let _ = writeln!(
+            out,
+            "{phase:<8} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.2} {:>9.1}",
+            p["tokens"],
+            ms("wall_s"),
+            ms("compute_s"),
+            ms("copy_s"),
+            ms("wait_s"),
+            p["overlap_efficiency"].as_f64().unwrap_or(0.0),
+            p["copy_gb_per_s"].as_f64().unwrap_or(0.0)
+        );
+    }
+    if let Some(last) = stats.iter().rev().find(|p| p.tokens == 1) {
+        let _ = writeln!(out, "last decoded token, per layer (ms):");
+        let _ = writeln!(out, "{:>5} {:<9} {:>8} {:>8} {:>8}", "layer", "placement", "compute", "wait", "copy");
+        for l in &last.layers {
+            let copy = last.copies.iter().filter(|c| c.layer == Some(l.layer)).map(|c| c.end_s - c.start_s).sum::<f64>();
+            let name = match l.placement {
+                Placement::Resident => "resident",
+                Placement::Streamed => "streamed",
+                Placement::Cpu => "cpu",
+            };
+            let _ = writeln!(
+                out,
+                "{:>5} {:<9} {:>8.3} {:>8.3} {:>8.3}",
+                l.layer,
+                name,
+                (l.end_s - l.start_s) * 1e3,
+                l.wait_s * 1e3,
+                copy * 1e3
+            );
+        }
+        let _ = writeln!(out, "mean layer compute {:.3} ms", mean(last.layers.iter().map(|l| (l.end_s - l.start_s) * 1e3)));
+    }
+    out
+}

@@ -1,0 +1,214 @@
+//! The llama-family hyperparameters, read from GGUF metadata and checked before anything is
+//! allocated: counts must be positive, heads must divide the embedding, token ids must lie
+//! inside the vocabulary, and every tensor must have the shape the hyperparameters imply.
+
+use strata_tensor::RopeLayout;
+
+use crate::gguf::{GgufFile, Metadata};
+use crate::{Error, Result};
+
+/// Architectures whose GGUF layout is the llama one (same tensor names, adjacent-pair RoPE).
+const LLAMA_FAMILY: &[&str] = &["llama", "mistral"];
+
+/// Hyperparameters of a llama-family model.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LlamaConfig {
+    pub arch: String,
+    pub n_layers: usize,
+    pub n_embd: usize,
+    pub n_ff: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_vocab: usize,
+    /// Context length the model was trained with.
+    pub n_ctx_train: usize,
+    pub rope_freq_base: f32,
+    /// 1 / linear scaling factor (1 when unscaled).
+    pub rope_freq_scale: f32,
+    pub n_rot: usize,
+    #[serde(skip)]
+    pub rope_layout: RopeLayout,
+    pub rms_eps: f32,
+    /// No `output.weight`: the token embedding doubles as the output head.
+    pub tied_output: bool,
+}
+
+/// Upper bounds far above any real model, so that a corrupt header cannot make us allocate
+/// absurd KV caches or scratch buffers.
+const MAX_LAYERS: u64 = 1024;
+const MAX_DIM: u64 = 1 << 20;
+const MAX_HEADS: u64 = 4096;
+const MAX_VOCAB: u64 = 1 << 24;
+
+fn bounded(md: &Metadata, key: &str, max: u64) -> Result<usize> {
+    let v = md.u64(key)?;
+    if v == 0 || v > max {
+        return Err(Error::model(format!("metadata {key} = {v} is out of range (expected 1..={max})")));
+    }
+    Ok(v as usize)
+}
+
+fn opt_bounded(md: &Metadata, key: &str, max: u64) -> Result<Option<usize>> {
+    match md.opt_u64(key)? {
+        None => Ok(None),
+        Some(_) => bounded(md, key, max).map(Some),
+    }
+}
+
+fn positive_f32(md: &Metadata, key: &str, default: f64) -> Result<f32> {
+    let v = md.opt_f64(key)?.unwrap_or(default);
+    if !(v.is_finite() && v > 0.0) {
+        return Err(Error::model(format!("metadata {key} = {v} must be a positive number")));
+    }
+    Ok(v as f32)
+}
+
+impl LlamaConfig {
+    /// Reads and checks the hyperparameters of `file` (metadata and tensor shapes).
+    ///
+    /// # Errors
+    /// [`Error::Model`] or [`crate::gguf::GgufError`] naming the key or tensor at fault.
+    pub fn from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
+        let md = file.metadata();
+        let arch = md.str("general.architecture")?.to_string();
+        if !LLAMA_FAMILY.contains(&arch.as_str()) {
+            return Err(Error::model(format!(
+                "architecture {arch:?} is not supported (strata runs the llama family: {})",
+                LLAMA_FAMILY.join(", ")
+            )));
+        }
+        let k = |s: &str| format!("{arch}.{s}");
+        let n_layers = bounded(md, &k("block_count"), MAX_LAYERS)?;
+        let n_embd = bounded(md, &k("embedding_length"), MAX_DIM)?;
+        let n_ff = bounded(md, &k("feed_forward_length"), MAX_DIM * 4)?;
+        let n_head = bounded(md, &k("attention.head_count"), MAX_HEADS)?;
+        let n_head_kv = opt_bounded(md, &k("attention.head_count_kv"), MAX_HEADS)?.unwrap_or(n_head);
+        if !n_embd.is_multiple_of(n_head) {
+            return Err(Error::model(format!(
+                "{} = {n_head} does not divide {} = {n_embd}",
+                k("attention.head_count"),
+                k("embedding_length")
+            )));
+        }
+        if !n_head.is_multiple_of(n_head_kv) {
+            return Err(Error::model(format!(
+                "{} = {n_head_kv} does not divide the {n_head} query heads",
+                k("attention.head_count_kv")
+            )));
+        }
+        let head_dim = n_embd / n_head;
+        if let Some(kl) = opt_bounded(md, &k("attention.key_length"), MAX_DIM)?
+            && kl != head_dim
+        {
+            return Err(Error::model(format!(
+                "{} = {kl} differs from embedding/heads = {head_dim}; such models are not supported",
+                k("attention.key_length")
+            )));
+        }
+        let n_rot = opt_bounded(md, &k("rope.dimension_count"), MAX_DIM)?.unwrap_or(head_dim);
+        if n_rot > head_dim || !n_rot.is_multiple_of(2) {
+            return Err(Error::model(format!(
+                "{} = {n_rot} must be even and at most the head size {head_dim}",
+                k("rope.dimension_count")
+            )));
+        }
+        let rope_freq_base = positive_f32(md, &k("rope.freq_base"), 10000.0)?;
+        let rope_freq_scale = match md.opt_str(&k("rope.scaling.type"))? {
+            None | Some("none") => 1.0,
+            Some("linear") => 1.0 / positive_f32(md, &k("rope.scaling.factor"), 1.0)?,
+            Some(other) => {
+                return Err(Error::model(format!("{} = {other:?} is not supported", k("rope.scaling.type"))));
+            }
+        };
+        let rms_eps = positive_f32(md, &k("attention.layer_norm_rms_epsilon"), 1e-5)?;
+        let n_ctx_train = opt_bounded(md, &k("context_length"), 1 << 24)?.unwrap_or(4096);
+
+        let embd =
+            file.tensor("token_embd.weight").ok_or_else(|| Error::model("tensor token_embd.weight is missing"))?;
+        let n_vocab = match embd.dims.as_slice() {
+            [e, v] if *e as usize == n_embd && *v >= 1 && *v <= MAX_VOCAB => *v as usize,
+            dims => {
+                return Err(Error::model(format!(
+                    "tensor token_embd.weight has dims {dims:?}, expected [{n_embd}, n_vocab]"
+                )));
+            }
+        };
+        let tied_output = file.tensor("output.weight").is_none();
+        let cfg = LlamaConfig {
+            arch,
+            n_layers,
+            n_embd,
+            n_ff,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_vocab,
+            n_ctx_train,
+            rope_freq_base,
+            rope_freq_scale,
+            n_rot,
+            rope_layout: RopeLayout::Adjacent,
+            rms_eps,
+            tied_output,
+        };
+        cfg.check_token_ids(md)?;
+        Ok(cfg)
+    }
+
+    fn check_token_ids(&self, md: &Metadata) -> Result<()> {
+        for key in [
+            "tokenizer.ggml.bos_token_id",
+            "tokenizer.ggml.eos_token_id",
+            "tokenizer.ggml.eot_token_id",
+            "tokenizer.ggml.unknown_token_id",
+            "tokenizer.ggml.padding_token_id",
+            "tokenizer.ggml.separator_token_id",
+        ] {
+            if let Some(id) = md.opt_u64(key)?
+                && id >= self.n_vocab as u64
+            {
+                return Err(Error::model(format!(
+                    "metadata {key} = {id} is outside the vocabulary of {} tokens",
+                    self.n_vocab
+                )));
+            }
+        }
+        if let Some(tokens) = md.opt_array("tokenizer.ggml.tokens")?
+            && tokens.len() != self.n_vocab
+        {
+            return Err(Error::model(format!(
+                "tokenizer.ggml.tokens has {} entries but token_embd.weight has {} rows",
+                tokens.len(),
+                self.n_vocab
+            )));
+        }
+        Ok(())
+    }
+
+    /// Width of the K (and V) projection: kv heads × head size.
+    pub fn kv_dim(&self) -> usize {
+        self.n_head_kv * self.head_dim
+    }
+
+    /// Expected GGUF dims (ne0 first) of each per-layer tensor, by name suffix.
+    pub fn layer_tensor_dims(&self) -> [(&'static str, Vec<u64>); 9] {
+        let (e, f, kv) = (self.n_embd as u64, self.n_ff as u64, self.kv_dim() as u64);
+        [
+            ("attn_norm", vec![e]),
+            ("attn_q", vec![e, e]),
+            ("attn_k", vec![e, kv]),
+            ("attn_v", vec![e, kv]),
+            ("attn_output", vec![e, e]),
+            ("ffn_norm", vec![e]),
+            ("ffn_gate", vec![e, f]),
+            ("ffn_up", vec![e, f]),
+            ("ffn_down", vec![f, e]),
+        ]
+    }
+
+    /// Bytes of K and V cache per layer for `context` positions of `elem_bytes` each.
+    pub fn kv_bytes_per_layer(&self, context: usize, elem_bytes: usize) -> u64 {
+        2 * context as u64 * self.kv_dim() as u64 * elem_bytes as u64
+    }
+}

@@ -1,0 +1,51 @@
+//! strata-model's error type: one enum over the file, tokenizer, tensor and generation errors.
+
+use crate::gguf::GgufError;
+use crate::tokenizer::TokenizerError;
+
+/// Errors of strata-model. Messages say what was asked, what was found and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Tensor(#[from] strata_tensor::Error),
+    #[error(transparent)]
+    Runtime(#[from] strata_runtime::Error),
+    #[error(transparent)]
+    Plan(#[from] strata_runtime::plan::PlanError),
+    /// The file is readable but does not describe a model we can run.
+    #[error("{0}")]
+    Model(String),
+    /// A prompt plus generation that does not fit the context.
+    #[error(
+        "{needed} tokens ({prompt} prompt + {generate} to generate) exceed the context of {context}; \
+         raise --context (the model was trained with {trained}) or shorten the prompt / --max-tokens"
+    )]
+    ContextFull { needed: usize, prompt: usize, generate: usize, context: usize, trained: usize },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    /// True for a (recoverable) out-of-memory from any layer below.
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(
+            self,
+            Error::Tensor(strata_tensor::Error::OutOfMemory { .. })
+                | Error::Runtime(strata_runtime::Error::Tensor(strata_tensor::Error::OutOfMemory { .. }))
+        )
+    }
+
+    pub fn model(msg: impl Into<String>) -> Error {
+        Error::Model(msg.into())
+    }
+
+    pub fn invalid(msg: impl Into<String>) -> Error {
+        Error::Invalid(msg.into())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,182 @@
+//! The generation loop: prefill the prompt as one batch, then decode token by token until an
+//! end-of-generation token (unless ignored), a stop string, or the token limit.
+
+use std::time::Instant;
+
+use crate::sample::{Sampler, SamplerConfig};
+use crate::session::Session;
+use crate::tokenizer::StreamDecoder;
+use crate::{Error, Result};
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    /// Generation stops when the text contains one of these (the stop string is not output).
+    pub stop: Vec<String>,
+    /// Keep going past end-of-generation tokens (benchmarks).
+    pub ignore_eos: bool,
+    pub sampler: SamplerConfig,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions { max_tokens: 128, stop: Vec::new(), ignore_eos: false, sampler: SamplerConfig::default() }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    EndOfGeneration,
+    StopString,
+    MaxTokens,
+}
+
+/// Speeds of one generation (wall clock, including sampling and host transfers).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Timings {
+    pub prompt_tokens: usize,
+    pub prompt_seconds: f64,
+    pub prompt_tokens_per_second: f64,
+    pub generated_tokens: usize,
+    pub generation_seconds: f64,
+    /// Generated tokens / time of the decode loop (each step: sample, forward one token).
+    pub generation_tokens_per_second: f64,
+}
+
+/// The result of a generation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Generation {
+    pub text: String,
+    pub prompt_ids: Vec<u32>,
+    pub generated_ids: Vec<u32>,
+    pub stop_reason: StopReason,
+    pub timings: Timings,
+}
+
+fn rate(n: usize, secs: f64) -> f64 {
+    if secs > 0.0 { n as f64 / secs } else { 0.0 }
+}
+
+/// Holds back text that could be the start of a stop string, so streamed output never shows
+/// part of one.
+struct StopFilter<'a> {
+    stops: &'a [String],
+    pending: String,
+}
+
+impl StopFilter<'_> {
+    /// Adds text; returns (text safe to emit, whether a stop string was found).
+    fn push(&mut self, text: &str) -> (String, bool) {
+        self.pending.push_str(text);
+        if let Some(at) =
+            self.stops.iter().filter(|s| !s.is_empty()).filter_map(|s| self.pending.find(s.as_str())).min()
+        {
+            let out = self.pending[..at].to_string();
+            self.pending.clear();
+            return (out, true);
+        }
+        // Keep the longest suffix that is a prefix of some stop string.
+        let mut keep = 0;
+        for s in self.stops {
+            for (i, _) in self.pending.char_indices() {
+                let tail = &self.pending[i..];
+                if s.starts_with(tail) && tail.len() > keep {
+                    keep = tail.len();
+                }
+            }
+        }
+        let cut = self.pending.len() - keep;
+        let out = self.pending[..cut].to_string();
+        self.pending.drain(..cut);
+        (out, false)
+    }
+
+    fn finish(&mut self) -> String {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+/// Generates a continuation of `prompt` (appended at the session's current position),
+/// calling `on_text` with each piece of text as soon as it is complete UTF-8 and cannot be
+/// part of a stop string.
+///
+/// # Errors
+/// [`Error::ContextFull`] before anything runs when prompt + max_tokens exceed the context.
+pub fn generate(
+    session: &mut Session<'_>,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    mut on_text: impl FnMut(&str),
+) -> Result<Generation> {
+    if prompt.is_empty() {
+        return Err(Error::invalid("the prompt is empty: nothing to continue from"));
+    }
+    let needed = session.n_past() + prompt.len() + opts.max_tokens;
+    if needed > session.context() {
+        return Err(Error::ContextFull {
+            needed,
+            prompt: session.n_past() + prompt.len(),
+            generate: opts.max_tokens,
+            context: session.context(),
+            trained: session.model().config.n_ctx_train,
+        });
+    }
+    let tok = &session.model().tokenizer;
+    let mut sampler = Sampler::new(opts.sampler.clone())?;
+    for &id in prompt {
+        sampler.accept(id);
+    }
+    let t0 = Instant::now();
+    let mut logits = session.forward(prompt, false)?;
+    let prompt_seconds = t0.elapsed().as_secs_f64();
+
+    let t1 = Instant::now();
+    let mut decoder = StreamDecoder::new(tok);
+    let mut filter = StopFilter { stops: &opts.stop, pending: String::new() };
+    let mut text = String::new();
+    let mut generated = Vec::new();
+    let mut reason = StopReason::MaxTokens;
+    while generated.len() < opts.max_tokens {
+        let id = sampler.sample(&logits);
+        if !opts.ignore_eos && tok.is_eog(id) {
+            reason = StopReason::EndOfGeneration;
+            break;
+        }
+        generated.push(id);
+        sampler.accept(id);
+        let (piece, stopped) = filter.push(&decoder.push(id));
+        text.push_str(&piece);
+        on_text(&piece);
+        if stopped {
+            reason = StopReason::StopString;
+            break;
+        }
+        if generated.len() < opts.max_tokens {
+            logits = session.forward(&[id], false)?;
+        }
+    }
+    if reason != StopReason::StopString {
+        let (piece, _) = filter.push(&decoder.finish());
+        let rest = piece + &filter.finish();
+        text.push_str(&rest);
+        on_text(&rest);
+    }
+    let generation_seconds = t1.elapsed().as_secs_f64();
+    Ok(Generation {
+        text,
+        prompt_ids: prompt.to_vec(),
+        generated_ids: generated.clone(),
+        stop_reason: reason,
+        timings: Timings {
+            prompt_tokens: prompt.len(),
+            prompt_seconds,
+            prompt_tokens_per_second: rate(prompt.len(), prompt_seconds),
+            generated_tokens: generated.len(),
+            generation_seconds,
+            generation_tokens_per_second: rate(generated.len(), generation_seconds),
+        },
+    })
+}

@@ -1,0 +1,233 @@
+//! What `strata inspect FILE` reports about a GGUF file: header facts, metadata summaries,
+//! every tensor, and byte totals per layer and per type. [`Inspection`] serializes to JSON
+//! (`--json`) and renders as an aligned text table.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+use strata_tensor::fmt_bytes;
+
+use crate::gguf::GgufFile;
+
+/// Everything `strata inspect` shows about one file.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspection {
+    pub path: String,
+    pub file_bytes: u64,
+    pub version: u32,
+    pub alignment: u64,
+    pub data_offset: u64,
+    pub tensor_count: usize,
+    pub metadata: Vec<MetadataEntry>,
+    pub tensors: Vec<TensorEntry>,
+    /// Tensors named `blk.N.*`, by N ascending.
+    pub layers: Vec<LayerTotal>,
+    /// Everything else (token_embd, output_norm, output …).
+    pub non_layer: GroupTotal,
+    pub total_bytes: u64,
+    pub total_elements: u64,
+    /// Largest share first.
+    pub bytes_by_type: Vec<TypeTotal>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MetadataEntry {
+    pub key: String,
+    #[serde(rename = "type")]
+    pub value_type: String,
+    /// Arrays as `[type; len]`, long strings cut.
+    pub summary: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorEntry {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ggml_type: String,
+    /// GGUF order: `shape[0]` elements per row.
+    pub shape: Vec<u64>,
+    pub n_elements: u64,
+    pub bytes: u64,
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerTotal {
+    pub layer: u32,
+    pub tensors: usize,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GroupTotal {
+    pub names: Vec<String>,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TypeTotal {
+    #[serde(rename = "type")]
+    pub ggml_type: String,
+    pub tensors: usize,
+    pub elements: u64,
+    pub bytes: u64,
+}
+
+/// Summarizes a validated file; `path` is only reported.
+pub fn inspect(file: &GgufFile, path: &Path) -> Inspection {
+    let metadata = file
+        .metadata()
+        .iter()
+        .map(|(k, v)| MetadataEntry { key: k.into(), value_type: v.type_name().into(), summary: v.summary() })
+        .collect();
+    let mut layers: BTreeMap<u32, LayerTotal> = BTreeMap::new();
+    let mut non_layer = GroupTotal::default();
+    let mut by_type: BTreeMap<&str, TypeTotal> = BTreeMap::new();
+    let mut tensors = Vec::with_capacity(file.tensors().len());
+    for t in file.tensors() {
+        match layer_of(&t.name) {
+            Some(n) => {
+                let l = layers.entry(n).or_insert(LayerTotal { layer: n, tensors: 0, bytes: 0 });
+                l.tensors += 1;
+                l.bytes += t.n_bytes;
+            }
+            None => {
+                non_layer.names.push(t.name.clone());
+                non_layer.bytes += t.n_bytes;
+            }
+        }
+        let ty = by_type.entry(t.ggml_type.name()).or_insert_with(|| TypeTotal {
+            ggml_type: t.ggml_type.name().into(),
+            tensors: 0,
+            elements: 0,
+            bytes: 0,
+        });
+        ty.tensors += 1;
+        ty.elements += t.n_elements();
+        ty.bytes += t.n_bytes;
+        tensors.push(TensorEntry {
+            name: t.name.clone(),
+            ggml_type: t.ggml_type.name().into(),
+            shape: t.dims.clone(),
+            n_elements: t.n_elements(),
+            bytes: t.n_bytes,
+            offset: t.offset,
+        });
+    }
+    let mut bytes_by_type: Vec<TypeTotal> = by_type.into_values().collect();
+    bytes_by_type.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.ggml_type.cmp(&b.ggml_type)));
+    Inspection {
+        path: path.display().to_string(),
+        file_bytes: file.file_len(),
+        version: file.version(),
+        alignment: file.alignment(),
+        data_offset: file.data_offset(),
+        tensor_count: tensors.len(),
+        metadata,
+        total_bytes: tensors.iter().map(|t| t.bytes).sum(),
+        total_elements: tensors.iter().map(|t| t.n_elements).sum(),
+        tensors,
+        layers: layers.into_values().collect(),
+        non_layer,
+        bytes_by_type,
+    }
+}
+
+/// N of a tensor named `blk.N.…`.
+fn layer_of(name: &str) -> Option<u32> {
+    name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
+}
+
+impl Inspection {
+    /// A readable report: header, metadata, tensors, per-layer and per-type totals, as
+    /// aligned columns.
+    pub fn render_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "file        {} ({})", self.path, fmt_bytes(self.file_bytes));
+        let _ = writeln!(
+            out,
+            "gguf        v{}, alignment {}, data at byte {}, {} metadata keys, {} tensors",
+            self.version,
+            self.alignment,
+            self.data_offset,
+            self.metadata.len(),
+            self.tensor_count
+        );
+        let _ = writeln!(
+            out,
+            "weights     {} in {} elements\n",
+            fmt_bytes(self.total_bytes),
+            group_digits(self.total_elements)
+        );
+
+        let rows = self.metadata.iter().map(|m| vec![m.key.clone(), m.value_type.clone(), m.summary.clone()]);
+        section(&mut out, "metadata", &["key", "type", "value"], "lll", rows);
+
+        let rows = self.tensors.iter().map(|t| {
+            let shape = t.shape.iter().map(u64::to_string).collect::<Vec<_>>().join(" × ");
+            let elements = group_digits(t.n_elements);
+            vec![t.name.clone(), t.ggml_type.clone(), shape, elements, fmt_bytes(t.bytes), t.offset.to_string()]
+        });
+        section(&mut out, "tensors", &["name", "type", "shape", "elements", "size", "offset"], "lllrrr", rows);
+
+        let mut rows: Vec<Vec<String>> = self
+            .layers
+            .iter()
+            .map(|l| vec![l.layer.to_string(), l.tensors.to_string(), fmt_bytes(l.bytes), String::new()])
+            .collect();
+        if !self.non_layer.names.is_empty() {
+            let g = &self.non_layer;
+            rows.push(vec!["non-layer".into(), g.names.len().to_string(), fmt_bytes(g.bytes), g.names.join(", ")]);
+        }
+        section(&mut out, "layers", &["layer", "tensors", "size", ""], "rrrl", rows);
+
+        let rows = self.bytes_by_type.iter().map(|t| {
+            let share = if self.total_bytes == 0 { 0.0 } else { 100.0 * t.bytes as f64 / self.total_bytes as f64 };
+            vec![
+                t.ggml_type.clone(),
+                t.tensors.to_string(),
+                group_digits(t.elements),
+                fmt_bytes(t.bytes),
+                format!("{share:.1}%"),
+            ]
+        });
+        section(&mut out, "by type", &["type", "tensors", "elements", "size", "share"], "lrrrr", rows);
+        out
+    }
+}
+
+/// Appends a titled table; `align` has one `l` or `r` per column.
+fn section(out: &mut String, title: &str, header: &[&str], align: &str, rows: impl IntoIterator<Item = Vec<String>>) {
+    let rows: Vec<Vec<String>> =
+        std::iter::once(header.iter().map(|h| (*h).to_string()).collect()).chain(rows).collect();
+    let mut widths = vec![0; header.len()];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let _ = writeln!(out, "{title}");
+    for row in &rows {
+        let mut line = String::from(" ");
+        for ((cell, &w), a) in row.iter().zip(&widths).zip(align.chars()) {
+            let _ = if a == 'r' { write!(line, " {cell:>w$}") } else { write!(line, " {cell:<w$}") };
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out.push('\n');
+}
+
+/// `1234567` → `1,234,567`.
+fn group_digits(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

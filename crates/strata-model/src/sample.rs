@@ -1,0 +1,177 @@
+//! Sampling the next token from logits: greedy, or temperature with top-k, top-p (nucleus),
+//! min-p and a repetition penalty, from a seeded generator (same seed, same text).
+//!
+//! Order, as in llama.cpp's default chain: repetition penalty → top-k → top-p → min-p →
+//! temperature → draw. Temperature 0 is greedy: the highest logit after the penalty, ties to
+//! the lowest id.
+
+use std::collections::VecDeque;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::{Error, Result};
+
+/// How to pick tokens.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SamplerConfig {
+    /// 0 = greedy.
+    pub temperature: f32,
+    /// Keep the k most likely tokens (0 = all).
+    pub top_k: usize,
+    /// Keep the smallest set whose probability reaches p (1 = all).
+    pub top_p: f32,
+    /// Drop tokens below min_p × the top probability (0 = none).
+    pub min_p: f32,
+    /// Divide positive logits (multiply negative ones) of recent tokens by this (1 = off).
+    pub repeat_penalty: f32,
+    /// How many recent tokens the penalty looks at.
+    pub repeat_last_n: usize,
+    pub seed: u64,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        SamplerConfig {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 0x5EED,
+        }
+    }
+}
+
+impl SamplerConfig {
+    /// Greedy decoding (temperature 0, no penalty).
+    pub fn greedy() -> SamplerConfig {
+        SamplerConfig { temperature: 0.0, repeat_penalty: 1.0, ..SamplerConfig::default() }
+    }
+
+    /// Checks the ranges.
+    ///
+    /// # Errors
+    /// A message naming the flag and the value.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |flag: &str, v: f32, want: &str| Error::invalid(format!("--{flag} {v} is invalid: expected {want}"));
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(bad("temperature", self.temperature, "a number ≥ 0"));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(bad("top-p", self.top_p, "a number in (0, 1]"));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return Err(bad("min-p", self.min_p, "a number in [0, 1]"));
+        }
+        if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
+            return Err(bad("repeat-penalty", self.repeat_penalty, "a number > 0"));
+        }
+        Ok(())
+    }
+}
+
+/// A sampler with its generator and the recent tokens the penalty looks at.
+pub struct Sampler {
+    cfg: SamplerConfig,
+    rng: ChaCha8Rng,
+    recent: VecDeque<u32>,
+}
+
+/// Index of the largest value (ties: the lowest index); NaN never wins.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0usize;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] || logits[best].is_nan() {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+impl Sampler {
+    pub fn new(cfg: SamplerConfig) -> Result<Sampler> {
+        cfg.validate()?;
+        Ok(Sampler { rng: ChaCha8Rng::seed_from_u64(cfg.seed), recent: VecDeque::new(), cfg })
+    }
+
+    pub fn config(&self) -> &SamplerConfig {
+        &self.cfg
+    }
+
+    /// Remembers a token (prompt or generated) for the repetition penalty.
+    pub fn accept(&mut self, id: u32) {
+        if self.cfg.repeat_last_n == 0 {
+            return;
+        }
+        if self.recent.len() == self.cfg.repeat_last_n {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(id);
+    }
+
+    /// Picks the next token from `logits` (one value per vocabulary entry).
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        let mut logits = logits.to_vec();
+        if self.cfg.repeat_penalty != 1.0 {
+            let mut seen = self.recent.iter().copied().collect::<Vec<_>>();
+            seen.sort_unstable();
+            seen.dedup();
+            for id in seen {
+                if let Some(l) = logits.get_mut(id as usize) {
+                    *l = if *l > 0.0 { *l / self.cfg.repeat_penalty } else { *l * self.cfg.repeat_penalty };
+                }
+            }
+        }
+        if self.cfg.temperature == 0.0 {
+            return argmax(&logits);
+        }
+        // Candidates by descending logit (ties by id), NaN dropped.
+        let mut cand: Vec<(u32, f32)> =
+            logits.iter().enumerate().filter(|(_, l)| !l.is_nan()).map(|(i, &l)| (i as u32, l)).collect();
+        if cand.is_empty() {
+            return 0;
+        }
+        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if self.cfg.top_k > 0 {
+            cand.truncate(self.cfg.top_k);
+        }
+        let probs = softmax(&cand, 1.0);
+        if self.cfg.top_p < 1.0 {
+            let mut acc = 0.0;
+            let keep = probs
+                .iter()
+                .position(|&p| {
+                    acc += p;
+                    acc >= self.cfg.top_p as f64
+                })
+                .map_or(cand.len(), |i| i + 1);
+            cand.truncate(keep.max(1));
+        }
+        if self.cfg.min_p > 0.0 {
+            let probs = softmax(&cand, 1.0);
+            let floor = probs[0] * self.cfg.min_p as f64;
+            let keep = probs.iter().take_while(|&&p| p >= floor).count();
+            cand.truncate(keep.max(1));
+        }
+        let probs = softmax(&cand, self.cfg.temperature);
+        let r: f64 = self.rng.random();
+        let mut acc = 0.0;
+        for (i, p) in probs.iter().enumerate() {
+            acc += p;
+            if r < acc {
+                return cand[i].0;
+            }
+        }
+        cand[cand.len() - 1].0
+    }
+}
+
+/// Probabilities of sorted candidates at temperature `t` (f64, max-subtracted).
+fn softmax(cand: &[(u32, f32)], t: f32) -> Vec<f64> {
+    let max = cand[0].1 as f64;
+    let e: Vec<f64> = cand.iter().map(|&(_, l)| ((l as f64 - max) / t as f64).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.into_iter().map(|v| v / sum).collect()
+}

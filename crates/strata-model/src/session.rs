@@ -1,0 +1,498 @@
+//! A [`Session`]: one conversation's KV caches and the executor that runs each layer where
+//! the plan put it.
+//!
+//! - **resident** layers: weights copied to the accelerator once, run on its compute stream;
+//! - **streamed** layers: weights packed in (pinned) host memory, copied into a slot by the
+//!   runtime's [`WeightStream`] ahead of use, run on the compute stream;
+//! - **cpu** layers: weights read from the mapped file by the CPU reference, KV cache in RAM;
+//!   the activations move to the host and back around them.
+//!
+//! Each pass records a timeline (per-layer compute, copies, waits) for `--stats`.
+
+use std::time::Instant;
+
+use strata_runtime::device::{Accelerator, HostDevice};
+use strata_runtime::pack::GroupLayout;
+use strata_runtime::plan::Placement;
+use strata_runtime::streamer::{CopyRecord, Epoch, GpuStreamer, HostStreamer, WeightStream};
+use strata_tensor::{DType, Device, Event, Reservation, Stream, Tensor, nvtx, ops};
+
+use crate::forward::{LayerKv, LayerRef, Scratch, head_forward, layer_forward};
+use crate::model::{Model, SessionOptions};
+use crate::weights::{HeadWeights, LayerWeights};
+use crate::{Error, Result};
+
+/// How layers are placed for a session (normally from a plan).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    pub placements: Vec<Placement>,
+    /// Copies in flight ahead of compute (≥ 1 when any layer is streamed).
+    pub prefetch_depth: usize,
+}
+
+impl Layout {
+    /// Every layer in one placement.
+    pub fn uniform(n_layers: usize, p: Placement) -> Layout {
+        Layout { placements: vec![p; n_layers], prefetch_depth: 1 }
+    }
+}
+
+/// Time spent on one layer in one pass.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LayerTiming {
+    pub layer: usize,
+    pub placement: Placement,
+    pub start_s: f64,
+    pub end_s: f64,
+    /// Time the compute stream waited for this layer's copy (host device: measured; GPU: the
+    /// idle gap before the layer started).
+    pub wait_s: f64,
+}
+
+/// The timeline of one forward pass.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PassStats {
+    pub tokens: usize,
+    pub wall_s: f64,
+    pub compute_s: f64,
+    pub copy_s: f64,
+    pub copy_bytes: u64,
+    pub wait_s: f64,
+    /// max(Σ compute, Σ copy) / wall time: 1.0 means copies hid completely behind compute
+    /// (or the reverse).
+    pub overlap_efficiency: f64,
+    pub copy_gb_per_s: f64,
+    pub layers: Vec<LayerTiming>,
+    pub copies: Vec<CopyRecord>,
+}
+
+enum Weights {
+    /// The model's host weights (cpu layers, or resident layers of the host device).
+    Host,
+    /// A copy on the accelerator.
+    Owned(LayerWeights),
+    /// Group `g` of the streamer.
+    Streamed(usize),
+}
+
+struct Site {
+    placement: Placement,
+    weights: Weights,
+    kv: LayerKv,
+    stream: Stream,
+    _res: Vec<Reservation>,
+}
+
+enum Clock {
+    Host(Instant),
+    /// The GPU epoch event, and the host instant it was recorded at (for cpu layers).
+    Gpu(strata_tensor::GpuStream, Event, Instant),
+}
+
+/// One conversation: KV caches on the planned devices, the number of positions used, and
+/// the weight streamer.
+pub struct Session<'m> {
+    model: &'m Model,
+    sites: Vec<Site>,
+    head: Option<HeadWeights>,
+    head_stream: Stream,
+    streamer: Option<Box<dyn WeightStream>>,
+    scratch: Vec<(Stream, Scratch)>,
+    context: usize,
+    n_past: usize,
+    batch: usize,
+    device: Device,
+    /// Timelines of passes since the last `take_stats`.
+    stats: Vec<PassStats>,
+    _res: Vec<Reservation>,
+}
+
+fn reserve(acc: Option<&Accelerator>, bytes: u64, what: &str) -> Result<Vec<Reservation>> {
+    match acc {
+        Some(Accelerator::Host(h)) => Ok(vec![h.budget.reserve(bytes, what)?]),
+        _ => Ok(Vec::new()),
+    }
+}
+
+impl<'m> Session<'m> {
+    /// Every layer on one device: the CPU (`acc` None) or resident on the accelerator.
+    ///
+    /// # Errors
+    /// Out of memory (typed; everything allocated so far is freed) or a bad option.
+    pub fn new(model: &'m Model, acc: Option<&Accelerator>, opts: &SessionOptions) -> Result<Session<'m>> {
+        let p = if acc.is_some() { Placement::Resident } else { Placement::Cpu };
+        Session::with_layout(model, acc, &Layout::uniform(model.config.n_layers, p), opts)
+    }
+
+    /// Layers placed as `layout` says. Resident and streamed layers need an accelerator.
+    ///
+    /// # Errors
+    /// Out of memory (typed; nothing stays allocated), a layout that does not match the model.
+    pub fn with_layout(
+        model: &'m Model,
+        acc: Option<&Accelerator>,
+        layout: &Layout,
+        opts: &SessionOptions,
+    ) -> Result<Session<'m>> {
+        let cfg = &model.config;
+        let context = opts.context_for(cfg);
+        if context == 0 || context > 1 << 20 {
+            return Err(Error::invalid(format!("--context {context} is out of range (1..=1048576)")));
+        }
+        if opts.batch == 0 {
+            return Err(Error::invalid("--batch must be at least 1"));
+        }
+        if layout.placements.len() != cfg.n_layers {
+            return Err(Error::invalid(format!(
+                "the layout places {} layers, the model has {}",
+                layout.placements.len(),
+                cfg.n_layers
+            )));
+        }
+        let on_acc = layout.placements.iter().any(|p| *p != Placement::Cpu);
+        if on_acc && acc.is_none() {
+            return Err(Error::invalid("resident or streamed layers need a GPU (or the host test device)"));
+        }
+        let acc_stream = match acc {
+            Some(Accelerator::Gpu(g)) => Stream::Gpu(g.stream("compute")?),
+            _ => Stream::Host,
+        };
+        let kv_bytes = cfg.kv_bytes_per_layer(context, opts.kv_type.bytes());
+        let mut sites = Vec::with_capacity(cfg.n_layers);
+        let mut streamed = Vec::new();
+        for (l, (&placement, w)) in layout.placements.iter().zip(&model.weights.layers).enumerate() {
+            let _r = nvtx::range(&format!("load layer {l}"));
+            let (weights, stream, mut res) = match placement {
+                Placement::Cpu => (Weights::Host, Stream::Host, Vec::new()),
+                Placement::Resident => match &acc_stream {
+                    Stream::Gpu(_) => (Weights::Owned(w.to_device(&acc_stream, l)?), acc_stream.clone(), Vec::new()),
+                    Stream::Host => (Weights::Host, Stream::Host, reserve(acc, w.bytes(), &format!("layer {l}"))?),
+                },
+                Placement::Streamed => {
+                    streamed.push(l);
+                    (Weights::Streamed(streamed.len() - 1), acc_stream.clone(), Vec::new())
+                }
+            };
+            if placement != Placement::Cpu {
+                res.extend(reserve(acc, kv_bytes, &format!("KV cache of layer {l}"))?);
+            }
+            let kv = LayerKv::new(cfg, context, opts.kv_type.dtype(), &stream, l)?;
+            sites.push(Site { placement, weights, kv, stream, _res: res });
+        }
+        let (head, head_stream, mut res) = match (acc, on_acc) {
+            (Some(Accelerator::Gpu(_)), true) => {
+                (Some(model.weights.head.to_device(&acc_stream)?), acc_stream.clone(), vec![])
+            }
+            (Some(Accelerator::Host(_)), true) => {
+                (None, Stream::Host, reserve(acc, model.weights.head.bytes(), "output head")?)
+            }
+            _ => (None, Stream::Host, Vec::new()),
+        };
+        let streamer: Option<Box<dyn WeightStream>> = if streamed.is_empty() {
+            None
+        } else {
+            let depth = layout.prefetch_depth.max(1);
+            Some(match (acc, &acc_stream) {
+                (Some(Accelerator::Gpu(g)), Stream::Gpu(compute)) => {
+                    let packed = streamed
+                        .iter()
+                        .map(|&l| {
+                            GpuStreamer::pack(g, &model.weights.layers[l].tensors(), &format!("packed layer {l}"))
+                                .map_err(Error::from)
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    Box::new(GpuStreamer::new(g, compute, packed, depth)?)
+                }
+                (Some(Accelerator::Host(HostDevice { budget, copy_delay_per_mib })), _) => {
+                    let groups: Vec<(GroupLayout, Vec<&Tensor>)> = streamed
+                        .iter()
+                        .map(|&l| {
+                            let t: Vec<&Tensor> = model.weights.layers[l].tensors().to_vec();
+                            (GroupLayout::of(&t), t)
+                        })
+                        .collect();
+                    Box::new(HostStreamer::new(budget, groups, depth, *copy_delay_per_mib)?)
+                }
+                _ => return Err(Error::invalid("streamed layers need an accelerator")),
+            })
+        };
+        if let Some(Accelerator::Host(h)) = acc {
+            res.extend(reserve(acc, Scratch::bytes(cfg, opts.batch.min(context)), "activations")?);
+            let _ = h;
+        }
+        let device = if on_acc { acc_stream.device() } else { Device::Cpu };
+        Ok(Session {
+            model,
+            sites,
+            head,
+            head_stream,
+            streamer,
+            scratch: Vec::new(),
+            context,
+            n_past: 0,
+            batch: opts.batch,
+            device,
+            stats: Vec::new(),
+            _res: res,
+        })
+    }
+
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
+    /// Where the accelerated layers run ("cpu" when none is).
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn context(&self) -> usize {
+        self.context
+    }
+
+    /// Positions already in the KV cache.
+    pub fn n_past(&self) -> usize {
+        self.n_past
+    }
+
+    /// Forgets the conversation (the caches are overwritten from position 0).
+    pub fn reset(&mut self) {
+        self.n_past = 0;
+    }
+
+    /// Keeps only the first `n` positions (later ones are overwritten by the next forward).
+    pub fn truncate(&mut self, n: usize) {
+        self.n_past = self.n_past.min(n);
+    }
+
+    /// Streamer slots (count, bytes each), if any layer is streamed.
+    pub fn stream_slots(&self) -> Option<(usize, usize)> {
+        self.streamer.as_ref().map(|s| s.slots())
+    }
+
+    /// The timelines of the passes since the last call.
+    pub fn take_stats(&mut self) -> Vec<PassStats> {
+        std::mem::take(&mut self.stats)
+    }
+
+    /// Runs `tokens` at positions n_past.. and returns the logits of the last token, or of
+    /// every token when `all` (row-major [tokens, n_vocab]).
+    ///
+    /// # Errors
+    /// [`Error::ContextFull`] when the tokens do not fit the context; invalid token ids.
+    pub fn forward(&mut self, tokens: &[u32], all: bool) -> Result<Vec<f32>> {
+        let cfg = &self.model.config;
+        if tokens.is_empty() {
+            return Err(Error::invalid("no tokens to run"));
+        }
+        if self.n_past + tokens.len() > self.context {
+            return Err(Error::ContextFull {
+                needed: self.n_past + tokens.len(),
+                prompt: self.n_past,
+                generate: tokens.len(),
+                context: self.context,
+                trained: cfg.n_ctx_train,
+            });
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= cfg.n_vocab) {
+            return Err(Error::invalid(format!("token id {bad} is outside the vocabulary of {}", cfg.n_vocab)));
+        }
+        let _r = nvtx::range(if tokens.len() > 1 { "prefill" } else { "decode" });
+        let mut out = Vec::with_capacity(if all { tokens.len() * cfg.n_vocab } else { cfg.n_vocab });
+        let chunks: Vec<&[u32]> = tokens.chunks(self.batch).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            match self.forward_chunk(chunk, all || last, all) {
+                Ok(Some(logits)) => out.extend_from_slice(&logits),
+                Ok(None) => {}
+                Err(e) => {
+                    // Put the streamer back at the start of a pass so the session stays usable.
+                    if let Some(s) = self.streamer.as_mut() {
+                        s.restart()?;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn take_scratch(&mut self, s: &Stream, n_tokens: usize) -> Result<Scratch> {
+        match self.scratch.iter().position(|(st, _)| st == s) {
+            Some(i) if self.scratch[i].1.n_tokens == n_tokens => Ok(self.scratch.swap_remove(i).1),
+            Some(i) => {
+                self.scratch.swap_remove(i);
+                Scratch::new(&self.model.config, n_tokens, s)
+            }
+            None => Scratch::new(&self.model.config, n_tokens, s),
+        }
+    }
+
+    fn forward_chunk(&mut self, tokens: &[u32], want_logits: bool, all: bool) -> Result<Option<Vec<f32>>> {
+        let model = self.model;
+        let cfg = &model.config;
+        let t = tokens.len();
+        let pos0 = self.n_past;
+        let clock = match &self.head_stream {
+            Stream::Gpu(g) => Clock::Gpu(g.clone(), g.record()?, Instant::now()),
+            Stream::Host => Clock::Host(Instant::now()),
+        };
+        let ids = Tensor::from_i32(&[t], tokens.iter().map(|&i| i as i32).collect())?;
+        let mut x = Tensor::zeros(DType::F32, &[t, cfg.n_embd], &Stream::Host, "embeddings")?;
+        ops::embedding_gather(&model.weights.embedding, &ids, &mut x, &Stream::Host)?;
+        let positions_host = Tensor::from_i32(&[t], (pos0..pos0 + t).map(|p| p as i32).collect())?;
+        let mut positions: Option<(Device, Tensor)> = None;
+        let mut x_stream = Stream::Host;
+        let mut marks: Vec<(usize, Mark, Mark, f64)> = Vec::with_capacity(self.sites.len());
+        for l in 0..self.sites.len() {
+            let s = self.sites[l].stream.clone();
+            x = move_to(x, &x_stream, &s)?;
+            x_stream = s.clone();
+            if positions.as_ref().is_none_or(|(d, _)| *d != s.device()) {
+                positions = Some((s.device(), positions_host.to_device(&s, "positions")?));
+            }
+            let pos = &positions.as_ref().ok_or_else(|| Error::invalid("positions missing"))?.1;
+            let mut scratch = self.take_scratch(&s, t)?;
+            let _r = nvtx::range(&format!("layer {l}"));
+            let site = &mut self.sites[l];
+            let mut wait_s = 0.0;
+            let start;
+            let r = match &site.weights {
+                Weights::Host => {
+                    start = Mark::now(&s)?;
+                    layer_forward(
+                        cfg,
+                        model.weights.layers[l].as_ref(),
+                        &mut site.kv,
+                        &mut x,
+                        pos,
+                        pos0,
+                        &mut scratch,
+                        &s,
+                    )
+                }
+                Weights::Owned(w) => {
+                    start = Mark::now(&s)?;
+                    layer_forward(cfg, w.as_ref(), &mut site.kv, &mut x, pos, pos0, &mut scratch, &s)
+                }
+                Weights::Streamed(g) => {
+                    let streamer = self.streamer.as_mut().ok_or_else(|| Error::invalid("no streamer"))?;
+                    let t0 = Instant::now();
+                    let w = streamer.acquire(*g)?;
+                    wait_s = t0.elapsed().as_secs_f64();
+                    start = Mark::now(&s)?;
+                    let r =
+                        layer_forward(cfg, LayerRef::from_slice(w)?, &mut site.kv, &mut x, pos, pos0, &mut scratch, &s);
+                    streamer.release(*g)?;
+                    r
+                }
+            };
+            let end = Mark::now(&s)?;
+            self.scratch.push((s.clone(), scratch));
+            r?;
+            marks.push((l, start, end, wait_s));
+        }
+        self.n_past += t;
+        let logits = if want_logits {
+            let s = self.head_stream.clone();
+            x = move_to(x, &x_stream, &s)?;
+            let head = self.head.as_ref().unwrap_or(&model.weights.head);
+            let rows = if all { 0..t } else { t - 1..t };
+            let logits = head_forward(cfg, head, &x, rows, &s)?;
+            Some(logits.to_vec_f32(&s)?)
+        } else {
+            x_stream.synchronize()?;
+            None
+        };
+        self.record_pass(t, clock, marks)?;
+        Ok(logits)
+    }
+
+    fn record_pass(&mut self, tokens: usize, clock: Clock, marks: Vec<(usize, Mark, Mark, f64)>) -> Result<()> {
+        let (epoch, wall_s, host0) = match clock {
+            Clock::Host(t0) => (Epoch::Host(t0), t0.elapsed().as_secs_f64(), t0),
+            Clock::Gpu(g, e0, host0) => {
+                let end = g.record()?;
+                end.synchronize()?;
+                let wall = e0.elapsed_ms(&end)? as f64 / 1e3;
+                (Epoch::Gpu(e0), wall, host0)
+            }
+        };
+        let mut layers = Vec::with_capacity(marks.len());
+        let mut prev_end: Option<f64> = None;
+        for (l, start, end, host_wait) in marks {
+            let (s, e) = (start.secs(&epoch, host0)?, end.secs(&epoch, host0)?);
+            let placement = self.sites[l].placement;
+            // On a GPU the wait shows as the gap between the previous layer's end and this start.
+            let wait_s = match (&start, placement) {
+                (Mark::Gpu(_), Placement::Streamed) => prev_end.map_or(0.0, |p| (s - p).max(0.0)),
+                _ => host_wait,
+            };
+            prev_end = Some(e);
+            layers.push(LayerTiming { layer: l, placement, start_s: s, end_s: e, wait_s });
+        }
+        let copies = match self.streamer.as_mut() {
+            Some(st) => st.drain_records(&epoch)?,
+            None => Vec::new(),
+        };
+        let compute_s: f64 = layers.iter().map(|l| l.end_s - l.start_s).sum();
+        let copy_s: f64 = copies.iter().map(|c| c.end_s - c.start_s).sum();
+        let copy_bytes: u64 = copies.iter().map(|c| c.bytes).sum();
+        let wait_s = layers.iter().map(|l| l.wait_s).sum();
+        self.stats.push(PassStats {
+            tokens,
+            wall_s,
+            compute_s,
+            copy_s,
+            copy_bytes,
+            wait_s,
+            overlap_efficiency: if wall_s > 0.0 { compute_s.max(copy_s) / wall_s } else { 0.0 },
+            copy_gb_per_s: if copy_s > 0.0 { copy_bytes as f64 / copy_s / 1e9 } else { 0.0 },
+            layers,
+            copies,
+        });
+        Ok(())
+    }
+}
+
+/// A point on a stream's timeline: an instant on the host, an event on a GPU.
+enum Mark {
+    Host(Instant),
+    Gpu(Event),
+}
+
+impl Mark {
+    fn now(s: &Stream) -> Result<Mark> {
+        Ok(match s {
+            Stream::Host => Mark::Host(Instant::now()),
+            Stream::Gpu(g) => Mark::Gpu(g.record()?),
+        })
+    }
+
+    /// Seconds since the epoch. A cpu layer in a GPU session is measured on the host clock
+    /// from the instant the epoch event was recorded (the activations' download synchronizes
+    /// the two closely enough for a timeline).
+    fn secs(&self, epoch: &Epoch, host0: Instant) -> Result<f64> {
+        let since = |t: Instant, t0: Instant| {
+            if t >= t0 { (t - t0).as_secs_f64() } else { -(t0 - t).as_secs_f64() }
+        };
+        Ok(match (self, epoch) {
+            (Mark::Host(t), Epoch::Host(t0)) => since(*t, *t0),
+            (Mark::Host(t), Epoch::Gpu(_)) => since(*t, host0),
+            (Mark::Gpu(e), Epoch::Gpu(e0)) => e0.elapsed_ms(e)? as f64 / 1e3,
+            (Mark::Gpu(_), Epoch::Host(_)) => 0.0,
+        })
+    }
+}
+
+/// Moves activations from `from`'s device to `to`'s if they differ.
+fn move_to(x: Tensor, from: &Stream, to: &Stream) -> Result<Tensor> {
+    if x.device() == to.device() {
+        return Ok(x);
+    }
+    let _r = nvtx::range("move activations");
+    match to {
+        Stream::Host => Ok(x.to_host(from)?),
+        Stream::Gpu(_) => Ok(x.to_device(to, "activations")?),
+    }
+}

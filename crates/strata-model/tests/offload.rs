@@ -1,0 +1,145 @@
+//! The executor on the host test device: any mix of resident, streamed and cpu layers gives
+//! the same logits and tokens as running everything on the CPU, for prefill and decode; the
+//! device budget is never exceeded; copies overlap compute.
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+use strata_model::{GenerateOptions, Layout, Model, SamplerConfig, Session, SessionOptions, generate};
+use strata_runtime::device::{Accelerator, HostDevice};
+use strata_runtime::plan::Placement;
+
+use crate::model_or_skip;
+
+const PROMPT: [u32; 6] = [504, 3947, 1834, 314, 216, 34];
+
+fn opts() -> SessionOptions {
+    SessionOptions { context: 64, ..SessionOptions::default() }
+}
+
+/// Greedy tokens and the prompt's logits for a layout (None = all on the CPU).
+fn run(model: &Model, acc: Option<&Accelerator>, layout: Option<&Layout>, n: usize) -> (Vec<f32>, Vec<u32>) {
+    let mut s = match layout {
+        Some(l) => Session::with_layout(model, acc, l, &opts()).expect("session"),
+        None => Session::new(model, None, &opts()).expect("session"),
+    };
+    let logits = s.forward(&PROMPT, true).expect("prefill");
+    s.reset();
+    let g = generate(
+        &mut s,
+        &PROMPT,
+        &GenerateOptions { max_tokens: n, ignore_eos: true, sampler: SamplerConfig::greedy(), ..Default::default() },
+        |_| {},
+    )
+    .expect("generate");
+    (logits, g.generated_ids)
+}
+
+fn layout(pattern: &[Placement], n_layers: usize, depth: usize) -> Layout {
+    Layout { placements: (0..n_layers).map(|i| pattern[i % pattern.len()]).collect(), prefetch_depth: depth }
+}
+
+#[test]
+fn every_mix_of_placements_gives_the_cpu_tokens() {
+    let model = model_or_skip!();
+    let n = model.config.n_layers;
+    let (want_logits, want) = run(&model, None, None, 6);
+    use Placement::{Cpu, Resident as R, Streamed as S};
+    let cases: Vec<(&str, Layout)> = vec![
+        ("all resident", layout(&[R], n, 1)),
+        ("all streamed, depth 1", layout(&[S], n, 1)),
+        ("all streamed, depth 2", layout(&[S], n, 2)),
+        ("resident/streamed/cpu", layout(&[R, S, Cpu], n, 1)),
+        ("streamed/cpu", layout(&[S, S, Cpu], n, 2)),
+        (
+            "first half resident, rest streamed",
+            Layout { placements: (0..n).map(|i| if i < n / 2 { R } else { S }).collect(), prefetch_depth: 1 },
+        ),
+    ];
+    for (name, l) in cases {
+        let acc = Accelerator::Host(HostDevice::new(1 << 30));
+        let (logits, got) = run(&model, Some(&acc), Some(&l), 6);
+        assert_eq!(got, want, "{name}: tokens differ from the all-CPU run");
+        assert_eq!(logits, want_logits, "{name}: prefill logits differ from the all-CPU run");
+        if let Accelerator::Host(h) = &acc {
+            assert!(h.budget.peak() <= h.budget.cap(), "{name}: peak {} over budget", h.budget.peak());
+        }
+    }
+}
+
+#[test]
+fn a_budget_too_small_is_a_typed_error() {
+    let model = model_or_skip!();
+    let n = model.config.n_layers;
+    let acc = Accelerator::Host(HostDevice::new(8 << 20));
+    let r = Session::with_layout(&model, Some(&acc), &Layout::uniform(n, Placement::Resident), &opts());
+    let err = r.err().expect("30 resident layers do not fit in 8 MiB");
+    assert!(err.to_string().contains("budget"), "{err}");
+    if let Accelerator::Host(h) = &acc {
+        assert_eq!(h.budget.used(), 0, "a failed session must give all its memory back");
+    }
+}
+
+#[test]
+fn copies_of_the_next_layer_overlap_compute_of_this_one() {
+    let model = model_or_skip!();
+    let n = model.config.n_layers;
+    // Slow copies down so they take about as long as a layer's compute on this machine.
+    let mut dev = HostDevice::new(1 << 30);
+    dev.copy_delay_per_mib = Duration::from_micros(300);
+    let acc = Accelerator::Host(dev);
+    let mut s =
+        Session::with_layout(&model, Some(&acc), &Layout::uniform(n, Placement::Streamed), &opts()).expect("session");
+    s.forward(&PROMPT, false).expect("prefill");
+    s.forward(&[216], false).expect("decode");
+    let stats = s.take_stats();
+    let pass = stats.last().expect("a pass");
+    assert_eq!(pass.layers.len(), n);
+    let mut overlapping = 0;
+    for i in 0..n - 1 {
+        let layer = &pass.layers[i];
+        // The copy of group i+1 within this pass.
+        if let Some(c) = pass.copies.iter().find(|c| c.group == i + 1)
+            && c.start_s < layer.end_s
+            && c.end_s > layer.start_s
+        {
+            overlapping += 1;
+        }
+    }
+    println!("{overlapping} of {} layer boundaries overlap; overlap efficiency {:.2}", n - 1, pass.overlap_efficiency);
+    assert!(overlapping >= (n - 1) / 2, "only {overlapping} of {} next-layer copies overlapped compute", n - 1);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("STRATA_TEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(8).min(8),
+        ..ProptestConfig::default()
+    })]
+    /// Random layouts and budgets: the session either fits (peak ≤ budget, same first token as
+    /// the CPU) or fails with a typed out-of-memory error that gives everything back.
+    #[test]
+    fn random_layouts_never_exceed_the_budget(
+        seed in proptest::collection::vec(0u8..3, 30),
+        budget_mib in 4u64..160,
+        depth in 1usize..3,
+    ) {
+        let Ok(model) = crate::support::default_model() else { return Ok(()) };
+        let placements: Vec<Placement> = seed.iter().take(model.config.n_layers)
+            .map(|s| [Placement::Resident, Placement::Streamed, Placement::Cpu][*s as usize]).collect();
+        prop_assume!(placements.len() == model.config.n_layers);
+        let acc = Accelerator::Host(HostDevice::new(budget_mib << 20));
+        let l = Layout { placements, prefetch_depth: depth };
+        let Accelerator::Host(h) = &acc else { unreachable!() };
+        match Session::with_layout(&model, Some(&acc), &l, &opts()) {
+            Ok(mut s) => {
+                let logits = s.forward(&PROMPT[..2], false).expect("forward");
+                prop_assert_eq!(logits.len(), model.config.n_vocab);
+                prop_assert!(h.budget.peak() <= h.budget.cap());
+            }
+            Err(e) => {
+                prop_assert!(e.to_string().contains("budget"), "{}", e);
+                prop_assert_eq!(h.budget.used(), 0);
+            }
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! Shared helpers: the default model and the llama.cpp reference data.
+
+use std::path::PathBuf;
+
+use strata_model::Model;
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The default model (`$STRATA_MODEL` or `<workspace>/models/…`), or why it is missing.
+pub fn default_model() -> Result<Model, String> {
+    let path = match std::env::var_os("STRATA_MODEL") {
+        Some(p) => PathBuf::from(p),
+        None => workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    };
+    if !path.is_file() {
+        return Err(format!("no model at {} (run scripts/fetch-model.sh)", path.display()));
+    }
+    Model::load(&path).map_err(|e| format!("the default model does not load: {e}"))
+}
+
+/// Loads the model or prints `skipped:` and returns from the test.
+#[macro_export]
+macro_rules! model_or_skip {
+    () => {
+        match $crate::support::default_model() {
+            Ok(m) => m,
+            Err(why) if why.starts_with("no model") => {
+                println!("skipped: {why}");
+                return;
+            }
+            Err(why) => panic!("{why}"),
+        }
+    };
+}
+
+/// A llama.cpp reference file from tests/data/reference (copied from shared/reference).
+pub fn reference(name: &str) -> serde_json::Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/reference").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().expect("an array of ids").iter().map(|x| x.as_u64().expect("an id") as u32).collect()
+}

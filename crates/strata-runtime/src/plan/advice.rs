@@ -1,0 +1,182 @@
+//! The plan's warnings: plain words about what limits it and what the user might change.
+
+use super::predict::Timing;
+use super::render::fmt_tps;
+use super::search::{Candidate, Chosen, Layout, Misfit, Outcome, Planner, policy_flag};
+use super::{Policy, Rest, SpeedSource};
+use crate::units::fmt_size;
+
+/// An alternative is worth mentioning as better when it is at least this much faster.
+const WORTHWHILE: f64 = 1.1;
+
+/// "1 layer", "12 layers".
+fn layers(n: usize, what: &str) -> String {
+    if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
+}
+
+fn tps(t: &Timing) -> f64 {
+    1.0 / t.seconds.max(1e-9)
+}
+
+/// Every warning for the chosen plan, most important first.
+pub(super) fn warnings(p: &Planner, chosen: &Chosen) -> Vec<String> {
+    let req = p.req;
+    let best = &chosen.best;
+    let l = best.layout;
+    let n = req.layers.len();
+    let mut out = Vec::new();
+
+    match req.gpu_budget {
+        None => out.push("no GPU: every layer runs on the CPU".to_string()),
+        Some(budget) if !l.gpu => {
+            let fixed = p.gpu_fixed();
+            if fixed > budget as u128 {
+                out.push(format!(
+                    "the GPU budget of {} cannot hold the output head, scratch and CUDA context ({}): every layer \
+                     runs on the CPU; raise --gpu-memory to use the GPU",
+                    fmt_size(budget),
+                    fmt_size(u64::try_from(fixed).unwrap_or(u64::MAX))
+                ));
+            } else {
+                out.push(
+                    "every layer runs on the CPU: no plan that uses the GPU fits the memory budgets and is predicted \
+                     to be faster"
+                        .to_string(),
+                );
+            }
+        }
+        Some(_) => {}
+    }
+    if let Policy::GpuLayers(k) = req.policy
+        && k > n
+    {
+        out.push(format!("--gpu-layers {k} is more than the model's {n} layers: all {n} are resident"));
+    }
+    if req.speeds.source == SpeedSource::Assumed {
+        out.push("speeds are assumed, not measured: the predicted tok/s are rough guesses".to_string());
+    }
+    if best.acc.staging {
+        out.push(format!(
+            "pinned memory budget {} < {} of streamed weights: staging through a pinned ring of {} (slower)",
+            fmt_size(req.pinned_budget),
+            fmt_size(u64::try_from(best.acc.streamed_weights).unwrap_or(u64::MAX)),
+            fmt_size(best.acc.host.pinned),
+        ));
+    }
+    let host_kv_streamed = l.streamed - best.acc.kv_gpu_streamed.min(l.streamed);
+    if host_kv_streamed > 0 {
+        let bytes: u64 = req.layers[n - host_kv_streamed..].iter().map(|s| s.kv_bytes).fold(0, u64::saturating_add);
+        if bytes > 0 {
+            out.push(format!(
+                "the KV cache of {} ({}) does not fit on the GPU: it stays in host memory and attention reads it \
+                 over PCIe every token",
+                layers(host_kv_streamed, "streamed layer"),
+                fmt_size(bytes)
+            ));
+        }
+    }
+    let suggested_better = match bound_advice(p, best) {
+        Some((text, better)) => {
+            out.push(text);
+            better
+        }
+        None => false,
+    };
+    if let Some(text) = prefill_advice(p, chosen) {
+        out.push(text);
+    }
+    if req.policy != Policy::Auto
+        && !suggested_better
+        && let Ok(auto) = p.choose(Policy::Auto)
+        && tps(&auto.best.decode) >= WORTHWHILE * tps(&best.decode)
+    {
+        let flag = policy_flag(req.policy, req.rest);
+        out.push(format!(
+            "{flag} is predicted at {} tok/s decode; the automatic plan (without {flag}) would reach about {} tok/s",
+            fmt_tps(tps(&best.decode)),
+            fmt_tps(tps(&auto.best.decode)),
+        ));
+    }
+    out
+}
+
+/// When decode is transfer-bound, what computing the streamed layers on the CPU would give;
+/// when it is CPU-bound, what streaming the cpu layers would give. Returns the text and whether
+/// the alternative is better.
+fn bound_advice(p: &Planner, best: &Candidate) -> Option<(String, bool)> {
+    let l = best.layout;
+    let now = tps(&best.decode);
+    let bound = best.decode.bound();
+    if l.streamed > 0 && bound == "PCIe transfer" {
+        let head = format!(
+            "{} stream over PCIe: decode is transfer-bound at about {} tok/s",
+            layers(l.streamed, "layer"),
+            fmt_tps(now)
+        );
+        let alt = Layout { cpu: l.cpu + l.streamed, streamed: 0, depth: 0, ..l };
+        return Some(match p.evaluate(&alt) {
+            Outcome::Fits(c) => compare(head, "computing them on the CPU", now, tps(&c.decode), "--cpu-layers"),
+            Outcome::Misses(Misfit::Host, acc) => (
+                format!(
+                    "{head}; computing them on the CPU would need {} of host memory, {} is usable",
+                    fmt_size(u64::try_from(acc.host_total).unwrap_or(u64::MAX)),
+                    fmt_size(u64::try_from(p.host_budget()).unwrap_or(u64::MAX)),
+                ),
+                false,
+            ),
+            Outcome::Misses(..) => (head, false),
+        });
+    }
+    if l.gpu && l.cpu > 0 && bound == "CPU" {
+        let head =
+            format!("{} run on the CPU: decode is CPU-bound at about {} tok/s", layers(l.cpu, "layer"), fmt_tps(now));
+        let depths = 1..=p.req.max_prefetch_depth.clamp(1, 8);
+        let alt = depths
+            .filter_map(|depth| match p.evaluate(&Layout { cpu: 0, streamed: l.cpu + l.streamed, depth, ..l }) {
+                Outcome::Fits(c) => Some(c),
+                Outcome::Misses(..) => None,
+            })
+            .map(|c| tps(&c.decode))
+            .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))));
+        return Some(match alt {
+            Some(alt) => compare(head, "streaming them to the GPU", now, alt, "--stream"),
+            None => (head, false),
+        });
+    }
+    None
+}
+
+/// "{head}; {what} would be about X tok/s ({flag})", or "... would be slower (about X tok/s)".
+fn compare(head: String, what: &str, now: f64, alt: f64, flag: &str) -> (String, bool) {
+    if alt >= WORTHWHILE * now {
+        (format!("{head}; {what} would be about {} tok/s ({flag})", fmt_tps(alt)), true)
+    } else if alt > now {
+        (format!("{head}; {what} would be about the same ({} tok/s)", fmt_tps(alt)), false)
+    } else {
+        (format!("{head}; {what} would be slower (about {} tok/s)", fmt_tps(alt)), false)
+    }
+}
+
+/// When the planner chose the streamed/cpu split for decode and prefill would prefer another.
+fn prefill_advice(p: &Planner, chosen: &Chosen) -> Option<String> {
+    let split_is_ours = matches!((p.req.policy, p.req.rest), (Policy::Auto, _) | (Policy::GpuLayers(_), Rest::Auto));
+    let (best, alt) = (&chosen.best, &chosen.best_prefill_same_resident);
+    if !split_is_ours || alt.layout.streamed == best.layout.streamed {
+        return None;
+    }
+    let (now, better) = (tps(&best.prefill), tps(&alt.prefill));
+    let flag = if alt.layout.cpu == 0 { " (--stream)" } else { "" };
+    (better >= WORTHWHILE * now).then(|| {
+        format!(
+            "prefill would be faster with {} streamed and {} cpu layers{flag}: about {} instead of {} tok/s at a batch \
+             of {}, for {} instead of {} tok/s decode; the plan is chosen for decode speed",
+            alt.layout.streamed,
+            alt.layout.cpu,
+            fmt_tps(better),
+            fmt_tps(now),
+            p.req.prefill_tokens.max(1),
+            fmt_tps(tps(&alt.decode)),
+            fmt_tps(tps(&best.decode)),
+        )
+    })
+}

@@ -1,0 +1,391 @@
+//! The placement planner: for every transformer layer, whether its weights stay **resident** on
+//! the GPU, are **streamed** into one of K GPU slots just before use, or the layer is computed on
+//! the **cpu**; where each layer's KV cache lives; how many slots and how deep the prefetch.
+//!
+//! [`plan`] is a pure function of sizes, budgets and speeds (DESIGN.md, decision 5): no I/O, no
+//! clock, no GPU. The caller measures the machine, builds a [`PlanRequest`], prints the [`Plan`]
+//! ([`Plan::render_table`], [`Plan::summary_line`], or JSON through serde) and hands it to the
+//! executor.
+//!
+//! # Layout
+//! Layers are placed in three contiguous bands: resident `0..r`, cpu `r..r+q`, streamed
+//! `r+q..n`. Resident layers come first so that `--gpu-layers N` means the first N, as in
+//! llama.cpp. Streamed layers come last because every token starts with empty slots: the copy
+//! stream fills them while the resident and cpu layers compute, which hides the first copies.
+//!
+//! # Memory
+//! - GPU: context overhead + scratch + output head + Σ resident (weights + KV) + Σ KV of the
+//!   streamed layers kept on the GPU + slots × slot size ≤ `gpu_budget`. A resident layer keeps
+//!   its KV cache on the GPU; a streamed layer does when the budget allows (in layer order), or
+//!   else on the host; a cpu layer always on the host. Slots = prefetch depth + 1 (one being
+//!   computed, `d` being filled), each as large as the largest streamed layer.
+//! - Pinned host memory: the streamed layers' weights, packed, when they fit the pinned budget;
+//!   otherwise a ring of `d + 1` slots through which pageable weights are staged (slower).
+//! - Host memory: pinned + cpu layers' weights + staged (pageable) weights + host KV + the head
+//!   and scratch when no GPU is used + the embedding table unless the weights are memory-mapped
+//!   (then only the rows a prompt touches are paged in) ≤ `host_available - host_margin`. Weights
+//!   the CPU reads every token are counted even when mapped: a page the OS drops would be
+//!   re-read from disk on every token.
+//!
+//! # Time model (per token, in seconds)
+//! - Decode: resident or streamed layer on the GPU `w / gpu_bytes_per_s + layer_overhead_s`
+//!   (+ `kv / h2d` when its KV cache is on the host: attention reads it over PCIe); cpu layer
+//!   `w / cpu_bytes_per_s + cpu_handoff_s` (no handoff when no GPU is used); each streamed
+//!   layer's copy takes `w / h2d` (staged: `w / h2d + w / cpu_bytes_per_s`, the memcpy into the
+//!   ring and the DMA in series).
+//! - The copy stream and the compute run in parallel: copy j starts when copy j-1 is done and its
+//!   slot has been released by streamed layer j-K; layer j starts when both the previous layer and
+//!   its copy are done. Every token starts with empty slots (no prefetch across tokens, which is
+//!   conservative), and the executor is expected to issue the first K copies when the token
+//!   starts, so they overlap the resident and cpu layers. In steady state the streamed band costs
+//!   max(Σ copy, Σ compute) plus the first copy not hidden behind the resident and cpu layers.
+//!   Weight copies and host-KV reads share the bus, so a pass never ends before the bus has moved
+//!   all of them. Not modelled: DMA and CPU layers competing for host memory bandwidth.
+//! - Prefill of a batch of T tokens uses the same pipeline with compute `max(flops·T / flops_rate,
+//!   w / bytes_rate)` per layer (weights are read once per batch, which is where streaming pays),
+//!   divided by T. The head is one matvec per batch (only the last position needs logits).
+//! - The bound is the largest of the GPU, PCIe and CPU busy times.
+//!
+//! # Choice
+//! Every layout `(r, q, streamed, d)` the policy allows is checked against the budgets and
+//! simulated; the one with the fastest predicted decode wins (prefill breaks ties). Because the
+//! candidates do not depend on the GPU budget and a larger budget only makes more of them fit (and
+//! keeps more KV on the GPU), more GPU memory never predicts a slower decode. Placements are
+//! chosen for decode; when prefill would prefer another split the plan says so in a warning.
+//! Cost: O(n³·d) simple steps (milliseconds for 128 layers); above 256 layers the resident and
+//! streamed counts are tried in steps.
+
+mod advice;
+mod predict;
+mod render;
+mod search;
+
+use serde::{Deserialize, Serialize};
+
+use crate::units::fmt_size;
+
+/// Where a layer's weights live and where it is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// Weights stay in GPU memory for the whole run.
+    Resident,
+    /// Weights sit in (pinned) host memory and are copied into a GPU slot before each use.
+    Streamed,
+    /// The layer is computed on the CPU from host memory.
+    Cpu,
+}
+
+/// Where a layer's KV cache lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvPlacement {
+    Gpu,
+    Host,
+}
+
+/// Where the speeds came from; the plan shows it so the user knows how far to trust it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpeedSource {
+    /// Measured on this machine just now.
+    Measured,
+    /// Measured on this machine earlier and read from a cache.
+    Cached,
+    /// Guessed ([`assumed_speeds`]).
+    Assumed,
+}
+
+/// One transformer layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerSpec {
+    /// Exact, from the model file.
+    pub weight_bytes: u64,
+    /// This layer's K and V cache at the chosen context length.
+    pub kv_bytes: u64,
+    /// About 2 × weight elements: the compute of one token through this layer.
+    pub flops_per_token: u64,
+}
+
+/// How fast this machine moves and computes. Rates must be finite and at least 1 per second,
+/// costs between 0 and 60 seconds; the GPU numbers are only checked when there is a GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Speeds {
+    /// Pinned host → device copy rate.
+    pub h2d_bytes_per_s: f64,
+    /// Effective weight read rate of a GPU matvec (decode is memory bound).
+    pub gpu_bytes_per_s: f64,
+    /// GPU matmul rate (prefill).
+    pub gpu_flops: f64,
+    /// Effective CPU weight read rate of a matvec (decode).
+    pub cpu_bytes_per_s: f64,
+    /// CPU matmul rate (prefill).
+    pub cpu_flops: f64,
+    /// Fixed cost of a layer on the GPU (kernel launches), e.g. 30 µs.
+    pub layer_overhead_s: f64,
+    /// Moving the activations GPU → host → GPU around one cpu layer.
+    pub cpu_handoff_s: f64,
+    pub source: SpeedSource,
+}
+
+/// Documented guesses for a machine that has not been measured: a PCIe 4.0 x16 desktop with a
+/// mid-range GPU and a dual-channel DDR5 CPU. The plan says the speeds are assumed.
+pub fn assumed_speeds() -> Speeds {
+    Speeds {
+        // PCIe 4.0 x16 is 32 GB/s on paper; pinned copies reach about 25.
+        h2d_bytes_per_s: 25e9,
+        // A card with ~1.5 TB/s of memory bandwidth; quantized matvecs reach about half of it.
+        gpu_bytes_per_s: 750e9,
+        // Tens of TFLOPS on tensor cores; dequantizing matmuls reach a fraction: 40 TFLOPS.
+        gpu_flops: 40e12,
+        // Dual-channel DDR5 is ~80 GB/s on paper; a quantized matvec on all cores reads ~20.
+        cpu_bytes_per_s: 20e9,
+        // 8 cores × 2 FMA units × 8 f32 lanes × 2 flops × ~4 GHz ≈ 1 TFLOPS peak; ~30% with dequant.
+        cpu_flops: 300e9,
+        // About ten kernel launches per layer at ~3 µs each.
+        layer_overhead_s: 30e-6,
+        // Two small copies and a synchronize each way.
+        cpu_handoff_s: 50e-6,
+        source: SpeedSource::Assumed,
+    }
+}
+
+/// What the user asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// Resident layers and the streamed/cpu split are chosen by predicted speed.
+    #[default]
+    Auto,
+    /// `--gpu-layers N`, like llama.cpp's `-ngl`: exactly the first N layers resident (more than
+    /// the model has means all); the others as [`PlanRequest::rest`] says.
+    GpuLayers(usize),
+    /// `--stream`: every non-resident layer streamed; the resident set is chosen by the budget.
+    AllStreamed,
+    /// `--cpu-layers`: every non-resident layer on the CPU; the resident set is chosen by the budget.
+    AllCpu,
+}
+
+/// How the layers after `--gpu-layers N` run. Only read with [`Policy::GpuLayers`], because the
+/// other policies say it themselves (so `--gpu-layers 20 --stream` is `GpuLayers(20)` +
+/// `Rest::Streamed`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rest {
+    /// Streamed or cpu, whichever is predicted faster.
+    #[default]
+    Auto,
+    Streamed,
+    Cpu,
+}
+
+/// Everything the planner needs. [`Default`] is an empty model, no GPU and assumed speeds, so
+/// callers (and tests) write `PlanRequest { layers, gpu_budget: Some(..), ..Default::default() }`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlanRequest {
+    pub layers: Vec<LayerSpec>,
+    /// Output head and final norm: on the GPU whenever the GPU is used (it is counted first).
+    pub head_bytes: u64,
+    /// Token embedding table: stays in host memory, rows are gathered on the host.
+    pub embedding_bytes: u64,
+    /// Activations.
+    pub scratch_bytes: u64,
+    /// CUDA context and other memory the driver takes, reserved off the top.
+    pub context_overhead_bytes: u64,
+    /// GPU memory strata may use; `None` when there is no GPU (everything on the CPU, not an error).
+    pub gpu_budget: Option<u64>,
+    /// Host memory available now (`MemAvailable`).
+    pub host_available: u64,
+    /// Host memory to leave free, so that nothing swaps.
+    pub host_margin: u64,
+    /// The most host memory strata may pin.
+    pub pinned_budget: u64,
+    /// The weights are memory-mapped from the model file.
+    pub weights_mapped: bool,
+    pub speeds: Speeds,
+    pub policy: Policy,
+    /// How the layers after `--gpu-layers N` run (ignored by the other policies).
+    pub rest: Rest,
+    /// Prompt batch size of the prefill prediction (e.g. 512); 0 is read as 1.
+    pub prefill_tokens: usize,
+    /// Deepest prefetch to consider (e.g. 2); read as 1 ..= 8.
+    pub max_prefetch_depth: usize,
+}
+
+impl Default for PlanRequest {
+    fn default() -> Self {
+        PlanRequest {
+            layers: Vec::new(),
+            head_bytes: 0,
+            embedding_bytes: 0,
+            scratch_bytes: 0,
+            context_overhead_bytes: 0,
+            gpu_budget: None,
+            host_available: 0,
+            host_margin: 0,
+            pinned_budget: 0,
+            weights_mapped: true,
+            speeds: assumed_speeds(),
+            policy: Policy::Auto,
+            rest: Rest::Auto,
+            prefill_tokens: 512,
+            max_prefetch_depth: 2,
+        }
+    }
+}
+
+/// One layer of the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerPlan {
+    pub index: usize,
+    pub placement: Placement,
+    pub weight_bytes: u64,
+    /// This layer's KV cache, wherever `kv_placement` puts it.
+    pub kv_bytes: u64,
+    pub kv_placement: KvPlacement,
+}
+
+/// Predicted speed of the plan (see the module docs for the model).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Predicted {
+    pub decode_tokens_per_second: f64,
+    pub prefill_tokens_per_second: f64,
+    pub decode_seconds_per_token: f64,
+    pub prefill_seconds_per_token: f64,
+    /// What limits decode: "gpu memory bandwidth", "PCIe transfer" or "CPU".
+    pub bound: String,
+}
+
+/// What the planned GPU memory is made of; `total()` is [`Plan::gpu_bytes_planned`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuBytes {
+    pub context_overhead: u64,
+    pub scratch: u64,
+    pub head: u64,
+    pub resident_weights: u64,
+    /// KV cache of resident layers and of the streamed layers that keep it on the GPU.
+    pub kv: u64,
+    /// slots × slot_bytes.
+    pub slots: u64,
+}
+
+/// What the planned host memory is made of; `total()` is [`Plan::host_bytes_planned`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostBytes {
+    /// Packed streamed weights, or the staging ring.
+    pub pinned: u64,
+    /// Pageable streamed weights staged through the ring every token (0 unless staging).
+    pub staged_weights: u64,
+    pub cpu_weights: u64,
+    pub kv: u64,
+    /// The output head and scratch when no GPU is used.
+    pub head_and_scratch: u64,
+    /// The embedding table when the weights are not memory-mapped.
+    pub embedding: u64,
+}
+
+impl GpuBytes {
+    pub fn total(&self) -> u64 {
+        [self.context_overhead, self.scratch, self.head, self.resident_weights, self.kv, self.slots]
+            .iter()
+            .fold(0u64, |a, b| a.saturating_add(*b))
+    }
+}
+
+impl HostBytes {
+    pub fn total(&self) -> u64 {
+        [self.pinned, self.staged_weights, self.cpu_weights, self.kv, self.head_and_scratch, self.embedding]
+            .iter()
+            .fold(0u64, |a, b| a.saturating_add(*b))
+    }
+}
+
+/// The placement of every layer, the memory it takes and the speed it is predicted to reach.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Every layer exactly once, in order.
+    pub layers: Vec<LayerPlan>,
+    /// The GPU budget (0 when there is no GPU).
+    pub gpu_budget_bytes: u64,
+    /// Resident weights + head + GPU KV + slots + scratch + context overhead (0 when the GPU is unused).
+    pub gpu_bytes_planned: u64,
+    pub gpu_bytes: GpuBytes,
+    /// Packed streamed layers, or the staging ring.
+    pub host_pinned_bytes_planned: u64,
+    /// `host_available - host_margin`.
+    pub host_budget_bytes: u64,
+    pub host_bytes_planned: u64,
+    pub host_bytes: HostBytes,
+    /// Whether the output head runs on the GPU (the GPU is used at all).
+    pub head_on_gpu: bool,
+    /// K GPU slots for streamed layers (0 if none).
+    pub slots: usize,
+    /// Each slot holds the largest streamed layer.
+    pub slot_bytes: u64,
+    /// `d ≥ 1` when anything is streamed, else 0; slots = d + 1.
+    pub prefetch_depth: usize,
+    /// The pinned budget cannot hold the streamed layers: pageable weights go through a pinned ring.
+    pub staging: bool,
+    pub predicted: Predicted,
+    /// Prompt batch size the prefill prediction assumes.
+    pub prefill_batch: usize,
+    pub speeds_source: SpeedSource,
+    /// Plain-words notes for the user.
+    pub warnings: Vec<String>,
+    /// What was asked, for display: "auto", "--gpu-layers 30", "--stream", ...
+    pub policy: String,
+}
+
+impl Plan {
+    /// (resident, streamed, cpu) layer counts.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let count = |p| self.layers.iter().filter(|l| l.placement == p).count();
+        (count(Placement::Resident), count(Placement::Streamed), count(Placement::Cpu))
+    }
+}
+
+/// Why no plan could be made. Messages say what was asked, what was found and what to change.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    #[error("the model has no layers to place; check the model file")]
+    NoLayers,
+    #[error(
+        "speed `{name}` is {value}, it must be a finite number {rule}; measure the speeds again or delete the \
+         cached speeds"
+    )]
+    BadSpeed { name: &'static str, value: f64, rule: &'static str },
+    #[error("{flag} needs a GPU and none is available; drop {flag} to run every layer on the CPU")]
+    NoGpu { flag: String },
+    #[error(
+        "{flag} needs {need} of GPU memory ({parts}), the budget is {budget}; {hint}",
+        need = fmt_size(*need), budget = fmt_size(*budget)
+    )]
+    GpuMemory { flag: String, need: u64, parts: String, budget: u64, hint: &'static str },
+    #[error(
+        "{flag} needs a pinned staging ring of {need} ({slots} slots of {slot}), the pinned memory budget is \
+         {budget}; allow more pinned memory or {hint}",
+        need = fmt_size(*need), slot = fmt_size(*slot), budget = fmt_size(*budget)
+    )]
+    PinnedMemory { flag: String, need: u64, slots: usize, slot: u64, budget: u64, hint: &'static str },
+    #[error(
+        "{flag} needs {need} of host memory ({parts}), {usable} is usable ({available} available, {margin} kept \
+         free); {hint}",
+        need = fmt_size(*need), usable = fmt_size(available.saturating_sub(*margin)),
+        available = fmt_size(*available), margin = fmt_size(*margin)
+    )]
+    HostMemory { flag: String, need: u64, parts: String, available: u64, margin: u64, hint: &'static str },
+}
+
+/// Places every layer of `req`.
+///
+/// # Errors
+/// [`PlanError`] when the model has no layers, a speed is not a usable number, a GPU policy is
+/// asked for without a GPU, or no layout the policy allows fits the GPU, pinned or host budget;
+/// the message names the numbers and the flag to change.
+pub fn plan(req: &PlanRequest) -> Result<Plan, PlanError> {
+    search::validate(req)?;
+    let planner = search::Planner::new(req);
+    let chosen = planner.choose(req.policy)?;
+    let warnings = advice::warnings(&planner, &chosen);
+    Ok(planner.build(&chosen, warnings))
+}

@@ -1,0 +1,134 @@
+//! Weight streaming: the weights of streamed layers live packed in host memory (pinned on a
+//! GPU) and are copied into one of K device slots just before use, on a copy stream that runs
+//! ahead of the compute stream by the prefetch depth d.
+//!
+//! Protocol (the same for every device): streamed groups are acquired in cyclic order
+//! 0, 1, …, n-1, 0, 1, … (one pass per forward; weights do not depend on data, so the copies
+//! for the next pass start while the current pass finishes). Copy number `seq` goes to slot
+//! `seq % K` with K = d + 1; before it may overwrite the slot, the copy stream waits for the
+//! compute that used the slot's previous contents (seq − K) to be done; before compute uses a
+//! slot, the compute stream waits for its copy. So the copy of group i+d overlaps the compute
+//! of group i.
+
+mod gpu;
+mod host;
+
+use strata_tensor::Tensor;
+
+pub use gpu::GpuStreamer;
+pub use host::HostStreamer;
+
+use crate::{Error, Result};
+
+/// One finished weight copy, times in seconds since the pass's epoch.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CopyRecord {
+    pub group: usize,
+    /// The model layer the group holds (filled in by the executor, which knows the mapping).
+    pub layer: Option<usize>,
+    pub bytes: u64,
+    pub start_s: f64,
+    pub end_s: f64,
+}
+
+/// The reference point of a pass's timeline.
+pub enum Epoch {
+    Host(std::time::Instant),
+    Gpu(strata_tensor::Event),
+}
+
+/// Streamed weights on a compute device.
+pub trait WeightStream: Send {
+    /// Number of streamed groups (layers).
+    fn n_groups(&self) -> usize;
+    /// Slots on the device and bytes per slot.
+    fn slots(&self) -> (usize, usize);
+    /// The weights of group `g` on the compute device, valid until `release(g)`. Groups must
+    /// be acquired in cyclic order; the call orders compute after the group's copy.
+    fn acquire(&mut self, g: usize) -> Result<&[Tensor]>;
+    /// Marks the compute that used group `g` as enqueued; its slot may be refilled after it.
+    fn release(&mut self, g: usize) -> Result<()>;
+    /// Copies that finished since the last call, relative to `epoch`. On a GPU call it after
+    /// the compute stream has been synchronized.
+    fn drain_records(&mut self, epoch: &Epoch) -> Result<Vec<CopyRecord>>;
+    /// Waits for everything in flight and restarts the cycle at group 0 (after a pass was
+    /// abandoned half way, e.g. by an error).
+    fn restart(&mut self) -> Result<()>;
+}
+
+/// The cyclic copy/compute order shared by the implementations.
+#[derive(Debug, Clone)]
+struct Schedule {
+    n_groups: usize,
+    n_slots: usize,
+    depth: usize,
+    next_prefetch: u64,
+    next_acquire: u64,
+    /// The last acquired sequence number not yet released.
+    held: Option<u64>,
+}
+
+impl Schedule {
+    fn new(n_groups: usize, depth: usize) -> Result<Schedule> {
+        if n_groups == 0 || depth == 0 {
+            return Err(Error::Stream(format!("{n_groups} streamed groups with prefetch depth {depth}")));
+        }
+        Ok(Schedule { n_groups, n_slots: depth + 1, depth, next_prefetch: 0, next_acquire: 0, held: None })
+    }
+
+    fn group(&self, seq: u64) -> usize {
+        (seq % self.n_groups as u64) as usize
+    }
+
+    fn slot(&self, seq: u64) -> usize {
+        (seq % self.n_slots as u64) as usize
+    }
+
+    /// Sequence numbers to prefetch now so that `upto` is in flight (never more than d ahead
+    /// of the next acquire, so the target slot's previous user has been released).
+    fn to_prefetch(&mut self, upto: u64) -> std::ops::Range<u64> {
+        let limit = upto.min(self.next_acquire + self.depth as u64);
+        let from = self.next_prefetch;
+        if limit + 1 > from {
+            self.next_prefetch = limit + 1;
+            from..limit + 1
+        } else {
+            from..from
+        }
+    }
+
+    /// Checks `g` is the next group in order; returns its sequence number.
+    fn begin_acquire(&mut self, g: usize) -> Result<u64> {
+        if self.held.is_some() {
+            return Err(Error::Stream("a group was acquired before the previous one was released".into()));
+        }
+        let seq = self.next_acquire;
+        if self.group(seq) != g {
+            return Err(Error::Stream(format!(
+                "group {g} requested, but the prefetch order expects group {}",
+                self.group(seq)
+            )));
+        }
+        self.held = Some(seq);
+        Ok(seq)
+    }
+
+    fn release(&mut self, g: usize) -> Result<u64> {
+        match self.held.take() {
+            Some(seq) if self.group(seq) == g => {
+                self.next_acquire = seq + 1;
+                Ok(seq)
+            }
+            other => {
+                self.held = other;
+                Err(Error::Stream(format!("group {g} released but not held")))
+            }
+        }
+    }
+
+    fn restart(&mut self) {
+        self.next_prefetch = 0;
+        self.next_acquire = 0;
+        self.held = None;
+    }
+}
