@@ -4,4 +4,5 @@ mod gguf;
 mod gguf_malformed;
 mod offload;
 mod reference;
+mod safetensors;
 mod support;
