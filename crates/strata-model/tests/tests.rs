@@ -14,5 +14,6 @@ mod gguf_malformed;
 mod gpu;
 mod offload;
 mod reference;
+mod safetensors;
 mod support;
 mod tokenizer;
