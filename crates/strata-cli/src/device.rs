@@ -35,7 +35,16 @@ pub fn offload_options(a: &SessionArgs) -> Result<OffloadOptions> {
         bail!("--stream and --cpu-layers (or --offload stream/cpu) contradict each other");
     }
     let (policy, rest) = match o.gpu_layers {
-        Some(n) => (Policy::GpuLayers(n), if stream { Rest::Streamed } else if cpu { Rest::Cpu } else { Rest::Auto }),
+        Some(n) => (
+            Policy::GpuLayers(n),
+            if stream {
+                Rest::Streamed
+            } else if cpu {
+                Rest::Cpu
+            } else {
+                Rest::Auto
+            },
+        ),
         None if stream => (Policy::AllStreamed, Rest::Auto),
         None if cpu => (Policy::AllCpu, Rest::Auto),
         None => (Policy::Auto, Rest::Auto),

@@ -46,7 +46,11 @@ pub fn json(stats: &[PassStats]) -> Value {
 pub fn render(stats: &[PassStats]) -> String {
     let v = json(stats);
     let mut out = String::new();
-    let _ = writeln!(out, "{:<8} {:>6} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9}", "phase", "tokens", "wall ms", "compute", "copy", "wait", "overlap", "copy GB/s");
+    let _ = writeln!(
+        out,
+        "{:<8} {:>6} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9}",
+        "phase", "tokens", "wall ms", "compute", "copy", "wait", "overlap", "copy GB/s"
+    );
     for phase in ["prefill", "decode"] {
         let p = &v[phase];
         let ms = |k: &str| p[k].as_f64().unwrap_or(0.0) * 1e3;
@@ -66,7 +70,12 @@ pub fn render(stats: &[PassStats]) -> String {
         let _ = writeln!(out, "last decoded token, per layer (ms):");
         let _ = writeln!(out, "{:>5} {:<9} {:>8} {:>8} {:>8}", "layer", "placement", "compute", "wait", "copy");
         for l in &last.layers {
-            let copy = last.copies.iter().filter(|c| c.layer == Some(l.layer)).map(|c| c.end_s - c.start_s).fold(0.0, |a, b| a + b);
+            let copy = last
+                .copies
+                .iter()
+                .filter(|c| c.layer == Some(l.layer))
+                .map(|c| c.end_s - c.start_s)
+                .fold(0.0, |a, b| a + b);
             let name = match l.placement {
                 Placement::Resident => "resident",
                 Placement::Streamed => "streamed",
@@ -82,7 +91,8 @@ pub fn render(stats: &[PassStats]) -> String {
                 copy * 1e3
             );
         }
-        let _ = writeln!(out, "mean layer compute {:.3} ms", mean(last.layers.iter().map(|l| (l.end_s - l.start_s) * 1e3)));
+        let _ =
+            writeln!(out, "mean layer compute {:.3} ms", mean(last.layers.iter().map(|l| (l.end_s - l.start_s) * 1e3)));
     }
     out
 }

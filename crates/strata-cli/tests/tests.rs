@@ -12,7 +12,8 @@ fn strata(args: &[&str]) -> Output {
 
 fn tiny_model(dir: &Path) -> PathBuf {
     let path = dir.join("tiny.gguf");
-    let o = strata(&["synth", "--preset", "tiny", "--dtype", "q8_0", "--seed", "3", "--out", path.to_str().expect("path")]);
+    let o =
+        strata(&["synth", "--preset", "tiny", "--dtype", "q8_0", "--seed", "3", "--out", path.to_str().expect("path")]);
     assert!(o.status.success(), "synth failed: {}", String::from_utf8_lossy(&o.stderr));
     path
 }
@@ -36,7 +37,21 @@ fn assert_clean_failure(o: &Output, what: &str) {
 fn run_json_contract() {
     let dir = tempfile::tempdir().expect("tempdir");
     let m = tiny_model(dir.path());
-    let o = strata(&["run", "-m", m.to_str().expect("p"), "-p", "Hello", "-t", "0", "-n", "5", "--ignore-eos", "--json", "--device", "cpu"]);
+    let o = strata(&[
+        "run",
+        "-m",
+        m.to_str().expect("p"),
+        "-p",
+        "Hello",
+        "-t",
+        "0",
+        "-n",
+        "5",
+        "--ignore-eos",
+        "--json",
+        "--device",
+        "cpu",
+    ]);
     let v = last_json(&o);
     for key in ["text", "prompt_ids", "generated_ids", "device", "timings", "plan", "stats"] {
         assert!(v.get(key).is_some(), "missing {key} in {v}");
@@ -48,7 +63,8 @@ fn run_json_contract() {
     assert_eq!(v["generated_ids"].as_array().map(Vec::len), Some(5), "{v}");
     assert_eq!(v["device"], "cpu");
     // Same seed, same text.
-    let args = ["run", "-m", m.to_str().expect("p"), "-p", "Hi", "-n", "8", "--seed", "42", "--json", "--device", "cpu"];
+    let args =
+        ["run", "-m", m.to_str().expect("p"), "-p", "Hi", "-n", "8", "--seed", "42", "--json", "--device", "cpu"];
     assert_eq!(last_json(&strata(&args))["generated_ids"], last_json(&strata(&args))["generated_ids"]);
 }
 
@@ -59,7 +75,18 @@ fn tokenize_and_logits_json_contracts() {
     let v = last_json(&strata(&["tokenize", "-m", m.to_str().expect("p"), "Hi!", "--json"]));
     assert_eq!(v["ids"], serde_json::json!([72, 105, 33]), "{v}");
     assert_eq!(v["pieces"], serde_json::json!(["H", "i", "!"]), "{v}");
-    let v = last_json(&strata(&["logits", "-m", m.to_str().expect("p"), "--tokens", "72,105,33", "--top-k", "4", "--json", "--device", "cpu"]));
+    let v = last_json(&strata(&[
+        "logits",
+        "-m",
+        m.to_str().expect("p"),
+        "--tokens",
+        "72,105,33",
+        "--top-k",
+        "4",
+        "--json",
+        "--device",
+        "cpu",
+    ]));
     let pos = v["positions"].as_array().expect("positions");
     assert_eq!(pos.len(), 3);
     for p in pos {
@@ -74,8 +101,27 @@ fn tokenize_and_logits_json_contracts() {
 fn plan_json_contract() {
     let dir = tempfile::tempdir().expect("tempdir");
     let m = tiny_model(dir.path());
-    let v = last_json(&strata(&["plan", "-m", m.to_str().expect("p"), "--gpu-memory", "1GiB", "--h2d-bandwidth", "25GB/s", "--json", "--device", "cpu"]));
-    for key in ["layers", "gpu_budget_bytes", "gpu_bytes_planned", "host_pinned_bytes_planned", "prefetch_depth", "predicted", "warnings"] {
+    let v = last_json(&strata(&[
+        "plan",
+        "-m",
+        m.to_str().expect("p"),
+        "--gpu-memory",
+        "1GiB",
+        "--h2d-bandwidth",
+        "25GB/s",
+        "--json",
+        "--device",
+        "cpu",
+    ]));
+    for key in [
+        "layers",
+        "gpu_budget_bytes",
+        "gpu_bytes_planned",
+        "host_pinned_bytes_planned",
+        "prefetch_depth",
+        "predicted",
+        "warnings",
+    ] {
         assert!(v.get(key).is_some(), "missing {key}");
     }
     let layers = v["layers"].as_array().expect("layers");
@@ -114,7 +160,10 @@ fn malformed_files_fail_cleanly_in_inspect_and_run() {
         std::fs::write(&path, &bytes).expect("write");
         let p = path.to_str().expect("p");
         assert_clean_failure(&strata(&["inspect", p]), &format!("inspect, {name}"));
-        assert_clean_failure(&strata(&["run", "-m", p, "-p", "hi", "-n", "2", "--device", "cpu"]), &format!("run, {name}"));
+        assert_clean_failure(
+            &strata(&["run", "-m", p, "-p", "hi", "-n", "2", "--device", "cpu"]),
+            &format!("run, {name}"),
+        );
     }
     assert_clean_failure(&strata(&["inspect", "/nonexistent/model.gguf"]), "missing file");
     assert_clean_failure(&strata(&["run", "-m", "/nonexistent/model.gguf", "-p", "x"]), "missing model");

@@ -70,7 +70,7 @@ enum Weights {
     /// The model's host weights (cpu layers, or resident layers of the host device).
     Host,
     /// A copy on the accelerator.
-    Owned(LayerWeights),
+    Owned(Box<LayerWeights>),
     /// Group `g` of the streamer.
     Streamed(usize),
 }
@@ -191,7 +191,9 @@ impl<'m> Session<'m> {
             let (weights, stream, mut res) = match placement {
                 Placement::Cpu => (Weights::Host, Stream::Host, Vec::new()),
                 Placement::Resident => match &acc_stream {
-                    Stream::Gpu(_) => (Weights::Owned(w.to_device(&acc_stream, l)?), acc_stream.clone(), Vec::new()),
+                    Stream::Gpu(_) => {
+                        (Weights::Owned(Box::new(w.to_device(&acc_stream, l)?)), acc_stream.clone(), Vec::new())
+                    }
                     Stream::Host => (Weights::Host, Stream::Host, reserve(acc, w.bytes(), &format!("layer {l}"))?),
                 },
                 Placement::Streamed => {
@@ -407,7 +409,7 @@ impl<'m> Session<'m> {
                 }
                 Weights::Owned(w) => {
                     start = Mark::now(&s)?;
-                    layer_forward(cfg, w.as_ref(), &mut site.kv, &mut x, pos, pos0, &mut scratch, &s)
+                    layer_forward(cfg, LayerWeights::as_ref(w), &mut site.kv, &mut x, pos, pos0, &mut scratch, &s)
                 }
                 Weights::Streamed(g) => {
                     let streamer = self.streamer.as_mut().ok_or_else(|| Error::invalid("no streamer"))?;

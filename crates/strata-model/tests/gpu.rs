@@ -90,7 +90,11 @@ fn gpu_streaming_gives_the_resident_tokens() {
         let stats = s.take_stats();
         let copied: u64 = stats.iter().map(|p| p.copy_bytes).sum();
         assert!(copied > 0, "{name}: no weights were copied");
-        println!("{name}: {} passes, {:.1} MB copied, last overlap {:.2}", stats.len(), copied as f64 / 1e6,
-            stats.last().map_or(0.0, |p| p.overlap_efficiency));
+        println!(
+            "{name}: {} passes, {:.1} MB copied, last overlap {:.2}",
+            stats.len(),
+            copied as f64 / 1e6,
+            stats.last().map_or(0.0, |p| p.overlap_efficiency)
+        );
     }
 }

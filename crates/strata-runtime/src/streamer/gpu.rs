@@ -75,7 +75,7 @@ impl GpuStreamer {
     }
 
     fn prefetch(&mut self, upto: u64) -> Result<()> {
-        for seq in self.sched.to_prefetch(upto) {
+        for seq in self.sched.claim_prefetch(upto) {
             let g = self.sched.group(seq);
             let k = self.sched.slot(seq);
             let slot = &mut self.slots[k];

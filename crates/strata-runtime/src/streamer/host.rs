@@ -99,7 +99,7 @@ impl HostStreamer {
     }
 
     fn prefetch(&mut self, upto: u64) -> Result<()> {
-        for seq in self.sched.to_prefetch(upto) {
+        for seq in self.sched.claim_prefetch(upto) {
             let k = self.sched.slot(seq);
             let mem = self.slots[k]
                 .idle
