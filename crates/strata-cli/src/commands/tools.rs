@@ -155,7 +155,7 @@ pub fn plan(a: PlanArgs) -> Result<()> {
     };
     let plan = strata_model::offload::make_plan(&model, &opts, gpu.as_ref(), speeds, &offload)?;
     if a.json {
-        outln!("{}", serde_json::to_string_pretty(&plan)?);
+        outln!("{}", serde_json::to_string(&plan)?);
     } else {
         match &gpu {
             Some(g) => outln!("device: {}", g.info()),
