@@ -8,6 +8,13 @@
 #                                # of the device-to-device copy bandwidth), every CUDA parity
 #                                # test, and compute-sanitizer memcheck/racecheck; logs and JSON
 #                                # go to $OUT (default ./gpu-out). Fits in about 5 minutes.
+#   scripts/gpu-check.sh stream  # there: parity tests and copy bandwidth (quickly), then the
+#                                # runtime end to end: synthetic default-shape and llama-7b Q4_0
+#                                # models made there by `strata synth`, greedy tokens on the CPU
+#                                # and the GPU, and streaming runs of the 7B model at several
+#                                # --gpu-memory budgets (auto, --stream, --cpu-layers): tok/s,
+#                                # overlap, copy GB/s and the plan's prediction, as JSON in
+#                                # $OUT/stream.tgz. About 5 minutes on an H100/H200.
 #
 # Set STRATA_CUDA_ARCHS to build for other GPUs (default here: 90).
 set -euo pipefail
@@ -49,6 +56,8 @@ for line in open(sys.argv[1]):
     shutil.copy2(exe, dst)
     print(f"{kind:6} {name}")
 PY
+  cargo build --release --features cuda -p strata-cli
+  cp "${CARGO_TARGET_DIR:-target}/release/strata" "$bundle/bin/strata"
   strip "$bundle"/bin/*
   cp "$root/scripts/gpu-check.sh" "$bundle/"
   du -sh "$bundle"
@@ -106,8 +115,56 @@ run() {
   (cd "$out" && tar czf logs.tgz ./*.log && find . -maxdepth 1 -name '*.log' ! -name check.log -delete)
 }
 
+# The runtime end to end (see the top). Every `strata run` writes one JSON line.
+stream() {
+  out=${OUT:-$root/gpu-out}
+  mkdir -p "$out/stream"
+  local bin="$bundle/bin" S="$bundle/bin/strata" tmp=${TMPDIR:-/tmp}/strata-gpu
+  [[ -x $S ]] || { echo "gpu-check: no $S; run 'scripts/gpu-check.sh build' first" >&2; exit 1; }
+  mkdir -p "$tmp"
+  cd "$bundle"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$out/device.txt"
+  TAIL=4 step test-kernels 90 "$bin/kernels" --test-threads 8 cuda
+  TAIL=4 step test-tensor 60 "$bin/tensor" --test-threads 8
+  TAIL=12 step test-model-gpu 90 "$bin/model" --test-threads 4 gpu:: --nocapture
+  if [[ -x $bin/copy_bandwidth ]]; then TAIL=12 step copy 60 "$bin/copy_bandwidth" --json "$out/copy.json"; fi
+  TAIL=3 step synth-small 60 "$S" synth --preset smollm2-135m --dtype q4_1 --seed 1 --out "$tmp/smol.gguf"
+  TAIL=3 step synth-7b 120 "$S" synth --preset llama-7b --dtype q4_0 --seed 1 --out "$tmp/l7b.gguf"
+  local p32 p512 common
+  p32=$(printf 'The quick brown fox jumps over.')
+  # 512 bytes of ASCII: 512 tokens for the byte-level vocabulary of synthetic models.
+  p512=$(printf '%.0sStreaming layers overlap copies with compute. ' {1..12} | head -c 512)
+  common=(-t 0 -n 32 --ignore-eos --json)
+  TAIL=2 step smol-cpu 120 sh -c "'$S' run -m '$tmp/smol.gguf' --device cpu ${common[*]} -p '$p32' > '$out/stream/smol-cpu.json'"
+  TAIL=2 step smol-cuda 60 sh -c "'$S' run -m '$tmp/smol.gguf' --device cuda ${common[*]} -p '$p32' > '$out/stream/smol-cuda.json'"
+  TAIL=2 step l7b-cpu 200 sh -c "'$S' run -m '$tmp/l7b.gguf' --device cpu --context 640 ${common[*]} -p '$p32' > '$out/stream/l7b-cpu.json'"
+  local mem mode flag prompt
+  for mem in unlimited 4GiB 2GiB 1GiB; do
+    for mode in auto stream cpu; do
+      case $mode in auto) flag="" ;; stream) flag="--stream" ;; cpu) flag="--cpu-layers" ;; esac
+      [[ $mem == unlimited && $mode != auto ]] && continue
+      # Layers on the CPU make a 512-token prefill slow: give them a 64-token prompt.
+      prompt=$p512
+      [[ $mode == cpu ]] && prompt=${p512:0:64}
+      local cap=""
+      [[ $mem != unlimited ]] && cap="--gpu-memory $mem"
+      TAIL=3 step "l7b-$mem-$mode" 150 sh -c "'$S' run -m '$tmp/l7b.gguf' --device cuda $cap $flag --context 640 --batch 256 ${common[*]} -p '$prompt' > '$out/stream/l7b-$mem-$mode.json'"
+    done
+  done
+  if command -v nsys >/dev/null; then
+    TAIL=5 step nsys 120 nsys profile --trace=cuda,nvtx --force-overwrite=true -o "$out/stream-decode" \
+      "$S" run -m "$tmp/l7b.gguf" --device cuda --gpu-memory 2GiB --stream --context 640 -t 0 -n 4 --ignore-eos -p "$p32"
+  else
+    summary+=("nsys: skipped: nsys not on PATH")
+  fi
+  echo "=== summary"
+  printf '%s\n' "${summary[@]}" | tee -a "$out/check.log"
+  (cd "$out" && tar czf stream.tgz stream ./*.log && rm -rf stream && find . -maxdepth 1 -name '*.log' ! -name check.log -delete)
+}
+
 case ${1:-} in
   build) build ;;
   run) run ;;
-  *) echo "usage: scripts/gpu-check.sh build|run (see the comment at the top)" >&2; exit 2 ;;
+  stream) stream ;;
+  *) echo "usage: scripts/gpu-check.sh build|run|stream (see the comment at the top)" >&2; exit 2 ;;
 esac

@@ -254,7 +254,8 @@ pub struct InspectArgs {
 
 #[derive(Args, Debug)]
 pub struct SynthArgs {
-    /// Model shape: smollm2-135m (the default model's), llama-1b, llama-7b, llama-13b, llama-70b.
+    /// Model shape: smollm2-135m (the default model's), llama-1b, llama-7b, llama-13b, llama-70b,
+    /// or tiny (for tests).
     #[arg(long)]
     pub preset: String,
     /// Weight type of the layer matrices: f32, f16, bf16, q8_0, q4_0, q4_1.

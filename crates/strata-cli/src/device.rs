@@ -35,7 +35,16 @@ pub fn offload_options(a: &SessionArgs) -> Result<OffloadOptions> {
         bail!("--stream and --cpu-layers (or --offload stream/cpu) contradict each other");
     }
     let (policy, rest) = match o.gpu_layers {
-        Some(n) => (Policy::GpuLayers(n), if stream { Rest::Streamed } else if cpu { Rest::Cpu } else { Rest::Auto }),
+        Some(n) => (
+            Policy::GpuLayers(n),
+            if stream {
+                Rest::Streamed
+            } else if cpu {
+                Rest::Cpu
+            } else {
+                Rest::Auto
+            },
+        ),
         None if stream => (Policy::AllStreamed, Rest::Auto),
         None if cpu => (Policy::AllCpu, Rest::Auto),
         None => (Policy::Auto, Rest::Auto),
@@ -82,8 +91,23 @@ pub fn open_session<'m>(model: &'m Model, a: &SessionArgs, quiet: bool) -> Resul
         log::warn!("measuring this machine failed ({e}); planning with assumed speeds");
         assumed_speeds()
     });
-    let (plan, session) = open_planned(model, Some(&gpu), &opts, speeds, &offload)
-        .with_context(|| format!("planning {} on {}", model.path.display(), gpu.info().name))?;
+    // A bar for loading and pinning big models, on a terminal only.
+    let bar = std::cell::RefCell::new(None::<indicatif::ProgressBar>);
+    let show = !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let progress = |done: u64, total: u64| {
+        if !show || total < (256 << 20) {
+            return;
+        }
+        let mut b = bar.borrow_mut();
+        let b = b.get_or_insert_with(|| crate::progress::bytes_bar(total, "loading weights"));
+        b.set_position(done);
+    };
+    let opened = open_planned(model, Some(&gpu), &opts, speeds, &offload, &progress);
+    if let Some(b) = bar.borrow_mut().take() {
+        b.finish_and_clear();
+    }
+    let (plan, session) =
+        opened.with_context(|| format!("planning {} on {}", model.path.display(), gpu.info().name))?;
     if !quiet {
         eprintln!("device: {}", gpu.info());
         eprintln!("{}", plan.summary_line());

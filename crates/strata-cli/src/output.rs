@@ -58,14 +58,12 @@ pub fn write_out(s: &str) {
 }
 
 /// `println!` through [`write_out`].
-
 macro_rules! outln {
     () => { $crate::output::write_out("\n") };
     ($($t:tt)*) => { $crate::output::write_out(&(format!($($t)*) + "\n")) };
 }
 
 /// `print!` through [`write_out`].
-
 macro_rules! out {
     ($($t:tt)*) => { $crate::output::write_out(&format!($($t)*)) };
 }

@@ -12,9 +12,9 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
 }
 
 fn summary(passes: &[&PassStats]) -> Value {
-    let wall: f64 = passes.iter().map(|p| p.wall_s).sum();
-    let compute: f64 = passes.iter().map(|p| p.compute_s).sum();
-    let copy: f64 = passes.iter().map(|p| p.copy_s).sum();
+    let wall = passes.iter().map(|p| p.wall_s).fold(0.0, |a, b| a + b);
+    let compute = passes.iter().map(|p| p.compute_s).fold(0.0, |a, b| a + b);
+    let copy = passes.iter().map(|p| p.copy_s).fold(0.0, |a, b| a + b);
     let bytes: u64 = passes.iter().map(|p| p.copy_bytes).sum();
     let tokens: usize = passes.iter().map(|p| p.tokens).sum();
     json!({
@@ -24,7 +24,7 @@ fn summary(passes: &[&PassStats]) -> Value {
         "compute_s": compute,
         "copy_s": copy,
         "copy_bytes": bytes,
-        "wait_s": passes.iter().map(|p| p.wait_s).sum::<f64>(),
+        "wait_s": passes.iter().map(|p| p.wait_s).fold(0.0, |a, b| a + b),
         "overlap_efficiency": if wall > 0.0 { compute.max(copy) / wall } else { 0.0 },
         "copy_gb_per_s": if copy > 0.0 { bytes as f64 / copy / 1e9 } else { 0.0 },
         "tokens_per_second": if wall > 0.0 { tokens as f64 / wall } else { 0.0 },
@@ -46,7 +46,11 @@ pub fn json(stats: &[PassStats]) -> Value {
 pub fn render(stats: &[PassStats]) -> String {
     let v = json(stats);
     let mut out = String::new();
-    let _ = writeln!(out, "{:<8} {:>6} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9}", "phase", "tokens", "wall ms", "compute", "copy", "wait", "overlap", "copy GB/s");
+    let _ = writeln!(
+        out,
+        "{:<8} {:>6} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9}",
+        "phase", "tokens", "wall ms", "compute", "copy", "wait", "overlap", "copy GB/s"
+    );
     for phase in ["prefill", "decode"] {
         let p = &v[phase];
         let ms = |k: &str| p[k].as_f64().unwrap_or(0.0) * 1e3;
@@ -66,7 +70,12 @@ pub fn render(stats: &[PassStats]) -> String {
         let _ = writeln!(out, "last decoded token, per layer (ms):");
         let _ = writeln!(out, "{:>5} {:<9} {:>8} {:>8} {:>8}", "layer", "placement", "compute", "wait", "copy");
         for l in &last.layers {
-            let copy = last.copies.iter().filter(|c| c.layer == Some(l.layer)).map(|c| c.end_s - c.start_s).sum::<f64>();
+            let copy = last
+                .copies
+                .iter()
+                .filter(|c| c.layer == Some(l.layer))
+                .map(|c| c.end_s - c.start_s)
+                .fold(0.0, |a, b| a + b);
             let name = match l.placement {
                 Placement::Resident => "resident",
                 Placement::Streamed => "streamed",
@@ -82,7 +91,8 @@ pub fn render(stats: &[PassStats]) -> String {
                 copy * 1e3
             );
         }
-        let _ = writeln!(out, "mean layer compute {:.3} ms", mean(last.layers.iter().map(|l| (l.end_s - l.start_s) * 1e3)));
+        let _ =
+            writeln!(out, "mean layer compute {:.3} ms", mean(last.layers.iter().map(|l| (l.end_s - l.start_s) * 1e3)));
     }
     out
 }

@@ -1,1 +1,170 @@
-//! placeholder
+//! The `strata` binary end to end: JSON contracts other people's scripts rely on, and clear
+//! errors with exit code 1 (never a panic) on malformed model files.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn strata(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_strata")).args(args).env("RUST_BACKTRACE", "0").output().expect("run strata")
+}
+
+fn tiny_model(dir: &Path) -> PathBuf {
+    let path = dir.join("tiny.gguf");
+    let o =
+        strata(&["synth", "--preset", "tiny", "--dtype", "q8_0", "--seed", "3", "--out", path.to_str().expect("path")]);
+    assert!(o.status.success(), "synth failed: {}", String::from_utf8_lossy(&o.stderr));
+    path
+}
+
+fn last_json(o: &Output) -> Value {
+    assert!(o.status.success(), "strata failed: {}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let line = stdout.lines().last().expect("a line of output");
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
+fn assert_clean_failure(o: &Output, what: &str) {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{what}: exit code {:?}, stderr: {stderr}", o.status.code());
+    assert!(stderr.starts_with("error: "), "{what}: stderr does not start with 'error: ': {stderr}");
+    assert!(!stderr.contains("panicked"), "{what}: panicked: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{what}: the error is not one line: {stderr}");
+}
+
+#[test]
+fn run_json_contract() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = tiny_model(dir.path());
+    let o = strata(&[
+        "run",
+        "-m",
+        m.to_str().expect("p"),
+        "-p",
+        "Hello",
+        "-t",
+        "0",
+        "-n",
+        "5",
+        "--ignore-eos",
+        "--json",
+        "--device",
+        "cpu",
+    ]);
+    let v = last_json(&o);
+    for key in ["text", "prompt_ids", "generated_ids", "device", "timings", "plan", "stats"] {
+        assert!(v.get(key).is_some(), "missing {key} in {v}");
+    }
+    for key in ["prompt_tokens", "prompt_tokens_per_second", "generated_tokens", "generation_tokens_per_second"] {
+        assert!(v["timings"][key].is_number(), "timings.{key} missing in {v}");
+    }
+    assert_eq!(v["prompt_ids"].as_array().map(Vec::len), Some(5), "{v}");
+    assert_eq!(v["generated_ids"].as_array().map(Vec::len), Some(5), "{v}");
+    assert_eq!(v["device"], "cpu");
+    // Same seed, same text.
+    let args =
+        ["run", "-m", m.to_str().expect("p"), "-p", "Hi", "-n", "8", "--seed", "42", "--json", "--device", "cpu"];
+    assert_eq!(last_json(&strata(&args))["generated_ids"], last_json(&strata(&args))["generated_ids"]);
+}
+
+#[test]
+fn tokenize_and_logits_json_contracts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = tiny_model(dir.path());
+    let v = last_json(&strata(&["tokenize", "-m", m.to_str().expect("p"), "Hi!", "--json"]));
+    assert_eq!(v["ids"], serde_json::json!([72, 105, 33]), "{v}");
+    assert_eq!(v["pieces"], serde_json::json!(["H", "i", "!"]), "{v}");
+    let v = last_json(&strata(&[
+        "logits",
+        "-m",
+        m.to_str().expect("p"),
+        "--tokens",
+        "72,105,33",
+        "--top-k",
+        "4",
+        "--json",
+        "--device",
+        "cpu",
+    ]));
+    let pos = v["positions"].as_array().expect("positions");
+    assert_eq!(pos.len(), 3);
+    for p in pos {
+        assert_eq!(p["ids"].as_array().map(Vec::len), Some(4));
+        let l: Vec<f64> = p["logits"].as_array().expect("logits").iter().filter_map(Value::as_f64).collect();
+        assert_eq!(l.len(), 4);
+        assert!(l.windows(2).all(|w| w[0] >= w[1]), "logits not best first: {l:?}");
+    }
+}
+
+#[test]
+fn plan_json_contract() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = tiny_model(dir.path());
+    let v = last_json(&strata(&[
+        "plan",
+        "-m",
+        m.to_str().expect("p"),
+        "--gpu-memory",
+        "1GiB",
+        "--h2d-bandwidth",
+        "25GB/s",
+        "--json",
+        "--device",
+        "cpu",
+    ]));
+    for key in [
+        "layers",
+        "gpu_budget_bytes",
+        "gpu_bytes_planned",
+        "host_pinned_bytes_planned",
+        "prefetch_depth",
+        "predicted",
+        "warnings",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key}");
+    }
+    let layers = v["layers"].as_array().expect("layers");
+    assert_eq!(layers.len(), 2);
+    for (i, l) in layers.iter().enumerate() {
+        assert_eq!(l["index"], i);
+        assert!(["resident", "streamed", "cpu"].contains(&l["placement"].as_str().unwrap_or("")), "{l}");
+        assert!(l["weight_bytes"].as_u64().is_some_and(|b| b > 0));
+        assert!(l["kv_placement"].is_string());
+    }
+    assert!(v["predicted"]["decode_tokens_per_second"].is_number());
+    assert!(v["predicted"]["prefill_tokens_per_second"].is_number());
+}
+
+#[test]
+fn malformed_files_fail_cleanly_in_inspect_and_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = tiny_model(dir.path());
+    let good = std::fs::read(&m).expect("read");
+    let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+    for cut in [0, 3, 4, 8, 16, 24, 100, 1000, good.len() / 2, good.len() - 1] {
+        cases.push((format!("truncated at {cut}"), good[..cut].to_vec()));
+    }
+    let mut bad_magic = good.clone();
+    bad_magic[..4].copy_from_slice(b"GGUX");
+    cases.push(("wrong magic".into(), bad_magic));
+    let mut absurd = good.clone();
+    absurd[8..16].copy_from_slice(&u64::MAX.to_le_bytes()); // tensor count
+    cases.push(("absurd tensor count".into(), absurd));
+    let mut absurd_kv = good.clone();
+    absurd_kv[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes()); // metadata count
+    cases.push(("absurd metadata count".into(), absurd_kv));
+    cases.push(("not a GGUF file".into(), b"hello, world\n".repeat(100)));
+    for (name, bytes) in cases {
+        let path = dir.path().join("bad.gguf");
+        std::fs::write(&path, &bytes).expect("write");
+        let p = path.to_str().expect("p");
+        assert_clean_failure(&strata(&["inspect", p]), &format!("inspect, {name}"));
+        assert_clean_failure(
+            &strata(&["run", "-m", p, "-p", "hi", "-n", "2", "--device", "cpu"]),
+            &format!("run, {name}"),
+        );
+    }
+    assert_clean_failure(&strata(&["inspect", "/nonexistent/model.gguf"]), "missing file");
+    assert_clean_failure(&strata(&["run", "-m", "/nonexistent/model.gguf", "-p", "x"]), "missing model");
+}

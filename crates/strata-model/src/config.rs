@@ -8,7 +8,7 @@ use crate::gguf::{GgufFile, Metadata};
 use crate::{Error, Result};
 
 /// Architectures whose GGUF layout is the llama one (same tensor names, adjacent-pair RoPE).
-const LLAMA_FAMILY: &[&str] = &["llama", "mistral"];
+pub(crate) const LLAMA_FAMILY: &[&str] = &["llama", "mistral"];
 
 /// Hyperparameters of a llama-family model.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -36,10 +36,11 @@ pub struct LlamaConfig {
 
 /// Upper bounds far above any real model, so that a corrupt header cannot make us allocate
 /// absurd KV caches or scratch buffers.
-const MAX_LAYERS: u64 = 1024;
-const MAX_DIM: u64 = 1 << 20;
-const MAX_HEADS: u64 = 4096;
-const MAX_VOCAB: u64 = 1 << 24;
+pub(crate) const MAX_LAYERS: u64 = 1024;
+pub(crate) const MAX_DIM: u64 = 1 << 20;
+pub(crate) const MAX_HEADS: u64 = 4096;
+pub(crate) const MAX_VOCAB: u64 = 1 << 24;
+pub(crate) const MAX_CONTEXT: u64 = 1 << 24;
 
 fn bounded(md: &Metadata, key: &str, max: u64) -> Result<usize> {
     let v = md.u64(key)?;
@@ -122,7 +123,7 @@ impl LlamaConfig {
             }
         };
         let rms_eps = positive_f32(md, &k("attention.layer_norm_rms_epsilon"), 1e-5)?;
-        let n_ctx_train = opt_bounded(md, &k("context_length"), 1 << 24)?.unwrap_or(4096);
+        let n_ctx_train = opt_bounded(md, &k("context_length"), MAX_CONTEXT)?.unwrap_or(4096);
 
         let embd =
             file.tensor("token_embd.weight").ok_or_else(|| Error::model("tensor token_embd.weight is missing"))?;
@@ -156,7 +157,8 @@ impl LlamaConfig {
         Ok(cfg)
     }
 
-    fn check_token_ids(&self, md: &Metadata) -> Result<()> {
+    /// Checks that the special token ids and the token list in `md` fit the vocabulary.
+    pub(crate) fn check_token_ids(&self, md: &Metadata) -> Result<()> {
         for key in [
             "tokenizer.ggml.bos_token_id",
             "tokenizer.ggml.eos_token_id",
@@ -178,7 +180,7 @@ impl LlamaConfig {
             && tokens.len() != self.n_vocab
         {
             return Err(Error::model(format!(
-                "tokenizer.ggml.tokens has {} entries but token_embd.weight has {} rows",
+                "tokenizer.ggml.tokens has {} entries but the token embedding has {} rows",
                 tokens.len(),
                 self.n_vocab
             )));

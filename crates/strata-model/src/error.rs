@@ -16,6 +16,9 @@ pub enum Error {
     Runtime(#[from] strata_runtime::Error),
     #[error(transparent)]
     Plan(#[from] strata_runtime::plan::PlanError),
+    /// A file of a model directory (config.json, a safetensors shard…) cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Io { path: String, source: std::io::Error },
     /// The file is readable but does not describe a model we can run.
     #[error("{0}")]
     Model(String),

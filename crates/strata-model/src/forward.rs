@@ -136,10 +136,10 @@ pub fn layer_forward(
         return Err(Error::invalid(format!("layer input has shape {:?}, expected [{t}, {}]", x.shape(), cfg.n_embd)));
     }
     let (nh, nkv, hd) = (cfg.n_head, cfg.n_head_kv, cfg.head_dim);
-    ops::rmsnorm(x, &w.attn_norm, cfg.rms_eps, &mut sc.h, s)?;
-    project(&w.wq, &sc.h, &mut sc.q, s)?;
-    project(&w.wk, &sc.h, &mut sc.k, s)?;
-    project(&w.wv, &sc.h, &mut sc.v, s)?;
+    ops::rmsnorm(x, w.attn_norm, cfg.rms_eps, &mut sc.h, s)?;
+    project(w.wq, &sc.h, &mut sc.q, s)?;
+    project(w.wk, &sc.h, &mut sc.k, s)?;
+    project(w.wv, &sc.h, &mut sc.v, s)?;
     reshape(&mut sc.q, &[t, nh, hd])?;
     reshape(&mut sc.k, &[t, nkv, hd])?;
     let rope = |x: &mut Tensor| {
@@ -161,14 +161,14 @@ pub fn layer_forward(
     reshape(&mut sc.q, &[t, cfg.n_embd])?;
     reshape(&mut sc.k, &[t, cfg.kv_dim()])?;
     reshape(&mut sc.att, &[t, cfg.n_embd])?;
-    project(&w.wo, &sc.att, &mut sc.o, s)?;
+    project(w.wo, &sc.att, &mut sc.o, s)?;
     ops::add_inplace(x, &sc.o, s)?;
 
-    ops::rmsnorm(x, &w.ffn_norm, cfg.rms_eps, &mut sc.h, s)?;
-    project(&w.w_gate, &sc.h, &mut sc.gate, s)?;
-    project(&w.w_up, &sc.h, &mut sc.up, s)?;
+    ops::rmsnorm(x, w.ffn_norm, cfg.rms_eps, &mut sc.h, s)?;
+    project(w.w_gate, &sc.h, &mut sc.gate, s)?;
+    project(w.w_up, &sc.h, &mut sc.up, s)?;
     ops::silu_mul(&sc.gate, &sc.up, &mut sc.act, s)?;
-    project(&w.w_down, &sc.act, &mut sc.o, s)?;
+    project(w.w_down, &sc.act, &mut sc.o, s)?;
     ops::add_inplace(x, &sc.o, s)?;
     Ok(())
 }

@@ -23,6 +23,6 @@ pub mod weights;
 pub use config::LlamaConfig;
 pub use error::{Error, Result};
 pub use generate::{GenerateOptions, Generation, StopReason, Timings, generate};
-pub use model::{KvType, Model, SessionOptions};
+pub use model::{KvType, Model, ModelSource, SessionOptions};
 pub use sample::{Sampler, SamplerConfig};
 pub use session::{Layout, PassStats, Session};

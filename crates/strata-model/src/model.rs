@@ -1,5 +1,5 @@
-//! A loaded model: file, hyperparameters, weights, tokenizer, chat template; and the options
-//! of a session over it.
+//! A loaded model: its source (a GGUF file or a Hugging Face safetensors checkpoint),
+//! hyperparameters, weights, tokenizer, chat template; and the options of a session over it.
 
 use std::path::{Path, PathBuf};
 
@@ -7,15 +7,49 @@ use strata_tensor::DType;
 
 use crate::chat::ChatTemplate;
 use crate::config::LlamaConfig;
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, Metadata};
+use crate::safetensors::{self, SafetensorsCheckpoint};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{LayerWeights, ModelWeights};
 use crate::{Error, Result};
 
-/// A model ready to run: weights are views into the memory-mapped file.
+/// Where a model's weights and metadata come from.
+pub enum ModelSource {
+    Gguf(GgufFile),
+    Safetensors(SafetensorsCheckpoint),
+}
+
+impl ModelSource {
+    /// The GGUF metadata, or for a checkpoint the GGUF-form metadata derived from its JSON files
+    /// (architecture, name, tokenizer, chat template).
+    pub fn metadata(&self) -> &Metadata {
+        match self {
+            ModelSource::Gguf(f) => f.metadata(),
+            ModelSource::Safetensors(c) => &c.metadata,
+        }
+    }
+
+    /// The GGUF file, if the model is one.
+    pub fn gguf(&self) -> Option<&GgufFile> {
+        match self {
+            ModelSource::Gguf(f) => Some(f),
+            ModelSource::Safetensors(_) => None,
+        }
+    }
+
+    /// "gguf" or "safetensors".
+    pub fn format(&self) -> &'static str {
+        match self {
+            ModelSource::Gguf(_) => "gguf",
+            ModelSource::Safetensors(_) => "safetensors",
+        }
+    }
+}
+
+/// A model ready to run: weights are views into the memory-mapped file(s).
 pub struct Model {
     pub path: PathBuf,
-    pub file: GgufFile,
+    pub source: ModelSource,
     pub config: LlamaConfig,
     pub weights: ModelWeights,
     pub tokenizer: Tokenizer,
@@ -23,19 +57,40 @@ pub struct Model {
 }
 
 impl Model {
-    /// Opens, validates and maps a GGUF model.
+    /// Opens, validates and maps a model: a GGUF file, or a Hugging Face checkpoint (a
+    /// directory with `config.json`, `tokenizer.json` and safetensors weights, or a
+    /// `*.safetensors`/`config.json` file inside one; see [`crate::safetensors`]).
     ///
     /// # Errors
-    /// Any problem with the file, named (see [`crate::gguf::GgufError`] and [`Error::Model`]).
+    /// Any problem with the file(s), named (see [`crate::gguf::GgufError`] and [`Error::Model`]).
     pub fn load(path: &Path) -> Result<Model> {
-        Model::from_file(GgufFile::open(path)?, path)
+        match safetensors::checkpoint_dir(path) {
+            Some(dir) => Model::from_safetensors(&dir),
+            None => Model::from_file(GgufFile::open(path)?, path),
+        }
     }
 
     /// A model from an opened GGUF file (e.g. a synthetic one built in memory).
+    ///
+    /// # Errors
+    /// As [`Model::load`].
     pub fn from_file(file: GgufFile, path: &Path) -> Result<Model> {
         let config = LlamaConfig::from_gguf(&file)?;
         let weights = ModelWeights::from_gguf(&file, &config)?;
-        let tokenizer = Tokenizer::from_metadata(file.metadata())?;
+        Model::assemble(path, ModelSource::Gguf(file), config, weights)
+    }
+
+    /// A model from the Hugging Face checkpoint in `dir`.
+    ///
+    /// # Errors
+    /// As [`Model::load`].
+    pub fn from_safetensors(dir: &Path) -> Result<Model> {
+        let (checkpoint, config, weights) = safetensors::load(dir)?;
+        Model::assemble(dir, ModelSource::Safetensors(checkpoint), config, weights)
+    }
+
+    fn assemble(path: &Path, source: ModelSource, config: LlamaConfig, weights: ModelWeights) -> Result<Model> {
+        let tokenizer = Tokenizer::from_metadata(source.metadata())?;
         if tokenizer.vocab_size() != config.n_vocab {
             return Err(Error::model(format!(
                 "the tokenizer has {} tokens but the model has {} embedding rows",
@@ -43,8 +98,13 @@ impl Model {
                 config.n_vocab
             )));
         }
-        let chat_template = ChatTemplate::from_metadata(file.metadata())?;
-        Ok(Model { path: path.to_path_buf(), file, config, weights, tokenizer, chat_template })
+        let chat_template = ChatTemplate::from_metadata(source.metadata())?;
+        Ok(Model { path: path.to_path_buf(), source, config, weights, tokenizer, chat_template })
+    }
+
+    /// The model's metadata in GGUF form (see [`ModelSource::metadata`]).
+    pub fn metadata(&self) -> &Metadata {
+        self.source.metadata()
     }
 
     /// Bytes of all layer weights plus head.

@@ -207,12 +207,13 @@ pub fn open_planned<'m>(
     session: &SessionOptions,
     speeds: Speeds,
     o: &OffloadOptions,
+    progress: &dyn Fn(u64, u64),
 ) -> Result<(Plan, crate::Session<'m>)> {
     let acc = gpu.map(|g| Accelerator::Gpu(g.clone()));
     let mut budget = gpu.map(|g| g.budget().available());
     for _attempt in 0..4 {
         let plan = plan(&plan_request(model, session, budget, speeds, o))?;
-        match crate::Session::with_layout(model, acc.as_ref(), &layout_of(&plan), session) {
+        match crate::Session::with_layout_progress(model, acc.as_ref(), &layout_of(&plan), session, progress) {
             Ok(s) => return Ok((plan, s)),
             Err(e) if e.is_out_of_memory() && o.policy == Policy::Auto => {
                 let shrink = plan.gpu_bytes_planned.saturating_sub(plan.gpu_bytes_planned / 4);

@@ -70,7 +70,7 @@ enum Weights {
     /// The model's host weights (cpu layers, or resident layers of the host device).
     Host,
     /// A copy on the accelerator.
-    Owned(LayerWeights),
+    Owned(Box<LayerWeights>),
     /// Group `g` of the streamer.
     Streamed(usize),
 }
@@ -104,6 +104,8 @@ pub struct Session<'m> {
     device: Device,
     /// Timelines of passes since the last `take_stats`.
     stats: Vec<PassStats>,
+    /// The layer of each streamed group.
+    streamed_layers: Vec<usize>,
     _res: Vec<Reservation>,
 }
 
@@ -134,6 +136,21 @@ impl<'m> Session<'m> {
         layout: &Layout,
         opts: &SessionOptions,
     ) -> Result<Session<'m>> {
+        Session::with_layout_progress(model, acc, layout, opts, &|_, _| {})
+    }
+
+    /// [`Session::with_layout`], calling `progress(bytes done, bytes total)` as weights are
+    /// uploaded and packed (for a progress bar on big models).
+    ///
+    /// # Errors
+    /// As [`Session::with_layout`].
+    pub fn with_layout_progress(
+        model: &'m Model,
+        acc: Option<&Accelerator>,
+        layout: &Layout,
+        opts: &SessionOptions,
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<Session<'m>> {
         let cfg = &model.config;
         let context = opts.context_for(cfg);
         if context == 0 || context > 1 << 20 {
@@ -160,12 +177,23 @@ impl<'m> Session<'m> {
         let kv_bytes = cfg.kv_bytes_per_layer(context, opts.kv_type.bytes());
         let mut sites = Vec::with_capacity(cfg.n_layers);
         let mut streamed = Vec::new();
+        let to_load: u64 = layout
+            .placements
+            .iter()
+            .zip(&model.weights.layers)
+            .filter(|(p, _)| **p != Placement::Cpu)
+            .map(|(_, w)| w.bytes())
+            .sum();
+        let mut loaded = 0u64;
+        progress(0, to_load);
         for (l, (&placement, w)) in layout.placements.iter().zip(&model.weights.layers).enumerate() {
             let _r = nvtx::range(&format!("load layer {l}"));
             let (weights, stream, mut res) = match placement {
                 Placement::Cpu => (Weights::Host, Stream::Host, Vec::new()),
                 Placement::Resident => match &acc_stream {
-                    Stream::Gpu(_) => (Weights::Owned(w.to_device(&acc_stream, l)?), acc_stream.clone(), Vec::new()),
+                    Stream::Gpu(_) => {
+                        (Weights::Owned(Box::new(w.to_device(&acc_stream, l)?)), acc_stream.clone(), Vec::new())
+                    }
                     Stream::Host => (Weights::Host, Stream::Host, reserve(acc, w.bytes(), &format!("layer {l}"))?),
                 },
                 Placement::Streamed => {
@@ -178,6 +206,10 @@ impl<'m> Session<'m> {
             }
             let kv = LayerKv::new(cfg, context, opts.kv_type.dtype(), &stream, l)?;
             sites.push(Site { placement, weights, kv, stream, _res: res });
+            if placement == Placement::Resident {
+                loaded += w.bytes();
+                progress(loaded, to_load);
+            }
         }
         let (head, head_stream, mut res) = match (acc, on_acc) {
             (Some(Accelerator::Gpu(_)), true) => {
@@ -197,11 +229,14 @@ impl<'m> Session<'m> {
                     let packed = streamed
                         .iter()
                         .map(|&l| {
-                            GpuStreamer::pack(g, &model.weights.layers[l].tensors(), &format!("packed layer {l}"))
-                                .map_err(Error::from)
+                            let w = &model.weights.layers[l];
+                            let packed = GpuStreamer::pack(g, &w.tensors(), &format!("packed layer {l}"));
+                            loaded += w.bytes();
+                            progress(loaded, to_load);
+                            packed.map_err(Error::from)
                         })
                         .collect::<Result<Vec<_>>>()?;
-                    Box::new(GpuStreamer::new(g, compute, packed, depth)?)
+                    Box::new(GpuStreamer::new(g, compute, packed, &streamed, depth)?)
                 }
                 (Some(Accelerator::Host(HostDevice { budget, copy_delay_per_mib })), _) => {
                     let groups: Vec<(GroupLayout, Vec<&Tensor>)> = streamed
@@ -233,6 +268,7 @@ impl<'m> Session<'m> {
             batch: opts.batch,
             device,
             stats: Vec::new(),
+            streamed_layers: streamed,
             _res: res,
         })
     }
@@ -373,7 +409,7 @@ impl<'m> Session<'m> {
                 }
                 Weights::Owned(w) => {
                     start = Mark::now(&s)?;
-                    layer_forward(cfg, w.as_ref(), &mut site.kv, &mut x, pos, pos0, &mut scratch, &s)
+                    layer_forward(cfg, LayerWeights::as_ref(w), &mut site.kv, &mut x, pos, pos0, &mut scratch, &s)
                 }
                 Weights::Streamed(g) => {
                     let streamer = self.streamer.as_mut().ok_or_else(|| Error::invalid("no streamer"))?;
@@ -431,14 +467,17 @@ impl<'m> Session<'m> {
             prev_end = Some(e);
             layers.push(LayerTiming { layer: l, placement, start_s: s, end_s: e, wait_s });
         }
-        let copies = match self.streamer.as_mut() {
+        let mut copies = match self.streamer.as_mut() {
             Some(st) => st.drain_records(&epoch)?,
             None => Vec::new(),
         };
-        let compute_s: f64 = layers.iter().map(|l| l.end_s - l.start_s).sum();
-        let copy_s: f64 = copies.iter().map(|c| c.end_s - c.start_s).sum();
+        for c in &mut copies {
+            c.layer = self.streamed_layers.get(c.group).copied();
+        }
+        let compute_s: f64 = layers.iter().map(|l| l.end_s - l.start_s).fold(0.0, |a, b| a + b);
+        let copy_s: f64 = copies.iter().map(|c| c.end_s - c.start_s).fold(0.0, |a, b| a + b);
         let copy_bytes: u64 = copies.iter().map(|c| c.bytes).sum();
-        let wait_s = layers.iter().map(|l| l.wait_s).sum();
+        let wait_s = layers.iter().map(|l| l.wait_s).fold(0.0, |a, b| a + b);
         self.stats.push(PassStats {
             tokens,
             wall_s,

@@ -37,6 +37,20 @@ pub struct Preset {
 }
 
 const PRESETS: &[Preset] = &[
+    // For tests: every code path of the llama architecture in a few hundred KiB.
+    Preset {
+        name: "tiny",
+        n_layers: 2,
+        n_embd: 64,
+        n_ff: 160,
+        n_head: 4,
+        n_head_kv: 2,
+        n_vocab: 320,
+        n_ctx_train: 256,
+        rope_freq_base: 10000.0,
+        rms_eps: 1e-5,
+        tied: false,
+    },
     Preset {
         name: "smollm2-135m",
         n_layers: 30,

@@ -75,7 +75,7 @@ fn chat_chatml_fallback() {
 
 #[test]
 fn chat_template_errors_are_values() {
-    let err = ChatTemplate::new("{% for m in messages %}").err().expect("unclosed for");
+    let Err(err) = ChatTemplate::new("{% for m in messages %}") else { panic!("an unclosed for must fail") };
     assert!(matches!(err, TokenizerError::Template(_)), "{err}");
     assert!(err.to_string().starts_with("chat template: "), "{err}");
 
@@ -83,7 +83,7 @@ fn chat_template_errors_are_values() {
         "{% if messages[0].role != 'system' %}{{ raise_exception('the first message must be system') }}{% endif %}ok",
     )
     .expect("compiles");
-    let err = t.render(&conversation()[1..], false, "", "").err().expect("raises");
+    let Err(err) = t.render(&conversation()[1..], false, "", "") else { panic!("the template raises") };
     assert!(err.to_string().contains("the first message must be system"), "{err}");
     assert_eq!(t.render(&conversation(), false, "", "").expect("render"), "ok");
 

@@ -11,7 +11,9 @@
 mod chat;
 mod gguf;
 mod gguf_malformed;
+mod gpu;
 mod offload;
 mod reference;
+mod safetensors;
 mod support;
 mod tokenizer;

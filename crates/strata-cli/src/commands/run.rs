@@ -19,20 +19,22 @@ fn generate_options(a: &SampleArgs) -> GenerateOptions {
     }
 }
 
-fn template(model: &Model) -> ChatTemplate {
-    model.chat_template.clone().unwrap_or_else(|| {
-        log::warn!("the model has no chat template; using ChatML");
-        ChatTemplate::chatml()
-    })
-}
-
 fn special(model: &Model, id: Option<u32>) -> String {
     id.map(|i| model.tokenizer.token_text(i).unwrap_or_default().to_string()).unwrap_or_default()
 }
 
 fn render(model: &Model, messages: &[ChatMessage]) -> Result<String> {
     let t = &model.tokenizer;
-    Ok(template(model).render(messages, true, &special(model, t.bos()), &special(model, t.eos()))?)
+    let fallback;
+    let template = match &model.chat_template {
+        Some(t) => t,
+        None => {
+            log::warn!("the model has no chat template; using ChatML");
+            fallback = ChatTemplate::chatml();
+            &fallback
+        }
+    };
+    Ok(template.render(messages, true, &special(model, t.bos()), &special(model, t.eos()))?)
 }
 
 fn summary(g: &Generation, device: &str, seed: u64, greedy: bool) -> String {

@@ -88,7 +88,12 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         match strata_model::LlamaConfig::from_gguf(&file) {
             Ok(cfg) => outln!(
                 "\nmodel: {} layers, embedding {}, {} heads ({} kv), vocab {}, ffn {}",
-                cfg.n_layers, cfg.n_embd, cfg.n_head, cfg.n_head_kv, cfg.n_vocab, cfg.n_ff
+                cfg.n_layers,
+                cfg.n_embd,
+                cfg.n_head,
+                cfg.n_head_kv,
+                cfg.n_vocab,
+                cfg.n_ff
             ),
             Err(e) => outln!("\nnot runnable by strata: {e}"),
         }
@@ -135,8 +140,13 @@ pub fn plan(a: PlanArgs) -> Result<()> {
         a.h2d_bandwidth.as_deref().map(strata_runtime::units::parse_rate).transpose().context("--h2d-bandwidth")?;
     let gpu = crate::device::pick_gpu(&a.session, a.json)?;
     if gpu.is_none() {
-        offload.hypothetical_gpu =
-            a.session.gpu_memory.as_deref().map(strata_runtime::units::parse_size).transpose().context("--gpu-memory")?;
+        offload.hypothetical_gpu = a
+            .session
+            .gpu_memory
+            .as_deref()
+            .map(strata_runtime::units::parse_size)
+            .transpose()
+            .context("--gpu-memory")?;
     }
     let speeds = if a.measure {
         strata_model::offload::measure_speeds(&model, gpu.as_ref())?

@@ -24,14 +24,16 @@ pub struct GpuStreamer {
     compute: GpuStream,
     copy: GpuStream,
     groups: Vec<(GroupLayout, HostBuffer)>,
+    /// NVTX names of the copies ("copy layer 17").
+    labels: Vec<String>,
     slots: Vec<Slot>,
     sched: Schedule,
     pending: Vec<(usize, u64, Event, Event)>,
 }
 
 impl GpuStreamer {
-    /// Packs `groups` (layout + host tensors) into host memory and allocates d + 1 slots of
-    /// the largest group on `gpu`. Pinning is slow: this is load-time work.
+    /// Takes packed `groups` (see [`GpuStreamer::pack`]) labelled by the layer each holds, and
+    /// allocates d + 1 slots of the largest group on `gpu`.
     ///
     /// # Errors
     /// Out of device memory for the slots (typed; nothing stays allocated).
@@ -39,8 +41,10 @@ impl GpuStreamer {
         gpu: &Gpu,
         compute: &GpuStream,
         groups: Vec<(GroupLayout, HostBuffer)>,
+        layers: &[usize],
         depth: usize,
     ) -> Result<GpuStreamer> {
+        let labels = (0..groups.len()).map(|g| format!("copy layer {}", layers.get(g).copied().unwrap_or(g))).collect();
         let sched = Schedule::new(groups.len(), depth)?;
         let slot_bytes = groups.iter().map(|(l, _)| l.bytes).max().unwrap_or(0);
         let copy = gpu.stream("copy")?;
@@ -49,7 +53,7 @@ impl GpuStreamer {
             let buf = gpu.alloc(slot_bytes, &format!("weight slot {i}"))?;
             slots.push(Slot { buf, layout: None, views: Vec::new(), copied: None, released: None });
         }
-        let mut s = GpuStreamer { compute: compute.clone(), copy, groups, slots, sched, pending: Vec::new() };
+        let mut s = GpuStreamer { compute: compute.clone(), copy, groups, labels, slots, sched, pending: Vec::new() };
         // Views of every slot for the first layout, built before any copy so that they carry
         // no stream history (llama layers all share one layout).
         if let Some((layout, _)) = s.groups.first() {
@@ -62,6 +66,7 @@ impl GpuStreamer {
     }
 
     /// Packs host tensors into a pinned (or pageable) host buffer for `GpuStreamer::new`.
+    /// Pinning is slow (~1-2 GB/s): this is load-time work.
     pub fn pack(gpu: &Gpu, tensors: &[&Tensor], what: &str) -> Result<(GroupLayout, HostBuffer)> {
         let layout = GroupLayout::of(tensors);
         let mut host = HostBuffer::alloc(Some(gpu), layout.bytes, PinnedKind::WriteCombined, what)?;
@@ -70,11 +75,11 @@ impl GpuStreamer {
     }
 
     fn prefetch(&mut self, upto: u64) -> Result<()> {
-        for seq in self.sched.to_prefetch(upto) {
+        for seq in self.sched.claim_prefetch(upto) {
             let g = self.sched.group(seq);
             let k = self.sched.slot(seq);
             let slot = &mut self.slots[k];
-            let _r = nvtx::range(&format!("copy layer group {g}"));
+            let _r = nvtx::range(&self.labels[g]);
             if let Some(released) = slot.released.take() {
                 self.copy.wait(&released)?;
             }

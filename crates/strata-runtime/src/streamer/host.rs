@@ -99,7 +99,7 @@ impl HostStreamer {
     }
 
     fn prefetch(&mut self, upto: u64) -> Result<()> {
-        for seq in self.sched.to_prefetch(upto) {
+        for seq in self.sched.claim_prefetch(upto) {
             let k = self.sched.slot(seq);
             let mem = self.slots[k]
                 .idle
@@ -128,7 +128,7 @@ impl HostStreamer {
 
 fn copy_worker(packed: Vec<Vec<u8>>, jobs: Receiver<Job>, done: Sender<Done>, delay_per_mib: Duration) {
     for Job { seq, group, mut mem } in jobs {
-        let _r = strata_tensor::nvtx::range(&format!("copy layer group {group}"));
+        let _r = strata_tensor::nvtx::range(&format!("copy group {group}"));
         let start = Instant::now();
         let src = &packed[group];
         mem[..src.len()].copy_from_slice(src);

@@ -86,7 +86,7 @@ impl Schedule {
 
     /// Sequence numbers to prefetch now so that `upto` is in flight (never more than d ahead
     /// of the next acquire, so the target slot's previous user has been released).
-    fn to_prefetch(&mut self, upto: u64) -> std::ops::Range<u64> {
+    fn claim_prefetch(&mut self, upto: u64) -> std::ops::Range<u64> {
         let limit = upto.min(self.next_acquire + self.depth as u64);
         let from = self.next_prefetch;
         if limit + 1 > from {

@@ -1,0 +1,194 @@
+//! The llama-family hyperparameters from a Hugging Face `config.json`, with the same checks as
+//! [`LlamaConfig::from_gguf`]: bounded counts, heads that divide the embedding, a supported
+//! RoPE scaling, and nothing llama-shaped that strata does not compute (biases, other
+//! activations, per-dimension RoPE frequencies). Errors name the key.
+
+use serde_json::{Map, Value};
+use strata_tensor::RopeLayout;
+
+use crate::config::{LLAMA_FAMILY, LlamaConfig, MAX_CONTEXT, MAX_DIM, MAX_HEADS, MAX_LAYERS, MAX_VOCAB};
+use crate::{Error, Result};
+
+/// `architectures` entries that are llama-shaped, with the architecture name strata uses.
+const HF_ARCHITECTURES: &[(&str, &str)] = &[("LlamaForCausalLM", "llama"), ("MistralForCausalLM", "mistral")];
+
+/// A `config.json` object with key-naming getters.
+struct HfConfig<'a>(&'a Map<String, Value>);
+
+impl HfConfig<'_> {
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.0.get(key).filter(|v| !v.is_null())
+    }
+
+    fn bad(key: &str, v: &Value, expected: &str) -> Error {
+        Error::model(format!("config.json {key} = {v} is not {expected}"))
+    }
+
+    fn opt_count(&self, key: &str, max: u64) -> Result<Option<usize>> {
+        let Some(v) = self.get(key) else { return Ok(None) };
+        match v.as_u64() {
+            Some(n) if (1..=max).contains(&n) => Ok(Some(n as usize)),
+            Some(n) => Err(Error::model(format!("config.json {key} = {n} is out of range (expected 1..={max})"))),
+            None => Err(Self::bad(key, v, "a positive integer")),
+        }
+    }
+
+    fn count(&self, key: &str, max: u64) -> Result<usize> {
+        self.opt_count(key, max)?
+            .ok_or_else(|| Error::model(format!("config.json has no {key}; it is needed to run a llama model")))
+    }
+
+    fn positive(&self, key: &str, default: f64) -> Result<f32> {
+        let v = match self.get(key) {
+            None => default,
+            Some(v) => v.as_f64().ok_or_else(|| Self::bad(key, v, "a number"))?,
+        };
+        if !(v.is_finite() && v > 0.0 && v <= f32::MAX as f64) {
+            return Err(Error::model(format!("config.json {key} = {v} must be a positive number")));
+        }
+        Ok(v as f32)
+    }
+
+    fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
+        self.get(key).map(|v| v.as_bool().ok_or_else(|| Self::bad(key, v, "true or false"))).transpose()
+    }
+
+    fn opt_str(&self, key: &str) -> Result<Option<&str>> {
+        self.get(key).map(|v| v.as_str().ok_or_else(|| Self::bad(key, v, "a string"))).transpose()
+    }
+}
+
+/// The architecture: `model_type` if present, else the first known `architectures` entry.
+fn architecture(c: &HfConfig) -> Result<String> {
+    let archs: Vec<&str> = match c.get("architectures") {
+        None => Vec::new(),
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+        Some(v) => return Err(HfConfig::bad("architectures", v, "a list of class names")),
+    };
+    let from_archs = archs.iter().find_map(|a| HF_ARCHITECTURES.iter().find(|(hf, _)| hf == a).map(|(_, s)| *s));
+    match (c.opt_str("model_type")?, from_archs) {
+        (Some(t), _) if LLAMA_FAMILY.contains(&t) => Ok(t.to_string()),
+        (None, Some(a)) => Ok(a.to_string()),
+        (found, _) => Err(Error::model(format!(
+            "config.json model_type {found:?} (architectures {archs:?}) is not supported; strata runs the llama family: {}",
+            LLAMA_FAMILY.join(", ")
+        ))),
+    }
+}
+
+/// 1 / linear factor from `rope_scaling` (absent, null, "default" or "linear").
+fn rope_freq_scale(c: &HfConfig) -> Result<f32> {
+    let Some(v) = c.get("rope_scaling") else { return Ok(1.0) };
+    let Some(obj) = v.as_object() else { return Err(HfConfig::bad("rope_scaling", v, "an object or null")) };
+    let s = HfConfig(obj);
+    // transformers renamed "type" to "rope_type"; either may be present.
+    let kind = match s.opt_str("rope_type")? {
+        Some(t) => Some(t),
+        None => s.opt_str("type")?,
+    };
+    match kind {
+        None | Some("default") => Ok(1.0),
+        Some("linear") => match s.get("factor").and_then(Value::as_f64) {
+            Some(f) if f.is_finite() && f > 0.0 => Ok((1.0 / f) as f32),
+            _ => Err(Error::model(format!(
+                "config.json rope_scaling.factor = {} must be a positive number",
+                s.get("factor").map_or("(missing)".to_string(), Value::to_string)
+            ))),
+        },
+        Some(other) => Err(Error::model(format!(
+            "config.json rope_scaling type {other:?} is not supported (strata supports linear scaling or none)"
+        ))),
+    }
+}
+
+/// Features of the llama config class that change the computation and strata does not have.
+fn reject_unsupported(c: &HfConfig) -> Result<()> {
+    for key in ["attention_bias", "mlp_bias"] {
+        if c.opt_bool(key)? == Some(true) {
+            return Err(Error::model(format!("config.json {key} = true: biased projections are not supported")));
+        }
+    }
+    if let Some(act) = c.opt_str("hidden_act")?
+        && act != "silu"
+    {
+        return Err(Error::model(format!(
+            "config.json hidden_act = {act:?} is not supported (llama models use \"silu\")"
+        )));
+    }
+    if let Some(f) = c.get("partial_rotary_factor").and_then(Value::as_f64)
+        && f != 1.0
+    {
+        return Err(Error::model(format!("config.json partial_rotary_factor = {f} is not supported (expected 1.0)")));
+    }
+    Ok(())
+}
+
+impl LlamaConfig {
+    /// Reads and checks the hyperparameters of a Hugging Face llama `config.json`. `tied_output`
+    /// comes from `tie_word_embeddings` (default false, as in transformers). The RoPE layout is
+    /// [`RopeLayout::HalfSplit`]: HF checkpoints rotate the two halves of each head (GGUF files
+    /// have their q/k rows permuted to adjacent pairs instead).
+    ///
+    /// # Errors
+    /// [`Error::Model`] naming the key at fault.
+    pub fn from_hf_config(json: &Value) -> Result<LlamaConfig> {
+        let obj = json.as_object().ok_or_else(|| Error::model("config.json is not a JSON object"))?;
+        let c = HfConfig(obj);
+        let arch = architecture(&c)?;
+        reject_unsupported(&c)?;
+        let n_layers = c.count("num_hidden_layers", MAX_LAYERS)?;
+        let n_embd = c.count("hidden_size", MAX_DIM)?;
+        let n_ff = c.count("intermediate_size", MAX_DIM * 4)?;
+        let n_head = c.count("num_attention_heads", MAX_HEADS)?;
+        let n_head_kv = c.opt_count("num_key_value_heads", MAX_HEADS)?.unwrap_or(n_head);
+        let n_vocab = c.count("vocab_size", MAX_VOCAB)?;
+        if !n_embd.is_multiple_of(n_head) {
+            return Err(Error::model(format!(
+                "config.json num_attention_heads = {n_head} does not divide hidden_size = {n_embd}"
+            )));
+        }
+        if !n_head.is_multiple_of(n_head_kv) {
+            return Err(Error::model(format!(
+                "config.json num_key_value_heads = {n_head_kv} does not divide the {n_head} attention heads"
+            )));
+        }
+        let head_dim = n_embd / n_head;
+        if let Some(hd) = c.opt_count("head_dim", MAX_DIM)?
+            && hd != head_dim
+        {
+            return Err(Error::model(format!(
+                "config.json head_dim = {hd} differs from hidden_size / num_attention_heads = {head_dim}; \
+                 such models are not supported"
+            )));
+        }
+        if !head_dim.is_multiple_of(2) {
+            return Err(Error::model(format!("the head size {head_dim} is odd; RoPE needs an even head size")));
+        }
+        let mut n_ctx_train = c.opt_count("max_position_embeddings", MAX_CONTEXT)?.unwrap_or(2048);
+        // strata attends to the whole cache: past a sliding window the results would differ
+        // from the reference, so the window bounds the context this model offers.
+        if let Some(w) = c.opt_count("sliding_window", MAX_CONTEXT)?
+            && w < n_ctx_train
+        {
+            log::info!("config.json sliding_window = {w}: using it as the training context");
+            n_ctx_train = w;
+        }
+        Ok(LlamaConfig {
+            arch,
+            n_layers,
+            n_embd,
+            n_ff,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_vocab,
+            n_ctx_train,
+            rope_freq_base: c.positive("rope_theta", 10000.0)?,
+            rope_freq_scale: rope_freq_scale(&c)?,
+            n_rot: head_dim,
+            rope_layout: RopeLayout::HalfSplit,
+            rms_eps: c.positive("rms_norm_eps", 1e-6)?,
+            tied_output: c.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+        })
+    }
+}
