@@ -7,17 +7,27 @@ test to reproduce exactly.
 
 Ids are made with add_bos=False and special=True (text such as <|im_start|> becomes its control
 token), the same as strata's `encode(text, Some(false), true)`.
+
+It also writes tests/data/tokenize-corpus-pre.json: the same texts tokenized with the model's
+vocabulary under other pre-tokenizers (tokenizer.ggml.pre = gpt-2, default, llama3, qwen2), each
+from a vocabulary-only GGUF copy of the model's tokenizer keys, so that the regexes of those
+pre-tokenizers are checked against llama.cpp too.
 """
 
 import json
 import os
 import sys
+import tempfile
+
+import gguf
 
 from llama_cpp import Llama, __version__ as llama_cpp_version
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
 OUT = os.path.join(ROOT, "crates", "strata-model", "tests", "data", "tokenize-corpus.json")
+OUT_PRE = os.path.join(ROOT, "crates", "strata-model", "tests", "data", "tokenize-corpus-pre.json")
+OTHER_PRES = ["gpt-2", "default", "llama3", "qwen2"]
 
 CORPUS = [
     # empty, single characters
@@ -169,18 +179,60 @@ CORPUS = [
 ]
 
 
+def tokenize_all(model_path):
+    llm = Llama(model_path=model_path, vocab_only=True, verbose=False)
+    return [{"text": t, "ids": llm.tokenize(t.encode("utf-8"), add_bos=False, special=True)} for t in CORPUS]
+
+
+def format_cases(cases):
+    # One case a line: reviewable diffs when the corpus grows.
+    return "[\n" + ",\n".join(json.dumps(c, ensure_ascii=False) for c in cases) + "\n]"
+
+
+def vocab_only_copy(model, pre, path):
+    """A GGUF holding the model's tokenizer keys with tokenizer.ggml.pre replaced, and just
+    enough llama hyperparameters for llama.cpp to load the vocabulary."""
+    reader = gguf.GGUFReader(model)
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_embedding_length(8)
+    w.add_feed_forward_length(16)
+    w.add_head_count(1)
+    w.add_head_count_kv(1)
+    w.add_layer_norm_rms_eps(1e-5)
+    for key, field in reader.fields.items():
+        if not key.startswith("tokenizer.ggml."):
+            continue
+        value = field.contents()
+        vtype = field.types[0]
+        if key == "tokenizer.ggml.pre":
+            value = pre
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(key, value, vtype, sub_type=sub)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def main():
     model = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("STRATA_MODEL", DEFAULT_MODEL)
-    llm = Llama(model_path=model, vocab_only=True, verbose=False)
-    cases = []
-    for text in CORPUS:
-        ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
-        cases.append({"text": text, "ids": ids})
+    cases = tokenize_all(model)
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w", encoding="utf-8") as f:
-        # One case a line: reviewable diffs when the corpus grows.
-        f.write("[\n" + ",\n".join(json.dumps(c, ensure_ascii=False) for c in cases) + "\n]\n")
+        f.write(format_cases(cases) + "\n")
     print(f"{len(cases)} cases from {os.path.basename(model)} with llama-cpp-python {llama_cpp_version} -> {OUT}")
+
+    parts = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for pre in OTHER_PRES:
+            path = os.path.join(tmp, f"vocab-{pre}.gguf")
+            vocab_only_copy(model, pre, path)
+            parts.append(json.dumps(pre) + ": " + format_cases(tokenize_all(path)))
+    with open(OUT_PRE, "w", encoding="utf-8") as f:
+        f.write("{\n" + ",\n".join(parts) + "\n}\n")
+    print(f"{len(CORPUS)} cases each for tokenizer.ggml.pre = {', '.join(OTHER_PRES)} -> {OUT_PRE}")
 
 
 if __name__ == "__main__":

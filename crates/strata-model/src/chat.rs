@@ -34,7 +34,8 @@ const CHATML: &str = "{%- for message in messages -%}\
 
 const NAME: &str = "chat_template";
 
-/// A compiled chat template. `Send + Sync`; rendering takes `&self`.
+/// A compiled chat template. `Send + Sync` and `Clone`; rendering takes `&self`.
+#[derive(Clone)]
 pub struct ChatTemplate {
     source: String,
     env: Environment<'static>,

@@ -214,6 +214,7 @@ impl Tokenizer {
         // As in llama.cpp, a text that appears twice maps to its last id.
         let token_to_id: HashMap<String, u32> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
 
+        // llama.cpp's defaults for files without the ids (GPT-2 used 11 for both).
         let (mut bos, mut eos, mut unk) = if is_spm { (Some(1), Some(2), Some(0)) } else { (Some(11), Some(11), None) };
         for id in [&mut bos, &mut eos, &mut unk] {
             *id = id.filter(|&i| (i as usize) < n);
@@ -221,72 +222,9 @@ impl Tokenizer {
         let bos = special_id(md, "tokenizer.ggml.bos_token_id", n, bos)?;
         let eos = special_id(md, "tokenizer.ggml.eos_token_id", n, eos)?;
         let unk = special_id(md, "tokenizer.ggml.unknown_token_id", n, unk)?;
-        let mut eot = special_id(md, "tokenizer.ggml.eot_token_id", n, None)?;
-        let mut eom = special_id(md, "tokenizer.ggml.eom_token_id", n, None)?;
-        let mut fim = [None; 6];
-        for (slot, (key, old_key)) in fim.iter_mut().zip([
-            ("tokenizer.ggml.fim_pre_token_id", Some("tokenizer.ggml.prefix_token_id")),
-            ("tokenizer.ggml.fim_suf_token_id", Some("tokenizer.ggml.suffix_token_id")),
-            ("tokenizer.ggml.fim_mid_token_id", Some("tokenizer.ggml.middle_token_id")),
-            ("tokenizer.ggml.fim_pad_token_id", None),
-            ("tokenizer.ggml.fim_rep_token_id", None),
-            ("tokenizer.ggml.fim_sep_token_id", None),
-        ]) {
-            *slot = special_id(md, key, n, None)?;
-            if let Some(old_key) = old_key {
-                *slot = special_id(md, old_key, n, *slot)?;
-            }
-        }
-
-        // Recognize special tokens by their text, as llama.cpp does (in id order here; llama.cpp
-        // walks a hash map, which only matters for vocabularies with several candidates).
-        let fim_texts = [FIM_PRE_TEXTS, FIM_SUF_TEXTS, FIM_MID_TEXTS, FIM_PAD_TEXTS, FIM_REP_TEXTS, FIM_SEP_TEXTS];
-        let unique_ids = || (0..n).filter(|&i| token_to_id.get(&tokens[i]) == Some(&(i as u32)));
-        for i in unique_ids() {
-            let text = tokens[i].as_str();
-            let mut found = |slot: &mut Option<u32>, texts: &[&str]| {
-                if slot.is_none() && texts.contains(&text) {
-                    *slot = Some(i as u32);
-                    attrs[i] |= ATTR_CONTROL;
-                }
-            };
-            found(&mut eot, EOT_TEXTS);
-            found(&mut eom, &["<|eom_id|>"]);
-            for (slot, texts) in fim.iter_mut().zip(fim_texts) {
-                found(slot, texts);
-            }
-        }
-        let mut eog: HashSet<u32> = fim[3..].iter().flatten().copied().collect();
-        for i in unique_ids() {
-            if EOG_TEXTS.contains(&tokens[i].as_str()) {
-                eog.insert(i as u32);
-                attrs[i] |= ATTR_CONTROL;
-            }
-            if ["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"].contains(&tokens[i].as_str()) {
-                attrs[i] = ATTR_USER_DEFINED;
-            }
-        }
-        eog.extend([eos, eot, eom].into_iter().flatten());
-        // llama.cpp's workarounds: "<|end|>" is no EOG token next to "<|return|>"/"<|flush|>" and
-        // "<|call|>"/"<|calls|>" (gpt-oss, solar-open); "</s>" is a normal token next to
-        // "<|tool_response>" or "<|plamo:eos|>" (gemma4, plamo).
-        let eog_with = |eog: &HashSet<u32>, text: &str| eog.iter().copied().find(|&id| tokens[id as usize] == text);
-        let has_call = eog_with(&eog, "<|call|>").or(eog_with(&eog, "<|calls|>")).is_some();
-        let has_return_or_flush = eog_with(&eog, "<|return|>").or(eog_with(&eog, "<|flush|>")).is_some();
-        if let Some(end) = eog_with(&eog, "<|end|>")
-            && has_call
-            && has_return_or_flush
-        {
-            eog.remove(&end);
-            attrs[end as usize] = ATTR_USER_DEFINED;
-        }
-        let has_normal_s = eog_with(&eog, "<|tool_response>").or(eog_with(&eog, "<|plamo:eos|>")).is_some();
-        if let Some(s) = eog_with(&eog, "</s>")
-            && has_normal_s
-        {
-            eog.remove(&s);
-            attrs[s as usize] = ATTR_NORMAL;
-        }
+        let mut ids = SpecialIds::from_metadata(md, n, eos)?;
+        ids.detect_by_text(&tokens, &token_to_id, &mut attrs);
+        let eog = ids.end_of_generation(&tokens, &token_to_id, &mut attrs);
 
         let mut specials: Vec<u32> = (0..n as u32)
             .filter(|&i| attrs[i as usize] & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN) != 0)
@@ -551,6 +489,112 @@ impl<'t> StreamDecoder<'t> {
         self.pending.clear();
         out
     }
+}
+
+/// The special token ids that decide the end-of-generation set.
+struct SpecialIds {
+    eos: Option<u32>,
+    eot: Option<u32>,
+    eom: Option<u32>,
+    /// FIM prefix, suffix, middle, pad, repo, file separator.
+    fim: [Option<u32>; 6],
+}
+
+impl SpecialIds {
+    fn from_metadata(md: &Metadata, n: usize, eos: Option<u32>) -> Result<SpecialIds, TokenizerError> {
+        let eot = special_id(md, "tokenizer.ggml.eot_token_id", n, None)?;
+        let eom = special_id(md, "tokenizer.ggml.eom_token_id", n, None)?;
+        let mut fim = [None; 6];
+        for (slot, (key, old_key)) in fim.iter_mut().zip([
+            ("tokenizer.ggml.fim_pre_token_id", Some("tokenizer.ggml.prefix_token_id")),
+            ("tokenizer.ggml.fim_suf_token_id", Some("tokenizer.ggml.suffix_token_id")),
+            ("tokenizer.ggml.fim_mid_token_id", Some("tokenizer.ggml.middle_token_id")),
+            ("tokenizer.ggml.fim_pad_token_id", None),
+            ("tokenizer.ggml.fim_rep_token_id", None),
+            ("tokenizer.ggml.fim_sep_token_id", None),
+        ]) {
+            *slot = special_id(md, key, n, None)?;
+            if let Some(old_key) = old_key {
+                *slot = special_id(md, old_key, n, *slot)?;
+            }
+        }
+        Ok(SpecialIds { eos, eot, eom, fim })
+    }
+
+    /// Fills ids the metadata left out from token texts, marking those tokens as control, as
+    /// llama.cpp does (in id order here; llama.cpp walks a hash map, which only matters for
+    /// vocabularies with several candidates for one role).
+    fn detect_by_text(&mut self, tokens: &[String], token_to_id: &HashMap<String, u32>, attrs: &mut [u8]) {
+        let fim_texts = [FIM_PRE_TEXTS, FIM_SUF_TEXTS, FIM_MID_TEXTS, FIM_PAD_TEXTS, FIM_REP_TEXTS, FIM_SEP_TEXTS];
+        for (i, text) in unique_tokens(tokens, token_to_id) {
+            let mut found = |slot: &mut Option<u32>, texts: &[&str]| {
+                if slot.is_none() && texts.contains(&text) {
+                    *slot = Some(i as u32);
+                    attrs[i] |= ATTR_CONTROL;
+                }
+            };
+            found(&mut self.eot, EOT_TEXTS);
+            found(&mut self.eom, &["<|eom_id|>"]);
+            for (slot, texts) in self.fim.iter_mut().zip(fim_texts) {
+                found(slot, texts);
+            }
+        }
+    }
+
+    /// llama.cpp's end-of-generation set: FIM pad/repo/separator, every token whose text is in
+    /// [`EOG_TEXTS`] (made control), EOS, EOT and EOM, less its per-model exceptions.
+    fn end_of_generation(
+        &self,
+        tokens: &[String],
+        token_to_id: &HashMap<String, u32>,
+        attrs: &mut [u8],
+    ) -> HashSet<u32> {
+        let mut eog: HashSet<u32> = self.fim[3..].iter().flatten().copied().collect();
+        for (i, text) in unique_tokens(tokens, token_to_id) {
+            if EOG_TEXTS.contains(&text) {
+                eog.insert(i as u32);
+                attrs[i] |= ATTR_CONTROL;
+            }
+            // gpt-oss: always rendered.
+            if ["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"].contains(&text) {
+                attrs[i] = ATTR_USER_DEFINED;
+            }
+        }
+        eog.extend([self.eos, self.eot, self.eom].into_iter().flatten());
+        // "<|end|>" ends no generation next to "<|return|>"/"<|flush|>" and "<|call|>"/"<|calls|>"
+        // (gpt-oss, solar-open); "</s>" is a normal token next to "<|tool_response>" or
+        // "<|plamo:eos|>" (gemma4, plamo).
+        let with = |eog: &HashSet<u32>, text: &str| eog.iter().copied().find(|&id| tokens[id as usize] == text);
+        let has_call = with(&eog, "<|call|>").or(with(&eog, "<|calls|>")).is_some();
+        let has_return_or_flush = with(&eog, "<|return|>").or(with(&eog, "<|flush|>")).is_some();
+        if let Some(end) = with(&eog, "<|end|>")
+            && has_call
+            && has_return_or_flush
+        {
+            eog.remove(&end);
+            attrs[end as usize] = ATTR_USER_DEFINED;
+        }
+        let has_normal_s = with(&eog, "<|tool_response>").or(with(&eog, "<|plamo:eos|>")).is_some();
+        if let Some(s) = with(&eog, "</s>")
+            && has_normal_s
+        {
+            eog.remove(&s);
+            attrs[s as usize] = ATTR_NORMAL;
+        }
+        eog
+    }
+}
+
+/// Each distinct token text with the id llama.cpp's text → id map keeps for it.
+fn unique_tokens<'a>(
+    tokens: &'a [String],
+    token_to_id: &'a HashMap<String, u32>,
+) -> impl Iterator<Item = (usize, &'a str)> + 'a {
+    tokens
+        .iter()
+        .enumerate()
+        .filter(move |(i, t)| token_to_id.get(*t) == Some(&(*i as u32)))
+        .map(|(i, t)| (i, t.as_str()))
 }
 
 /// Fails unless an array that must cover the vocabulary does.

@@ -10,10 +10,10 @@ use strata_model::tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
 
 use crate::support::{ids, reference, workspace_root};
 
-/// The default model's tokenizer, built once per test binary; `Err` says why it is unavailable.
-fn smollm() -> Result<&'static Tokenizer, String> {
-    static TOK: OnceLock<Result<Tokenizer, String>> = OnceLock::new();
-    TOK.get_or_init(|| {
+/// The default model's metadata, read once per test binary; `Err` says why it is unavailable.
+fn smollm_metadata() -> Result<&'static Metadata, String> {
+    static MD: OnceLock<Result<Metadata, String>> = OnceLock::new();
+    MD.get_or_init(|| {
         let path = match std::env::var_os("STRATA_MODEL") {
             Some(p) => PathBuf::from(p),
             None => workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -22,10 +22,18 @@ fn smollm() -> Result<&'static Tokenizer, String> {
             return Err(format!("no model at {} (run scripts/fetch-model.sh)", path.display()));
         }
         let file = GgufFile::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Tokenizer::from_metadata(file.metadata()).map_err(|e| format!("{}: {e}", path.display()))
+        Ok(file.metadata().clone())
     })
     .as_ref()
     .map_err(Clone::clone)
+}
+
+/// The default model's tokenizer, built once per test binary.
+fn smollm() -> Result<&'static Tokenizer, String> {
+    static TOK: OnceLock<Result<Tokenizer, String>> = OnceLock::new();
+    TOK.get_or_init(|| Tokenizer::from_metadata(smollm_metadata()?).map_err(|e| format!("the default model: {e}")))
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 macro_rules! tokenizer_or_skip {
@@ -80,6 +88,31 @@ fn tokenizer_corpus_matches_llama_cpp() {
     let n = check_cases(tok, &cases, "corpus");
     assert!(n >= 100, "the corpus has only {n} cases");
     println!("{n} corpus cases equal llama.cpp's ids and round-trip through decode");
+}
+
+/// The default model's vocabulary under other pre-tokenizers (tests/data/tokenize-corpus-pre.json,
+/// made by llama.cpp from copies of the vocabulary with `tokenizer.ggml.pre` replaced).
+#[test]
+fn tokenizer_other_pre_tokenizers_match_llama_cpp() {
+    let md = match smollm_metadata() {
+        Ok(md) => md,
+        Err(why) if why.starts_with("no model") => {
+            println!("skipped: {why}");
+            return;
+        }
+        Err(why) => panic!("{why}"),
+    };
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/tokenize-corpus-pre.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let by_pre: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).expect("corpus JSON");
+    assert!(by_pre.len() >= 4, "expected gpt-2, default, llama3, qwen2: {:?}", by_pre.keys());
+    for (pre, cases) in &by_pre {
+        let mut md = md.clone();
+        md.set("tokenizer.ggml.pre", Value::String(pre.clone()));
+        let tok = Tokenizer::from_metadata(&md).unwrap_or_else(|e| panic!("pre {pre}: {e}"));
+        let n = check_cases(&tok, cases, &format!("tokenizer.ggml.pre = {pre}"));
+        println!("{n} cases with tokenizer.ggml.pre = {pre} equal llama.cpp's ids");
+    }
 }
 
 #[test]
@@ -232,6 +265,24 @@ fn tokenizer_sentencepiece_vocabulary() {
     // Text after a special token gets the space prefix again, as in llama.cpp.
     assert_eq!(tok.encode("hello<|turn|>world", Some(false), true).expect("encode"), vec![hello, 3, world]);
     assert_eq!(tok.encode("hello<|turn|>world", Some(false), false).expect("encode").first(), Some(&hello));
+
+    // More cases, with the ids llama.cpp (llama-cpp-python 0.3.36) gives this vocabulary written
+    // to a GGUF file: ▁ = 260, h = 261, e = 262, l = 263, o = 264, w = 265, ▁h = 268, llo = 271,
+    // ▁hello = 272, or = 274, ▁wor = 275, ld = 276, ▁world = 277.
+    let llama_cpp: &[(&str, &[u32])] = &[
+        ("helloworld", &[272, 265, 274, 276]),
+        ("hello  world", &[272, 260, 277]),
+        ("wor ld", &[275, 260, 276]),
+        ("lo", &[260, 263, 264]),
+        ("hhello", &[268, 261, 262, 271]),
+        ("hé", &[268, 199, 173]),
+        ("", &[]),
+    ];
+    for (text, want) in llama_cpp {
+        assert_eq!(tok.encode(text, Some(false), false).expect("encode"), *want, "{text:?}");
+    }
+    let literal = tok.encode("hello<|turn|>world", Some(false), false).expect("encode");
+    assert_eq!(literal, [272, 64, 128, 120, 121, 266, 114, 128, 66, 265, 274, 276]);
 
     // Decoding drops the prefixed space and turns byte tokens back into text.
     assert_eq!(tok.decode(&[hello, world]), "hello world");
