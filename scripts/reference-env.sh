@@ -27,6 +27,18 @@ log() {
     if [[ $quiet -eq 0 ]]; then echo "reference-env: $*"; else echo "reference-env: $*" >&2; fi
 }
 
+# llama.cpp's own best CPU path for this machine, minus AMX: GGML_NATIVE=ON enables AMX on CPUs
+# that report it, and in VMs that do not grant the AMX tile state (Firecracker here) the first
+# eval then crashes. AVX-512 (with VNNI) when the CPU has it, else AVX2/FMA/F16C.
+cpu_flags() {
+    local f="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+    f+=" -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+    if grep -qw avx512f /proc/cpuinfo 2>/dev/null; then f+=" -DGGML_AVX512=ON"; fi
+    if grep -qw avx512_vnni /proc/cpuinfo 2>/dev/null; then f+=" -DGGML_AVX512_VNNI=ON"; fi
+    if grep -qw avx_vnni /proc/cpuinfo 2>/dev/null; then f+=" -DGGML_AVX_VNNI=ON"; fi
+    echo "$f"
+}
+
 have_pinned() {
     [[ -x "$py" ]] && "$py" - "$LLAMA_CPP_PYTHON_VERSION" "$GGUF_VERSION" "$NUMPY_VERSION" <<'PYEOF' 2>/dev/null
 import sys
@@ -46,7 +58,7 @@ if ! have_pinned; then
     "$py" -m pip install --quiet "numpy==$NUMPY_VERSION" "gguf==$GGUF_VERSION" >&2
     log "building llama-cpp-python $LLAMA_CPP_PYTHON_VERSION from source (CPU only; this takes a while)"
     start=$(date +%s)
-    CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON}" \
+    CMAKE_ARGS="${CMAKE_ARGS:-$(cpu_flags)}" \
     CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
         "$py" -m pip install --no-cache-dir --no-binary llama-cpp-python \
         "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" >&2
