@@ -189,7 +189,8 @@ pub fn measure_speeds(model: &Model, gpu: Option<&Gpu>) -> Result<Speeds> {
         let t1 = time_layer(model, &stream, 1, 5)?;
         s.gpu_bytes_per_s = layer_bytes / t1;
         s.layer_overhead_s = 0.0;
-        s.gpu_flops = flops(32) / time_layer(model, &stream, 32, 3)?;
+        // A batch big enough that launch overheads do not hide the matmul rate.
+        s.gpu_flops = flops(128) / time_layer(model, &stream, 128, 2)?;
     }
     s.source = SpeedSource::Measured;
     store_speeds(gpu, &s);

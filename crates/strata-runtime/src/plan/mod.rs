@@ -330,6 +330,8 @@ pub struct Plan {
     /// Prompt batch size the prefill prediction assumes.
     pub prefill_batch: usize,
     pub speeds_source: SpeedSource,
+    /// The speeds the prediction used.
+    pub speeds: Speeds,
     /// Plain-words notes for the user.
     pub warnings: Vec<String>,
     /// What was asked, for display: "auto", "--gpu-layers 30", "--stream", ...

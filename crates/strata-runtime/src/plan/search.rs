@@ -427,6 +427,7 @@ impl<'a> Planner<'a> {
             },
             prefill_batch: req.prefill_tokens.max(1),
             speeds_source: req.speeds.source,
+            speeds: req.speeds,
             warnings,
             policy: policy_flag(req.policy, req.rest),
         }

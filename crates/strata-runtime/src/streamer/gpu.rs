@@ -117,8 +117,9 @@ impl WeightStream for GpuStreamer {
 
     fn acquire(&mut self, g: usize) -> Result<&[Tensor]> {
         let seq = self.sched.begin_acquire(g)?;
-        // Keep d copies in flight beyond this one.
-        self.prefetch(seq + self.sched.depth as u64)?;
+        // Keep d copies in flight beyond this one, within this pass (the next pass's copies
+        // start in `begin_next_pass`).
+        self.prefetch((seq + self.sched.depth as u64).min(self.sched.pass_end(seq)))?;
         let k = self.sched.slot(seq);
         let slot = &mut self.slots[k];
         let end = slot.copied.as_ref().ok_or_else(|| Error::Stream(format!("slot {k} was never filled")))?;
@@ -154,6 +155,15 @@ impl WeightStream for GpuStreamer {
         }
         self.pending = keep;
         Ok(out)
+    }
+
+    fn begin_next_pass(&mut self) -> Result<()> {
+        let first = self.sched.next_acquire;
+        if self.sched.held.is_some() || !first.is_multiple_of(self.sched.n_groups as u64) {
+            return Ok(());
+        }
+        // d copies ahead of the first acquire; that acquire adds the next.
+        self.prefetch(first + self.sched.depth as u64 - 1)
     }
 
     fn restart(&mut self) -> Result<()> {

@@ -153,7 +153,9 @@ impl WeightStream for HostStreamer {
 
     fn acquire(&mut self, g: usize) -> Result<&[Tensor]> {
         let seq = self.sched.begin_acquire(g)?;
-        self.prefetch(seq + self.sched.depth as u64)?;
+        // Keep d copies in flight beyond this one, within this pass (the next pass's copies
+        // start in `begin_next_pass`).
+        self.prefetch((seq + self.sched.depth as u64).min(self.sched.pass_end(seq)))?;
         let t0 = Instant::now();
         let d = self.wait_for(seq)?;
         self.waits.push((g, t0.elapsed()));
@@ -195,6 +197,15 @@ impl WeightStream for HostStreamer {
             .drain(..)
             .map(|(group, bytes, s, e)| CopyRecord { group, layer: None, bytes, start_s: secs(s), end_s: secs(e) })
             .collect())
+    }
+
+    fn begin_next_pass(&mut self) -> Result<()> {
+        let first = self.sched.next_acquire;
+        if self.sched.held.is_some() || !first.is_multiple_of(self.sched.n_groups as u64) {
+            return Ok(());
+        }
+        // d copies ahead of the first acquire; that acquire adds the next.
+        self.prefetch(first + self.sched.depth as u64 - 1)
     }
 
     fn restart(&mut self) -> Result<()> {

@@ -54,6 +54,10 @@ pub trait WeightStream: Send {
     /// Waits for everything in flight and restarts the cycle at group 0 (after a pass was
     /// abandoned half way, e.g. by an error).
     fn restart(&mut self) -> Result<()>;
+    /// Starts the copies of the next pass's first groups. Call it when the current pass's
+    /// results are on the host: copies issued earlier would delay that download, which on a
+    /// GPU queues behind the host-to-device copies in flight (measured on an H200).
+    fn begin_next_pass(&mut self) -> Result<()>;
 }
 
 /// The cyclic copy/compute order shared by the implementations.
@@ -82,6 +86,11 @@ impl Schedule {
 
     fn slot(&self, seq: u64) -> usize {
         (seq % self.n_slots as u64) as usize
+    }
+
+    /// The last sequence number of the pass that `seq` belongs to.
+    fn pass_end(&self, seq: u64) -> u64 {
+        (seq / self.n_groups as u64 + 1) * self.n_groups as u64 - 1
     }
 
     /// Sequence numbers to prefetch now so that `upto` is in flight (never more than d ahead
