@@ -157,8 +157,21 @@ fn check_invariants(req: &PlanRequest, p: &Plan) -> Result<(), TestCaseError> {
         Policy::AllCpu => prop_assert_eq!(streamed, 0),
         Policy::Auto => {}
     }
-    // Resident layers form a prefix: what --gpu-layers means, and what the executor expects.
-    prop_assert!(p.layers[..resident].iter().all(|l| l.placement == Placement::Resident));
+    // The cpu layers form one band (one hand-off each way per pass).
+    let cpu_at: Vec<usize> = p.layers.iter().filter(|l| l.placement == Placement::Cpu).map(|l| l.index).collect();
+    prop_assert!(cpu_at.windows(2).all(|w| w[1] == w[0] + 1), "cpu layers {:?} are not one band", cpu_at);
+    // Uniform layers (all alike) outside --gpu-layers: streamed layers are spread among the
+    // GPU layers, never two in a row while resident layers could separate them.
+    let uniform = req.layers.windows(2).all(|w| w[0] == w[1]);
+    if uniform && !matches!(req.policy, Policy::GpuLayers(_)) && streamed > 0 && resident >= streamed {
+        let on_gpu: Vec<Placement> =
+            p.layers.iter().map(|l| l.placement).filter(|&x| x != Placement::Cpu).collect();
+        prop_assert!(
+            on_gpu.windows(2).all(|w| !(w[0] == Placement::Streamed && w[1] == Placement::Streamed)),
+            "streamed layers bunched: {:?}",
+            on_gpu
+        );
+    }
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! The time model of the module docs: per-layer costs, and the copy/compute pipeline simulated
 //! over one token (decode) or one batch (prefill).
 
-use super::PlanRequest;
+use super::{Placement, PlanRequest};
 use super::search::Layout;
 
 /// Seconds each resource was busy, and the wall time, for one token or one batch.
@@ -96,33 +96,40 @@ impl Costs {
         self.simulate(&self.prefill, l, kv_gpu_streamed, staging)
     }
 
-    /// One pass through the bands of `l`. The streamed band is a two-stream pipeline with
-    /// `depth + 1` slots, all empty when the pass starts.
+    /// One pass through the layers of `l` in order. Streamed layers go through a two-stream
+    /// pipeline with `depth + 1` slots, all empty when the pass starts.
     fn simulate(&self, phase: &Phase, l: &Layout, kv_gpu_streamed: usize, staging: bool) -> Timing {
-        let n = self.copy.len();
         let mut t = Timing::default();
-        for i in 0..l.resident {
-            t.gpu += phase.gpu[i];
-        }
         // Without a GPU nothing has to cross PCIe around a cpu layer.
         let handoff = if l.gpu { self.handoff } else { 0.0 };
-        for i in l.resident..l.resident + l.cpu {
-            t.cpu += phase.cpu[i] + handoff;
-        }
-        let mut now = t.gpu + t.cpu;
-        let first_streamed = n - l.streamed;
+        let mut now = 0.0f64;
         let mut slot_free = vec![0.0f64; l.depth + 1];
         let mut copy_done = 0.0f64;
-        for (j, i) in (first_streamed..n).enumerate() {
-            let slot = j % slot_free.len();
-            let copy = if staging { self.staged[i] } else { self.copy[i] };
-            // The copy stream runs ahead from the start of the pass, as far as free slots allow.
-            copy_done = copy_done.max(slot_free[slot]) + copy;
-            let kv = if j < kv_gpu_streamed { 0.0 } else { self.kv_over_pcie[i] };
-            now = now.max(copy_done) + phase.gpu[i] + kv;
-            slot_free[slot] = now;
-            t.gpu += phase.gpu[i];
-            t.pcie += copy + kv;
+        let mut j = 0;
+        for (i, p) in l.placements().into_iter().enumerate() {
+            match p {
+                Placement::Resident => {
+                    now += phase.gpu[i];
+                    t.gpu += phase.gpu[i];
+                }
+                Placement::Cpu => {
+                    now += phase.cpu[i] + handoff;
+                    t.cpu += phase.cpu[i] + handoff;
+                }
+                Placement::Streamed => {
+                    let slot = j % slot_free.len();
+                    let copy = if staging { self.staged[i] } else { self.copy[i] };
+                    // The copy stream runs ahead from the start of the pass, as far as free
+                    // slots allow.
+                    copy_done = copy_done.max(slot_free[slot]) + copy;
+                    let kv = if j < kv_gpu_streamed { 0.0 } else { self.kv_over_pcie[i] };
+                    now = now.max(copy_done) + phase.gpu[i] + kv;
+                    slot_free[slot] = now;
+                    t.gpu += phase.gpu[i];
+                    t.pcie += copy + kv;
+                    j += 1;
+                }
+            }
         }
         // The copies and the KV reads share one bus: the pass cannot end before it has moved
         // everything, however the two interleave.

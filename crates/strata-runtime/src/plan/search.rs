@@ -15,7 +15,13 @@ const DEPTH_LIMIT: usize = 8;
 /// The fastest time a plan reports, so that rates stay finite for degenerate (all-zero) models.
 const MIN_SECONDS: f64 = 1e-9;
 
-/// Bands: resident `0..resident`, cpu `resident..resident + cpu`, streamed the last `streamed`.
+/// Counts of each placement. In band order: resident `0..resident`, cpu
+/// `resident..resident + cpu`, streamed the last `streamed`. Interleaved (`interleave`, only
+/// for models whose layers all have the same size, so every byte sum is the same as in band
+/// order): the streamed layers spread evenly among the GPU layers, so that each copy hides
+/// behind the resident layers before it instead of waiting for slots at the end of the pass
+/// (measured on an H200: 27 resident + 5 streamed 7B layers as bands reached an overlap of
+/// only 0.76), and the cpu layers last.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Layout {
     /// The GPU is used (the head is on it). `false` means every layer is cpu.
@@ -25,6 +31,28 @@ pub(super) struct Layout {
     pub streamed: usize,
     /// Prefetch depth: 0 exactly when nothing is streamed.
     pub depth: usize,
+    pub interleave: bool,
+}
+
+impl Layout {
+    /// The placement of each layer, in layer order.
+    pub fn placements(&self) -> Vec<Placement> {
+        let (r, q, m) = (self.resident, self.cpu, self.streamed);
+        if !self.interleave || m == 0 || r == 0 {
+            let mut v = vec![Placement::Resident; r];
+            v.extend(std::iter::repeat_n(Placement::Cpu, q));
+            v.extend(std::iter::repeat_n(Placement::Streamed, m));
+            return v;
+        }
+        let g = r + m;
+        let mut v = vec![Placement::Resident; g];
+        // The k-th streamed layer ends the k-th of m equal stretches of the GPU layers.
+        for k in 0..m {
+            v[(k + 1) * g / m - 1] = Placement::Streamed;
+        }
+        v.extend(std::iter::repeat_n(Placement::Cpu, q));
+        v
+    }
 }
 
 /// The memory a layout takes. Sums are u128 so that no request can overflow them.
@@ -244,12 +272,19 @@ impl<'a> Planner<'a> {
         let step = n.div_ceil(FULL_SEARCH_LAYERS).max(1);
         let depth = self.req.max_prefetch_depth.clamp(1, DEPTH_LIMIT);
         let gpu = self.req.gpu_budget.is_some();
-        let no_gpu = Layout { gpu: false, resident: 0, cpu: n, streamed: 0, depth: 0 };
+        let no_gpu = Layout { gpu: false, resident: 0, cpu: n, streamed: 0, depth: 0, interleave: false };
+        // Interleaving keeps every byte sum of the band order only when all layers are alike;
+        // `--gpu-layers N` promises the first N layers resident.
+        let first = self.req.layers.first();
+        let uniform = self.req.layers.iter().all(|l| {
+            first.is_some_and(|f| l.weight_bytes == f.weight_bytes && l.kv_bytes == f.kv_bytes)
+        });
+        let interleave = uniform && !matches!(policy, Policy::GpuLayers(_));
         let mut out = Vec::new();
         let mut push = |r: usize, m: usize| {
             let depths = if m == 0 { 0..=0 } else { 1..=depth };
             for d in depths {
-                out.push(Layout { gpu: true, resident: r, cpu: n - r - m, streamed: m, depth: d });
+                out.push(Layout { gpu: true, resident: r, cpu: n - r - m, streamed: m, depth: d, interleave });
             }
         };
         match policy {
@@ -360,7 +395,7 @@ impl<'a> Planner<'a> {
         // Every candidate uses the GPU here (the GPU-free layout always fits the GPU budget), so
         // a GPU misfit was recorded; the fallback only guards against a future change.
         let (need, l, acc) = closest[Misfit::Gpu as usize].unwrap_or_else(|| {
-            let l = Layout { gpu: true, resident: 0, cpu: self.n(), streamed: 0, depth: 0 };
+            let l = Layout { gpu: true, resident: 0, cpu: self.n(), streamed: 0, depth: 0, interleave: false };
             let acc = self.account(&l);
             (acc.gpu_total, l, acc)
         });
@@ -384,21 +419,15 @@ impl<'a> Planner<'a> {
         let req = self.req;
         let c = &chosen.best;
         let l = &c.layout;
-        let n = self.n();
+        let placements = l.placements();
         let layers = req
             .layers
             .iter()
+            .zip(placements)
             .enumerate()
-            .map(|(index, spec)| {
-                let (placement, kv_placement) = if index < l.resident {
-                    (Placement::Resident, KvPlacement::Gpu)
-                } else if index < l.resident + l.cpu {
-                    (Placement::Cpu, KvPlacement::Host)
-                } else if index - (n - l.streamed) < c.acc.kv_gpu_streamed {
-                    (Placement::Streamed, KvPlacement::Gpu)
-                } else {
-                    (Placement::Streamed, KvPlacement::Host)
-                };
+            .map(|(index, (spec, placement))| {
+                // Streamed layers are computed on the GPU and keep their KV cache there.
+                let kv_placement = if placement == Placement::Cpu { KvPlacement::Host } else { KvPlacement::Gpu };
                 LayerPlan { index, placement, weight_bytes: spec.weight_bytes, kv_bytes: spec.kv_bytes, kv_placement }
             })
             .collect();
