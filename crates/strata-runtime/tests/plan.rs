@@ -164,8 +164,7 @@ fn check_invariants(req: &PlanRequest, p: &Plan) -> Result<(), TestCaseError> {
     // GPU layers, never two in a row while resident layers could separate them.
     let uniform = req.layers.windows(2).all(|w| w[0] == w[1]);
     if uniform && !matches!(req.policy, Policy::GpuLayers(_)) && streamed > 0 && resident >= streamed {
-        let on_gpu: Vec<Placement> =
-            p.layers.iter().map(|l| l.placement).filter(|&x| x != Placement::Cpu).collect();
+        let on_gpu: Vec<Placement> = p.layers.iter().map(|l| l.placement).filter(|&x| x != Placement::Cpu).collect();
         prop_assert!(
             on_gpu.windows(2).all(|w| !(w[0] == Placement::Streamed && w[1] == Placement::Streamed)),
             "streamed layers bunched: {:?}",

@@ -1,8 +1,8 @@
 //! The time model of the module docs: per-layer costs, and the copy/compute pipeline simulated
 //! over one token (decode) or one batch (prefill).
 
-use super::{Placement, PlanRequest};
 use super::search::Layout;
+use super::{Placement, PlanRequest};
 
 /// Seconds each resource was busy, and the wall time, for one token or one batch.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

@@ -276,9 +276,11 @@ impl<'a> Planner<'a> {
         // Interleaving keeps every byte sum of the band order only when all layers are alike;
         // `--gpu-layers N` promises the first N layers resident.
         let first = self.req.layers.first();
-        let uniform = self.req.layers.iter().all(|l| {
-            first.is_some_and(|f| l.weight_bytes == f.weight_bytes && l.kv_bytes == f.kv_bytes)
-        });
+        let uniform = self
+            .req
+            .layers
+            .iter()
+            .all(|l| first.is_some_and(|f| l.weight_bytes == f.weight_bytes && l.kv_bytes == f.kv_bytes));
         let interleave = uniform && !matches!(policy, Policy::GpuLayers(_));
         let mut out = Vec::new();
         let mut push = |r: usize, m: usize| {
