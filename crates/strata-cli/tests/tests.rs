@@ -168,3 +168,14 @@ fn malformed_files_fail_cleanly_in_inspect_and_run() {
     assert_clean_failure(&strata(&["inspect", "/nonexistent/model.gguf"]), "missing file");
     assert_clean_failure(&strata(&["run", "-m", "/nonexistent/model.gguf", "-p", "x"]), "missing model");
 }
+
+#[test]
+fn a_prompt_that_does_not_fit_the_context_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = tiny_model(dir.path());
+    let o =
+        strata(&["run", "-m", m.to_str().expect("p"), "-p", "Hello there", "-c", "16", "-n", "32", "--device", "cpu"]);
+    assert_clean_failure(&o, "context too small");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("exceed the context of 16") && stderr.contains("--context"), "{stderr}");
+}

@@ -180,3 +180,35 @@ pub fn generate(
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::StopFilter;
+
+    /// Feeds pieces through the filter; returns (emitted text, stopped).
+    fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
+        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
+        let mut f = StopFilter { stops: &stops, pending: String::new() };
+        let mut out = String::new();
+        for p in pieces {
+            let (text, stopped) = f.push(p);
+            out.push_str(&text);
+            if stopped {
+                return (out, true);
+            }
+        }
+        out.push_str(&f.finish());
+        (out, false)
+    }
+
+    #[test]
+    fn stop_strings_end_the_text_and_are_not_output() {
+        assert_eq!(run(&["\n\n"], &["Hello", " world", "\n", "\n", "more"]), ("Hello world".into(), true));
+        assert_eq!(run(&["END"], &["abc", "EN", "Dxyz"]), ("abc".into(), true));
+        // A partial match that does not complete is released.
+        assert_eq!(run(&["END"], &["abc", "EN", "x"]), ("abcENx".into(), false));
+        assert_eq!(run(&[], &["a", "b"]), ("ab".into(), false));
+        // The earliest of several stop strings wins.
+        assert_eq!(run(&["zz", "b"], &["abzz"]), ("a".into(), true));
+    }
+}
