@@ -16,6 +16,7 @@
 mod attention;
 mod dequant;
 mod elementwise;
+pub mod fast;
 mod matvec;
 mod norm;
 mod rope;

@@ -3,6 +3,14 @@
 //! CUDA kernel on the given stream for device tensors. Every tensor of a call must live on the
 //! stream's device.
 //!
+//! Host matvec and matmul with quantized weights (Q4_0, Q4_1, Q8_0) run the fast CPU path
+//! (`strata_kernels::cpu::fast`: activations rounded to 8-bit blocks like llama.cpp's, integer
+//! SIMD dot products), not the reference, which is several times slower; their results differ
+//! from the reference's by that rounding (`Tolerance::Q8_ACTIVATIONS`). Setting the environment
+//! variable `STRATA_CPU_REFERENCE=1` (read once, at the first such call) makes them run the
+//! reference instead, e.g. to tell a model bug from a fast-path one. Other weight types and all
+//! other ops always run the reference.
+//!
 //! Two differences from the kernels' CPU reference, both on bad indices that the host cannot
 //! see without a synchronize: on a GPU an out-of-range token id gathers a NaN row and an
 //! out-of-range cache position is skipped, where the CPU returns an error.
@@ -16,6 +24,21 @@ use crate::gpu::{self, DeviceBuffer};
 use crate::kernel_call::KernelCall;
 use crate::tensor::{Storage, Stream};
 use crate::{DType, Error, Result, Tensor};
+
+/// The environment variable that forces the CPU reference for host matvec and matmul.
+pub const CPU_REFERENCE_ENV: &str = "STRATA_CPU_REFERENCE";
+
+/// Whether `STRATA_CPU_REFERENCE` asks for the reference (any value but empty or `0`), read
+/// once: a process does not switch paths halfway through a generation.
+pub fn cpu_reference_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var(CPU_REFERENCE_ENV).is_ok_and(|v| !v.is_empty() && v != "0"))
+}
+
+/// Whether a host matvec/matmul with weights of `dt` takes the fast CPU path.
+fn use_fast(dt: strata_kernels::DType) -> bool {
+    cpu::fast::supports(dt) && !cpu_reference_forced()
+}
 
 fn check_devices(op: &'static str, s: &Stream, ts: &[&Tensor]) -> Result<()> {
     let want = s.device();
@@ -138,6 +161,7 @@ pub fn matvec(w: &Tensor, x: &Tensor, y: &mut Tensor, s: &Stream) -> Result<()> 
         ));
     }
     match gpu_stream(s) {
+        None if use_fast(dt) => Ok(cpu::fast::matvec(dt, w.host_bytes()?, rows, cols, x.as_f32()?, y.as_f32_mut()?)?),
         None => Ok(cpu::matvec(dt, w.host_bytes()?, rows, cols, x.as_f32()?, y.as_f32_mut()?)?),
         Some(g) => gpu::launch(g, KernelCall::Matvec { dt, w: dev(w)?, rows, cols, x: dev(x)?, y: dev(y)? }),
     }
@@ -157,6 +181,9 @@ pub fn matmul(w: &Tensor, x: &Tensor, y: &mut Tensor, s: &Stream) -> Result<()> 
     f32_out(OP, y)?;
     expect_shape(OP, "y", y, &[n_tokens, rows])?;
     match gpu_stream(s) {
+        None if use_fast(dt) => {
+            Ok(cpu::fast::matmul(dt, w.host_bytes()?, rows, cols, x.as_f32()?, n_tokens, y.as_f32_mut()?)?)
+        }
         None => Ok(cpu::matmul(dt, w.host_bytes()?, rows, cols, x.as_f32()?, n_tokens, y.as_f32_mut()?)?),
         Some(g) => gpu::launch(g, KernelCall::Matmul { dt, w: dev(w)?, rows, cols, x: dev(x)?, n_tokens, y: dev(y)? }),
     }
