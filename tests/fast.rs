@@ -222,3 +222,99 @@ fn bad_arguments_are_errors() {
     fast::matmul(DType::Q8_0, &[], 3, 0, &[], 2, &mut y).expect("no columns");
     assert_eq!(y, [0.0; 6], "an empty sum is zero");
 }
+
+/// Fast attention against the reference: f32 and f16 caches, grouped heads, odd head sizes,
+/// one token (decode) and prefill batches at a cache offset. Only the order of f32 additions
+/// (and FMA) differs, hence [`Tolerance::F32_ACCUMULATION`].
+#[test]
+fn attention_matches_the_reference() {
+    use crate::support::Cache;
+    for dt in [DType::F32, DType::F16] {
+        for (n_kv_heads, group, head_dim) in [(1, 1, 8), (3, 3, 64), (2, 2, 17), (1, 4, 130)] {
+            let n_heads = n_kv_heads * group;
+            let scale = 1.0 / (head_dim as f32).sqrt();
+            for (n_tokens, pos0) in [(1, 0), (1, 40), (2, 0), (7, 3), (33, 100)] {
+                let rows = pos0 + n_tokens + 2;
+                let len = rows * n_kv_heads * head_dim;
+                let seed = (n_tokens * 131 + pos0 * 7 + head_dim) as u64;
+                let k = Cache::from_f32(dt, &uniform(&mut rng(seed), len, 1.0));
+                let v = Cache::from_f32(dt, &uniform(&mut rng(seed ^ 1), len, 1.0));
+                let q = uniform(&mut rng(seed ^ 2), n_tokens * n_heads * head_dim, 2.0);
+                let mut want = vec![f32::NAN; q.len()];
+                let mut got = vec![f32::NAN; q.len()];
+                let args = (n_heads, n_kv_heads, head_dim, scale);
+                if n_tokens == 1 {
+                    cpu::attention_decode(
+                        &q,
+                        k.as_ref(),
+                        v.as_ref(),
+                        args.0,
+                        args.1,
+                        args.2,
+                        pos0 + 1,
+                        args.3,
+                        &mut want,
+                    )
+                    .expect("reference");
+                    fast::attention_decode(
+                        &q,
+                        k.as_ref(),
+                        v.as_ref(),
+                        args.0,
+                        args.1,
+                        args.2,
+                        pos0 + 1,
+                        args.3,
+                        &mut got,
+                    )
+                    .expect("fast");
+                } else {
+                    cpu::attention_prefill(
+                        &q,
+                        n_tokens,
+                        pos0,
+                        k.as_ref(),
+                        v.as_ref(),
+                        args.0,
+                        args.1,
+                        args.2,
+                        args.3,
+                        &mut want,
+                    )
+                    .expect("reference");
+                    fast::attention_prefill(
+                        &q,
+                        n_tokens,
+                        pos0,
+                        k.as_ref(),
+                        v.as_ref(),
+                        args.0,
+                        args.1,
+                        args.2,
+                        args.3,
+                        &mut got,
+                    )
+                    .expect("fast");
+                }
+                let label =
+                    format!("attention {dt} heads {n_heads}/{n_kv_heads} dim {head_dim} T={n_tokens} pos0={pos0}");
+                assert_close(&label, &got, &want, Tolerance::F32_ACCUMULATION);
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_rejects_what_the_reference_rejects() {
+    let c = vec![0.0f32; 4 * 2 * 8];
+    let (k, v) = (cpu::CacheRef::F32(&c), cpu::CacheRef::F32(&c));
+    let q = vec![0.0f32; 3 * 8];
+    let mut out = vec![0.0f32; 3 * 8];
+    assert!(fast::attention_decode(&q, k, v, 3, 2, 8, 1, 1.0, &mut out).is_err(), "3 heads over 2 KV heads");
+    let q = vec![0.0f32; 2 * 8];
+    let mut out = vec![0.0f32; 2 * 8];
+    assert!(fast::attention_decode(&q, k, v, 2, 2, 8, 0, 1.0, &mut out).is_err(), "n_kv = 0");
+    assert!(fast::attention_decode(&q, k, v, 2, 2, 8, 5, 1.0, &mut out).is_err(), "past the cache");
+    assert!(fast::attention_prefill(&q, 1, 0, k, v, 2, 2, 8, 1.0, &mut out[..8]).is_err(), "short out");
+    fast::attention_decode(&q, k, v, 2, 2, 8, 4, 1.0, &mut out).expect("a full cache is fine");
+}

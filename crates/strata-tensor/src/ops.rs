@@ -3,13 +3,14 @@
 //! CUDA kernel on the given stream for device tensors. Every tensor of a call must live on the
 //! stream's device.
 //!
-//! Host matvec and matmul with quantized weights (Q4_0, Q4_1, Q8_0) run the fast CPU path
-//! (`strata_kernels::cpu::fast`: activations rounded to 8-bit blocks like llama.cpp's, integer
-//! SIMD dot products), not the reference, which is several times slower; their results differ
-//! from the reference's by that rounding (`Tolerance::Q8_ACTIVATIONS`). Setting the environment
-//! variable `STRATA_CPU_REFERENCE=1` (read once, at the first such call) makes them run the
-//! reference instead, e.g. to tell a model bug from a fast-path one. Other weight types and all
-//! other ops always run the reference.
+//! On the host, three ops run the fast CPU path (`strata_kernels::cpu::fast`), not the
+//! reference, which is several times slower: matvec and matmul with quantized weights (Q4_0,
+//! Q4_1, Q8_0: activations rounded to 8-bit blocks like llama.cpp's, integer SIMD dot products;
+//! results differ from the reference's by that rounding, `Tolerance::Q8_ACTIVATIONS`) and
+//! attention (vectorized; f32 summation order only, `Tolerance::F32_ACCUMULATION`). Setting
+//! the environment variable `STRATA_CPU_REFERENCE=1` (read once, at the first such call) makes
+//! them run the reference instead, e.g. to tell a model bug from a fast-path one. Other weight
+//! types and all other ops always run the reference.
 //!
 //! Two differences from the kernels' CPU reference, both on bad indices that the host cannot
 //! see without a synchronize: on a GPU an out-of-range token id gathers a NaN row and an
@@ -25,7 +26,8 @@ use crate::kernel_call::KernelCall;
 use crate::tensor::{Storage, Stream};
 use crate::{DType, Error, Result, Tensor};
 
-/// The environment variable that forces the CPU reference for host matvec and matmul.
+/// The environment variable that forces the CPU reference for host matvec, matmul and
+/// attention.
 pub const CPU_REFERENCE_ENV: &str = "STRATA_CPU_REFERENCE";
 
 /// Whether `STRATA_CPU_REFERENCE` asks for the reference (any value but empty or `0`), read
@@ -304,6 +306,17 @@ pub fn attention_decode(
         return Err(Error::shape(OP, format!("n_kv must be in 1..={rows} (the cache rows), got {n_kv}")));
     }
     match gpu_stream(s) {
+        None if !cpu_reference_forced() => Ok(cpu::fast::attention_decode(
+            q.as_f32()?,
+            cache_ref(k_cache)?,
+            cache_ref(v_cache)?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            n_kv,
+            scale,
+            out.as_f32_mut()?,
+        )?),
         None => Ok(cpu::attention_decode(
             q.as_f32()?,
             cache_ref(k_cache)?,
@@ -359,6 +372,18 @@ pub fn attention_prefill(
         ));
     }
     match gpu_stream(s) {
+        None if !cpu_reference_forced() => Ok(cpu::fast::attention_prefill(
+            q.as_f32()?,
+            n_tokens,
+            pos0,
+            cache_ref(k_cache)?,
+            cache_ref(v_cache)?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            scale,
+            out.as_f32_mut()?,
+        )?),
         None => Ok(cpu::attention_prefill(
             q.as_f32()?,
             n_tokens,

@@ -76,7 +76,13 @@ fn tile<const R: usize, const T: usize>(
         WType::Q4_1 => tile_q4::<true, R, T>(rows, toks, nb),
         WType::Q8_0 => tile_q8::<R, T>(rows, toks, nb),
     };
-    acc.map(|r| r.map(|v| hsum(v)))
+    let mut sums = [[0.0f32; T]; R];
+    for i in 0..R {
+        for j in 0..T {
+            sums[i][j] = hsum(acc[i][j]);
+        }
+    }
+    sums
 }
 
 /// Q4_0 (`Q41 = false`: offset `-8 d`) or Q4_1 (offset `m`) blocks.

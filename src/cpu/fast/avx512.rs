@@ -126,7 +126,26 @@ fn tile<const TY: u8, const R: usize, const T: usize>(
         return [[f32::NAN; T]; R];
     }
     let acc = if TY == Q8_0 { tile_q8::<R, T>(&rows, toks, nb) } else { tile_q4::<R, T>(TY == Q4_1, &rows, toks, nb) };
-    acc.map(|r| r.map(|v| _mm512_reduce_add_ps(v)))
+    let mut sums = [[0.0f32; T]; R];
+    for i in 0..R {
+        for j in 0..T {
+            sums[i][j] = hsum(acc[i][j]);
+        }
+    }
+    sums
+}
+
+/// The sum of the 16 lanes. Written out (rather than `acc.map(_mm512_reduce_add_ps)`) so it
+/// inlines with the accumulators still in registers: as a call, each accumulator went through
+/// memory and the narrower reloads stalled on store forwarding.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn hsum(v: __m512) -> f32 {
+    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+    let y = _mm256_add_ps(_mm512_castps512_ps256(v), hi);
+    let x = _mm_add_ps(_mm256_castps256_ps128(y), _mm256_extractf128_ps::<1>(y));
+    let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)))
 }
 
 /// The activations of token `a` for the pair starting at block `b`: values, scales, sums.

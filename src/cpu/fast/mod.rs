@@ -26,10 +26,13 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+pub use attention::{attention_decode, attention_prefill};
+
 use super::{expect_len, expect_matrix};
 use crate::{DType, Error, Result};
 
 mod act;
+mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
