@@ -233,7 +233,8 @@ fn attention_matches_the_reference() {
         for (n_kv_heads, group, head_dim) in [(1, 1, 8), (3, 3, 64), (2, 2, 17), (1, 4, 130)] {
             let n_heads = n_kv_heads * group;
             let scale = 1.0 / (head_dim as f32).sqrt();
-            for (n_tokens, pos0) in [(1, 0), (1, 40), (2, 0), (7, 3), (33, 100)] {
+            // Decode at 600 positions spans three of the decode path's chunks, which are merged.
+            for (n_tokens, pos0) in [(1, 0), (1, 40), (1, 600), (2, 0), (7, 3), (33, 100)] {
                 let rows = pos0 + n_tokens + 2;
                 let len = rows * n_kv_heads * head_dim;
                 let seed = (n_tokens * 131 + pos0 * 7 + head_dim) as u64;

@@ -37,9 +37,35 @@ pub fn cpu_reference_forced() -> bool {
     *FORCED.get_or_init(|| std::env::var(CPU_REFERENCE_ENV).is_ok_and(|v| !v.is_empty() && v != "0"))
 }
 
+thread_local! {
+    /// Set by [`with_cpu_reference`] on the thread that issues the ops.
+    static REFERENCE_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the host ops this thread issues on the CPU reference, as
+/// `STRATA_CPU_REFERENCE=1` does for a whole process: for comparing the two paths in one
+/// process (tests), without an environment variable that every thread would see. The ops run
+/// on the calling thread (a forward pass issues them from the thread that calls it).
+pub fn with_cpu_reference<R>(f: impl FnOnce() -> R) -> R {
+    /// Restores the previous setting even if `f` panics.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            REFERENCE_HERE.with(|r| r.set(self.0));
+        }
+    }
+    let _restore = Restore(REFERENCE_HERE.with(|r| r.replace(true)));
+    f()
+}
+
+/// Whether host ops issued now take the reference path.
+fn reference_path() -> bool {
+    cpu_reference_forced() || REFERENCE_HERE.with(|r| r.get())
+}
+
 /// Whether a host matvec/matmul with weights of `dt` takes the fast CPU path.
 fn use_fast(dt: strata_kernels::DType) -> bool {
-    cpu::fast::supports(dt) && !cpu_reference_forced()
+    cpu::fast::supports(dt) && !reference_path()
 }
 
 fn check_devices(op: &'static str, s: &Stream, ts: &[&Tensor]) -> Result<()> {
@@ -306,7 +332,7 @@ pub fn attention_decode(
         return Err(Error::shape(OP, format!("n_kv must be in 1..={rows} (the cache rows), got {n_kv}")));
     }
     match gpu_stream(s) {
-        None if !cpu_reference_forced() => Ok(cpu::fast::attention_decode(
+        None if !reference_path() => Ok(cpu::fast::attention_decode(
             q.as_f32()?,
             cache_ref(k_cache)?,
             cache_ref(v_cache)?,
@@ -372,7 +398,7 @@ pub fn attention_prefill(
         ));
     }
     match gpu_stream(s) {
-        None if !cpu_reference_forced() => Ok(cpu::fast::attention_prefill(
+        None if !reference_path() => Ok(cpu::fast::attention_prefill(
             q.as_f32()?,
             n_tokens,
             pos0,

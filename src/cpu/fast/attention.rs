@@ -4,12 +4,17 @@
 //!
 //! The reference reads the cache one element at a time (converting each f16 on the way) and
 //! sums every score in one sequential chain, so it cannot use SIMD; with the matrix products
-//! fast, it took half of a 256-token prefill. Here, per KV head, K is converted once to f32 and
-//! transposed to [head_dim][position], so a query's scores for 16 positions are 16 SIMD lanes
-//! of one multiply-add chain over head_dim, and V once to f32 [position][head_dim], so the
-//! weighted sum is a multiply-add per position across head_dim. The loops are plain Rust,
+//! fast, it took half of a 256-token prefill. Here, for prefill, K is converted once per KV
+//! head to f32 and transposed to [head_dim][position], so a query's scores for 16 positions are
+//! 16 SIMD lanes of one multiply-add chain over head_dim, and V once to f32
+//! [position][head_dim], so the weighted sum is a multiply-add per position across head_dim.
+//! For one token (decode) that conversion would cost as much as the attention, so each K and V
+//! row is converted once for the query heads of its group and used directly, with a KV head's
+//! rows split into chunks whose softmax states are merged (so long contexts use every thread). The loops are plain Rust,
 //! compiled three times: for AVX-512, for AVX2 + FMA (selected at run time, like the matrix
 //! kernels) and for the baseline target; the compiler vectorizes them.
+
+use std::ops::Range;
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -68,6 +73,10 @@ pub fn attention_prefill(
         return Ok(());
     }
     let n_kv = pos0 + n_tokens;
+    if n_tokens == 1 {
+        decode(q, &k_cache, &v_cache, n_heads, n_kv_heads, head_dim, n_kv, scale, out);
+        return Ok(());
+    }
     let group = n_heads / n_kv_heads;
     let row = n_kv_heads * head_dim;
     let n_pad = n_kv.next_multiple_of(LANES);
@@ -101,6 +110,155 @@ pub fn attention_prefill(
         },
     );
     Ok(())
+}
+
+/// Positions per decode task: a KV head's rows are split into chunks of this many so that a
+/// long context spreads over the threads; each chunk keeps its own softmax max and sum, and
+/// the chunks are merged per head (the split-K form of attention).
+const DECODE_CHUNK: usize = 256;
+
+/// One token (decode) straight from the cache: each task converts a chunk of a KV head's K and
+/// V rows once, for all the query heads of its group. (Converting and transposing the whole
+/// cache, as prefill does, would cost as much as the attention itself for one token.)
+#[allow(clippy::too_many_arguments)]
+fn decode(
+    q: &[f32],
+    k_cache: &CacheRef,
+    v_cache: &CacheRef,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    n_kv: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let group = n_heads / n_kv_heads;
+    let chunks = n_kv.div_ceil(DECODE_CHUNK);
+    let isa = Isa::best();
+    let parts: Vec<Partial> = (0..n_kv_heads * chunks)
+        .into_par_iter()
+        .map(|task| {
+            let (g, c) = (task / chunks, task % chunks);
+            let rows = c * DECODE_CHUNK..((c + 1) * DECODE_CHUNK).min(n_kv);
+            let qg = &q[g * group * head_dim..][..group * head_dim];
+            let at = Cache { k: k_cache, v: v_cache, off: g * head_dim, row: n_kv_heads * head_dim };
+            decode_chunk(isa, qg, &at, rows, head_dim, scale)
+        })
+        .collect();
+    // out[h] = sum_c exp(m_c - m) acc_c / sum_c exp(m_c - m) l_c, per head of each group.
+    for (g, og) in out.chunks_exact_mut(group * head_dim).enumerate() {
+        for (h, o) in og.chunks_exact_mut(head_dim).enumerate() {
+            let mine = &parts[g * chunks..][..chunks];
+            let m = mine.iter().fold(f32::NEG_INFINITY, |m, p| m.max(p.max[h]));
+            let mut l = 0.0f32;
+            o.fill(0.0);
+            for p in mine {
+                let w = (p.max[h] - m).exp();
+                l += w * p.sum[h];
+                for (o, &a) in o.iter_mut().zip(&p.acc[h * head_dim..][..head_dim]) {
+                    *o += w * a;
+                }
+            }
+            let inv = 1.0 / l;
+            for o in o.iter_mut() {
+                *o *= inv;
+            }
+        }
+    }
+}
+
+/// Where a KV head's rows are: element `p * row + off + d` of each cache.
+struct Cache<'a, 'c> {
+    k: &'a CacheRef<'c>,
+    v: &'a CacheRef<'c>,
+    off: usize,
+    row: usize,
+}
+
+/// A chunk's softmax state per query head: max score, sum of exp(score - max), and the
+/// exp-weighted sum of V rows ([head][head_dim]).
+struct Partial {
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+fn decode_chunk(isa: Isa, qg: &[f32], at: &Cache, rows: Range<usize>, hd: usize, scale: f32) -> Partial {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::best()` returned AVX-512, so this CPU has the features of
+        // `decode_chunk_avx512`.
+        Isa::Avx512Vnni => unsafe { decode_chunk_avx512(qg, at, rows, hd, scale) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::best()` returned AVX2, so this CPU has AVX2 and FMA.
+        Isa::Avx2 => unsafe { decode_chunk_avx2(qg, at, rows, hd, scale) },
+        _ => decode_chunk_body::<false>(qg, at, rows, hd, scale),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn decode_chunk_avx512(qg: &[f32], at: &Cache, rows: Range<usize>, hd: usize, scale: f32) -> Partial {
+    decode_chunk_body::<true>(qg, at, rows, hd, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn decode_chunk_avx2(qg: &[f32], at: &Cache, rows: Range<usize>, hd: usize, scale: f32) -> Partial {
+    decode_chunk_body::<true>(qg, at, rows, hd, scale)
+}
+
+#[inline(always)]
+fn decode_chunk_body<const FMA: bool>(qg: &[f32], at: &Cache, rows: Range<usize>, hd: usize, scale: f32) -> Partial {
+    let group = qg.len() / hd;
+    let n = rows.len();
+    let mut row = vec![0.0f32; hd];
+    let mut scores = vec![0.0f32; group * n];
+    for (i, p) in rows.clone().enumerate() {
+        read_row(at.k, p * at.row + at.off, &mut row);
+        for (h, qh) in qg.chunks_exact(hd).enumerate() {
+            scores[h * n + i] = dot::<FMA>(qh, &row) * scale;
+        }
+    }
+    let mut part = Partial { max: vec![f32::NEG_INFINITY; group], sum: vec![0.0; group], acc: vec![0.0; group * hd] };
+    for (h, s) in scores.chunks_exact_mut(n.max(1)).enumerate().take(group) {
+        let m = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let mut l = 0.0f32;
+        for v in s.iter_mut() {
+            *v = (*v - m).exp();
+            l += *v;
+        }
+        part.max[h] = m;
+        part.sum[h] = l;
+    }
+    for (i, p) in rows.enumerate() {
+        read_row(at.v, p * at.row + at.off, &mut row);
+        for (h, acc) in part.acc.chunks_exact_mut(hd).enumerate() {
+            let e = scores[h * n + i];
+            for (a, &v) in acc.iter_mut().zip(&row) {
+                *a = madd::<FMA>(e, v, *a);
+            }
+        }
+    }
+    part
+}
+
+/// q · k with 16 lane-wise partial sums (a single f32 chain would not vectorize).
+#[inline(always)]
+fn dot<const FMA: bool>(q: &[f32], k: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (qc, qt) = q.as_chunks::<LANES>();
+    let (kc, kt) = k.as_chunks::<LANES>();
+    for (a, b) in qc.iter().zip(kc) {
+        for l in 0..LANES {
+            acc[l] = madd::<FMA>(a[l], b[l], acc[l]);
+        }
+    }
+    let mut s = acc.iter().sum::<f32>();
+    for (&a, &b) in qt.iter().zip(kt) {
+        s = madd::<FMA>(a, b, s);
+    }
+    s
 }
 
 /// Cache values `at..at + out.len()` as f32 (f16 converted in bulk, with F16C where present).

@@ -9,6 +9,8 @@
 //!
 //! A tile is R rows × T tokens, so each weight block is unpacked once per T tokens and the
 //! R * T accumulators give independent FMA chains; 16 vector registers bound R * T to about 8.
+//! As in the AVX-512 kernels, the block loops load through raw pointers with the lengths
+//! checked once per tile, and the weights of the tiles ahead are prefetched.
 
 use std::arch::x86_64::*;
 
@@ -21,37 +23,60 @@ const R_ONE: usize = 4;
 /// Rows and tokens per tile for prefill: eight accumulators, each weight block used 4 times.
 const R_MANY: usize = 2;
 const T_MANY: usize = 4;
+/// How many row tiles ahead to prefetch the weights (see the AVX-512 kernels).
+const PREFETCH_TILES: usize = 2;
+
+/// The weight type as a const parameter, so each kernel is compiled for one layout.
+const Q4_0: u8 = 0;
+const Q4_1: u8 = 1;
+const Q8_0: u8 = 2;
 
 /// out[r][t] = row r of `w` · token t of `acts` (`out` is [rows][acts.n], `w` holds the rows,
 /// `rb` bytes each, in `ty`'s block layout).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn gemm(ty: WType, w: &[u8], rb: usize, acts: &Acts, out: &mut [f32]) {
+    match ty {
+        WType::Q4_0 => gemm_ty::<Q4_0>(w, rb, acts, out),
+        WType::Q4_1 => gemm_ty::<Q4_1>(w, rb, acts, out),
+        WType::Q8_0 => gemm_ty::<Q8_0>(w, rb, acts, out),
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn gemm_ty<const TY: u8>(w: &[u8], rb: usize, acts: &Acts, out: &mut [f32]) {
     let n = acts.n;
     let mut t0 = 0;
     while t0 + T_MANY <= n {
-        rows_loop::<R_MANY, T_MANY>(ty, w, rb, acts, out, t0);
+        rows_loop::<TY, R_MANY, T_MANY>(w, rb, acts, out, t0);
         t0 += T_MANY;
     }
     while t0 < n {
-        rows_loop::<R_ONE, 1>(ty, w, rb, acts, out, t0);
+        rows_loop::<TY, R_ONE, 1>(w, rb, acts, out, t0);
         t0 += 1;
     }
 }
 
 /// Tokens t0..t0+T against every row, R rows at a time and the leftover rows one at a time.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn rows_loop<const R: usize, const T: usize>(ty: WType, w: &[u8], rb: usize, acts: &Acts, out: &mut [f32], t0: usize) {
+fn rows_loop<const TY: u8, const R: usize, const T: usize>(
+    w: &[u8],
+    rb: usize,
+    acts: &Acts,
+    out: &mut [f32],
+    t0: usize,
+) {
     let n = acts.n;
     let rows = w.len() / rb;
     let toks: [ActRow<'_>; T] = std::array::from_fn(|j| acts.token(t0 + j));
     let mut r0 = 0;
     while r0 < rows {
+        prefetch(w, (r0 + PREFETCH_TILES * R) * rb, R * rb);
         if r0 + R <= rows {
-            let tile = tile::<R, T>(ty, std::array::from_fn(|i| &w[(r0 + i) * rb..][..rb]), toks, acts.nb);
+            let tile = tile::<TY, R, T>(std::array::from_fn(|i| &w[(r0 + i) * rb..][..rb]), &toks, acts.nb);
             store(&tile, out, n, r0, t0);
             r0 += R;
         } else {
-            let tile = tile::<1, T>(ty, [&w[r0 * rb..][..rb]], toks, acts.nb);
+            let tile = tile::<TY, 1, T>([&w[r0 * rb..][..rb]], &toks, acts.nb);
             store(&tile, out, n, r0, t0);
             r0 += 1;
         }
@@ -64,18 +89,35 @@ fn store<const R: usize, const T: usize>(tile: &[[f32; T]; R], out: &mut [f32], 
     }
 }
 
+/// Whether every row holds `nb` blocks of `bytes` and every token `nb` activation blocks with
+/// eight scalars each: checked once per tile so the block loops need no bounds checks. Both
+/// hold by construction (`super::run` slices whole rows, `Acts` has `lanes == 8` here).
+fn lengths_ok<const R: usize, const T: usize>(
+    rows: &[&[u8]; R],
+    toks: &[ActRow<'_>; T],
+    nb: usize,
+    bytes: usize,
+) -> bool {
+    rows.iter().all(|r| r.len() == nb * bytes)
+        && toks.iter().all(|a| a.qs.len() >= nb * QK && a.d.len() >= nb * 8 && a.s.len() >= nb * 8)
+}
+
+/// One row × token tile; NaN if the lengths do not fit (unreachable, see [`lengths_ok`]).
 #[target_feature(enable = "avx2,fma,f16c")]
-fn tile<const R: usize, const T: usize>(
-    ty: WType,
+fn tile<const TY: u8, const R: usize, const T: usize>(
     rows: [&[u8]; R],
-    toks: [ActRow<'_>; T],
+    toks: &[ActRow<'_>; T],
     nb: usize,
 ) -> [[f32; T]; R] {
-    let acc = match ty {
-        WType::Q4_0 => tile_q4::<false, R, T>(rows, toks, nb),
-        WType::Q4_1 => tile_q4::<true, R, T>(rows, toks, nb),
-        WType::Q8_0 => tile_q8::<R, T>(rows, toks, nb),
+    let bytes = match TY {
+        Q4_0 => 18,
+        Q4_1 => 20,
+        _ => 34,
     };
+    if !lengths_ok(&rows, toks, nb, bytes) {
+        return [[f32::NAN; T]; R];
+    }
+    let acc = if TY == Q8_0 { tile_q8::<R, T>(&rows, toks, nb) } else { tile_q4::<R, T>(TY == Q4_1, &rows, toks, nb) };
     let mut sums = [[0.0f32; T]; R];
     for i in 0..R {
         for j in 0..T {
@@ -85,14 +127,31 @@ fn tile<const R: usize, const T: usize>(
     sums
 }
 
-/// Q4_0 (`Q41 = false`: offset `-8 d`) or Q4_1 (offset `m`) blocks.
+/// The activations of token `a` for block `b`: values, scales, sums.
+#[inline]
+#[target_feature(enable = "avx")]
+fn act_block(a: &ActRow<'_>, b: usize) -> (__m256i, __m256, __m256) {
+    // SAFETY: `lengths_ok` checked that the token holds `nb > b` blocks of 32 values and eight
+    // scalars each; unaligned loads are allowed; the caller has AVX.
+    unsafe {
+        (
+            _mm256_loadu_si256(a.qs.as_ptr().add(b * QK).cast()),
+            _mm256_loadu_ps(a.d.as_ptr().add(b * 8)),
+            _mm256_loadu_ps(a.s.as_ptr().add(b * 8)),
+        )
+    }
+}
+
+/// Q4_0 (`q41 = false`: offset `-8 d`) or Q4_1 (offset `m`) rows.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn tile_q4<const Q41: bool, const R: usize, const T: usize>(
-    rows: [&[u8]; R],
-    toks: [ActRow<'_>; T],
+fn tile_q4<const R: usize, const T: usize>(
+    q41: bool,
+    rows: &[&[u8]; R],
+    toks: &[ActRow<'_>; T],
     nb: usize,
 ) -> [[__m256; T]; R] {
-    let (bytes, off) = if Q41 { (20, 4) } else { (18, 2) };
+    let (bytes, off) = if q41 { (20, 4) } else { (18, 2) };
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_ps(); T]; R];
     for b in 0..nb {
@@ -100,17 +159,23 @@ fn tile_q4<const Q41: bool, const R: usize, const T: usize>(
         let mut dw = [_mm256_setzero_ps(); R];
         let mut mw = [_mm256_setzero_ps(); R];
         for i in 0..R {
-            let blk = &rows[i][b * bytes..][..bytes];
-            wq[i] = nibbles(load16(blk, off));
-            let d = f16_at(blk, 0);
-            dw[i] = _mm256_set1_ps(d);
-            mw[i] = _mm256_set1_ps(if Q41 { f16_at(blk, 2) } else { -8.0 * d });
+            let p = rows[i].as_ptr().wrapping_add(b * bytes);
+            // SAFETY: block b is inside rows[i] (b < nb, length checked in `tile`): the 4
+            // bytes of d (and m) at its start and its 16 bytes of nibbles; unaligned loads are
+            // allowed; SSE2 is part of the x86_64 baseline.
+            let (head, q) = unsafe { (_mm_loadu_si32(p), _mm_loadu_si128(p.add(off).cast())) };
+            wq[i] = nibbles(q);
+            // [d, m] (Q4_0: [d, two nibble bytes], the second unused).
+            let f = _mm_cvtph_ps(head);
+            dw[i] = _mm256_broadcastss_ps(f);
+            mw[i] = if q41 {
+                _mm256_broadcastss_ps(_mm_movehdup_ps(f))
+            } else {
+                _mm256_mul_ps(dw[i], _mm256_set1_ps(-8.0))
+            };
         }
         for j in 0..T {
-            let a = &toks[j];
-            let xq = load32(a.qs, b * QK);
-            let dx = load_ps(a.d, b * 8);
-            let sx = load_ps(a.s, b * 8);
+            let (xq, dx, sx) = act_block(&toks[j], b);
             for i in 0..R {
                 let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wq[i], xq), ones);
                 acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(dw[i], dx), acc[i][j]);
@@ -121,8 +186,9 @@ fn tile_q4<const Q41: bool, const R: usize, const T: usize>(
     acc
 }
 
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn tile_q8<const R: usize, const T: usize>(rows: [&[u8]; R], toks: [ActRow<'_>; T], nb: usize) -> [[__m256; T]; R] {
+fn tile_q8<const R: usize, const T: usize>(rows: &[&[u8]; R], toks: &[ActRow<'_>; T], nb: usize) -> [[__m256; T]; R] {
     const BYTES: usize = 34;
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_ps(); T]; R];
@@ -131,15 +197,17 @@ fn tile_q8<const R: usize, const T: usize>(rows: [&[u8]; R], toks: [ActRow<'_>; 
         let mut wabs = [_mm256_setzero_si256(); R];
         let mut dw = [_mm256_setzero_ps(); R];
         for i in 0..R {
-            let blk = &rows[i][b * BYTES..][..BYTES];
-            wq[i] = load32_u8(blk, 2);
-            wabs[i] = _mm256_abs_epi8(wq[i]);
-            dw[i] = _mm256_set1_ps(f16_at(blk, 0));
+            let p = rows[i].as_ptr().wrapping_add(b * BYTES);
+            // SAFETY: block b is inside rows[i] (b < nb, length checked in `tile`): d at its
+            // start and 32 bytes of quants after it; unaligned loads are allowed; the caller
+            // has AVX.
+            let (d, q) = unsafe { (_mm_loadu_si16(p), _mm256_loadu_si256(p.add(2).cast())) };
+            wq[i] = q;
+            wabs[i] = _mm256_abs_epi8(q);
+            dw[i] = _mm256_broadcastss_ps(_mm_cvtph_ps(d));
         }
         for j in 0..T {
-            let a = &toks[j];
-            let xq = load32(a.qs, b * QK);
-            let dx = load_ps(a.d, b * 8);
+            let (xq, dx, _) = act_block(&toks[j], b);
             for i in 0..R {
                 // w * x = |w| * (x with w's sign): vpmaddubsw wants its first operand unsigned.
                 let sx = _mm256_sign_epi8(xq, wq[i]);
@@ -160,6 +228,7 @@ fn nibbles(q: __m128i) -> __m256i {
     _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
 }
 
+/// The sum of the 8 lanes.
 #[inline]
 #[target_feature(enable = "avx")]
 fn hsum(v: __m256) -> f32 {
@@ -168,42 +237,15 @@ fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
-/// The binary16 at byte `at` of a block, widened with F16C.
+/// Asks for the cache lines of `w[at..at + len]` (clamped to `w`) ahead of use.
 #[inline]
-#[target_feature(enable = "f16c")]
-fn f16_at(b: &[u8], at: usize) -> f32 {
-    let bits = u16::from_le_bytes([b[at], b[at + 1]]);
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-}
-
-#[inline]
-fn load16(s: &[u8], at: usize) -> __m128i {
-    let s = &s[at..at + 16];
-    // SAFETY: `s` holds the 16 bytes read (the slice above is bounds-checked); unaligned
-    // loads are allowed; SSE2 is part of the x86_64 baseline.
-    unsafe { _mm_loadu_si128(s.as_ptr().cast()) }
-}
-
-#[inline]
-#[target_feature(enable = "avx")]
-fn load32_u8(s: &[u8], at: usize) -> __m256i {
-    let s = &s[at..at + 32];
-    // SAFETY: `s` holds the 32 bytes read; unaligned loads are allowed; the caller has AVX.
-    unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
-}
-
-#[inline]
-#[target_feature(enable = "avx")]
-fn load32(s: &[i8], at: usize) -> __m256i {
-    let s = &s[at..at + 32];
-    // SAFETY: `s` holds the 32 bytes read; unaligned loads are allowed; the caller has AVX.
-    unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
-}
-
-#[inline]
-#[target_feature(enable = "avx")]
-fn load_ps(s: &[f32], at: usize) -> __m256 {
-    let s = &s[at..at + 8];
-    // SAFETY: `s` holds the 8 floats read; unaligned loads are allowed; the caller has AVX.
-    unsafe { _mm256_loadu_ps(s.as_ptr()) }
+fn prefetch(w: &[u8], at: usize, len: usize) {
+    let end = at.saturating_add(len).min(w.len());
+    let mut i = at;
+    while i < end {
+        // SAFETY: `i < w.len()`, so the pointer is inside `w`; a prefetch reads nothing the
+        // program can observe and never faults; SSE is part of the x86_64 baseline.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().add(i).cast()) };
+        i += 64;
+    }
 }
