@@ -10,6 +10,7 @@
 //! [`dequantize_into`] gives those `x'` values for tests.
 
 use half::f16;
+use rayon::prelude::*;
 
 use crate::QK;
 
@@ -93,36 +94,39 @@ impl Acts {
         }
         let (row_q, row_s) = (nb_pad * QK, nb_pad * lanes);
         let per_lane = 1.0 / lanes as f32;
-        let mut q = [0i8; QK];
-        for (t, xt) in x.chunks_exact(cols).enumerate().take(n) {
-            let qs = &mut a.qs[t * row_q..][..row_q];
-            let ds = &mut a.d[t * row_s..][..row_s];
-            let ss = &mut a.s[t * row_s..][..row_s];
-            for (b, xb) in xt.as_chunks::<QK>().0.iter().enumerate() {
-                let (d, sum) = quantize_block(xb, &mut q);
-                let s = d * sum as f32 * per_lane;
-                match layout {
-                    Layout::Natural { .. } => {
-                        qs[b * QK..][..QK].copy_from_slice(&q);
-                        ds[b * lanes..][..lanes].fill(d);
-                        ss[b * lanes..][..lanes].fill(s);
-                    }
-                    Layout::Q4Pairs => {
-                        // Block b is half `h` of pair `b / 2`: its values 0..16 go to
-                        // [16h, 16h + 16) of the pair and 16..32 to [32 + 16h, 48 + 16h); its
-                        // scalars to lanes [4h, 4h + 4) and [8 + 4h, 12 + 4h).
-                        let (pair, h) = (b / 2, b % 2);
-                        let pq = &mut qs[pair * 2 * QK..][..2 * QK];
-                        pq[16 * h..][..16].copy_from_slice(&q[..16]);
-                        pq[32 + 16 * h..][..16].copy_from_slice(&q[16..]);
-                        for base in [4 * h, 8 + 4 * h] {
-                            ds[pair * 16 + base..][..4].fill(d);
-                            ss[pair * 16 + base..][..4].fill(s);
+        // Tokens are independent: a prefill batch quantizes in parallel (a few tokens per task).
+        a.qs.par_chunks_mut(row_q)
+            .zip(a.d.par_chunks_mut(row_s))
+            .zip(a.s.par_chunks_mut(row_s))
+            .zip(x.par_chunks(cols))
+            .with_min_len(8)
+            .for_each(|(((qs, ds), ss), xt)| {
+                let mut q = [0i8; QK];
+                for (b, xb) in xt.as_chunks::<QK>().0.iter().enumerate() {
+                    let (d, sum) = quantize_block(xb, &mut q);
+                    let s = d * sum as f32 * per_lane;
+                    match layout {
+                        Layout::Natural { .. } => {
+                            qs[b * QK..][..QK].copy_from_slice(&q);
+                            ds[b * lanes..][..lanes].fill(d);
+                            ss[b * lanes..][..lanes].fill(s);
+                        }
+                        Layout::Q4Pairs => {
+                            // Block b is half `h` of pair `b / 2`: its values 0..16 go to
+                            // [16h, 16h + 16) of the pair and 16..32 to [32 + 16h, 48 + 16h);
+                            // its scalars to lanes [4h, 4h + 4) and [8 + 4h, 12 + 4h).
+                            let (pair, h) = (b / 2, b % 2);
+                            let pq = &mut qs[pair * 2 * QK..][..2 * QK];
+                            pq[16 * h..][..16].copy_from_slice(&q[..16]);
+                            pq[32 + 16 * h..][..16].copy_from_slice(&q[16..]);
+                            for base in [4 * h, 8 + 4 * h] {
+                                ds[pair * 16 + base..][..4].fill(d);
+                                ss[pair * 16 + base..][..4].fill(s);
+                            }
                         }
                     }
                 }
-            }
-        }
+            });
         a
     }
 

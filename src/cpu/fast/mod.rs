@@ -235,12 +235,29 @@ pub fn matmul_with(
     // multiply-adds, and no shared mutable output across threads.
     let mut yt = vec![0.0f32; rows * n_tokens];
     run(isa, ty, w, rb, rows, &acts, &mut yt);
-    for (r, vals) in yt.chunks_exact(n_tokens).enumerate() {
-        for (t, &v) in vals.iter().enumerate() {
-            y[t * rows + r] = v;
-        }
-    }
+    transpose(&yt, n_tokens, y);
     Ok(())
+}
+
+/// Tokens per block of the transpose: each task reads TB contiguous values of a row of `yt` and
+/// writes one value to each of TB rows of `y`, so both sides stream.
+const TRANSPOSE_TOKENS: usize = 8;
+
+/// y[t][r] = yt[r][t] for yt [rows][n], in parallel over blocks of tokens.
+fn transpose(yt: &[f32], n: usize, y: &mut [f32]) {
+    let rows = yt.len() / n.max(1);
+    if rows == 0 {
+        return;
+    }
+    y.par_chunks_mut(rows * TRANSPOSE_TOKENS).enumerate().for_each(|(b, yb)| {
+        let t0 = b * TRANSPOSE_TOKENS;
+        let tb = yb.len() / rows;
+        for (r, src) in yt.chunks_exact(n).enumerate() {
+            for (j, &v) in src[t0..t0 + tb].iter().enumerate() {
+                yb[j * rows + r] = v;
+            }
+        }
+    });
 }
 
 fn check(op: &'static str, isa: Isa, dtype: DType) -> Result<WType> {
