@@ -16,6 +16,7 @@ use std::arch::x86_64::*;
 
 use super::WType;
 use super::act::{ActRow, Acts};
+use super::x86::{prefetch, store};
 use crate::QK;
 
 /// Rows per tile for a single token (decode): four independent accumulator chains.
@@ -80,12 +81,6 @@ fn rows_loop<const TY: u8, const R: usize, const T: usize>(
             store(&tile, out, n, r0, t0);
             r0 += 1;
         }
-    }
-}
-
-fn store<const R: usize, const T: usize>(tile: &[[f32; T]; R], out: &mut [f32], n: usize, r0: usize, t0: usize) {
-    for (i, vals) in tile.iter().enumerate() {
-        out[(r0 + i) * n + t0..][..T].copy_from_slice(vals);
     }
 }
 
@@ -235,17 +230,4 @@ fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-}
-
-/// Asks for the cache lines of `w[at..at + len]` (clamped to `w`) ahead of use.
-#[inline]
-fn prefetch(w: &[u8], at: usize, len: usize) {
-    let end = at.saturating_add(len).min(w.len());
-    let mut i = at;
-    while i < end {
-        // SAFETY: `i < w.len()`, so the pointer is inside `w`; a prefetch reads nothing the
-        // program can observe and never faults; SSE is part of the x86_64 baseline.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().add(i).cast()) };
-        i += 64;
-    }
 }

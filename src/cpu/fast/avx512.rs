@@ -17,6 +17,7 @@ use std::arch::x86_64::*;
 
 use super::WType;
 use super::act::{ActRow, Acts};
+use super::x86::{prefetch, store};
 use crate::QK;
 
 /// Rows per tile for a single token (decode): four independent accumulator chains.
@@ -87,12 +88,6 @@ fn rows_loop<const TY: u8, const R: usize, const T: usize>(
             store(&tile, out, n, r0, t0);
             r0 += 1;
         }
-    }
-}
-
-fn store<const R: usize, const T: usize>(tile: &[[f32; T]; R], out: &mut [f32], n: usize, r0: usize, t0: usize) {
-    for (i, vals) in tile.iter().enumerate() {
-        out[(r0 + i) * n + t0..][..T].copy_from_slice(vals);
     }
 }
 
@@ -270,17 +265,4 @@ fn tile_q8<const R: usize, const T: usize>(rows: &[&[u8]; R], toks: &[ActRow<'_>
 fn nibbles_pair(q: __m256i) -> __m512i {
     let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q), _mm256_srli_epi16::<4>(q));
     _mm512_and_si512(both, _mm512_set1_epi8(0x0F))
-}
-
-/// Asks for the cache lines of `w[at..at + len]` (clamped to `w`) ahead of use.
-#[inline]
-fn prefetch(w: &[u8], at: usize, len: usize) {
-    let end = at.saturating_add(len).min(w.len());
-    let mut i = at;
-    while i < end {
-        // SAFETY: `i < w.len()`, so the pointer is inside `w`; a prefetch reads nothing the
-        // program can observe and never faults; SSE is part of the x86_64 baseline.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().add(i).cast()) };
-        i += 64;
-    }
 }

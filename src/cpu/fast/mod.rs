@@ -38,6 +38,8 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 /// An instruction set the fast kernels can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
