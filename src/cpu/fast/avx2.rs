@@ -19,8 +19,10 @@ use super::act::{ActRow, Acts};
 use super::x86::{prefetch, store};
 use crate::QK;
 
-/// Rows per tile for a single token (decode): four independent accumulator chains.
-const R_ONE: usize = 4;
+/// Rows per tile for a single token (decode): two accumulator chains. Four rows hide more FMA
+/// latency but make four interleaved weight streams; a decode step waits on memory, and two
+/// measured 7% to 20% faster (best of 15 decode steps of the default model, 2 threads).
+const R_ONE: usize = 2;
 /// Rows and tokens per tile for prefill: eight accumulators, each weight block used 4 times.
 const R_MANY: usize = 2;
 const T_MANY: usize = 4;
