@@ -1,11 +1,12 @@
-//! criterion benches of the fast CPU matvec/matmul (`cpu::fast`) against the CPU reference, per
-//! shape of the default model (SmolLM2-135M: Q4_1 layers of 576 / 1536 / 192 rows, the Q8_0
-//! output head of 49152 rows) and per kernel set this CPU runs. Each reports the bytes the op
+//! criterion benches of the fast CPU matvec/matmul and attention (`cpu::fast`) against the CPU
+//! reference, per shape of the default model (SmolLM2-135M: Q4_1 layers of 576 / 1536 / 192
+//! rows, the Q8_0 output head of 49152 rows, 9/3 heads of 64) and per kernel set this CPU runs. Each reports the bytes the op
 //! must move (weights + activations in and out), so criterion prints GB/s: a matvec is
 //! memory-bound, its roofline is the memory bandwidth one or all threads get (or the cache's,
 //! for matrices that stay in L2/L3 across iterations, as the small ones here do); a matmul of
 //! T tokens does 2 * rows * cols * T flops on the same bytes and is compute-bound, so its
-//! roofline is the cores' int8 dot-product rate.
+//! roofline is the cores' int8 dot-product rate. Attention reads the KV cache once (the bytes
+//! reported) and is compute-bound in prefill (T^2 / 2 score and weight products per head).
 //!
 //! `cargo bench --bench cpu_fast` (filter with a substring, e.g. `-- 'matvec q4_1'`); set
 //! `RAYON_NUM_THREADS` to compare with a fixed thread count.
@@ -17,7 +18,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ops::{MODEL, Op};
+use ops::{Inputs, MODEL, Op};
 use strata_kernels::DType;
 use strata_kernels::cpu::fast::{self, Isa};
 
@@ -33,13 +34,35 @@ fn cases() -> Vec<Op> {
         v.push(Op::Matmul { dt: DType::Q4_1, rows, cols, tokens: 64 });
     }
     v.push(Op::Matvec { dt: DType::Q8_0, rows: m.vocab, cols: m.hidden });
+    let (heads, kv_heads, head_dim) = (m.heads, m.kv_heads, m.head_dim);
+    for n_kv in [256, 1024] {
+        v.push(Op::AttentionDecode { cache: DType::F16, heads, kv_heads, head_dim, n_kv });
+    }
+    v.push(Op::AttentionPrefill { cache: DType::F16, heads, kv_heads, head_dim, tokens: 256 });
     v
 }
 
-fn run_fast(isa: Isa, op: Op, w: &[u8], x: &[f32], y: &mut [f32]) {
+/// The fast path of `op` with the kernel set `isa` (attention picks its own: `Isa::best`).
+fn run_fast(isa: Isa, op: Op, i: &Inputs, y: &mut [f32]) {
+    let scale = |hd: usize| 1.0 / (hd as f32).sqrt();
     let r = match op {
-        Op::Matvec { dt, rows, cols } => fast::matvec_with(isa, dt, w, rows, cols, x, y),
-        Op::Matmul { dt, rows, cols, tokens } => fast::matmul_with(isa, dt, w, rows, cols, x, tokens, y),
+        Op::Matvec { dt, rows, cols } => fast::matvec_with(isa, dt, &i.w, rows, cols, &i.x, y),
+        Op::Matmul { dt, rows, cols, tokens } => fast::matmul_with(isa, dt, &i.w, rows, cols, &i.x, tokens, y),
+        Op::AttentionDecode { heads, kv_heads, head_dim, n_kv, .. } => fast::attention_decode(
+            &i.x,
+            i.k.as_ref(),
+            i.v.as_ref(),
+            heads,
+            kv_heads,
+            head_dim,
+            n_kv,
+            scale(head_dim),
+            y,
+        ),
+        Op::AttentionPrefill { heads, kv_heads, head_dim, tokens, .. } => {
+            let (k, v) = (i.k.as_ref(), i.v.as_ref());
+            fast::attention_prefill(&i.x, tokens, 0, k, v, heads, kv_heads, head_dim, scale(head_dim), y)
+        }
         _ => Ok(()),
     };
     r.expect("fast op");
@@ -55,14 +78,20 @@ fn cpu_fast(c: &mut Criterion) {
         let out_len = match op {
             Op::Matvec { rows, .. } => rows,
             Op::Matmul { rows, tokens, .. } => rows * tokens,
+            Op::AttentionDecode { heads, head_dim, .. } => heads * head_dim,
+            Op::AttentionPrefill { heads, head_dim, tokens, .. } => tokens * heads * head_dim,
             _ => 0,
         };
+        // Attention has one fast variant (it picks its kernels itself); the products one per
+        // kernel set.
+        let isas =
+            if matches!(op, Op::Matvec { .. } | Op::Matmul { .. }) { Isa::available() } else { vec![Isa::best()] };
         g.throughput(Throughput::Bytes(op.bytes()));
         g.bench_function(format!("{} reference", op.label()), |b| b.iter(|| black_box(op.run_cpu(&inputs))));
-        for isa in Isa::available() {
+        for isa in isas {
             let mut y = vec![0.0f32; out_len];
             g.bench_function(format!("{} fast {}", op.label(), isa.name()), |b| {
-                b.iter(|| run_fast(isa, op, black_box(&inputs.w), black_box(&inputs.x), &mut y))
+                b.iter(|| run_fast(isa, op, black_box(&inputs), &mut y))
             });
         }
     }

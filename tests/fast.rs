@@ -319,3 +319,20 @@ fn attention_rejects_what_the_reference_rejects() {
     assert!(fast::attention_prefill(&q, 1, 0, k, v, 2, 2, 8, 1.0, &mut out[..8]).is_err(), "short out");
     fast::attention_decode(&q, k, v, 2, 2, 8, 4, 1.0, &mut out).expect("a full cache is fine");
 }
+
+/// The fast attention's own exponential, through a softmax of two positions: with scores 0 and
+/// x and values 0 and 1 the output is e^x / (1 + e^x), within a few ulp of libm's (and below
+/// e^-87, where the fast one stops, within 1e-37).
+#[test]
+fn attention_exp_is_close_to_libm() {
+    let (k, v) = ([0.0f32, 1.0], [0.0f32, 1.0]);
+    for i in 0..2000 {
+        let x = -90.0 + i as f32 * 0.05;
+        let mut out = [0.0f32];
+        fast::attention_decode(&[x], cpu::CacheRef::F32(&k), cpu::CacheRef::F32(&v), 1, 1, 1, 2, 1.0, &mut out)
+            .expect("attention");
+        let want = if x <= 0.0 { x.exp() / (1.0 + x.exp()) } else { 1.0 / (1.0 + (-x).exp()) };
+        let tol = 4.0 * f32::EPSILON * want + 1e-37;
+        assert!((out[0] - want).abs() <= tol, "x = {x}: {} vs {want}", out[0]);
+    }
+}

@@ -8,9 +8,10 @@
 //! head to f32 and transposed to [head_dim][position], so a query's scores for 16 positions are
 //! 16 SIMD lanes of one multiply-add chain over head_dim, and V once to f32
 //! [position][head_dim], so the weighted sum is a multiply-add per position across head_dim.
-//! For one token (decode) that conversion would cost as much as the attention, so each K and V
-//! row is converted once for the query heads of its group and used directly, with a KV head's
-//! rows split into chunks whose softmax states are merged (so long contexts use every thread). The loops are plain Rust,
+//! For one token (decode) that conversion and transposition would cost more than the attention
+//! itself: each K and V row is converted once for the query heads of its group and used as it
+//! is, with a KV head's rows split into chunks whose softmax states are merged at the end (so a
+//! long context uses every thread). The loops are plain Rust,
 //! compiled three times: for AVX-512, for AVX2 + FMA (selected at run time, like the matrix
 //! kernels) and for the baseline target; the compiler vectorizes them.
 
@@ -115,7 +116,7 @@ pub fn attention_prefill(
 /// Positions per decode task: a KV head's rows are split into chunks of this many so that a
 /// long context spreads over the threads; each chunk keeps its own softmax max and sum, and
 /// the chunks are merged per head (the split-K form of attention).
-const DECODE_CHUNK: usize = 256;
+const DECODE_CHUNK: usize = 128;
 
 /// One token (decode) straight from the cache: each task converts a chunk of a KV head's K and
 /// V rows once, for all the query heads of its group. (Converting and transposing the whole
@@ -222,14 +223,8 @@ fn decode_chunk_body<const FMA: bool>(qg: &[f32], at: &Cache, rows: Range<usize>
     }
     let mut part = Partial { max: vec![f32::NEG_INFINITY; group], sum: vec![0.0; group], acc: vec![0.0; group * hd] };
     for (h, s) in scores.chunks_exact_mut(n.max(1)).enumerate().take(group) {
-        let m = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let mut l = 0.0f32;
-        for v in s.iter_mut() {
-            *v = (*v - m).exp();
-            l += *v;
-        }
-        part.max[h] = m;
-        part.sum[h] = l;
+        part.max[h] = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        part.sum[h] = softmax_weights(s);
     }
     for (i, p) in rows.enumerate() {
         read_row(at.v, p * at.row + at.off, &mut row);
@@ -243,18 +238,96 @@ fn decode_chunk_body<const FMA: bool>(qg: &[f32], at: &Cache, rows: Range<usize>
     part
 }
 
-/// q · k with 16 lane-wise partial sums (a single f32 chain would not vectorize).
+/// scores[p] = scale * q · k[p] for p < n (rounded up to whole blocks of 16), from K transposed
+/// to kt [head_dim][n_pad]: 16 positions are 16 lanes of one multiply-add chain over head_dim.
+#[inline(always)]
+fn scores_into<const FMA: bool>(q: &[f32], kt: &[f32], n_pad: usize, n: usize, scale: f32, scores: &mut [f32]) {
+    let n_blocks = n.div_ceil(LANES);
+    for (pb, s) in scores[..n_blocks * LANES].chunks_exact_mut(LANES).enumerate() {
+        let mut acc = [0.0f32; LANES];
+        for (d, &qd) in q.iter().enumerate() {
+            let k = &kt[d * n_pad + pb * LANES..][..LANES];
+            for l in 0..LANES {
+                acc[l] = madd::<FMA>(qd, k[l], acc[l]);
+            }
+        }
+        for l in 0..LANES {
+            s[l] = acc[l] * scale;
+        }
+    }
+}
+
+/// s[i] = exp(s[i] - max s) in place; returns their sum. The exponentials are [`exp`], which
+/// vectorizes (libm's `expf` is a call per value and took a third of a decode step's attention).
+#[inline(always)]
+fn softmax_weights(s: &mut [f32]) -> f32 {
+    let m = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for v in s.iter_mut() {
+        *v = exp(*v - m);
+    }
+    let mut acc = [0.0f32; LANES];
+    let (chunks, tail) = s.as_chunks::<LANES>();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += c[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail.iter().sum::<f32>()
+}
+
+/// e^x to about 1 ulp (Cephes' `expf`: x = n ln 2 + r with |r| <= ln 2 / 2, a degree-6
+/// polynomial for e^r, 2^n from the exponent bits), in straight-line code that vectorizes.
+/// Below -87 it returns e^-87 (about 1.6e-38; softmax weights that small do not count) and
+/// above 88 e^88; NaN stays NaN.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split so that n * LN2_HI is exact for the n that occur.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer (see `act`).
+    const ROUND: f32 = 12_582_912.0;
+    let x = if x < -87.0 {
+        -87.0
+    } else if x > 88.0 {
+        88.0
+    } else {
+        x
+    };
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_2e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let er = p * r * r + r + 1.0;
+    // n is in -126..=127 here; a NaN x gives n = 0 and a NaN er.
+    er * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// q · k: 16 lane-wise partial sums (one f32 chain would not vectorize), then a tree of vector
+/// adds. The chunks are copied into locals, which keeps the compiler to full-width vectors.
 #[inline(always)]
 fn dot<const FMA: bool>(q: &[f32], k: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let (qc, qt) = q.as_chunks::<LANES>();
     let (kc, kt) = k.as_chunks::<LANES>();
     for (a, b) in qc.iter().zip(kc) {
+        let (a, b) = (*a, *b);
         for l in 0..LANES {
             acc[l] = madd::<FMA>(a[l], b[l], acc[l]);
         }
     }
-    let mut s = acc.iter().sum::<f32>();
+    let mut w = LANES / 2;
+    while w > 0 {
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+        w /= 2;
+    }
+    let mut s = acc[0];
     for (&a, &b) in qt.iter().zip(kt) {
         s = madd::<FMA>(a, b, s);
     }
@@ -327,26 +400,9 @@ fn attend_body<const FMA: bool>(
     out: &mut [f32],
 ) {
     let hd = q.len();
-    let n_blocks = n.div_ceil(LANES);
-    for (pb, s) in scores[..n_blocks * LANES].chunks_exact_mut(LANES).enumerate() {
-        let mut acc = [0.0f32; LANES];
-        for (d, &qd) in q.iter().enumerate() {
-            let k = &kt[d * n_pad + pb * LANES..][..LANES];
-            for l in 0..LANES {
-                acc[l] = madd::<FMA>(qd, k[l], acc[l]);
-            }
-        }
-        for l in 0..LANES {
-            s[l] = acc[l] * scale;
-        }
-    }
+    scores_into::<FMA>(q, kt, n_pad, n, scale, scores);
     let scores = &mut scores[..n];
-    let m = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-    let mut l = 0.0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - m).exp();
-        l += *s;
-    }
+    let l = softmax_weights(scores);
     out.fill(0.0);
     for (p, &e) in scores.iter().enumerate() {
         let v = &vf[p * hd..][..hd];
