@@ -29,7 +29,7 @@ use crate::{Error, Result};
 const LANES: usize = 16;
 
 /// Decode attention, like [`crate::cpu::attention_decode`]: q and out are
-/// [n_heads][head_dim]; attends cache rows 0..n_kv.
+/// `[n_heads][head_dim]`; attends cache rows 0..n_kv.
 ///
 /// # Errors
 /// As the reference: a length or shape that does not fit, or `n_kv == 0`.
@@ -51,7 +51,7 @@ pub fn attention_decode(
 }
 
 /// Prefill attention, like [`crate::cpu::attention_prefill`]: q and out are
-/// [n_tokens][n_heads][head_dim]; token t attends cache rows 0..=pos0+t.
+/// `[n_tokens][n_heads][head_dim]`; token t attends cache rows 0..=pos0+t.
 ///
 /// # Errors
 /// As the reference: a length or shape that does not fit.

@@ -1,7 +1,8 @@
-//! Fast CPU matrix–vector and matrix–matrix products for quantized weights (Q4_0, Q4_1,
-//! Q8_0), the CPU path the model runs on; the reference in [`crate::cpu`] stays the oracle.
+//! The fast CPU path the model runs on: matrix–vector and matrix–matrix products for quantized
+//! weights (Q4_0, Q4_1, Q8_0) and attention (`attention`). The reference in [`crate::cpu`]
+//! stays the oracle; every function here is tested against it.
 //!
-//! What differs from the reference, and why it is faster:
+//! What differs from the reference in the products, and why it is faster:
 //! - the activations are quantized once per call to 8-bit blocks of 32 with one scale each
 //!   (llama.cpp's `q8_1`, see `act`), so each weight block meets its activations in one
 //!   integer dot product (AVX2 `vpmaddubsw`, AVX-512 VNNI `vpdpbusd`) and one f32 multiply-add,
@@ -14,13 +15,17 @@
 //! the rounded activations `x'` ([`activation_values`]), summed in another order. The error
 //! against the reference is bounded by the activation rounding (see
 //! [`crate::check::Tolerance::Q8_ACTIVATIONS`]); against the reference run on `x'` it is f32
-//! accumulation error only. llama.cpp makes the same rounding, so this path matches
-//! llama.cpp's logits more closely than the reference does.
+//! accumulation error only. llama.cpp rounds the same way, but that does not bring the two
+//! engines' logits closer than the reference's are: the rounding is a step function, so a
+//! last-bit difference anywhere upstream (an f32 sum's order, an FMA) sends some value to the
+//! other side of a step, and from there each engine carries its own rounding noise.
 //!
 //! Kernels, chosen at run time ([`Isa::best`]): AVX-512 VNNI (two blocks per 512-bit register),
 //! AVX2 + FMA + F16C, and portable Rust ([`Isa::Scalar`], also the oracle of the SIMD ones). The
-//! model reaches this module through `strata_tensor::ops::matvec` / `matmul` for host tensors;
-//! `STRATA_CPU_REFERENCE=1` makes those use the reference instead.
+//! model reaches this module through `strata_tensor::ops` for host tensors;
+//! `STRATA_CPU_REFERENCE=1` (or `strata_tensor::ops::with_cpu_reference`) makes those use the
+//! reference instead. Parallel work goes to rayon's global pool; a caller on one of its threads
+//! (as the `strata` binary's main thread is) saves a hand-over per call.
 
 use std::sync::OnceLock;
 
