@@ -3,6 +3,7 @@
 //! - `ops`: every op, CPU reference against a naive f64 oracle and CUDA against the CPU
 //!   reference, fanned out by `device_test!` into `<op>::cpu` and `<op>::cuda`;
 //! - `quant`: quantization round trips and the block layouts;
+//! - `fast`: the fast CPU path (quantized activations, SIMD) against the reference;
 //! - `model`: the dequantizer against known values of the real default model.
 //!
 //! CUDA tests that cannot run print `skipped: ...` and pass; the binary prints how many were
@@ -10,6 +11,7 @@
 
 mod support;
 
+mod fast;
 mod model;
 mod ops;
 mod oracle;

@@ -151,17 +151,10 @@ pub fn attention_prefill(
     out: &mut [f32],
 ) -> Result<()> {
     const OP: &str = "attention_prefill";
-    let shape = Shape { n_heads, n_kv_heads, head_dim };
-    let n = n_tokens.checked_mul(n_heads).and_then(|v| v.checked_mul(head_dim));
-    expect_len(OP, "q", q.len(), n)?;
-    expect_len(OP, "out", out.len(), n)?;
+    check_attention(OP, q, n_tokens, pos0, &k_cache, &v_cache, n_heads, n_kv_heads, head_dim, out)?;
     if n_tokens == 0 || n_heads == 0 {
         return Ok(());
     }
-    let rows = pos0
-        .checked_add(n_tokens)
-        .ok_or_else(|| Error::invalid(OP, format!("pos0 {pos0} + {n_tokens} tokens overflows")))?;
-    check_shape(OP, &k_cache, &v_cache, &shape, rows)?;
     let group = n_heads / n_kv_heads;
     let row = n_kv_heads * head_dim;
     out.par_chunks_mut(head_dim).zip(q.par_chunks(head_dim)).enumerate().for_each(|(item, (o, qh))| {
@@ -169,6 +162,32 @@ pub fn attention_prefill(
         attend(qh, &k_cache, &v_cache, (h / group) * head_dim, row, pos0 + t + 1, scale, o);
     });
     Ok(())
+}
+
+/// The argument checks of [`attention_prefill`] (shared with `fast::attention_prefill`).
+pub(crate) fn check_attention(
+    op: &'static str,
+    q: &[f32],
+    n_tokens: usize,
+    pos0: usize,
+    k_cache: &CacheRef,
+    v_cache: &CacheRef,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    out: &[f32],
+) -> Result<()> {
+    let shape = Shape { n_heads, n_kv_heads, head_dim };
+    let n = n_tokens.checked_mul(n_heads).and_then(|v| v.checked_mul(head_dim));
+    expect_len(op, "q", q.len(), n)?;
+    expect_len(op, "out", out.len(), n)?;
+    if n_tokens == 0 || n_heads == 0 {
+        return Ok(());
+    }
+    let rows = pos0
+        .checked_add(n_tokens)
+        .ok_or_else(|| Error::invalid(op, format!("pos0 {pos0} + {n_tokens} tokens overflows")))?;
+    check_shape(op, k_cache, v_cache, &shape, rows)
 }
 
 /// cache[positions[t]] = src[t] converted to the cache type (`strata_kv_append_f32`). Unlike the

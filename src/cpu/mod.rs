@@ -16,10 +16,12 @@
 mod attention;
 mod dequant;
 mod elementwise;
+pub mod fast;
 mod matvec;
 mod norm;
 mod rope;
 
+pub(crate) use attention::check_attention;
 pub use attention::{CacheMut, CacheRef, attention_decode, attention_prefill, kv_append};
 pub use dequant::{dequantize_rows, embedding_gather};
 pub use elementwise::{add, argmax_rows, scale, silu_mul, softmax_rows};

@@ -18,6 +18,14 @@ fn main() {
         .format_target(false)
         .init();
     let cli = args::Cli::parse();
+    // The main thread joins rayon's global pool as worker 0 (RAYON_NUM_THREADS counts it). The
+    // CPU forward pass runs a few hundred parallel ops per token, most of them tens of
+    // microseconds long; from a thread outside the pool each is handed over and waited for (a
+    // futex sleep and wake, several microseconds, and a third thread competing for the cores),
+    // from inside the main thread does its share and the other workers steal the rest.
+    if let Err(e) = rayon::ThreadPoolBuilder::new().use_current_thread().build_global() {
+        log::warn!("could not set up the thread pool on the main thread ({e}); using rayon's default");
+    }
     if let Err(e) = commands::dispatch(cli) {
         eprintln!("error: {}", output::chain(&e));
         std::process::exit(1);

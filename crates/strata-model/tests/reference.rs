@@ -1,28 +1,64 @@
 //! The default model against llama.cpp: greedy tokens and top-k logits from
-//! tests/data/reference (made by llama.cpp on the same file).
+//! tests/data/reference (made by llama.cpp on the same file), on both CPU paths.
+//!
+//! - The CPU reference (f32 activations, `strata_tensor::ops::with_cpu_reference`) is held to
+//!   llama.cpp's top-1 at every position and its greedy tokens exactly.
+//! - The fast CPU path (what `strata` runs: activations rounded to 8 bits per block of 32, like
+//!   llama.cpp's) cannot be held to that, even though it rounds like llama.cpp: the rounding is
+//!   a step function, so any last-bit difference upstream (the order of an f32 sum, an FMA, a
+//!   norm summed in f32 rather than f64) moves some values across a rounding boundary, and from
+//!   there on the two engines carry independent rounding noise. (A numpy replica that calls
+//!   llama.cpp's own quantize and dot-product kernels reproduces its logits exactly; the same
+//!   replica summing the block products in f64 is already 0.13 away.) So on this path the
+//!   logits must stay within [`FAST_LOGIT_NOISE`] of llama.cpp's, and where the top token or a
+//!   greedy token differs, it must be a near-tie ([`NEAR_TIE`]) in one engine's logits.
 
-use strata_model::{GenerateOptions, SamplerConfig, Session, SessionOptions, generate};
+use strata_model::{GenerateOptions, Model, SamplerConfig, Session, SessionOptions, generate};
+use strata_tensor::ops::with_cpu_reference;
 
 use crate::model_or_skip;
 use crate::support::{ids, reference};
 
-#[test]
-fn logits_match_llama_cpp_top1_at_every_position() {
-    let model = model_or_skip!();
-    let cases = reference("logits.json");
+/// Largest |logit - llama.cpp's| over the reference top-10 ids the reference path may show:
+/// llama.cpp rounds activations to 8 bits, the reference does not (0.95 at most on these cases).
+/// A bug in any op moves logits by whole units and changes the top-1.
+const REFERENCE_LOGIT_NOISE: f32 = 1.25;
+/// The same bound for the fast path: both engines round, independently (see the module doc),
+/// so the differences are about sqrt(2) times the reference path's (1.43 at most here).
+const FAST_LOGIT_NOISE: f32 = 2.0;
+/// Two tokens whose logits are closer than this in one engine may come out in either order in
+/// the other: the rounding noise on a difference of two logits, which is at most twice the
+/// per-logit noise but in practice a few tenths (the flips seen on these cases: 0.19, 0.08,
+/// 0.02).
+const NEAR_TIE: f32 = 0.5;
+
+/// Per case and position: (llama.cpp's top ids, their logits) and strata's logits row.
+fn check_logits(model: &Model, fast: bool) -> f32 {
+    let n_vocab = model.config.n_vocab;
     let mut worst = 0f32;
-    for case in cases.as_array().expect("cases") {
+    for case in reference("logits.json").as_array().expect("cases") {
         let prompt = ids(&case["prompt_ids"]);
-        let mut s = Session::new(&model, None, &SessionOptions::default()).expect("session");
+        let mut s = Session::new(model, None, &SessionOptions::default()).expect("session");
         let logits = s.forward(&prompt, true).expect("forward");
-        let n_vocab = model.config.n_vocab;
         for (p, pos) in case["positions"].as_array().expect("positions").iter().enumerate() {
             let row = &logits[p * n_vocab..(p + 1) * n_vocab];
             let want = ids(&pos["ids"]);
             let want_logits: Vec<f32> =
                 pos["logits"].as_array().expect("logits").iter().map(|v| v.as_f64().expect("f") as f32).collect();
             let top = strata_model::sample::argmax(row);
-            assert_eq!(top, want[0], "prompt {prompt:?} position {p}: top-1 {top} vs llama.cpp {}", want[0]);
+            if top != want[0] {
+                let at = format!("prompt of {} tokens, position {p}", prompt.len());
+                assert!(fast, "{at}: top-1 {top} vs llama.cpp {}", want[0]);
+                // llama.cpp must rank strata's choice within NEAR_TIE of its own best.
+                let theirs = want.iter().position(|&id| id == top).map(|i| want_logits[i]);
+                let gap = theirs.map(|l| want_logits[0] - l);
+                println!("{at}: top-1 {top} vs llama.cpp {}: llama.cpp's gap {gap:?}", want[0]);
+                assert!(
+                    gap.is_some_and(|g| g <= NEAR_TIE),
+                    "{at}: top-1 {top} vs llama.cpp {}, which ranks it {gap:?} below its best (near-tie bound {NEAR_TIE})",
+                    want[0]
+                );
+            }
             let mut here = 0f32;
             for (id, l) in want.iter().zip(&want_logits) {
                 here = here.max((row[*id as usize] - l).abs());
@@ -38,22 +74,34 @@ fn logits_match_llama_cpp_top1_at_every_position() {
             worst = worst.max(here);
         }
     }
-    println!("max |logit - llama.cpp| over the reference top-10 ids: {worst:.4}");
-    // llama.cpp's CPU matvec quantizes activations to 8 bits (q8_1/q8_0) before the dot
-    // product; strata keeps them in f32, so logits differ by a few tenths (0.95 at most on
-    // these cases). A bug in any op moves them by whole units and changes the top-1.
-    assert!(worst < 1.25, "logits differ from llama.cpp by up to {worst}");
+    worst
 }
 
 #[test]
-fn greedy_tokens_match_llama_cpp() {
+fn logits_match_llama_cpp_top1_at_every_position() {
     let model = model_or_skip!();
-    let cases = reference("greedy.json");
-    for case in cases.as_array().expect("cases") {
+    let worst = with_cpu_reference(|| check_logits(&model, false));
+    println!("reference path: max |logit - llama.cpp| over the reference top-10 ids: {worst:.4}");
+    assert!(worst < REFERENCE_LOGIT_NOISE, "logits differ from llama.cpp by up to {worst}");
+}
+
+#[test]
+fn fast_path_logits_match_llama_cpp_up_to_near_ties() {
+    let model = model_or_skip!();
+    let worst = check_logits(&model, true);
+    println!("fast path: max |logit - llama.cpp| over the reference top-10 ids: {worst:.4}");
+    assert!(worst < FAST_LOGIT_NOISE, "logits differ from llama.cpp by up to {worst}");
+}
+
+/// Generates each case's greedy continuation; on the fast path, a first difference from
+/// llama.cpp's must be a near-tie in strata's own logits, and the comparison stops there (the
+/// texts go separate ways after it).
+fn check_greedy(model: &Model, fast: bool) {
+    for case in reference("greedy.json").as_array().expect("cases") {
         let prompt = ids(&case["prompt_ids"]);
         let want = ids(&case["greedy_ids"]);
         let n = want.len().min(16);
-        let mut s = Session::new(&model, None, &SessionOptions::default()).expect("session");
+        let mut s = Session::new(model, None, &SessionOptions::default()).expect("session");
         // llama.cpp's list includes the end-of-generation token where it stopped.
         let opts = GenerateOptions {
             max_tokens: n,
@@ -61,7 +109,35 @@ fn greedy_tokens_match_llama_cpp() {
             sampler: SamplerConfig::greedy(),
             ..GenerateOptions::default()
         };
-        let g = generate(&mut s, &prompt, &opts, |_| {}).expect("generate");
-        assert_eq!(g.generated_ids, want[..n], "prompt {:?}", case["prompt"]);
+        let got = generate(&mut s, &prompt, &opts, |_| {}).expect("generate").generated_ids;
+        let Some(i) = got.iter().zip(&want[..n]).position(|(a, b)| a != b) else {
+            assert_eq!(got, want[..n], "prompt {:?}", case["prompt"]);
+            continue;
+        };
+        assert!(fast, "prompt {:?}: token {i} is {} where llama.cpp has {}", case["prompt"], got[i], want[i]);
+        let mut s = Session::new(model, None, &SessionOptions::default()).expect("session");
+        let context: Vec<u32> = prompt.iter().chain(&got[..i]).copied().collect();
+        let logits = s.forward(&context, false).expect("forward");
+        let gap = logits[got[i] as usize] - logits[want[i] as usize];
+        println!("prompt {:?}: token {i} is {} where llama.cpp has {}: gap {gap:.3}", case["prompt"], got[i], want[i]);
+        assert!(
+            gap <= NEAR_TIE,
+            "prompt {:?}: token {i} is {} where llama.cpp has {}, {gap} below it in strata's logits (near-tie bound {NEAR_TIE})",
+            case["prompt"],
+            got[i],
+            want[i]
+        );
     }
+}
+
+#[test]
+fn greedy_tokens_match_llama_cpp() {
+    let model = model_or_skip!();
+    with_cpu_reference(|| check_greedy(&model, false));
+}
+
+#[test]
+fn fast_path_greedy_tokens_match_llama_cpp_up_to_near_ties() {
+    let model = model_or_skip!();
+    check_greedy(&model, true);
 }

@@ -9,6 +9,7 @@
 //!   decode, a SentencePiece vocabulary.
 
 mod chat;
+mod cpu_paths;
 mod gguf;
 mod gguf_malformed;
 mod gpu;

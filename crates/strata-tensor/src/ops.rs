@@ -3,6 +3,15 @@
 //! CUDA kernel on the given stream for device tensors. Every tensor of a call must live on the
 //! stream's device.
 //!
+//! On the host, three ops run the fast CPU path (`strata_kernels::cpu::fast`), not the
+//! reference, which is several times slower: matvec and matmul with quantized weights (Q4_0,
+//! Q4_1, Q8_0: activations rounded to 8-bit blocks like llama.cpp's, integer SIMD dot products;
+//! results differ from the reference's by that rounding, `Tolerance::Q8_ACTIVATIONS`) and
+//! attention (vectorized; f32 summation order only, `Tolerance::F32_ACCUMULATION`). Setting
+//! the environment variable `STRATA_CPU_REFERENCE=1` (read once, at the first such call) makes
+//! them run the reference instead, e.g. to tell a model bug from a fast-path one. Other weight
+//! types and all other ops always run the reference.
+//!
 //! Two differences from the kernels' CPU reference, both on bad indices that the host cannot
 //! see without a synchronize: on a GPU an out-of-range token id gathers a NaN row and an
 //! out-of-range cache position is skipped, where the CPU returns an error.
@@ -16,6 +25,48 @@ use crate::gpu::{self, DeviceBuffer};
 use crate::kernel_call::KernelCall;
 use crate::tensor::{Storage, Stream};
 use crate::{DType, Error, Result, Tensor};
+
+/// The environment variable that forces the CPU reference for host matvec, matmul and
+/// attention.
+pub const CPU_REFERENCE_ENV: &str = "STRATA_CPU_REFERENCE";
+
+/// Whether `STRATA_CPU_REFERENCE` asks for the reference (any value but empty or `0`), read
+/// once: a process does not switch paths halfway through a generation.
+pub fn cpu_reference_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var(CPU_REFERENCE_ENV).is_ok_and(|v| !v.is_empty() && v != "0"))
+}
+
+thread_local! {
+    /// Set by [`with_cpu_reference`] on the thread that issues the ops.
+    static REFERENCE_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the host ops this thread issues on the CPU reference, as
+/// `STRATA_CPU_REFERENCE=1` does for a whole process: for comparing the two paths in one
+/// process (tests), without an environment variable that every thread would see. The ops run
+/// on the calling thread (a forward pass issues them from the thread that calls it).
+pub fn with_cpu_reference<R>(f: impl FnOnce() -> R) -> R {
+    /// Restores the previous setting even if `f` panics.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            REFERENCE_HERE.with(|r| r.set(self.0));
+        }
+    }
+    let _restore = Restore(REFERENCE_HERE.with(|r| r.replace(true)));
+    f()
+}
+
+/// Whether host ops issued now take the reference path.
+fn reference_path() -> bool {
+    cpu_reference_forced() || REFERENCE_HERE.with(|r| r.get())
+}
+
+/// Whether a host matvec/matmul with weights of `dt` takes the fast CPU path.
+fn use_fast(dt: strata_kernels::DType) -> bool {
+    cpu::fast::supports(dt) && !reference_path()
+}
 
 fn check_devices(op: &'static str, s: &Stream, ts: &[&Tensor]) -> Result<()> {
     let want = s.device();
@@ -138,6 +189,7 @@ pub fn matvec(w: &Tensor, x: &Tensor, y: &mut Tensor, s: &Stream) -> Result<()> 
         ));
     }
     match gpu_stream(s) {
+        None if use_fast(dt) => Ok(cpu::fast::matvec(dt, w.host_bytes()?, rows, cols, x.as_f32()?, y.as_f32_mut()?)?),
         None => Ok(cpu::matvec(dt, w.host_bytes()?, rows, cols, x.as_f32()?, y.as_f32_mut()?)?),
         Some(g) => gpu::launch(g, KernelCall::Matvec { dt, w: dev(w)?, rows, cols, x: dev(x)?, y: dev(y)? }),
     }
@@ -157,6 +209,9 @@ pub fn matmul(w: &Tensor, x: &Tensor, y: &mut Tensor, s: &Stream) -> Result<()> 
     f32_out(OP, y)?;
     expect_shape(OP, "y", y, &[n_tokens, rows])?;
     match gpu_stream(s) {
+        None if use_fast(dt) => {
+            Ok(cpu::fast::matmul(dt, w.host_bytes()?, rows, cols, x.as_f32()?, n_tokens, y.as_f32_mut()?)?)
+        }
         None => Ok(cpu::matmul(dt, w.host_bytes()?, rows, cols, x.as_f32()?, n_tokens, y.as_f32_mut()?)?),
         Some(g) => gpu::launch(g, KernelCall::Matmul { dt, w: dev(w)?, rows, cols, x: dev(x)?, n_tokens, y: dev(y)? }),
     }
@@ -277,6 +332,17 @@ pub fn attention_decode(
         return Err(Error::shape(OP, format!("n_kv must be in 1..={rows} (the cache rows), got {n_kv}")));
     }
     match gpu_stream(s) {
+        None if !reference_path() => Ok(cpu::fast::attention_decode(
+            q.as_f32()?,
+            cache_ref(k_cache)?,
+            cache_ref(v_cache)?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            n_kv,
+            scale,
+            out.as_f32_mut()?,
+        )?),
         None => Ok(cpu::attention_decode(
             q.as_f32()?,
             cache_ref(k_cache)?,
@@ -332,6 +398,18 @@ pub fn attention_prefill(
         ));
     }
     match gpu_stream(s) {
+        None if !reference_path() => Ok(cpu::fast::attention_prefill(
+            q.as_f32()?,
+            n_tokens,
+            pos0,
+            cache_ref(k_cache)?,
+            cache_ref(v_cache)?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            scale,
+            out.as_f32_mut()?,
+        )?),
         None => Ok(cpu::attention_prefill(
             q.as_f32()?,
             n_tokens,

@@ -1,5 +1,6 @@
 //! Every op through the tensor API, on the CPU and on CUDA, against the kernel crate's CPU
-//! reference called directly; plus the typed errors for bad shapes, types and devices.
+//! reference called directly (and, where the host takes the fast path, `cpu::fast`); plus the
+//! typed errors for bad shapes, types and devices.
 
 use half::f16;
 use strata_kernels::check::{Tolerance, assert_close};
@@ -54,6 +55,17 @@ fn gather_body(s: &Stream) {
 }
 device_test!(embedding_gather, gather_body);
 
+/// On the host, quantized weights take the fast path: bit for bit `cpu::fast`, and within the
+/// activation rounding of the reference. Everything else (and CUDA) against the reference.
+fn check_product(label: &str, s: &Stream, dt: K, got: &[f32], reference: &[f32], fast: impl FnOnce() -> Vec<f32>) {
+    if matches!(s, Stream::Host) && cpu::fast::supports(dt) {
+        assert_close(&format!("{label} vs cpu::fast"), got, &fast(), Tolerance::STRICT);
+        assert_close(&format!("{label} vs reference"), got, reference, Tolerance::Q8_ACTIVATIONS);
+    } else {
+        assert_close(label, got, reference, tol(s, Tolerance::F32_ACCUMULATION));
+    }
+}
+
 fn matvec_matmul_body(s: &Stream) {
     for (dt, rows, cols) in SHAPES {
         let (bytes, w) = weights(dt, rows, cols, 3);
@@ -63,13 +75,21 @@ fn matvec_matmul_body(s: &Stream) {
         cpu::matvec(dt, &bytes, rows, cols, &x[..cols], &mut want).unwrap();
         let mut y = poisoned(&[rows], s);
         ops::matvec(&w, &on(s, f32t(&[cols], &x[..cols])), &mut y, s).unwrap();
-        assert_close(&format!("matvec {dt}"), &y.to_vec_f32(s).unwrap(), &want, tol(s, Tolerance::F32_ACCUMULATION));
+        check_product(&format!("matvec {dt}"), s, dt, &y.to_vec_f32(s).unwrap(), &want, || {
+            let mut f = vec![0.0; rows];
+            cpu::fast::matvec(dt, &bytes, rows, cols, &x[..cols], &mut f).unwrap();
+            f
+        });
 
         let mut want = vec![0.0; 67 * rows];
         cpu::matmul(dt, &bytes, rows, cols, &x, 67, &mut want).unwrap();
         let mut y = poisoned(&[67, rows], s);
         ops::matmul(&w, &on(s, f32t(&[67, cols], &x)), &mut y, s).unwrap();
-        assert_close(&format!("matmul {dt}"), &y.to_vec_f32(s).unwrap(), &want, tol(s, Tolerance::F32_ACCUMULATION));
+        check_product(&format!("matmul {dt}"), s, dt, &y.to_vec_f32(s).unwrap(), &want, || {
+            let mut f = vec![0.0; 67 * rows];
+            cpu::fast::matmul(dt, &bytes, rows, cols, &x, 67, &mut f).unwrap();
+            f
+        });
     }
 }
 device_test!(matvec_matmul, matvec_matmul_body);
@@ -118,26 +138,53 @@ fn attention_body(s: &Stream) {
         cpu::attention_decode(&q[..h * d], kr, vr, h, kvh, d, 33, scale, &mut want).unwrap();
         let mut out = poisoned(&[h, d], s);
         ops::attention_decode(&on(s, f32t(&[h, d], &q[..h * d])), &kt, &vt, 33, scale, &mut out, s).unwrap();
-        assert_close(
-            &format!("decode {cache_dt}"),
-            &out.to_vec_f32(s).unwrap(),
-            &want,
-            tol(s, Tolerance::F32_ACCUMULATION),
-        );
+        let got = out.to_vec_f32(s).unwrap();
+        // The host runs the fast attention: f32 summation order only (and exactly cpu::fast).
+        assert_close(&format!("decode {cache_dt}"), &got, &want, Tolerance::F32_ACCUMULATION);
+        if matches!(s, Stream::Host) {
+            let mut f = vec![0.0; h * d];
+            cpu::fast::attention_decode(&q[..h * d], kr, vr, h, kvh, d, 33, scale, &mut f).unwrap();
+            assert_close(&format!("decode {cache_dt} vs cpu::fast"), &got, &f, Tolerance::STRICT);
+        }
 
         let mut want = vec![0.0; 6 * h * d];
         cpu::attention_prefill(&q, 6, 30, kr, vr, h, kvh, d, scale, &mut want).unwrap();
         let mut out = poisoned(&[6, h, d], s);
         ops::attention_prefill(&on(s, f32t(&[6, h, d], &q)), 30, &kt, &vt, scale, &mut out, s).unwrap();
-        assert_close(
-            &format!("prefill {cache_dt}"),
-            &out.to_vec_f32(s).unwrap(),
-            &want,
-            tol(s, Tolerance::F32_ACCUMULATION),
-        );
+        let got = out.to_vec_f32(s).unwrap();
+        assert_close(&format!("prefill {cache_dt}"), &got, &want, Tolerance::F32_ACCUMULATION);
+        if matches!(s, Stream::Host) {
+            let mut f = vec![0.0; 6 * h * d];
+            cpu::fast::attention_prefill(&q, 6, 30, kr, vr, h, kvh, d, scale, &mut f).unwrap();
+            assert_close(&format!("prefill {cache_dt} vs cpu::fast"), &got, &f, Tolerance::STRICT);
+        }
     }
 }
 device_test!(attention, attention_body);
+
+/// `with_cpu_reference` puts this thread's host ops on the reference: bit for bit.
+#[test]
+fn with_cpu_reference_runs_the_reference() {
+    let s = Stream::Host;
+    let (dt, rows, cols) = (K::Q4_1, 37, 96);
+    let (bytes, w) = weights(dt, rows, cols, 3);
+    let x = uniform(4, 5 * cols, 1.0);
+    let mut want = vec![0.0; 5 * rows];
+    cpu::matmul(dt, &bytes, rows, cols, &x, 5, &mut want).unwrap();
+    let mut y = poisoned(&[5, rows], &s);
+    ops::with_cpu_reference(|| ops::matmul(&w, &f32t(&[5, cols], &x), &mut y, &s)).unwrap();
+    assert_close("matmul under with_cpu_reference", &y.to_vec_f32(&s).unwrap(), &want, Tolerance::STRICT);
+    let mut want = vec![0.0; rows];
+    cpu::matvec(dt, &bytes, rows, cols, &x[..cols], &mut want).unwrap();
+    let mut y = poisoned(&[rows], &s);
+    ops::with_cpu_reference(|| ops::matvec(&w, &f32t(&[cols], &x[..cols]), &mut y, &s)).unwrap();
+    assert_close("matvec under with_cpu_reference", &y.to_vec_f32(&s).unwrap(), &want, Tolerance::STRICT);
+    // And only inside the closure.
+    ops::matvec(&w, &f32t(&[cols], &x[..cols]), &mut y, &s).unwrap();
+    let mut fast = vec![0.0; rows];
+    cpu::fast::matvec(dt, &bytes, rows, cols, &x[..cols], &mut fast).unwrap();
+    assert_close("matvec after with_cpu_reference", &y.to_vec_f32(&s).unwrap(), &fast, Tolerance::STRICT);
+}
 
 fn kv_append_body(s: &Stream) {
     let (rows, kvh, d, t) = (12, 3, 8, 4);

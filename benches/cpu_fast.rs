@@ -1,0 +1,148 @@
+//! criterion benches of the fast CPU matvec/matmul and attention (`cpu::fast`) against the CPU
+//! reference, per shape of the default model (SmolLM2-135M: Q4_1 layers of 576 / 1536 / 192
+//! rows, the Q8_0 output head of 49152 rows, 9/3 heads of 64) and per kernel set this CPU runs. Each reports the bytes the op
+//! must move (weights + activations in and out), so criterion prints GB/s: a matvec is
+//! memory-bound, its roofline is the memory bandwidth one or all threads get (or the cache's,
+//! for matrices that stay in L2/L3 across iterations, as the small ones here do); a matmul of
+//! T tokens does 2 * rows * cols * T flops on the same bytes and is compute-bound, so its
+//! roofline is the cores' int8 dot-product rate. Attention reads the KV cache once (the bytes
+//! reported) and is compute-bound in prefill (T^2 / 2 score and weight products per head).
+//!
+//! `cargo bench --bench cpu_fast` (filter with a substring, e.g. `-- 'matvec q4_1'`); set
+//! `RAYON_NUM_THREADS` to compare with a fixed thread count.
+
+#[path = "shared/ops.rs"]
+mod ops;
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ops::{Inputs, MODEL, Op};
+use strata_kernels::DType;
+use strata_kernels::cpu::fast::{self, Isa};
+
+fn cases() -> Vec<Op> {
+    let m = MODEL;
+    let mut v = Vec::new();
+    for (rows, cols) in
+        [(m.hidden, m.hidden), (m.kv_heads * m.head_dim, m.hidden), (m.ffn, m.hidden), (m.hidden, m.ffn)]
+    {
+        for dt in [DType::Q4_1, DType::Q4_0, DType::Q8_0] {
+            v.push(Op::Matvec { dt, rows, cols });
+        }
+        v.push(Op::Matmul { dt: DType::Q4_1, rows, cols, tokens: 64 });
+    }
+    v.push(Op::Matvec { dt: DType::Q8_0, rows: m.vocab, cols: m.hidden });
+    let (heads, kv_heads, head_dim) = (m.heads, m.kv_heads, m.head_dim);
+    for n_kv in [256, 1024] {
+        v.push(Op::AttentionDecode { cache: DType::F16, heads, kv_heads, head_dim, n_kv });
+    }
+    v.push(Op::AttentionPrefill { cache: DType::F16, heads, kv_heads, head_dim, tokens: 256 });
+    v
+}
+
+/// The fast path of `op` with the kernel set `isa` (attention picks its own: `Isa::best`).
+fn run_fast(isa: Isa, op: Op, i: &Inputs, y: &mut [f32]) {
+    let scale = |hd: usize| 1.0 / (hd as f32).sqrt();
+    let r = match op {
+        Op::Matvec { dt, rows, cols } => fast::matvec_with(isa, dt, &i.w, rows, cols, &i.x, y),
+        Op::Matmul { dt, rows, cols, tokens } => fast::matmul_with(isa, dt, &i.w, rows, cols, &i.x, tokens, y),
+        Op::AttentionDecode { heads, kv_heads, head_dim, n_kv, .. } => fast::attention_decode(
+            &i.x,
+            i.k.as_ref(),
+            i.v.as_ref(),
+            heads,
+            kv_heads,
+            head_dim,
+            n_kv,
+            scale(head_dim),
+            y,
+        ),
+        Op::AttentionPrefill { heads, kv_heads, head_dim, tokens, .. } => {
+            let (k, v) = (i.k.as_ref(), i.v.as_ref());
+            fast::attention_prefill(&i.x, tokens, 0, k, v, heads, kv_heads, head_dim, scale(head_dim), y)
+        }
+        _ => Ok(()),
+    };
+    r.expect("fast op");
+}
+
+fn cpu_fast(c: &mut Criterion) {
+    // Like the `strata` binary, run on rayon's pool with this thread as worker 0, so a call
+    // does not pay for handing its work to another thread and waiting for it.
+    let _ = rayon::ThreadPoolBuilder::new().use_current_thread().build_global();
+    let mut g = c.benchmark_group("cpu_fast");
+    for op in cases() {
+        let inputs = op.inputs(1);
+        let out_len = match op {
+            Op::Matvec { rows, .. } => rows,
+            Op::Matmul { rows, tokens, .. } => rows * tokens,
+            Op::AttentionDecode { heads, head_dim, .. } => heads * head_dim,
+            Op::AttentionPrefill { heads, head_dim, tokens, .. } => tokens * heads * head_dim,
+            _ => 0,
+        };
+        // Attention has one fast variant (it picks its kernels itself); the products one per
+        // kernel set.
+        let isas =
+            if matches!(op, Op::Matvec { .. } | Op::Matmul { .. }) { Isa::available() } else { vec![Isa::best()] };
+        g.throughput(Throughput::Bytes(op.bytes()));
+        g.bench_function(format!("{} reference", op.label()), |b| b.iter(|| black_box(op.run_cpu(&inputs))));
+        for isa in isas {
+            let mut y = vec![0.0f32; out_len];
+            g.bench_function(format!("{} fast {}", op.label(), isa.name()), |b| {
+                b.iter(|| run_fast(isa, op, black_box(&inputs), &mut y))
+            });
+        }
+    }
+    g.finish();
+}
+
+/// The matvecs of one decode step of the default model: 30 layers of distinct weights (Q4_1:
+/// q, k, v, o, gate, up, down) and the Q8_0 head, about 96 MB, so unlike the single-matrix cases
+/// above the weights come from L3 or DRAM as in a real decode step, not from L2.
+fn decode_step(c: &mut Criterion) {
+    let _ = rayon::ThreadPoolBuilder::new().use_current_thread().build_global();
+    let m = MODEL;
+    let kv = m.kv_heads * m.head_dim;
+    let layer = [
+        (m.hidden, m.hidden),
+        (kv, m.hidden),
+        (kv, m.hidden),
+        (m.hidden, m.hidden),
+        (m.ffn, m.hidden),
+        (m.ffn, m.hidden),
+        (m.hidden, m.ffn),
+    ];
+    let mut mats: Vec<(DType, usize, usize, Vec<u8>)> = Vec::new();
+    for l in 0..30 {
+        for (k, &(rows, cols)) in layer.iter().enumerate() {
+            let op = Op::Matvec { dt: DType::Q4_1, rows, cols };
+            mats.push((DType::Q4_1, rows, cols, op.inputs((l * 7 + k) as u64).w));
+        }
+    }
+    let head = Op::Matvec { dt: DType::Q8_0, rows: m.vocab, cols: m.hidden };
+    mats.push((DType::Q8_0, m.vocab, m.hidden, head.inputs(1).w));
+    let bytes: usize = mats.iter().map(|(_, _, _, w)| w.len()).sum();
+    let x: Vec<f32> = (0..m.ffn).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+    let mut y = vec![0.0f32; m.vocab];
+    let mut g = c.benchmark_group("cpu_fast");
+    g.throughput(Throughput::Bytes(bytes as u64));
+    for isa in Isa::available() {
+        g.bench_function(format!("decode step smollm2-135m fast {}", isa.name()), |b| {
+            b.iter(|| {
+                for (dt, rows, cols, w) in &mats {
+                    fast::matvec_with(isa, *dt, w, *rows, *cols, &x[..*cols], &mut y[..*rows]).expect("fast matvec");
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1)).sample_size(10);
+    targets = cpu_fast, decode_step
+}
+criterion_main!(benches);

@@ -1,0 +1,54 @@
+//! The fast CPU path against the CPU reference for a whole forward pass, on a synthetic model
+//! with the default model's shape (no file needed): how far the 8-bit activation rounding
+//! moves the logits, the number `gpu.rs` budgets for when it compares the (fast) CPU with CUDA.
+
+use strata_model::gguf::GgufFile;
+use strata_model::synth::{Preset, gguf_bytes};
+use strata_model::{GenerateOptions, Model, SamplerConfig, Session, SessionOptions, generate};
+use strata_tensor::DType;
+use strata_tensor::ops::with_cpu_reference;
+
+use crate::support::FAST_CPU_LOGITS_REL;
+
+const PROMPT: [u32; 7] = [72, 101, 108, 108, 111, 32, 119];
+
+fn synthetic(layers: usize, seed: u64) -> Model {
+    let preset = Preset::by_name("smollm2-135m").and_then(|p| p.with_layers(layers)).expect("preset");
+    let bytes = gguf_bytes(&preset, DType::Q4_1, seed).expect("synthetic model");
+    let file = GgufFile::from_bytes(bytes).expect("parse");
+    Model::from_file(file, std::path::Path::new("synthetic")).expect("model")
+}
+
+/// max |a - b| relative to the largest |a| (as gpu.rs measures CPU against CUDA).
+fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    let scale = a.iter().fold(1f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+fn opts() -> SessionOptions {
+    SessionOptions { context: 128, ..SessionOptions::default() }
+}
+
+/// Prefill logits, then one decode step's, then 16 greedy tokens.
+fn run(model: &Model) -> (Vec<f32>, Vec<f32>, Vec<u32>) {
+    let mut s = Session::new(model, None, &opts()).expect("session");
+    let prefill = s.forward(&PROMPT, true).expect("prefill");
+    let decode = s.forward(&[65], false).expect("decode");
+    s.reset();
+    let o =
+        GenerateOptions { max_tokens: 16, ignore_eos: true, sampler: SamplerConfig::greedy(), ..Default::default() };
+    (prefill, decode, generate(&mut s, &PROMPT, &o, |_| {}).expect("generate").generated_ids)
+}
+
+#[test]
+fn fast_cpu_path_stays_near_the_reference() {
+    for (layers, seed) in [(4, 7), (6, 9), (30, 8)] {
+        let model = synthetic(layers, seed);
+        let (pf, df, tf) = run(&model);
+        let (pr, dr, tr) = with_cpu_reference(|| run(&model));
+        let (dp, dd) = (rel_diff(&pr, &pf), rel_diff(&dr, &df));
+        println!("{layers} layers, seed {seed}: prefill {dp:.2e}, decode {dd:.2e}, same greedy tokens: {}", tf == tr);
+        assert!(dp < FAST_CPU_LOGITS_REL, "{layers} layers: prefill logits differ by {dp:e}");
+        assert!(dd < FAST_CPU_LOGITS_REL, "{layers} layers: decode logits differ by {dd:e}");
+    }
+}

@@ -1,0 +1,419 @@
+//! Fast grouped-query causal attention over an f32 or f16 KV cache: the same results as
+//! [`crate::cpu::attention_prefill`] / [`crate::cpu::attention_decode`] up to the order of f32
+//! additions (and fused multiply-adds where the CPU has them).
+//!
+//! The reference reads the cache one element at a time (converting each f16 on the way) and
+//! sums every score in one sequential chain, so it cannot use SIMD; with the matrix products
+//! fast, it took half of a 256-token prefill. Here, for prefill, K is converted once per KV
+//! head to f32 and transposed to [head_dim][position], so a query's scores for 16 positions are
+//! 16 SIMD lanes of one multiply-add chain over head_dim, and V once to f32
+//! [position][head_dim], so the weighted sum is a multiply-add per position across head_dim.
+//! For one token (decode) that conversion and transposition would cost more than the attention
+//! itself: each K and V row is converted once for the query heads of its group and used as it
+//! is, with a KV head's rows split into chunks whose softmax states are merged at the end (so a
+//! long context uses every thread). The loops are plain Rust,
+//! compiled three times: for AVX-512, for AVX2 + FMA (selected at run time, like the matrix
+//! kernels) and for the baseline target; the compiler vectorizes them.
+
+use std::ops::Range;
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
+
+use super::Isa;
+use crate::cpu::CacheRef;
+use crate::{Error, Result};
+
+/// Positions per score vector: one 512-bit register of f32.
+const LANES: usize = 16;
+
+/// Decode attention, like [`crate::cpu::attention_decode`]: q and out are
+/// `[n_heads][head_dim]`; attends cache rows 0..n_kv.
+///
+/// # Errors
+/// As the reference: a length or shape that does not fit, or `n_kv == 0`.
+pub fn attention_decode(
+    q: &[f32],
+    k_cache: CacheRef,
+    v_cache: CacheRef,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    n_kv: usize,
+    scale: f32,
+    out: &mut [f32],
+) -> Result<()> {
+    if n_kv == 0 {
+        return Err(Error::invalid("fast::attention_decode", "n_kv must be at least 1"));
+    }
+    attention_prefill(q, 1, n_kv - 1, k_cache, v_cache, n_heads, n_kv_heads, head_dim, scale, out)
+}
+
+/// Prefill attention, like [`crate::cpu::attention_prefill`]: q and out are
+/// `[n_tokens][n_heads][head_dim]`; token t attends cache rows 0..=pos0+t.
+///
+/// # Errors
+/// As the reference: a length or shape that does not fit.
+pub fn attention_prefill(
+    q: &[f32],
+    n_tokens: usize,
+    pos0: usize,
+    k_cache: CacheRef,
+    v_cache: CacheRef,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    scale: f32,
+    out: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "fast::attention_prefill";
+    // The reference's argument checks, on an empty output: they are the contract.
+    crate::cpu::check_attention(OP, q, n_tokens, pos0, &k_cache, &v_cache, n_heads, n_kv_heads, head_dim, out)?;
+    if n_tokens == 0 || n_heads == 0 {
+        return Ok(());
+    }
+    let n_kv = pos0 + n_tokens;
+    if n_tokens == 1 {
+        decode(q, &k_cache, &v_cache, n_heads, n_kv_heads, head_dim, n_kv, scale, out);
+        return Ok(());
+    }
+    let group = n_heads / n_kv_heads;
+    let row = n_kv_heads * head_dim;
+    let n_pad = n_kv.next_multiple_of(LANES);
+    // Per KV head: K as f32 [head_dim][n_pad] (zero padded), V as f32 [n_kv][head_dim].
+    let heads: Vec<(Vec<f32>, Vec<f32>)> = (0..n_kv_heads)
+        .into_par_iter()
+        .map(|g| {
+            let mut kt = vec![0.0f32; head_dim * n_pad];
+            let mut vf = vec![0.0f32; n_kv * head_dim];
+            let mut krow = vec![0.0f32; head_dim];
+            for p in 0..n_kv {
+                let at = p * row + g * head_dim;
+                read_row(&k_cache, at, &mut krow);
+                for (d, &v) in krow.iter().enumerate() {
+                    kt[d * n_pad + p] = v;
+                }
+                read_row(&v_cache, at, &mut vf[p * head_dim..][..head_dim]);
+            }
+            (kt, vf)
+        })
+        .collect();
+    let isa = Isa::best();
+    // One item per (token, head); a few per task so that a short decode does not pay a task
+    // per head. Each task reuses one score buffer.
+    out.par_chunks_mut(head_dim).zip(q.par_chunks(head_dim)).enumerate().with_min_len(4).for_each_init(
+        || vec![0.0f32; n_pad],
+        |scores, (item, (o, qh))| {
+            let (t, h) = (item / n_heads, item % n_heads);
+            let (kt, vf) = &heads[h / group];
+            attend(isa, qh, kt, vf, n_pad, pos0 + t + 1, scale, scores, o);
+        },
+    );
+    Ok(())
+}
+
+/// Positions per decode task: a KV head's rows are split into chunks of this many so that a
+/// long context spreads over the threads; each chunk keeps its own softmax max and sum, and
+/// the chunks are merged per head (the split-K form of attention).
+const DECODE_CHUNK: usize = 128;
+
+/// One token (decode) straight from the cache: each task converts a chunk of a KV head's K and
+/// V rows once, for all the query heads of its group. (Converting and transposing the whole
+/// cache, as prefill does, would cost as much as the attention itself for one token.)
+#[allow(clippy::too_many_arguments)]
+fn decode(
+    q: &[f32],
+    k_cache: &CacheRef,
+    v_cache: &CacheRef,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    n_kv: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let group = n_heads / n_kv_heads;
+    let chunks = n_kv.div_ceil(DECODE_CHUNK);
+    let isa = Isa::best();
+    let parts: Vec<Partial> = (0..n_kv_heads * chunks)
+        .into_par_iter()
+        .map(|task| {
+            let (g, c) = (task / chunks, task % chunks);
+            let rows = c * DECODE_CHUNK..((c + 1) * DECODE_CHUNK).min(n_kv);
+            let qg = &q[g * group * head_dim..][..group * head_dim];
+            let at = Cache { k: k_cache, v: v_cache, off: g * head_dim, row: n_kv_heads * head_dim };
+            decode_chunk(isa, qg, &at, rows, head_dim, scale)
+        })
+        .collect();
+    // out[h] = sum_c exp(m_c - m) acc_c / sum_c exp(m_c - m) l_c, per head of each group.
+    for (g, og) in out.chunks_exact_mut(group * head_dim).enumerate() {
+        for (h, o) in og.chunks_exact_mut(head_dim).enumerate() {
+            let mine = &parts[g * chunks..][..chunks];
+            let m = mine.iter().fold(f32::NEG_INFINITY, |m, p| m.max(p.max[h]));
+            let mut l = 0.0f32;
+            o.fill(0.0);
+            for p in mine {
+                let w = (p.max[h] - m).exp();
+                l += w * p.sum[h];
+                for (o, &a) in o.iter_mut().zip(&p.acc[h * head_dim..][..head_dim]) {
+                    *o += w * a;
+                }
+            }
+            let inv = 1.0 / l;
+            for o in o.iter_mut() {
+                *o *= inv;
+            }
+        }
+    }
+}
+
+/// Where a KV head's rows are: element `p * row + off + d` of each cache.
+struct Cache<'a, 'c> {
+    k: &'a CacheRef<'c>,
+    v: &'a CacheRef<'c>,
+    off: usize,
+    row: usize,
+}
+
+/// A chunk's softmax state per query head: max score, sum of exp(score - max), and the
+/// exp-weighted sum of V rows ([head][head_dim]).
+struct Partial {
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+fn decode_chunk(isa: Isa, qg: &[f32], at: &Cache, rows: Range<usize>, hd: usize, scale: f32) -> Partial {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::best()` returned AVX-512, so this CPU has the features of
+        // `decode_chunk_avx512`.
+        Isa::Avx512Vnni => unsafe { decode_chunk_avx512(qg, at, rows, hd, scale) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::best()` returned AVX2, so this CPU has AVX2 and FMA.
+        Isa::Avx2 => unsafe { decode_chunk_avx2(qg, at, rows, hd, scale) },
+        _ => decode_chunk_body::<false>(qg, at, rows, hd, scale),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn decode_chunk_avx512(qg: &[f32], at: &Cache, rows: Range<usize>, hd: usize, scale: f32) -> Partial {
+    decode_chunk_body::<true>(qg, at, rows, hd, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn decode_chunk_avx2(qg: &[f32], at: &Cache, rows: Range<usize>, hd: usize, scale: f32) -> Partial {
+    decode_chunk_body::<true>(qg, at, rows, hd, scale)
+}
+
+#[inline(always)]
+fn decode_chunk_body<const FMA: bool>(qg: &[f32], at: &Cache, rows: Range<usize>, hd: usize, scale: f32) -> Partial {
+    let group = qg.len() / hd;
+    let n = rows.len();
+    let mut row = vec![0.0f32; hd];
+    let mut scores = vec![0.0f32; group * n];
+    for (i, p) in rows.clone().enumerate() {
+        read_row(at.k, p * at.row + at.off, &mut row);
+        for (h, qh) in qg.chunks_exact(hd).enumerate() {
+            scores[h * n + i] = dot::<FMA>(qh, &row) * scale;
+        }
+    }
+    let mut part = Partial { max: vec![f32::NEG_INFINITY; group], sum: vec![0.0; group], acc: vec![0.0; group * hd] };
+    for (h, s) in scores.chunks_exact_mut(n.max(1)).enumerate().take(group) {
+        part.max[h] = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        part.sum[h] = softmax_weights(s);
+    }
+    for (i, p) in rows.enumerate() {
+        read_row(at.v, p * at.row + at.off, &mut row);
+        for (h, acc) in part.acc.chunks_exact_mut(hd).enumerate() {
+            let e = scores[h * n + i];
+            for (a, &v) in acc.iter_mut().zip(&row) {
+                *a = madd::<FMA>(e, v, *a);
+            }
+        }
+    }
+    part
+}
+
+/// scores[p] = scale * q · k[p] for p < n (rounded up to whole blocks of 16), from K transposed
+/// to kt [head_dim][n_pad]: 16 positions are 16 lanes of one multiply-add chain over head_dim.
+#[inline(always)]
+fn scores_into<const FMA: bool>(q: &[f32], kt: &[f32], n_pad: usize, n: usize, scale: f32, scores: &mut [f32]) {
+    let n_blocks = n.div_ceil(LANES);
+    for (pb, s) in scores[..n_blocks * LANES].chunks_exact_mut(LANES).enumerate() {
+        let mut acc = [0.0f32; LANES];
+        for (d, &qd) in q.iter().enumerate() {
+            let k = &kt[d * n_pad + pb * LANES..][..LANES];
+            for l in 0..LANES {
+                acc[l] = madd::<FMA>(qd, k[l], acc[l]);
+            }
+        }
+        for l in 0..LANES {
+            s[l] = acc[l] * scale;
+        }
+    }
+}
+
+/// s[i] = exp(s[i] - max s) in place; returns their sum. The exponentials are [`exp`], which
+/// vectorizes (libm's `expf` is a call per value and took a third of a decode step's attention).
+#[inline(always)]
+fn softmax_weights(s: &mut [f32]) -> f32 {
+    let m = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for v in s.iter_mut() {
+        *v = exp(*v - m);
+    }
+    let mut acc = [0.0f32; LANES];
+    let (chunks, tail) = s.as_chunks::<LANES>();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += c[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail.iter().sum::<f32>()
+}
+
+/// e^x to about 1 ulp (Cephes' `expf`: x = n ln 2 + r with |r| <= ln 2 / 2, a degree-6
+/// polynomial for e^r, 2^n from the exponent bits), in straight-line code that vectorizes.
+/// Below -87 it returns e^-87 (about 1.6e-38; softmax weights that small do not count) and
+/// above 88 e^88; NaN stays NaN.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split so that n * LN2_HI is exact for the n that occur.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer (see `act`).
+    const ROUND: f32 = 12_582_912.0;
+    // `clamp` keeps a NaN a NaN.
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_2e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let er = p * r * r + r + 1.0;
+    // n is in -126..=127 here; a NaN x gives n = 0 and a NaN er.
+    er * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// q · k: 16 lane-wise partial sums (one f32 chain would not vectorize), then a tree of vector
+/// adds. The chunks are copied into locals, which keeps the compiler to full-width vectors.
+#[inline(always)]
+fn dot<const FMA: bool>(q: &[f32], k: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (qc, qt) = q.as_chunks::<LANES>();
+    let (kc, kt) = k.as_chunks::<LANES>();
+    for (a, b) in qc.iter().zip(kc) {
+        let (a, b) = (*a, *b);
+        for l in 0..LANES {
+            acc[l] = madd::<FMA>(a[l], b[l], acc[l]);
+        }
+    }
+    let mut w = LANES / 2;
+    while w > 0 {
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+        w /= 2;
+    }
+    let mut s = acc[0];
+    for (&a, &b) in qt.iter().zip(kt) {
+        s = madd::<FMA>(a, b, s);
+    }
+    s
+}
+
+/// Cache values `at..at + out.len()` as f32 (f16 converted in bulk, with F16C where present).
+fn read_row(c: &CacheRef, at: usize, out: &mut [f32]) {
+    match c {
+        CacheRef::F32(v) => out.copy_from_slice(&v[at..at + out.len()]),
+        CacheRef::F16(v) => {
+            let src: &[f16] = &v[at..at + out.len()];
+            src.convert_to_f32_slice(out);
+        }
+    }
+}
+
+/// One query against positions 0..n, on the best code this CPU runs.
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    isa: Isa,
+    q: &[f32],
+    kt: &[f32],
+    vf: &[f32],
+    n_pad: usize,
+    n: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::best()` returned AVX-512, so this CPU has the features `attend_avx512`
+        // is compiled for.
+        Isa::Avx512Vnni => unsafe { attend_avx512(q, kt, vf, n_pad, n, scale, scores, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::best()` returned AVX2, so this CPU has AVX2 and FMA.
+        Isa::Avx2 => unsafe { attend_avx2(q, kt, vf, n_pad, n, scale, scores, out) },
+        _ => attend_body::<false>(q, kt, vf, n_pad, n, scale, scores, out),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn attend_avx512(q: &[f32], kt: &[f32], vf: &[f32], n_pad: usize, n: usize, s: f32, sc: &mut [f32], o: &mut [f32]) {
+    attend_body::<true>(q, kt, vf, n_pad, n, s, sc, o)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+fn attend_avx2(q: &[f32], kt: &[f32], vf: &[f32], n_pad: usize, n: usize, s: f32, sc: &mut [f32], o: &mut [f32]) {
+    attend_body::<true>(q, kt, vf, n_pad, n, s, sc, o)
+}
+
+/// softmax(scale * q·k[p], p < n) weighted sum of v[p], written so the compiler vectorizes it:
+/// scores 16 positions at a time (lanes) with one chain over head_dim, the weighted sum across
+/// head_dim. Inlined into each `#[target_feature]` wrapper, so each gets its own vector code.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attend_body<const FMA: bool>(
+    q: &[f32],
+    kt: &[f32],
+    vf: &[f32],
+    n_pad: usize,
+    n: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    scores_into::<FMA>(q, kt, n_pad, n, scale, scores);
+    let scores = &mut scores[..n];
+    let l = softmax_weights(scores);
+    out.fill(0.0);
+    for (p, &e) in scores.iter().enumerate() {
+        let v = &vf[p * hd..][..hd];
+        for (o, &vd) in out.iter_mut().zip(v) {
+            *o = madd::<FMA>(e, vd, *o);
+        }
+    }
+    let inv = 1.0 / l;
+    for o in out.iter_mut() {
+        *o *= inv;
+    }
+}
+
+/// `a * b + c`: fused in the code compiled with FMA (`f32::mul_add` becomes one instruction
+/// there), two operations elsewhere (where `mul_add` would call a slow software fma).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
+}

@@ -1,0 +1,317 @@
+//! The fast CPU path the model runs on: matrix–vector and matrix–matrix products for quantized
+//! weights (Q4_0, Q4_1, Q8_0) and attention (`attention`). The reference in [`crate::cpu`]
+//! stays the oracle; every function here is tested against it.
+//!
+//! What differs from the reference in the products, and why it is faster:
+//! - the activations are quantized once per call to 8-bit blocks of 32 with one scale each
+//!   (llama.cpp's `q8_1`, see `act`), so each weight block meets its activations in one
+//!   integer dot product (AVX2 `vpmaddubsw`, AVX-512 VNNI `vpdpbusd`) and one f32 multiply-add,
+//!   instead of 32 dequantized f32 products;
+//! - rows are split over rayon in chunks of tens to hundreds of rows (a task per row costs
+//!   more than a 576-column row does), and each kernel computes a tile of several rows × several
+//!   tokens, so a weight block is unpacked once and used for every token of the tile (prefill).
+//!
+//! The result is therefore not the reference's: it is the exact product of the weights with
+//! the rounded activations `x'` ([`activation_values`]), summed in another order. The error
+//! against the reference is bounded by the activation rounding (see
+//! [`crate::check::Tolerance::Q8_ACTIVATIONS`]); against the reference run on `x'` it is f32
+//! accumulation error only. llama.cpp rounds the same way, but that does not bring the two
+//! engines' logits closer than the reference's are: the rounding is a step function, so a
+//! last-bit difference anywhere upstream (an f32 sum's order, an FMA) sends some value to the
+//! other side of a step, and from there each engine carries its own rounding noise.
+//!
+//! Kernels, chosen at run time ([`Isa::best`]): AVX-512 VNNI (two blocks per 512-bit register),
+//! AVX2 + FMA + F16C, and portable Rust ([`Isa::Scalar`], also the oracle of the SIMD ones). The
+//! model reaches this module through `strata_tensor::ops` for host tensors;
+//! `STRATA_CPU_REFERENCE=1` (or `strata_tensor::ops::with_cpu_reference`) makes those use the
+//! reference instead. Parallel work goes to rayon's global pool; a caller on one of its threads
+//! (as the `strata` binary's main thread is) saves a hand-over per call.
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+pub use attention::{attention_decode, attention_prefill};
+
+use super::{expect_len, expect_matrix};
+use crate::{DType, Error, Result};
+
+mod act;
+mod attention;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+/// An instruction set the fast kernels can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable Rust: any target.
+    Scalar,
+    /// x86_64 with AVX2, FMA and F16C (Haswell and later, Zen).
+    Avx2,
+    /// x86_64 with AVX-512 F/BW/VL and VNNI (Ice Lake, Sapphire Rapids, Zen 4 and later).
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// Every kernel set, from the most portable to the fastest.
+    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512Vnni => "avx512-vnni",
+        }
+    }
+
+    /// Whether this CPU can run these kernels (detected at run time).
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => {
+                Isa::Avx2.is_available()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The kernel sets this CPU can run.
+    pub fn available() -> Vec<Isa> {
+        Isa::ALL.into_iter().filter(|i| i.is_available()).collect()
+    }
+
+    /// The fastest kernel set this CPU can run (detected once).
+    pub fn best() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| Isa::available().pop().unwrap_or(Isa::Scalar))
+    }
+
+    /// How this kernel set wants the activations for weights of `ty` (see `act::Layout`).
+    fn layout(self, ty: WType) -> act::Layout {
+        match (self, ty) {
+            (Isa::Scalar, _) => act::Layout::Natural { lanes: 1 },
+            (Isa::Avx512Vnni, WType::Q4_0 | WType::Q4_1) => act::Layout::Q4Pairs,
+            (Isa::Avx2 | Isa::Avx512Vnni, _) => act::Layout::Natural { lanes: 8 },
+        }
+    }
+}
+
+/// A weight type the fast kernels handle, with its block layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WType {
+    Q4_0,
+    Q4_1,
+    Q8_0,
+}
+
+impl WType {
+    fn of(dtype: DType) -> Option<WType> {
+        match dtype {
+            DType::Q4_0 => Some(WType::Q4_0),
+            DType::Q4_1 => Some(WType::Q4_1),
+            DType::Q8_0 => Some(WType::Q8_0),
+            DType::F32 | DType::F16 | DType::BF16 => None,
+        }
+    }
+
+    fn block_bytes(self) -> usize {
+        match self {
+            WType::Q4_0 => 18,
+            WType::Q4_1 => 20,
+            WType::Q8_0 => 34,
+        }
+    }
+
+    /// Where the 16 bytes of nibbles start in a Q4 block (after `d`, and `m` for Q4_1).
+    fn qs_offset(self) -> usize {
+        match self {
+            WType::Q4_0 => 2,
+            WType::Q4_1 => 4,
+            WType::Q8_0 => 2,
+        }
+    }
+}
+
+/// Whether the fast path handles `dtype` (the quantized types; plain floats use the reference).
+pub fn supports(dtype: DType) -> bool {
+    WType::of(dtype).is_some()
+}
+
+/// The values the fast kernels multiply the weights with when given `x` (rows of `cols`
+/// values): each block of 32 rounded to 8 bits with one binary16 scale. Tests compare the fast
+/// path with the reference run on these values.
+///
+/// # Errors
+/// If `cols` is not a multiple of 32 or `x` is not a whole number of rows or `out` is not as
+/// long as `x`.
+pub fn activation_values(x: &[f32], cols: usize, out: &mut [f32]) -> Result<()> {
+    const OP: &str = "activation_values";
+    if !cols.is_multiple_of(crate::QK) || (cols == 0 && !x.is_empty()) || !x.len().is_multiple_of(cols.max(1)) {
+        return Err(Error::invalid(OP, format!("{} values are not whole rows of {cols} (a multiple of 32)", x.len())));
+    }
+    expect_len(OP, "out", out.len(), Some(x.len()))?;
+    act::dequantize_into(x, cols, out);
+    Ok(())
+}
+
+/// y[r] = sum_c w[r][c] * x[c] with the best kernels for this CPU; like [`crate::cpu::matvec`]
+/// except for the activation rounding described in the module doc.
+///
+/// # Errors
+/// If `dtype` is not quantized, or a length does not fit the shape.
+pub fn matvec(dtype: DType, w: &[u8], rows: usize, cols: usize, x: &[f32], y: &mut [f32]) -> Result<()> {
+    matvec_with(Isa::best(), dtype, w, rows, cols, x, y)
+}
+
+/// [`matvec`] with the given kernel set (tests compare them).
+///
+/// # Errors
+/// As [`matvec`], and if this CPU cannot run `isa`.
+pub fn matvec_with(isa: Isa, dtype: DType, w: &[u8], rows: usize, cols: usize, x: &[f32], y: &mut [f32]) -> Result<()> {
+    const OP: &str = "fast::matvec";
+    let ty = check(OP, isa, dtype)?;
+    let rb = expect_matrix(OP, dtype, w, rows, cols)?;
+    expect_len(OP, "x", x.len(), Some(cols))?;
+    expect_len(OP, "y", y.len(), Some(rows))?;
+    let acts = act::Acts::quantize(x, 1, cols, isa.layout(ty));
+    run(isa, ty, w, rb, rows, &acts, y);
+    Ok(())
+}
+
+/// y[t][r] = sum_c x[t][c] * w[r][c] (Y = X W^T) with the best kernels for this CPU; like
+/// [`crate::cpu::matmul`] except for the activation rounding described in the module doc.
+///
+/// # Errors
+/// If `dtype` is not quantized, or a length does not fit the shape.
+pub fn matmul(
+    dtype: DType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n_tokens: usize,
+    y: &mut [f32],
+) -> Result<()> {
+    matmul_with(Isa::best(), dtype, w, rows, cols, x, n_tokens, y)
+}
+
+/// [`matmul`] with the given kernel set (tests compare them).
+///
+/// # Errors
+/// As [`matmul`], and if this CPU cannot run `isa`.
+pub fn matmul_with(
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n_tokens: usize,
+    y: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "fast::matmul";
+    let ty = check(OP, isa, dtype)?;
+    let rb = expect_matrix(OP, dtype, w, rows, cols)?;
+    expect_len(OP, "x", x.len(), n_tokens.checked_mul(cols))?;
+    expect_len(OP, "y", y.len(), n_tokens.checked_mul(rows))?;
+    if n_tokens == 0 || rows == 0 {
+        return Ok(());
+    }
+    let acts = act::Acts::quantize(x, n_tokens, cols, isa.layout(ty));
+    if n_tokens == 1 {
+        run(isa, ty, w, rb, rows, &acts, y);
+        return Ok(());
+    }
+    // Tasks own whole rows, so they write Y transposed ([row][token], contiguous per task)
+    // and it is transposed back here: rows * n_tokens stores, against rows * n_tokens * cols
+    // multiply-adds, and no shared mutable output across threads.
+    let mut yt = vec![0.0f32; rows * n_tokens];
+    run(isa, ty, w, rb, rows, &acts, &mut yt);
+    transpose(&yt, n_tokens, y);
+    Ok(())
+}
+
+/// Tokens per block of the transpose: each task reads TB contiguous values of a row of `yt` and
+/// writes one value to each of TB rows of `y`, so both sides stream.
+const TRANSPOSE_TOKENS: usize = 8;
+
+/// y[t][r] = yt[r][t] for yt [rows][n], in parallel over blocks of tokens.
+fn transpose(yt: &[f32], n: usize, y: &mut [f32]) {
+    let rows = yt.len() / n.max(1);
+    if rows == 0 {
+        return;
+    }
+    y.par_chunks_mut(rows * TRANSPOSE_TOKENS).enumerate().for_each(|(b, yb)| {
+        let t0 = b * TRANSPOSE_TOKENS;
+        let tb = yb.len() / rows;
+        for (r, src) in yt.chunks_exact(n).enumerate() {
+            for (j, &v) in src[t0..t0 + tb].iter().enumerate() {
+                yb[j * rows + r] = v;
+            }
+        }
+    });
+}
+
+fn check(op: &'static str, isa: Isa, dtype: DType) -> Result<WType> {
+    let ty = WType::of(dtype).ok_or(Error::UnsupportedDtype { op, dtype, expected: "q4_0, q4_1 or q8_0" })?;
+    if !isa.is_available() {
+        return Err(Error::invalid(op, format!("this CPU cannot run the {} kernels", isa.name())));
+    }
+    Ok(ty)
+}
+
+/// Rows per rayon task: about four tasks per thread so a slow thread (another process on its
+/// core) can be balanced, but at least 16 rows so the scheduling (a microsecond or so per task)
+/// stays small next to the work, and at most 256 so large matrices still spread. A multiple
+/// of 8, the largest row tile.
+fn rows_per_task(rows: usize, n_tokens: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    // Prefill rows carry n_tokens times the work: fewer rows per task still amortize a task.
+    let min = if n_tokens > 8 { 8 } else { 16 };
+    rows.div_ceil(4 * threads).clamp(min, 256).next_multiple_of(8)
+}
+
+/// out[r][t] = row r of `w` · token t of `acts` for all rows, split over rayon tasks.
+fn run(isa: Isa, ty: WType, w: &[u8], rb: usize, rows: usize, acts: &act::Acts, out: &mut [f32]) {
+    let n = acts.n;
+    if rows == 0 || n == 0 {
+        return;
+    }
+    if rb == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let per = rows_per_task(rows, n);
+    out.par_chunks_mut(per * n).zip(w.par_chunks(per * rb)).for_each(|(o, wc)| kernel(isa, ty, wc, rb, acts, o));
+}
+
+/// One task's rows, on the chosen kernels.
+fn kernel(isa: Isa, ty: WType, w: &[u8], rb: usize, acts: &act::Acts, out: &mut [f32]) {
+    match isa {
+        Isa::Scalar => scalar::gemm(ty, w, rb, acts, out),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `check` returned Ok only if `isa.is_available()`, i.e. this CPU has AVX2,
+        // FMA and F16C, the features `avx2::gemm` is compiled for.
+        Isa::Avx2 => unsafe { avx2::gemm(ty, w, rb, acts, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, with AVX-512 F/BW/VL/VNNI as well, the features of `avx512::gemm`.
+        Isa::Avx512Vnni => unsafe { avx512::gemm(ty, w, rb, acts, out) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => scalar::gemm(ty, w, rb, acts, out),
+    }
+}

@@ -1,0 +1,338 @@
+//! The fast CPU path (`cpu::fast`) against the CPU reference: every quantized weight type, every
+//! kernel set this CPU runs, odd row counts, one token and several (1, 2, 7, 33: below, at and
+//! past the tiles' token counts).
+//!
+//! Three comparisons, from loose to tight:
+//! - against the reference on the raw activations, under [`Tolerance::Q8_ACTIVATIONS`] (the
+//!   8-bit activation rounding), and element by element under its worst-case bound;
+//! - against the reference on the rounded activations `x'` ([`fast::activation_values`]),
+//!   under [`Tolerance::F32_ACCUMULATION`]: the fast kernels compute exactly `W x'`, so only
+//!   the order of f32 additions differs;
+//! - each SIMD kernel set against the portable one, under [`Tolerance::F32_ACCUMULATION`]: the
+//!   same per-block integer products and scales, summed in another order (lanes, then blocks).
+
+use proptest::prelude::*;
+use strata_kernels::check::{Tolerance, assert_close, skip};
+use strata_kernels::cpu::{self, fast, fast::Isa};
+use strata_kernels::{DType, Error, QK, quant};
+
+use crate::oracle;
+use crate::support::{rng, uniform};
+
+const QTYPES: [DType; 3] = [DType::Q4_0, DType::Q4_1, DType::Q8_0];
+const TOKENS: [usize; 4] = [1, 2, 7, 33];
+/// (rows, cols): rows that are multiples of nothing, an odd and an even number of blocks,
+/// and the default model's 576 and 1536.
+const SHAPES: [(usize, usize); 6] = [(1, 32), (3, 64), (13, 96), (67, 160), (193, 576), (37, 1536)];
+
+fn matrix(seed: u64, dt: DType, rows: usize, cols: usize) -> Vec<u8> {
+    quant::quantize_matrix(dt, &uniform(&mut rng(seed), rows * cols, 1.0), rows, cols).expect("valid shape")
+}
+
+fn reference(dt: DType, w: &[u8], rows: usize, cols: usize, x: &[f32], n: usize) -> Vec<f32> {
+    let mut y = vec![f32::NAN; n * rows];
+    cpu::matmul(dt, w, rows, cols, x, n, &mut y).expect("reference matmul");
+    y
+}
+
+/// The fast path with `isa`: matvec for one token, matmul otherwise. Outputs start as NaN so
+/// an element the kernels skip cannot pass.
+fn fast_with(isa: Isa, dt: DType, w: &[u8], rows: usize, cols: usize, x: &[f32], n: usize) -> Vec<f32> {
+    let mut y = vec![f32::NAN; n * rows];
+    if n == 1 {
+        fast::matvec_with(isa, dt, w, rows, cols, x, &mut y).expect("fast matvec");
+    } else {
+        fast::matmul_with(isa, dt, w, rows, cols, x, n, &mut y).expect("fast matmul");
+    }
+    y
+}
+
+fn rounded(x: &[f32], cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    fast::activation_values(x, cols, &mut out).expect("activation values");
+    out
+}
+
+#[test]
+fn fast_matches_the_reference() {
+    for dt in QTYPES {
+        for (k, (rows, cols)) in SHAPES.into_iter().enumerate() {
+            let w = matrix(k as u64 * 31 + 1, dt, rows, cols);
+            for n in TOKENS {
+                let x = uniform(&mut rng(k as u64 * 7 + n as u64), n * cols, 1.0);
+                let got = fast_with(Isa::best(), dt, &w, rows, cols, &x, n);
+                let label = format!("fast {dt} {rows}x{cols} T={n} ({})", Isa::best().name());
+                let want = reference(dt, &w, rows, cols, &x, n);
+                assert_close(&format!("{label} vs reference"), &got, &want, Tolerance::Q8_ACTIVATIONS);
+                let want = reference(dt, &w, rows, cols, &rounded(&x, cols), n);
+                assert_close(&format!("{label} vs reference on x'"), &got, &want, Tolerance::F32_ACCUMULATION);
+            }
+        }
+    }
+}
+
+/// Element by element, the rigorous bound: |x - x'| <= d/2 + (binary16 rounding of d) * 127
+/// <= max|x_b| (1/254 + 127 * 2^-11 / 127) per element of block b, so a row's error is at
+/// most sum_b max|x_b| (1/254 + 2^-11) ||w_b||_1, plus f32 accumulation (1e-4 of the row's
+/// magnitude covers it).
+#[test]
+fn fast_error_is_within_the_worst_case_bound() {
+    for dt in QTYPES {
+        let (rows, cols, n) = (29, 320, 7);
+        let w = matrix(5, dt, rows, cols);
+        let x = uniform(&mut rng(6), n * cols, 3.0);
+        let got = fast_with(Isa::best(), dt, &w, rows, cols, &x, n);
+        let want = oracle::matmul(dt, &w, rows, cols, &x, n);
+        let wd = oracle::dequantize(dt, &w, rows, cols);
+        for t in 0..n {
+            for r in 0..rows {
+                let (mut bound, mut mag) = (0.0f64, 0.0f64);
+                for b in 0..cols / QK {
+                    let xb = &x[t * cols + b * QK..][..QK];
+                    let wb = &wd[r * cols + b * QK..][..QK];
+                    let amax = xb.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64));
+                    let w1: f64 = wb.iter().map(|v| v.abs()).sum();
+                    bound += amax * (1.0 / 254.0 + 1.0 / 2048.0) * w1;
+                    mag += amax * w1;
+                }
+                let (g, want) = (got[t * rows + r] as f64, want[t * rows + r]);
+                let err = (g - want).abs();
+                assert!(
+                    err <= bound + 1e-4 * mag,
+                    "{dt} row {r} token {t}: |{g} - {want}| = {err:e} > bound {bound:e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn simd_kernels_match_the_portable_ones() {
+    for isa in Isa::ALL.into_iter().filter(|&i| i != Isa::Scalar) {
+        if !isa.is_available() {
+            skip(&format!("fast::simd_kernels_match_the_portable_ones[{}]", isa.name()), "this CPU lacks the features");
+            continue;
+        }
+        for dt in QTYPES {
+            for (k, (rows, cols)) in SHAPES.into_iter().enumerate() {
+                let w = matrix(k as u64 * 13 + 2, dt, rows, cols);
+                for n in TOKENS {
+                    let x = uniform(&mut rng(k as u64 * 3 + n as u64), n * cols, 2.0);
+                    let want = fast_with(Isa::Scalar, dt, &w, rows, cols, &x, n);
+                    let got = fast_with(isa, dt, &w, rows, cols, &x, n);
+                    let label = format!("{} vs scalar {dt} {rows}x{cols} T={n}", isa.name());
+                    assert_close(&label, &got, &want, Tolerance::F32_ACCUMULATION);
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Random shapes on every available kernel set: against the reference on x' and on x.
+    #[test]
+    fn random_shapes(dt in prop::sample::select(QTYPES.to_vec()), rows in 1usize..90, blocks in 1usize..20,
+                     n in 1usize..40, amp in prop::sample::select(vec![1e-3f32, 1.0, 300.0]), seed: u64) {
+        let cols = blocks * QK;
+        let w = matrix(seed, dt, rows, cols);
+        let x = uniform(&mut rng(seed ^ 9), n * cols, amp);
+        let want_raw = reference(dt, &w, rows, cols, &x, n);
+        let want = reference(dt, &w, rows, cols, &rounded(&x, cols), n);
+        for isa in Isa::available() {
+            let got = fast_with(isa, dt, &w, rows, cols, &x, n);
+            let label = format!("{} {dt} {rows}x{cols} T={n}", isa.name());
+            assert_close(&format!("{label} vs reference on x'"), &got, &want, Tolerance::F32_ACCUMULATION);
+            assert_close(&format!("{label} vs reference"), &got, &want_raw, Tolerance::Q8_ACTIVATIONS);
+        }
+    }
+}
+
+/// A matmul's token t is the matvec of that token (same kernels, other tiles: f32 order).
+#[test]
+fn matmul_rows_are_matvecs() {
+    let (rows, cols, n) = (45, 192, 9);
+    for dt in QTYPES {
+        let w = matrix(11, dt, rows, cols);
+        let x = uniform(&mut rng(12), n * cols, 1.0);
+        let all = fast_with(Isa::best(), dt, &w, rows, cols, &x, n);
+        for t in 0..n {
+            let one = fast_with(Isa::best(), dt, &w, rows, cols, &x[t * cols..][..cols], 1);
+            assert_close(&format!("{dt} token {t}"), &all[t * rows..][..rows], &one, Tolerance::F32_ACCUMULATION);
+        }
+    }
+}
+
+/// llama.cpp's q8_1 rounding: d = max|x| / 127 in binary16, round half to even.
+#[test]
+fn activations_round_half_to_even() {
+    let mut x = vec![0.0f32; QK];
+    x[0] = 127.0; // d = 1 exactly
+    x[1] = 0.5;
+    x[2] = 1.5;
+    x[3] = 2.5;
+    x[4] = -2.5;
+    x[5] = -3.7;
+    let got = rounded(&x, QK);
+    assert_eq!(&got[..6], &[127.0, 0.0, 2.0, 2.0, -2.0, -4.0]);
+    let zeros = rounded(&[0.0; QK], QK);
+    assert!(zeros.iter().all(|&v| v == 0.0), "an all-zero block stays zero: {zeros:?}");
+}
+
+#[test]
+fn non_finite_activations_give_nan() {
+    let (rows, cols) = (5, 64);
+    for dt in QTYPES {
+        let w = matrix(3, dt, rows, cols);
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut x = uniform(&mut rng(4), cols, 1.0);
+            x[40] = bad;
+            for isa in Isa::available() {
+                let y = fast_with(isa, dt, &w, rows, cols, &x, 1);
+                assert!(y.iter().all(|v| v.is_nan()), "{} {dt} with {bad} in x: {y:?}", isa.name());
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_arguments_are_errors() {
+    let w = matrix(1, DType::Q4_1, 4, 64);
+    let x = vec![0.0f32; 64];
+    let mut y = vec![0.0f32; 4];
+    let f32w = vec![0u8; 4 * 64 * 4];
+    assert!(matches!(
+        fast::matvec(DType::F32, &f32w, 4, 64, &x, &mut y),
+        Err(Error::UnsupportedDtype { dtype: DType::F32, .. })
+    ));
+    assert!(fast::matvec(DType::Q4_1, &w, 4, 64, &x[..32], &mut y).is_err(), "short x");
+    assert!(fast::matvec(DType::Q4_1, &w, 4, 64, &x, &mut y[..3]).is_err(), "short y");
+    assert!(fast::matvec(DType::Q4_1, &w[..w.len() - 1], 4, 64, &x, &mut y).is_err(), "short w");
+    assert!(fast::matvec(DType::Q4_1, &w, 4, 60, &x[..60], &mut y).is_err(), "cols not whole blocks");
+    assert!(fast::matmul(DType::Q4_1, &w, 4, 64, &x, 2, &mut y).is_err(), "x of one token for two");
+    let mut out = vec![0.0f32; 60];
+    assert!(fast::activation_values(&x[..60], 60, &mut out).is_err(), "cols not whole blocks");
+    for isa in Isa::ALL.into_iter().filter(|i| !i.is_available()) {
+        assert!(fast::matvec_with(isa, DType::Q4_1, &w, 4, 64, &x, &mut y).is_err(), "{} unavailable", isa.name());
+    }
+    // Empty shapes are fine and leave nothing behind.
+    fast::matmul(DType::Q8_0, &[], 0, 64, &x, 1, &mut []).expect("no rows");
+    let mut y = [1.0f32; 6];
+    fast::matmul(DType::Q8_0, &[], 3, 0, &[], 2, &mut y).expect("no columns");
+    assert_eq!(y, [0.0; 6], "an empty sum is zero");
+}
+
+/// Fast attention against the reference: f32 and f16 caches, grouped heads, odd head sizes,
+/// one token (decode) and prefill batches at a cache offset. Only the order of f32 additions
+/// (and FMA) differs, hence [`Tolerance::F32_ACCUMULATION`].
+#[test]
+fn attention_matches_the_reference() {
+    use crate::support::Cache;
+    for dt in [DType::F32, DType::F16] {
+        for (n_kv_heads, group, head_dim) in [(1, 1, 8), (3, 3, 64), (2, 2, 17), (1, 4, 130)] {
+            let n_heads = n_kv_heads * group;
+            let scale = 1.0 / (head_dim as f32).sqrt();
+            // Decode at 600 positions spans three of the decode path's chunks, which are merged.
+            for (n_tokens, pos0) in [(1, 0), (1, 40), (1, 600), (2, 0), (7, 3), (33, 100)] {
+                let rows = pos0 + n_tokens + 2;
+                let len = rows * n_kv_heads * head_dim;
+                let seed = (n_tokens * 131 + pos0 * 7 + head_dim) as u64;
+                let k = Cache::from_f32(dt, &uniform(&mut rng(seed), len, 1.0));
+                let v = Cache::from_f32(dt, &uniform(&mut rng(seed ^ 1), len, 1.0));
+                let q = uniform(&mut rng(seed ^ 2), n_tokens * n_heads * head_dim, 2.0);
+                let mut want = vec![f32::NAN; q.len()];
+                let mut got = vec![f32::NAN; q.len()];
+                let args = (n_heads, n_kv_heads, head_dim, scale);
+                if n_tokens == 1 {
+                    cpu::attention_decode(
+                        &q,
+                        k.as_ref(),
+                        v.as_ref(),
+                        args.0,
+                        args.1,
+                        args.2,
+                        pos0 + 1,
+                        args.3,
+                        &mut want,
+                    )
+                    .expect("reference");
+                    fast::attention_decode(
+                        &q,
+                        k.as_ref(),
+                        v.as_ref(),
+                        args.0,
+                        args.1,
+                        args.2,
+                        pos0 + 1,
+                        args.3,
+                        &mut got,
+                    )
+                    .expect("fast");
+                } else {
+                    cpu::attention_prefill(
+                        &q,
+                        n_tokens,
+                        pos0,
+                        k.as_ref(),
+                        v.as_ref(),
+                        args.0,
+                        args.1,
+                        args.2,
+                        args.3,
+                        &mut want,
+                    )
+                    .expect("reference");
+                    fast::attention_prefill(
+                        &q,
+                        n_tokens,
+                        pos0,
+                        k.as_ref(),
+                        v.as_ref(),
+                        args.0,
+                        args.1,
+                        args.2,
+                        args.3,
+                        &mut got,
+                    )
+                    .expect("fast");
+                }
+                let label =
+                    format!("attention {dt} heads {n_heads}/{n_kv_heads} dim {head_dim} T={n_tokens} pos0={pos0}");
+                assert_close(&label, &got, &want, Tolerance::F32_ACCUMULATION);
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_rejects_what_the_reference_rejects() {
+    let c = vec![0.0f32; 4 * 2 * 8];
+    let (k, v) = (cpu::CacheRef::F32(&c), cpu::CacheRef::F32(&c));
+    let q = vec![0.0f32; 3 * 8];
+    let mut out = vec![0.0f32; 3 * 8];
+    assert!(fast::attention_decode(&q, k, v, 3, 2, 8, 1, 1.0, &mut out).is_err(), "3 heads over 2 KV heads");
+    let q = vec![0.0f32; 2 * 8];
+    let mut out = vec![0.0f32; 2 * 8];
+    assert!(fast::attention_decode(&q, k, v, 2, 2, 8, 0, 1.0, &mut out).is_err(), "n_kv = 0");
+    assert!(fast::attention_decode(&q, k, v, 2, 2, 8, 5, 1.0, &mut out).is_err(), "past the cache");
+    assert!(fast::attention_prefill(&q, 1, 0, k, v, 2, 2, 8, 1.0, &mut out[..8]).is_err(), "short out");
+    fast::attention_decode(&q, k, v, 2, 2, 8, 4, 1.0, &mut out).expect("a full cache is fine");
+}
+
+/// The fast attention's own exponential, through a softmax of two positions: with scores 0 and
+/// x and values 0 and 1 the output is e^x / (1 + e^x), within a few ulp of libm's (and below
+/// e^-87, where the fast one stops, within 1e-37).
+#[test]
+fn attention_exp_is_close_to_libm() {
+    let (k, v) = ([0.0f32, 1.0], [0.0f32, 1.0]);
+    for i in 0..2000 {
+        let x = -90.0 + i as f32 * 0.05;
+        let mut out = [0.0f32];
+        fast::attention_decode(&[x], cpu::CacheRef::F32(&k), cpu::CacheRef::F32(&v), 1, 1, 1, 2, 1.0, &mut out)
+            .expect("attention");
+        let want = if x <= 0.0 { x.exp() / (1.0 + x.exp()) } else { 1.0 / (1.0 + (-x).exp()) };
+        let tol = 4.0 * f32::EPSILON * want + 1e-37;
+        assert!((out[0] - want).abs() <= tol, "x = {x}: {} vs {want}", out[0]);
+    }
+}
