@@ -18,13 +18,15 @@ cargo build --release --quiet -p strata-cli
 short="The weather today is"
 long=$(printf '%.0sThe quick brown fox jumps over the lazy dog, and the weather today is mild. ' {1..20})
 echo "model $model, $threads threads, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) CPUs"
-printf '%-10s %-6s %8s %12s %10s %12s\n' engine prompt tokens "prompt tok/s" generated "gen tok/s"
+printf '%-12s %-6s %8s %12s %10s %12s\n' engine prompt tokens "prompt tok/s" generated "gen tok/s"
 for ((i = 0; i < reps; i++)); do
   for p in short long; do
     text=${!p}
-    RAYON_NUM_THREADS=$threads target/release/strata run -m "$model" --device cpu -p "$text" -t 0 -n 64 --ignore-eos --json 2>/dev/null |
-      tail -n1 | python3 -c "import json,sys; r=json.load(sys.stdin); t=r['timings']; print(f\"{'strata':<10} {'$p':<6} {t['prompt_tokens']:>8} {t['prompt_tokens_per_second']:>12.1f} {t['generated_tokens']:>10} {t['generation_tokens_per_second']:>12.1f}\")"
+    for k in fast exact; do
+      RAYON_NUM_THREADS=$threads target/release/strata --cpu-kernels $k run -m "$model" --device cpu -p "$text" -t 0 -n 64 --ignore-eos --json 2>/dev/null |
+        tail -n1 | python3 -c "import json,sys; r=json.load(sys.stdin); t=r['timings']; print(f\"{'strata-$k':<12} {'$p':<6} {t['prompt_tokens']:>8} {t['prompt_tokens_per_second']:>12.1f} {t['generated_tokens']:>10} {t['generation_tokens_per_second']:>12.1f}\")"
+    done
     "$py" scripts/llama-cpp-bench.py "$model" "$threads" "$text" 64 2>/dev/null |
-      python3 -c "import json,sys; t=json.load(sys.stdin); print(f\"{'llama.cpp':<10} {'$p':<6} {t['prompt_tokens']:>8} {t['prompt_tokens_per_second']:>12.1f} {t['generated_tokens']:>10} {t['generation_tokens_per_second']:>12.1f}\")"
+      python3 -c "import json,sys; t=json.load(sys.stdin); print(f\"{'llama.cpp':<12} {'$p':<6} {t['prompt_tokens']:>8} {t['prompt_tokens_per_second']:>12.1f} {t['generated_tokens']:>10} {t['generation_tokens_per_second']:>12.1f}\")"
   done
 done

@@ -16,6 +16,18 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// CPU matrix kernels for quantized weights. `exact`: f32 activations, the path whose greedy
+    /// tokens equal llama.cpp's on the reference cases. `fast`: 8-bit activations and SIMD
+    /// integer dot products, like llama.cpp's own CPU path (about 8x faster; the tokens can
+    /// differ from llama.cpp's where two candidates are within a few tenths of a logit).
+    #[arg(long, global = true, value_enum, default_value_t = CpuKernels::Exact)]
+    pub cpu_kernels: CpuKernels,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CpuKernels {
+    Exact,
+    Fast,
 }
 
 #[derive(Subcommand, Debug)]

@@ -26,7 +26,13 @@ fn main() {
     if let Err(e) = rayon::ThreadPoolBuilder::new().use_current_thread().build_global() {
         log::warn!("could not set up the thread pool on the main thread ({e}); using rayon's default");
     }
-    if let Err(e) = commands::dispatch(cli) {
+    // The CPU path is chosen per issuing thread (see strata_tensor::ops); every op of a command
+    // is issued from this one.
+    let result = match cli.cpu_kernels {
+        args::CpuKernels::Exact => strata_tensor::ops::with_cpu_reference(|| commands::dispatch(cli)),
+        args::CpuKernels::Fast => commands::dispatch(cli),
+    };
+    if let Err(e) = result {
         eprintln!("error: {}", output::chain(&e));
         std::process::exit(1);
     }
