@@ -189,8 +189,10 @@ pub fn matvec(w: &Tensor, x: &Tensor, y: &mut Tensor, s: &Stream) -> Result<()> 
         ));
     }
     match gpu_stream(s) {
-        None if use_fast(dt) => Ok(cpu::fast::matvec(dt, w.host_bytes()?, rows, cols, x.as_f32()?, y.as_f32_mut()?)?),
-        None => Ok(cpu::matvec(dt, w.host_bytes()?, rows, cols, x.as_f32()?, y.as_f32_mut()?)?),
+        None => {
+            let f = if use_fast(dt) { cpu::fast::matvec } else { cpu::matvec };
+            Ok(f(dt, w.host_bytes()?, rows, cols, x.as_f32()?, y.as_f32_mut()?)?)
+        }
         Some(g) => gpu::launch(g, KernelCall::Matvec { dt, w: dev(w)?, rows, cols, x: dev(x)?, y: dev(y)? }),
     }
 }
@@ -209,10 +211,10 @@ pub fn matmul(w: &Tensor, x: &Tensor, y: &mut Tensor, s: &Stream) -> Result<()> 
     f32_out(OP, y)?;
     expect_shape(OP, "y", y, &[n_tokens, rows])?;
     match gpu_stream(s) {
-        None if use_fast(dt) => {
-            Ok(cpu::fast::matmul(dt, w.host_bytes()?, rows, cols, x.as_f32()?, n_tokens, y.as_f32_mut()?)?)
+        None => {
+            let f = if use_fast(dt) { cpu::fast::matmul } else { cpu::matmul };
+            Ok(f(dt, w.host_bytes()?, rows, cols, x.as_f32()?, n_tokens, y.as_f32_mut()?)?)
         }
-        None => Ok(cpu::matmul(dt, w.host_bytes()?, rows, cols, x.as_f32()?, n_tokens, y.as_f32_mut()?)?),
         Some(g) => gpu::launch(g, KernelCall::Matmul { dt, w: dev(w)?, rows, cols, x: dev(x)?, n_tokens, y: dev(y)? }),
     }
 }
@@ -332,18 +334,7 @@ pub fn attention_decode(
         return Err(Error::shape(OP, format!("n_kv must be in 1..={rows} (the cache rows), got {n_kv}")));
     }
     match gpu_stream(s) {
-        None if !reference_path() => Ok(cpu::fast::attention_decode(
-            q.as_f32()?,
-            cache_ref(k_cache)?,
-            cache_ref(v_cache)?,
-            n_heads,
-            n_kv_heads,
-            head_dim,
-            n_kv,
-            scale,
-            out.as_f32_mut()?,
-        )?),
-        None => Ok(cpu::attention_decode(
+        None => Ok((if reference_path() { cpu::attention_decode } else { cpu::fast::attention_decode })(
             q.as_f32()?,
             cache_ref(k_cache)?,
             cache_ref(v_cache)?,
@@ -398,19 +389,7 @@ pub fn attention_prefill(
         ));
     }
     match gpu_stream(s) {
-        None if !reference_path() => Ok(cpu::fast::attention_prefill(
-            q.as_f32()?,
-            n_tokens,
-            pos0,
-            cache_ref(k_cache)?,
-            cache_ref(v_cache)?,
-            n_heads,
-            n_kv_heads,
-            head_dim,
-            scale,
-            out.as_f32_mut()?,
-        )?),
-        None => Ok(cpu::attention_prefill(
+        None => Ok((if reference_path() { cpu::attention_prefill } else { cpu::fast::attention_prefill })(
             q.as_f32()?,
             n_tokens,
             pos0,
