@@ -11,7 +11,7 @@ use strata_runtime::plan::{
 };
 use strata_tensor::{Gpu, HostBuffer, PinnedKind, Stream, Tensor, mem_available};
 
-use crate::forward::{LayerKv, Scratch, layer_forward};
+use crate::forward::{LayerKv, LayerRef, Scratch, layer_forward};
 use crate::model::{Model, SessionOptions};
 use crate::session::Layout;
 use crate::{Error, Result};
@@ -138,18 +138,9 @@ fn best_of(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(best)
 }
 
-/// Times one layer of `model` for T tokens on stream `s`.
-fn time_layer(model: &Model, s: &Stream, t: usize, reps: usize) -> Result<f64> {
+/// Times layer weights `w` (on `s`'s device) of `model` for T tokens on stream `s`.
+fn time_layer(model: &Model, w: LayerRef<'_>, s: &Stream, t: usize, reps: usize) -> Result<f64> {
     let cfg = &model.config;
-    let w = &model.weights.layers[0];
-    let owned;
-    let w = match s {
-        Stream::Host => w.as_ref(),
-        Stream::Gpu(_) => {
-            owned = w.to_device(s, 0)?;
-            owned.as_ref()
-        }
-    };
     let mut kv = LayerKv::new(cfg, t, crate::KvType::F16.dtype(), s, 0)?;
     let mut sc = Scratch::new(cfg, t, s)?;
     let mut x = Tensor::from_f32(&[t, cfg.n_embd], vec![0.01; t * cfg.n_embd])?.to_device(s, "x")?;
@@ -162,7 +153,7 @@ fn time_layer(model: &Model, s: &Stream, t: usize, reps: usize) -> Result<f64> {
 }
 
 /// Measures this machine in well under a second: a pinned host→device copy and one layer of
-/// `model` for 1 and for 32 tokens on the GPU and on the CPU. The result is cached.
+/// `model` for 1 and 8 tokens on the CPU, for 1 and 128 on the GPU. The result is cached.
 ///
 /// # Errors
 /// Device failures (out of memory for the probe buffers is reported as such).
@@ -172,8 +163,9 @@ pub fn measure_speeds(model: &Model, gpu: Option<&Gpu>) -> Result<Speeds> {
     let flops =
         |t: usize| 2.0 * model.weights.layers[0].tensors().iter().map(|x| x.numel() as f64).sum::<f64>() * t as f64;
     let host = Stream::Host;
-    s.cpu_bytes_per_s = layer_bytes / time_layer(model, &host, 1, 2)?;
-    s.cpu_flops = flops(8) / time_layer(model, &host, 8, 1)?;
+    let host_w = model.weights.layers[0].as_ref();
+    s.cpu_bytes_per_s = layer_bytes / time_layer(model, host_w, &host, 1, 2)?;
+    s.cpu_flops = flops(8) / time_layer(model, host_w, &host, 8, 1)?;
     if let Some(g) = gpu {
         let stream = Stream::Gpu(g.stream("probe")?);
         let Stream::Gpu(gs) = &stream else { return Err(Error::invalid("probe stream")) };
@@ -186,11 +178,13 @@ pub fn measure_speeds(model: &Model, gpu: Option<&Gpu>) -> Result<Speeds> {
             Ok(())
         })?;
         s.h2d_bytes_per_s = PROBE as f64 / copy;
-        let t1 = time_layer(model, &stream, 1, 5)?;
+        // One upload of the layer serves both probes.
+        let on_gpu = model.weights.layers[0].to_device(&stream, 0)?;
+        let t1 = time_layer(model, on_gpu.as_ref(), &stream, 1, 5)?;
         s.gpu_bytes_per_s = layer_bytes / t1;
         s.layer_overhead_s = 0.0;
         // A batch big enough that launch overheads do not hide the matmul rate.
-        s.gpu_flops = flops(128) / time_layer(model, &stream, 128, 2)?;
+        s.gpu_flops = flops(128) / time_layer(model, on_gpu.as_ref(), &stream, 128, 2)?;
     }
     s.source = SpeedSource::Measured;
     store_speeds(gpu, &s);

@@ -302,8 +302,8 @@ fn fill_tensor(spec: &Spec, dtype: DType, seed: u64, index: usize, buf: &mut [u8
     // Uniform in [-a, a] has std a/sqrt(3); aim for std 1/sqrt(cols).
     let amp = 3f32.sqrt() / cols.sqrt();
     let dt = if spec.norm { DType::F32 } else { dtype };
-    // Chunks hold whole blocks/elements: 1 MiB is a multiple of 2, 4, 18, 20, 34? Not of 18/20/34,
-    // so chunk by a multiple of the block size.
+    // Chunks must hold whole blocks (18, 20, 34 bytes) or elements: round 1 MiB down to a
+    // multiple of the unit.
     let unit = match dt {
         DType::Q4_0 => 18,
         DType::Q4_1 => 20,

@@ -153,9 +153,7 @@ impl WeightStream for HostStreamer {
 
     fn acquire(&mut self, g: usize) -> Result<&[Tensor]> {
         let seq = self.sched.begin_acquire(g)?;
-        // Keep d copies in flight beyond this one, within this pass (the next pass's copies
-        // start in `begin_next_pass`).
-        self.prefetch((seq + self.sched.depth as u64).min(self.sched.pass_end(seq)))?;
+        self.prefetch(self.sched.acquire_target(seq))?;
         let t0 = Instant::now();
         let d = self.wait_for(seq)?;
         self.waits.push((g, t0.elapsed()));
@@ -200,12 +198,10 @@ impl WeightStream for HostStreamer {
     }
 
     fn begin_next_pass(&mut self) -> Result<()> {
-        let first = self.sched.next_acquire;
-        if self.sched.held.is_some() || !first.is_multiple_of(self.sched.n_groups as u64) {
-            return Ok(());
+        match self.sched.next_pass_target() {
+            Some(upto) => self.prefetch(upto),
+            None => Ok(()),
         }
-        // d copies ahead of the first acquire; that acquire adds the next.
-        self.prefetch(first + self.sched.depth as u64 - 1)
     }
 
     fn restart(&mut self) -> Result<()> {

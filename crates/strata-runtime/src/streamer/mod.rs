@@ -93,6 +93,19 @@ impl Schedule {
         (seq / self.n_groups as u64 + 1) * self.n_groups as u64 - 1
     }
 
+    /// What to have in flight when copy `seq` is acquired: d copies beyond it, within its pass
+    /// (the next pass's copies start in `begin_next_pass`).
+    fn acquire_target(&self, seq: u64) -> u64 {
+        (seq + self.depth as u64).min(self.pass_end(seq))
+    }
+
+    /// What to have in flight when the next pass is about to start: its first d copies (its
+    /// first acquire adds the next); None in the middle of a pass.
+    fn next_pass_target(&self) -> Option<u64> {
+        let first = self.next_acquire;
+        (self.held.is_none() && first.is_multiple_of(self.n_groups as u64)).then(|| first + self.depth as u64 - 1)
+    }
+
     /// Sequence numbers to prefetch now so that `upto` is in flight (never more than d ahead
     /// of the next acquire, so the target slot's previous user has been released).
     fn claim_prefetch(&mut self, upto: u64) -> std::ops::Range<u64> {
