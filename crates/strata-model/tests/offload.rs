@@ -80,34 +80,54 @@ fn a_budget_too_small_is_a_typed_error() {
     }
 }
 
+/// The copy of layer i+d is handed to the copy stream before layer i's compute starts, for
+/// every prefetch depth d, so the two can overlap. This checks the schedule (the order of
+/// events on the host clock), not how much overlap the OS scheduler grants on a loaded machine:
+/// that is a measurement, printed here and measured on a GPU by `scripts/gpu-check.sh stream`.
 #[test]
 fn copies_of_the_next_layer_overlap_compute_of_this_one() {
     let model = model_or_skip!();
     let n = model.config.n_layers;
-    // Slow copies down so they take about as long as a layer's compute on this machine.
-    let mut dev = HostDevice::new(1 << 30);
-    dev.copy_delay_per_mib = Duration::from_micros(300);
-    let acc = Accelerator::Host(dev);
-    let mut s =
-        Session::with_layout(&model, Some(&acc), &Layout::uniform(n, Placement::Streamed), &opts()).expect("session");
-    s.forward(&PROMPT, false).expect("prefill");
-    s.forward(&[216], false).expect("decode");
-    let stats = s.take_stats();
-    let pass = stats.last().expect("a pass");
-    assert_eq!(pass.layers.len(), n);
-    let mut overlapping = 0;
-    for i in 0..n - 1 {
-        let layer = &pass.layers[i];
-        // The copy of group i+1 within this pass.
-        if let Some(c) = pass.copies.iter().find(|c| c.group == i + 1)
-            && c.start_s < layer.end_s
-            && c.end_s > layer.start_s
-        {
-            overlapping += 1;
+    for depth in [1, 2] {
+        // Slow copies down so they take about as long as a layer's compute on this machine.
+        let mut dev = HostDevice::new(1 << 30);
+        dev.copy_delay_per_mib = Duration::from_micros(300);
+        let acc = Accelerator::Host(dev);
+        let layout = Layout { placements: vec![Placement::Streamed; n], prefetch_depth: depth };
+        let mut s = Session::with_layout(&model, Some(&acc), &layout, &opts()).expect("session");
+        s.forward(&PROMPT, false).expect("prefill");
+        s.forward(&[216], false).expect("decode");
+        let stats = s.take_stats();
+        let pass = stats.last().expect("a pass");
+        assert_eq!(pass.layers.len(), n);
+        assert_eq!(pass.copies.len(), n, "depth {depth}: one copy per streamed layer in a pass");
+        let mut overlapping = 0;
+        for i in 0..n - depth {
+            let layer = &pass.layers[i];
+            let c = pass.copies.iter().find(|c| c.group == i + depth).expect("the copy of a later group");
+            let issued = c.issued_s.expect("the host device records issue times");
+            assert!(
+                issued <= layer.start_s,
+                "depth {depth}: the copy of group {} was issued at {issued:.6} s, after layer {i}'s compute \
+                 started at {:.6} s",
+                i + depth,
+                layer.start_s
+            );
+            assert!(
+                c.start_s >= issued && c.end_s >= c.start_s,
+                "depth {depth}: copy {} times out of order",
+                i + depth
+            );
+            if c.start_s < layer.end_s && c.end_s > layer.start_s {
+                overlapping += 1;
+            }
         }
+        println!(
+            "depth {depth}: {overlapping} of {} copies overlapped in wall time; overlap efficiency {:.2}",
+            n - depth,
+            pass.overlap_efficiency
+        );
     }
-    println!("{overlapping} of {} layer boundaries overlap; overlap efficiency {:.2}", n - 1, pass.overlap_efficiency);
-    assert!(overlapping >= (n - 1) / 2, "only {overlapping} of {} next-layer copies overlapped compute", n - 1);
 }
 
 proptest! {

@@ -149,7 +149,7 @@ impl WeightStream for GpuStreamer {
             }
             let s = e0.elapsed_ms(&start)? as f64 / 1e3;
             let e = e0.elapsed_ms(&end)? as f64 / 1e3;
-            out.push(CopyRecord { group, layer: None, bytes, start_s: s, end_s: e });
+            out.push(CopyRecord { group, layer: None, bytes, issued_s: None, start_s: s, end_s: e });
         }
         self.pending = keep;
         Ok(out)

@@ -18,12 +18,14 @@ struct Job {
     seq: u64,
     group: usize,
     mem: Vec<u8>,
+    issued: Instant,
 }
 
 struct Done {
     seq: u64,
     group: usize,
     mem: Vec<u8>,
+    issued: Instant,
     start: Instant,
     end: Instant,
 }
@@ -45,7 +47,7 @@ pub struct HostStreamer {
     jobs: Option<Sender<Job>>,
     done: Receiver<Done>,
     arrived: HashMap<u64, Done>,
-    records: Vec<(usize, u64, Instant, Instant)>,
+    records: Vec<(usize, u64, [Instant; 3])>,
     /// Time compute spent waiting for copies, per acquire, since the last drain.
     pub waits: Vec<(usize, Duration)>,
     worker: Option<JoinHandle<()>>,
@@ -105,7 +107,7 @@ impl HostStreamer {
                 .idle
                 .take()
                 .ok_or_else(|| Error::Stream(format!("slot {k} is still in use when copy {seq} needs it")))?;
-            let job = Job { seq, group: self.sched.group(seq), mem };
+            let job = Job { seq, group: self.sched.group(seq), mem, issued: Instant::now() };
             self.jobs
                 .as_ref()
                 .and_then(|j| j.send(job).ok())
@@ -127,7 +129,7 @@ impl HostStreamer {
 }
 
 fn copy_worker(packed: Vec<Vec<u8>>, jobs: Receiver<Job>, done: Sender<Done>, delay_per_mib: Duration) {
-    for Job { seq, group, mut mem } in jobs {
+    for Job { seq, group, mut mem, issued } in jobs {
         let _r = strata_tensor::nvtx::range(&format!("copy group {group}"));
         let start = Instant::now();
         let src = &packed[group];
@@ -136,7 +138,7 @@ fn copy_worker(packed: Vec<Vec<u8>>, jobs: Receiver<Job>, done: Sender<Done>, de
             std::thread::sleep(delay_per_mib.mul_f64(src.len() as f64 / (1 << 20) as f64));
         }
         let end = Instant::now();
-        if done.send(Done { seq, group, mem, start, end }).is_err() {
+        if done.send(Done { seq, group, mem, issued, start, end }).is_err() {
             return;
         }
     }
@@ -157,7 +159,7 @@ impl WeightStream for HostStreamer {
         let t0 = Instant::now();
         let d = self.wait_for(seq)?;
         self.waits.push((g, t0.elapsed()));
-        self.records.push((d.group, self.layouts[g].bytes as u64, d.start, d.end));
+        self.records.push((d.group, self.layouts[g].bytes as u64, [d.issued, d.start, d.end]));
         let k = self.sched.slot(seq);
         let mem = Arc::new(d.mem);
         let shared: SharedBytes = mem.clone();
@@ -193,7 +195,14 @@ impl WeightStream for HostStreamer {
         Ok(self
             .records
             .drain(..)
-            .map(|(group, bytes, s, e)| CopyRecord { group, layer: None, bytes, start_s: secs(s), end_s: secs(e) })
+            .map(|(group, bytes, [i, s, e])| CopyRecord {
+                group,
+                layer: None,
+                bytes,
+                issued_s: Some(secs(i)),
+                start_s: secs(s),
+                end_s: secs(e),
+            })
             .collect())
     }
 

@@ -27,6 +27,9 @@ pub struct CopyRecord {
     /// The model layer the group holds (filled in by the executor, which knows the mapping).
     pub layer: Option<usize>,
     pub bytes: u64,
+    /// When the copy was handed to the copy stream, where the device has a host clock (the
+    /// host device; a GPU's timeline is in GPU events and has no host issue time).
+    pub issued_s: Option<f64>,
     pub start_s: f64,
     pub end_s: f64,
 }
