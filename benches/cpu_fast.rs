@@ -1,4 +1,5 @@
-//! criterion benches of the fast CPU matvec/matmul and attention (`cpu::fast`) against the CPU
+//! criterion benches of the fast CPU matvec/matmul (8-bit activations, "fast"; f32
+//! activations, "f32act", the default `exact` path) and attention (`cpu::fast`) against the CPU
 //! reference, per shape of the default model (SmolLM2-135M: Q4_1 layers of 576 / 1536 / 192
 //! rows, the Q8_0 output head of 49152 rows, 9/3 heads of 64) and per kernel set this CPU runs. Each reports the bytes the op
 //! must move (weights + activations in and out), so criterion prints GB/s: a matvec is
@@ -93,6 +94,15 @@ fn cpu_fast(c: &mut Criterion) {
             g.bench_function(format!("{} fast {}", op.label(), isa.name()), |b| {
                 b.iter(|| run_fast(isa, op, black_box(&inputs), &mut y))
             });
+            if let Op::Matvec { dt, rows, cols } | Op::Matmul { dt, rows, cols, .. } = op {
+                let tokens = if let Op::Matmul { tokens, .. } = op { tokens } else { 1 };
+                g.bench_function(format!("{} f32act {}", op.label(), isa.name()), |b| {
+                    b.iter(|| {
+                        let i = black_box(&inputs);
+                        fast::matmul_f32_with(isa, dt, &i.w, rows, cols, &i.x, tokens, &mut y).expect("f32act op")
+                    })
+                });
+            }
         }
     }
     g.finish();
@@ -133,6 +143,14 @@ fn decode_step(c: &mut Criterion) {
             b.iter(|| {
                 for (dt, rows, cols, w) in &mats {
                     fast::matvec_with(isa, *dt, w, *rows, *cols, &x[..*cols], &mut y[..*rows]).expect("fast matvec");
+                }
+            })
+        });
+        g.bench_function(format!("decode step smollm2-135m f32act {}", isa.name()), |b| {
+            b.iter(|| {
+                for (dt, rows, cols, w) in &mats {
+                    fast::matmul_f32_with(isa, *dt, w, *rows, *cols, &x[..*cols], 1, &mut y[..*rows])
+                        .expect("f32act matvec");
                 }
             })
         });

@@ -223,6 +223,103 @@ fn bad_arguments_are_errors() {
     assert_eq!(y, [0.0; 6], "an empty sum is zero");
 }
 
+/// The f32-activation kernels on `isa`: matvec for one token, matmul otherwise; NaN-filled
+/// outputs so a skipped element cannot pass.
+fn f32act_with(isa: Isa, dt: DType, w: &[u8], rows: usize, cols: usize, x: &[f32], n: usize) -> Vec<f32> {
+    let mut y = vec![f32::NAN; n * rows];
+    if n == 1 && isa == Isa::best() {
+        fast::matvec_f32(dt, w, rows, cols, x, &mut y).expect("f32 matvec");
+    } else {
+        fast::matmul_f32_with(isa, dt, w, rows, cols, x, n, &mut y).expect("f32 matmul");
+    }
+    y
+}
+
+/// The f32-activation kernels compute the reference's products (same dequantized weights,
+/// unrounded activations) and differ only in the order of the f32 sums. Checked element by
+/// element against the exact (f64) product under the rigorous bound for two f32 dot products
+/// of `cols` terms in any order, 2 * cols * 2^-24 * sum |w x|, and against the reference.
+fn check_f32act(isa: Isa, dt: DType, w: &[u8], rows: usize, cols: usize, x: &[f32], n: usize) {
+    let got = f32act_with(isa, dt, w, rows, cols, x, n);
+    let label = format!("f32act {} {dt} {rows}x{cols} T={n}", isa.name());
+    let exact = oracle::matmul(dt, w, rows, cols, x, n);
+    let wd = oracle::dequantize(dt, w, rows, cols);
+    for t in 0..n {
+        for r in 0..rows {
+            let mag: f64 = (0..cols).map(|c| (wd[r * cols + c] * x[t * cols + c] as f64).abs()).sum();
+            let bound = 2.0 * cols as f64 * 2f64.powi(-24) * mag;
+            let (g, e) = (got[t * rows + r] as f64, exact[t * rows + r]);
+            assert!((g - e).abs() <= bound, "{label} row {r} token {t}: |{g} - {e}| > {bound:e}");
+        }
+    }
+    let want = reference(dt, w, rows, cols, x, n);
+    assert_close(&format!("{label} vs reference"), &got, &want, Tolerance::F32_ACCUMULATION);
+}
+
+#[test]
+fn f32_activation_kernels_match_the_reference() {
+    for isa in Isa::ALL {
+        if !isa.is_available() {
+            skip(
+                &format!("fast::f32_activation_kernels_match_the_reference[{}]", isa.name()),
+                "this CPU lacks the features",
+            );
+            continue;
+        }
+        for dt in QTYPES {
+            for (k, (rows, cols)) in SHAPES.into_iter().enumerate() {
+                let w = matrix(k as u64 * 17 + 3, dt, rows, cols);
+                for n in TOKENS.into_iter().chain([4, 5, 9]) {
+                    let x = uniform(&mut rng(k as u64 * 5 + n as u64), n * cols, 2.0);
+                    check_f32act(isa, dt, &w, rows, cols, &x, n);
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Random shapes and magnitudes on every available kernel set, f32 activations.
+    #[test]
+    fn f32_activation_random_shapes(dt in prop::sample::select(QTYPES.to_vec()), rows in 1usize..70,
+                                    blocks in 1usize..20, n in 1usize..12,
+                                    amp in prop::sample::select(vec![1e-3f32, 1.0, 300.0]), seed: u64) {
+        let cols = blocks * QK;
+        let w = matrix(seed, dt, rows, cols);
+        let x = uniform(&mut rng(seed ^ 5), n * cols, amp);
+        for isa in Isa::available() {
+            check_f32act(isa, dt, &w, rows, cols, &x, n);
+        }
+    }
+}
+
+#[test]
+fn f32_activation_bad_arguments_are_errors() {
+    let w = matrix(1, DType::Q4_0, 4, 64);
+    let x = vec![0.0f32; 128];
+    let mut y = vec![0.0f32; 8];
+    let f32w = vec![0u8; 4 * 64 * 4];
+    assert!(matches!(
+        fast::matvec_f32(DType::F32, &f32w, 4, 64, &x[..64], &mut y[..4]),
+        Err(Error::UnsupportedDtype { dtype: DType::F32, .. })
+    ));
+    assert!(fast::matvec_f32(DType::Q4_0, &w, 4, 64, &x[..32], &mut y[..4]).is_err(), "short x");
+    assert!(fast::matmul_f32(DType::Q4_0, &w, 4, 64, &x, 2, &mut y[..7]).is_err(), "short y");
+    assert!(fast::matmul_f32(DType::Q4_0, &w[..w.len() - 1], 4, 64, &x, 2, &mut y).is_err(), "short w");
+    for isa in Isa::ALL.into_iter().filter(|i| !i.is_available()) {
+        assert!(
+            fast::matmul_f32_with(isa, DType::Q4_0, &w, 4, 64, &x, 2, &mut y).is_err(),
+            "{} unavailable",
+            isa.name()
+        );
+    }
+    let mut y = [1.0f32; 6];
+    fast::matmul_f32(DType::Q8_0, &[], 3, 0, &[], 2, &mut y).expect("no columns");
+    assert_eq!(y, [0.0; 6], "an empty sum is zero");
+}
+
 /// Fast attention against the reference: f32 and f16 caches, grouped heads, odd head sizes,
 /// one token (decode) and prefill batches at a cache offset. Only the order of f32 additions
 /// (and FMA) differs, hence [`Tolerance::F32_ACCUMULATION`].

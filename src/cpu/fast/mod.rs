@@ -32,6 +32,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 pub use attention::{attention_decode, attention_prefill};
+pub use f32act::{matmul_f32, matmul_f32_with, matvec_f32};
 
 use super::{expect_len, expect_matrix};
 use crate::{DType, Error, Result};
@@ -42,6 +43,7 @@ mod attention;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod f32act;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;

@@ -1,0 +1,421 @@
+//! Quantized products with f32 activations: the reference's arithmetic ([`crate::cpu::matvec`],
+//! [`crate::cpu::matmul`]), vectorized.
+//!
+//! Each weight is dequantized exactly as the reference does it (`q * d + m`, two roundings, no
+//! FMA) and multiplied with the unrounded activation; only the order of the f32 sums differs
+//! (16 or 8 lanes, then a horizontal sum, where the reference adds in column order). So the
+//! results are the reference's up to f32 accumulation error, about 1e-6 relative, and the
+//! model's tokens are the reference's — which equal llama.cpp's on the reference cases (see
+//! `crates/strata-model/tests/reference.rs`). This is the default CPU path of the `strata`
+//! binary (`--cpu-kernels exact`); the 8-bit-activation kernels of the parent module are the
+//! `fast` path.
+//!
+//! Tiles: R rows × T tokens of sums. Each 32-value weight block of a row is dequantized once
+//! into registers and used for the T tokens (prefill), so the dequantization, which costs more
+//! than the multiply-adds, is amortized over the tile.
+
+use rayon::prelude::*;
+
+use super::{Isa, WType, check, rows_per_task, transpose};
+use crate::cpu::{expect_len, expect_matrix};
+use crate::{DType, Result};
+
+/// y[r] = sum_c w[r][c] * x[c] with f32 activations and the best kernels for this CPU.
+///
+/// # Errors
+/// If `dtype` is not quantized, or a length does not fit the shape.
+pub fn matvec_f32(dtype: DType, w: &[u8], rows: usize, cols: usize, x: &[f32], y: &mut [f32]) -> Result<()> {
+    matmul_f32_with(Isa::best(), dtype, w, rows, cols, x, 1, y)
+}
+
+/// Y = X W^T (y[t][r] = sum_c x[t][c] * w[r][c]) with f32 activations and the best kernels for
+/// this CPU.
+///
+/// # Errors
+/// If `dtype` is not quantized, or a length does not fit the shape.
+pub fn matmul_f32(
+    dtype: DType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n_tokens: usize,
+    y: &mut [f32],
+) -> Result<()> {
+    matmul_f32_with(Isa::best(), dtype, w, rows, cols, x, n_tokens, y)
+}
+
+/// [`matmul_f32`] with the given kernel set ([`Isa::Scalar`] is the reference itself).
+///
+/// # Errors
+/// As [`matmul_f32`], and if this CPU cannot run `isa`.
+pub fn matmul_f32_with(
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n_tokens: usize,
+    y: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "fast::matmul_f32";
+    let ty = check(OP, isa, dtype)?;
+    let rb = expect_matrix(OP, dtype, w, rows, cols)?;
+    expect_len(OP, "x", x.len(), n_tokens.checked_mul(cols))?;
+    expect_len(OP, "y", y.len(), n_tokens.checked_mul(rows))?;
+    if n_tokens == 0 || rows == 0 {
+        return Ok(());
+    }
+    if cols == 0 {
+        y.fill(0.0);
+        return Ok(());
+    }
+    let nb = cols / crate::QK;
+    let task = |o: &mut [f32], wc: &[u8]| match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `check` returned Ok only if `isa.is_available()`: this CPU has AVX-512 F/BW/VL
+        // (and VNNI, unused here), AVX2, FMA and F16C, the features of `x86::gemm512`.
+        Isa::Avx512Vnni => unsafe { x86::gemm512(ty, wc, rb, nb, x, n_tokens, o) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above: this CPU has AVX2, FMA and F16C, the features of `x86::gemm256`.
+        Isa::Avx2 => unsafe { x86::gemm256(ty, wc, rb, nb, x, n_tokens, o) },
+        _ => scalar_gemm(dtype, wc, rb, cols, x, n_tokens, o),
+    };
+    let per = rows_per_task(rows, n_tokens);
+    if n_tokens == 1 {
+        y.par_chunks_mut(per).zip(w.par_chunks(per * rb)).for_each(|(o, wc)| task(o, wc));
+        return Ok(());
+    }
+    // As in `super::matmul_with`: tasks own whole rows and write [row][token].
+    let mut yt = vec![0.0f32; rows * n_tokens];
+    yt.par_chunks_mut(per * n_tokens).zip(w.par_chunks(per * rb)).for_each(|(o, wc)| task(o, wc));
+    transpose(&yt, n_tokens, y);
+    Ok(())
+}
+
+/// The portable kernel: the reference's row dot product for each (row, token).
+fn scalar_gemm(dtype: DType, w: &[u8], rb: usize, cols: usize, x: &[f32], n: usize, out: &mut [f32]) {
+    let mut row = vec![0.0f32; cols];
+    for (wr, o) in w.chunks_exact(rb).zip(out.chunks_exact_mut(n)) {
+        if crate::quant::dequantize_row(dtype, wr, &mut row).is_err() {
+            o.fill(f32::NAN);
+            continue;
+        }
+        for (ot, xt) in o.iter_mut().zip(x.chunks_exact(cols)) {
+            *ot = row.iter().zip(xt).fold(0.0f32, |acc, (a, b)| acc + a * b);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::WType;
+    use crate::QK;
+    use crate::cpu::fast::x86::{prefetch, store};
+
+    /// Rows × tokens per tile with AVX-512: 16 accumulators and four rows' two registers of
+    /// weights within the 32 vector registers. One token (decode) uses two rows: a decode step
+    /// waits on memory, and two interleaved weight streams measured 13% faster than four
+    /// (`cargo bench --bench cpu_fast -- 'decode step'`, 2 threads, this dev VM).
+    const R512: usize = 4;
+    const T512: usize = 4;
+    const R512_ONE: usize = 2;
+    /// With AVX2 (16 registers): two rows' four registers of weights and 2 × 4 accumulators.
+    const R256: usize = 2;
+    const T256: usize = 4;
+    const R256_ONE: usize = 2;
+    /// Row tiles ahead to prefetch (see the 8-bit kernels: a decode step waits on memory).
+    const PREFETCH_TILES: usize = 2;
+
+    /// The weight type as a const parameter, so each kernel is compiled for one layout.
+    const Q4_0: u8 = 0;
+    const Q4_1: u8 = 1;
+    const Q8_0: u8 = 2;
+
+    fn code(ty: WType) -> u8 {
+        match ty {
+            WType::Q4_0 => Q4_0,
+            WType::Q4_1 => Q4_1,
+            WType::Q8_0 => Q8_0,
+        }
+    }
+
+    const fn block_bytes(ty: u8) -> usize {
+        match ty {
+            Q4_0 => 18,
+            Q4_1 => 20,
+            _ => 34,
+        }
+    }
+
+    macro_rules! gemm_fn {
+        ($name:ident, $tile:ident, $feat:literal, $r:expr, $t:expr, $r1:expr) => {
+            /// out[r][t] = row r of `w` · token t of `x` ([n][nb * 32]); `out` is [rows][n].
+            #[target_feature(enable = $feat)]
+            pub(super) fn $name(ty: WType, w: &[u8], rb: usize, nb: usize, x: &[f32], n: usize, out: &mut [f32]) {
+                match code(ty) {
+                    Q4_0 => rows_tokens::<Q4_0>(w, rb, nb, x, n, out),
+                    Q4_1 => rows_tokens::<Q4_1>(w, rb, nb, x, n, out),
+                    _ => rows_tokens::<Q8_0>(w, rb, nb, x, n, out),
+                }
+                #[target_feature(enable = $feat)]
+                fn rows_tokens<const TY: u8>(w: &[u8], rb: usize, nb: usize, x: &[f32], n: usize, out: &mut [f32]) {
+                    let rows = w.len() / rb;
+                    let cols = nb * QK;
+                    let token = |t: usize| &x[t * cols..][..cols];
+                    let mut t0 = 0;
+                    while t0 < n {
+                        let tn = if n - t0 >= $t { $t } else { 1 };
+                        let mut r0 = 0;
+                        let r = if tn == 1 { $r1 } else { $r };
+                        while r0 < rows {
+                            prefetch(w, (r0 + PREFETCH_TILES * r) * rb, r * rb);
+                            let full = r0 + r <= rows;
+                            match (full, tn) {
+                                (true, 1) => {
+                                    let s = $tile::<TY, { $r1 }, 1>(
+                                        std::array::from_fn(|i| &w[(r0 + i) * rb..][..rb]),
+                                        [token(t0)],
+                                        nb,
+                                    );
+                                    store(&s, out, n, r0, t0);
+                                    r0 += $r1;
+                                }
+                                (true, _) => {
+                                    let s = $tile::<TY, { $r }, { $t }>(
+                                        std::array::from_fn(|i| &w[(r0 + i) * rb..][..rb]),
+                                        std::array::from_fn(|j| token(t0 + j)),
+                                        nb,
+                                    );
+                                    store(&s, out, n, r0, t0);
+                                    r0 += $r;
+                                }
+                                (false, 1) => {
+                                    let s = $tile::<TY, 1, 1>([&w[r0 * rb..][..rb]], [token(t0)], nb);
+                                    store(&s, out, n, r0, t0);
+                                    r0 += 1;
+                                }
+                                (false, _) => {
+                                    let s = $tile::<TY, 1, { $t }>(
+                                        [&w[r0 * rb..][..rb]],
+                                        std::array::from_fn(|j| token(t0 + j)),
+                                        nb,
+                                    );
+                                    store(&s, out, n, r0, t0);
+                                    r0 += 1;
+                                }
+                            }
+                        }
+                        t0 += tn;
+                    }
+                }
+            }
+        };
+    }
+
+    gemm_fn!(gemm512, tile512, "avx512f,avx512bw,avx512vl,avx2,fma,f16c", R512, T512, R512_ONE);
+    gemm_fn!(gemm256, tile256, "avx2,fma,f16c", R256, T256, R256_ONE);
+
+    /// Whether every row holds `nb` blocks and every token `nb * 32` values, so that the block
+    /// loops may load without bounds checks (true by construction of the callers).
+    fn lengths_ok<const R: usize, const T: usize>(
+        rows: &[&[u8]; R],
+        xs: &[&[f32]; T],
+        nb: usize,
+        bytes: usize,
+    ) -> bool {
+        rows.iter().all(|r| r.len() == nb * bytes) && xs.iter().all(|x| x.len() == nb * QK)
+    }
+
+    /// The binary16 scale at `p` widened (F16C).
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn f16_at(p: *const u8) -> __m128 {
+        // SAFETY: the caller guarantees two readable bytes at p; unaligned loads are allowed.
+        let bits = unsafe { std::ptr::read_unaligned(p.cast::<u16>()) };
+        _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits)))
+    }
+
+    /// One R × T tile with 512-bit registers; NaN if the lengths do not fit (unreachable).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    fn tile512<const TY: u8, const R: usize, const T: usize>(
+        rows: [&[u8]; R],
+        xs: [&[f32]; T],
+        nb: usize,
+    ) -> [[f32; T]; R] {
+        let bytes = block_bytes(TY);
+        if !lengths_ok(&rows, &xs, nb, bytes) {
+            return [[f32::NAN; T]; R];
+        }
+        let mut acc = [[_mm512_setzero_ps(); T]; R];
+        for b in 0..nb {
+            let mut wv = [[_mm512_setzero_ps(); 2]; R];
+            for i in 0..R {
+                // SAFETY: block b < nb is inside rows[i] (`lengths_ok`); its d (and m) and
+                // quants are read at offsets inside the block's `bytes`.
+                wv[i] = unsafe { dequant512::<TY>(rows[i].as_ptr().add(b * bytes)) };
+            }
+            for j in 0..T {
+                // SAFETY: xs[j] holds nb * 32 values (`lengths_ok`), b < nb.
+                let (x0, x1) = unsafe {
+                    let p = xs[j].as_ptr().add(b * QK);
+                    (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)))
+                };
+                for i in 0..R {
+                    acc[i][j] = _mm512_fmadd_ps(wv[i][0], x0, acc[i][j]);
+                    acc[i][j] = _mm512_fmadd_ps(wv[i][1], x1, acc[i][j]);
+                }
+            }
+        }
+        let mut sums = [[0.0f32; T]; R];
+        for i in 0..R {
+            for j in 0..T {
+                sums[i][j] = hsum512(acc[i][j]);
+            }
+        }
+        sums
+    }
+
+    /// The 32 weights of the block at `p` as f32, values 0..16 and 16..32, computed as the
+    /// reference does (`crate::quant`): `q * d + m` (Q4_1), `(q - 8) * d` (Q4_0), `q * d`
+    /// (Q8_0), each product and sum rounded separately.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn dequant512<const TY: u8>(p: *const u8) -> [__m512; 2] {
+        // SAFETY: the caller guarantees a whole block of `TY` at p.
+        unsafe {
+            let d = _mm512_broadcastss_ps(f16_at(p));
+            let (q0, q1) = match TY {
+                Q8_0 => (
+                    _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(2).cast())),
+                    _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(18).cast())),
+                ),
+                _ => {
+                    let qs = _mm_loadu_si128(p.add(if TY == Q4_1 { 4 } else { 2 }).cast());
+                    let mask = _mm_set1_epi8(0x0F);
+                    (
+                        _mm512_cvtepu8_epi32(_mm_and_si128(qs, mask)),
+                        _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16::<4>(qs), mask)),
+                    )
+                }
+            };
+            let (mut f0, mut f1) = (_mm512_cvtepi32_ps(q0), _mm512_cvtepi32_ps(q1));
+            if TY == Q4_0 {
+                let eight = _mm512_set1_ps(8.0);
+                (f0, f1) = (_mm512_sub_ps(f0, eight), _mm512_sub_ps(f1, eight));
+            }
+            let (mut w0, mut w1) = (_mm512_mul_ps(f0, d), _mm512_mul_ps(f1, d));
+            if TY == Q4_1 {
+                let m = _mm512_broadcastss_ps(f16_at(p.add(2)));
+                (w0, w1) = (_mm512_add_ps(w0, m), _mm512_add_ps(w1, m));
+            }
+            [w0, w1]
+        }
+    }
+
+    /// The sum of the 16 lanes, written out so it inlines (see the 8-bit AVX-512 kernels).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn hsum512(v: __m512) -> f32 {
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+        hsum256(_mm256_add_ps(_mm512_castps512_ps256(v), hi))
+    }
+
+    /// One R × T tile with 256-bit registers; NaN if the lengths do not fit (unreachable).
+    // k indexes a block's four registers in the weights and the activations alike.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn tile256<const TY: u8, const R: usize, const T: usize>(
+        rows: [&[u8]; R],
+        xs: [&[f32]; T],
+        nb: usize,
+    ) -> [[f32; T]; R] {
+        let bytes = block_bytes(TY);
+        if !lengths_ok(&rows, &xs, nb, bytes) {
+            return [[f32::NAN; T]; R];
+        }
+        let mut acc = [[_mm256_setzero_ps(); T]; R];
+        for b in 0..nb {
+            let mut wv = [[_mm256_setzero_ps(); 4]; R];
+            for i in 0..R {
+                // SAFETY: as in `tile512`.
+                wv[i] = unsafe { dequant256::<TY>(rows[i].as_ptr().add(b * bytes)) };
+            }
+            for j in 0..T {
+                for k in 0..4 {
+                    // SAFETY: as in `tile512`; values 8k..8k+8 of block b.
+                    let xk = unsafe { _mm256_loadu_ps(xs[j].as_ptr().add(b * QK + 8 * k)) };
+                    for i in 0..R {
+                        acc[i][j] = _mm256_fmadd_ps(wv[i][k], xk, acc[i][j]);
+                    }
+                }
+            }
+        }
+        let mut sums = [[0.0f32; T]; R];
+        for i in 0..R {
+            for j in 0..T {
+                sums[i][j] = hsum256(acc[i][j]);
+            }
+        }
+        sums
+    }
+
+    /// As [`dequant512`], in four registers of eight values.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dequant256<const TY: u8>(p: *const u8) -> [__m256; 4] {
+        // SAFETY: the caller guarantees a whole block of `TY` at p.
+        unsafe {
+            let d = _mm256_broadcastss_ps(f16_at(p));
+            let q: [__m256i; 4] = match TY {
+                Q8_0 => {
+                    let a = _mm_loadu_si128(p.add(2).cast());
+                    let b = _mm_loadu_si128(p.add(18).cast());
+                    [
+                        _mm256_cvtepi8_epi32(a),
+                        _mm256_cvtepi8_epi32(_mm_srli_si128::<8>(a)),
+                        _mm256_cvtepi8_epi32(b),
+                        _mm256_cvtepi8_epi32(_mm_srli_si128::<8>(b)),
+                    ]
+                }
+                _ => {
+                    let qs = _mm_loadu_si128(p.add(if TY == Q4_1 { 4 } else { 2 }).cast());
+                    let mask = _mm_set1_epi8(0x0F);
+                    let lo = _mm_and_si128(qs, mask);
+                    let hi = _mm_and_si128(_mm_srli_epi16::<4>(qs), mask);
+                    [
+                        _mm256_cvtepu8_epi32(lo),
+                        _mm256_cvtepu8_epi32(_mm_srli_si128::<8>(lo)),
+                        _mm256_cvtepu8_epi32(hi),
+                        _mm256_cvtepu8_epi32(_mm_srli_si128::<8>(hi)),
+                    ]
+                }
+            };
+            let m = if TY == Q4_1 { _mm256_broadcastss_ps(f16_at(p.add(2))) } else { _mm256_setzero_ps() };
+            let mut w = [_mm256_setzero_ps(); 4];
+            for k in 0..4 {
+                let mut f = _mm256_cvtepi32_ps(q[k]);
+                if TY == Q4_0 {
+                    f = _mm256_sub_ps(f, _mm256_set1_ps(8.0));
+                }
+                w[k] = _mm256_mul_ps(f, d);
+                if TY == Q4_1 {
+                    w[k] = _mm256_add_ps(w[k], m);
+                }
+            }
+            w
+        }
+    }
+
+    /// The sum of the 8 lanes.
+    #[inline]
+    #[target_feature(enable = "avx")]
+    fn hsum256(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+}
