@@ -16,10 +16,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// CPU matrix kernels for quantized weights. `exact`: f32 activations, the path whose greedy
-    /// tokens equal llama.cpp's on the reference cases. `fast`: 8-bit activations and SIMD
-    /// integer dot products, like llama.cpp's own CPU path (about 8x faster; the tokens can
-    /// differ from llama.cpp's where two candidates are within a few tenths of a logit).
+    /// CPU matrix kernels for quantized weights. `exact`: SIMD kernels with f32 activations, the
+    /// reference's arithmetic summed in another order; the path whose greedy tokens equal
+    /// llama.cpp's on the reference cases. `fast`: 8-bit activations and SIMD integer dot
+    /// products, like llama.cpp's own CPU path (faster still; the tokens can differ from
+    /// llama.cpp's where two candidates are within a few tenths of a logit). `reference`: the
+    /// plain, unvectorized reference kernels (slow; for telling a model bug from a kernel one).
     #[arg(long, global = true, value_enum, default_value_t = CpuKernels::Exact)]
     pub cpu_kernels: CpuKernels,
 }
@@ -28,6 +30,7 @@ pub struct Cli {
 pub enum CpuKernels {
     Exact,
     Fast,
+    Reference,
 }
 
 #[derive(Subcommand, Debug)]
@@ -179,6 +182,12 @@ pub struct RunArgs {
     /// Print per-layer compute, copy and wait times and the copy/compute overlap.
     #[arg(long)]
     pub stats: bool,
+    /// Run one untimed forward pass of one token before the prompt (as llama.cpp's tools do by
+    /// default), so that the timings leave out first-touch costs: weights read from memory into
+    /// the caches for the first time, page tables, buffers. For benchmarks; with streamed
+    /// layers it costs one pass of copies.
+    #[arg(long)]
+    pub warmup: bool,
     #[command(flatten)]
     pub session: SessionArgs,
     #[command(flatten)]

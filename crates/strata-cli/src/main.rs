@@ -11,6 +11,7 @@ mod progress;
 mod stats;
 
 use clap::Parser;
+use strata_tensor::ops::CpuPath;
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
@@ -28,10 +29,12 @@ fn main() {
     }
     // The CPU path is chosen per issuing thread (see strata_tensor::ops); every op of a command
     // is issued from this one.
-    let result = match cli.cpu_kernels {
-        args::CpuKernels::Exact => strata_tensor::ops::with_cpu_reference(|| commands::dispatch(cli)),
-        args::CpuKernels::Fast => commands::dispatch(cli),
+    let path = match cli.cpu_kernels {
+        args::CpuKernels::Exact => CpuPath::Exact,
+        args::CpuKernels::Fast => CpuPath::Fast,
+        args::CpuKernels::Reference => CpuPath::Reference,
     };
+    let result = strata_tensor::ops::with_cpu_path(path, || commands::dispatch(cli));
     if let Err(e) = result {
         eprintln!("error: {}", output::chain(&e));
         std::process::exit(1);

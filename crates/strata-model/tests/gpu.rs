@@ -7,7 +7,7 @@ use strata_model::synth::{Preset, gguf_bytes};
 use strata_model::{GenerateOptions, Layout, Model, SamplerConfig, Session, SessionOptions, generate};
 use strata_runtime::device::Accelerator;
 use strata_runtime::plan::Placement;
-use strata_tensor::ops::with_cpu_reference;
+use strata_tensor::ops::{CpuPath, with_cpu_path, with_cpu_reference};
 use strata_tensor::{DType, GpuOptions, open_gpu};
 
 use crate::support::FAST_CPU_LOGITS_REL;
@@ -46,9 +46,10 @@ fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
-/// CUDA against the CPU reference (the oracle: within 1e-3, same greedy tokens), and against
-/// the fast CPU path `strata` runs on the host (within [`FAST_CPU_LOGITS_REL`]: it rounds the
-/// activations to 8 bits, CUDA does not; tokens not compared, see there).
+/// CUDA against the CPU reference (the oracle: within 1e-3, same greedy tokens), against the
+/// default (exact) CPU path (the reference's products in another f32 order: within 1e-3 too),
+/// and against the fast CPU path (within [`FAST_CPU_LOGITS_REL`]: it rounds the activations
+/// to 8 bits, CUDA does not; tokens not compared, see there).
 #[test]
 fn cpu_and_cuda_forward_agree() {
     let Some(acc) = gpu_or_skip() else { return };
@@ -72,8 +73,14 @@ fn cpu_and_cuda_forward_agree() {
 
     cpu.reset();
     gpu.reset();
-    let a = cpu.forward(&PROMPT, true).expect("fast cpu prefill");
+    let a = cpu.forward(&PROMPT, true).expect("exact cpu prefill");
     let b = gpu.forward(&PROMPT, true).expect("gpu prefill");
+    let d = rel_diff(&a, &b);
+    println!("prefill logits, exact CPU path: max relative difference {d:.2e}");
+    assert!(d < 1e-3, "exact CPU and CUDA prefill logits differ by {d}");
+
+    cpu.reset();
+    let a = with_cpu_path(CpuPath::Fast, || cpu.forward(&PROMPT, true)).expect("fast cpu prefill");
     let d = rel_diff(&a, &b);
     println!("prefill logits, fast CPU path: max relative difference {d:.2e}");
     assert!(d < FAST_CPU_LOGITS_REL, "fast CPU and CUDA prefill logits differ by {d}");

@@ -1,10 +1,11 @@
 //! The default model against llama.cpp: greedy tokens and top-k logits from
-//! tests/data/reference (made by llama.cpp on the same file), on both CPU paths.
+//! tests/data/reference (made by llama.cpp on the same file), on every CPU path.
 //!
-//! - The CPU reference (f32 activations, `strata_tensor::ops::with_cpu_reference`) is held to
-//!   llama.cpp's top-1 at every position and its greedy tokens exactly.
-//! - The fast CPU path (what `strata` runs: activations rounded to 8 bits per block of 32, like
-//!   llama.cpp's) cannot be held to that, even though it rounds like llama.cpp: the rounding is
+//! - The exact path (the default: SIMD kernels with f32 activations) and the CPU reference it
+//!   vectorizes (`strata_tensor::ops::with_cpu_reference`) are held to llama.cpp's top-1 at
+//!   every position and its greedy tokens exactly.
+//! - The fast CPU path (`--cpu-kernels fast`: activations rounded to 8 bits per block of 32,
+//!   like llama.cpp's) cannot be held to that, even though it rounds like llama.cpp: the rounding is
 //!   a step function, so any last-bit difference upstream (the order of an f32 sum, an FMA, a
 //!   norm summed in f32 rather than f64) moves some values across a rounding boundary, and from
 //!   there on the two engines carry independent rounding noise. (A numpy replica that calls
@@ -14,13 +15,13 @@
 //!   greedy token differs, it must be a near-tie ([`NEAR_TIE`]) in one engine's logits.
 
 use strata_model::{GenerateOptions, Model, SamplerConfig, Session, SessionOptions, generate};
-use strata_tensor::ops::with_cpu_reference;
+use strata_tensor::ops::{CpuPath, with_cpu_path, with_cpu_reference};
 
 use crate::model_or_skip;
 use crate::support::{ids, reference};
 
-/// Largest |logit - llama.cpp's| over the reference top-10 ids the reference path may show:
-/// llama.cpp rounds activations to 8 bits, the reference does not (0.95 at most on these cases).
+/// Largest |logit - llama.cpp's| over the reference top-10 ids the exact and reference paths
+/// may show: llama.cpp rounds activations to 8 bits, they do not (0.95 at most on these cases).
 /// A bug in any op moves logits by whole units and changes the top-1.
 const REFERENCE_LOGIT_NOISE: f32 = 1.25;
 /// The same bound for the fast path: both engines round, independently (see the module doc),
@@ -80,15 +81,17 @@ fn check_logits(model: &Model, fast: bool) -> f32 {
 #[test]
 fn logits_match_llama_cpp_top1_at_every_position() {
     let model = model_or_skip!();
-    let worst = with_cpu_reference(|| check_logits(&model, false));
-    println!("reference path: max |logit - llama.cpp| over the reference top-10 ids: {worst:.4}");
-    assert!(worst < REFERENCE_LOGIT_NOISE, "logits differ from llama.cpp by up to {worst}");
+    for (name, path) in [("exact", CpuPath::Exact), ("reference", CpuPath::Reference)] {
+        let worst = with_cpu_path(path, || check_logits(&model, false));
+        println!("{name} path: max |logit - llama.cpp| over the reference top-10 ids: {worst:.4}");
+        assert!(worst < REFERENCE_LOGIT_NOISE, "{name} path: logits differ from llama.cpp by up to {worst}");
+    }
 }
 
 #[test]
 fn fast_path_logits_match_llama_cpp_up_to_near_ties() {
     let model = model_or_skip!();
-    let worst = check_logits(&model, true);
+    let worst = with_cpu_path(CpuPath::Fast, || check_logits(&model, true));
     println!("fast path: max |logit - llama.cpp| over the reference top-10 ids: {worst:.4}");
     assert!(worst < FAST_LOGIT_NOISE, "logits differ from llama.cpp by up to {worst}");
 }
@@ -133,11 +136,12 @@ fn check_greedy(model: &Model, fast: bool) {
 #[test]
 fn greedy_tokens_match_llama_cpp() {
     let model = model_or_skip!();
+    check_greedy(&model, false);
     with_cpu_reference(|| check_greedy(&model, false));
 }
 
 #[test]
 fn fast_path_greedy_tokens_match_llama_cpp_up_to_near_ties() {
     let model = model_or_skip!();
-    check_greedy(&model, true);
+    with_cpu_path(CpuPath::Fast, || check_greedy(&model, true));
 }

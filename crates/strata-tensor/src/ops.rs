@@ -3,14 +3,20 @@
 //! CUDA kernel on the given stream for device tensors. Every tensor of a call must live on the
 //! stream's device.
 //!
-//! On the host, three ops run the fast CPU path (`strata_kernels::cpu::fast`), not the
-//! reference, which is several times slower: matvec and matmul with quantized weights (Q4_0,
-//! Q4_1, Q8_0: activations rounded to 8-bit blocks like llama.cpp's, integer SIMD dot products;
-//! results differ from the reference's by that rounding, `Tolerance::Q8_ACTIVATIONS`) and
-//! attention (vectorized; f32 summation order only, `Tolerance::F32_ACCUMULATION`). Setting
-//! the environment variable `STRATA_CPU_REFERENCE=1` (read once, at the first such call) makes
-//! them run the reference instead, e.g. to tell a model bug from a fast-path one. Other weight
-//! types and all other ops always run the reference.
+//! On the host, three ops have faster kernels than the reference (`strata_kernels::cpu`),
+//! chosen per thread by [`CpuPath`] ([`with_cpu_path`]):
+//! - [`CpuPath::Exact`] (the default): matvec and matmul with quantized weights (Q4_0, Q4_1,
+//!   Q8_0) on SIMD kernels with f32 activations (`cpu::fast::matmul_f32`), and vectorized
+//!   attention; both compute the reference's products and differ only in the order of f32
+//!   sums (`Tolerance::F32_ACCUMULATION`), so a model's tokens are the reference's.
+//! - [`CpuPath::Fast`]: the products with activations rounded to 8-bit blocks like llama.cpp's
+//!   and integer SIMD dot products (`cpu::fast::matmul`; `Tolerance::Q8_ACTIVATIONS`); faster,
+//!   and tokens can differ where two candidates are nearly tied.
+//! - [`CpuPath::Reference`]: the reference itself, to tell a model bug from a kernel one.
+//!   Setting the environment variable `STRATA_CPU_REFERENCE=1` (read once, at the first such
+//!   call) forces it for the whole process.
+//!
+//! Other weight types and all other ops always run the reference.
 //!
 //! Two differences from the kernels' CPU reference, both on bad indices that the host cannot
 //! see without a synchronize: on a GPU an out-of-range token id gathers a NaN row and an
@@ -30,6 +36,18 @@ use crate::{DType, Error, Result, Tensor};
 /// attention.
 pub const CPU_REFERENCE_ENV: &str = "STRATA_CPU_REFERENCE";
 
+/// Which kernels host matvec, matmul and attention run (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CpuPath {
+    /// The kernel crate's reference: column-order f32 sums.
+    Reference,
+    /// SIMD kernels with f32 activations: the reference's products, summed in another order.
+    #[default]
+    Exact,
+    /// SIMD kernels with 8-bit activations (llama.cpp's rounding).
+    Fast,
+}
+
 /// Whether `STRATA_CPU_REFERENCE` asks for the reference (any value but empty or `0`), read
 /// once: a process does not switch paths halfway through a generation.
 pub fn cpu_reference_forced() -> bool {
@@ -38,34 +56,40 @@ pub fn cpu_reference_forced() -> bool {
 }
 
 thread_local! {
-    /// Set by [`with_cpu_reference`] on the thread that issues the ops.
-    static REFERENCE_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Set by [`with_cpu_path`] on the thread that issues the ops.
+    static PATH_HERE: std::cell::Cell<CpuPath> = const { std::cell::Cell::new(CpuPath::Exact) };
 }
 
-/// Runs `f` with the host ops this thread issues on the CPU reference, as
-/// `STRATA_CPU_REFERENCE=1` does for a whole process: for comparing the two paths in one
-/// process (tests), without an environment variable that every thread would see. The ops run
-/// on the calling thread (a forward pass issues them from the thread that calls it).
-pub fn with_cpu_reference<R>(f: impl FnOnce() -> R) -> R {
+/// Runs `f` with the host ops this thread issues on `path`: for choosing the kernels of a
+/// run, or comparing paths in one process (tests), without an environment variable that every
+/// thread would see. The ops run on the calling thread (a forward pass issues them from the
+/// thread that calls it); `STRATA_CPU_REFERENCE=1` still wins.
+pub fn with_cpu_path<R>(path: CpuPath, f: impl FnOnce() -> R) -> R {
     /// Restores the previous setting even if `f` panics.
-    struct Restore(bool);
+    struct Restore(CpuPath);
     impl Drop for Restore {
         fn drop(&mut self) {
-            REFERENCE_HERE.with(|r| r.set(self.0));
+            PATH_HERE.with(|r| r.set(self.0));
         }
     }
-    let _restore = Restore(REFERENCE_HERE.with(|r| r.replace(true)));
+    let _restore = Restore(PATH_HERE.with(|r| r.replace(path)));
     f()
 }
 
-/// Whether host ops issued now take the reference path.
-fn reference_path() -> bool {
-    cpu_reference_forced() || REFERENCE_HERE.with(|r| r.get())
+/// [`with_cpu_path`] with [`CpuPath::Reference`].
+pub fn with_cpu_reference<R>(f: impl FnOnce() -> R) -> R {
+    with_cpu_path(CpuPath::Reference, f)
 }
 
-/// Whether a host matvec/matmul with weights of `dt` takes the fast CPU path.
-fn use_fast(dt: strata_kernels::DType) -> bool {
-    cpu::fast::supports(dt) && !reference_path()
+/// The path host ops issued now on this thread take.
+pub fn cpu_path() -> CpuPath {
+    if cpu_reference_forced() { CpuPath::Reference } else { PATH_HERE.with(|r| r.get()) }
+}
+
+/// The path a host matvec/matmul with weights of `dt` takes (plain float weights have only
+/// the reference).
+fn product_path(dt: strata_kernels::DType) -> CpuPath {
+    if cpu::fast::supports(dt) { cpu_path() } else { CpuPath::Reference }
 }
 
 fn check_devices(op: &'static str, s: &Stream, ts: &[&Tensor]) -> Result<()> {
@@ -190,7 +214,11 @@ pub fn matvec(w: &Tensor, x: &Tensor, y: &mut Tensor, s: &Stream) -> Result<()> 
     }
     match gpu_stream(s) {
         None => {
-            let f = if use_fast(dt) { cpu::fast::matvec } else { cpu::matvec };
+            let f = match product_path(dt) {
+                CpuPath::Reference => cpu::matvec,
+                CpuPath::Exact => cpu::fast::matvec_f32,
+                CpuPath::Fast => cpu::fast::matvec,
+            };
             Ok(f(dt, w.host_bytes()?, rows, cols, x.as_f32()?, y.as_f32_mut()?)?)
         }
         Some(g) => gpu::launch(g, KernelCall::Matvec { dt, w: dev(w)?, rows, cols, x: dev(x)?, y: dev(y)? }),
@@ -212,7 +240,11 @@ pub fn matmul(w: &Tensor, x: &Tensor, y: &mut Tensor, s: &Stream) -> Result<()> 
     expect_shape(OP, "y", y, &[n_tokens, rows])?;
     match gpu_stream(s) {
         None => {
-            let f = if use_fast(dt) { cpu::fast::matmul } else { cpu::matmul };
+            let f = match product_path(dt) {
+                CpuPath::Reference => cpu::matmul,
+                CpuPath::Exact => cpu::fast::matmul_f32,
+                CpuPath::Fast => cpu::fast::matmul,
+            };
             Ok(f(dt, w.host_bytes()?, rows, cols, x.as_f32()?, n_tokens, y.as_f32_mut()?)?)
         }
         Some(g) => gpu::launch(g, KernelCall::Matmul { dt, w: dev(w)?, rows, cols, x: dev(x)?, n_tokens, y: dev(y)? }),
@@ -334,17 +366,19 @@ pub fn attention_decode(
         return Err(Error::shape(OP, format!("n_kv must be in 1..={rows} (the cache rows), got {n_kv}")));
     }
     match gpu_stream(s) {
-        None => Ok((if reference_path() { cpu::attention_decode } else { cpu::fast::attention_decode })(
-            q.as_f32()?,
-            cache_ref(k_cache)?,
-            cache_ref(v_cache)?,
-            n_heads,
-            n_kv_heads,
-            head_dim,
-            n_kv,
-            scale,
-            out.as_f32_mut()?,
-        )?),
+        None => {
+            Ok((if cpu_path() == CpuPath::Reference { cpu::attention_decode } else { cpu::fast::attention_decode })(
+                q.as_f32()?,
+                cache_ref(k_cache)?,
+                cache_ref(v_cache)?,
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                n_kv,
+                scale,
+                out.as_f32_mut()?,
+            )?)
+        }
         Some(g) => gpu::launch(
             g,
             KernelCall::Attention {
@@ -389,18 +423,20 @@ pub fn attention_prefill(
         ));
     }
     match gpu_stream(s) {
-        None => Ok((if reference_path() { cpu::attention_prefill } else { cpu::fast::attention_prefill })(
-            q.as_f32()?,
-            n_tokens,
-            pos0,
-            cache_ref(k_cache)?,
-            cache_ref(v_cache)?,
-            n_heads,
-            n_kv_heads,
-            head_dim,
-            scale,
-            out.as_f32_mut()?,
-        )?),
+        None => {
+            Ok((if cpu_path() == CpuPath::Reference { cpu::attention_prefill } else { cpu::fast::attention_prefill })(
+                q.as_f32()?,
+                n_tokens,
+                pos0,
+                cache_ref(k_cache)?,
+                cache_ref(v_cache)?,
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                scale,
+                out.as_f32_mut()?,
+            )?)
+        }
         Some(g) => gpu::launch(
             g,
             KernelCall::Attention {

@@ -55,12 +55,13 @@ fn gather_body(s: &Stream) {
 }
 device_test!(embedding_gather, gather_body);
 
-/// On the host, quantized weights take the fast path: bit for bit `cpu::fast`, and within the
-/// activation rounding of the reference. Everything else (and CUDA) against the reference.
-fn check_product(label: &str, s: &Stream, dt: K, got: &[f32], reference: &[f32], fast: impl FnOnce() -> Vec<f32>) {
+/// On the host, quantized weights take the default (exact) path: bit for bit
+/// `cpu::fast::matmul_f32`, and within f32 accumulation of the reference. Everything else (and
+/// CUDA) against the reference.
+fn check_product(label: &str, s: &Stream, dt: K, got: &[f32], reference: &[f32], exact: impl FnOnce() -> Vec<f32>) {
     if matches!(s, Stream::Host) && cpu::fast::supports(dt) {
-        assert_close(&format!("{label} vs cpu::fast"), got, &fast(), Tolerance::STRICT);
-        assert_close(&format!("{label} vs reference"), got, reference, Tolerance::Q8_ACTIVATIONS);
+        assert_close(&format!("{label} vs cpu::fast::matmul_f32"), got, &exact(), Tolerance::STRICT);
+        assert_close(&format!("{label} vs reference"), got, reference, Tolerance::F32_ACCUMULATION);
     } else {
         assert_close(label, got, reference, tol(s, Tolerance::F32_ACCUMULATION));
     }
@@ -77,7 +78,7 @@ fn matvec_matmul_body(s: &Stream) {
         ops::matvec(&w, &on(s, f32t(&[cols], &x[..cols])), &mut y, s).unwrap();
         check_product(&format!("matvec {dt}"), s, dt, &y.to_vec_f32(s).unwrap(), &want, || {
             let mut f = vec![0.0; rows];
-            cpu::fast::matvec(dt, &bytes, rows, cols, &x[..cols], &mut f).unwrap();
+            cpu::fast::matvec_f32(dt, &bytes, rows, cols, &x[..cols], &mut f).unwrap();
             f
         });
 
@@ -87,7 +88,7 @@ fn matvec_matmul_body(s: &Stream) {
         ops::matmul(&w, &on(s, f32t(&[67, cols], &x)), &mut y, s).unwrap();
         check_product(&format!("matmul {dt}"), s, dt, &y.to_vec_f32(s).unwrap(), &want, || {
             let mut f = vec![0.0; 67 * rows];
-            cpu::fast::matmul(dt, &bytes, rows, cols, &x, 67, &mut f).unwrap();
+            cpu::fast::matmul_f32(dt, &bytes, rows, cols, &x, 67, &mut f).unwrap();
             f
         });
     }
@@ -181,9 +182,33 @@ fn with_cpu_reference_runs_the_reference() {
     assert_close("matvec under with_cpu_reference", &y.to_vec_f32(&s).unwrap(), &want, Tolerance::STRICT);
     // And only inside the closure.
     ops::matvec(&w, &f32t(&[cols], &x[..cols]), &mut y, &s).unwrap();
-    let mut fast = vec![0.0; rows];
-    cpu::fast::matvec(dt, &bytes, rows, cols, &x[..cols], &mut fast).unwrap();
-    assert_close("matvec after with_cpu_reference", &y.to_vec_f32(&s).unwrap(), &fast, Tolerance::STRICT);
+    let mut exact = vec![0.0; rows];
+    cpu::fast::matvec_f32(dt, &bytes, rows, cols, &x[..cols], &mut exact).unwrap();
+    assert_close("matvec after with_cpu_reference", &y.to_vec_f32(&s).unwrap(), &exact, Tolerance::STRICT);
+}
+
+/// `with_cpu_path(Fast)` puts this thread's host products on the 8-bit-activation kernels, bit
+/// for bit, and nests: the inner path wins, the outer one comes back after it.
+#[test]
+fn with_cpu_path_fast_runs_the_fast_kernels() {
+    let s = Stream::Host;
+    let (dt, rows, cols) = (K::Q8_0, 29, 128);
+    let (bytes, w) = weights(dt, rows, cols, 5);
+    let x = uniform(6, 3 * cols, 1.0);
+    let mut fast = vec![0.0; 3 * rows];
+    cpu::fast::matmul(dt, &bytes, rows, cols, &x, 3, &mut fast).unwrap();
+    let mut reference = vec![0.0; 3 * rows];
+    cpu::matmul(dt, &bytes, rows, cols, &x, 3, &mut reference).unwrap();
+    let run = || {
+        let mut y = poisoned(&[3, rows], &s);
+        ops::matmul(&w, &f32t(&[3, cols], &x), &mut y, &s).unwrap();
+        y.to_vec_f32(&s).unwrap()
+    };
+    assert_eq!(ops::cpu_path(), ops::CpuPath::Exact, "the default path");
+    let (inner, outer) = ops::with_cpu_path(ops::CpuPath::Fast, || (ops::with_cpu_reference(run), run()));
+    assert_close("matmul under with_cpu_path(Fast)", &outer, &fast, Tolerance::STRICT);
+    assert_close("matmul under a nested with_cpu_reference", &inner, &reference, Tolerance::STRICT);
+    assert_eq!(ops::cpu_path(), ops::CpuPath::Exact, "restored after the closure");
 }
 
 fn kv_append_body(s: &Stream) {
