@@ -4,6 +4,8 @@
 #
 #   scripts/bench-cpu.sh [THREADS=2] [REPS=3]   # LLAMA_CPP_PYTHON=path: use that python
 #
+# Both engines run one untimed warm-up pass first (strata --warmup; the llama.cpp script evals
+# four tokens), so neither pays for reading the weights into the caches in its timings.
 # Needs the reference environment (scripts/reference-env.sh, ~10 minutes once) and builds
 # strata in release. A benchmark, not a test: nothing asserts on the numbers.
 set -euo pipefail
@@ -23,7 +25,7 @@ for ((i = 0; i < reps; i++)); do
   for p in short long; do
     text=${!p}
     for k in fast exact; do
-      RAYON_NUM_THREADS=$threads target/release/strata --cpu-kernels $k run -m "$model" --device cpu -p "$text" -t 0 -n 64 --ignore-eos --json 2>/dev/null |
+      RAYON_NUM_THREADS=$threads target/release/strata --cpu-kernels $k run -m "$model" --device cpu --warmup -p "$text" -t 0 -n 64 --ignore-eos --json 2>/dev/null |
         tail -n1 | python3 -c "import json,sys; r=json.load(sys.stdin); t=r['timings']; print(f\"{'strata-$k':<12} {'$p':<6} {t['prompt_tokens']:>8} {t['prompt_tokens_per_second']:>12.1f} {t['generated_tokens']:>10} {t['generation_tokens_per_second']:>12.1f}\")"
     done
     "$py" scripts/llama-cpp-bench.py "$model" "$threads" "$text" 64 2>/dev/null |

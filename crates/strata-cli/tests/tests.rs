@@ -66,6 +66,22 @@ fn run_json_contract() {
     let args =
         ["run", "-m", m.to_str().expect("p"), "-p", "Hi", "-n", "8", "--seed", "42", "--json", "--device", "cpu"];
     assert_eq!(last_json(&strata(&args))["generated_ids"], last_json(&strata(&args))["generated_ids"]);
+    // The kernel paths: exact (the default) and reference give the same greedy tokens (f32
+    // order only); fast runs (its 8-bit rounding may break a near-tie of this random model).
+    let greedy =
+        ["run", "-m", m.to_str().expect("p"), "-p", "Hello", "-t", "0", "-n", "6", "--json", "--device", "cpu"];
+    let want = last_json(&strata(&greedy))["generated_ids"].clone();
+    assert_eq!(last_json(&strata(&[&["--cpu-kernels", "reference"][..], &greedy[..]].concat()))["generated_ids"], want);
+    let fast = last_json(&strata(&[&["--cpu-kernels", "fast"][..], &greedy[..]].concat()));
+    assert_eq!(fast["generated_ids"].as_array().map(Vec::len), Some(6), "{fast}");
+    // A warm-up pass changes the timings, never the text, and is not in the stats: the prefill
+    // pass is the prompt's.
+    let cold = last_json(&strata(&[&greedy[..], &["--stats"]].concat()));
+    let warm = last_json(&strata(&[&greedy[..], &["--warmup", "--stats"]].concat()));
+    assert_eq!(warm["generated_ids"], want);
+    for (phase, key) in [("prefill", "passes"), ("prefill", "tokens"), ("decode", "passes"), ("decode", "tokens")] {
+        assert_eq!(warm["stats"][phase][key], cold["stats"][phase][key], "{phase}.{key}: {warm}");
+    }
 }
 
 #[test]

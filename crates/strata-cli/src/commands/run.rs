@@ -64,6 +64,13 @@ pub fn run(a: RunArgs) -> Result<()> {
     };
     let ids = model.tokenizer.encode(&prompt_text, None, a.chat)?;
     let opts = generate_options(&a.sample);
+    if a.warmup
+        && let Some(&first) = ids.first()
+    {
+        session.forward(&[first], false)?;
+        session.reset();
+        session.take_stats();
+    }
     let device = session.device().to_string();
     let stdout = std::io::stdout();
     let g = if a.json {
