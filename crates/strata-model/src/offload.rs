@@ -106,7 +106,10 @@ fn cache_path(gpu: Option<&Gpu>) -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     let name = gpu.map_or_else(|| "cpu".to_string(), |g| g.info().name.replace(|c: char| !c.is_alphanumeric(), "_"));
-    Some(base.join("strata").join(format!("speeds-{name}.json")))
+    // The CPU layer speed depends on the CPU kernels this thread runs (the reference is ~5x
+    // slower than the vectorized paths), so each path keeps its own measurement.
+    let path = format!("{:?}", strata_tensor::ops::cpu_path()).to_lowercase();
+    Some(base.join("strata").join(format!("speeds-{name}-{path}.json")))
 }
 
 /// Speeds measured earlier on this machine (and this GPU), if any.

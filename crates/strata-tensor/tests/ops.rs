@@ -1,5 +1,5 @@
 //! Every op through the tensor API, on the CPU and on CUDA, against the kernel crate's CPU
-//! reference called directly (and, where the host takes the fast path, `cpu::fast`); plus the
+//! reference called directly (and, where the host takes a vectorized path, `cpu::fast`); plus the
 //! typed errors for bad shapes, types and devices.
 
 use half::f16;

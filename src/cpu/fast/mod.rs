@@ -1,8 +1,12 @@
-//! The fast CPU path the model runs on: matrix–vector and matrix–matrix products for quantized
-//! weights (Q4_0, Q4_1, Q8_0) and attention (`attention`). The reference in [`crate::cpu`]
-//! stays the oracle; every function here is tested against it.
+//! The vectorized CPU kernels the model runs on: matrix–vector and matrix–matrix products for
+//! quantized weights (Q4_0, Q4_1, Q8_0) and attention (`attention`). The reference in
+//! [`crate::cpu`] stays the oracle; every function here is tested against it.
 //!
-//! What differs from the reference in the products, and why it is faster:
+//! Two kinds of products: [`matvec_f32`] / [`matmul_f32`] (module `f32act`, the default
+//! `exact` path) keep the activations in f32 and compute the reference's products in another
+//! order; [`matvec`] / [`matmul`] (the `fast` path, described here) round them to 8 bits.
+//!
+//! What differs from the reference in the 8-bit products, and why they are faster:
 //! - the activations are quantized once per call to 8-bit blocks of 32 with one scale each
 //!   (llama.cpp's `q8_1`, see `act`), so each weight block meets its activations in one
 //!   integer dot product (AVX2 `vpmaddubsw`, AVX-512 VNNI `vpdpbusd`) and one f32 multiply-add,
@@ -23,9 +27,10 @@
 //! Kernels, chosen at run time ([`Isa::best`]): AVX-512 VNNI (two blocks per 512-bit register),
 //! AVX2 + FMA + F16C, and portable Rust ([`Isa::Scalar`], also the oracle of the SIMD ones). The
 //! model reaches this module through `strata_tensor::ops` for host tensors;
-//! `STRATA_CPU_REFERENCE=1` (or `strata_tensor::ops::with_cpu_reference`) makes those use the
-//! reference instead. Parallel work goes to rayon's global pool; a caller on one of its threads
-//! (as the `strata` binary's main thread is) saves a hand-over per call.
+//! `strata_tensor::ops::with_cpu_path` chooses between these and the reference per thread, and
+//! `STRATA_CPU_REFERENCE=1` forces the reference. Parallel work goes to rayon's global pool; a
+//! caller on one of its threads (as the `strata` binary's main thread is) saves a hand-over per
+//! call.
 
 use std::sync::OnceLock;
 
@@ -149,7 +154,8 @@ impl WType {
     }
 }
 
-/// Whether the fast path handles `dtype` (the quantized types; plain floats use the reference).
+/// Whether the vectorized kernels (8-bit and f32-activation) handle `dtype` (the quantized
+/// types; plain floats use the reference).
 pub fn supports(dtype: DType) -> bool {
     WType::of(dtype).is_some()
 }
