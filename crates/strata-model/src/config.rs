@@ -122,6 +122,15 @@ impl LlamaConfig {
                 return Err(Error::model(format!("{} = {other:?} is not supported", k("rope.scaling.type"))));
             }
         };
+        // Llama 3.1-style rope scaling ships as per-frequency divisors in this tensor (with no
+        // scaling type in the metadata); ignoring it would rotate by the wrong angles and give
+        // plausible but wrong text, so it is refused until the rope op takes the factors.
+        if file.tensor("rope_freqs.weight").is_some() {
+            return Err(Error::model(
+                "the model has rope frequency factors (tensor rope_freqs.weight: Llama 3.1-style rope scaling), \
+                 which strata does not support yet",
+            ));
+        }
         let rms_eps = positive_f32(md, &k("attention.layer_norm_rms_epsilon"), 1e-5)?;
         let n_ctx_train = opt_bounded(md, &k("context_length"), MAX_CONTEXT)?.unwrap_or(4096);
 

@@ -74,3 +74,33 @@ fn exact_cpu_path_is_the_reference_up_to_f32_order() {
         assert_eq!(te, tr, "{layers} layers: greedy tokens differ from the reference's");
     }
 }
+
+/// A GGUF with Llama 3.1-style rope frequency factors is refused by name rather than run with
+/// the wrong rotation angles.
+#[test]
+fn rope_frequency_factors_are_refused_by_name() {
+    use strata_model::gguf::{GgmlType, GgufWriter};
+    let preset = Preset::by_name("tiny").expect("preset");
+    let src = GgufFile::from_bytes(gguf_bytes(&preset, DType::Q8_0, 1).expect("synthetic")).expect("parse");
+    let mut w = GgufWriter::new();
+    *w.metadata_mut() = src.metadata().clone();
+    for t in src.tensors() {
+        w.add_tensor(&t.name, t.ggml_type, &t.dims).expect("tensor");
+    }
+    let extra = w.add_tensor("rope_freqs.weight", GgmlType::F32, &[4]).expect("rope_freqs");
+    let bytes = w
+        .to_bytes(|i, buf| {
+            if i == extra {
+                buf.copy_from_slice(&[1.0f32, 1.0, 2.0, 8.0].map(f32::to_le_bytes).concat());
+            } else {
+                buf.copy_from_slice(src.tensor_data(&src.tensors()[i]));
+            }
+        })
+        .expect("write");
+    // Without the tensor the same file loads.
+    let plain = GgufFile::from_bytes(gguf_bytes(&preset, DType::Q8_0, 1).expect("synthetic")).expect("parse");
+    Model::from_file(plain, std::path::Path::new("plain")).expect("the model without rope_freqs loads");
+    let file = GgufFile::from_bytes(bytes).expect("the file itself is valid");
+    let err = Model::from_file(file, std::path::Path::new("llama31")).err().expect("refused");
+    assert!(err.to_string().contains("rope_freqs.weight"), "{err}");
+}
