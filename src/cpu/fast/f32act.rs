@@ -14,10 +14,7 @@
 //! into registers and used for the T tokens (prefill), so the dequantization, which costs more
 //! than the multiply-adds, is amortized over the tile.
 
-use rayon::prelude::*;
-
-use super::{Isa, WType, check, rows_per_task, transpose};
-use crate::cpu::{expect_len, expect_matrix};
+use super::{Isa, by_rows, check_product};
 use crate::{DType, Result};
 
 /// y[r] = sum_c w[r][c] * x[c] with f32 activations and the best kernels for this CPU.
@@ -59,38 +56,19 @@ pub fn matmul_f32_with(
     n_tokens: usize,
     y: &mut [f32],
 ) -> Result<()> {
-    const OP: &str = "fast::matmul_f32";
-    let ty = check(OP, isa, dtype)?;
-    let rb = expect_matrix(OP, dtype, w, rows, cols)?;
-    expect_len(OP, "x", x.len(), n_tokens.checked_mul(cols))?;
-    expect_len(OP, "y", y.len(), n_tokens.checked_mul(rows))?;
-    if n_tokens == 0 || rows == 0 {
-        return Ok(());
-    }
-    if cols == 0 {
-        y.fill(0.0);
-        return Ok(());
-    }
+    let (ty, rb) = check_product("fast::matmul_f32", isa, dtype, w, rows, cols, x, n_tokens, y)?;
     let nb = cols / crate::QK;
-    let task = |o: &mut [f32], wc: &[u8]| match isa {
+    by_rows(w, rb, rows, n_tokens, y, |wc, o| match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `check` returned Ok only if `isa.is_available()`: this CPU has AVX-512 F/BW/VL
-        // (and VNNI, unused here), AVX2, FMA and F16C, the features of `x86::gemm512`.
+        // SAFETY: `check_product` returned Ok only if `isa.is_available()`: this CPU has
+        // AVX-512 F/BW/VL (and VNNI, unused here), AVX2, FMA and F16C, the features of
+        // `x86::gemm512`.
         Isa::Avx512Vnni => unsafe { x86::gemm512(ty, wc, rb, nb, x, n_tokens, o) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above: this CPU has AVX2, FMA and F16C, the features of `x86::gemm256`.
         Isa::Avx2 => unsafe { x86::gemm256(ty, wc, rb, nb, x, n_tokens, o) },
         _ => scalar_gemm(dtype, wc, rb, cols, x, n_tokens, o),
-    };
-    let per = rows_per_task(rows, n_tokens);
-    if n_tokens == 1 {
-        y.par_chunks_mut(per).zip(w.par_chunks(per * rb)).for_each(|(o, wc)| task(o, wc));
-        return Ok(());
-    }
-    // As in `super::matmul_with`: tasks own whole rows and write [row][token].
-    let mut yt = vec![0.0f32; rows * n_tokens];
-    yt.par_chunks_mut(per * n_tokens).zip(w.par_chunks(per * rb)).for_each(|(o, wc)| task(o, wc));
-    transpose(&yt, n_tokens, y);
+    });
     Ok(())
 }
 
@@ -112,8 +90,8 @@ fn scalar_gemm(dtype: DType, w: &[u8], rb: usize, cols: usize, x: &[f32], n: usi
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::WType;
     use crate::QK;
+    use crate::cpu::fast::WType;
     use crate::cpu::fast::x86::{prefetch, store};
 
     /// Rows × tokens per tile with AVX-512: 16 accumulators and four rows' two registers of

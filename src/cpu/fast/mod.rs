@@ -191,13 +191,9 @@ pub fn matvec(dtype: DType, w: &[u8], rows: usize, cols: usize, x: &[f32], y: &m
 /// # Errors
 /// As [`matvec`], and if this CPU cannot run `isa`.
 pub fn matvec_with(isa: Isa, dtype: DType, w: &[u8], rows: usize, cols: usize, x: &[f32], y: &mut [f32]) -> Result<()> {
-    const OP: &str = "fast::matvec";
-    let ty = check(OP, isa, dtype)?;
-    let rb = expect_matrix(OP, dtype, w, rows, cols)?;
-    expect_len(OP, "x", x.len(), Some(cols))?;
-    expect_len(OP, "y", y.len(), Some(rows))?;
+    let (ty, rb) = check_product("fast::matvec", isa, dtype, w, rows, cols, x, 1, y)?;
     let acts = act::Acts::quantize(x, 1, cols, isa.layout(ty));
-    run(isa, ty, w, rb, rows, &acts, y);
+    by_rows(w, rb, rows, 1, y, |wc, o| kernel(isa, ty, wc, rb, &acts, o));
     Ok(())
 }
 
@@ -232,26 +228,57 @@ pub fn matmul_with(
     n_tokens: usize,
     y: &mut [f32],
 ) -> Result<()> {
-    const OP: &str = "fast::matmul";
-    let ty = check(OP, isa, dtype)?;
-    let rb = expect_matrix(OP, dtype, w, rows, cols)?;
-    expect_len(OP, "x", x.len(), n_tokens.checked_mul(cols))?;
-    expect_len(OP, "y", y.len(), n_tokens.checked_mul(rows))?;
+    let (ty, rb) = check_product("fast::matmul", isa, dtype, w, rows, cols, x, n_tokens, y)?;
     if n_tokens == 0 || rows == 0 {
         return Ok(());
     }
     let acts = act::Acts::quantize(x, n_tokens, cols, isa.layout(ty));
-    if n_tokens == 1 {
-        run(isa, ty, w, rb, rows, &acts, y);
-        return Ok(());
-    }
-    // Tasks own whole rows, so they write Y transposed ([row][token], contiguous per task)
-    // and it is transposed back here: rows * n_tokens stores, against rows * n_tokens * cols
-    // multiply-adds, and no shared mutable output across threads.
-    let mut yt = vec![0.0f32; rows * n_tokens];
-    run(isa, ty, w, rb, rows, &acts, &mut yt);
-    transpose(&yt, n_tokens, y);
+    by_rows(w, rb, rows, n_tokens, y, |wc, o| kernel(isa, ty, wc, rb, &acts, o));
     Ok(())
+}
+
+/// The checks of every product entry point: a quantized type, kernels this CPU runs, and
+/// lengths that fit `rows` × `cols` for `n` tokens. Returns the type and the bytes per row.
+#[allow(clippy::too_many_arguments)]
+fn check_product(
+    op: &'static str,
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    y: &[f32],
+) -> Result<(WType, usize)> {
+    let ty = check(op, isa, dtype)?;
+    let rb = expect_matrix(op, dtype, w, rows, cols)?;
+    expect_len(op, "x", x.len(), n.checked_mul(cols))?;
+    expect_len(op, "y", y.len(), n.checked_mul(rows))?;
+    Ok((ty, rb))
+}
+
+/// Y = X W^T for `n` tokens, computed by `task(rows of w, their sums [row][token])` over rayon
+/// tasks of whole rows. Tasks own whole rows, so for several tokens they write Y transposed
+/// ([row][token], contiguous per task) and it is transposed back here: rows * n stores, against
+/// rows * n * cols multiply-adds, and no shared mutable output across threads.
+fn by_rows(w: &[u8], rb: usize, rows: usize, n: usize, y: &mut [f32], task: impl Fn(&[u8], &mut [f32]) + Sync) {
+    if rows == 0 || n == 0 {
+        return;
+    }
+    if rb == 0 {
+        // No columns: every sum is empty.
+        y.fill(0.0);
+        return;
+    }
+    let per = rows_per_task(rows, n);
+    if n == 1 {
+        y.par_chunks_mut(per).zip(w.par_chunks(per * rb)).for_each(|(o, wc)| task(wc, o));
+        return;
+    }
+    let mut yt = vec![0.0f32; rows * n];
+    yt.par_chunks_mut(per * n).zip(w.par_chunks(per * rb)).for_each(|(o, wc)| task(wc, o));
+    transpose(&yt, n, y);
 }
 
 /// Tokens per block of the transpose: each task reads TB contiguous values of a row of `yt` and
@@ -292,20 +319,6 @@ fn rows_per_task(rows: usize, n_tokens: usize) -> usize {
     // Prefill rows carry n_tokens times the work: fewer rows per task still amortize a task.
     let min = if n_tokens > 8 { 8 } else { 16 };
     rows.div_ceil(4 * threads).clamp(min, 256).next_multiple_of(8)
-}
-
-/// out[r][t] = row r of `w` · token t of `acts` for all rows, split over rayon tasks.
-fn run(isa: Isa, ty: WType, w: &[u8], rb: usize, rows: usize, acts: &act::Acts, out: &mut [f32]) {
-    let n = acts.n;
-    if rows == 0 || n == 0 {
-        return;
-    }
-    if rb == 0 {
-        out.fill(0.0);
-        return;
-    }
-    let per = rows_per_task(rows, n);
-    out.par_chunks_mut(per * n).zip(w.par_chunks(per * rb)).for_each(|(o, wc)| kernel(isa, ty, wc, rb, acts, o));
 }
 
 /// One task's rows, on the chosen kernels.
