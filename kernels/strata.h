@@ -126,12 +126,14 @@ strata_status strata_rmsnorm_f32(const float *x, const float *weight, int64_t n_
 
 /* In place on x[n_tokens][n_heads][head_dim]: token t is at position positions[t] (device).
  * For pair i in 0..n_rot/2: theta = (pos * freq_scale) * inv_freq[i], with
- * inv_freq[i] = (float)pow((double)freq_base, -2.0 * i / n_rot); the pair is rotated by theta.
- * Values past n_rot in each head are left alone. n_rot must be even and <= head_dim. */
+ * inv_freq[i] = (float)(pow((double)freq_base, -2.0 * i / n_rot) / ff[i]), where ff[i] is
+ * freq_factors[i] (device, n_rot/2 values: Llama 3.1-style per-frequency divisors) or 1 when
+ * freq_factors is null; the pair is rotated by theta. Values past n_rot in each head are left
+ * alone. n_rot must be even and <= head_dim. */
 strata_status strata_rope_f32(float *x, int64_t n_tokens, int64_t n_heads, int64_t head_dim,
                               const int32_t *positions, int64_t n_rot, float freq_base,
-                              float freq_scale, strata_rope_layout layout,
-                              cudaStream_t stream);
+                              float freq_scale, const float *freq_factors,
+                              strata_rope_layout layout, cudaStream_t stream);
 
 /* ---- attention.cu ---------------------------------------------------------------------- */
 

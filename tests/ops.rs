@@ -129,16 +129,19 @@ fn rope_body(dev: &dyn Backend) {
     proptest!(config(48), |(n_tokens in 1usize..6, n_heads in 1usize..5, half_dim in 1usize..65, rot_frac in 1usize..=4,
                             layout in prop::sample::select(layouts.clone()),
                             base in prop::sample::select(vec![10000.0f32, 100000.0, 500000.0]),
-                            fscale in prop::sample::select(vec![1.0f32, 0.25]), seed: u64)| {
+                            fscale in prop::sample::select(vec![1.0f32, 0.25]), with_factors: bool, seed: u64)| {
         let head_dim = 2 * half_dim;
         let n_rot = 2 * (half_dim * rot_frac).div_ceil(4);
         let x = uniform(&mut rng(seed), n_tokens * n_heads * head_dim, 2.0);
         let positions: Vec<i32> = (0..n_tokens).map(|t| ((seed >> 8) as i32 & 0x1FFF) + t as i32).collect();
-        let want = Cpu.rope(&x, n_tokens, n_heads, head_dim, &positions, n_rot, base, fscale, layout);
-        let oracle = oracle::rope(&x, n_heads, head_dim, &positions, n_rot, base, fscale, layout);
+        // Llama 3.1-style divisors: 1 for high frequencies, up to 8 for low ones.
+        let factors: Vec<f32> = (0..n_rot / 2).map(|i| 1.0 + 7.0 * (i as f32 / (n_rot / 2) as f32).powi(2)).collect();
+        let ff = with_factors.then_some(&factors[..]);
+        let want = Cpu.rope(&x, n_tokens, n_heads, head_dim, &positions, n_rot, base, fscale, ff, layout);
+        let oracle = oracle::rope(&x, n_heads, head_dim, &positions, n_rot, base, fscale, ff, layout);
         assert_close("rope: cpu vs oracle", &want, &oracle, Tolerance::F32_ROUNDING);
-        let label = vs_cpu(dev, &format!("rope {layout:?} head_dim {head_dim} n_rot {n_rot}"));
-        let got = dev.rope(&x, n_tokens, n_heads, head_dim, &positions, n_rot, base, fscale, layout);
+        let label = vs_cpu(dev, &format!("rope {layout:?} head_dim {head_dim} n_rot {n_rot} factors {with_factors}"));
+        let got = dev.rope(&x, n_tokens, n_heads, head_dim, &positions, n_rot, base, fscale, ff, layout);
         assert_close(&label, &got, &want, Tolerance::F32_ROUNDING);
     });
 }

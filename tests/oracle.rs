@@ -73,6 +73,7 @@ pub fn rope(
     n_rot: usize,
     freq_base: f32,
     freq_scale: f32,
+    freq_factors: Option<&[f32]>,
     layout: RopeLayout,
 ) -> Vec<f64> {
     let mut out: Vec<f64> = x.iter().map(|&v| v as f64).collect();
@@ -81,7 +82,8 @@ pub fn rope(
             let base = (t * n_heads + h) * head_dim;
             for i in 0..n_rot / 2 {
                 // The op defines the angle in f32: inv_freq rounded once, then (pos*scale)*inv_freq.
-                let inv_freq = (freq_base as f64).powf(-2.0 * i as f64 / n_rot as f64) as f32;
+                let ff = freq_factors.map_or(1.0, |f| f[i] as f64);
+                let inv_freq = ((freq_base as f64).powf(-2.0 * i as f64 / n_rot as f64) / ff) as f32;
                 let theta = ((pos as f32 * freq_scale) * inv_freq) as f64;
                 let (a, b) = match layout {
                     RopeLayout::Adjacent => (base + 2 * i, base + 2 * i + 1),

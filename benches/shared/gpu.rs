@@ -153,6 +153,7 @@ impl Gpu {
                                 head_dim,
                                 10000.0,
                                 1.0,
+                                None,
                                 RopeLayout::Adjacent,
                                 s,
                             )

@@ -316,7 +316,7 @@ impl Op {
             }
             Op::Rope { tokens, heads, head_dim } => {
                 let mut o = i.x.clone();
-                cpu::rope(&mut o, tokens, heads, head_dim, &i.ids, head_dim, 10000.0, 1.0, RopeLayout::Adjacent)
+                cpu::rope(&mut o, tokens, heads, head_dim, &i.ids, head_dim, 10000.0, 1.0, None, RopeLayout::Adjacent)
                     .unwrap();
                 Output::F32(o)
             }

@@ -91,6 +91,7 @@ pub unsafe fn rope_f32(
     n_rot: usize,
     freq_base: f32,
     freq_scale: f32,
+    freq_factors: Option<DevicePtr>,
     layout: RopeLayout,
     s: Stream,
 ) -> Result<()> {

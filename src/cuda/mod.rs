@@ -229,8 +229,9 @@ pub unsafe fn rmsnorm_f32(
 /// RoPE in place on x[n_tokens][n_heads][head_dim].
 ///
 /// # Safety
-/// `x` must address `n_tokens * n_heads * head_dim` f32 and `positions` `n_tokens` i32 of
-/// device memory, alive until the work on stream `s` completes.
+/// `x` must address `n_tokens * n_heads * head_dim` f32, `positions` `n_tokens` i32 and
+/// `freq_factors`, if given, `n_rot / 2` f32 of device memory, alive until the work on stream
+/// `s` completes.
 ///
 /// # Errors
 /// Argument errors and the launch status.
@@ -243,6 +244,7 @@ pub unsafe fn rope_f32(
     n_rot: usize,
     freq_base: f32,
     freq_scale: f32,
+    freq_factors: Option<DevicePtr>,
     layout: RopeLayout,
     s: Stream,
 ) -> Result<()> {
@@ -264,6 +266,7 @@ pub unsafe fn rope_f32(
             r,
             freq_base,
             freq_scale,
+            freq_factors.map_or(std::ptr::null(), ptr),
             rope_layout(layout),
             stream(s),
         )

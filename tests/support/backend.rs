@@ -71,6 +71,7 @@ pub trait Backend: Sync {
         n_rot: usize,
         freq_base: f32,
         freq_scale: f32,
+        freq_factors: Option<&[f32]>,
         layout: RopeLayout,
     ) -> Vec<f32>;
     fn attention_decode(
@@ -157,10 +158,23 @@ impl Backend for Cpu {
         n_rot: usize,
         freq_base: f32,
         freq_scale: f32,
+        freq_factors: Option<&[f32]>,
         layout: RopeLayout,
     ) -> Vec<f32> {
         let mut out = x.to_vec();
-        ok("rope", cpu::rope(&mut out, n_tokens, n_heads, head_dim, positions, n_rot, freq_base, freq_scale, layout));
+        let r = cpu::rope(
+            &mut out,
+            n_tokens,
+            n_heads,
+            head_dim,
+            positions,
+            n_rot,
+            freq_base,
+            freq_scale,
+            freq_factors,
+            layout,
+        );
+        ok("rope", r);
         out
     }
 

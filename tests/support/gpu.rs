@@ -157,9 +157,11 @@ impl Backend for Gpu {
         n_rot: usize,
         freq_base: f32,
         freq_scale: f32,
+        freq_factors: Option<&[f32]>,
         layout: RopeLayout,
     ) -> Vec<f32> {
         let (x_d, p_d) = (self.up(x), self.up(positions));
+        let f_d = freq_factors.map(|f| self.up(f));
         // SAFETY: buffers sized by the shapes above, alive until `down`.
         ok("rope", unsafe {
             cuda::rope_f32(
@@ -171,6 +173,7 @@ impl Backend for Gpu {
                 n_rot,
                 freq_base,
                 freq_scale,
+                f_d.as_ref().map(|f| self.ptr(f)),
                 layout,
                 self.raw_stream(),
             )

@@ -60,6 +60,7 @@ pub(crate) enum KernelCall<'a> {
         n_rot: usize,
         freq_base: f32,
         freq_scale: f32,
+        freq_factors: Option<&'a DeviceBuffer>,
         layout: RopeLayout,
     },
     Attention {

@@ -270,13 +270,15 @@ pub fn rmsnorm(x: &Tensor, weight: &Tensor, eps: f32, out: &mut Tensor, s: &Stre
     }
 }
 
-/// RoPE in place on x [n_tokens, n_heads, head_dim] f32 at positions [n_tokens] i32.
+/// RoPE in place on x [n_tokens, n_heads, head_dim] f32 at positions [n_tokens] i32;
+/// `freq_factors` [n_rot / 2] f32, if given, divides each frequency (Llama 3.1-style scaling).
 pub fn rope(
     x: &mut Tensor,
     positions: &Tensor,
     n_rot: usize,
     freq_base: f32,
     freq_scale: f32,
+    freq_factors: Option<&Tensor>,
     layout: RopeLayout,
     s: &Stream,
 ) -> Result<()> {
@@ -289,6 +291,11 @@ pub fn rope(
     if !n_rot.is_multiple_of(2) || n_rot > head_dim {
         return Err(Error::shape(OP, format!("n_rot must be even and at most head_dim {head_dim}, got {n_rot}")));
     }
+    if let Some(f) = freq_factors {
+        check_devices(OP, s, &[f])?;
+        expect_dtype(OP, "freq_factors", f, &[DType::F32], "f32")?;
+        expect_shape(OP, "freq_factors", f, &[n_rot / 2])?;
+    }
     match gpu_stream(s) {
         None => Ok(cpu::rope(
             x.as_f32_mut()?,
@@ -299,6 +306,7 @@ pub fn rope(
             n_rot,
             freq_base,
             freq_scale,
+            freq_factors.map(Tensor::as_f32).transpose()?,
             layout,
         )?),
         Some(g) => gpu::launch(
@@ -312,6 +320,7 @@ pub fn rope(
                 n_rot,
                 freq_base,
                 freq_scale,
+                freq_factors: freq_factors.map(dev).transpose()?,
                 layout,
             },
         ),

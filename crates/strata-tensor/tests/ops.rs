@@ -106,13 +106,24 @@ fn norm_rope_body(s: &Stream) {
     assert_close("rmsnorm", &out.to_vec_f32(s).unwrap(), &want, tol(s, Tolerance::F32_ACCUMULATION));
 
     let pos = [3, 4, 5, 6, 4000];
+    let factors: Vec<f32> = (0..24).map(|i| 1.0 + i as f32 / 3.0).collect();
+    let factors_t = on(s, f32t(&[24], &factors));
     for layout in [RopeLayout::Adjacent, RopeLayout::HalfSplit] {
-        let mut want = x.clone();
-        cpu::rope(&mut want, t, h, d, &pos, 48, 10000.0, 1.0, layout).unwrap();
-        let mut xt = on(s, f32t(&[t, h, d], &x));
-        ops::rope(&mut xt, &on(s, i32t(&pos)), 48, 10000.0, 1.0, layout, s).unwrap();
-        assert_close(&format!("rope {layout:?}"), &xt.to_vec_f32(s).unwrap(), &want, tol(s, Tolerance::F32_ROUNDING));
+        for with_factors in [false, true] {
+            let mut want = x.clone();
+            let ff = with_factors.then_some(&factors[..]);
+            cpu::rope(&mut want, t, h, d, &pos, 48, 10000.0, 1.0, ff, layout).unwrap();
+            let mut xt = on(s, f32t(&[t, h, d], &x));
+            let ft = with_factors.then_some(&factors_t);
+            ops::rope(&mut xt, &on(s, i32t(&pos)), 48, 10000.0, 1.0, ft, layout, s).unwrap();
+            let label = format!("rope {layout:?} factors {with_factors}");
+            assert_close(&label, &xt.to_vec_f32(s).unwrap(), &want, tol(s, Tolerance::F32_ROUNDING));
+        }
     }
+    // Factors of the wrong length are a typed error.
+    let mut xt = on(s, f32t(&[t, h, d], &x));
+    let short = on(s, f32t(&[23], &factors[..23]));
+    assert!(ops::rope(&mut xt, &on(s, i32t(&pos)), 48, 10000.0, 1.0, Some(&short), RopeLayout::Adjacent, s).is_err());
 }
 device_test!(rmsnorm_rope, norm_rope_body);
 

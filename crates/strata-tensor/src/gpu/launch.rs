@@ -62,10 +62,14 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
             fits(op, "output", out, prod(&[*n_rows, *dim, 4]))?;
             bufs.extend([*x, *weight, *out]);
         }
-        K::Rope { x, n_tokens, n_heads, head_dim, positions, .. } => {
+        K::Rope { x, n_tokens, n_heads, head_dim, positions, n_rot, freq_factors, .. } => {
             fits(op, "x", x, prod(&[*n_tokens, *n_heads, *head_dim, 4]))?;
             fits(op, "positions", positions, bytes(*n_tokens, 4))?;
             bufs.extend([*x, *positions]);
+            if let Some(f) = freq_factors {
+                fits(op, "freq_factors", f, bytes(*n_rot / 2, 4))?;
+                bufs.push(*f);
+            }
         }
         K::Attention { q, n_tokens, pos0, cache, k, v, n_heads, n_kv_heads, head_dim, out, .. } => {
             fits(op, "q", q, prod(&[*n_tokens, *n_heads, *head_dim, 4]))?;
@@ -131,7 +135,11 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
             }
             K::Rmsnorm { n_rows, dim, eps, .. } => cuda::rmsnorm_f32(ptr[0], ptr[1], n_rows, dim, eps, ptr[2], raw),
             K::Rope { n_tokens, n_heads, head_dim, n_rot, freq_base, freq_scale, layout, .. } => {
-                cuda::rope_f32(ptr[0], n_tokens, n_heads, head_dim, ptr[1], n_rot, freq_base, freq_scale, layout, raw)
+                // ptr[2], when present, is freq_factors (pushed last above).
+                let ff = ptr.get(2).copied();
+                cuda::rope_f32(
+                    ptr[0], n_tokens, n_heads, head_dim, ptr[1], n_rot, freq_base, freq_scale, ff, layout, raw,
+                )
             }
             K::Attention { n_tokens: 1, pos0, cache, n_heads, n_kv_heads, head_dim, scale, .. } => {
                 cuda::attention_decode_f32(
