@@ -26,6 +26,10 @@ pub struct LlamaConfig {
     pub rope_freq_base: f32,
     /// 1 / linear scaling factor (1 when unscaled).
     pub rope_freq_scale: f32,
+    /// Per-frequency divisors, n_rot / 2 of them (Llama 3.1-style RoPE scaling: GGUF tensor
+    /// `rope_freqs.weight`); None when the model has none.
+    #[serde(skip)]
+    pub rope_freq_factors: Option<Vec<f32>>,
     pub n_rot: usize,
     #[serde(skip)]
     pub rope_layout: RopeLayout,
@@ -122,15 +126,7 @@ impl LlamaConfig {
                 return Err(Error::model(format!("{} = {other:?} is not supported", k("rope.scaling.type"))));
             }
         };
-        // Llama 3.1-style rope scaling ships as per-frequency divisors in this tensor (with no
-        // scaling type in the metadata); ignoring it would rotate by the wrong angles and give
-        // plausible but wrong text, so it is refused until the rope op takes the factors.
-        if file.tensor("rope_freqs.weight").is_some() {
-            return Err(Error::model(
-                "the model has rope frequency factors (tensor rope_freqs.weight: Llama 3.1-style rope scaling), \
-                 which strata does not support yet",
-            ));
-        }
+        let rope_freq_factors = rope_freq_factors(file, n_rot)?;
         let rms_eps = positive_f32(md, &k("attention.layer_norm_rms_epsilon"), 1e-5)?;
         let n_ctx_train = opt_bounded(md, &k("context_length"), MAX_CONTEXT)?.unwrap_or(4096);
 
@@ -157,6 +153,7 @@ impl LlamaConfig {
             n_ctx_train,
             rope_freq_base,
             rope_freq_scale,
+            rope_freq_factors,
             n_rot,
             rope_layout: RopeLayout::Adjacent,
             rms_eps,
@@ -222,4 +219,48 @@ impl LlamaConfig {
     pub fn kv_bytes_per_layer(&self, context: usize, elem_bytes: usize) -> u64 {
         2 * context as u64 * self.kv_dim() as u64 * elem_bytes as u64
     }
+}
+
+/// Llama 3.1-style RoPE scaling ships as per-frequency divisors in the tensor
+/// `rope_freqs.weight` (f32, n_rot / 2 values; the metadata names no scaling type). Each must be
+/// finite and positive: a divisor of 0 or NaN would turn every angle into inf or NaN.
+fn rope_freq_factors(file: &GgufFile, n_rot: usize) -> Result<Option<Vec<f32>>> {
+    const NAME: &str = "rope_freqs.weight";
+    let Some(info) = file.tensor(NAME) else { return Ok(None) };
+    if info.dims != [n_rot as u64 / 2] || info.ggml_type != crate::gguf::GgmlType::F32 {
+        return Err(Error::model(format!(
+            "tensor {NAME} is {} {:?}; expected f32 [{}] (one divisor per rotated pair)",
+            info.ggml_type.name(),
+            info.dims,
+            n_rot / 2
+        )));
+    }
+    let values: Vec<f32> =
+        file.tensor_data(info).chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !(v.is_finite() && **v > 0.0)) {
+        return Err(Error::model(format!("tensor {NAME} value {i} is {v}; RoPE frequency divisors must be positive")));
+    }
+    Ok(Some(values))
+}
+
+/// Llama 3.1's RoPE divisors (HF `rope_scaling` type "llama3"): 1 for wavelengths under
+/// old_context / high, `factor` over old_context / low, and a smooth blend between; the
+/// frequencies in f32, as llama.cpp's converter computes `rope_freqs.weight` with numpy.
+pub fn llama3_rope_factors(base: f32, n_rot: usize, factor: f64, low: f64, high: f64, old_context: f64) -> Vec<f32> {
+    let (low_wavelen, high_wavelen) = (old_context / low, old_context / high);
+    (0..n_rot / 2)
+        .map(|i| {
+            let freq = 1.0 / base.powf((2 * i) as f32 / n_rot as f32);
+            let wavelen = 2.0 * std::f64::consts::PI / freq as f64;
+            let f = if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor
+            } else {
+                let smooth = (old_context / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            };
+            f as f32
+        })
+        .collect()
 }

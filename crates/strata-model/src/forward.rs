@@ -45,6 +45,8 @@ pub struct Scratch {
     gate: Tensor,
     up: Tensor,
     act: Tensor,
+    /// The model's RoPE frequency divisors on this stream's device, if it has any.
+    rope_factors: Option<Tensor>,
 }
 
 impl Scratch {
@@ -62,6 +64,10 @@ impl Scratch {
             gate: z(&[t, cfg.n_ff], "ffn gate")?,
             up: z(&[t, cfg.n_ff], "ffn up")?,
             act: z(&[t, cfg.n_ff], "ffn activation")?,
+            rope_factors: match &cfg.rope_freq_factors {
+                Some(f) => Some(Tensor::from_f32(&[f.len()], f.clone())?.to_device(s, "rope frequency factors")?),
+                None => None,
+            },
         })
     }
 
@@ -142,8 +148,9 @@ pub fn layer_forward(
     project(w.wv, &sc.h, &mut sc.v, s)?;
     reshape(&mut sc.q, &[t, nh, hd])?;
     reshape(&mut sc.k, &[t, nkv, hd])?;
+    let factors = sc.rope_factors.as_ref();
     let rope = |x: &mut Tensor| {
-        ops::rope(x, positions, cfg.n_rot, cfg.rope_freq_base, cfg.rope_freq_scale, cfg.rope_layout, s)
+        ops::rope(x, positions, cfg.n_rot, cfg.rope_freq_base, cfg.rope_freq_scale, factors, cfg.rope_layout, s)
     };
     rope(&mut sc.q)?;
     rope(&mut sc.k)?;

@@ -75,10 +75,8 @@ fn exact_cpu_path_is_the_reference_up_to_f32_order() {
     }
 }
 
-/// A GGUF with Llama 3.1-style rope frequency factors is refused by name rather than run with
-/// the wrong rotation angles.
-#[test]
-fn rope_frequency_factors_are_refused_by_name() {
+/// The tiny synthetic model with a `rope_freqs.weight` tensor of `values` (any length).
+fn tiny_with_rope_freqs(values: &[f32]) -> Result<Model, strata_model::Error> {
     use strata_model::gguf::{GgmlType, GgufWriter};
     let preset = Preset::by_name("tiny").expect("preset");
     let src = GgufFile::from_bytes(gguf_bytes(&preset, DType::Q8_0, 1).expect("synthetic")).expect("parse");
@@ -87,20 +85,46 @@ fn rope_frequency_factors_are_refused_by_name() {
     for t in src.tensors() {
         w.add_tensor(&t.name, t.ggml_type, &t.dims).expect("tensor");
     }
-    let extra = w.add_tensor("rope_freqs.weight", GgmlType::F32, &[4]).expect("rope_freqs");
+    let extra = w.add_tensor("rope_freqs.weight", GgmlType::F32, &[values.len() as u64]).expect("rope_freqs");
     let bytes = w
         .to_bytes(|i, buf| {
             if i == extra {
-                buf.copy_from_slice(&[1.0f32, 1.0, 2.0, 8.0].map(f32::to_le_bytes).concat());
+                buf.copy_from_slice(&values.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>());
             } else {
                 buf.copy_from_slice(src.tensor_data(&src.tensors()[i]));
             }
         })
         .expect("write");
-    // Without the tensor the same file loads.
-    let plain = GgufFile::from_bytes(gguf_bytes(&preset, DType::Q8_0, 1).expect("synthetic")).expect("parse");
-    Model::from_file(plain, std::path::Path::new("plain")).expect("the model without rope_freqs loads");
     let file = GgufFile::from_bytes(bytes).expect("the file itself is valid");
-    let err = Model::from_file(file, std::path::Path::new("llama31")).err().expect("refused");
-    assert!(err.to_string().contains("rope_freqs.weight"), "{err}");
+    Model::from_file(file, std::path::Path::new("tiny-rope-freqs"))
+}
+
+/// RoPE frequency factors: all ones give exactly the plain model's logits (the divisor is
+/// applied to the same f64 angle the plain model rounds), others change them; a tensor of the
+/// wrong length or with a non-positive divisor is refused by name.
+#[test]
+fn rope_frequency_factors_apply_and_are_checked() {
+    let preset = Preset::by_name("tiny").expect("preset");
+    let plain = Model::from_file(
+        GgufFile::from_bytes(gguf_bytes(&preset, DType::Q8_0, 1).expect("synthetic")).expect("parse"),
+        std::path::Path::new("plain"),
+    )
+    .expect("plain model");
+    let half = plain.config.n_rot / 2;
+    let logits = |m: &Model| Session::new(m, None, &opts()).expect("session").forward(&PROMPT, true).expect("forward");
+    let want = logits(&plain);
+    let ones = tiny_with_rope_freqs(&vec![1.0; half]).expect("factors of 1 load");
+    assert_eq!(logits(&ones), want, "factors of 1 must not change anything");
+    let scaled: Vec<f32> = (0..half).map(|i| if i < half / 2 { 1.0 } else { 8.0 }).collect();
+    let d = rel_diff(&want, &logits(&tiny_with_rope_freqs(&scaled).expect("factors load")));
+    println!("factors 1 and 8 move the logits by {d:.2e} of the largest");
+    assert!(d > 1e-3, "factors of 8 changed the logits by only {d:e}");
+    for (bad, what) in [
+        (vec![1.0; half + 1], "f32 ["),
+        (vec![0.0; half], "must be positive"),
+        (vec![f32::NAN; half], "must be positive"),
+    ] {
+        let err = tiny_with_rope_freqs(&bad).err().expect("refused");
+        assert!(err.to_string().contains("rope_freqs.weight") && err.to_string().contains(what), "{err}");
+    }
 }

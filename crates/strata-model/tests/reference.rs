@@ -35,9 +35,15 @@ const NEAR_TIE: f32 = 0.5;
 
 /// Per case and position: (llama.cpp's top ids, their logits) and strata's logits row.
 fn check_logits(model: &Model, fast: bool) -> f32 {
+    check_logit_cases(model, reference("logits.json").as_array().expect("cases"), fast)
+}
+
+/// `near_ties`: a top-1 that differs from llama.cpp's passes if llama.cpp ranks it within
+/// [`NEAR_TIE`] of its best.
+fn check_logit_cases(model: &Model, cases: &[serde_json::Value], near_ties: bool) -> f32 {
     let n_vocab = model.config.n_vocab;
     let mut worst = 0f32;
-    for case in reference("logits.json").as_array().expect("cases") {
+    for case in cases {
         let prompt = ids(&case["prompt_ids"]);
         let mut s = Session::new(model, None, &SessionOptions::default()).expect("session");
         let logits = s.forward(&prompt, true).expect("forward");
@@ -49,7 +55,7 @@ fn check_logits(model: &Model, fast: bool) -> f32 {
             let top = strata_model::sample::argmax(row);
             if top != want[0] {
                 let at = format!("prompt of {} tokens, position {p}", prompt.len());
-                assert!(fast, "{at}: top-1 {top} vs llama.cpp {}", want[0]);
+                assert!(near_ties, "{at}: top-1 {top} vs llama.cpp {}", want[0]);
                 // llama.cpp must rank strata's choice within NEAR_TIE of its own best.
                 let theirs = want.iter().position(|&id| id == top).map(|i| want_logits[i]);
                 let gap = theirs.map(|l| want_logits[0] - l);
@@ -100,7 +106,13 @@ fn fast_path_logits_match_llama_cpp_up_to_near_ties() {
 /// llama.cpp's must be a near-tie in strata's own logits, and the comparison stops there (the
 /// texts go separate ways after it).
 fn check_greedy(model: &Model, fast: bool) {
-    for case in reference("greedy.json").as_array().expect("cases") {
+    check_greedy_cases(model, reference("greedy.json").as_array().expect("cases"), fast);
+}
+
+/// `near_ties`: a first difference from llama.cpp's tokens passes if it is a near-tie in
+/// strata's logits (the comparison stops there).
+fn check_greedy_cases(model: &Model, cases: &[serde_json::Value], near_ties: bool) {
+    for case in cases {
         let prompt = ids(&case["prompt_ids"]);
         let want = ids(&case["greedy_ids"]);
         let n = want.len().min(16);
@@ -117,7 +129,7 @@ fn check_greedy(model: &Model, fast: bool) {
             assert_eq!(got, want[..n], "prompt {:?}", case["prompt"]);
             continue;
         };
-        assert!(fast, "prompt {:?}: token {i} is {} where llama.cpp has {}", case["prompt"], got[i], want[i]);
+        assert!(near_ties, "prompt {:?}: token {i} is {} where llama.cpp has {}", case["prompt"], got[i], want[i]);
         let mut s = Session::new(model, None, &SessionOptions::default()).expect("session");
         let context: Vec<u32> = prompt.iter().chain(&got[..i]).copied().collect();
         let logits = s.forward(&context, false).expect("forward");
@@ -144,4 +156,69 @@ fn greedy_tokens_match_llama_cpp() {
 fn fast_path_greedy_tokens_match_llama_cpp_up_to_near_ties() {
     let model = model_or_skip!();
     with_cpu_path(CpuPath::Fast, || check_greedy(&model, true));
+}
+
+/// The default model with Llama 3.1-style RoPE frequency factors added (the tensor
+/// `rope_freqs.weight`), as scripts/make-rope-freqs-reference.py made it for llama.cpp, built
+/// here in memory from the same file and factors.
+fn with_rope_freqs(factors: &[f32]) -> Option<Model> {
+    use strata_model::gguf::{GgmlType, GgufFile, GgufWriter};
+    let path = crate::support::workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let Ok(src) = GgufFile::open(&path) else {
+        println!("skipped: no model at {} (run scripts/fetch-model.sh)", path.display());
+        return None;
+    };
+    let mut w = GgufWriter::new();
+    *w.metadata_mut() = src.metadata().clone();
+    for t in src.tensors() {
+        w.add_tensor(&t.name, t.ggml_type, &t.dims).expect("tensor");
+    }
+    let extra = w.add_tensor("rope_freqs.weight", GgmlType::F32, &[factors.len() as u64]).expect("rope_freqs");
+    let bytes = w
+        .to_bytes(|i, buf| {
+            if i == extra {
+                buf.copy_from_slice(&factors.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>());
+            } else {
+                buf.copy_from_slice(src.tensor_data(&src.tensors()[i]));
+            }
+        })
+        .expect("write");
+    let file = GgufFile::from_bytes(bytes).expect("parse");
+    Some(Model::from_file(file, std::path::Path::new("with-rope-freqs.gguf")).expect("the model loads"))
+}
+
+/// RoPE frequency factors (Llama 3.1-style scaling) against llama.cpp on the same file, on the
+/// exact path (held to the reference by `cpu_paths`): logits within the same noise as without
+/// factors, and its top-1
+/// and greedy tokens up to near-ties (llama.cpp's own top two at one position of the long
+/// prompt are 0.002 apart). Without the factors the same prompts give logits far from these
+/// (so the test sees whether they are applied).
+#[test]
+fn rope_frequency_factors_match_llama_cpp() {
+    let doc = reference("rope_freqs.json");
+    let factors: Vec<f32> =
+        doc["factors"].as_array().expect("factors").iter().map(|v| v.as_f64().expect("f") as f32).collect();
+    let cases = doc["cases"].as_array().expect("cases");
+    let Some(model) = with_rope_freqs(&factors) else { return };
+    assert_eq!(model.config.rope_freq_factors.as_deref(), Some(&factors[..]));
+    let worst = with_cpu_path(CpuPath::Exact, || check_logit_cases(&model, cases, true));
+    println!("rope factors: max |logit - llama.cpp| over the reference top-10 ids: {worst:.4}");
+    assert!(worst < REFERENCE_LOGIT_NOISE, "logits differ from llama.cpp by up to {worst}");
+    with_cpu_path(CpuPath::Exact, || check_greedy_cases(&model, cases, true));
+    // The plain model is far from llama.cpp's logits with factors: the factors matter here.
+    let plain = model_or_skip!();
+    let long = cases.iter().max_by_key(|c| c["prompt_ids"].as_array().map_or(0, Vec::len)).expect("a case");
+    let prompt = ids(&long["prompt_ids"]);
+    let mut s = Session::new(&plain, None, &SessionOptions::default()).expect("session");
+    let logits = s.forward(&prompt, true).expect("forward");
+    let n_vocab = plain.config.n_vocab;
+    let mut far = 0f32;
+    for (p, pos) in long["positions"].as_array().expect("positions").iter().enumerate() {
+        let row = &logits[p * n_vocab..(p + 1) * n_vocab];
+        for (id, l) in ids(&pos["ids"]).iter().zip(pos["logits"].as_array().expect("logits")) {
+            far = far.max((row[*id as usize] - l.as_f64().expect("f") as f32).abs());
+        }
+    }
+    println!("without the factors: max |logit - llama.cpp with them| {far:.3}");
+    assert!(far > 2.0 * REFERENCE_LOGIT_NOISE, "the factors change the logits by only {far}");
 }

@@ -510,11 +510,18 @@ fn safetensors_unsupported_configs_are_named_errors() {
             &["rms_norm_eps"],
         ),
         (
-            "llama3 rope scaling",
+            "llama3 rope scaling without its parameters",
             Box::new(|c| {
                 c.insert("rope_scaling".into(), json!({"rope_type": "llama3", "factor": 8.0}));
             }),
-            &["rope_scaling", "llama3"],
+            &["rope_scaling", "low_freq_factor"],
+        ),
+        (
+            "yarn rope scaling",
+            Box::new(|c| {
+                c.insert("rope_scaling".into(), json!({"rope_type": "yarn", "factor": 4.0}));
+            }),
+            &["rope_scaling", "yarn"],
         ),
         (
             "attention bias",
@@ -543,6 +550,33 @@ fn safetensors_unsupported_configs_are_named_errors() {
         c.insert("rope_scaling".into(), json!({"type": "linear", "factor": 4.0}));
     });
     assert_eq!(Model::load(dir.path()).expect("linear scaling loads").config.rope_freq_scale, 0.25);
+    // So is Llama 3.1's, as the divisors llama.cpp's converter would write into the GGUF: the
+    // factors of scripts/make-rope-freqs-reference.py (the same formula, checked there against
+    // llama.cpp) for the same base, head size and parameters.
+    edit_config(dir.path(), |c| {
+        c.insert("rope_theta".into(), json!(100000.0));
+        c.insert(
+            "rope_scaling".into(),
+            json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                   "original_max_position_embeddings": 64}),
+        );
+    });
+    let cfg = Model::load(dir.path()).expect("llama3 scaling loads").config;
+    let got = cfg.rope_freq_factors.expect("factors");
+    assert_eq!(got, strata_model::config::llama3_rope_factors(100000.0, cfg.n_rot, 8.0, 1.0, 4.0, 64.0));
+    // The formula gives the divisors the converter's numpy code gave for the default model's
+    // base and head size (scripts/make-rope-freqs-reference.py, checked there against
+    // llama.cpp): 1 at high frequencies, 8 at low ones, rising in between.
+    let doc = crate::support::reference("rope_freqs.json");
+    let want: Vec<f32> = doc["factors"].as_array().expect("f").iter().map(|v| v.as_f64().expect("f") as f32).collect();
+    let n_rot = doc["n_rot"].as_u64().expect("n_rot") as usize;
+    let base = doc["rope_freq_base"].as_f64().expect("base") as f32;
+    let old = doc["old_context_len"].as_f64().expect("old context");
+    let ours = strata_model::config::llama3_rope_factors(base, n_rot, 8.0, 1.0, 4.0, old);
+    for (i, (a, b)) in ours.iter().zip(&want).enumerate() {
+        assert!((a - b).abs() <= 1e-6 * b, "factor {i}: {a} vs the converter's {b}");
+    }
+    assert_eq!(ours.len(), want.len());
 }
 
 #[test]

@@ -76,9 +76,11 @@ fn architecture(c: &HfConfig) -> Result<String> {
     }
 }
 
-/// 1 / linear factor from `rope_scaling` (absent, null, "default" or "linear").
-fn rope_freq_scale(c: &HfConfig) -> Result<f32> {
-    let Some(v) = c.get("rope_scaling") else { return Ok(1.0) };
+/// `rope_scaling` as (1 / linear factor, per-frequency divisors): absent, null or "default"
+/// (no scaling), "linear", or "llama3" (Llama 3.1's divisors, computed from its parameters as
+/// llama.cpp's converter computes `rope_freqs.weight`).
+fn rope_scaling(c: &HfConfig, base: f32, n_rot: usize) -> Result<(f32, Option<Vec<f32>>)> {
+    let Some(v) = c.get("rope_scaling") else { return Ok((1.0, None)) };
     let Some(obj) = v.as_object() else { return Err(HfConfig::bad("rope_scaling", v, "an object or null")) };
     let s = HfConfig(obj);
     // transformers renamed "type" to "rope_type"; either may be present.
@@ -86,17 +88,29 @@ fn rope_freq_scale(c: &HfConfig) -> Result<f32> {
         Some(t) => Some(t),
         None => s.opt_str("type")?,
     };
+    let positive = |key: &str| match s.get(key).and_then(Value::as_f64) {
+        Some(f) if f.is_finite() && f > 0.0 => Ok(f),
+        _ => Err(Error::model(format!(
+            "config.json rope_scaling.{key} = {} must be a positive number",
+            s.get(key).map_or("(missing)".to_string(), Value::to_string)
+        ))),
+    };
     match kind {
-        None | Some("default") => Ok(1.0),
-        Some("linear") => match s.get("factor").and_then(Value::as_f64) {
-            Some(f) if f.is_finite() && f > 0.0 => Ok((1.0 / f) as f32),
-            _ => Err(Error::model(format!(
-                "config.json rope_scaling.factor = {} must be a positive number",
-                s.get("factor").map_or("(missing)".to_string(), Value::to_string)
-            ))),
-        },
+        None | Some("default") => Ok((1.0, None)),
+        Some("linear") => Ok(((1.0 / positive("factor")?) as f32, None)),
+        Some("llama3") => {
+            let (factor, low, high) =
+                (positive("factor")?, positive("low_freq_factor")?, positive("high_freq_factor")?);
+            let old_context = positive("original_max_position_embeddings")?;
+            if high <= low {
+                return Err(Error::model(format!(
+                    "config.json rope_scaling.high_freq_factor = {high} must exceed low_freq_factor = {low}"
+                )));
+            }
+            Ok((1.0, Some(crate::config::llama3_rope_factors(base, n_rot, factor, low, high, old_context))))
+        }
         Some(other) => Err(Error::model(format!(
-            "config.json rope_scaling type {other:?} is not supported (strata supports linear scaling or none)"
+            "config.json rope_scaling type {other:?} is not supported (strata supports linear, llama3 or none)"
         ))),
     }
 }
@@ -173,6 +187,8 @@ impl LlamaConfig {
             log::info!("config.json sliding_window = {w}: using it as the training context");
             n_ctx_train = w;
         }
+        let rope_freq_base = c.positive("rope_theta", 10000.0)?;
+        let (rope_freq_scale, rope_freq_factors) = rope_scaling(&c, rope_freq_base, head_dim)?;
         Ok(LlamaConfig {
             arch,
             n_layers,
@@ -183,8 +199,9 @@ impl LlamaConfig {
             head_dim,
             n_vocab,
             n_ctx_train,
-            rope_freq_base: c.positive("rope_theta", 10000.0)?,
-            rope_freq_scale: rope_freq_scale(&c)?,
+            rope_freq_base,
+            rope_freq_scale,
+            rope_freq_factors,
             n_rot: head_dim,
             rope_layout: RopeLayout::HalfSplit,
             rms_eps: c.positive("rms_norm_eps", 1e-6)?,
