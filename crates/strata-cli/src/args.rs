@@ -41,6 +41,9 @@ pub enum Command {
     Chat(ChatArgs),
     /// Show the token ids (and pieces) of a text.
     Tokenize(TokenizeArgs),
+    /// Measure prompt processing and generation speed (tok/s, median of repetitions), with the
+    /// same device, offload and kernel flags as `run`.
+    Bench(BenchArgs),
     /// Print the top-k logits at every prompt position (for comparing with other engines).
     Logits(LogitsArgs),
     /// Show a GGUF file's metadata, tensors and per-layer sizes.
@@ -192,6 +195,28 @@ pub struct RunArgs {
     pub session: SessionArgs,
     #[command(flatten)]
     pub sample: SampleArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Tokens of the prompt-processing test (one prefill of random token ids, like llama-bench's
+    /// ppN); 0 skips it.
+    #[arg(long, short = 'p', default_value_t = 512)]
+    pub prompt_tokens: usize,
+    /// Tokens of the generation test (greedy, one forward pass per token after a one-token
+    /// prompt, like llama-bench's tgN); 0 skips it.
+    #[arg(long, short = 'n', default_value_t = 128)]
+    pub gen_tokens: usize,
+    /// Repetitions of each test, after one untimed warm-up pass; the median is reported.
+    #[arg(long, short = 'r', default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub reps: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub session: SessionArgs,
 }
 
 #[derive(Args, Debug)]

@@ -85,6 +85,31 @@ fn run_json_contract() {
 }
 
 #[test]
+fn bench_reports_both_tests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = tiny_model(dir.path());
+    let m = m.to_str().expect("p");
+    let v = last_json(&strata(&["bench", "-m", m, "-p", "16", "-n", "5", "-r", "2", "--json", "--device", "cpu"]));
+    assert_eq!(v["device"], "cpu", "{v}");
+    let tests = v["tests"].as_array().expect("tests");
+    let names: Vec<&str> = tests.iter().map(|t| t["name"].as_str().expect("name")).collect();
+    assert_eq!(names, ["pp16", "tg5"], "{v}");
+    for t in tests {
+        let reps = t["repetitions_tokens_per_second"].as_array().expect("repetitions");
+        assert_eq!(reps.len(), 2, "{v}");
+        assert!(reps.iter().all(|r| r.as_f64().is_some_and(|x| x > 0.0)), "{v}");
+        assert!(t["tokens_per_second"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+    }
+    // The table, and a request that cannot fit the context is a clear error.
+    let o = strata(&["bench", "-m", m, "-p", "8", "-n", "0", "-r", "1", "--device", "cpu"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && text.contains("pp8") && !text.contains("tg"), "{text}");
+    let o = strata(&["bench", "-m", m, "-p", "64", "-c", "32", "--device", "cpu"]);
+    assert_clean_failure(&o, "a bench larger than the context");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--context"));
+}
+
+#[test]
 fn tokenize_and_logits_json_contracts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let m = tiny_model(dir.path());

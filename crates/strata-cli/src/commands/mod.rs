@@ -1,5 +1,6 @@
 //! One function per subcommand.
 
+mod bench;
 mod run;
 mod tools;
 
@@ -14,6 +15,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Run(a) => run::run(a),
         Command::Chat(a) => run::chat(a),
         Command::Tokenize(a) => tools::tokenize(a),
+        Command::Bench(a) => bench::bench(a),
         Command::Logits(a) => tools::logits(a),
         Command::Inspect(a) => tools::inspect(a),
         Command::Synth(a) => tools::synth(a),
