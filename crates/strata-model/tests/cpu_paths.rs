@@ -77,25 +77,9 @@ fn exact_cpu_path_is_the_reference_up_to_f32_order() {
 
 /// The tiny synthetic model with a `rope_freqs.weight` tensor of `values` (any length).
 fn tiny_with_rope_freqs(values: &[f32]) -> Result<Model, strata_model::Error> {
-    use strata_model::gguf::{GgmlType, GgufWriter};
     let preset = Preset::by_name("tiny").expect("preset");
     let src = GgufFile::from_bytes(gguf_bytes(&preset, DType::Q8_0, 1).expect("synthetic")).expect("parse");
-    let mut w = GgufWriter::new();
-    *w.metadata_mut() = src.metadata().clone();
-    for t in src.tensors() {
-        w.add_tensor(&t.name, t.ggml_type, &t.dims).expect("tensor");
-    }
-    let extra = w.add_tensor("rope_freqs.weight", GgmlType::F32, &[values.len() as u64]).expect("rope_freqs");
-    let bytes = w
-        .to_bytes(|i, buf| {
-            if i == extra {
-                buf.copy_from_slice(&values.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>());
-            } else {
-                buf.copy_from_slice(src.tensor_data(&src.tensors()[i]));
-            }
-        })
-        .expect("write");
-    let file = GgufFile::from_bytes(bytes).expect("the file itself is valid");
+    let file = GgufFile::from_bytes(crate::support::with_rope_freqs(&src, values)).expect("the file itself is valid");
     Model::from_file(file, std::path::Path::new("tiny-rope-freqs"))
 }
 

@@ -161,28 +161,14 @@ fn fast_path_greedy_tokens_match_llama_cpp_up_to_near_ties() {
 /// The default model with Llama 3.1-style RoPE frequency factors added (the tensor
 /// `rope_freqs.weight`), as scripts/make-rope-freqs-reference.py made it for llama.cpp, built
 /// here in memory from the same file and factors.
-fn with_rope_freqs(factors: &[f32]) -> Option<Model> {
-    use strata_model::gguf::{GgmlType, GgufFile, GgufWriter};
+fn default_with_rope_freqs(factors: &[f32]) -> Option<Model> {
+    use strata_model::gguf::GgufFile;
     let path = crate::support::workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let Ok(src) = GgufFile::open(&path) else {
         println!("skipped: no model at {} (run scripts/fetch-model.sh)", path.display());
         return None;
     };
-    let mut w = GgufWriter::new();
-    *w.metadata_mut() = src.metadata().clone();
-    for t in src.tensors() {
-        w.add_tensor(&t.name, t.ggml_type, &t.dims).expect("tensor");
-    }
-    let extra = w.add_tensor("rope_freqs.weight", GgmlType::F32, &[factors.len() as u64]).expect("rope_freqs");
-    let bytes = w
-        .to_bytes(|i, buf| {
-            if i == extra {
-                buf.copy_from_slice(&factors.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>());
-            } else {
-                buf.copy_from_slice(src.tensor_data(&src.tensors()[i]));
-            }
-        })
-        .expect("write");
+    let bytes = crate::support::with_rope_freqs(&src, factors);
     let file = GgufFile::from_bytes(bytes).expect("parse");
     Some(Model::from_file(file, std::path::Path::new("with-rope-freqs.gguf")).expect("the model loads"))
 }
@@ -199,7 +185,7 @@ fn rope_frequency_factors_match_llama_cpp() {
     let factors: Vec<f32> =
         doc["factors"].as_array().expect("factors").iter().map(|v| v.as_f64().expect("f") as f32).collect();
     let cases = doc["cases"].as_array().expect("cases");
-    let Some(model) = with_rope_freqs(&factors) else { return };
+    let Some(model) = default_with_rope_freqs(&factors) else { return };
     assert_eq!(model.config.rope_freq_factors.as_deref(), Some(&factors[..]));
     let worst = with_cpu_path(CpuPath::Exact, || check_logit_cases(&model, cases, true));
     println!("rope factors: max |logit - llama.cpp| over the reference top-10 ids: {worst:.4}");

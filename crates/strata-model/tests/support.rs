@@ -54,3 +54,23 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
 /// the largest seen. Greedy tokens are not compared at this distance: random synthetic models
 /// have near-ties at most steps, and the paths pick differently there.
 pub const FAST_CPU_LOGITS_REL: f32 = 5e-2;
+
+/// `src` rewritten with a `rope_freqs.weight` tensor of `values` (f32, any length) added: a
+/// model with Llama 3.1-style RoPE frequency factors, the same bytes otherwise.
+pub fn with_rope_freqs(src: &strata_model::gguf::GgufFile, values: &[f32]) -> Vec<u8> {
+    use strata_model::gguf::{GgmlType, GgufWriter};
+    let mut w = GgufWriter::new();
+    *w.metadata_mut() = src.metadata().clone();
+    for t in src.tensors() {
+        w.add_tensor(&t.name, t.ggml_type, &t.dims).expect("tensor");
+    }
+    let extra = w.add_tensor("rope_freqs.weight", GgmlType::F32, &[values.len() as u64]).expect("rope_freqs");
+    w.to_bytes(|i, buf| {
+        if i == extra {
+            buf.copy_from_slice(&values.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>());
+        } else {
+            buf.copy_from_slice(src.tensor_data(&src.tensors()[i]));
+        }
+    })
+    .expect("write")
+}
