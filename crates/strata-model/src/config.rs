@@ -38,6 +38,23 @@ pub struct LlamaConfig {
     pub tied_output: bool,
 }
 
+/// GGUF dims (ne0 first) of each per-layer tensor of a llama layer, by name suffix, in the
+/// order of a layer's weight group (the reader checks files against it, `synth` writes it).
+pub(crate) fn layer_tensor_dims(n_embd: usize, n_ff: usize, kv_dim: usize) -> [(&'static str, Vec<u64>); 9] {
+    let (e, f, kv) = (n_embd as u64, n_ff as u64, kv_dim as u64);
+    [
+        ("attn_norm", vec![e]),
+        ("attn_q", vec![e, e]),
+        ("attn_k", vec![e, kv]),
+        ("attn_v", vec![e, kv]),
+        ("attn_output", vec![e, e]),
+        ("ffn_norm", vec![e]),
+        ("ffn_gate", vec![e, f]),
+        ("ffn_up", vec![e, f]),
+        ("ffn_down", vec![f, e]),
+    ]
+}
+
 /// Upper bounds far above any real model, so that a corrupt header cannot make us allocate
 /// absurd KV caches or scratch buffers.
 pub(crate) const MAX_LAYERS: u64 = 1024;
@@ -201,18 +218,7 @@ impl LlamaConfig {
 
     /// Expected GGUF dims (ne0 first) of each per-layer tensor, by name suffix.
     pub fn layer_tensor_dims(&self) -> [(&'static str, Vec<u64>); 9] {
-        let (e, f, kv) = (self.n_embd as u64, self.n_ff as u64, self.kv_dim() as u64);
-        [
-            ("attn_norm", vec![e]),
-            ("attn_q", vec![e, e]),
-            ("attn_k", vec![e, kv]),
-            ("attn_v", vec![e, kv]),
-            ("attn_output", vec![e, e]),
-            ("ffn_norm", vec![e]),
-            ("ffn_gate", vec![e, f]),
-            ("ffn_up", vec![e, f]),
-            ("ffn_down", vec![f, e]),
-        ]
+        layer_tensor_dims(self.n_embd, self.n_ff, self.kv_dim())
     }
 
     /// Bytes of K and V cache per layer for `context` positions of `elem_bytes` each.

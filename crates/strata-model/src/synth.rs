@@ -162,22 +162,12 @@ impl Preset {
 
     fn specs(&self, dtype: DType) -> Result<Vec<Spec>> {
         let wt = GgmlType::from_dtype(dtype).ok_or_else(|| Error::invalid(format!("{dtype} cannot be stored")))?;
-        let (e, f, v) = (self.n_embd as u64, self.n_ff as u64, self.n_vocab as u64);
-        let kv = (self.n_head_kv * (self.n_embd / self.n_head)) as u64;
+        let (e, v) = (self.n_embd as u64, self.n_vocab as u64);
+        let kv_dim = self.n_head_kv * (self.n_embd / self.n_head);
         let f32t = GgmlType::from_dtype(DType::F32).ok_or_else(|| Error::invalid("f32"))?;
         let mut specs = vec![Spec { name: "token_embd.weight".into(), dims: vec![e, v], ggml: wt, norm: false }];
         for l in 0..self.n_layers {
-            for (suffix, dims) in [
-                ("attn_norm", vec![e]),
-                ("attn_q", vec![e, e]),
-                ("attn_k", vec![e, kv]),
-                ("attn_v", vec![e, kv]),
-                ("attn_output", vec![e, e]),
-                ("ffn_norm", vec![e]),
-                ("ffn_gate", vec![e, f]),
-                ("ffn_up", vec![e, f]),
-                ("ffn_down", vec![f, e]),
-            ] {
+            for (suffix, dims) in crate::config::layer_tensor_dims(self.n_embd, self.n_ff, kv_dim) {
                 let norm = dims.len() == 1;
                 specs.push(Spec {
                     name: format!("blk.{l}.{suffix}.weight"),
