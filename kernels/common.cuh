@@ -55,6 +55,7 @@ __host__ inline int64_t row_bytes(strata_dtype t, int64_t cols) {
         return cols % STRATA_QK ? -1 : cols / STRATA_QK * (int64_t)sizeof(strata_block_q4_0);
     case STRATA_DTYPE_Q4_1:
         return cols % STRATA_QK ? -1 : cols / STRATA_QK * (int64_t)sizeof(strata_block_q4_1);
+    default: break; // the types strata.h declares without a kernel yet (is_weight_dtype is false)
     }
     return -1;
 }

@@ -93,6 +93,7 @@ extern "C" strata_status strata_dequantize_rows_f32(strata_dtype dtype, const vo
     case STRATA_DTYPE_Q8_0: k = strata_dequantize_rows_q8_0_f32; break;
     case STRATA_DTYPE_Q4_0: k = strata_dequantize_rows_q4_0_f32; break;
     case STRATA_DTYPE_Q4_1: k = strata_dequantize_rows_q4_1_f32; break;
+    default: break; // no kernel yet: is_weight_dtype() refused it above
     }
     return launch_dequantize(k, dtype, w, nullptr, rows, rows, cols, out, stream);
 }
@@ -113,6 +114,7 @@ extern "C" strata_status strata_embedding_gather_f32(strata_dtype dtype, const v
     case STRATA_DTYPE_Q8_0: k = strata_embedding_gather_q8_0_f32; break;
     case STRATA_DTYPE_Q4_0: k = strata_embedding_gather_q4_0_f32; break;
     case STRATA_DTYPE_Q4_1: k = strata_embedding_gather_q4_1_f32; break;
+    default: break; // no kernel yet: is_weight_dtype() refused it above
     }
     return launch_dequantize(k, dtype, table, ids, n_vocab, n_ids, dim, out, stream);
 }

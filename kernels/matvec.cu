@@ -145,6 +145,7 @@ extern "C" strata_status strata_matvec_f32(strata_dtype dtype, const void *w, in
     case STRATA_DTYPE_Q8_0: k = strata_matvec_q8_0_f32; break;
     case STRATA_DTYPE_Q4_0: k = strata_matvec_q4_0_f32; break;
     case STRATA_DTYPE_Q4_1: k = strata_matvec_q4_1_f32; break;
+    default: break; // no kernel yet: is_weight_dtype() refused it above
     }
     return launch_matvec(k, dtype, w, rows, cols, x, y, stream);
 }

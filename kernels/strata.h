@@ -14,7 +14,11 @@
  *   int64_t; a negative size is an argument error. A size of zero launches nothing and
  *   returns STRATA_OK.
  * - Activations are f32. Weights are a matrix of `rows` rows of `cols` values, row-major;
- *   a quantized row is cols/32 consecutive blocks, so cols must be a multiple of 32 there.
+ *   a quantized row is cols/32 consecutive blocks (cols/256 super-blocks for the K-quants and
+ *   IQ4_XS), so cols must be a multiple of 32 (256) there.
+ * - The weight launchers (dequantize, embedding gather, matvec, matmul) return
+ *   STRATA_ERR_INVALID_VALUE for a dtype they have no kernel for; the Rust side checks first
+ *   and names the type (`cuda::supports`).
  * - Unless said otherwise, `out` may not alias an input.
  */
 #ifndef STRATA_H
@@ -39,8 +43,12 @@ typedef int32_t strata_status;
 /* cudaErrorInvalidValue: an argument failed the launcher's checks; nothing was launched. */
 #define STRATA_ERR_INVALID_VALUE 1
 
-/* Weights per quantization block (GGUF's QK4_0 = QK4_1 = QK8_0 = 32). */
+/* Weights per quantization block (GGUF's QK4_0 = QK4_1 = QK5_0 = QK5_1 = QK8_0 = QK4_NL = 32). */
 #define STRATA_QK 32
+/* Weights per super-block of the K-quants and IQ4_XS (GGUF's QK_K). */
+#define STRATA_QK_K 256
+/* Bytes of packed 6-bit scales and mins in a Q4_K/Q5_K super-block. */
+#define STRATA_K_SCALE_SIZE 12
 
 /* Weight and cache types. The values are GGUF's ggml_type ids. */
 typedef enum strata_dtype {
@@ -48,7 +56,16 @@ typedef enum strata_dtype {
     STRATA_DTYPE_F16 = 1,
     STRATA_DTYPE_Q4_0 = 2,
     STRATA_DTYPE_Q4_1 = 3,
+    STRATA_DTYPE_Q5_0 = 6,
+    STRATA_DTYPE_Q5_1 = 7,
     STRATA_DTYPE_Q8_0 = 8,
+    STRATA_DTYPE_Q2_K = 10,
+    STRATA_DTYPE_Q3_K = 11,
+    STRATA_DTYPE_Q4_K = 12,
+    STRATA_DTYPE_Q5_K = 13,
+    STRATA_DTYPE_Q6_K = 14,
+    STRATA_DTYPE_IQ4_NL = 20,
+    STRATA_DTYPE_IQ4_XS = 23,
     STRATA_DTYPE_BF16 = 30
 } strata_dtype;
 
@@ -74,9 +91,107 @@ typedef struct strata_block_q4_1 {
     uint8_t qs[STRATA_QK / 2];
 } strata_block_q4_1;
 
+/* The layouts below are GGUF's (ggml-common.h); src/quant.rs has the reference dequantization
+ * of each, operation for operation as llama.cpp's dequantize_row_*. Half-precision fields are
+ * IEEE binary16 bits. All are 2-byte aligned. */
+
+/* Q5_0: q = (qs[j] & 15) | (bit j of qh as a little-endian u32) << 4 for value j < 16,
+ * (qs[j] >> 4) | (bit j + 16) << 4 for value j + 16; value = (q - 16) * d. 22 bytes. */
+typedef struct strata_block_q5_0 {
+    uint16_t d;
+    uint8_t qh[4];
+    uint8_t qs[STRATA_QK / 2];
+} strata_block_q5_0;
+
+/* Q5_1: the 5-bit q of Q5_0, value = q * d + m. 24 bytes. */
+typedef struct strata_block_q5_1 {
+    uint16_t d;
+    uint16_t m;
+    uint8_t qh[4];
+    uint8_t qs[STRATA_QK / 2];
+} strata_block_q5_1;
+
+/* Q2_K: 16 sub-blocks of 16. scales[s] = 4-bit scale | 4-bit min << 4. Value 128h + 32k + l
+ * (h < 2, k < 4, l < 32) is q = (qs[32h + l] >> 2k) & 3 in sub-block s = 8h + 2k + l/16:
+ * value = (d * sc) * q - (dmin * min). 84 bytes. */
+typedef struct strata_block_q2_k {
+    uint8_t scales[STRATA_QK_K / 16];
+    uint8_t qs[STRATA_QK_K / 4];
+    uint16_t d;
+    uint16_t dmin;
+} strata_block_q2_k;
+
+/* Q3_K: 16 sub-blocks of 16 with 6-bit scales stored + 32 (low nibble of scales[j] for
+ * j < 8, high nibble of scales[j - 8] for j >= 8; high 2 bits at scales[8 + j%4] >> 2(j/4)).
+ * q as in Q2_K minus 4 unless bit (v / 32) of hmask[v % 32] is set:
+ * value = (d * (sc - 32)) * q. 110 bytes. */
+typedef struct strata_block_q3_k {
+    uint8_t hmask[STRATA_QK_K / 8];
+    uint8_t qs[STRATA_QK_K / 4];
+    uint8_t scales[12];
+    uint16_t d;
+} strata_block_q3_k;
+
+/* Q4_K: 8 sub-blocks of 32 with 6-bit scales and mins (get_scale_min_k4 in ggml): sub-block
+ * s < 4 has sc = scales[s] & 63, min = scales[s + 4] & 63; s >= 4 has
+ * sc = (scales[s + 4] & 15) | (scales[s - 4] >> 6) << 4, min = (scales[s + 4] >> 4) |
+ * (scales[s] >> 6) << 4. Sub-block s is nibble s % 2 of qs[32(s/2) ..+32]:
+ * value = (d * sc) * q - (dmin * min). 144 bytes. */
+typedef struct strata_block_q4_k {
+    uint16_t d;
+    uint16_t dmin;
+    uint8_t scales[STRATA_K_SCALE_SIZE];
+    uint8_t qs[STRATA_QK_K / 2];
+} strata_block_q4_k;
+
+/* Q5_K: Q4_K plus a fifth bit, bit s of qh[l] for value l of sub-block s. 176 bytes. */
+typedef struct strata_block_q5_k {
+    uint16_t d;
+    uint16_t dmin;
+    uint8_t scales[STRATA_K_SCALE_SIZE];
+    uint8_t qh[STRATA_QK_K / 8];
+    uint8_t qs[STRATA_QK_K / 2];
+} strata_block_q5_k;
+
+/* Q6_K: 16 sub-blocks of 16 with int8 scales. Value 128h + 32k + l: low nibble (k < 2) or
+ * high nibble (k >= 2) of ql[64h + 32(k % 2) + l], high bits (qh[32h + l] >> 2k) & 3:
+ * value = (d * scales[v / 16]) * (q - 32). 210 bytes. */
+typedef struct strata_block_q6_k {
+    uint8_t ql[STRATA_QK_K / 2];
+    uint8_t qh[STRATA_QK_K / 4];
+    int8_t scales[STRATA_QK_K / 16];
+    uint16_t d;
+} strata_block_q6_k;
+
+/* IQ4_NL: Q4_0's nibble order; value = d * kvalues[q] with kvalues = {-127, -104, -83, -65,
+ * -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113}. 18 bytes. */
+typedef struct strata_block_iq4_nl {
+    uint16_t d;
+    uint8_t qs[STRATA_QK / 2];
+} strata_block_iq4_nl;
+
+/* IQ4_XS: 8 IQ4_NL-like sub-blocks of 32 (16 bytes of qs each) with 6-bit scales stored + 32
+ * (low 4 bits: scales_l[i/2] >> 4(i%2), high 2 bits: scales_h >> 2i):
+ * value = (d * (ls - 32)) * kvalues[q]. 136 bytes. */
+typedef struct strata_block_iq4_xs {
+    uint16_t d;
+    uint16_t scales_h;
+    uint8_t scales_l[STRATA_QK_K / 64];
+    uint8_t qs[STRATA_QK_K / 2];
+} strata_block_iq4_xs;
+
 STRATA_STATIC_ASSERT(sizeof(strata_block_q8_0) == 34, "Q8_0 block must be 34 bytes");
 STRATA_STATIC_ASSERT(sizeof(strata_block_q4_0) == 18, "Q4_0 block must be 18 bytes");
 STRATA_STATIC_ASSERT(sizeof(strata_block_q4_1) == 20, "Q4_1 block must be 20 bytes");
+STRATA_STATIC_ASSERT(sizeof(strata_block_q5_0) == 22, "Q5_0 block must be 22 bytes");
+STRATA_STATIC_ASSERT(sizeof(strata_block_q5_1) == 24, "Q5_1 block must be 24 bytes");
+STRATA_STATIC_ASSERT(sizeof(strata_block_q2_k) == 84, "Q2_K block must be 84 bytes");
+STRATA_STATIC_ASSERT(sizeof(strata_block_q3_k) == 110, "Q3_K block must be 110 bytes");
+STRATA_STATIC_ASSERT(sizeof(strata_block_q4_k) == 144, "Q4_K block must be 144 bytes");
+STRATA_STATIC_ASSERT(sizeof(strata_block_q5_k) == 176, "Q5_K block must be 176 bytes");
+STRATA_STATIC_ASSERT(sizeof(strata_block_q6_k) == 210, "Q6_K block must be 210 bytes");
+STRATA_STATIC_ASSERT(sizeof(strata_block_iq4_nl) == 18, "IQ4_NL block must be 18 bytes");
+STRATA_STATIC_ASSERT(sizeof(strata_block_iq4_xs) == 136, "IQ4_XS block must be 136 bytes");
 
 /* RoPE pair layouts. ADJACENT rotates (x[2i], x[2i+1]) (GGUF llama); HALF_SPLIT rotates
  * (x[i], x[i + n_rot/2]) (NeoX, Hugging Face checkpoints). */

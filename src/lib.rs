@@ -5,8 +5,9 @@
 //! ([`cpu`]) with the same semantics and argument order. The CPU reference is the oracle the
 //! CUDA kernels are tested against, and the CPU path when no GPU is present.
 //!
-//! - [`DType`] and the quant block layouts ([`BlockQ8_0`], [`BlockQ4_0`], [`BlockQ4_1`]) mirror
-//!   GGUF's and the C header's;
+//! - [`DType`] and the quant block layouts ([`BlockQ8_0`], [`BlockQ4_0`], [`BlockQ4_1`],
+//!   [`BlockQ5_0`], [`BlockQ5_1`], the K-quant super-blocks [`BlockQ2K`] … [`BlockQ6K`],
+//!   [`BlockIq4Nl`], [`BlockIq4Xs`]) mirror GGUF's and the C header's;
 //! - [`quant`] quantizes and dequantizes blocks (tests, synthetic models);
 //! - [`check`] compares results against a reference with a named [`check::Tolerance`];
 //! - [`cuda`] holds the `unsafe` launcher calls; built without the `cuda` feature, the same
@@ -22,5 +23,8 @@ pub mod quant;
 #[cfg_attr(not(feature = "cuda"), path = "cuda/disabled.rs")]
 pub mod cuda;
 
-pub use dtype::{BlockQ4_0, BlockQ4_1, BlockQ8_0, DType, QK, RopeLayout};
+pub use dtype::{
+    BlockIq4Nl, BlockIq4Xs, BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K,
+    BlockQ6K, BlockQ8_0, DType, IQ4_VALUES, K_SCALE_SIZE, QK, QK_K, RopeLayout,
+};
 pub use error::{Error, Result};

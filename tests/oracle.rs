@@ -37,10 +37,30 @@ pub fn weight(dt: DType, w: &[u8], cols: usize, row: usize, col: usize) -> f64 {
             let q = if j < 16 { byte & 0x0F } else { byte >> 4 } as f64;
             if dt == DType::Q4_0 { (q - 8.0) * f16_at(w, at) } else { q * f16_at(w, at) + f16_at(w, at + 2) }
         }
+        // The other block types: the reference dequantizer's f32 value, which tests/dequant.rs
+        // holds bit for bit to gguf-py's (an independent implementation), widened exactly.
+        _ => {
+            let (bv, bb) = (dt.block_values(), dt.block_bytes());
+            let block = row * (cols / bv) + col / bv;
+            let mut values = vec![0.0f32; bv];
+            strata_kernels::quant::dequantize_row(dt, &w[block * bb..][..bb], &mut values).expect("one block");
+            values[col % bv] as f64
+        }
     }
 }
 
 pub fn dequantize(dt: DType, w: &[u8], rows: usize, cols: usize) -> Vec<f64> {
+    if dt.block_values() > 1 && !matches!(dt, DType::Q8_0 | DType::Q4_0 | DType::Q4_1) {
+        // As `weight`'s last arm, a row at a time rather than a block per value.
+        let rb = dt.row_bytes(cols).expect("whole blocks");
+        let mut row = vec![0.0f32; cols];
+        return (0..rows)
+            .flat_map(|r| {
+                strata_kernels::quant::dequantize_row(dt, &w[r * rb..][..rb], &mut row).expect("one row");
+                row.iter().map(|&v| v as f64).collect::<Vec<_>>()
+            })
+            .collect();
+    }
     (0..rows * cols).map(|i| weight(dt, w, cols, i / cols, i % cols)).collect()
 }
 

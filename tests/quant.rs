@@ -97,6 +97,28 @@ proptest! {
         BlockQ4_1::read(&b41).write(&mut out41);
         prop_assert_eq!(out41, b41);
     }
+
+    /// The larger blocks too (their fields in file order, u16 little-endian).
+    #[test]
+    fn new_block_bytes_round_trip(bytes in prop::collection::vec(any::<u8>(), 210)) {
+        macro_rules! round_trip {
+            ($ty:ty, $n:literal) => {{
+                let b: [u8; $n] = bytes[..$n].try_into().unwrap();
+                let mut out = [0u8; $n];
+                <$ty>::read(&b).write(&mut out);
+                prop_assert_eq!(out, b, "{}", stringify!($ty));
+            }};
+        }
+        round_trip!(strata_kernels::BlockQ5_0, 22);
+        round_trip!(strata_kernels::BlockQ5_1, 24);
+        round_trip!(strata_kernels::BlockQ2K, 84);
+        round_trip!(strata_kernels::BlockQ3K, 110);
+        round_trip!(strata_kernels::BlockQ4K, 144);
+        round_trip!(strata_kernels::BlockQ5K, 176);
+        round_trip!(strata_kernels::BlockQ6K, 210);
+        round_trip!(strata_kernels::BlockIq4Nl, 18);
+        round_trip!(strata_kernels::BlockIq4Xs, 136);
+    }
 }
 
 /// The nibble order GGUF documents: value j < 16 is the low nibble of qs[j], value j + 16 the
@@ -125,6 +147,24 @@ fn row_sizes_and_names() {
         assert_eq!(DType::from_ggml_type(dt.ggml_type()), Some(dt));
         assert_eq!(DType::from_name(dt.name()), Some(dt));
     }
-    assert_eq!(DType::from_ggml_type(12), None, "Q4_K is not supported");
+    assert_eq!(DType::from_ggml_type(12), Some(DType::Q4_K));
+    assert_eq!(DType::from_ggml_type(16), None, "IQ2_XXS is not supported");
+    for (dt, values, bytes) in [
+        (DType::Q5_0, 32, 22),
+        (DType::Q5_1, 32, 24),
+        (DType::Q2_K, 256, 84),
+        (DType::Q3_K, 256, 110),
+        (DType::Q4_K, 256, 144),
+        (DType::Q5_K, 256, 176),
+        (DType::Q6_K, 256, 210),
+        (DType::IQ4_NL, 32, 18),
+        (DType::IQ4_XS, 256, 136),
+    ] {
+        assert_eq!((dt.block_values(), dt.block_bytes()), (values, bytes), "{dt}");
+        assert!(dt.is_quantized());
+        assert_eq!(dt.row_bytes(2 * values).unwrap(), 2 * bytes);
+    }
+    let e = DType::Q4_K.row_bytes(640).unwrap_err().to_string();
+    assert!(e.contains("q4_K") && e.contains("256") && e.contains("640"), "{e}");
     assert_eq!(bf16::from_f32(1.0).to_bits(), 0x3F80);
 }

@@ -3,6 +3,7 @@
 //! - `ops`: every op, CPU reference against a naive f64 oracle and CUDA against the CPU
 //!   reference, fanned out by `device_test!` into `<op>::cpu` and `<op>::cuda`;
 //! - `quant`: quantization round trips and the block layouts;
+//! - `dequant`: the dequantizer bit for bit against gguf-py's, on random blocks and real rows;
 //! - `fast`: the fast CPU path (quantized activations, SIMD) against the reference;
 //! - `model`: the dequantizer against known values of the real default model.
 //!
@@ -11,6 +12,7 @@
 
 mod support;
 
+mod dequant;
 mod fast;
 mod model;
 mod ops;

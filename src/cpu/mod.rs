@@ -53,16 +53,17 @@ pub(crate) fn expect_matrix(op: &'static str, dtype: DType, w: &[u8], rows: usiz
     Ok(rb)
 }
 
-/// Calls `f(start, values)` for each 32-value chunk of a row of `cols` values (the last chunk
-/// of a plain-float row may be shorter), decoding one chunk at a time into a stack buffer.
+/// Calls `f(start, values)` for each block of a row of `cols` values (32 or 256 values for
+/// quantized types; chunks of 32 for plain floats, the last one possibly shorter), decoding one
+/// block at a time into a stack buffer.
 pub(crate) fn for_each_chunk(dtype: DType, row: &[u8], cols: usize, mut f: impl FnMut(usize, &[f32])) {
-    let mut buf = [0.0f32; crate::QK];
+    let mut buf = [0.0f32; crate::QK_K];
     let per = dtype.block_bytes();
+    let chunk = if dtype.is_quantized() { dtype.block_values() } else { crate::QK };
     let mut start = 0;
     while start < cols {
-        let n = crate::QK.min(cols - start);
-        let bytes =
-            if dtype.is_quantized() { &row[start / crate::QK * per..][..per] } else { &row[start * per..][..n * per] };
+        let n = chunk.min(cols - start);
+        let bytes = if dtype.is_quantized() { &row[start / chunk * per..][..per] } else { &row[start * per..][..n * per] };
         // Lengths were validated by the caller (expect_matrix), so this cannot fail.
         if crate::quant::dequantize_row(dtype, bytes, &mut buf[..n]).is_ok() {
             f(start, &buf[..n]);

@@ -16,6 +16,11 @@ pub type Stream = *mut c_void;
 /// False: this build has no CUDA launchers.
 pub const BUILT: bool = false;
 
+/// Whether the CUDA weight kernels handle `dt`: without CUDA, none do.
+pub fn supports(dt: DType) -> bool {
+    false
+}
+
 /// The name of a CUDA status code; without CUDA only the number can be given.
 pub fn status_name(code: i32) -> String {
     format!("CUDA status {code}")

@@ -47,7 +47,61 @@ const _: () = {
     assert!(align_of::<ffi::strata_block_q4_1>() == align_of::<crate::BlockQ4_1>());
     assert!(offset_of!(ffi::strata_block_q4_1, m) == offset_of!(crate::BlockQ4_1, m));
     assert!(offset_of!(ffi::strata_block_q4_1, qs) == offset_of!(crate::BlockQ4_1, qs));
+    assert!(size_of::<ffi::strata_block_q5_0>() == size_of::<crate::BlockQ5_0>());
+    assert!(align_of::<ffi::strata_block_q5_0>() == align_of::<crate::BlockQ5_0>());
+    assert!(offset_of!(ffi::strata_block_q5_0, qh) == offset_of!(crate::BlockQ5_0, qh));
+    assert!(offset_of!(ffi::strata_block_q5_0, qs) == offset_of!(crate::BlockQ5_0, qs));
+    assert!(size_of::<ffi::strata_block_q5_1>() == size_of::<crate::BlockQ5_1>());
+    assert!(align_of::<ffi::strata_block_q5_1>() == align_of::<crate::BlockQ5_1>());
+    assert!(offset_of!(ffi::strata_block_q5_1, m) == offset_of!(crate::BlockQ5_1, m));
+    assert!(offset_of!(ffi::strata_block_q5_1, qh) == offset_of!(crate::BlockQ5_1, qh));
+    assert!(offset_of!(ffi::strata_block_q5_1, qs) == offset_of!(crate::BlockQ5_1, qs));
+    assert!(size_of::<ffi::strata_block_q2_k>() == size_of::<crate::BlockQ2K>());
+    assert!(align_of::<ffi::strata_block_q2_k>() == align_of::<crate::BlockQ2K>());
+    assert!(offset_of!(ffi::strata_block_q2_k, qs) == offset_of!(crate::BlockQ2K, qs));
+    assert!(offset_of!(ffi::strata_block_q2_k, d) == offset_of!(crate::BlockQ2K, d));
+    assert!(offset_of!(ffi::strata_block_q2_k, dmin) == offset_of!(crate::BlockQ2K, dmin));
+    assert!(size_of::<ffi::strata_block_q3_k>() == size_of::<crate::BlockQ3K>());
+    assert!(align_of::<ffi::strata_block_q3_k>() == align_of::<crate::BlockQ3K>());
+    assert!(offset_of!(ffi::strata_block_q3_k, qs) == offset_of!(crate::BlockQ3K, qs));
+    assert!(offset_of!(ffi::strata_block_q3_k, scales) == offset_of!(crate::BlockQ3K, scales));
+    assert!(offset_of!(ffi::strata_block_q3_k, d) == offset_of!(crate::BlockQ3K, d));
+    assert!(size_of::<ffi::strata_block_q4_k>() == size_of::<crate::BlockQ4K>());
+    assert!(align_of::<ffi::strata_block_q4_k>() == align_of::<crate::BlockQ4K>());
+    assert!(offset_of!(ffi::strata_block_q4_k, dmin) == offset_of!(crate::BlockQ4K, dmin));
+    assert!(offset_of!(ffi::strata_block_q4_k, scales) == offset_of!(crate::BlockQ4K, scales));
+    assert!(offset_of!(ffi::strata_block_q4_k, qs) == offset_of!(crate::BlockQ4K, qs));
+    assert!(size_of::<ffi::strata_block_q5_k>() == size_of::<crate::BlockQ5K>());
+    assert!(align_of::<ffi::strata_block_q5_k>() == align_of::<crate::BlockQ5K>());
+    assert!(offset_of!(ffi::strata_block_q5_k, dmin) == offset_of!(crate::BlockQ5K, dmin));
+    assert!(offset_of!(ffi::strata_block_q5_k, scales) == offset_of!(crate::BlockQ5K, scales));
+    assert!(offset_of!(ffi::strata_block_q5_k, qh) == offset_of!(crate::BlockQ5K, qh));
+    assert!(offset_of!(ffi::strata_block_q5_k, qs) == offset_of!(crate::BlockQ5K, qs));
+    assert!(size_of::<ffi::strata_block_q6_k>() == size_of::<crate::BlockQ6K>());
+    assert!(align_of::<ffi::strata_block_q6_k>() == align_of::<crate::BlockQ6K>());
+    assert!(offset_of!(ffi::strata_block_q6_k, qh) == offset_of!(crate::BlockQ6K, qh));
+    assert!(offset_of!(ffi::strata_block_q6_k, scales) == offset_of!(crate::BlockQ6K, scales));
+    assert!(offset_of!(ffi::strata_block_q6_k, d) == offset_of!(crate::BlockQ6K, d));
+    assert!(size_of::<ffi::strata_block_iq4_nl>() == size_of::<crate::BlockIq4Nl>());
+    assert!(align_of::<ffi::strata_block_iq4_nl>() == align_of::<crate::BlockIq4Nl>());
+    assert!(offset_of!(ffi::strata_block_iq4_nl, qs) == offset_of!(crate::BlockIq4Nl, qs));
+    assert!(size_of::<ffi::strata_block_iq4_xs>() == size_of::<crate::BlockIq4Xs>());
+    assert!(align_of::<ffi::strata_block_iq4_xs>() == align_of::<crate::BlockIq4Xs>());
+    assert!(offset_of!(ffi::strata_block_iq4_xs, scales_h) == offset_of!(crate::BlockIq4Xs, scales_h));
+    assert!(offset_of!(ffi::strata_block_iq4_xs, scales_l) == offset_of!(crate::BlockIq4Xs, scales_l));
+    assert!(offset_of!(ffi::strata_block_iq4_xs, qs) == offset_of!(crate::BlockIq4Xs, qs));
     assert!(ffi::STRATA_QK as usize == crate::QK);
+    assert!(ffi::STRATA_QK_K as usize == crate::QK_K);
+    assert!(ffi::STRATA_K_SCALE_SIZE as usize == crate::K_SCALE_SIZE);
+    assert!(ffi::STRATA_DTYPE_Q5_0 as u32 == DType::Q5_0 as u32);
+    assert!(ffi::STRATA_DTYPE_Q5_1 as u32 == DType::Q5_1 as u32);
+    assert!(ffi::STRATA_DTYPE_Q2_K as u32 == DType::Q2_K as u32);
+    assert!(ffi::STRATA_DTYPE_Q3_K as u32 == DType::Q3_K as u32);
+    assert!(ffi::STRATA_DTYPE_Q4_K as u32 == DType::Q4_K as u32);
+    assert!(ffi::STRATA_DTYPE_Q5_K as u32 == DType::Q5_K as u32);
+    assert!(ffi::STRATA_DTYPE_Q6_K as u32 == DType::Q6_K as u32);
+    assert!(ffi::STRATA_DTYPE_IQ4_NL as u32 == DType::IQ4_NL as u32);
+    assert!(ffi::STRATA_DTYPE_IQ4_XS as u32 == DType::IQ4_XS as u32);
     assert!(ffi::STRATA_DTYPE_F32 as u32 == DType::F32 as u32);
     assert!(ffi::STRATA_DTYPE_F16 as u32 == DType::F16 as u32);
     assert!(ffi::STRATA_DTYPE_BF16 as u32 == DType::BF16 as u32);
@@ -60,6 +114,22 @@ const _: () = {
 
 fn dtype(t: DType) -> ffi::strata_dtype {
     t as ffi::strata_dtype
+}
+
+/// Whether the CUDA weight kernels (dequantize, embedding gather, matvec, matmul) handle
+/// `dt`. The other types have host-side layouts and a CPU reference but no kernel yet.
+pub fn supports(dt: DType) -> bool {
+    matches!(dt, DType::F32 | DType::F16 | DType::BF16 | DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+}
+
+/// [`Error::UnsupportedDtype`] for a weight type without CUDA kernels, before anything is
+/// launched.
+fn weight_dtype(op: &'static str, dt: DType) -> Result<ffi::strata_dtype> {
+    if supports(dt) {
+        Ok(dtype(dt))
+    } else {
+        Err(Error::UnsupportedDtype { op, dtype: dt, expected: "f32, f16, bf16, q8_0, q4_0 or q4_1 on CUDA" })
+    }
 }
 
 fn rope_layout(l: RopeLayout) -> ffi::strata_rope_layout {
@@ -124,9 +194,10 @@ pub unsafe fn dequantize_rows_f32(
     s: Stream,
 ) -> Result<()> {
     const OP: &str = "dequantize_rows";
+    let wt = weight_dtype(OP, dt)?;
     let (r, c) = (i64_of(OP, "rows", rows)?, i64_of(OP, "cols", cols)?);
     // SAFETY: the caller guarantees the buffers and stream (see # Safety).
-    check(OP, unsafe { ffi::strata_dequantize_rows_f32(dtype(dt), ptr(w), r, c, ptr_mut(out), stream(s)) })
+    check(OP, unsafe { ffi::strata_dequantize_rows_f32(wt, ptr(w), r, c, ptr_mut(out), stream(s)) })
 }
 
 /// Gathers rows `ids[t]` of a `n_vocab` x `dim` table into f32 at `out` (`n_ids` rows).
@@ -148,10 +219,11 @@ pub unsafe fn embedding_gather_f32(
     s: Stream,
 ) -> Result<()> {
     const OP: &str = "embedding_gather";
+    let wt = weight_dtype(OP, dt)?;
     let (v, d, n) = (i64_of(OP, "n_vocab", n_vocab)?, i64_of(OP, "dim", dim)?, i64_of(OP, "n_ids", n_ids)?);
     // SAFETY: the caller guarantees the buffers and stream (see # Safety).
     check(OP, unsafe {
-        ffi::strata_embedding_gather_f32(dtype(dt), ptr(table), v, d, ptr(ids), n, ptr_mut(out), stream(s))
+        ffi::strata_embedding_gather_f32(wt, ptr(table), v, d, ptr(ids), n, ptr_mut(out), stream(s))
     })
 }
 
@@ -173,9 +245,10 @@ pub unsafe fn matvec_f32(
     s: Stream,
 ) -> Result<()> {
     const OP: &str = "matvec";
+    let wt = weight_dtype(OP, dt)?;
     let (r, c) = (i64_of(OP, "rows", rows)?, i64_of(OP, "cols", cols)?);
     // SAFETY: the caller guarantees the buffers and stream (see # Safety).
-    check(OP, unsafe { ffi::strata_matvec_f32(dtype(dt), ptr(w), r, c, ptr(x), ptr_mut(y), stream(s)) })
+    check(OP, unsafe { ffi::strata_matvec_f32(wt, ptr(w), r, c, ptr(x), ptr_mut(y), stream(s)) })
 }
 
 /// Y = X W^T for `n_tokens` rows of X.
@@ -198,9 +271,10 @@ pub unsafe fn matmul_f32(
     s: Stream,
 ) -> Result<()> {
     const OP: &str = "matmul";
+    let wt = weight_dtype(OP, dt)?;
     let (r, c, t) = (i64_of(OP, "rows", rows)?, i64_of(OP, "cols", cols)?, i64_of(OP, "n_tokens", n_tokens)?);
     // SAFETY: the caller guarantees the buffers and stream (see # Safety).
-    check(OP, unsafe { ffi::strata_matmul_f32(dtype(dt), ptr(w), r, c, ptr(x), t, ptr_mut(y), stream(s)) })
+    check(OP, unsafe { ffi::strata_matmul_f32(wt, ptr(w), r, c, ptr(x), t, ptr_mut(y), stream(s)) })
 }
 
 /// RMS norm of `n_rows` rows of `dim` values (`out` may equal `x`).

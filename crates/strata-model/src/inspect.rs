@@ -73,6 +73,8 @@ pub struct TypeTotal {
     pub tensors: usize,
     pub elements: u64,
     pub bytes: u64,
+    /// Whether strata computes with weights of this type (on the CPU at least).
+    pub supported: bool,
 }
 
 /// Summarizes a validated file; `path` is only reported.
@@ -103,6 +105,7 @@ pub fn inspect(file: &GgufFile, path: &Path) -> Inspection {
             tensors: 0,
             elements: 0,
             bytes: 0,
+            supported: t.dtype().and_then(|d| d.weight()).is_some(),
         });
         ty.tensors += 1;
         ty.elements += t.n_elements();
@@ -191,9 +194,11 @@ impl Inspection {
                 group_digits(t.elements),
                 fmt_bytes(t.bytes),
                 format!("{share:.1}%"),
+                if t.supported { "yes" } else { "no" }.into(),
             ]
         });
-        section(&mut out, "by type", &["type", "tensors", "elements", "size", "share"], "lrrrr", rows);
+        let header = ["type", "tensors", "elements", "size", "share", "supported"];
+        section(&mut out, "by type", &header, "lrrrrl", rows);
         out
     }
 }

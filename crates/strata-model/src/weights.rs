@@ -113,10 +113,12 @@ pub struct ModelWeights {
 
 fn weight_tensor(file: &GgufFile, info: &TensorInfo) -> Result<Tensor> {
     let dtype = info.dtype().ok_or_else(|| {
+        let supported: Vec<&str> = strata_kernels::DType::ALL.iter().map(|t| t.name()).collect();
         Error::model(format!(
-            "tensor {} has type {}, which strata cannot compute with (supported: f32, f16, bf16, q8_0, q4_0, q4_1)",
+            "tensor {} has type {}, which strata cannot compute with (supported: {})",
             info.name,
-            info.ggml_type.name()
+            info.ggml_type.name(),
+            supported.join(", ")
         ))
     })?;
     Ok(Tensor::from_shared(dtype, &info.shape(), file.shared(), info.offset as usize)?)

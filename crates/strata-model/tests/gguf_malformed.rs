@@ -401,3 +401,57 @@ proptest! {
         }
     }
 }
+
+/// The K-quants and the other new weight types: a row length that is not a whole number of
+/// (super-)blocks and data shorter than the type needs are errors naming the tensor; valid
+/// tensors map to strata dtypes; binary16 scales that decode to NaN or infinity parse (the
+/// reader does not read tensor data) and dequantize to non-finite values, which
+/// `quant::find_nonfinite_scale` locates (see `strata_kernels::quant`'s module doc).
+#[test]
+fn gguf_malformed_new_weight_types() {
+    const Q4_K: u32 = 12;
+    let one = |dims: &[u64], ty: u32, n: usize| Raw::new(3, 1, 0).tensor("blk.0.ffn_down.weight", dims, ty, 0).data(32, n);
+    for (ty, id, block, size) in [
+        (GgmlType::Q5_0, 6, 32, 22),
+        (GgmlType::Q5_1, 7, 32, 24),
+        (GgmlType::Q2_K, 10, 256, 84),
+        (GgmlType::Q3_K, 11, 256, 110),
+        (GgmlType::Q4_K, 12, 256, 144),
+        (GgmlType::Q5_K, 13, 256, 176),
+        (GgmlType::Q6_K, 14, 256, 210),
+        (GgmlType::IQ4_NL, 20, 32, 18),
+        (GgmlType::IQ4_XS, 23, 256, 136),
+    ] {
+        assert_eq!(ty.id(), id);
+        let f = one(&[2 * block, 3], id, 6 * size as usize).parse().unwrap_or_else(|e| panic!("{ty}: {e}"));
+        let dtype = f.tensors()[0].dtype().unwrap_or_else(|| panic!("{ty} maps to no strata dtype"));
+        assert_eq!(dtype.name(), ty.name());
+        let e = one(&[block + 32, 3], id, 1 << 12).err();
+        assert!(
+            matches!(&e, GgufError::BadDims { tensor, .. } if tensor == "blk.0.ffn_down.weight"),
+            "{ty}: a partial block is an error naming the tensor, got {e}"
+        );
+        let e = one(&[2 * block, 3], id, 6 * size as usize - 1).err();
+        assert!(
+            matches!(&e, GgufError::BadTensorOffset { tensor, .. } if tensor == "blk.0.ffn_down.weight"),
+            "{ty}: truncated data is an error naming the tensor, got {e}"
+        );
+    }
+    let e = one(&[640, 4], Q4_K, 1 << 12).err().to_string();
+    assert!(e.contains("blk.0.ffn_down.weight") && e.contains("640") && e.contains("256"), "{e}");
+
+    // Q4_K blocks whose d is NaN (block 0) and +inf (block 1): the file parses, the values are
+    // not finite, and the scan names block 0.
+    let mut raw = one(&[512, 1], Q4_K, 288);
+    let data = raw.0.len() - 288;
+    raw.0[data..data + 2].copy_from_slice(&0x7E00u16.to_le_bytes());
+    raw.0[data + 144..data + 146].copy_from_slice(&0x7C00u16.to_le_bytes());
+    let f = raw.parse().expect("scales are not checked when parsing");
+    let info = &f.tensors()[0];
+    let bytes = f.tensor_data(info);
+    let kt = strata_kernels::DType::Q4_K;
+    assert_eq!(strata_kernels::quant::find_nonfinite_scale(kt, bytes), Some(0));
+    let mut values = vec![0.0f32; 512];
+    strata_kernels::quant::dequantize_row(kt, bytes, &mut values).expect("dequantize");
+    assert!(values.iter().all(|v| !v.is_finite()), "NaN/inf scales must not give finite values");
+}

@@ -5,6 +5,8 @@ use std::fmt;
 
 use crate::{Error, Result};
 
+// The variants are spelled as GGUF spells the types (`Q4_K`, `IQ4_XS`).
+#[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
     F32,
@@ -13,6 +15,15 @@ pub enum DType {
     Q8_0,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
+    Q2_K,
+    Q3_K,
+    Q4_K,
+    Q5_K,
+    Q6_K,
+    IQ4_NL,
+    IQ4_XS,
     I32,
 }
 
@@ -27,6 +38,15 @@ impl DType {
             DType::Q8_0 => K::Q8_0,
             DType::Q4_0 => K::Q4_0,
             DType::Q4_1 => K::Q4_1,
+            DType::Q5_0 => K::Q5_0,
+            DType::Q5_1 => K::Q5_1,
+            DType::Q2_K => K::Q2_K,
+            DType::Q3_K => K::Q3_K,
+            DType::Q4_K => K::Q4_K,
+            DType::Q5_K => K::Q5_K,
+            DType::Q6_K => K::Q6_K,
+            DType::IQ4_NL => K::IQ4_NL,
+            DType::IQ4_XS => K::IQ4_XS,
             DType::I32 => return None,
         })
     }
@@ -71,6 +91,15 @@ impl From<strata_kernels::DType> for DType {
             K::Q8_0 => DType::Q8_0,
             K::Q4_0 => DType::Q4_0,
             K::Q4_1 => DType::Q4_1,
+            K::Q5_0 => DType::Q5_0,
+            K::Q5_1 => DType::Q5_1,
+            K::Q2_K => DType::Q2_K,
+            K::Q3_K => DType::Q3_K,
+            K::Q4_K => DType::Q4_K,
+            K::Q5_K => DType::Q5_K,
+            K::Q6_K => DType::Q6_K,
+            K::IQ4_NL => DType::IQ4_NL,
+            K::IQ4_XS => DType::IQ4_XS,
         }
     }
 }

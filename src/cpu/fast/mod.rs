@@ -132,7 +132,7 @@ impl WType {
             DType::Q4_0 => Some(WType::Q4_0),
             DType::Q4_1 => Some(WType::Q4_1),
             DType::Q8_0 => Some(WType::Q8_0),
-            DType::F32 | DType::F16 | DType::BF16 => None,
+            _ => None,
         }
     }
 
