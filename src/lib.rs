@@ -8,7 +8,9 @@
 //! - [`DType`] and the quant block layouts ([`BlockQ8_0`], [`BlockQ4_0`], [`BlockQ4_1`]) mirror
 //!   GGUF's and the C header's;
 //! - [`quant`] quantizes and dequantizes blocks (tests, synthetic models);
-//! - [`check`] compares results against a reference with a named [`check::Tolerance`];
+//! - [`check`] compares results against a reference with a named [`check::Tolerance`], and
+//!   counts and reports the tests that could not run (`check::skip`);
+//! - [`default_model_path`] finds the default model file (for the CLI and every test);
 //! - [`cuda`] holds the `unsafe` launcher calls; built without the `cuda` feature, the same
 //!   functions return [`Error::CudaNotBuilt`].
 
@@ -16,6 +18,7 @@ pub mod check;
 pub mod cpu;
 mod dtype;
 mod error;
+mod model_path;
 pub mod quant;
 
 #[cfg_attr(feature = "cuda", path = "cuda/mod.rs")]
@@ -24,3 +27,4 @@ pub mod cuda;
 
 pub use dtype::{BlockQ4_0, BlockQ4_1, BlockQ8_0, DType, QK, RopeLayout};
 pub use error::{Error, Result};
+pub use model_path::{DEFAULT_MODEL, MODEL_ENV, default_model_path};

@@ -163,11 +163,8 @@ fn fast_path_greedy_tokens_match_llama_cpp_up_to_near_ties() {
 /// here in memory from the same file and factors.
 fn default_with_rope_freqs(factors: &[f32]) -> Option<Model> {
     use strata_model::gguf::GgufFile;
-    let path = crate::support::workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let Ok(src) = GgufFile::open(&path) else {
-        println!("skipped: no model at {} (run scripts/fetch-model.sh)", path.display());
-        return None;
-    };
+    let path = crate::support::model_path_or_skip()?;
+    let src = GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let bytes = crate::support::with_rope_freqs(&src, factors);
     let file = GgufFile::from_bytes(bytes).expect("parse");
     Some(Model::from_file(file, std::path::Path::new("with-rope-freqs.gguf")).expect("the model loads"))
