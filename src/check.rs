@@ -1,6 +1,11 @@
 //! Comparing results against a reference with a named tolerance, with a report that says how
 //! far off, where, and the first offending pairs. Used by the kernel tests here and by the
 //! tests of the crates above.
+//!
+//! Also the workspace's one way to skip a test ([`skip`], [`model_or_skip`]): a skipped test
+//! is counted per test binary and reported on stderr, where cargo shows it, never passed off
+//! as verified. The reasons have one wording each ([`NOT_BUILT_WITH_CUDA`], [`NO_DRIVER`],
+//! [`NO_MODEL`]) so that the per-binary counts group them.
 
 use std::fmt;
 
@@ -156,6 +161,54 @@ pub fn compare<A: Copy + Into<f64>, B: Copy + Into<f64>>(got: &[A], want: &[B], 
 pub fn assert_close<A: Copy + Into<f64>, B: Copy + Into<f64>>(label: &str, got: &[A], want: &[B], tol: Tolerance) {
     let c = compare(got, want, tol);
     assert!(c.passed(), "{label}: {c}");
+}
+
+/// Why a CUDA test cannot run in a build without the `cuda` feature.
+pub const NOT_BUILT_WITH_CUDA: &str = "built without cuda (rebuild with --features cuda)";
+/// Why a CUDA test cannot run on a machine without the NVIDIA driver.
+pub const NO_DRIVER: &str = "no CUDA device (no NVIDIA driver: libcuda.so could not be loaded)";
+/// Why a test that needs the default model did not run: the machine said it has none.
+pub const NO_MODEL: &str = "no model on this machine (STRATA_NO_MODEL=1)";
+/// The opt-out variable behind [`NO_MODEL`].
+pub const NO_MODEL_ENV: &str = "STRATA_NO_MODEL";
+
+/// Why a CUDA test cannot run when the device exists but could not be opened (any other
+/// reason than [`NOT_BUILT_WITH_CUDA`] and [`NO_DRIVER`]).
+pub fn no_cuda_device(detail: &dyn fmt::Display) -> String {
+    format!("no CUDA device ({detail})")
+}
+
+/// The default model for a test that needs it ([`crate::default_model_path`]).
+///
+/// When the file is missing and `STRATA_NO_MODEL=1` says this machine has no model, the test
+/// is counted as skipped ([`skip`], reason [`NO_MODEL`]) and `None` comes back: the caller
+/// returns without asserting anything. When the file is missing without that variable it
+/// panics with what to do: in CI the model must be there. With the model present the
+/// variable changes nothing.
+///
+/// # Panics
+/// When the model is missing and `STRATA_NO_MODEL` is not `1`.
+#[track_caller]
+pub fn model_or_skip(test: &str) -> Option<std::path::PathBuf> {
+    let path = crate::default_model_path();
+    if path.is_file() {
+        return Some(path);
+    }
+    if std::env::var_os(NO_MODEL_ENV).is_some_and(|v| v == "1") {
+        skip(test, NO_MODEL);
+        return None;
+    }
+    panic!(
+        "{test} needs the default model and there is no file at {}: run scripts/fetch-model.sh \
+         (or set STRATA_MODEL=FILE), or set {NO_MODEL_ENV}=1 to count the tests that need it as skipped",
+        path.display()
+    )
+}
+
+/// The running test's name (libtest names each test's thread after it), for [`skip`] from
+/// helpers that are not told which test called them.
+pub fn current_test() -> String {
+    std::thread::current().name().unwrap_or("(unnamed test)").to_string()
 }
 
 /// Skipped tests so far, counted per reason.

@@ -9,7 +9,9 @@
 //!   [`BlockQ5_0`], [`BlockQ5_1`], the K-quant super-blocks [`BlockQ2K`] … [`BlockQ6K`],
 //!   [`BlockIq4Nl`], [`BlockIq4Xs`]) mirror GGUF's and the C header's;
 //! - [`quant`] quantizes and dequantizes blocks (tests, synthetic models);
-//! - [`check`] compares results against a reference with a named [`check::Tolerance`];
+//! - [`check`] compares results against a reference with a named [`check::Tolerance`], and
+//!   counts and reports the tests that could not run (`check::skip`);
+//! - [`default_model_path`] finds the default model file (for the CLI and every test);
 //! - [`cuda`] holds the `unsafe` launcher calls; built without the `cuda` feature, the same
 //!   functions return [`Error::CudaNotBuilt`].
 
@@ -17,6 +19,7 @@ pub mod check;
 pub mod cpu;
 mod dtype;
 mod error;
+mod model_path;
 pub mod quant;
 
 #[cfg_attr(feature = "cuda", path = "cuda/mod.rs")]
@@ -28,3 +31,4 @@ pub use dtype::{
     BlockQ6K, BlockQ8_0, DType, IQ4_VALUES, K_SCALE_SIZE, QK, QK_K, RopeLayout,
 };
 pub use error::{Error, Result};
+pub use model_path::{DEFAULT_MODEL, MODEL_ENV, default_model_path};

@@ -122,14 +122,10 @@ const KNOWN: &[Known] = &[
     },
 ];
 
+/// The default model, or `None` after counting the test as skipped (`STRATA_NO_MODEL=1`); a
+/// missing model without that variable fails the test.
 fn model(test: &str) -> Option<Gguf> {
-    match gguf::default_model_path() {
-        Some(p) => Some(gguf::read(&p)),
-        None => {
-            strata_kernels::check::skip(test, "model not found (run scripts/fetch-model.sh)");
-            None
-        }
-    }
+    strata_kernels::check::model_or_skip(test).map(|p| gguf::read(&p))
 }
 
 /// (dtype, rows, cols, bytes) of a 2-D tensor of the model.
@@ -180,3 +176,39 @@ fn real_tensors_body(dev: &dyn Backend) {
     }
 }
 device_test!(real_tensors, real_tensors_body);
+
+/// The model policy, end to end in a child run of this binary with `STRATA_MODEL` naming a
+/// file that does not exist: without `STRATA_NO_MODEL` a test that needs the model fails and
+/// says what to do; with `STRATA_NO_MODEL=1` it passes as a counted skip, and the binary's
+/// summary line reaches stderr (what cargo shows).
+#[test]
+fn a_missing_model_fails_unless_the_machine_opts_out() {
+    let child = |no_model: Option<&str>| {
+        let mut cmd = std::process::Command::new(std::env::current_exe().expect("this test binary"));
+        cmd.args(["--exact", "model::model_tensor_types_are_the_documented_ones", "--test-threads", "1"])
+            .env("STRATA_MODEL", "/nonexistent/strata-test/missing.gguf")
+            .env_remove("STRATA_NO_MODEL");
+        if let Some(v) = no_model {
+            cmd.env("STRATA_NO_MODEL", v);
+        }
+        let out = cmd.output().expect("run the child");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, text) = child(None);
+    assert!(!ok, "a missing model must fail the test:\n{text}");
+    assert!(
+        text.contains("/nonexistent/strata-test/missing.gguf") && text.contains("scripts/fetch-model.sh"),
+        "the failure names the file and the fix:\n{text}"
+    );
+    for v in ["0", ""] {
+        let (ok, text) = child(Some(v));
+        assert!(!ok, "STRATA_NO_MODEL={v:?} is not the opt-out:\n{text}");
+    }
+    let (ok, text) = child(Some("1"));
+    assert!(ok && text.contains("1 passed"), "STRATA_NO_MODEL=1 makes it a skip:\n{text}");
+    assert!(
+        text.lines().any(|l| l == "skipped: 1 test in this binary: no model on this machine (STRATA_NO_MODEL=1)"),
+        "the skip is counted and reported:\n{text}"
+    );
+}

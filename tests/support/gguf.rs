@@ -2,7 +2,6 @@
 //! validating parser belongs to strata-model). Test-only: it trusts the file.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 pub struct Tensor {
     pub ggml_type: u32,
@@ -13,12 +12,6 @@ pub struct Tensor {
 pub struct Gguf {
     pub data: Vec<u8>,
     pub tensors: HashMap<String, Tensor>,
-}
-
-/// The default model, if scripts/fetch-model.sh has put it in models/.
-pub fn default_model_path() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    p.is_file().then_some(p)
 }
 
 struct Cursor<'a> {

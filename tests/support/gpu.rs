@@ -25,12 +25,12 @@ pub fn device() -> Result<&'static Gpu, String> {
 fn open() -> Result<Gpu, String> {
     // SAFETY: only tries to dlopen libcuda; cudarc would panic on first use without it.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return Err("no CUDA device (no NVIDIA driver: libcuda.so could not be loaded)".into());
+        return Err(strata_kernels::check::NO_DRIVER.into());
     }
     let ctx = match std::panic::catch_unwind(|| CudaContext::new(0)) {
         Ok(Ok(ctx)) => ctx,
-        Ok(Err(e)) => return Err(format!("no CUDA device ({e})")),
-        Err(_) => return Err("no CUDA device (the CUDA driver library failed to load)".into()),
+        Ok(Err(e)) => return Err(strata_kernels::check::no_cuda_device(&e)),
+        Err(_) => return Err(strata_kernels::check::no_cuda_device(&"the CUDA driver library failed to load")),
     };
     // One stream for everything, synchronized after each op: no cross-stream tracking needed.
     // SAFETY: no other stream touches these allocations.

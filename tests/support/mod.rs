@@ -40,7 +40,7 @@ pub fn on_cuda(test: &str, body: impl FnOnce(&dyn Backend)) {
     #[cfg(not(feature = "cuda"))]
     {
         let _ = body;
-        skip(test, "built without cuda (rebuild with --features cuda)");
+        skip(test, strata_kernels::check::NOT_BUILT_WITH_CUDA);
     }
 }
 

@@ -16,10 +16,11 @@ pub fn chain(e: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
-pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+use strata_model::DEFAULT_MODEL;
 
-/// The model to use: --model, else $STRATA_MODEL, else the default model in ./models or in the
-/// checkout the binary was built in.
+/// The model to use: --model, else `strata_model::default_model_path()` ($STRATA_MODEL, else
+/// the default model in or above the current directory, or in the checkout the binary was
+/// built in).
 pub fn model_path(arg: &Option<PathBuf>) -> Result<PathBuf> {
     if let Some(p) = arg {
         if !p.exists() {
@@ -27,18 +28,9 @@ pub fn model_path(arg: &Option<PathBuf>) -> Result<PathBuf> {
         }
         return Ok(p.clone());
     }
-    if let Some(p) = std::env::var_os("STRATA_MODEL") {
-        return Ok(PathBuf::from(p));
-    }
-    let mut candidates = vec![PathBuf::from(DEFAULT_MODEL)];
-    if let Ok(exe) = std::env::current_exe() {
-        // target/<profile>/strata → the checkout root.
-        if let Some(root) = exe.parent().and_then(|p| p.parent()).and_then(|p| p.parent()) {
-            candidates.push(root.join(DEFAULT_MODEL));
-        }
-    }
-    if let Some(p) = candidates.iter().find(|p| p.exists()) {
-        return Ok(p.clone());
+    let p = strata_model::default_model_path();
+    if p.exists() || std::env::var_os(strata_model::MODEL_ENV).is_some() {
+        return Ok(p);
     }
     bail!("the default model {DEFAULT_MODEL} is missing: run scripts/fetch-model.sh (or pass --model FILE)")
 }

@@ -26,3 +26,6 @@ pub use generate::{GenerateOptions, Generation, StopReason, Timings, generate};
 pub use model::{KvType, Model, ModelSource, SessionOptions};
 pub use sample::{Sampler, SamplerConfig};
 pub use session::{Layout, PassStats, Session};
+/// The default model file (`$STRATA_MODEL`, else `models/…` in or above the current directory
+/// or the running program); one lookup for the CLI and the tests.
+pub use strata_kernels::{DEFAULT_MODEL, MODEL_ENV, default_model_path};

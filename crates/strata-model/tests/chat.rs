@@ -1,13 +1,9 @@
 //! Chat templates: SmolLM2's own template (as llama-cpp-python's Jinja2 renders it), the ChatML
 //! fallback, Python-style helpers, and template errors as values.
 
-use std::path::PathBuf;
-
 use strata_model::chat::{ChatMessage, ChatTemplate};
 use strata_model::gguf::{GgufFile, Metadata, Value};
 use strata_model::tokenizer::TokenizerError;
-
-use crate::support::workspace_root;
 
 fn conversation() -> Vec<ChatMessage> {
     vec![ChatMessage::new("system", "Be brief."), ChatMessage::new("user", "What is 2+2?")]
@@ -15,13 +11,7 @@ fn conversation() -> Vec<ChatMessage> {
 
 /// SmolLM2's template from the default model's metadata, or why it is unavailable.
 fn smollm_template() -> Result<ChatTemplate, String> {
-    let path = match std::env::var_os("STRATA_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    };
-    if !path.is_file() {
-        return Err(format!("no model at {} (run scripts/fetch-model.sh)", path.display()));
-    }
+    let path = strata_model::default_model_path();
     let file = GgufFile::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     match ChatTemplate::from_metadata(file.metadata()) {
         Ok(Some(t)) => Ok(t),
@@ -32,14 +22,10 @@ fn smollm_template() -> Result<ChatTemplate, String> {
 
 #[test]
 fn chat_smollm_template_renders_chatml() {
-    let template = match smollm_template() {
-        Ok(t) => t,
-        Err(why) if why.starts_with("no model") => {
-            println!("skipped: {why}");
-            return;
-        }
-        Err(why) => panic!("{why}"),
-    };
+    if crate::support::model_path_or_skip().is_none() {
+        return;
+    }
+    let template = smollm_template().unwrap_or_else(|why| panic!("{why}"));
     // The same text llama-cpp-python 0.3.36 (Jinja2, trim_blocks, lstrip_blocks) renders.
     let text = template.render(&conversation(), true, "<|im_start|>", "<|im_end|>").expect("render");
     assert_eq!(

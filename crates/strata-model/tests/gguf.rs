@@ -8,15 +8,6 @@ use strata_model::gguf::{GgmlType, GgufError, GgufFile, GgufWriter, Value};
 use strata_model::inspect::inspect;
 use strata_tensor::DType;
 
-/// The default model: `$STRATA_MODEL`, else `<workspace>/models/SmolLM2-135M-Instruct.Q4_1.gguf`.
-fn default_model() -> Result<PathBuf, String> {
-    let path = match std::env::var_os("STRATA_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    };
-    if path.is_file() { Ok(path) } else { Err(format!("no model file at {} (set STRATA_MODEL)", path.display())) }
-}
-
 /// A unique path in the temp dir, removed (with its `.part`) when dropped.
 pub(crate) struct TempPath(pub PathBuf);
 
@@ -288,10 +279,7 @@ fn gguf_file_is_send_and_sync() {
 
 #[test]
 fn gguf_default_model() {
-    let path = match default_model() {
-        Ok(p) => p,
-        Err(why) => return strata_kernels::check::skip("gguf::gguf_default_model", &why),
-    };
+    let Some(path) = crate::support::model_path_or_skip() else { return };
     let f = GgufFile::open(&path).unwrap();
     assert_eq!(f.version(), 3);
     assert_eq!(f.alignment(), 32);
@@ -325,10 +313,7 @@ fn gguf_default_model() {
 
 #[test]
 fn gguf_default_model_rewrites_identically() {
-    let path = match default_model() {
-        Ok(p) => p,
-        Err(why) => return strata_kernels::check::skip("gguf::gguf_default_model_rewrites_identically", &why),
-    };
+    let Some(path) = crate::support::model_path_or_skip() else { return };
     // Copying metadata and tensors through the writer reproduces llama.cpp's file byte for
     // byte: same header encoding, same offsets and padding.
     let f = GgufFile::open(&path).unwrap();
@@ -374,10 +359,7 @@ fn gguf_inspect_sample() {
 
 #[test]
 fn gguf_inspect_default_model() {
-    let path = match default_model() {
-        Ok(p) => p,
-        Err(why) => return strata_kernels::check::skip("gguf::gguf_inspect_default_model", &why),
-    };
+    let Some(path) = crate::support::model_path_or_skip() else { return };
     let info = inspect(&GgufFile::open(&path).unwrap(), &path);
     assert_eq!(info.layers.len(), 30);
     assert!(info.layers.iter().all(|l| l.tensors == 9 && l.bytes == info.layers[0].bytes));

@@ -25,7 +25,7 @@ fn gpu_or_skip() -> Option<Accelerator> {
     match open_gpu(0, &GpuOptions::default()) {
         Ok(g) => Some(Accelerator::Gpu(g)),
         Err(e) => {
-            println!("skipped: {e}");
+            strata_kernels::check::skip(&strata_kernels::check::current_test(), &crate::support::gpu_skip_reason(&e));
             None
         }
     }

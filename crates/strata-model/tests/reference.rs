@@ -35,7 +35,7 @@ const NEAR_TIE: f32 = 0.5;
 
 /// Per case and position: (llama.cpp's top ids, their logits) and strata's logits row.
 fn check_logits(model: &Model, fast: bool) -> f32 {
-    check_logit_cases(model, reference("logits.json").as_array().expect("cases"), fast)
+    check_logit_cases(model, reference("logits.json")["cases"].as_array().expect("cases"), fast)
 }
 
 /// `near_ties`: a top-1 that differs from llama.cpp's passes if llama.cpp ranks it within
@@ -106,7 +106,7 @@ fn fast_path_logits_match_llama_cpp_up_to_near_ties() {
 /// llama.cpp's must be a near-tie in strata's own logits, and the comparison stops there (the
 /// texts go separate ways after it).
 fn check_greedy(model: &Model, fast: bool) {
-    check_greedy_cases(model, reference("greedy.json").as_array().expect("cases"), fast);
+    check_greedy_cases(model, reference("greedy.json")["cases"].as_array().expect("cases"), fast);
 }
 
 /// `near_ties`: a first difference from llama.cpp's tokens passes if it is a near-tie in
@@ -163,11 +163,8 @@ fn fast_path_greedy_tokens_match_llama_cpp_up_to_near_ties() {
 /// here in memory from the same file and factors.
 fn default_with_rope_freqs(factors: &[f32]) -> Option<Model> {
     use strata_model::gguf::GgufFile;
-    let path = crate::support::workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let Ok(src) = GgufFile::open(&path) else {
-        println!("skipped: no model at {} (run scripts/fetch-model.sh)", path.display());
-        return None;
-    };
+    let path = crate::support::model_path_or_skip()?;
+    let src = GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let bytes = crate::support::with_rope_freqs(&src, factors);
     let file = GgufFile::from_bytes(bytes).expect("parse");
     Some(Model::from_file(file, std::path::Path::new("with-rope-freqs.gguf")).expect("the model loads"))

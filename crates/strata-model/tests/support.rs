@@ -4,35 +4,40 @@ use std::path::PathBuf;
 
 use strata_model::Model;
 
-pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+/// The default model's file (`strata_model::default_model_path`), or `None` after counting
+/// the running test as skipped because `STRATA_NO_MODEL=1` says this machine has none. A
+/// missing model without that variable fails the test (`strata_kernels::check::model_or_skip`).
+pub fn model_path_or_skip() -> Option<PathBuf> {
+    strata_kernels::check::model_or_skip(&strata_kernels::check::current_test())
 }
 
-/// The default model (`$STRATA_MODEL` or `<workspace>/models/…`), or why it is missing.
-pub fn default_model() -> Result<Model, String> {
-    let path = match std::env::var_os("STRATA_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    };
-    if !path.is_file() {
-        return Err(format!("no model at {} (run scripts/fetch-model.sh)", path.display()));
-    }
-    Model::load(&path).map_err(|e| format!("the default model does not load: {e}"))
+/// The default model, loaded; see [`model_path_or_skip`].
+pub fn default_model() -> Option<Model> {
+    let path = model_path_or_skip()?;
+    Some(Model::load(&path).unwrap_or_else(|e| panic!("the default model {} does not load: {e}", path.display())))
 }
 
-/// Loads the model or prints `skipped:` and returns from the test.
+/// Loads the default model, or returns from the test after counting it as skipped (only with
+/// `STRATA_NO_MODEL=1`; see [`model_path_or_skip`]).
 #[macro_export]
 macro_rules! model_or_skip {
     () => {
         match $crate::support::default_model() {
-            Ok(m) => m,
-            Err(why) if why.starts_with("no model") => {
-                println!("skipped: {why}");
-                return;
-            }
-            Err(why) => panic!("{why}"),
+            Some(m) => m,
+            None => return,
         }
     };
+}
+
+/// Why a GPU test cannot run, in the workspace's one wording per reason (`strata_kernels::check`).
+pub fn gpu_skip_reason(e: &strata_tensor::Error) -> String {
+    use strata_kernels::check;
+    use strata_tensor::{Error, Unavailable};
+    match e {
+        Error::Unavailable(Unavailable::NotBuilt) => check::NOT_BUILT_WITH_CUDA.to_string(),
+        Error::Unavailable(Unavailable::NoDriver) => check::NO_DRIVER.to_string(),
+        other => check::no_cuda_device(other),
+    }
 }
 
 /// A llama.cpp reference file from tests/data/reference (copied from shared/reference).

@@ -8,19 +8,13 @@ use std::sync::OnceLock;
 use strata_model::gguf::{GgufFile, Metadata, Value};
 use strata_model::tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
 
-use crate::support::{ids, reference, workspace_root};
+use crate::support::{ids, model_path_or_skip, reference};
 
 /// The default model's metadata, read once per test binary; `Err` says why it is unavailable.
 fn smollm_metadata() -> Result<&'static Metadata, String> {
     static MD: OnceLock<Result<Metadata, String>> = OnceLock::new();
     MD.get_or_init(|| {
-        let path = match std::env::var_os("STRATA_MODEL") {
-            Some(p) => PathBuf::from(p),
-            None => workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-        };
-        if !path.is_file() {
-            return Err(format!("no model at {} (run scripts/fetch-model.sh)", path.display()));
-        }
+        let path = strata_model::default_model_path();
         let file = GgufFile::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(file.metadata().clone())
     })
@@ -37,16 +31,12 @@ fn smollm() -> Result<&'static Tokenizer, String> {
 }
 
 macro_rules! tokenizer_or_skip {
-    () => {
-        match smollm() {
-            Ok(t) => t,
-            Err(why) if why.starts_with("no model") => {
-                println!("skipped: {why}");
-                return;
-            }
-            Err(why) => panic!("{why}"),
+    () => {{
+        if model_path_or_skip().is_none() {
+            return;
         }
-    };
+        smollm().unwrap_or_else(|why| panic!("{why}"))
+    }};
 }
 
 /// Compares every case; on failure prints the text, both id lists and the first difference.
@@ -94,14 +84,10 @@ fn tokenizer_corpus_matches_llama_cpp() {
 /// made by llama.cpp from copies of the vocabulary with `tokenizer.ggml.pre` replaced).
 #[test]
 fn tokenizer_other_pre_tokenizers_match_llama_cpp() {
-    let md = match smollm_metadata() {
-        Ok(md) => md,
-        Err(why) if why.starts_with("no model") => {
-            println!("skipped: {why}");
-            return;
-        }
-        Err(why) => panic!("{why}"),
-    };
+    if model_path_or_skip().is_none() {
+        return;
+    }
+    let md = smollm_metadata().unwrap_or_else(|why| panic!("{why}"));
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/tokenize-corpus-pre.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let by_pre: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).expect("corpus JSON");

@@ -17,12 +17,23 @@ static GPU: OnceLock<Result<(Gpu, Stream), String>> = OnceLock::new();
 /// The first GPU and a stream on it, or why there is none.
 pub fn gpu() -> Result<&'static (Gpu, Stream), String> {
     GPU.get_or_init(|| {
-        let gpu = strata_tensor::open_gpu(0, &GpuOptions::default()).map_err(|e| e.to_string())?;
-        let stream = gpu.stream("compute").map_err(|e| e.to_string())?;
+        let gpu = strata_tensor::open_gpu(0, &GpuOptions::default()).map_err(|e| skip_reason(&e))?;
+        let stream = gpu.stream("compute").map_err(|e| skip_reason(&e))?;
         Ok((gpu, Stream::Gpu(stream)))
     })
     .as_ref()
     .map_err(|e| e.clone())
+}
+
+/// Why a GPU test cannot run, in the workspace's one wording per reason (`strata_kernels::check`).
+pub fn skip_reason(e: &strata_tensor::Error) -> String {
+    use strata_kernels::check;
+    use strata_tensor::{Error, Unavailable};
+    match e {
+        Error::Unavailable(Unavailable::NotBuilt) => check::NOT_BUILT_WITH_CUDA.to_string(),
+        Error::Unavailable(Unavailable::NoDriver) => check::NO_DRIVER.to_string(),
+        other => check::no_cuda_device(other),
+    }
 }
 
 pub fn on_cpu(body: impl FnOnce(&Stream)) {
