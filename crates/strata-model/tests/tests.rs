@@ -5,6 +5,7 @@
 //! - `gguf_malformed`: malformed GGUF files and a mutation proptest. It installs a global
 //!   allocator for this binary that records the largest allocation per thread (a pass-through
 //!   to `System`), to show that absurd header counts are rejected without allocating;
+//! - `sample`: the sampler's filters against an f64 reference distribution, seeds, greedy;
 //! - `tokenizer`: token ids against llama.cpp's (corpus, reference cases), BOS, EOG, streaming
 //!   decode, a SentencePiece vocabulary.
 
@@ -16,5 +17,6 @@ mod gpu;
 mod offload;
 mod reference;
 mod safetensors;
+mod sample;
 mod support;
 mod tokenizer;
