@@ -20,10 +20,13 @@ if [[ ${STRATA_NO_MODEL:-} == 1 ]]; then
   say "default model: not fetched (STRATA_NO_MODEL=1: the tests that need it are skipped)"
 else
   say "default model (the tests that need it fail without it; STRATA_NO_MODEL=1 skips them)"
-  if ! scripts/fetch-model.sh; then
-    echo "test: could not fetch the default model; fix the download, or set STRATA_NO_MODEL=1 to run without it" >&2
-    exit 1
-  fi
+  # The default model, and Gemma 3 270M for the tests of its K-quant tensors.
+  for name in smollm2 gemma3-270m; do
+    if ! scripts/fetch-model.sh "$name"; then
+      echo "test: could not fetch the model $name; fix the download, or set STRATA_NO_MODEL=1 to run without models" >&2
+      exit 1
+    fi
+  done
 fi
 
 say "cargo fmt --check"
