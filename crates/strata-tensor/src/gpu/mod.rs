@@ -1,6 +1,8 @@
 //! CUDA through cudarc: opening a device, streams, events, device memory, pinned host memory
-//! and copies. Together with the kernel crate's launcher calls this is the only `unsafe` code
-//! of strata; everything above uses the safe types here.
+//! and copies. The `unsafe` code of strata lives here, in the launcher calls of `launch.rs`,
+//! in the kernel crate (FFI bindings and the SIMD CPU kernels of `src/cpu/fast`), and in
+//! strata-model's file mappings (mmap of model files, `posix_fallocate`); strata-runtime and
+//! strata-cli `#![forbid(unsafe_code)]`. Everything above this module uses its safe types.
 //!
 //! Memory is allocated with the driver API directly (cuMemAlloc / cuMemHostAlloc) so that every
 //! allocation is first reserved against a [`MemoryBudget`] and an out-of-memory from the
