@@ -95,20 +95,6 @@ fn cpu_device_line(why: Option<&Unavailable>, nvidia: bool) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cpu_device_lines() {
-        assert_eq!(cpu_device_line(Some(&Unavailable::NotBuilt), false), "device: cpu; no GPU");
-        assert!(cpu_device_line(Some(&Unavailable::NotBuilt), true).contains("--features cuda"));
-        assert_eq!(cpu_device_line(Some(&Unavailable::NoDriver), false), "device: cpu; no NVIDIA driver");
-        let none = cpu_device_line(Some(&Unavailable::NoDevice { ordinal: 0, count: 0 }), true);
-        assert_eq!(none.matches('(').count(), 1, "{none}");
-    }
-}
-
 /// Opens a session: on the CPU, or on the GPU with the layers placed by the plan (re-planned
 /// with less memory if loading runs out of it in auto mode). Prints the plan's summary line.
 pub fn open_session<'m>(model: &'m Model, a: &SessionArgs, quiet: bool) -> Result<(Option<Plan>, Session<'m>)> {
@@ -150,4 +136,18 @@ pub fn open_session<'m>(model: &'m Model, a: &SessionArgs, quiet: bool) -> Resul
         }
     }
     Ok((Some(plan), session))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_device_lines() {
+        assert_eq!(cpu_device_line(Some(&Unavailable::NotBuilt), false), "device: cpu; no GPU");
+        assert!(cpu_device_line(Some(&Unavailable::NotBuilt), true).contains("--features cuda"));
+        assert_eq!(cpu_device_line(Some(&Unavailable::NoDriver), false), "device: cpu; no NVIDIA driver");
+        let none = cpu_device_line(Some(&Unavailable::NoDevice { ordinal: 0, count: 0 }), true);
+        assert_eq!(none.matches('(').count(), 1, "{none}");
+    }
 }
