@@ -6,7 +6,7 @@ use strata_model::offload::{OffloadOptions, measure_speeds, open_planned};
 use strata_model::{KvType, Model, Session, SessionOptions};
 use strata_runtime::plan::{Plan, Policy, Rest, assumed_speeds};
 use strata_runtime::units::parse_size;
-use strata_tensor::{Gpu, GpuOptions, discover};
+use strata_tensor::{Gpu, GpuOptions, Unavailable, discover};
 
 use crate::args::{DeviceArg, KvArg, OffloadArg, SessionArgs};
 
@@ -63,16 +63,35 @@ pub fn pick_gpu(a: &SessionArgs, quiet: bool) -> Result<Option<Gpu>> {
         return Ok(None);
     }
     let (_, gpu, why) = discover(&gpu_options(a)?);
-    let why = why.map_or_else(|| "no GPU".to_string(), |w| w.to_string());
     match (gpu, a.device) {
         (Some(g), _) => Ok(Some(g)),
-        (None, DeviceArg::Cuda) => bail!("--device cuda: {why}"),
+        (None, DeviceArg::Cuda) => {
+            bail!("--device cuda: {}", why.map_or_else(|| "no GPU".to_string(), |w| w.to_string()))
+        }
         (None, _) => {
             if !quiet {
-                eprintln!("device: cpu ({why})");
+                eprintln!("{}", cpu_device_line(why.as_ref(), nvidia_gpu_present()));
             }
             Ok(None)
         }
+    }
+}
+
+/// Whether the kernel has an NVIDIA driver loaded (a GPU a CUDA build could use).
+fn nvidia_gpu_present() -> bool {
+    std::path::Path::new("/proc/driver/nvidia/version").exists()
+}
+
+/// The device line when the CPU is used: why, in one clause, and rebuild advice only where a
+/// CUDA build would find a GPU.
+fn cpu_device_line(why: Option<&Unavailable>, nvidia: bool) -> String {
+    match why {
+        Some(Unavailable::NotBuilt) if nvidia => {
+            "device: cpu; this build has no CUDA support, rebuild with `--features cuda` to use the NVIDIA GPU".into()
+        }
+        Some(Unavailable::NotBuilt) | None => "device: cpu; no GPU".into(),
+        Some(Unavailable::NoDriver) => "device: cpu; no NVIDIA driver".into(),
+        Some(other) => format!("device: cpu; {other}"),
     }
 }
 
@@ -81,6 +100,7 @@ pub fn pick_gpu(a: &SessionArgs, quiet: bool) -> Result<Option<Gpu>> {
 pub fn open_session<'m>(model: &'m Model, a: &SessionArgs, quiet: bool) -> Result<(Option<Plan>, Session<'m>)> {
     let opts = session_options(a);
     let offload = offload_options(a)?;
+    crate::commands::warn_long_context(model, a, quiet);
     let Some(gpu) = pick_gpu(a, quiet)? else {
         if a.offload.gpu_layers.is_some_and(|n| n > 0) || a.offload.stream {
             bail!("--gpu-layers and --stream need a GPU, and none is used here (see the device line above)");
@@ -116,4 +136,18 @@ pub fn open_session<'m>(model: &'m Model, a: &SessionArgs, quiet: bool) -> Resul
         }
     }
     Ok((Some(plan), session))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_device_lines() {
+        assert_eq!(cpu_device_line(Some(&Unavailable::NotBuilt), false), "device: cpu; no GPU");
+        assert!(cpu_device_line(Some(&Unavailable::NotBuilt), true).contains("--features cuda"));
+        assert_eq!(cpu_device_line(Some(&Unavailable::NoDriver), false), "device: cpu; no NVIDIA driver");
+        let none = cpu_device_line(Some(&Unavailable::NoDevice { ordinal: 0, count: 0 }), true);
+        assert_eq!(none.matches('(').count(), 1, "{none}");
+    }
 }

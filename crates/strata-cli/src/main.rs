@@ -2,6 +2,8 @@
 //!
 //! Every command prints one clear line on error and exits with code 1 (2 for bad usage).
 
+#![forbid(unsafe_code)]
+
 #[macro_use]
 mod output;
 mod args;
@@ -29,7 +31,7 @@ fn main() {
     }
     // The CPU path is chosen per issuing thread (see strata_tensor::ops); every op of a command
     // is issued from this one.
-    let path = match cli.cpu_kernels {
+    let path = match cli.cpu_kernels() {
         args::CpuKernels::Exact => CpuPath::Exact,
         args::CpuKernels::Fast => CpuPath::Fast,
         args::CpuKernels::Reference => CpuPath::Reference,

@@ -25,7 +25,7 @@ pub use error::{Error, Result};
 pub use generate::{GenerateOptions, Generation, StopReason, Timings, generate};
 pub use model::{KvType, Model, ModelSource, SessionOptions};
 pub use sample::{Sampler, SamplerConfig};
-pub use session::{Layout, PassStats, Session};
+pub use session::{Layout, PassStats, STATS_KEPT, Session};
 /// The default model file (`$STRATA_MODEL`, else `models/…` in or above the current directory
 /// or the running program); one lookup for the CLI and the tests.
 pub use strata_kernels::{DEFAULT_MODEL, MODEL_ENV, default_model_path};

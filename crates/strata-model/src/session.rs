@@ -9,6 +9,7 @@
 //!
 //! Each pass records a timeline (per-layer compute, copies, waits) for `--stats`.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use strata_runtime::device::{Accelerator, HostDevice};
@@ -89,6 +90,10 @@ enum Clock {
     Gpu(strata_tensor::GpuStream, Event, Instant),
 }
 
+/// How many pass timelines a [`Session`] keeps until [`Session::take_stats`] (the most recent
+/// ones): a few KiB each, so at most a few tens of MiB however long a chat runs.
+pub const STATS_KEPT: usize = 4096;
+
 /// One conversation: KV caches on the planned devices, the number of positions used, and
 /// the weight streamer.
 pub struct Session<'m> {
@@ -102,8 +107,10 @@ pub struct Session<'m> {
     n_past: usize,
     batch: usize,
     device: Device,
-    /// Timelines of passes since the last `take_stats`.
-    stats: Vec<PassStats>,
+    /// Timelines of the last [`STATS_KEPT`] passes since the last `take_stats`.
+    stats: VecDeque<PassStats>,
+    /// Passes since the last `take_stats` whose timelines were dropped to bound `stats`.
+    stats_dropped: usize,
     /// The layer of each streamed group.
     streamed_layers: Vec<usize>,
     /// Pinned host memory the logits are downloaded into (GPU sessions).
@@ -177,6 +184,20 @@ impl<'m> Session<'m> {
             _ => Stream::Host,
         };
         let kv_bytes = cfg.kv_bytes_per_layer(context, opts.kv_type.bytes());
+        // Refuse before allocating when the host cannot hold its KV caches and activations
+        // (the host test device keeps everything in host memory).
+        let on_host = |p: &Placement| *p == Placement::Cpu || !matches!(acc, Some(Accelerator::Gpu(_)));
+        let host_layers = layout.placements.iter().filter(|p| on_host(p)).count() as u64;
+        // Activations on the host whenever a layer or the head runs there.
+        let host_scratch = if host_layers > 0 || !on_acc { Scratch::bytes(cfg, opts.batch.min(context)) } else { 0 };
+        crate::offload::check_host_memory(
+            &crate::offload::HostNeed {
+                context,
+                kv_bytes_per_token: host_layers * cfg.kv_bytes_per_layer(1, opts.kv_type.bytes()),
+                scratch_bytes: host_scratch + 4 * (opts.batch.min(context) * cfg.n_vocab) as u64,
+            },
+            &strata_tensor::hostmem::HostLimits::read(),
+        )?;
         let mut sites = Vec::with_capacity(cfg.n_layers);
         let mut streamed = Vec::new();
         let to_load: u64 = layout
@@ -267,7 +288,8 @@ impl<'m> Session<'m> {
             n_past: 0,
             batch: opts.batch,
             device,
-            stats: Vec::new(),
+            stats: VecDeque::new(),
+            stats_dropped: 0,
             streamed_layers: streamed,
             logits_host: None,
             _res: res,
@@ -307,9 +329,18 @@ impl<'m> Session<'m> {
         self.streamer.as_ref().map(|s| s.slots())
     }
 
-    /// The timelines of the passes since the last call.
+    /// The timelines of the passes since the last call: the last [`STATS_KEPT`] of them, so a
+    /// long chat that never calls this holds a bounded amount of memory (see
+    /// [`Session::stats_dropped`] for how many were left out).
     pub fn take_stats(&mut self) -> Vec<PassStats> {
-        std::mem::take(&mut self.stats)
+        self.stats_dropped = 0;
+        std::mem::take(&mut self.stats).into()
+    }
+
+    /// How many passes since the last [`Session::take_stats`] are not in it (the oldest ones,
+    /// beyond [`STATS_KEPT`]).
+    pub fn stats_dropped(&self) -> usize {
+        self.stats_dropped
     }
 
     /// Runs `tokens` at positions n_past.. and returns the logits of the last token, or of
@@ -491,7 +522,11 @@ impl<'m> Session<'m> {
         let copy_s: f64 = copies.iter().map(|c| c.end_s - c.start_s).fold(0.0, |a, b| a + b);
         let copy_bytes: u64 = copies.iter().map(|c| c.bytes).sum();
         let wait_s = layers.iter().map(|l| l.wait_s).fold(0.0, |a, b| a + b);
-        self.stats.push(PassStats {
+        if self.stats.len() >= STATS_KEPT {
+            self.stats.pop_front();
+            self.stats_dropped += 1;
+        }
+        self.stats.push_back(PassStats {
             tokens,
             wall_s,
             compute_s,

@@ -209,6 +209,10 @@ mod x86 {
     }
 
     /// The binary16 scale at `p` widened (F16C).
+    ///
+    /// # Safety
+    /// `p` must point to two readable bytes (any alignment), and the CPU must support AVX2 and
+    /// F16C (the callers are only reached after `is_x86_feature_detected!` says so).
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
     unsafe fn f16_at(p: *const u8) -> __m128 {
@@ -260,6 +264,11 @@ mod x86 {
     /// The 32 weights of the block at `p` as f32, values 0..16 and 16..32, computed as the
     /// reference does (`crate::quant`): `q * d + m` (Q4_1), `(q - 8) * d` (Q4_0), `q * d`
     /// (Q8_0), each product and sum rounded separately.
+    ///
+    /// # Safety
+    /// `p` must point to one whole readable block of type `TY` (`block_bytes(TY)` bytes, any
+    /// alignment), and the CPU must support AVX-512 F/BW/VL, AVX2, FMA and F16C (checked at run
+    /// time before this path is chosen).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     unsafe fn dequant512<const TY: u8>(p: *const u8) -> [__m512; 2] {
@@ -342,6 +351,10 @@ mod x86 {
     }
 
     /// As [`dequant512`], in four registers of eight values.
+    ///
+    /// # Safety
+    /// `p` must point to one whole readable block of type `TY`, and the CPU must support AVX2,
+    /// FMA and F16C (checked at run time before this path is chosen).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dequant256<const TY: u8>(p: *const u8) -> [__m256; 4] {

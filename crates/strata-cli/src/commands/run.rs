@@ -95,7 +95,8 @@ pub fn run(a: RunArgs) -> Result<()> {
     } else {
         eprintln!("{}", summary(&g, &device, opts.sampler.seed, opts.sampler.temperature == 0.0));
         if a.stats {
-            eprint!("{}", crate::stats::render(&session.take_stats()));
+            let dropped = session.stats_dropped();
+            eprint!("{}", crate::stats::render(&session.take_stats(), dropped));
         }
     }
     Ok(())

@@ -66,7 +66,10 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
         })
         .collect();
     if a.json {
-        let pos: Vec<_> = positions.iter().map(|(i, l)| json!({ "ids": i, "logits": l })).collect();
+        let pos: Vec<_> = positions
+            .iter()
+            .map(|(i, l)| json!({ "ids": i, "logits": l.iter().map(|x| crate::output::json_f32(*x)).collect::<Vec<_>>() }))
+            .collect();
         outln!("{}", json!({ "prompt_ids": ids, "device": session.device().to_string(), "positions": pos }));
     } else {
         for (p, ((best, vals), id)) in positions.iter().zip(&ids).enumerate() {
@@ -79,7 +82,8 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
 }
 
 pub fn inspect(a: InspectArgs) -> Result<()> {
-    let file = GgufFile::open(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
+    // The error names the file already ("cannot read X: No such file or directory").
+    let file = GgufFile::open(&a.file)?;
     let report = strata_model::inspect::inspect(&file, &a.file);
     if a.json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
@@ -153,6 +157,7 @@ pub fn plan(a: PlanArgs) -> Result<()> {
     } else {
         strata_model::offload::cached_speeds(gpu.as_ref()).unwrap_or_else(strata_runtime::plan::assumed_speeds)
     };
+    super::warn_long_context(&model, &a.session, a.json);
     let plan = strata_model::offload::make_plan(&model, &opts, gpu.as_ref(), speeds, &offload)?;
     if a.json {
         outln!("{}", serde_json::to_string(&plan)?);
