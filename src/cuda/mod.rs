@@ -117,9 +117,14 @@ fn dtype(t: DType) -> ffi::strata_dtype {
 }
 
 /// Whether the CUDA weight kernels (dequantize, embedding gather, matvec, matmul) handle
-/// `dt`. The other types have host-side layouts and a CPU reference but no kernel yet.
+/// `dt`. Every weight type has them; a type added to [`DType`] without kernels must be left
+/// out here so that it fails with a typed error instead of reaching a launcher.
 pub fn supports(dt: DType) -> bool {
-    matches!(dt, DType::F32 | DType::F16 | DType::BF16 | DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+    match dt {
+        DType::F32 | DType::F16 | DType::BF16 | DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => true,
+        DType::Q5_0 | DType::Q5_1 | DType::IQ4_NL => true,
+        DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K | DType::IQ4_XS => true,
+    }
 }
 
 /// [`Error::UnsupportedDtype`] for a weight type without CUDA kernels, before anything is
@@ -128,7 +133,7 @@ fn weight_dtype(op: &'static str, dt: DType) -> Result<ffi::strata_dtype> {
     if supports(dt) {
         Ok(dtype(dt))
     } else {
-        Err(Error::UnsupportedDtype { op, dtype: dt, expected: "f32, f16, bf16, q8_0, q4_0 or q4_1 on CUDA" })
+        Err(Error::UnsupportedDtype { op, dtype: dt, expected: "a type with CUDA kernels (cuda::supports)" })
     }
 }
 
