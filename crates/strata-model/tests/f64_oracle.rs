@@ -69,7 +69,7 @@ fn llama_cpp_distance_to_float64_for_the_record() {
     let f64_cases = reference("f64_default.json");
     let f64_cases = f64_cases["cases"].as_array().expect("cases");
     let llama = reference("logits.json");
-    let llama = llama.as_array().expect("cases");
+    let llama = llama["cases"].as_array().expect("cases");
     assert_eq!(f64_cases.len(), llama.len(), "f64_default.json and logits.json differ in cases");
     let mut worst = 0f32;
     for (f, l) in f64_cases.iter().zip(llama) {
