@@ -1,6 +1,7 @@
 //! strata-model's integration tests: one binary, a module per area.
 //!
 //! - `chat`: chat templates (the model's, ChatML) and their errors;
+//! - `f64_oracle`: the exact CPU path against a float64 forward pass of the default model;
 //! - `gguf`: GGUF round trips, the default model, the ggml type table, inspect;
 //! - `gguf_malformed`: malformed GGUF files and a mutation proptest. It installs a global
 //!   allocator for this binary that records the largest allocation per thread (a pass-through
@@ -11,6 +12,7 @@
 
 mod chat;
 mod cpu_paths;
+mod f64_oracle;
 mod gguf;
 mod gguf_malformed;
 mod gpu;
