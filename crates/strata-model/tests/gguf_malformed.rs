@@ -410,7 +410,8 @@ proptest! {
 #[test]
 fn gguf_malformed_new_weight_types() {
     const Q4_K: u32 = 12;
-    let one = |dims: &[u64], ty: u32, n: usize| Raw::new(3, 1, 0).tensor("blk.0.ffn_down.weight", dims, ty, 0).data(32, n);
+    let one =
+        |dims: &[u64], ty: u32, n: usize| Raw::new(3, 1, 0).tensor("blk.0.ffn_down.weight", dims, ty, 0).data(32, n);
     for (ty, id, block, size) in [
         (GgmlType::Q5_0, 6, 32, 22),
         (GgmlType::Q5_1, 7, 32, 24),
@@ -426,7 +427,7 @@ fn gguf_malformed_new_weight_types() {
         let f = one(&[2 * block, 3], id, 6 * size as usize).parse().unwrap_or_else(|e| panic!("{ty}: {e}"));
         let dtype = f.tensors()[0].dtype().unwrap_or_else(|| panic!("{ty} maps to no strata dtype"));
         assert_eq!(dtype.name(), ty.name());
-        let e = one(&[block + 32, 3], id, 1 << 12).err();
+        let e = one(&[block * 3 / 2, 3], id, 1 << 12).err();
         assert!(
             matches!(&e, GgufError::BadDims { tensor, .. } if tensor == "blk.0.ffn_down.weight"),
             "{ty}: a partial block is an error naming the tensor, got {e}"
