@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 
 use serde_json::Value;
-use strata_kernels::{DType, cpu, quant};
+use strata_kernels::{DType, check, cpu, quant};
 
 use crate::support::gguf;
 use crate::support::skip;
@@ -197,11 +197,16 @@ fn gemma_rows_match_gguf_py_bit_for_bit() {
     const TEST: &str = "dequant::gemma_rows_match_gguf_py_bit_for_bit";
     let path = gemma_path();
     if !path.is_file() {
-        if std::env::var("STRATA_NO_MODEL").is_ok_and(|v| v == "1") {
-            skip(TEST, "models/gemma-3-270m-q4_k_m.gguf is missing (STRATA_NO_MODEL=1)");
+        // The shared policy of `check::model_or_skip`, for this second model file.
+        if std::env::var_os(check::NO_MODEL_ENV).is_some_and(|v| v == "1") {
+            skip(TEST, check::NO_MODEL);
             return;
         }
-        panic!("{} is missing: fetch it, or set STRATA_NO_MODEL=1 to skip this test", path.display());
+        panic!(
+            "{TEST} needs {}: run scripts/fetch-model.sh gemma3-270m, or set {}=1 to count it as skipped",
+            path.display(),
+            check::NO_MODEL_ENV
+        );
     }
     let file = gguf::read(&path);
     let data = load("gemma.json");
