@@ -10,12 +10,15 @@
 //! binary (`--cpu-kernels exact`); the 8-bit-activation kernels of the parent module are the
 //! `fast` path.
 //!
+//! Q5_0, Q5_1, the K-quants and the IQ4 types go through `f32act_dq` (each block dequantized by
+//! the reference's function, then vector multiply-adds), with the same guarantee.
+//!
 //! Tiles: R rows × T tokens of sums. Each 32-value weight block of a row is dequantized once
 //! into registers and used for the T tokens (prefill), so the dequantization, which costs more
 //! than the multiply-adds, is amortized over the tile.
 
-use super::{Isa, by_rows, check_product};
-use crate::{DType, Result};
+use super::{Isa, WType, by_rows, check_product, check_shapes, f32act_dq};
+use crate::{DType, Error, Result};
 
 /// y[r] = sum_c w[r][c] * x[c] with f32 activations and the best kernels for this CPU.
 ///
@@ -56,7 +59,17 @@ pub fn matmul_f32_with(
     n_tokens: usize,
     y: &mut [f32],
 ) -> Result<()> {
-    let (ty, rb) = check_product("fast::matmul_f32", isa, dtype, w, rows, cols, x, n_tokens, y)?;
+    const OP: &str = "fast::matmul_f32";
+    if WType::of(dtype).is_none() {
+        // Q5_0, Q5_1, the K-quants and the IQ4 types: dequantize-then-multiply (`f32act_dq`).
+        if !dtype.is_quantized() {
+            return Err(Error::UnsupportedDtype { op: OP, dtype, expected: "a quantized type" });
+        }
+        let rb = check_shapes(OP, isa, dtype, w, rows, cols, x, n_tokens, y)?;
+        by_rows(w, rb, rows, n_tokens, y, |wc, o| f32act_dq::gemm(isa, dtype, wc, rb, cols, x, n_tokens, o));
+        return Ok(());
+    }
+    let (ty, rb) = check_product(OP, isa, dtype, w, rows, cols, x, n_tokens, y)?;
     let nb = cols / crate::QK;
     by_rows(w, rb, rows, n_tokens, y, |wc, o| match isa {
         #[cfg(target_arch = "x86_64")]
