@@ -1,5 +1,6 @@
 //! strata-model's integration tests: one binary, a module per area.
 //!
+//! - `arch`: qwen2/qwen3 models derived from the default model against it, strict files;
 //! - `chat`: chat templates (the model's, ChatML) and their errors;
 //! - `gguf`: GGUF round trips, the default model, the ggml type table, inspect;
 //! - `gguf_malformed`: malformed GGUF files and a mutation proptest. It installs a global
@@ -8,6 +9,7 @@
 //! - `tokenizer`: token ids against llama.cpp's (corpus, reference cases), BOS, EOG, streaming
 //!   decode, a SentencePiece vocabulary.
 
+mod arch;
 mod chat;
 mod cpu_paths;
 mod gguf;
