@@ -204,10 +204,12 @@ fn check_type(info: &TensorInfo, vector: bool) -> Result<()> {
     Err(Error::model(if vector {
         format!("tensor {} has type {}; expected f32, f16 or bf16", info.name, info.ggml_type.name())
     } else {
+        let supported: Vec<&str> = strata_kernels::DType::ALL.iter().map(|t| t.name()).collect();
         format!(
-            "tensor {} has type {}, which strata cannot compute with (supported: f32, f16, bf16, q8_0, q4_0, q4_1)",
+            "tensor {} has type {}, which strata cannot compute with (supported: {})",
             info.name,
-            info.ggml_type.name()
+            info.ggml_type.name(),
+            supported.join(", ")
         )
     }))
 }

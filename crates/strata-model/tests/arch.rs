@@ -8,16 +8,11 @@ use strata_model::derive::{DeriveArch, DeriveOptions, derive_bytes};
 use strata_model::gguf::{GgmlType, GgufFile, GgufWriter, Value};
 use strata_model::{Model, Session, SessionOptions};
 
-/// The default model's GGUF file, or `None` (after printing `skipped:`).
+/// The default model's GGUF file, or `None` when the test is skipped (see
+/// `support::model_path_or_skip`).
 fn source() -> Option<GgufFile> {
-    let path = crate::support::workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    match GgufFile::open(&path) {
-        Ok(f) => Some(f),
-        Err(_) => {
-            println!("skipped: no model at {} (run scripts/fetch-model.sh)", path.display());
-            None
-        }
-    }
+    let path = crate::support::model_path_or_skip()?;
+    Some(GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }
 
 fn load(bytes: Vec<u8>) -> strata_model::Result<Model> {

@@ -105,30 +105,30 @@ fn hf_tensors(model: &Model, dtype: DType, norm_dtype: DType) -> Vec<St> {
     let mut out = vec![mat("model.embed_tokens.weight".into(), &w.embedding, raw(&w.embedding))];
     for (l, lw) in w.layers.iter().enumerate() {
         let p = |s: &str| format!("model.layers.{l}.{s}.weight");
-        out.push(norm(p("input_layernorm"), &lw.get(Role::AttnNorm).expect("attn_norm")));
+        out.push(norm(p("input_layernorm"), lw.get(Role::AttnNorm).expect("attn_norm")));
         out.push(mat(
             p("self_attn.q_proj"),
-            &lw.get(Role::Q).expect("wq"),
-            unpermute(&lw.get(Role::Q).expect("wq"), cfg.n_head),
+            lw.get(Role::Q).expect("wq"),
+            unpermute(lw.get(Role::Q).expect("wq"), cfg.n_head),
         ));
         out.push(mat(
             p("self_attn.k_proj"),
-            &lw.get(Role::K).expect("wk"),
-            unpermute(&lw.get(Role::K).expect("wk"), cfg.n_head_kv),
+            lw.get(Role::K).expect("wk"),
+            unpermute(lw.get(Role::K).expect("wk"), cfg.n_head_kv),
         ));
-        out.push(mat(p("self_attn.v_proj"), &lw.get(Role::V).expect("wv"), raw(&lw.get(Role::V).expect("wv"))));
-        out.push(mat(p("self_attn.o_proj"), &lw.get(Role::O).expect("wo"), raw(&lw.get(Role::O).expect("wo"))));
-        out.push(norm(p("post_attention_layernorm"), &lw.get(Role::FfnNorm).expect("ffn_norm")));
+        out.push(mat(p("self_attn.v_proj"), lw.get(Role::V).expect("wv"), raw(lw.get(Role::V).expect("wv"))));
+        out.push(mat(p("self_attn.o_proj"), lw.get(Role::O).expect("wo"), raw(lw.get(Role::O).expect("wo"))));
+        out.push(norm(p("post_attention_layernorm"), lw.get(Role::FfnNorm).expect("ffn_norm")));
         out.push(mat(
             p("mlp.gate_proj"),
-            &lw.get(Role::Gate).expect("w_gate"),
-            raw(&lw.get(Role::Gate).expect("w_gate")),
+            lw.get(Role::Gate).expect("w_gate"),
+            raw(lw.get(Role::Gate).expect("w_gate")),
         ));
-        out.push(mat(p("mlp.up_proj"), &lw.get(Role::Up).expect("w_up"), raw(&lw.get(Role::Up).expect("w_up"))));
+        out.push(mat(p("mlp.up_proj"), lw.get(Role::Up).expect("w_up"), raw(lw.get(Role::Up).expect("w_up"))));
         out.push(mat(
             p("mlp.down_proj"),
-            &lw.get(Role::Down).expect("w_down"),
-            raw(&lw.get(Role::Down).expect("w_down")),
+            lw.get(Role::Down).expect("w_down"),
+            raw(lw.get(Role::Down).expect("w_down")),
         ));
     }
     out.push(norm("model.norm.weight".into(), &w.head.norm));
@@ -316,7 +316,7 @@ fn safetensors_f32_checkpoint_gives_the_gguf_logits() {
         };
         assert_eq!(hf.config, want, "config.json gives the GGUF hyperparameters");
         assert!(
-            is_view(&hf.weights.embedding) && is_view(&hf.weights.layers[1].get(Role::Down).expect("w_down")),
+            is_view(&hf.weights.embedding) && is_view(hf.weights.layers[1].get(Role::Down).expect("w_down")),
             "aligned f32 is zero-copy"
         );
         assert_close(&format!("f32, tied {tied}"), &logits(&gguf), &logits(&hf), STRICT);
@@ -359,7 +359,7 @@ fn safetensors_sharded_and_misaligned_checkpoints_load() {
     assert_close("two shards", &want, &logits(&hf), STRICT);
     let odd = write_checkpoint(&gguf, &p, DType::F16, DType::F32, Files::Single { odd: true });
     let hf = Model::load(&odd.path().join("config.json")).expect("misaligned checkpoint loads");
-    assert!(!is_view(&hf.weights.layers[0].get(Role::Q).expect("wq")), "misaligned tensors are copied");
+    assert!(!is_view(hf.weights.layers[0].get(Role::Q).expect("wq")), "misaligned tensors are copied");
     assert_close("odd offsets (copied)", &want, &logits(&hf), STRICT);
 }
 
