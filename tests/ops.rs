@@ -285,6 +285,15 @@ fn elementwise_body(dev: &dyn Backend) {
         assert_close("add: cpu vs oracle", &want, &exact, Tolerance::F32_ROUNDING);
         assert_close(&vs_cpu(dev, "add"), &dev.add(&a, &b), &want, Tolerance::STRICT);
 
+        let cols = 1 + (seed % 97) as usize;
+        let rows = n / cols;
+        let x = &a[..rows * cols];
+        let bias = &b[..cols];
+        let want = Cpu.add_bias(x, bias, rows, cols);
+        let exact: Vec<f64> = x.iter().enumerate().map(|(i, &v)| v as f64 + bias[i % cols] as f64).collect();
+        assert_close("add_bias: cpu vs oracle", &want, &exact, Tolerance::F32_ROUNDING);
+        assert_close(&vs_cpu(dev, "add_bias"), &dev.add_bias(x, bias, rows, cols), &want, Tolerance::STRICT);
+
         let want = Cpu.scale(&a, s);
         let exact: Vec<f64> = a.iter().map(|&x| x as f64 * s as f64).collect();
         assert_close("scale: cpu vs oracle", &want, &exact, Tolerance::F32_ROUNDING);

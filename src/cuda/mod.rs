@@ -489,6 +489,28 @@ pub unsafe fn silu_mul_f32(gate: DevicePtr, up: DevicePtr, n: usize, out: Device
     check("silu_mul", unsafe { ffi::strata_silu_mul_f32(ptr(gate), ptr(up), n, ptr_mut(out), stream(s)) })
 }
 
+/// out[r][c] = x[r][c] + bias[c] for x [rows, cols] (`out` may equal `x`).
+///
+/// # Safety
+/// `x` and `out` must address rows × cols f32 and `bias` cols f32 of device memory, alive
+/// until the work on stream `s` completes.
+///
+/// # Errors
+/// Argument errors and the launch status.
+pub unsafe fn add_bias_f32(
+    x: DevicePtr,
+    bias: DevicePtr,
+    rows: usize,
+    cols: usize,
+    out: DevicePtr,
+    s: Stream,
+) -> Result<()> {
+    const OP: &str = "add_bias";
+    let (r, c) = (i64_of(OP, "rows", rows)?, i64_of(OP, "cols", cols)?);
+    // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+    check(OP, unsafe { ffi::strata_add_bias_f32(ptr(x), ptr(bias), r, c, ptr_mut(out), stream(s)) })
+}
+
 /// out = a + b over `n` values (`out` may equal either input).
 ///
 /// # Safety

@@ -341,9 +341,25 @@ pub struct InspectArgs {
 #[derive(Args, Debug)]
 pub struct SynthArgs {
     /// Model shape: smollm2-135m (the default model's), llama-1b, llama-7b, llama-13b, llama-70b,
-    /// or tiny (for tests).
+    /// or tiny (for tests). Not with --derive.
+    #[arg(long, required_unless_present = "derive", conflicts_with = "derive")]
+    pub preset: Option<String>,
+    /// Derive a test model of another architecture (qwen2, qwen3, gemma3) from the real
+    /// weights of the llama-family GGUF given by --from (see strata_model::derive).
+    #[arg(long, requires = "from")]
+    pub derive: Option<String>,
+    /// Source model of --derive.
     #[arg(long)]
-    pub preset: String,
+    pub from: Option<PathBuf>,
+    /// --derive qwen2: Q/K/V biases uniform in [-bias, bias] (0: zero biases).
+    #[arg(long, default_value_t = 0.05)]
+    pub bias: f32,
+    /// --derive qwen3/gemma3: added norm weights 1 + jitter·u, u in [-1, 1) (0: unit weights).
+    #[arg(long, default_value_t = 0.05)]
+    pub norm_jitter: f32,
+    /// --derive gemma3: sliding window of the local layers.
+    #[arg(long, default_value_t = 16)]
+    pub window: usize,
     /// Weight type of the layer matrices: f32, f16, bf16, q8_0, q4_0, q4_1.
     #[arg(long, default_value = "q4_0")]
     pub dtype: String,

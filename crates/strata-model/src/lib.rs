@@ -4,8 +4,10 @@
 //! The library API for runners: [`Model::load`] a file, open a [`Session`] on a device, and
 //! [`generate`] text (or call [`Session::forward`] for logits).
 
+pub mod arch;
 pub mod chat;
 pub mod config;
+pub mod derive;
 mod error;
 pub mod forward;
 pub mod generate;
@@ -20,7 +22,7 @@ pub mod synth;
 pub mod tokenizer;
 pub mod weights;
 
-pub use config::LlamaConfig;
+pub use config::{LlamaConfig, ModelConfig};
 pub use error::{Error, Result};
 pub use generate::{GenerateOptions, Generation, StopReason, Timings, generate};
 pub use model::{KvType, Model, ModelSource, SessionOptions};

@@ -155,7 +155,7 @@ fn time_layer(model: &Model, w: LayerRef<'_>, s: &Stream, t: usize, reps: usize)
     let mut x = Tensor::from_f32(&[t, cfg.n_embd], vec![0.01; t * cfg.n_embd])?.to_device(s, "x")?;
     let pos = Tensor::from_i32(&[t], (0..t as i32).collect())?.to_device(s, "positions")?;
     best_of(reps, || {
-        layer_forward(cfg, w, &mut kv, &mut x, &pos, 0, &mut sc, s)?;
+        layer_forward(cfg, 0, w, &mut kv, &mut x, &pos, 0, &mut sc, s)?;
         s.synchronize()?;
         Ok(())
     })

@@ -408,6 +408,11 @@ impl<'m> Session<'m> {
         let ids = Tensor::from_i32(&[t], tokens.iter().map(|&i| i as i32).collect())?;
         let mut x = Tensor::zeros(DType::F32, &[t, cfg.n_embd], &Stream::Host, "embeddings")?;
         ops::embedding_gather(&model.weights.embedding, &ids, &mut x, &Stream::Host)?;
+        if let Some(f) = cfg.embed_scale {
+            let rows = x;
+            x = Tensor::zeros(DType::F32, &[t, cfg.n_embd], &Stream::Host, "scaled embeddings")?;
+            ops::scale(&rows, f, &mut x, &Stream::Host)?;
+        }
         let positions_host = Tensor::from_i32(&[t], (pos0..pos0 + t).map(|p| p as i32).collect())?;
         let mut positions: Option<(Device, Tensor)> = None;
         let mut x_stream = Stream::Host;
@@ -433,11 +438,11 @@ impl<'m> Session<'m> {
                     let t0 = Instant::now();
                     let w = st.acquire(*g)?;
                     wait_s = t0.elapsed().as_secs_f64();
-                    LayerRef::from_slice(w)?
+                    LayerRef::from_slice(w, &cfg.layer_roles)?
                 }
             };
             let start = Mark::now(&s)?;
-            let r = layer_forward(cfg, weights, &mut site.kv, &mut x, pos, pos0, &mut scratch, &s);
+            let r = layer_forward(cfg, l, weights, &mut site.kv, &mut x, pos, pos0, &mut scratch, &s);
             if let (Weights::Streamed(g), Some(st)) = (&site.weights, streamer) {
                 st.release(*g)?;
             }

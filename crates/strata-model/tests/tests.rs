@@ -1,5 +1,6 @@
 //! strata-model's integration tests: one binary, a module per area.
 //!
+//! - `arch`: qwen2/qwen3 models derived from the default model against it, strict files;
 //! - `chat`: chat templates (the model's, ChatML) and their errors;
 //! - `f64_oracle`: the exact CPU path against a float64 forward pass of the default model;
 //! - `gguf`: GGUF round trips, the default model, the ggml type table, inspect;
@@ -10,6 +11,7 @@
 //! - `tokenizer`: token ids against llama.cpp's (corpus, reference cases), BOS, EOG, streaming
 //!   decode, a SentencePiece vocabulary.
 
+mod arch;
 mod chat;
 mod cpu_paths;
 mod f64_oracle;

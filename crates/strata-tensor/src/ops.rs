@@ -561,6 +561,25 @@ pub fn add_inplace(acc: &mut Tensor, b: &Tensor, s: &Stream) -> Result<()> {
     }
 }
 
+/// x[t][c] += bias[c] for x [T, C] (f32) and bias [C] (f32): a bias broadcast over tokens.
+pub fn add_bias_inplace(x: &mut Tensor, bias: &Tensor, s: &Stream) -> Result<()> {
+    const OP: &str = "add_bias";
+    check_devices(OP, s, &[x, bias])?;
+    expect_dtype(OP, "x", x, &[DType::F32], "f32")?;
+    expect_dtype(OP, "bias", bias, &[DType::F32], "f32")?;
+    let (rows, cols) = dims2(OP, "x", x)?;
+    if bias.numel() != cols {
+        return Err(Error::shape(OP, format!("bias has {} values, x has {cols} columns", bias.numel())));
+    }
+    match gpu_stream(s) {
+        None => {
+            let a = x.as_f32()?.to_vec();
+            Ok(cpu::add_bias(&a, bias.as_f32()?, rows, cols, x.as_f32_mut()?)?)
+        }
+        Some(g) => gpu::launch(g, KernelCall::AddBias { x: dev(x)?, bias: dev(bias)?, rows, cols, out: dev(x)? }),
+    }
+}
+
 /// out = x * factor, elementwise.
 pub fn scale(x: &Tensor, factor: f32, out: &mut Tensor, s: &Stream) -> Result<()> {
     const OP: &str = "scale";

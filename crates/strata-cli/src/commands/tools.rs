@@ -106,7 +106,10 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
 }
 
 pub fn synth(a: SynthArgs) -> Result<()> {
-    let preset = strata_model::synth::Preset::by_name(&a.preset)?;
+    if let Some(arch) = &a.derive {
+        return derive(&a, arch);
+    }
+    let preset = strata_model::synth::Preset::by_name(a.preset.as_deref().unwrap_or_default())?;
     let preset = match a.layers {
         Some(n) => preset.with_layers(n)?,
         None => preset,
@@ -131,6 +134,30 @@ pub fn synth(a: SynthArgs) -> Result<()> {
         preset.name,
         a.dtype,
         strata_tensor::fmt_bytes(std::fs::metadata(&a.out).map(|m| m.len()).unwrap_or(total)),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `strata synth --derive ARCH --from FILE`.
+fn derive(a: &SynthArgs, arch: &str) -> Result<()> {
+    use strata_model::derive::{DeriveArch, DeriveOptions, derive_file};
+    let from = a.from.as_deref().context("--derive needs --from")?;
+    let opts = DeriveOptions {
+        arch: DeriveArch::parse(arch)?,
+        seed: a.seed,
+        bias: a.bias,
+        norm_jitter: a.norm_jitter,
+        window: a.window,
+    };
+    let started = std::time::Instant::now();
+    let src = GgufFile::open(from)?;
+    derive_file(&src, &opts, &a.out)?;
+    eprintln!(
+        "wrote {} ({} derived from {}) in {:.1} s",
+        a.out.display(),
+        opts.arch.name(),
+        from.display(),
         started.elapsed().as_secs_f64()
     );
     Ok(())
