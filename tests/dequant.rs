@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 
 use serde_json::Value;
-use strata_kernels::{DType, check, cpu, quant};
+use strata_kernels::{DType, cpu, quant};
 
 use crate::support::gguf;
 
