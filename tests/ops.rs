@@ -285,7 +285,7 @@ fn elementwise_body(dev: &dyn Backend) {
         assert_close("add: cpu vs oracle", &want, &exact, Tolerance::F32_ROUNDING);
         assert_close(&vs_cpu(dev, "add"), &dev.add(&a, &b), &want, Tolerance::STRICT);
 
-        let cols = 1 + (seed % 97) as usize;
+        let cols = 1 + (seed % 97) as usize % n;
         let rows = n / cols;
         let x = &a[..rows * cols];
         let bias = &b[..cols];
