@@ -225,9 +225,8 @@ pub fn find_nonfinite_scale(dtype: DType, data: &[u8]) -> Option<usize> {
     if !dtype.is_quantized() {
         return None;
     }
-    data.chunks_exact(dtype.block_bytes()).position(|b| {
-        block_scales(dtype, b).into_iter().flatten().any(|bits| !f16::from_bits(bits).is_finite())
-    })
+    data.chunks_exact(dtype.block_bytes())
+        .position(|b| block_scales(dtype, b).into_iter().flatten().any(|bits| !f16::from_bits(bits).is_finite()))
 }
 
 /// Dequantizes a Q8_0 block.

@@ -75,7 +75,11 @@ fn random_cases() -> Vec<RandomCase> {
             let name = str_field(t, "type");
             let dtype = DType::from_name(name).unwrap_or_else(|| panic!("unknown type {name}"));
             assert_eq!(Some(dtype.ggml_type()), t["id"].as_u64().map(|i| i as u32), "{name}: GGUF id");
-            RandomCase { dtype, bytes: hex_bytes(str_field(t, "bytes_hex")), values: hex_f32(str_field(t, "values_f32_hex")) }
+            RandomCase {
+                dtype,
+                bytes: hex_bytes(str_field(t, "bytes_hex")),
+                values: hex_f32(str_field(t, "values_f32_hex")),
+            }
         })
         .collect()
 }

@@ -63,7 +63,8 @@ pub(crate) fn for_each_chunk(dtype: DType, row: &[u8], cols: usize, mut f: impl 
     let mut start = 0;
     while start < cols {
         let n = chunk.min(cols - start);
-        let bytes = if dtype.is_quantized() { &row[start / chunk * per..][..per] } else { &row[start * per..][..n * per] };
+        let bytes =
+            if dtype.is_quantized() { &row[start / chunk * per..][..per] } else { &row[start * per..][..n * per] };
         // Lengths were validated by the caller (expect_matrix), so this cannot fail.
         if crate::quant::dequantize_row(dtype, bytes, &mut buf[..n]).is_ok() {
             f(start, &buf[..n]);

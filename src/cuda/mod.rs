@@ -222,9 +222,7 @@ pub unsafe fn embedding_gather_f32(
     let wt = weight_dtype(OP, dt)?;
     let (v, d, n) = (i64_of(OP, "n_vocab", n_vocab)?, i64_of(OP, "dim", dim)?, i64_of(OP, "n_ids", n_ids)?);
     // SAFETY: the caller guarantees the buffers and stream (see # Safety).
-    check(OP, unsafe {
-        ffi::strata_embedding_gather_f32(wt, ptr(table), v, d, ptr(ids), n, ptr_mut(out), stream(s))
-    })
+    check(OP, unsafe { ffi::strata_embedding_gather_f32(wt, ptr(table), v, d, ptr(ids), n, ptr_mut(out), stream(s)) })
 }
 
 /// y = W x for a `rows` x `cols` matrix of `dt`.

@@ -1,11 +1,14 @@
 //! strata-model: model files (GGUF, safetensors), the llama-family forward pass, tokenizer,
 //! chat templates, sampling and synthetic models.
 //!
-//! The library API for runners: [`Model::load`] a file, open a [`Session`] on a device, and
-//! [`generate`] text (or call [`Session::forward`] for logits).
+//! The library API for runners: open an [`Engine`] (model, device, plan, session in one
+//! call), then [`Engine::generate`] text or [`Engine::score`] tokens. Underneath it:
+//! [`Model::load`] a file, open a [`Session`] on a device, and [`generate`] text (or call
+//! [`Session::forward`] for logits).
 
 pub mod chat;
 pub mod config;
+pub mod engine;
 mod error;
 pub mod forward;
 pub mod generate;
@@ -21,10 +24,12 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use config::LlamaConfig;
+pub use engine::{DeviceChoice, Engine, EngineOptions};
 pub use error::{Error, Result};
 pub use generate::{GenerateOptions, Generation, StopReason, Timings, generate};
 pub use model::{KvType, Model, ModelSource, SessionOptions};
 pub use sample::{Sampler, SamplerConfig};
+
 pub use session::{Layout, PassStats, Session};
 /// The default model file (`$STRATA_MODEL`, else `models/…` in or above the current directory
 /// or the running program); one lookup for the CLI and the tests.

@@ -410,7 +410,8 @@ proptest! {
 #[test]
 fn gguf_malformed_new_weight_types() {
     const Q4_K: u32 = 12;
-    let one = |dims: &[u64], ty: u32, n: usize| Raw::new(3, 1, 0).tensor("blk.0.ffn_down.weight", dims, ty, 0).data(32, n);
+    let one =
+        |dims: &[u64], ty: u32, n: usize| Raw::new(3, 1, 0).tensor("blk.0.ffn_down.weight", dims, ty, 0).data(32, n);
     for (ty, id, block, size) in [
         (GgmlType::Q5_0, 6, 32, 22),
         (GgmlType::Q5_1, 7, 32, 24),

@@ -1,6 +1,7 @@
 //! strata-model's integration tests: one binary, a module per area.
 //!
 //! - `chat`: chat templates (the model's, ChatML) and their errors;
+//! - `engine`: the Engine against the session it wraps, its CPU path, its refusals;
 //! - `gguf`: GGUF round trips, the default model, the ggml type table, inspect;
 //! - `gguf_malformed`: malformed GGUF files and a mutation proptest. It installs a global
 //!   allocator for this binary that records the largest allocation per thread (a pass-through
@@ -10,6 +11,7 @@
 
 mod chat;
 mod cpu_paths;
+mod engine;
 mod gguf;
 mod gguf_malformed;
 mod gpu;
