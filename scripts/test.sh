@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command (the README's, and what CI runs through .ci/run):
-#   formatting, clippy with and without `cuda`, the workspace tests without `cuda`, then the
+#   formatting, clippy with and without `cuda`, the workspace tests (doctests included) and the
+#   library examples without `cuda`, then the
 #   CUDA toolchain (scripts/setup-cuda.sh) and the workspace tests with `cuda`. On a machine
 #   without a GPU the CUDA tests print `skipped: ...` and pass; the test binaries say how many
 #   were skipped and why.
@@ -20,6 +21,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 say "tests (no cuda)"
 cargo test --workspace
+
+say "library examples on the default model (no cuda)"
+cargo run -p strata-model --example generate
+cargo run -p strata-model --example score
+cargo run -p strata-model --example plan
 
 say "CUDA toolchain"
 scripts/setup-cuda.sh >/dev/null
