@@ -35,6 +35,22 @@ fn cases() -> Vec<Op> {
         v.push(Op::Matmul { dt: DType::Q4_1, rows, cols, tokens: 64 });
     }
     v.push(Op::Matvec { dt: DType::Q8_0, rows: m.vocab, cols: m.hidden });
+    // The types with f32-activation kernels only (dequantize-then-multiply), on the down
+    // projection's shape (1536 columns: whole 256-value super-blocks), beside Q4_1 there.
+    for dt in [
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+        DType::Q3_K,
+        DType::Q2_K,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::IQ4_NL,
+        DType::IQ4_XS,
+    ] {
+        v.push(Op::Matvec { dt, rows: m.hidden, cols: m.ffn });
+    }
+    v.push(Op::Matmul { dt: DType::Q4_K, rows: m.hidden, cols: m.ffn, tokens: 64 });
     let (heads, kv_heads, head_dim) = (m.heads, m.kv_heads, m.head_dim);
     for n_kv in [256, 1024] {
         v.push(Op::AttentionDecode { cache: DType::F16, heads, kv_heads, head_dim, n_kv });
@@ -91,9 +107,15 @@ fn cpu_fast(c: &mut Criterion) {
         g.bench_function(format!("{} reference", op.label()), |b| b.iter(|| black_box(op.run_cpu(&inputs))));
         for isa in isas {
             let mut y = vec![0.0f32; out_len];
-            g.bench_function(format!("{} fast {}", op.label(), isa.name()), |b| {
-                b.iter(|| run_fast(isa, op, black_box(&inputs), &mut y))
-            });
+            let has_8bit = match op {
+                Op::Matvec { dt, .. } | Op::Matmul { dt, .. } => fast::supports_8bit(dt),
+                _ => true,
+            };
+            if has_8bit {
+                g.bench_function(format!("{} fast {}", op.label(), isa.name()), |b| {
+                    b.iter(|| run_fast(isa, op, black_box(&inputs), &mut y))
+                });
+            }
             if let Op::Matvec { dt, rows, cols } | Op::Matmul { dt, rows, cols, .. } = op {
                 let tokens = if let Op::Matmul { tokens, .. } = op { tokens } else { 1 };
                 g.bench_function(format!("{} f32act {}", op.label(), isa.name()), |b| {

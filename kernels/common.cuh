@@ -3,8 +3,12 @@
 //
 // The decoders work on "chunks" of 32 consecutive values of a row (one quant block, or 32
 // plain floats), split into four "parts" of 8 values so that four threads share a chunk.
-// For Q4_0/Q4_1, part p holds values {4p..4p+3} (low nibbles of qs word p) and
-// {16+4p..16+4p+3} (its high nibbles); for every other type, part p holds values 8p..8p+7.
+// For the types that split a block's 16 bytes into low and high nibbles (Q4_0, Q4_1, Q5_0,
+// Q5_1, IQ4_NL, and IQ4_XS's sub-blocks), part p holds values {4p..4p+3} (low nibbles of qs
+// word p) and {16+4p..16+4p+3} (its high nibbles); for every other type, part p holds values
+// 8p..8p+7. The K-quants and IQ4_XS have 256-value super-blocks: chunk c of a row is
+// sub-block c % 8 of super-block c / 8, so one chunk still has one scale (and one min) per
+// part: parts of 8 never straddle the 16-value sub-blocks of Q2_K, Q3_K and Q6_K.
 // `part_index(dtype, p, k)` gives the position in the chunk of the k-th value of part p.
 #pragma once
 
@@ -34,8 +38,22 @@ __host__ inline unsigned grid_for(int64_t work_items, int items_per_block) {
         if (!(cond)) return STRATA_ERR_INVALID_VALUE;                                          \
     } while (0)
 
+__host__ __device__ constexpr bool is_k_quant(strata_dtype t) {
+    return t == STRATA_DTYPE_Q2_K || t == STRATA_DTYPE_Q3_K || t == STRATA_DTYPE_Q4_K ||
+           t == STRATA_DTYPE_Q5_K || t == STRATA_DTYPE_Q6_K || t == STRATA_DTYPE_IQ4_XS;
+}
+
 __host__ __device__ constexpr bool is_quantized(strata_dtype t) {
-    return t == STRATA_DTYPE_Q4_0 || t == STRATA_DTYPE_Q4_1 || t == STRATA_DTYPE_Q8_0;
+    return t == STRATA_DTYPE_Q4_0 || t == STRATA_DTYPE_Q4_1 || t == STRATA_DTYPE_Q8_0 ||
+           t == STRATA_DTYPE_Q5_0 || t == STRATA_DTYPE_Q5_1 || t == STRATA_DTYPE_IQ4_NL ||
+           is_k_quant(t);
+}
+
+// Types whose values are q * scale + offset with a per-block offset (a min): dot products need
+// the sum of x as well, and dequantization adds the offset after the product.
+__host__ __device__ constexpr bool has_offset(strata_dtype t) {
+    return t == STRATA_DTYPE_Q4_1 || t == STRATA_DTYPE_Q5_1 || t == STRATA_DTYPE_Q2_K ||
+           t == STRATA_DTYPE_Q4_K || t == STRATA_DTYPE_Q5_K;
 }
 
 __host__ inline bool is_weight_dtype(strata_dtype t) {
@@ -55,7 +73,24 @@ __host__ inline int64_t row_bytes(strata_dtype t, int64_t cols) {
         return cols % STRATA_QK ? -1 : cols / STRATA_QK * (int64_t)sizeof(strata_block_q4_0);
     case STRATA_DTYPE_Q4_1:
         return cols % STRATA_QK ? -1 : cols / STRATA_QK * (int64_t)sizeof(strata_block_q4_1);
-    default: break; // the types strata.h declares without a kernel yet (is_weight_dtype is false)
+    case STRATA_DTYPE_Q5_0:
+        return cols % STRATA_QK ? -1 : cols / STRATA_QK * (int64_t)sizeof(strata_block_q5_0);
+    case STRATA_DTYPE_Q5_1:
+        return cols % STRATA_QK ? -1 : cols / STRATA_QK * (int64_t)sizeof(strata_block_q5_1);
+    case STRATA_DTYPE_IQ4_NL:
+        return cols % STRATA_QK ? -1 : cols / STRATA_QK * (int64_t)sizeof(strata_block_iq4_nl);
+    case STRATA_DTYPE_Q2_K:
+        return cols % STRATA_QK_K ? -1 : cols / STRATA_QK_K * (int64_t)sizeof(strata_block_q2_k);
+    case STRATA_DTYPE_Q3_K:
+        return cols % STRATA_QK_K ? -1 : cols / STRATA_QK_K * (int64_t)sizeof(strata_block_q3_k);
+    case STRATA_DTYPE_Q4_K:
+        return cols % STRATA_QK_K ? -1 : cols / STRATA_QK_K * (int64_t)sizeof(strata_block_q4_k);
+    case STRATA_DTYPE_Q5_K:
+        return cols % STRATA_QK_K ? -1 : cols / STRATA_QK_K * (int64_t)sizeof(strata_block_q5_k);
+    case STRATA_DTYPE_Q6_K:
+        return cols % STRATA_QK_K ? -1 : cols / STRATA_QK_K * (int64_t)sizeof(strata_block_q6_k);
+    case STRATA_DTYPE_IQ4_XS:
+        return cols % STRATA_QK_K ? -1 : cols / STRATA_QK_K * (int64_t)sizeof(strata_block_iq4_xs);
     }
     return -1;
 }
@@ -136,9 +171,16 @@ constexpr float kTwo23 = 8388608.0f;
 
 // ---- weight decoders ---------------------------------------------------------------------
 
+// Types whose 32-value chunks keep the first 16 values in the low nibbles of 16 bytes and the
+// last 16 in the high nibbles (Q4_0's order).
+__host__ __device__ constexpr bool nibble_split(strata_dtype t) {
+    return t == STRATA_DTYPE_Q4_0 || t == STRATA_DTYPE_Q4_1 || t == STRATA_DTYPE_Q5_0 ||
+           t == STRATA_DTYPE_Q5_1 || t == STRATA_DTYPE_IQ4_NL || t == STRATA_DTYPE_IQ4_XS;
+}
+
 // Position in a 32-value chunk of the k-th value of part p (see the file comment).
 __host__ __device__ __forceinline__ int part_index(strata_dtype t, int p, int k) {
-    if (t == STRATA_DTYPE_Q4_0 || t == STRATA_DTYPE_Q4_1) return k < 4 ? 4 * p + k : 16 + 4 * p + (k - 4);
+    if (nibble_split(t)) return k < 4 ? 4 * p + k : 16 + 4 * p + (k - 4);
     return 8 * p + k;
 }
 
@@ -154,9 +196,8 @@ __host__ __device__ __forceinline__ int part_index(strata_dtype t, int p, int k)
 template <strata_dtype T>
 struct Decoder;
 
-// Q4 nibbles of one qs word: low nibbles are values 4p..4p+3, high nibbles 16+4p..16+4p+3.
-__device__ __forceinline__ void nibbles_to_float(uint32_t w, float bias, float q[8]) {
-    const uint32_t lo = w & 0x0F0F0F0Fu, hi = (w >> 4) & 0x0F0F0F0Fu;
+// Eight byte values 0..255 (four in each word, little-endian order) minus (bias - 2^23).
+__device__ __forceinline__ void bytes_to_float(uint32_t lo, uint32_t hi, float bias, float q[8]) {
     q[0] = byte_to_float<0>(lo, bias);
     q[1] = byte_to_float<1>(lo, bias);
     q[2] = byte_to_float<2>(lo, bias);
@@ -165,6 +206,11 @@ __device__ __forceinline__ void nibbles_to_float(uint32_t w, float bias, float q
     q[5] = byte_to_float<1>(hi, bias);
     q[6] = byte_to_float<2>(hi, bias);
     q[7] = byte_to_float<3>(hi, bias);
+}
+
+// Q4 nibbles of one qs word: low nibbles are values 4p..4p+3, high nibbles 16+4p..16+4p+3.
+__device__ __forceinline__ void nibbles_to_float(uint32_t w, float bias, float q[8]) {
+    bytes_to_float(w & 0x0F0F0F0Fu, (w >> 4) & 0x0F0F0F0Fu, bias, q);
 }
 
 template <>
@@ -322,3 +368,6 @@ __device__ __forceinline__ float dequant_value(float q, float scale, float offse
 }
 
 }  // namespace strata
+
+// The decoders of the types added with the K-quants (they use the helpers above).
+#include "decoders_quant.cuh"

@@ -5,7 +5,8 @@
 // One thread decodes one part (8 values) of a 32-value chunk (common.cuh).
 // Bytes moved: rows * row_bytes(dtype, cols) read + rows * cols * 4 written; purely
 // memory-bound, so the bench compares it with the device-to-device copy bandwidth.
-// Values are bit-identical to the CPU reference (q * d, then + m, no fused multiply-add).
+// Values are bit-identical to the CPU reference (q * d, then + m or - dmin * m, no fused
+// multiply-add; the K-quants' d * sc and dmin * m are rounded products as in src/quant.rs).
 #include "common.cuh"
 
 using namespace strata;
@@ -38,7 +39,7 @@ static __device__ __forceinline__ void dequantize_rows_body(const uint8_t *w, in
         for (int k = 0; k < 8; ++k) {
             const int idx = part_index(T, p, k);
             if (c * 32 + idx < cols)
-                o[idx] = dequant_value(q[k], scale, offset, T == STRATA_DTYPE_Q4_1);
+                o[idx] = dequant_value(q[k], scale, offset, has_offset(T));
         }
     }
 }
@@ -57,12 +58,30 @@ STRATA_DEQUANT_KERNEL(strata_dequantize_rows_bf16_f32, STRATA_DTYPE_BF16)
 STRATA_DEQUANT_KERNEL(strata_dequantize_rows_q8_0_f32, STRATA_DTYPE_Q8_0)
 STRATA_DEQUANT_KERNEL(strata_dequantize_rows_q4_0_f32, STRATA_DTYPE_Q4_0)
 STRATA_DEQUANT_KERNEL(strata_dequantize_rows_q4_1_f32, STRATA_DTYPE_Q4_1)
+STRATA_DEQUANT_KERNEL(strata_dequantize_rows_q5_0_f32, STRATA_DTYPE_Q5_0)
+STRATA_DEQUANT_KERNEL(strata_dequantize_rows_q5_1_f32, STRATA_DTYPE_Q5_1)
+STRATA_DEQUANT_KERNEL(strata_dequantize_rows_iq4_nl_f32, STRATA_DTYPE_IQ4_NL)
+STRATA_DEQUANT_KERNEL(strata_dequantize_rows_q2_k_f32, STRATA_DTYPE_Q2_K)
+STRATA_DEQUANT_KERNEL(strata_dequantize_rows_q3_k_f32, STRATA_DTYPE_Q3_K)
+STRATA_DEQUANT_KERNEL(strata_dequantize_rows_q4_k_f32, STRATA_DTYPE_Q4_K)
+STRATA_DEQUANT_KERNEL(strata_dequantize_rows_q5_k_f32, STRATA_DTYPE_Q5_K)
+STRATA_DEQUANT_KERNEL(strata_dequantize_rows_q6_k_f32, STRATA_DTYPE_Q6_K)
+STRATA_DEQUANT_KERNEL(strata_dequantize_rows_iq4_xs_f32, STRATA_DTYPE_IQ4_XS)
 STRATA_DEQUANT_KERNEL(strata_embedding_gather_f32_f32, STRATA_DTYPE_F32)
 STRATA_DEQUANT_KERNEL(strata_embedding_gather_f16_f32, STRATA_DTYPE_F16)
 STRATA_DEQUANT_KERNEL(strata_embedding_gather_bf16_f32, STRATA_DTYPE_BF16)
 STRATA_DEQUANT_KERNEL(strata_embedding_gather_q8_0_f32, STRATA_DTYPE_Q8_0)
 STRATA_DEQUANT_KERNEL(strata_embedding_gather_q4_0_f32, STRATA_DTYPE_Q4_0)
 STRATA_DEQUANT_KERNEL(strata_embedding_gather_q4_1_f32, STRATA_DTYPE_Q4_1)
+STRATA_DEQUANT_KERNEL(strata_embedding_gather_q5_0_f32, STRATA_DTYPE_Q5_0)
+STRATA_DEQUANT_KERNEL(strata_embedding_gather_q5_1_f32, STRATA_DTYPE_Q5_1)
+STRATA_DEQUANT_KERNEL(strata_embedding_gather_iq4_nl_f32, STRATA_DTYPE_IQ4_NL)
+STRATA_DEQUANT_KERNEL(strata_embedding_gather_q2_k_f32, STRATA_DTYPE_Q2_K)
+STRATA_DEQUANT_KERNEL(strata_embedding_gather_q3_k_f32, STRATA_DTYPE_Q3_K)
+STRATA_DEQUANT_KERNEL(strata_embedding_gather_q4_k_f32, STRATA_DTYPE_Q4_K)
+STRATA_DEQUANT_KERNEL(strata_embedding_gather_q5_k_f32, STRATA_DTYPE_Q5_K)
+STRATA_DEQUANT_KERNEL(strata_embedding_gather_q6_k_f32, STRATA_DTYPE_Q6_K)
+STRATA_DEQUANT_KERNEL(strata_embedding_gather_iq4_xs_f32, STRATA_DTYPE_IQ4_XS)
 
 using DequantKernel = void (*)(const uint8_t *, int64_t, const int32_t *, int64_t, int64_t,
                                int64_t, float *);
@@ -93,7 +112,16 @@ extern "C" strata_status strata_dequantize_rows_f32(strata_dtype dtype, const vo
     case STRATA_DTYPE_Q8_0: k = strata_dequantize_rows_q8_0_f32; break;
     case STRATA_DTYPE_Q4_0: k = strata_dequantize_rows_q4_0_f32; break;
     case STRATA_DTYPE_Q4_1: k = strata_dequantize_rows_q4_1_f32; break;
-    default: break; // no kernel yet: is_weight_dtype() refused it above
+    case STRATA_DTYPE_Q5_0: k = strata_dequantize_rows_q5_0_f32; break;
+    case STRATA_DTYPE_Q5_1: k = strata_dequantize_rows_q5_1_f32; break;
+    case STRATA_DTYPE_IQ4_NL: k = strata_dequantize_rows_iq4_nl_f32; break;
+    case STRATA_DTYPE_Q2_K: k = strata_dequantize_rows_q2_k_f32; break;
+    case STRATA_DTYPE_Q3_K: k = strata_dequantize_rows_q3_k_f32; break;
+    case STRATA_DTYPE_Q4_K: k = strata_dequantize_rows_q4_k_f32; break;
+    case STRATA_DTYPE_Q5_K: k = strata_dequantize_rows_q5_k_f32; break;
+    case STRATA_DTYPE_Q6_K: k = strata_dequantize_rows_q6_k_f32; break;
+    case STRATA_DTYPE_IQ4_XS: k = strata_dequantize_rows_iq4_xs_f32; break;
+    default: break; // not a weight type: is_weight_dtype() refused it above
     }
     return launch_dequantize(k, dtype, w, nullptr, rows, rows, cols, out, stream);
 }
@@ -114,7 +142,16 @@ extern "C" strata_status strata_embedding_gather_f32(strata_dtype dtype, const v
     case STRATA_DTYPE_Q8_0: k = strata_embedding_gather_q8_0_f32; break;
     case STRATA_DTYPE_Q4_0: k = strata_embedding_gather_q4_0_f32; break;
     case STRATA_DTYPE_Q4_1: k = strata_embedding_gather_q4_1_f32; break;
-    default: break; // no kernel yet: is_weight_dtype() refused it above
+    case STRATA_DTYPE_Q5_0: k = strata_embedding_gather_q5_0_f32; break;
+    case STRATA_DTYPE_Q5_1: k = strata_embedding_gather_q5_1_f32; break;
+    case STRATA_DTYPE_IQ4_NL: k = strata_embedding_gather_iq4_nl_f32; break;
+    case STRATA_DTYPE_Q2_K: k = strata_embedding_gather_q2_k_f32; break;
+    case STRATA_DTYPE_Q3_K: k = strata_embedding_gather_q3_k_f32; break;
+    case STRATA_DTYPE_Q4_K: k = strata_embedding_gather_q4_k_f32; break;
+    case STRATA_DTYPE_Q5_K: k = strata_embedding_gather_q5_k_f32; break;
+    case STRATA_DTYPE_Q6_K: k = strata_embedding_gather_q6_k_f32; break;
+    case STRATA_DTYPE_IQ4_XS: k = strata_embedding_gather_iq4_xs_f32; break;
+    default: break; // not a weight type: is_weight_dtype() refused it above
     }
     return launch_dequantize(k, dtype, table, ids, n_vocab, n_ids, dim, out, stream);
 }

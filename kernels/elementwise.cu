@@ -1,7 +1,8 @@
-// elementwise.cu — SwiGLU's silu(gate) * up, residual add, and scale, all f32.
+// elementwise.cu — SwiGLU's silu(gate) * up, residual add, bias add, and scale, all f32.
 //
 // Layout: flat arrays of n values; out may alias the inputs. One thread per value in a
-// grid-stride loop. Bytes moved: 3n*4 (silu_mul, add) or 2n*4 (scale): memory-bound.
+// grid-stride loop. Bytes moved: 3n*4 (silu_mul, add) or 2n*4 (scale, add_bias: the bias row
+// stays in cache): memory-bound.
 // silu(g) = g / (1 + expf(-g)) (as llama.cpp writes it); expf here and in the CPU reference
 // differ by at most a couple of ulp, so silu_mul is compared with a tolerance, add and scale
 // exactly.
@@ -28,6 +29,13 @@ static __global__ void __launch_bounds__(kThreads)
 }
 
 static __global__ void __launch_bounds__(kThreads)
+    strata_add_bias_f32_kernel(const float *x, const float *bias, int64_t cols, int64_t n, float *out) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        out[i] = x[i] + bias[i % cols];
+}
+
+static __global__ void __launch_bounds__(kThreads)
     strata_scale_f32_kernel(const float *x, float s, int64_t n, float *out) {
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
@@ -49,6 +57,17 @@ extern "C" strata_status strata_add_f32(const float *a, const float *b, int64_t 
     if (n == 0) return STRATA_OK;
     STRATA_CHECK_ARG(a && b && out);
     strata_add_f32_kernel<<<grid_for(n, kThreads), kThreads, 0, stream>>>(a, b, n, out);
+    return launch_status();
+}
+
+extern "C" strata_status strata_add_bias_f32(const float *x, const float *bias, int64_t rows,
+                                             int64_t cols, float *out, cudaStream_t stream) {
+    STRATA_CHECK_ARG(rows >= 0 && cols >= 0);
+    if (rows == 0 || cols == 0) return STRATA_OK;
+    STRATA_CHECK_ARG(x && bias && out);
+    STRATA_CHECK_ARG(rows <= INT64_MAX / cols);
+    const int64_t n = rows * cols;
+    strata_add_bias_f32_kernel<<<grid_for(n, kThreads), kThreads, 0, stream>>>(x, bias, cols, n, out);
     return launch_status();
 }
 

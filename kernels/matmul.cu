@@ -47,7 +47,7 @@ static __device__ __forceinline__ void matmul_body(const uint8_t *w, int64_t rby
 #pragma unroll
                 for (int k = 0; k < 8; ++k)
                     ws[part_index(T, load_p, k)][load_i] =
-                        r < rows ? dequant_value(q[k], scale, offset, T == STRATA_DTYPE_Q4_1)
+                        r < rows ? dequant_value(q[k], scale, offset, has_offset(T))
                                  : 0.0f;
             }
             // X values 8*load_p .. 8*load_p+7 of chunk c for token n0 + load_i.
@@ -98,6 +98,15 @@ STRATA_MATMUL_KERNEL(strata_matmul_bf16_f32, STRATA_DTYPE_BF16)
 STRATA_MATMUL_KERNEL(strata_matmul_q8_0_f32, STRATA_DTYPE_Q8_0)
 STRATA_MATMUL_KERNEL(strata_matmul_q4_0_f32, STRATA_DTYPE_Q4_0)
 STRATA_MATMUL_KERNEL(strata_matmul_q4_1_f32, STRATA_DTYPE_Q4_1)
+STRATA_MATMUL_KERNEL(strata_matmul_q5_0_f32, STRATA_DTYPE_Q5_0)
+STRATA_MATMUL_KERNEL(strata_matmul_q5_1_f32, STRATA_DTYPE_Q5_1)
+STRATA_MATMUL_KERNEL(strata_matmul_iq4_nl_f32, STRATA_DTYPE_IQ4_NL)
+STRATA_MATMUL_KERNEL(strata_matmul_q2_k_f32, STRATA_DTYPE_Q2_K)
+STRATA_MATMUL_KERNEL(strata_matmul_q3_k_f32, STRATA_DTYPE_Q3_K)
+STRATA_MATMUL_KERNEL(strata_matmul_q4_k_f32, STRATA_DTYPE_Q4_K)
+STRATA_MATMUL_KERNEL(strata_matmul_q5_k_f32, STRATA_DTYPE_Q5_K)
+STRATA_MATMUL_KERNEL(strata_matmul_q6_k_f32, STRATA_DTYPE_Q6_K)
+STRATA_MATMUL_KERNEL(strata_matmul_iq4_xs_f32, STRATA_DTYPE_IQ4_XS)
 
 using MatmulKernel = void (*)(const uint8_t *, int64_t, int64_t, int64_t, const float *,
                               int64_t, float *);
@@ -131,7 +140,16 @@ extern "C" strata_status strata_matmul_f32(strata_dtype dtype, const void *w, in
     case STRATA_DTYPE_Q8_0: k = strata_matmul_q8_0_f32; break;
     case STRATA_DTYPE_Q4_0: k = strata_matmul_q4_0_f32; break;
     case STRATA_DTYPE_Q4_1: k = strata_matmul_q4_1_f32; break;
-    default: break; // no kernel yet: is_weight_dtype() refused it above
+    case STRATA_DTYPE_Q5_0: k = strata_matmul_q5_0_f32; break;
+    case STRATA_DTYPE_Q5_1: k = strata_matmul_q5_1_f32; break;
+    case STRATA_DTYPE_IQ4_NL: k = strata_matmul_iq4_nl_f32; break;
+    case STRATA_DTYPE_Q2_K: k = strata_matmul_q2_k_f32; break;
+    case STRATA_DTYPE_Q3_K: k = strata_matmul_q3_k_f32; break;
+    case STRATA_DTYPE_Q4_K: k = strata_matmul_q4_k_f32; break;
+    case STRATA_DTYPE_Q5_K: k = strata_matmul_q5_k_f32; break;
+    case STRATA_DTYPE_Q6_K: k = strata_matmul_q6_k_f32; break;
+    case STRATA_DTYPE_IQ4_XS: k = strata_matmul_iq4_xs_f32; break;
+    default: break; // not a weight type: is_weight_dtype() refused it above
     }
     return launch_matmul(k, dtype, w, rows, cols, x, n_tokens, y, stream);
 }

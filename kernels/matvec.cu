@@ -5,7 +5,8 @@
 // chunks (32 values each) per step, four lanes per chunk and 8 values per lane (common.cuh),
 // so a warp reads 8 consecutive blocks of each row per step (coalesced) and loads each x value
 // once for all ROWS rows. The block scale is factored out of the per-lane sum:
-// sum(q*d*x) = d * sum(q*x) (+ m * sum(x) for Q4_1).
+// sum(q*d*x) = d * sum(q*x) (+ m * sum(x) for the types with a min: Q4_1, Q5_1, Q2_K, Q4_K,
+// Q5_K, where the K-quants' offset is -dmin * m of the chunk's sub-block).
 //
 // Bytes moved: rows * row_bytes(dtype, cols) of weights (x and y are noise), so the roofline
 // is the device's memory bandwidth: 7B shapes (4096 x 4096, Q4_0) move 9.4 MB per call.
@@ -76,7 +77,7 @@ static __device__ __forceinline__ void matvec_body(const uint8_t *w, int64_t rby
             for (int u = 0; u < kSteps; ++u) {
                 if (c0 + 8 * u >= chunks) break;
                 float xsum = 0.0f;
-                if (T == STRATA_DTYPE_Q4_1) {
+                if (has_offset(T)) {
 #pragma unroll
                     for (int k = 0; k < 8; ++k) xsum += xv[u][k];
                 }
@@ -88,7 +89,7 @@ static __device__ __forceinline__ void matvec_body(const uint8_t *w, int64_t rby
                         float s = 0.0f;
 #pragma unroll
                         for (int k = 0; k < 8; ++k) s += q[k] * xv[u][k];
-                        acc[r] += T == STRATA_DTYPE_Q4_1 ? scale * s + offset * xsum : scale * s;
+                        acc[r] += has_offset(T) ? scale * s + offset * xsum : scale * s;
                     }
                 }
             }
@@ -114,6 +115,15 @@ STRATA_MATVEC_KERNEL(strata_matvec_bf16_f32, STRATA_DTYPE_BF16)
 STRATA_MATVEC_KERNEL(strata_matvec_q8_0_f32, STRATA_DTYPE_Q8_0)
 STRATA_MATVEC_KERNEL(strata_matvec_q4_0_f32, STRATA_DTYPE_Q4_0)
 STRATA_MATVEC_KERNEL(strata_matvec_q4_1_f32, STRATA_DTYPE_Q4_1)
+STRATA_MATVEC_KERNEL(strata_matvec_q5_0_f32, STRATA_DTYPE_Q5_0)
+STRATA_MATVEC_KERNEL(strata_matvec_q5_1_f32, STRATA_DTYPE_Q5_1)
+STRATA_MATVEC_KERNEL(strata_matvec_iq4_nl_f32, STRATA_DTYPE_IQ4_NL)
+STRATA_MATVEC_KERNEL(strata_matvec_q2_k_f32, STRATA_DTYPE_Q2_K)
+STRATA_MATVEC_KERNEL(strata_matvec_q3_k_f32, STRATA_DTYPE_Q3_K)
+STRATA_MATVEC_KERNEL(strata_matvec_q4_k_f32, STRATA_DTYPE_Q4_K)
+STRATA_MATVEC_KERNEL(strata_matvec_q5_k_f32, STRATA_DTYPE_Q5_K)
+STRATA_MATVEC_KERNEL(strata_matvec_q6_k_f32, STRATA_DTYPE_Q6_K)
+STRATA_MATVEC_KERNEL(strata_matvec_iq4_xs_f32, STRATA_DTYPE_IQ4_XS)
 
 using MatvecKernel = void (*)(const uint8_t *, int64_t, int64_t, int64_t, const float *, bool,
                               float *);
@@ -145,7 +155,16 @@ extern "C" strata_status strata_matvec_f32(strata_dtype dtype, const void *w, in
     case STRATA_DTYPE_Q8_0: k = strata_matvec_q8_0_f32; break;
     case STRATA_DTYPE_Q4_0: k = strata_matvec_q4_0_f32; break;
     case STRATA_DTYPE_Q4_1: k = strata_matvec_q4_1_f32; break;
-    default: break; // no kernel yet: is_weight_dtype() refused it above
+    case STRATA_DTYPE_Q5_0: k = strata_matvec_q5_0_f32; break;
+    case STRATA_DTYPE_Q5_1: k = strata_matvec_q5_1_f32; break;
+    case STRATA_DTYPE_IQ4_NL: k = strata_matvec_iq4_nl_f32; break;
+    case STRATA_DTYPE_Q2_K: k = strata_matvec_q2_k_f32; break;
+    case STRATA_DTYPE_Q3_K: k = strata_matvec_q3_k_f32; break;
+    case STRATA_DTYPE_Q4_K: k = strata_matvec_q4_k_f32; break;
+    case STRATA_DTYPE_Q5_K: k = strata_matvec_q5_k_f32; break;
+    case STRATA_DTYPE_Q6_K: k = strata_matvec_q6_k_f32; break;
+    case STRATA_DTYPE_IQ4_XS: k = strata_matvec_iq4_xs_f32; break;
+    default: break; // not a weight type: is_weight_dtype() refused it above
     }
     return launch_matvec(k, dtype, w, rows, cols, x, y, stream);
 }

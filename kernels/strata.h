@@ -290,6 +290,11 @@ strata_status strata_silu_mul_f32(const float *gate, const float *up, int64_t n,
 strata_status strata_add_f32(const float *a, const float *b, int64_t n, float *out,
                              cudaStream_t stream);
 
+/* out[r][c] = x[r][c] + bias[c] for x[rows][cols] (a bias broadcast over tokens). `out` may
+ * equal `x`. */
+strata_status strata_add_bias_f32(const float *x, const float *bias, int64_t rows, int64_t cols,
+                                  float *out, cudaStream_t stream);
+
 /* out[i] = x[i] * s. `out` may equal `x`. */
 strata_status strata_scale_f32(const float *x, float s, int64_t n, float *out,
                                cudaStream_t stream);

@@ -95,10 +95,13 @@ run() {
   export STRATA_NO_MODEL=1
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv | tee "$out/device.txt"
   step start 30 "$bin/kernels" --list
-  TAIL=80 step report 150 "$bin/gpu_report" --json "$out/report.json"
+  # About 150 cases since every weight type has kernels (79 before the K-quants): 300 s.
+  TAIL=170 step report 300 "$bin/gpu_report" --json "$out/report.json"
   if [[ -x $bin/copy_bandwidth ]]; then TAIL=30 step copy 90 "$bin/copy_bandwidth" --json "$out/copy.json"; fi
-  # One criterion CUDA bench case, to show the bench runs there (the report above has them all).
+  # One criterion CUDA bench case per decoder family, to show the bench runs there (the report
+  # above has them all): a 32-value block type and a 256-value super-block type.
   TAIL=8 step criterion 60 "$bin/cuda_ops" --bench "matvec q4_0 4096x4096"
+  TAIL=8 step criterion-k 60 "$bin/cuda_ops" --bench "matvec q4_K 4096x4096"
   local t
   for t in "$bin"/*; do
     case $(basename "$t") in gpu_report | cuda_ops | cpu_ops | copy_bandwidth | *_bench) continue ;; esac

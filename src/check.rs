@@ -190,7 +190,16 @@ pub fn no_cuda_device(detail: &dyn fmt::Display) -> String {
 /// When the model is missing and `STRATA_NO_MODEL` is not `1`.
 #[track_caller]
 pub fn model_or_skip(test: &str) -> Option<std::path::PathBuf> {
-    let path = crate::default_model_path();
+    model_file_or_skip(test, crate::default_model_path())
+}
+
+/// [`model_or_skip`] for another model file a test needs (`scripts/fetch-model.sh NAME`
+/// fetches the others): the same policy, reason and message.
+///
+/// # Panics
+/// When the file is missing and `STRATA_NO_MODEL` is not `1`.
+#[track_caller]
+pub fn model_file_or_skip(test: &str, path: std::path::PathBuf) -> Option<std::path::PathBuf> {
     if path.is_file() {
         return Some(path);
     }
@@ -199,8 +208,9 @@ pub fn model_or_skip(test: &str) -> Option<std::path::PathBuf> {
         return None;
     }
     panic!(
-        "{test} needs the default model and there is no file at {}: run scripts/fetch-model.sh \
-         (or set STRATA_MODEL=FILE), or set {NO_MODEL_ENV}=1 to count the tests that need it as skipped",
+        "{test} needs a model and there is no file at {}: run scripts/fetch-model.sh (see its \
+         header for the names; STRATA_MODEL=FILE for the default model), or set {NO_MODEL_ENV}=1 \
+         to count the tests that need a model as skipped",
         path.display()
     )
 }

@@ -16,7 +16,6 @@ use serde_json::Value;
 use strata_kernels::{DType, cpu, quant};
 
 use crate::support::gguf;
-use crate::support::skip;
 
 fn data_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/dequant")
@@ -195,14 +194,7 @@ fn gemma_path() -> PathBuf {
 #[test]
 fn gemma_rows_match_gguf_py_bit_for_bit() {
     const TEST: &str = "dequant::gemma_rows_match_gguf_py_bit_for_bit";
-    let path = gemma_path();
-    if !path.is_file() {
-        if std::env::var("STRATA_NO_MODEL").is_ok_and(|v| v == "1") {
-            skip(TEST, "models/gemma-3-270m-q4_k_m.gguf is missing (STRATA_NO_MODEL=1)");
-            return;
-        }
-        panic!("{} is missing: fetch it, or set STRATA_NO_MODEL=1 to skip this test", path.display());
-    }
+    let Some(path) = strata_kernels::check::model_file_or_skip(TEST, gemma_path()) else { return };
     let file = gguf::read(&path);
     let data = load("gemma.json");
     let rows = data["rows"].as_array().expect("rows");

@@ -433,3 +433,94 @@ fn attention_exp_is_close_to_libm() {
         assert!((out[0] - want).abs() <= tol, "x = {x}: {} vs {want}", out[0]);
     }
 }
+
+/// The weight types the f32-activation path handles by dequantize-then-multiply.
+const DQ_TYPES: [DType; 9] = [
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q2_K,
+    DType::Q3_K,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+    DType::IQ4_NL,
+    DType::IQ4_XS,
+];
+
+/// Valid random blocks (strata does not quantize to these types): `quant::random_blocks`.
+fn blocks_matrix(seed: u64, dt: DType, rows: usize, cols: usize) -> Vec<u8> {
+    quant::random_blocks(dt, rows * cols / dt.block_values(), seed)
+}
+
+/// (rows, blocks per row): one block, odd and even counts, and a 1536- or 2048-wide row.
+const DQ_SHAPES: [(usize, usize); 5] = [(1, 1), (3, 2), (13, 3), (37, 6), (21, 8)];
+
+#[test]
+fn f32_activation_new_types_match_the_reference() {
+    for isa in Isa::ALL {
+        if !isa.is_available() {
+            skip(
+                &format!("fast::f32_activation_new_types_match_the_reference[{}]", isa.name()),
+                "this CPU lacks the features",
+            );
+            continue;
+        }
+        for dt in DQ_TYPES {
+            for (k, (rows, blocks)) in DQ_SHAPES.into_iter().enumerate() {
+                let cols = blocks * dt.block_values();
+                let w = blocks_matrix(k as u64 * 31 + dt.ggml_type() as u64, dt, rows, cols);
+                for n in [1, 2, 5, 9] {
+                    let x = uniform(&mut rng(k as u64 * 7 + n as u64), n * cols, 2.0);
+                    check_f32act(isa, dt, &w, rows, cols, &x, n);
+                }
+            }
+        }
+    }
+}
+
+/// The comparison above can fail: one changed quant in row 0 moves its product by more than
+/// the bound, for every new type and kernel set.
+#[test]
+fn f32_activation_new_types_catch_a_changed_weight() {
+    for dt in DQ_TYPES {
+        let (rows, cols) = (3, 2 * dt.block_values());
+        let w = blocks_matrix(5, dt, rows, cols);
+        let x = vec![1.0f32; cols];
+        let want = reference(dt, &w, rows, cols, &x, 1);
+        // Flip every bit of one byte in the middle of row 0's first block, past its scales.
+        let mut bad = w.clone();
+        bad[dt.block_bytes() / 2 + 4] ^= 0xFF;
+        let before = oracle::dequantize(dt, &w, 1, cols);
+        let after = oracle::dequantize(dt, &bad, 1, cols);
+        let moved: f64 = before.iter().zip(&after).map(|(a, b)| b - a).sum();
+        assert!(moved.abs() > 1e-3, "{dt}: the mutation must change row 0's sum (moved {moved})");
+        for isa in Isa::available() {
+            let got = f32act_with(isa, dt, &bad, rows, cols, &x, 1);
+            assert!(
+                (got[0] - want[0]).abs() as f64 > 0.5 * moved.abs(),
+                "{dt} {}: a changed weight went unnoticed ({} vs {})",
+                isa.name(),
+                got[0],
+                want[0]
+            );
+            assert_eq!(&got[1..], &f32act_with(isa, dt, &w, rows, cols, &x, 1)[1..], "{dt}: other rows unchanged");
+        }
+    }
+}
+
+#[test]
+fn f32_activation_new_types_bad_arguments_are_errors() {
+    let w = blocks_matrix(1, DType::Q4_K, 2, 512);
+    let x = vec![0.0f32; 512];
+    let mut y = vec![0.0f32; 2];
+    assert!(fast::matvec_f32(DType::Q4_K, &w, 2, 512, &x[..256], &mut y).is_err(), "short x");
+    assert!(fast::matvec_f32(DType::Q4_K, &w[..w.len() - 1], 2, 512, &x, &mut y).is_err(), "short w");
+    let e = fast::matvec_f32(DType::Q4_K, &w, 4, 256, &x[..256], &mut [0.0; 4]);
+    assert!(e.is_ok(), "4 rows of one super-block are the same bytes: {e:?}");
+    let e = fast::matvec_f32(DType::Q4_K, &w[..144 * 3], 1, 384, &x[..384], &mut y[..1]).unwrap_err();
+    assert!(e.to_string().contains("256"), "a row that is not whole super-blocks: {e}");
+    for isa in Isa::ALL.into_iter().filter(|i| !i.is_available()) {
+        assert!(fast::matmul_f32_with(isa, DType::Q6_K, &w[..420], 1, 512, &x, 1, &mut y[..1]).is_err());
+    }
+    assert!(!fast::supports_8bit(DType::Q4_K) && fast::supports(DType::Q4_K) && !fast::supports(DType::F16));
+}

@@ -104,6 +104,40 @@ fn matmul_body(dev: &dyn Backend) {
 }
 device_test!(matmul, matmul_body);
 
+/// Every weight type the device has kernels for, deterministically (the proptests above draw
+/// a type per case, so with 15 types one of them can go unexercised in a run): dequantize and
+/// gather bit for bit, matvec and matmul under f32 accumulation, at shapes with tails (odd row
+/// counts, 67 tokens, not a multiple of the 64-token matmul tile; ragged rows for float types).
+/// The CPU reference itself is held to the f64 oracle first, so the `_cpu` variant checks it.
+fn every_weight_type_body(dev: &dyn Backend) {
+    for dt in weight_types(dev) {
+        let (rows, cols) = (67, cols_for(dt, 3, 7));
+        let w = random_matrix(0x5eed ^ dt.ggml_type() as u64, dt, rows, cols);
+        let want = Cpu.dequantize_rows(dt, &w, rows, cols);
+        let oracle_label = format!("dequantize {dt}: cpu vs oracle");
+        assert_close(&oracle_label, &want, &oracle::dequantize(dt, &w, rows, cols), Tolerance::F32_ROUNDING);
+        let label = vs_cpu(dev, &format!("dequantize {dt} {rows}x{cols}"));
+        assert_close(&label, &dev.dequantize_rows(dt, &w, rows, cols), &want, Tolerance::STRICT);
+        let ids: Vec<i32> = vec![66, 0, 31, 31, 5];
+        let want = Cpu.embedding_gather(dt, &w, rows, cols, &ids);
+        let label = vs_cpu(dev, &format!("embedding_gather {dt} dim {cols}"));
+        assert_close(&label, &dev.embedding_gather(dt, &w, rows, cols, &ids), &want, Tolerance::STRICT);
+        let x = uniform(&mut rng(9), 67 * cols, 1.0);
+        let want = Cpu.matvec(dt, &w, rows, cols, &x[..cols]);
+        let oracle_label = format!("matvec {dt}: cpu vs oracle");
+        let oracle_want = oracle::matmul(dt, &w, rows, cols, &x[..cols], 1);
+        assert_close(&oracle_label, &want, &oracle_want, Tolerance::F32_ACCUMULATION);
+        let label = vs_cpu(dev, &format!("matvec {dt} {rows}x{cols}"));
+        assert_close(&label, &dev.matvec(dt, &w, rows, cols, &x[..cols]), &want, Tolerance::F32_ACCUMULATION);
+        let want = Cpu.matmul(dt, &w, rows, cols, &x, 67);
+        let oracle_label = format!("matmul {dt}: cpu vs oracle");
+        assert_close(&oracle_label, &want, &oracle::matmul(dt, &w, rows, cols, &x, 67), Tolerance::F32_ACCUMULATION);
+        let label = vs_cpu(dev, &format!("matmul {dt} {rows}x{cols} T=67"));
+        assert_close(&label, &dev.matmul(dt, &w, rows, cols, &x, 67), &want, Tolerance::F32_ACCUMULATION);
+    }
+}
+device_test!(every_weight_type, every_weight_type_body);
+
 /// The default model's shapes (576 / 1536 / 192 rows and columns) in each weight type, one
 /// token and a prefill batch that is not a multiple of the matmul tile.
 fn model_shapes_body(dev: &dyn Backend) {
@@ -250,6 +284,15 @@ fn elementwise_body(dev: &dyn Backend) {
         let exact: Vec<f64> = a.iter().zip(&b).map(|(&x, &y)| x as f64 + y as f64).collect();
         assert_close("add: cpu vs oracle", &want, &exact, Tolerance::F32_ROUNDING);
         assert_close(&vs_cpu(dev, "add"), &dev.add(&a, &b), &want, Tolerance::STRICT);
+
+        let cols = 1 + (seed % 97) as usize;
+        let rows = n / cols;
+        let x = &a[..rows * cols];
+        let bias = &b[..cols];
+        let want = Cpu.add_bias(x, bias, rows, cols);
+        let exact: Vec<f64> = x.iter().enumerate().map(|(i, &v)| v as f64 + bias[i % cols] as f64).collect();
+        assert_close("add_bias: cpu vs oracle", &want, &exact, Tolerance::F32_ROUNDING);
+        assert_close(&vs_cpu(dev, "add_bias"), &dev.add_bias(x, bias, rows, cols), &want, Tolerance::STRICT);
 
         let want = Cpu.scale(&a, s);
         let exact: Vec<f64> = a.iter().map(|&x| x as f64 * s as f64).collect();

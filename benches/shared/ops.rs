@@ -471,10 +471,19 @@ pub fn cuda_cases() -> Vec<Op> {
     let (m, b) = (MODEL, LLAMA7B);
     // The types with CUDA kernels (`cuda::supports`); the others return an unsupported-type error.
     for dt in DType::ALL.into_iter().filter(|&d| strata_kernels::cuda::supports(d)) {
-        for (rows, cols) in
-            [(m.ffn, m.hidden), (m.vocab, m.hidden), (b.hidden, b.hidden), (b.ffn, b.hidden), (b.hidden, b.ffn)]
-        {
-            v.push(Op::Matvec { dt, rows, cols });
+        // The small model's 576-wide rows are not whole 256-value super-blocks: the K-quants
+        // and IQ4_XS take its 1536-wide down projection there instead (every 7B shape fits).
+        for (rows, cols) in [
+            (m.ffn, m.hidden),
+            (m.vocab, m.hidden),
+            (m.hidden, m.ffn),
+            (b.hidden, b.hidden),
+            (b.ffn, b.hidden),
+            (b.hidden, b.ffn),
+        ] {
+            if dt.row_bytes(cols).is_ok() {
+                v.push(Op::Matvec { dt, rows, cols });
+            }
         }
         v.push(Op::Matmul { dt, rows: b.hidden, cols: b.hidden, tokens: 512 });
         v.push(Op::Dequantize { dt, rows: b.ffn, cols: b.hidden });

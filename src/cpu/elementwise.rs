@@ -25,6 +25,23 @@ pub fn add(a: &[f32], b: &[f32], out: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
+/// out[r][c] = x[r][c] + bias[c] for x [rows, cols] (`strata_add_bias_f32`): a bias
+/// broadcast over tokens.
+pub fn add_bias(x: &[f32], bias: &[f32], rows: usize, cols: usize, out: &mut [f32]) -> Result<()> {
+    expect_len("add_bias", "x", x.len(), rows.checked_mul(cols))?;
+    expect_len("add_bias", "bias", bias.len(), Some(cols))?;
+    expect_len("add_bias", "out", out.len(), rows.checked_mul(cols))?;
+    if cols == 0 {
+        return Ok(());
+    }
+    out.par_chunks_mut(cols).zip(x.par_chunks(cols)).for_each(|(o, xr)| {
+        for ((o, &v), &b) in o.iter_mut().zip(xr).zip(bias) {
+            *o = v + b;
+        }
+    });
+    Ok(())
+}
+
 /// out[i] = x[i] * s (`strata_scale_f32`).
 pub fn scale(x: &[f32], s: f32, out: &mut [f32]) -> Result<()> {
     expect_len("scale", "out", out.len(), Some(x.len()))?;

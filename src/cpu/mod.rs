@@ -24,7 +24,7 @@ mod rope;
 pub(crate) use attention::check_attention;
 pub use attention::{CacheMut, CacheRef, attention_decode, attention_prefill, kv_append};
 pub use dequant::{dequantize_rows, embedding_gather};
-pub use elementwise::{add, argmax_rows, scale, silu_mul, softmax_rows};
+pub use elementwise::{add, add_bias, argmax_rows, scale, silu_mul, softmax_rows};
 pub use matvec::{matmul, matvec};
 pub use norm::rmsnorm;
 pub use rope::{rope, rope_inv_freq};

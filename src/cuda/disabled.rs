@@ -157,6 +157,17 @@ pub unsafe fn add_f32(a: DevicePtr, b: DevicePtr, n: usize, out: DevicePtr, s: S
     Err(Error::CudaNotBuilt)
 }
 
+pub unsafe fn add_bias_f32(
+    x: DevicePtr,
+    bias: DevicePtr,
+    rows: usize,
+    cols: usize,
+    out: DevicePtr,
+    s: Stream,
+) -> Result<()> {
+    Err(Error::CudaNotBuilt)
+}
+
 pub unsafe fn scale_f32(x: DevicePtr, factor: f32, n: usize, out: DevicePtr, s: Stream) -> Result<()> {
     Err(Error::CudaNotBuilt)
 }

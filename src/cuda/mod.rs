@@ -117,9 +117,14 @@ fn dtype(t: DType) -> ffi::strata_dtype {
 }
 
 /// Whether the CUDA weight kernels (dequantize, embedding gather, matvec, matmul) handle
-/// `dt`. The other types have host-side layouts and a CPU reference but no kernel yet.
+/// `dt`. Every weight type has them; a type added to [`DType`] without kernels must be left
+/// out here so that it fails with a typed error instead of reaching a launcher.
 pub fn supports(dt: DType) -> bool {
-    matches!(dt, DType::F32 | DType::F16 | DType::BF16 | DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+    match dt {
+        DType::F32 | DType::F16 | DType::BF16 | DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => true,
+        DType::Q5_0 | DType::Q5_1 | DType::IQ4_NL => true,
+        DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K | DType::IQ4_XS => true,
+    }
 }
 
 /// [`Error::UnsupportedDtype`] for a weight type without CUDA kernels, before anything is
@@ -128,7 +133,7 @@ fn weight_dtype(op: &'static str, dt: DType) -> Result<ffi::strata_dtype> {
     if supports(dt) {
         Ok(dtype(dt))
     } else {
-        Err(Error::UnsupportedDtype { op, dtype: dt, expected: "f32, f16, bf16, q8_0, q4_0 or q4_1 on CUDA" })
+        Err(Error::UnsupportedDtype { op, dtype: dt, expected: "a type with CUDA kernels (cuda::supports)" })
     }
 }
 
@@ -482,6 +487,28 @@ pub unsafe fn silu_mul_f32(gate: DevicePtr, up: DevicePtr, n: usize, out: Device
     let n = i64_of("silu_mul", "n", n)?;
     // SAFETY: the caller guarantees the buffers and stream (see # Safety).
     check("silu_mul", unsafe { ffi::strata_silu_mul_f32(ptr(gate), ptr(up), n, ptr_mut(out), stream(s)) })
+}
+
+/// out[r][c] = x[r][c] + bias[c] for x [rows, cols] (`out` may equal `x`).
+///
+/// # Safety
+/// `x` and `out` must address rows × cols f32 and `bias` cols f32 of device memory, alive
+/// until the work on stream `s` completes.
+///
+/// # Errors
+/// Argument errors and the launch status.
+pub unsafe fn add_bias_f32(
+    x: DevicePtr,
+    bias: DevicePtr,
+    rows: usize,
+    cols: usize,
+    out: DevicePtr,
+    s: Stream,
+) -> Result<()> {
+    const OP: &str = "add_bias";
+    let (r, c) = (i64_of(OP, "rows", rows)?, i64_of(OP, "cols", cols)?);
+    // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+    check(OP, unsafe { ffi::strata_add_bias_f32(ptr(x), ptr(bias), r, c, ptr_mut(out), stream(s)) })
 }
 
 /// out = a + b over `n` values (`out` may equal either input).

@@ -101,6 +101,7 @@ pub trait Backend: Sync {
     fn kv_append(&self, src: &[f32], n_tokens: usize, row_len: usize, positions: &[i32], cache: &Cache) -> Cache;
     fn silu_mul(&self, gate: &[f32], up: &[f32]) -> Vec<f32>;
     fn add(&self, a: &[f32], b: &[f32]) -> Vec<f32>;
+    fn add_bias(&self, x: &[f32], bias: &[f32], rows: usize, cols: usize) -> Vec<f32>;
     fn scale(&self, x: &[f32], s: f32) -> Vec<f32>;
     fn softmax_rows(&self, x: &[f32], rows: usize, cols: usize) -> Vec<f32>;
     fn argmax_rows(&self, x: &[f32], rows: usize, cols: usize) -> Vec<i32>;
@@ -244,6 +245,12 @@ impl Backend for Cpu {
     fn add(&self, a: &[f32], b: &[f32]) -> Vec<f32> {
         let mut out = vec![f32::NAN; a.len()];
         ok("add", cpu::add(a, b, &mut out));
+        out
+    }
+
+    fn add_bias(&self, x: &[f32], bias: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        let mut out = vec![f32::NAN; x.len()];
+        ok("add_bias", cpu::add_bias(x, bias, rows, cols, &mut out));
         out
     }
 

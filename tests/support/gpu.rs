@@ -284,6 +284,15 @@ impl Backend for Gpu {
         self.down(&out, a.len())
     }
 
+    fn add_bias(&self, x: &[f32], bias: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        let (x_d, b_d, out) = (self.up(x), self.up(bias), self.poisoned(x.len()));
+        // SAFETY: x and out hold rows*cols f32, b_d cols f32, alive until `down`.
+        ok("add_bias", unsafe {
+            cuda::add_bias_f32(self.ptr(&x_d), self.ptr(&b_d), rows, cols, self.ptr(&out), self.raw_stream())
+        });
+        self.down(&out, x.len())
+    }
+
     fn scale(&self, x: &[f32], s: f32) -> Vec<f32> {
         let (x_d, out) = (self.up(x), self.poisoned(x.len()));
         // SAFETY: two buffers of x.len() f32, alive until `down`.

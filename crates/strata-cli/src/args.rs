@@ -16,14 +16,51 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// CPU matrix kernels for quantized weights. `exact`: SIMD kernels with f32 activations, the
-    /// reference's arithmetic summed in another order; the path whose greedy tokens equal
-    /// llama.cpp's on the reference cases. `fast`: 8-bit activations and SIMD integer dot
-    /// products, like llama.cpp's own CPU path (faster still; the tokens can differ from
-    /// llama.cpp's where two candidates are within a few tenths of a logit). `reference`: the
-    /// plain, unvectorized reference kernels (slow; for telling a model bug from a kernel one).
-    #[arg(long, global = true, value_enum, default_value_t = CpuKernels::Exact)]
-    pub cpu_kernels: CpuKernels,
+    /// Before the command (`strata --cpu-kernels fast run ...`), as earlier versions took it; the
+    /// commands that compute take it themselves and show it in their help.
+    #[arg(long, value_enum, hide = true)]
+    pub cpu_kernels: Option<CpuKernels>,
+}
+
+impl Cli {
+    /// The CPU kernels to use: the command's `--cpu-kernels`, else the one given before the
+    /// command, else `exact`.
+    pub fn cpu_kernels(&self) -> CpuKernels {
+        let own = match &self.command {
+            Command::Run(a) => a.session.kernels.cpu_kernels,
+            Command::Chat(a) => a.session.kernels.cpu_kernels,
+            Command::Bench(a) => a.session.kernels.cpu_kernels,
+            Command::Logits(a) => a.session.kernels.cpu_kernels,
+            Command::Plan(a) => a.session.kernels.cpu_kernels,
+            Command::Tokenize(_) | Command::Inspect(_) | Command::Synth(_) => None,
+        };
+        own.or(self.cpu_kernels).unwrap_or(CpuKernels::Exact)
+    }
+}
+
+/// The CPU kernels, for the commands that run the model.
+#[derive(Args, Debug, Clone)]
+pub struct KernelArgs {
+    /// CPU matrix kernels for quantized weights [default: exact]. `exact`: SIMD kernels with f32
+    /// activations, the reference's arithmetic summed in another order; the path whose greedy
+    /// tokens equal llama.cpp's on the reference cases. `fast`: 8-bit activations and SIMD
+    /// integer dot products, like llama.cpp's own CPU path (faster still; the tokens can differ
+    /// from llama.cpp's where two candidates are within a few tenths of a logit). `reference`:
+    /// the plain, unvectorized reference kernels (slow; for telling a model bug from a kernel
+    /// one).
+    #[arg(long, value_enum)]
+    pub cpu_kernels: Option<CpuKernels>,
+}
+
+/// `--context`: a positive number of tokens (0 used to mean the default; leave it out instead).
+fn parse_context(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("the context must be at least 1 token; leave --context out for the model's training \
+                      context (at most 4096)"
+            .to_string()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a number of tokens, e.g. 4096")),
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -83,8 +120,9 @@ pub struct SessionArgs {
     /// Where to run the layers.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
-    /// Context length in tokens [default: the model's training context, at most 4096].
-    #[arg(long, short = 'c')]
+    /// Context length in tokens [default: the model's training context, at most 4096]. Above
+    /// the training context strata warns: the model has not seen such positions.
+    #[arg(long, short = 'c', value_parser = parse_context)]
     pub context: Option<usize>,
     /// KV cache element type.
     #[arg(long, value_enum, default_value_t = KvArg::F16)]
@@ -97,6 +135,8 @@ pub struct SessionArgs {
     pub gpu_memory: Option<String>,
     #[command(flatten)]
     pub offload: OffloadArgs,
+    #[command(flatten)]
+    pub kernels: KernelArgs,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -301,9 +341,25 @@ pub struct InspectArgs {
 #[derive(Args, Debug)]
 pub struct SynthArgs {
     /// Model shape: smollm2-135m (the default model's), llama-1b, llama-7b, llama-13b, llama-70b,
-    /// or tiny (for tests).
+    /// or tiny (for tests). Not with --derive.
+    #[arg(long, required_unless_present = "derive", conflicts_with = "derive")]
+    pub preset: Option<String>,
+    /// Derive a test model of another architecture (qwen2, qwen3, gemma3) from the real
+    /// weights of the llama-family GGUF given by --from (see strata_model::derive).
+    #[arg(long, requires = "from")]
+    pub derive: Option<String>,
+    /// Source model of --derive.
     #[arg(long)]
-    pub preset: String,
+    pub from: Option<PathBuf>,
+    /// --derive qwen2: Q/K/V biases uniform in [-bias, bias] (0: zero biases).
+    #[arg(long, default_value_t = 0.05)]
+    pub bias: f32,
+    /// --derive qwen3/gemma3: added norm weights 1 + jitter·u, u in [-1, 1) (0: unit weights).
+    #[arg(long, default_value_t = 0.05)]
+    pub norm_jitter: f32,
+    /// --derive gemma3: sliding window of the local layers.
+    #[arg(long, default_value_t = 16)]
+    pub window: usize,
     /// Weight type of the layer matrices: f32, f16, bf16, q8_0, q4_0, q4_1.
     #[arg(long, default_value = "q4_0")]
     pub dtype: String,

@@ -81,7 +81,7 @@ pub fn pick_gpu(opts: &EngineOptions, quiet: bool) -> Result<Option<Gpu>> {
         Ok(g) => Ok(Some(g)),
         Err(why) => {
             if !quiet && opts.device != DeviceChoice::Cpu {
-                eprintln!("device: cpu ({why})");
+                eprintln!("device: cpu; {why}");
             }
             Ok(None)
         }
@@ -93,6 +93,7 @@ pub fn pick_gpu(opts: &EngineOptions, quiet: bool) -> Result<Option<Gpu>> {
 /// and the plan's summary line.
 pub fn open_engine(model: Model, a: &SessionArgs, cpu_path: CpuPath, quiet: bool) -> Result<Engine> {
     let opts = engine_options(&model, a, cpu_path)?;
+    crate::commands::warn_long_context(&model, a, quiet);
     let path = model.path.clone();
     // A bar for loading and pinning big models, on a terminal only.
     let bar = std::cell::RefCell::new(None::<indicatif::ProgressBar>);
@@ -112,7 +113,7 @@ pub fn open_engine(model: Model, a: &SessionArgs, cpu_path: CpuPath, quiet: bool
     let engine = opened.with_context(|| format!("opening {}", path.display()))?;
     if !quiet {
         if let Some(why) = engine.device_note() {
-            eprintln!("device: cpu ({why})");
+            eprintln!("device: cpu; {why}");
         }
         if let (Some(gpu), Some(plan)) = (engine.gpu(), engine.plan()) {
             eprintln!("device: {}", gpu.info());
@@ -123,4 +124,19 @@ pub fn open_engine(model: Model, a: &SessionArgs, cpu_path: CpuPath, quiet: bool
         }
     }
     Ok(engine)
+}
+
+#[cfg(test)]
+mod tests {
+    use strata_model::engine::cpu_reason;
+    use strata_tensor::Unavailable;
+
+    #[test]
+    fn cpu_device_lines() {
+        assert_eq!(cpu_reason(Some(&Unavailable::NotBuilt), false), "no GPU");
+        assert!(cpu_reason(Some(&Unavailable::NotBuilt), true).contains("--features cuda"));
+        assert_eq!(cpu_reason(Some(&Unavailable::NoDriver), false), "no NVIDIA driver");
+        let none = cpu_reason(Some(&Unavailable::NoDevice { ordinal: 0, count: 0 }), true);
+        assert!(none.matches('(').count() <= 1, "{none}");
+    }
 }

@@ -2,6 +2,8 @@
 //!
 //! Every command prints one clear line on error and exits with code 1 (2 for bad usage).
 
+#![forbid(unsafe_code)]
+
 #[macro_use]
 mod output;
 mod args;

@@ -59,3 +59,10 @@ macro_rules! outln {
 macro_rules! out {
     ($($t:tt)*) => { $crate::output::write_out(&format!($($t)*)) };
 }
+
+/// An f32 for JSON as its shortest decimal form: `0.8`, not the `0.800000011920929` of its
+/// widening to f64 (what `serde_json::to_value` and `json!` print for an f32).
+pub fn json_f32(x: f32) -> serde_json::Value {
+    // Display gives the shortest digits that read back as the same f32; non-finite → null.
+    x.to_string().parse::<f64>().ok().and_then(serde_json::Number::from_f64).map_or(serde_json::Value::Null, Into::into)
+}

@@ -42,8 +42,9 @@ pub fn json(stats: &[PassStats]) -> Value {
     })
 }
 
-/// A table: prefill and decode totals, then the last decoded token layer by layer.
-pub fn render(stats: &[PassStats]) -> String {
+/// A table: prefill and decode totals, then the last decoded token layer by layer. `dropped`
+/// passes (the oldest, beyond what a session keeps) are not in `stats`.
+pub fn render(stats: &[PassStats], dropped: usize) -> String {
     let v = json(stats);
     let mut out = String::new();
     let _ = writeln!(
@@ -64,6 +65,16 @@ pub fn render(stats: &[PassStats]) -> String {
             ms("wait_s"),
             p["overlap_efficiency"].as_f64().unwrap_or(0.0),
             p["copy_gb_per_s"].as_f64().unwrap_or(0.0)
+        );
+    }
+    // The summary counts generated tokens; the first of them is sampled from the prompt's
+    // logits, so the table shows one decode pass fewer.
+    let _ = writeln!(out, "(the prefill pass gives the first generated token; each later one takes a decode pass)");
+    if dropped > 0 {
+        let _ = writeln!(
+            out,
+            "({dropped} earlier passes are not shown: a session keeps the last {})",
+            strata_model::STATS_KEPT
         );
     }
     if let Some(last) = stats.iter().rev().find(|p| p.tokens == 1) {

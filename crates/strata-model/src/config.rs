@@ -1,25 +1,41 @@
-//! The llama-family hyperparameters, read from GGUF metadata and checked before anything is
-//! allocated: counts must be positive, heads must divide the embedding, token ids must lie
-//! inside the vocabulary, and every tensor must have the shape the hyperparameters imply.
+//! A model's hyperparameters, read from GGUF metadata and checked before anything is
+//! allocated: counts must be positive, heads must divide the embedding (or the head size comes
+//! from `attention.key_length`), token ids must lie inside the vocabulary, and every tensor
+//! must have the shape the hyperparameters imply. The architecture's switches come from its
+//! [`ArchSpec`] table entry.
 
 use strata_tensor::RopeLayout;
 
+use crate::arch::{self, Activation, ArchSpec, LayerDims, Role};
 use crate::gguf::{GgufFile, Metadata};
 use crate::{Error, Result};
 
 /// Architectures whose GGUF layout is the llama one (same tensor names, adjacent-pair RoPE).
 pub(crate) const LLAMA_FAMILY: &[&str] = &["llama", "mistral"];
 
-/// Hyperparameters of a llama-family model.
+/// The old name of [`ModelConfig`] (it described llama models only).
+pub type LlamaConfig = ModelConfig;
+
+/// Hyperparameters of a model of any supported architecture.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct LlamaConfig {
+pub struct ModelConfig {
     pub arch: String,
+    /// The architecture's table entry (tensors and switches).
+    #[serde(skip)]
+    pub spec: &'static ArchSpec,
+    /// The layer tensors this model has, in group order: the spec's required roles plus the
+    /// optional ones the file carries.
+    #[serde(skip)]
+    pub layer_roles: Vec<Role>,
     pub n_layers: usize,
     pub n_embd: usize,
     pub n_ff: usize,
     pub n_head: usize,
     pub n_head_kv: usize,
     pub head_dim: usize,
+    /// n_head × head_dim: the width of Q and of the attention output (n_embd unless the file
+    /// sets `attention.key_length`).
+    pub q_dim: usize,
     pub n_vocab: usize,
     /// Context length the model was trained with.
     pub n_ctx_train: usize,
@@ -36,23 +52,13 @@ pub struct LlamaConfig {
     pub rms_eps: f32,
     /// No `output.weight`: the token embedding doubles as the output head.
     pub tied_output: bool,
-}
-
-/// GGUF dims (ne0 first) of each per-layer tensor of a llama layer, by name suffix, in the
-/// order of a layer's weight group (the reader checks files against it, `synth` writes it).
-pub(crate) fn layer_tensor_dims(n_embd: usize, n_ff: usize, kv_dim: usize) -> [(&'static str, Vec<u64>); 9] {
-    let (e, f, kv) = (n_embd as u64, n_ff as u64, kv_dim as u64);
-    [
-        ("attn_norm", vec![e]),
-        ("attn_q", vec![e, e]),
-        ("attn_k", vec![e, kv]),
-        ("attn_v", vec![e, kv]),
-        ("attn_output", vec![e, e]),
-        ("ffn_norm", vec![e]),
-        ("ffn_gate", vec![e, f]),
-        ("ffn_up", vec![e, f]),
-        ("ffn_down", vec![f, e]),
-    ]
+    pub activation: Activation,
+    /// Factor applied to the embedding rows (√n_embd for gemma), if any.
+    pub embed_scale: Option<f32>,
+    /// Scale of the attention scores: 1/√head_dim.
+    pub attn_scale: f32,
+    /// Sliding window of the layers that use one (`attention.sliding_window`), if any.
+    pub sliding_window: Option<usize>,
 }
 
 /// Upper bounds far above any real model, so that a corrupt header cannot make us allocate
@@ -86,27 +92,23 @@ fn positive_f32(md: &Metadata, key: &str, default: f64) -> Result<f32> {
     Ok(v as f32)
 }
 
-impl LlamaConfig {
+impl ModelConfig {
     /// Reads and checks the hyperparameters of `file` (metadata and tensor shapes).
     ///
     /// # Errors
     /// [`Error::Model`] or [`crate::gguf::GgufError`] naming the key or tensor at fault.
-    pub fn from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
+    pub fn from_gguf(file: &GgufFile) -> Result<ModelConfig> {
         let md = file.metadata();
         let arch = md.str("general.architecture")?.to_string();
-        if !LLAMA_FAMILY.contains(&arch.as_str()) {
-            return Err(Error::model(format!(
-                "architecture {arch:?} is not supported (strata runs the llama family: {})",
-                LLAMA_FAMILY.join(", ")
-            )));
-        }
+        let spec = arch_spec(&arch)?;
         let k = |s: &str| format!("{arch}.{s}");
         let n_layers = bounded(md, &k("block_count"), MAX_LAYERS)?;
         let n_embd = bounded(md, &k("embedding_length"), MAX_DIM)?;
         let n_ff = bounded(md, &k("feed_forward_length"), MAX_DIM * 4)?;
         let n_head = bounded(md, &k("attention.head_count"), MAX_HEADS)?;
         let n_head_kv = opt_bounded(md, &k("attention.head_count_kv"), MAX_HEADS)?.unwrap_or(n_head);
-        if !n_embd.is_multiple_of(n_head) {
+        let key_length = opt_bounded(md, &k("attention.key_length"), MAX_DIM)?;
+        if key_length.is_none() && !n_embd.is_multiple_of(n_head) {
             return Err(Error::model(format!(
                 "{} = {n_head} does not divide {} = {n_embd}",
                 k("attention.head_count"),
@@ -119,15 +121,19 @@ impl LlamaConfig {
                 k("attention.head_count_kv")
             )));
         }
-        let head_dim = n_embd / n_head;
-        if let Some(kl) = opt_bounded(md, &k("attention.key_length"), MAX_DIM)?
-            && kl != head_dim
+        let head_dim = key_length.unwrap_or(n_embd / n_head);
+        if let Some(vl) = opt_bounded(md, &k("attention.value_length"), MAX_DIM)?
+            && vl != head_dim
         {
             return Err(Error::model(format!(
-                "{} = {kl} differs from embedding/heads = {head_dim}; such models are not supported",
-                k("attention.key_length")
+                "{} = {vl} differs from the key head size {head_dim}; such models are not supported",
+                k("attention.value_length")
             )));
         }
+        let q_dim = n_head
+            .checked_mul(head_dim)
+            .filter(|&q| q as u64 <= MAX_DIM * 4)
+            .ok_or_else(|| Error::model(format!("{n_head} heads of {head_dim} are too wide")))?;
         let n_rot = opt_bounded(md, &k("rope.dimension_count"), MAX_DIM)?.unwrap_or(head_dim);
         if n_rot > head_dim || !n_rot.is_multiple_of(2) {
             return Err(Error::model(format!(
@@ -158,23 +164,43 @@ impl LlamaConfig {
             }
         };
         let tied_output = file.tensor("output.weight").is_none();
-        let cfg = LlamaConfig {
+        let layer_roles = layer_roles(spec, |r| file.tensor(&format!("blk.0.{}", r.gguf_suffix())).is_some());
+        let sliding_window = match spec.swa_pattern {
+            0 => None,
+            _ => opt_bounded(md, &k("attention.sliding_window"), MAX_CONTEXT)?,
+        };
+        if let Some(cap) = md.opt_f64(&k("final_logit_softcapping"))?
+            && cap != 0.0
+        {
+            return Err(Error::model(format!(
+                "{} = {cap} is not supported (no logit soft-capping op yet)",
+                k("final_logit_softcapping")
+            )));
+        }
+        let cfg = ModelConfig {
             arch,
+            spec,
+            layer_roles,
             n_layers,
             n_embd,
             n_ff,
             n_head,
             n_head_kv,
             head_dim,
+            q_dim,
             n_vocab,
             n_ctx_train,
             rope_freq_base,
             rope_freq_scale,
             rope_freq_factors,
             n_rot,
-            rope_layout: RopeLayout::Adjacent,
+            rope_layout: spec.rope_layout,
             rms_eps,
             tied_output,
+            activation: spec.activation,
+            embed_scale: spec.embed_scale.then(|| (n_embd as f32).sqrt()),
+            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            sliding_window,
         };
         cfg.check_token_ids(md)?;
         Ok(cfg)
@@ -216,15 +242,58 @@ impl LlamaConfig {
         self.n_head_kv * self.head_dim
     }
 
-    /// Expected GGUF dims (ne0 first) of each per-layer tensor, by name suffix.
-    pub fn layer_tensor_dims(&self) -> [(&'static str, Vec<u64>); 9] {
-        layer_tensor_dims(self.n_embd, self.n_ff, self.kv_dim())
+    /// The sizes the layer tensors' shapes depend on.
+    pub fn layer_dims(&self) -> LayerDims {
+        LayerDims {
+            n_embd: self.n_embd,
+            n_ff: self.n_ff,
+            q_dim: self.q_dim,
+            kv_dim: self.kv_dim(),
+            head_dim: self.head_dim,
+        }
+    }
+
+    /// The sliding window of layer `l`, if it uses one.
+    pub fn layer_window(&self, l: usize) -> Option<usize> {
+        let p = self.spec.swa_pattern;
+        self.sliding_window.filter(|_| p > 0 && l % p < p - 1)
+    }
+
+    /// The RoPE base of layer `l` (sliding-window layers have their own).
+    pub fn layer_rope_base(&self, l: usize) -> f32 {
+        if self.layer_window(l).is_some() { self.spec.swa_rope_base } else { self.rope_freq_base }
     }
 
     /// Bytes of K and V cache per layer for `context` positions of `elem_bytes` each.
     pub fn kv_bytes_per_layer(&self, context: usize, elem_bytes: usize) -> u64 {
         2 * context as u64 * self.kv_dim() as u64 * elem_bytes as u64
     }
+}
+
+/// The spec of `arch`, if strata can run it.
+pub(crate) fn arch_spec(arch: &str) -> Result<&'static ArchSpec> {
+    let spec = arch::by_name(arch).ok_or_else(|| {
+        Error::model(format!(
+            "architecture {arch:?} is not supported (strata runs: {})",
+            arch::runnable_names().join(", ")
+        ))
+    })?;
+    if let Some(missing) = spec.missing {
+        return Err(Error::model(format!(
+            "architecture {arch:?} is recognised but cannot run yet: strata lacks {missing} (it runs: {})",
+            arch::runnable_names().join(", ")
+        )));
+    }
+    Ok(spec)
+}
+
+/// The spec's required roles plus the optional ones `present` says the file has, in group
+/// order.
+pub(crate) fn layer_roles(spec: &ArchSpec, present: impl Fn(Role) -> bool) -> Vec<Role> {
+    let mut roles: Vec<Role> =
+        spec.required.iter().copied().chain(spec.optional.iter().copied().filter(|&r| present(r))).collect();
+    roles.sort();
+    roles
 }
 
 /// Llama 3.1-style RoPE scaling ships as per-frequency divisors in the tensor

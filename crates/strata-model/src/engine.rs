@@ -98,11 +98,30 @@ pub fn pick_gpu(opts: &EngineOptions) -> Result<std::result::Result<Gpu, String>
         return Ok(Err("--device cpu".to_string()));
     }
     let (_, gpu, why) = discover(&opts.gpu);
-    let why = why.map_or_else(|| "no GPU".to_string(), |w| w.to_string());
+    let why = cpu_reason(why.as_ref(), nvidia_gpu_present());
     match (gpu, opts.device) {
         (Some(g), _) => Ok(Ok(g)),
         (None, DeviceChoice::Cuda) => Err(Error::invalid(format!("--device cuda: {why}"))),
         (None, _) => Ok(Err(why)),
+    }
+}
+
+/// Whether the kernel has an NVIDIA driver loaded (a GPU a CUDA build could use).
+pub fn nvidia_gpu_present() -> bool {
+    std::path::Path::new("/proc/driver/nvidia/version").exists()
+}
+
+/// Why the CPU is used, in one clause: rebuild advice only where a CUDA build would find a GPU
+/// (`nvidia`), no nested parentheses.
+pub fn cpu_reason(why: Option<&strata_tensor::Unavailable>, nvidia: bool) -> String {
+    use strata_tensor::Unavailable;
+    match why {
+        Some(Unavailable::NotBuilt) if nvidia => {
+            "this build has no CUDA support, rebuild with `--features cuda` to use the NVIDIA GPU".into()
+        }
+        Some(Unavailable::NotBuilt) | None => "no GPU".into(),
+        Some(Unavailable::NoDriver) => "no NVIDIA driver".into(),
+        Some(other) => other.to_string(),
     }
 }
 

@@ -30,6 +30,10 @@ pub enum Error {
     ContextFull { needed: usize, prompt: usize, generate: usize, context: usize, trained: usize },
     #[error("{0}")]
     Invalid(String),
+    /// The session's host memory (KV cache, activations) does not fit what this process may
+    /// still allocate; refused before allocating, with the numbers and the flag to change.
+    #[error("{0}")]
+    HostMemory(String),
 }
 
 impl Error {

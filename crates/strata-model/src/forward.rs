@@ -1,14 +1,18 @@
-//! The llama forward pass as strata-tensor ops on one stream: one function per layer (so the
-//! runtime can run each layer wherever its weights are) and one for the output head.
+//! The forward pass as strata-tensor ops on one stream: one function per layer (so the
+//! runtime can run each layer wherever its weights are) and one for the output head. One block
+//! runner serves every architecture; the differences are data ([`crate::arch::ArchSpec`], the
+//! config's switches and which [`Role`]s a layer has).
 //!
 //! A layer, for T tokens at positions pos0..pos0+T with residual x [T, n_embd]:
-//! RMSNorm → Q/K/V projections → RoPE on Q and K → append K, V to the cache → causal
-//! grouped-query attention over the cache → output projection → residual add → RMSNorm →
-//! gate/up projections → SiLU(gate)·up → down projection → residual add.
+//! RMSNorm → Q/K/V projections (+ biases) → per-head Q/K RMSNorm (if present) → RoPE on Q and
+//! K → append K, V to the cache → causal grouped-query attention over the cache → output
+//! projection → (post-attention norm) → residual add → RMSNorm → gate/up projections →
+//! act(gate)·up → down projection → (post-FFN norm) → residual add.
 //! T = 1 (decode) uses matvec and decode attention; T > 1 (prefill) uses matmul.
 
 use strata_tensor::{DType, Stream, Tensor, ops};
 
+use crate::arch::{Activation, N_ROLES, Role};
 use crate::config::LlamaConfig;
 use crate::weights::HeadWeights;
 use crate::{Error, Result};
@@ -39,6 +43,8 @@ pub struct Scratch {
     h: Tensor,
     q: Tensor,
     k: Tensor,
+    /// Per-head-normed keys (models with K norms).
+    kn: Tensor,
     v: Tensor,
     att: Tensor,
     o: Tensor,
@@ -56,10 +62,11 @@ impl Scratch {
         Ok(Scratch {
             n_tokens,
             h: z(&[t, cfg.n_embd], "normed activations")?,
-            q: z(&[t, cfg.n_embd], "queries")?,
+            q: z(&[t, cfg.q_dim], "queries")?,
             k: z(&[t, cfg.kv_dim()], "keys")?,
+            kn: z(&[t, cfg.kv_dim()], "normed keys")?,
             v: z(&[t, cfg.kv_dim()], "values")?,
-            att: z(&[t, cfg.n_embd], "attention output")?,
+            att: z(&[t, cfg.q_dim], "attention output")?,
             o: z(&[t, cfg.n_embd], "projected attention")?,
             gate: z(&[t, cfg.n_ff], "ffn gate")?,
             up: z(&[t, cfg.n_ff], "ffn up")?,
@@ -73,37 +80,49 @@ impl Scratch {
 
     /// Bytes of activation scratch for `n_tokens` tokens (for memory planning).
     pub fn bytes(cfg: &LlamaConfig, n_tokens: usize) -> u64 {
-        (n_tokens * 4 * (5 * cfg.n_embd + 2 * cfg.kv_dim() + 3 * cfg.n_ff)) as u64
+        (n_tokens * 4 * (3 * cfg.n_embd + 2 * cfg.q_dim + 3 * cfg.kv_dim() + 3 * cfg.n_ff)) as u64
     }
 }
 
 /// Borrowed weights of one layer, wherever they live (owned by a [`crate::weights::LayerWeights`]
-/// or views into a streamed layer's slot), in [`crate::weights::LAYER_TENSORS`] order.
+/// or views into a streamed layer's slot): a table indexed by [`Role`].
 #[derive(Clone, Copy)]
 pub struct LayerRef<'a> {
-    pub attn_norm: &'a Tensor,
-    pub wq: &'a Tensor,
-    pub wk: &'a Tensor,
-    pub wv: &'a Tensor,
-    pub wo: &'a Tensor,
-    pub ffn_norm: &'a Tensor,
-    pub w_gate: &'a Tensor,
-    pub w_up: &'a Tensor,
-    pub w_down: &'a Tensor,
+    tensors: [Option<&'a Tensor>; N_ROLES],
 }
 
 impl<'a> LayerRef<'a> {
-    /// From nine tensors in group order.
+    /// From a role-indexed table.
+    pub fn from_table(tensors: [Option<&'a Tensor>; N_ROLES]) -> LayerRef<'a> {
+        LayerRef { tensors }
+    }
+
+    /// From the tensors of a weight group, in `roles` order (the model's layer roles).
     ///
     /// # Errors
-    /// If there are not nine.
-    pub fn from_slice(t: &'a [Tensor]) -> Result<LayerRef<'a>> {
-        match t {
-            [attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down] => {
-                Ok(LayerRef { attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down })
-            }
-            _ => Err(Error::invalid(format!("a layer has 9 tensors, got {}", t.len()))),
+    /// If the counts differ.
+    pub fn from_slice(t: &'a [Tensor], roles: &[Role]) -> Result<LayerRef<'a>> {
+        if t.len() != roles.len() {
+            return Err(Error::invalid(format!("a layer has {} tensors, got {}", roles.len(), t.len())));
         }
+        let mut tensors = [None; N_ROLES];
+        for (t, r) in t.iter().zip(roles) {
+            tensors[r.index()] = Some(t);
+        }
+        Ok(LayerRef { tensors })
+    }
+
+    /// The tensor of `role`, if the layer has one.
+    pub fn get(&self, role: Role) -> Option<&'a Tensor> {
+        self.tensors[role.index()]
+    }
+
+    /// The tensor of `role`, which every layer must have.
+    ///
+    /// # Errors
+    /// If the layer lacks it.
+    pub fn req(&self, role: Role) -> Result<&'a Tensor> {
+        self.get(role).ok_or_else(|| Error::invalid(format!("layer weights lack {}", role.gguf_suffix())))
     }
 }
 
@@ -124,11 +143,31 @@ fn project(w: &Tensor, x: &Tensor, y: &mut Tensor, s: &Stream) -> Result<()> {
     Ok(())
 }
 
-/// Runs one layer on the stream's device: every tensor (weights, cache, x, positions,
+/// x += bias (broadcast over tokens) when the layer has one.
+fn bias(x: &mut Tensor, b: Option<&Tensor>, s: &Stream) -> Result<()> {
+    if let Some(b) = b {
+        ops::add_bias_inplace(x, b, s)?;
+    }
+    Ok(())
+}
+
+/// RMSNorm of `x` into `tmp` with `w`, then the result back in `x` (by swapping the buffers),
+/// when `w` is given; nothing otherwise.
+fn norm_in_place(x: &mut Tensor, w: Option<&Tensor>, eps: f32, tmp: &mut Tensor, s: &Stream) -> Result<()> {
+    if let Some(w) = w {
+        reshape(tmp, x.shape())?;
+        ops::rmsnorm(x, w, eps, tmp, s)?;
+        std::mem::swap(x, tmp);
+    }
+    Ok(())
+}
+
+/// Runs layer `layer` on the stream's device: every tensor (weights, cache, x, positions,
 /// scratch) must be there. `positions` holds pos0..pos0+T as i32.
 #[allow(clippy::too_many_arguments)]
 pub fn layer_forward(
     cfg: &LlamaConfig,
+    layer: usize,
     w: LayerRef<'_>,
     kv: &mut LayerKv,
     x: &mut Tensor,
@@ -141,22 +180,32 @@ pub fn layer_forward(
     if x.shape() != [t, cfg.n_embd] {
         return Err(Error::invalid(format!("layer input has shape {:?}, expected [{t}, {}]", x.shape(), cfg.n_embd)));
     }
+    if cfg.layer_window(layer).is_some() || cfg.activation != Activation::Silu {
+        // Unreachable for the architectures config.rs accepts; a guard, not a silent fallback.
+        return Err(Error::model(format!("{}: sliding-window attention and GELU are not implemented", cfg.arch)));
+    }
     let (nh, nkv, hd) = (cfg.n_head, cfg.n_head_kv, cfg.head_dim);
-    ops::rmsnorm(x, w.attn_norm, cfg.rms_eps, &mut sc.h, s)?;
-    project(w.wq, &sc.h, &mut sc.q, s)?;
-    project(w.wk, &sc.h, &mut sc.k, s)?;
-    project(w.wv, &sc.h, &mut sc.v, s)?;
+    ops::rmsnorm(x, w.req(Role::AttnNorm)?, cfg.rms_eps, &mut sc.h, s)?;
+    project(w.req(Role::Q)?, &sc.h, &mut sc.q, s)?;
+    project(w.req(Role::K)?, &sc.h, &mut sc.k, s)?;
+    project(w.req(Role::V)?, &sc.h, &mut sc.v, s)?;
+    bias(&mut sc.q, w.get(Role::QBias), s)?;
+    bias(&mut sc.k, w.get(Role::KBias), s)?;
+    bias(&mut sc.v, w.get(Role::VBias), s)?;
     reshape(&mut sc.q, &[t, nh, hd])?;
     reshape(&mut sc.k, &[t, nkv, hd])?;
+    // Per-head norms: the last dim is the head, so rmsnorm normalizes each head.
+    norm_in_place(&mut sc.q, w.get(Role::QNorm), cfg.rms_eps, &mut sc.att, s)?;
+    norm_in_place(&mut sc.k, w.get(Role::KNorm), cfg.rms_eps, &mut sc.kn, s)?;
     let factors = sc.rope_factors.as_ref();
-    let rope = |x: &mut Tensor| {
-        ops::rope(x, positions, cfg.n_rot, cfg.rope_freq_base, cfg.rope_freq_scale, factors, cfg.rope_layout, s)
-    };
+    let base = cfg.layer_rope_base(layer);
+    let rope =
+        |x: &mut Tensor| ops::rope(x, positions, cfg.n_rot, base, cfg.rope_freq_scale, factors, cfg.rope_layout, s);
     rope(&mut sc.q)?;
     rope(&mut sc.k)?;
     ops::kv_append(&sc.k, positions, &mut kv.k, s)?;
     ops::kv_append(&sc.v, positions, &mut kv.v, s)?;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = cfg.attn_scale;
     if t == 1 {
         reshape(&mut sc.q, &[nh, hd])?;
         reshape(&mut sc.att, &[nh, hd])?;
@@ -165,17 +214,19 @@ pub fn layer_forward(
         reshape(&mut sc.att, &[t, nh, hd])?;
         ops::attention_prefill(&sc.q, pos0, &kv.k, &kv.v, scale, &mut sc.att, s)?;
     }
-    reshape(&mut sc.q, &[t, cfg.n_embd])?;
+    reshape(&mut sc.q, &[t, cfg.q_dim])?;
     reshape(&mut sc.k, &[t, cfg.kv_dim()])?;
-    reshape(&mut sc.att, &[t, cfg.n_embd])?;
-    project(w.wo, &sc.att, &mut sc.o, s)?;
+    reshape(&mut sc.att, &[t, cfg.q_dim])?;
+    project(w.req(Role::O)?, &sc.att, &mut sc.o, s)?;
+    norm_in_place(&mut sc.o, w.get(Role::PostAttnNorm), cfg.rms_eps, &mut sc.h, s)?;
     ops::add_inplace(x, &sc.o, s)?;
 
-    ops::rmsnorm(x, w.ffn_norm, cfg.rms_eps, &mut sc.h, s)?;
-    project(w.w_gate, &sc.h, &mut sc.gate, s)?;
-    project(w.w_up, &sc.h, &mut sc.up, s)?;
+    ops::rmsnorm(x, w.req(Role::FfnNorm)?, cfg.rms_eps, &mut sc.h, s)?;
+    project(w.req(Role::Gate)?, &sc.h, &mut sc.gate, s)?;
+    project(w.req(Role::Up)?, &sc.h, &mut sc.up, s)?;
     ops::silu_mul(&sc.gate, &sc.up, &mut sc.act, s)?;
-    project(w.w_down, &sc.act, &mut sc.o, s)?;
+    project(w.req(Role::Down)?, &sc.act, &mut sc.o, s)?;
+    norm_in_place(&mut sc.o, w.get(Role::PostFfnNorm), cfg.rms_eps, &mut sc.h, s)?;
     ops::add_inplace(x, &sc.o, s)?;
     Ok(())
 }

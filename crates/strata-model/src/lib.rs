@@ -6,8 +6,10 @@
 //! [`Model::load`] a file, open a [`Session`] on a device, and [`generate`] text (or call
 //! [`Session::forward`] for logits).
 
+pub mod arch;
 pub mod chat;
 pub mod config;
+pub mod derive;
 pub mod engine;
 mod error;
 pub mod forward;
@@ -23,14 +25,13 @@ pub mod synth;
 pub mod tokenizer;
 pub mod weights;
 
-pub use config::LlamaConfig;
+pub use config::{LlamaConfig, ModelConfig};
 pub use engine::{DeviceChoice, Engine, EngineOptions};
 pub use error::{Error, Result};
 pub use generate::{GenerateOptions, Generation, StopReason, Timings, generate};
 pub use model::{KvType, Model, ModelSource, SessionOptions};
 pub use sample::{Sampler, SamplerConfig};
-
-pub use session::{Layout, PassStats, Session};
+pub use session::{Layout, PassStats, STATS_KEPT, Session};
 /// The default model file (`$STRATA_MODEL`, else `models/…` in or above the current directory
 /// or the running program); one lookup for the CLI and the tests.
 pub use strata_kernels::{DEFAULT_MODEL, MODEL_ENV, default_model_path};

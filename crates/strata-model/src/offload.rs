@@ -10,8 +10,9 @@ use strata_runtime::device::Accelerator;
 use strata_runtime::plan::{
     LayerSpec, Placement, Plan, PlanRequest, Policy, Rest, SpeedSource, Speeds, assumed_speeds, plan,
 };
+use strata_tensor::hostmem::HostLimits;
 use strata_tensor::ops::{CpuPath, with_cpu_path};
-use strata_tensor::{Gpu, HostBuffer, PinnedKind, Stream, Tensor, mem_available};
+use strata_tensor::{Gpu, HostBuffer, PinnedKind, Stream, Tensor, fmt_bytes, mem_available};
 
 use crate::forward::{LayerKv, LayerRef, Scratch, layer_forward};
 use crate::model::{Model, SessionOptions};
@@ -77,6 +78,7 @@ pub fn plan_request(
         rest: o.rest,
         prefill_tokens: session.batch.max(1),
         max_prefetch_depth: 2,
+        context,
     }
 }
 
@@ -119,7 +121,11 @@ fn cache_path(gpu: Option<&Gpu>, cpu_path: CpuPath) -> Option<PathBuf> {
 pub fn cached_speeds(gpu: Option<&Gpu>, cpu_path: CpuPath) -> Option<Speeds> {
     let text = std::fs::read_to_string(cache_path(gpu, cpu_path)?).ok()?;
     let mut s: Speeds = serde_json::from_str(&text).ok()?;
-    s.source = SpeedSource::Cached;
+    // What was measured is now cached; what was assumed (the GPU side of a measurement on a
+    // machine without a GPU) stays assumed.
+    let cached = |src| if src == SpeedSource::Assumed { src } else { SpeedSource::Cached };
+    s.source = cached(s.source);
+    s.gpu_source = cached(s.gpu_source);
     Some(s)
 }
 
@@ -152,7 +158,7 @@ fn time_layer(model: &Model, w: LayerRef<'_>, s: &Stream, t: usize, reps: usize)
     let mut x = Tensor::from_f32(&[t, cfg.n_embd], vec![0.01; t * cfg.n_embd])?.to_device(s, "x")?;
     let pos = Tensor::from_i32(&[t], (0..t as i32).collect())?.to_device(s, "positions")?;
     best_of(reps, || {
-        layer_forward(cfg, w, &mut kv, &mut x, &pos, 0, &mut sc, s)?;
+        layer_forward(cfg, 0, w, &mut kv, &mut x, &pos, 0, &mut sc, s)?;
         s.synchronize()?;
         Ok(())
     })
@@ -198,7 +204,9 @@ fn measure(model: &Model, gpu: Option<&Gpu>) -> Result<Speeds> {
         s.layer_overhead_s = 0.0;
         // A batch big enough that launch overheads do not hide the matmul rate.
         s.gpu_flops = flops(128) / time_layer(model, on_gpu.as_ref(), &stream, 128, 2)?;
+        s.gpu_source = SpeedSource::Measured;
     }
+    // Without a GPU only the CPU was measured; the GPU speeds stay assumed and say so.
     s.source = SpeedSource::Measured;
     Ok(s)
 }
@@ -239,7 +247,105 @@ pub fn open_planned(
     Err(Error::model("the GPU keeps running out of memory while loading; lower --gpu-memory"))
 }
 
+/// Host memory a session allocates itself (the weights are memory-mapped and not counted):
+/// the KV cache of the layers computed on the host, activations and logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostNeed {
+    pub context: usize,
+    /// KV cache bytes per position, over the layers whose cache is in host memory.
+    pub kv_bytes_per_token: u64,
+    /// Activations and logits.
+    pub scratch_bytes: u64,
+}
+
+/// Left over for the rest of a session's host allocations (token lists, the sampler, staging).
+const HOST_SLACK: u64 = 64 << 20;
+
+impl HostNeed {
+    pub fn kv_bytes(&self) -> u64 {
+        self.kv_bytes_per_token.saturating_mul(self.context as u64)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.kv_bytes().saturating_add(self.scratch_bytes).saturating_add(HOST_SLACK)
+    }
+}
+
+/// Refuses a session whose host memory does not fit `limits` (nothing is allocated yet): the
+/// message gives the KV cache and scratch sizes, what is available and which limit binds, and
+/// the longest `--context` that fits.
+///
+/// # Errors
+/// [`Error::HostMemory`] when `need` is more than [`HostLimits::usable`]; nothing when the limits
+/// cannot be read.
+pub fn check_host_memory(need: &HostNeed, limits: &HostLimits) -> Result<()> {
+    let Some(usable) = limits.usable() else { return Ok(()) };
+    if need.total() <= usable {
+        return Ok(());
+    }
+    let room = usable.saturating_sub(need.scratch_bytes.saturating_add(HOST_SLACK));
+    let fits = room / need.kv_bytes_per_token.max(1);
+    let advice = if need.kv_bytes_per_token == 0 || fits == 0 {
+        "free some memory or raise the limit (no context fits in what is left)".to_string()
+    } else {
+        format!("lower --context (at most {fits} fits) or free some memory")
+    };
+    Err(Error::HostMemory(format!(
+        "the KV cache for --context {} needs {} and the scratch {}, but {} of RAM is available to strata ({}); \
+         {advice}",
+        need.context,
+        fmt_bytes(need.kv_bytes()),
+        fmt_bytes(need.scratch_bytes),
+        fmt_bytes(usable),
+        limits.describe(),
+    )))
+}
+
 /// True if any layer of the plan is not on the CPU.
 pub fn uses_gpu(p: &Plan) -> bool {
     p.layers.iter().any(|l| l.placement != Placement::Cpu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+    const MIB: u64 = 1 << 20;
+
+    /// The default model's KV cache (30 layers × 3 KV heads × 64 × K and V × f16 = 23,040 bytes
+    /// a position) at --context 200000 under `ulimit -v 3000000`.
+    #[test]
+    fn host_preflight_arithmetic() {
+        let need = HostNeed { context: 200_000, kv_bytes_per_token: 23_040, scratch_bytes: 300 * MIB };
+        assert_eq!(need.kv_bytes(), 4_608_000_000);
+        let limits = HostLimits {
+            mem_available: Some(20 * GIB),
+            cgroup_limit: None,
+            cgroup_used: 0,
+            address_space_limit: Some(3_072_000_000),
+            address_space_used: 512 * MIB,
+        };
+        let usable = 3_072_000_000 - 512 * MIB;
+        assert_eq!(limits.usable(), Some(usable));
+        let msg = check_host_memory(&need, &limits).expect_err("4.3 GiB in 2.4 GiB").to_string();
+        // The longest context that fits: what is left after scratch and slack, per position.
+        let fits = (usable - 300 * MIB - HOST_SLACK) / 23_040;
+        assert!(msg.contains(&format!("at most {fits} fits")), "{msg}");
+        assert!(msg.starts_with("the KV cache for --context 200000 needs 4.29 GiB and the scratch 300.0 MiB"), "{msg}");
+        assert!(msg.contains("address-space limit 2.86 GiB") && msg.contains("cgroup limit none"), "{msg}");
+        // That context does fit, one more position does not.
+        let at = |context: usize| check_host_memory(&HostNeed { context, ..need }, &limits);
+        assert!(at(fits as usize).is_ok());
+        assert!(at(fits as usize + 1).is_err());
+        // A cgroup limit binds the same way; unreadable limits refuse nothing.
+        let cgroup = HostLimits { address_space_limit: None, cgroup_limit: Some(2 * GIB), cgroup_used: GIB, ..limits };
+        let msg = check_host_memory(&need, &cgroup).expect_err("over the cgroup").to_string();
+        assert!(msg.contains("1.00 GiB of RAM is available") && msg.contains("cgroup limit 2.00 GiB"), "{msg}");
+        assert!(check_host_memory(&need, &HostLimits::default()).is_ok());
+        // Scratch alone over the limit: no context helps.
+        let tiny = HostLimits { mem_available: Some(100 * MIB), address_space_limit: None, ..limits };
+        let msg = check_host_memory(&need, &tiny).expect_err("scratch alone").to_string();
+        assert!(msg.contains("no context fits"), "{msg}");
+    }
 }

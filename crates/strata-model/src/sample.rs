@@ -16,18 +16,32 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SamplerConfig {
     /// 0 = greedy.
+    #[serde(serialize_with = "shortest_f32")]
     pub temperature: f32,
     /// Keep the k most likely tokens (0 = all).
     pub top_k: usize,
     /// Keep the smallest set whose probability reaches p (1 = all).
+    #[serde(serialize_with = "shortest_f32")]
     pub top_p: f32,
     /// Drop tokens below min_p × the top probability (0 = none).
+    #[serde(serialize_with = "shortest_f32")]
     pub min_p: f32,
     /// Divide positive logits (multiply negative ones) of recent tokens by this (1 = off).
+    #[serde(serialize_with = "shortest_f32")]
     pub repeat_penalty: f32,
     /// How many recent tokens the penalty looks at.
     pub repeat_last_n: usize,
     pub seed: u64,
+}
+
+/// An f32 in JSON as its shortest decimal form (`0.8`), not as the f64 it widens to
+/// (`0.800000011920929`), which is what serde_json prints once the value goes through
+/// `to_value`.
+fn shortest_f32<S: serde::Serializer>(x: &f32, s: S) -> Result<S::Ok, S::Error> {
+    match x.to_string().parse::<f64>() {
+        Ok(v) => s.serialize_f64(v),
+        Err(_) => s.serialize_f32(*x),
+    }
 }
 
 impl Default for SamplerConfig {

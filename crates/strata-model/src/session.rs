@@ -9,6 +9,7 @@
 //!
 //! Each pass records a timeline (per-layer compute, copies, waits) for `--stats`.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -90,6 +91,10 @@ enum Clock {
     Gpu(strata_tensor::GpuStream, Event, Instant),
 }
 
+/// How many pass timelines a [`Session`] keeps until [`Session::take_stats`] (the most recent
+/// ones): a few KiB each, so at most a few tens of MiB however long a chat runs.
+pub const STATS_KEPT: usize = 4096;
+
 /// One conversation: KV caches on the planned devices, the number of positions used, and
 /// the weight streamer. It shares its model (an [`Arc`]), so it can live in a long-lived
 /// struct beside other sessions over the same weights.
@@ -122,8 +127,10 @@ pub struct Session {
     n_past: usize,
     batch: usize,
     device: Device,
-    /// Timelines of passes since the last `take_stats`.
-    stats: Vec<PassStats>,
+    /// Timelines of the last [`STATS_KEPT`] passes since the last `take_stats`.
+    stats: VecDeque<PassStats>,
+    /// Passes since the last `take_stats` whose timelines were dropped to bound `stats`.
+    stats_dropped: usize,
     /// The layer of each streamed group.
     streamed_layers: Vec<usize>,
     /// Pinned host memory the logits are downloaded into (GPU sessions).
@@ -198,6 +205,20 @@ impl Session {
             _ => Stream::Host,
         };
         let kv_bytes = cfg.kv_bytes_per_layer(context, opts.kv_type.bytes());
+        // Refuse before allocating when the host cannot hold its KV caches and activations
+        // (the host test device keeps everything in host memory).
+        let on_host = |p: &Placement| *p == Placement::Cpu || !matches!(acc, Some(Accelerator::Gpu(_)));
+        let host_layers = layout.placements.iter().filter(|p| on_host(p)).count() as u64;
+        // Activations on the host whenever a layer or the head runs there.
+        let host_scratch = if host_layers > 0 || !on_acc { Scratch::bytes(cfg, opts.batch.min(context)) } else { 0 };
+        crate::offload::check_host_memory(
+            &crate::offload::HostNeed {
+                context,
+                kv_bytes_per_token: host_layers * cfg.kv_bytes_per_layer(1, opts.kv_type.bytes()),
+                scratch_bytes: host_scratch + 4 * (opts.batch.min(context) * cfg.n_vocab) as u64,
+            },
+            &strata_tensor::hostmem::HostLimits::read(),
+        )?;
         let mut sites = Vec::with_capacity(cfg.n_layers);
         let mut streamed = Vec::new();
         let to_load: u64 = layout
@@ -288,7 +309,8 @@ impl Session {
             n_past: 0,
             batch: opts.batch,
             device,
-            stats: Vec::new(),
+            stats: VecDeque::new(),
+            stats_dropped: 0,
             streamed_layers: streamed,
             logits_host: None,
             _res: res,
@@ -329,9 +351,18 @@ impl Session {
         self.streamer.as_ref().map(|s| s.slots())
     }
 
-    /// The timelines of the passes since the last call.
+    /// The timelines of the passes since the last call: the last [`STATS_KEPT`] of them, so a
+    /// long chat that never calls this holds a bounded amount of memory (see
+    /// [`Session::stats_dropped`] for how many were left out).
     pub fn take_stats(&mut self) -> Vec<PassStats> {
-        std::mem::take(&mut self.stats)
+        self.stats_dropped = 0;
+        std::mem::take(&mut self.stats).into()
+    }
+
+    /// How many passes since the last [`Session::take_stats`] are not in it (the oldest ones,
+    /// beyond [`STATS_KEPT`]).
+    pub fn stats_dropped(&self) -> usize {
+        self.stats_dropped
     }
 
     /// Runs `tokens` at positions n_past.. and returns the logits of the last token, or of
@@ -400,6 +431,11 @@ impl Session {
         let ids = Tensor::from_i32(&[t], tokens.iter().map(|&i| i as i32).collect())?;
         let mut x = Tensor::zeros(DType::F32, &[t, cfg.n_embd], &Stream::Host, "embeddings")?;
         ops::embedding_gather(&model.weights.embedding, &ids, &mut x, &Stream::Host)?;
+        if let Some(f) = cfg.embed_scale {
+            let rows = x;
+            x = Tensor::zeros(DType::F32, &[t, cfg.n_embd], &Stream::Host, "scaled embeddings")?;
+            ops::scale(&rows, f, &mut x, &Stream::Host)?;
+        }
         let positions_host = Tensor::from_i32(&[t], (pos0..pos0 + t).map(|p| p as i32).collect())?;
         let mut positions: Option<(Device, Tensor)> = None;
         let mut x_stream = Stream::Host;
@@ -425,11 +461,11 @@ impl Session {
                     let t0 = Instant::now();
                     let w = st.acquire(*g)?;
                     wait_s = t0.elapsed().as_secs_f64();
-                    LayerRef::from_slice(w)?
+                    LayerRef::from_slice(w, &cfg.layer_roles)?
                 }
             };
             let start = Mark::now(&s)?;
-            let r = layer_forward(cfg, weights, &mut site.kv, &mut x, pos, pos0, &mut scratch, &s);
+            let r = layer_forward(cfg, l, weights, &mut site.kv, &mut x, pos, pos0, &mut scratch, &s);
             if let (Weights::Streamed(g), Some(st)) = (&site.weights, streamer) {
                 st.release(*g)?;
             }
@@ -514,7 +550,11 @@ impl Session {
         let copy_s: f64 = copies.iter().map(|c| c.end_s - c.start_s).fold(0.0, |a, b| a + b);
         let copy_bytes: u64 = copies.iter().map(|c| c.bytes).sum();
         let wait_s = layers.iter().map(|l| l.wait_s).fold(0.0, |a, b| a + b);
-        self.stats.push(PassStats {
+        if self.stats.len() >= STATS_KEPT {
+            self.stats.pop_front();
+            self.stats_dropped += 1;
+        }
+        self.stats.push_back(PassStats {
             tokens,
             wall_s,
             compute_s,

@@ -167,10 +167,18 @@ impl Preset {
         let f32t = GgmlType::from_dtype(DType::F32).ok_or_else(|| Error::invalid("f32"))?;
         let mut specs = vec![Spec { name: "token_embd.weight".into(), dims: vec![e, v], ggml: wt, norm: false }];
         for l in 0..self.n_layers {
-            for (suffix, dims) in crate::config::layer_tensor_dims(self.n_embd, self.n_ff, kv_dim) {
+            let dims = crate::arch::LayerDims {
+                n_embd: self.n_embd,
+                n_ff: self.n_ff,
+                q_dim: self.n_embd,
+                kv_dim,
+                head_dim: self.n_embd / self.n_head,
+            };
+            for r in crate::arch::by_name("llama").map_or(&[][..], |a| a.required) {
+                let dims = r.dims(&dims);
                 let norm = dims.len() == 1;
                 specs.push(Spec {
-                    name: format!("blk.{l}.{suffix}.weight"),
+                    name: format!("blk.{l}.{}", r.gguf_suffix()),
                     dims,
                     ggml: if norm { f32t } else { wt },
                     norm,
@@ -266,10 +274,10 @@ fn synth_vocab(n_vocab: usize) -> Result<(Vec<String>, Vec<i32>)> {
 }
 
 /// splitmix64: a fast, well-mixed generator; one stream per chunk.
-struct Mix(u64);
+pub(crate) struct Mix(pub(crate) u64);
 
 impl Mix {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -278,7 +286,7 @@ impl Mix {
     }
 
     /// Uniform in [-1, 1).
-    fn unit(&mut self) -> f32 {
+    pub(crate) fn unit(&mut self) -> f32 {
         ((self.next() >> 40) as f32 / (1u64 << 23) as f32) - 1.0
     }
 }

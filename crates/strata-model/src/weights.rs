@@ -8,67 +8,51 @@
 use half::{bf16, f16};
 use strata_tensor::{DType, Stream, Tensor};
 
+use crate::arch::{MODEL_TENSORS, N_ROLES, ROLES, Role};
 use crate::config::LlamaConfig;
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::{Error, Result};
 
-/// Names (GGUF suffixes) of one layer's tensors, in group order.
-pub const LAYER_TENSORS: [&str; 9] =
-    ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"];
-
-/// One transformer layer's weights, all on one device.
+/// One transformer layer's weights, all on one device: a table indexed by [`Role`], holding
+/// the tensors of the model's [`crate::config::ModelConfig::layer_roles`].
 pub struct LayerWeights {
-    pub attn_norm: Tensor,
-    pub wq: Tensor,
-    pub wk: Tensor,
-    pub wv: Tensor,
-    pub wo: Tensor,
-    pub ffn_norm: Tensor,
-    pub w_gate: Tensor,
-    pub w_up: Tensor,
-    pub w_down: Tensor,
+    tensors: [Option<Tensor>; N_ROLES],
 }
 
 impl LayerWeights {
-    /// Builds a layer from its tensors in [`LAYER_TENSORS`] order.
+    /// Builds a layer from its tensors in `roles` order (the model's layer roles).
     ///
     /// # Errors
-    /// If there are not exactly nine tensors.
-    pub fn from_group(group: Vec<Tensor>) -> Result<LayerWeights> {
-        let n = group.len();
-        let [attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down]: [Tensor; 9] =
-            group.try_into().map_err(|_| Error::invalid(format!("a layer has 9 tensors, got {n}")))?;
-        Ok(LayerWeights { attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down })
+    /// If the counts differ.
+    pub fn from_group(group: Vec<Tensor>, roles: &[Role]) -> Result<LayerWeights> {
+        if group.len() != roles.len() {
+            return Err(Error::invalid(format!("a layer has {} tensors, got {}", roles.len(), group.len())));
+        }
+        let mut tensors: [Option<Tensor>; N_ROLES] = Default::default();
+        for (t, r) in group.into_iter().zip(roles) {
+            tensors[r.index()] = Some(t);
+        }
+        Ok(LayerWeights { tensors })
     }
 
-    /// The tensors in [`LAYER_TENSORS`] order.
-    pub fn tensors(&self) -> [&Tensor; 9] {
-        [
-            &self.attn_norm,
-            &self.wq,
-            &self.wk,
-            &self.wv,
-            &self.wo,
-            &self.ffn_norm,
-            &self.w_gate,
-            &self.w_up,
-            &self.w_down,
-        ]
+    /// The tensor of `role`, if the layer has one.
+    pub fn get(&self, role: Role) -> Option<&Tensor> {
+        self.tensors[role.index()].as_ref()
+    }
+
+    /// The present tensors in group ([`Role`]) order.
+    pub fn tensors(&self) -> Vec<&Tensor> {
+        self.tensors.iter().flatten().collect()
+    }
+
+    /// The roles of the present tensors, in group order.
+    pub fn roles(&self) -> Vec<Role> {
+        ROLES.iter().copied().filter(|r| self.tensors[r.index()].is_some()).collect()
     }
 
     /// Borrowed view for [`crate::forward::layer_forward`].
     pub fn as_ref(&self) -> crate::forward::LayerRef<'_> {
-        crate::forward::LayerRef {
-            attn_norm: &self.attn_norm,
-            wq: &self.wq,
-            wk: &self.wk,
-            wv: &self.wv,
-            wo: &self.wo,
-            ffn_norm: &self.ffn_norm,
-            w_gate: &self.w_gate,
-            w_up: &self.w_up,
-            w_down: &self.w_down,
-        }
+        crate::forward::LayerRef::from_table(std::array::from_fn(|i| self.tensors[i].as_ref()))
     }
 
     /// Total bytes of the group.
@@ -78,13 +62,15 @@ impl LayerWeights {
 
     /// A copy of the group on the stream's device.
     pub fn to_device(&self, s: &Stream, layer: usize) -> Result<LayerWeights> {
-        let group = self
-            .tensors()
+        let roles = self.roles();
+        let group = roles
             .iter()
-            .zip(LAYER_TENSORS)
-            .map(|(t, name)| t.to_device(s, &format!("blk.{layer}.{name}")))
-            .collect::<strata_tensor::Result<Vec<_>>>()?;
-        LayerWeights::from_group(group)
+            .map(|r| {
+                let t = self.tensors[r.index()].as_ref().ok_or_else(|| Error::invalid("role without tensor"))?;
+                Ok(t.to_device(s, &format!("blk.{layer}.{}", r.gguf_suffix()))?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        LayerWeights::from_group(group, &roles)
     }
 }
 
@@ -155,29 +141,104 @@ fn find<'a>(file: &'a GgufFile, name: &str, dims: &[u64]) -> Result<&'a TensorIn
 }
 
 impl ModelWeights {
-    /// Views of every weight of a checked llama-family GGUF file.
+    /// Views of every weight of a checked GGUF file. Every tensor is looked up, shape- and
+    /// type-checked before any is read, and every tensor of the file must be claimed: by a
+    /// layer role of the architecture or as a known model tensor. A tensor nobody would read
+    /// (a bias in a llama file, a layer past `block_count`) is an error naming it, since
+    /// ignoring it computes a different model than the file describes.
     ///
     /// # Errors
-    /// A missing tensor, a wrong shape or an unsupported type, named.
+    /// A missing, unclaimed or misshapen tensor or an unsupported type, named.
     pub fn from_gguf(file: &GgufFile, cfg: &LlamaConfig) -> Result<ModelWeights> {
         let (e, v) = (cfg.n_embd as u64, cfg.n_vocab as u64);
+        let dims = cfg.layer_dims();
+        // 1. Find and check everything; nothing is read yet.
         let embd_info = find(file, "token_embd.weight", &[e, v])?;
-        let embedding = weight_tensor(file, embd_info)?;
-        let dims = cfg.layer_tensor_dims();
-        let mut layers = Vec::with_capacity(cfg.n_layers);
+        check_type(embd_info, false)?;
+        let mut layer_infos = Vec::with_capacity(cfg.n_layers);
         for l in 0..cfg.n_layers {
-            let mut group = Vec::with_capacity(9);
-            for (suffix, d) in &dims {
-                let info = find(file, &format!("blk.{l}.{suffix}.weight"), d)?;
-                group.push(if d.len() == 1 { norm_tensor(file, info)? } else { weight_tensor(file, info)? });
+            let mut infos = Vec::with_capacity(cfg.layer_roles.len());
+            for r in &cfg.layer_roles {
+                let info = find(file, &format!("blk.{l}.{}", r.gguf_suffix()), &r.dims(&dims))?;
+                check_type(info, r.is_vector())?;
+                infos.push(info);
             }
-            layers.push(LayerWeights::from_group(group)?);
+            layer_infos.push(infos);
         }
-        let norm = norm_tensor(file, find(file, "output_norm.weight", &[e])?)?;
-        let output = match file.tensor("output.weight") {
-            Some(_) => weight_tensor(file, find(file, "output.weight", &[e, v])?)?,
-            None => weight_tensor(file, embd_info)?,
+        let norm_info = find(file, "output_norm.weight", &[e])?;
+        check_type(norm_info, true)?;
+        let out_info = match file.tensor("output.weight") {
+            Some(_) => find(file, "output.weight", &[e, v])?,
+            None => embd_info,
         };
+        check_type(out_info, false)?;
+        check_all_claimed(file, cfg, &layer_infos)?;
+
+        // 2. Views (matrices) and f32 copies (vectors).
+        let embedding = weight_tensor(file, embd_info)?;
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for infos in layer_infos {
+            let group = infos
+                .iter()
+                .zip(&cfg.layer_roles)
+                .map(|(info, r)| if r.is_vector() { norm_tensor(file, info) } else { weight_tensor(file, info) })
+                .collect::<Result<Vec<_>>>()?;
+            layers.push(LayerWeights::from_group(group, &cfg.layer_roles)?);
+        }
+        let norm = norm_tensor(file, norm_info)?;
+        let output = weight_tensor(file, out_info)?;
         Ok(ModelWeights { embedding, layers, head: HeadWeights { norm, output } })
+    }
+}
+
+/// Checks that strata can compute with the tensor's type (vectors: f32, f16, bf16).
+fn check_type(info: &TensorInfo, vector: bool) -> Result<()> {
+    let ok = match info.dtype() {
+        Some(DType::F32 | DType::F16 | DType::BF16) => true,
+        Some(_) => !vector,
+        None => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(Error::model(if vector {
+        format!("tensor {} has type {}; expected f32, f16 or bf16", info.name, info.ggml_type.name())
+    } else {
+        let supported: Vec<&str> = strata_kernels::DType::ALL.iter().map(|t| t.name()).collect();
+        format!(
+            "tensor {} has type {}, which strata cannot compute with (supported: {})",
+            info.name,
+            info.ggml_type.name(),
+            supported.join(", ")
+        )
+    }))
+}
+
+/// Every tensor of the file must be one of the model's (layer roles, model tensors).
+fn check_all_claimed(file: &GgufFile, cfg: &LlamaConfig, layers: &[Vec<&TensorInfo>]) -> Result<()> {
+    let claimed: std::collections::HashSet<&str> =
+        layers.iter().flatten().map(|i| i.name.as_str()).chain(MODEL_TENSORS.iter().copied()).collect();
+    match file.tensors().iter().find(|t| !claimed.contains(t.name.as_str())) {
+        None => Ok(()),
+        Some(t) => {
+            let known = crate::arch::ARCHS
+                .iter()
+                .filter(|a| a.required.iter().chain(a.optional).any(|r| t.name.ends_with(r.gguf_suffix())))
+                .map(|a| a.name)
+                .collect::<Vec<_>>();
+            let own = cfg.layer_roles.iter().any(|r| t.name.ends_with(r.gguf_suffix()));
+            let hint = if own {
+                format!(" (block_count says {} layers)", cfg.n_layers)
+            } else if known.is_empty() {
+                String::new()
+            } else {
+                format!(" (architectures with such a tensor: {}; is the file mislabelled?)", known.join(", "))
+            };
+            Err(Error::model(format!(
+                "tensor {} is not used by architecture {:?}{hint}; refusing to run a model that would silently \
+                 ignore it",
+                t.name, cfg.arch
+            )))
+        }
     }
 }

@@ -98,3 +98,111 @@ fn chat_python_helpers_and_blocks() {
     let t = ChatTemplate::new("{{ bos_token }}|{{ eos_token }}|{{ strftime_now('%Y') | length }}").expect("compiles");
     assert_eq!(t.render(&msgs, false, "<s>", "</s>").expect("render"), "<s>|</s>|4");
 }
+
+/// Gemma 3's published template (text parts): the system message folds into the first user
+/// turn, roles must alternate (`raise_exception` otherwise), assistant turns are "model".
+const GEMMA3_TEMPLATE: &str = r#"{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {%- if message['content'] is string -%}
+        {{ message['content'] | trim }}
+    {%- else -%}
+        {{ raise_exception("Invalid content type") }}
+    {%- endif -%}
+    {{ '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{'<start_of_turn>model\n'}}
+{%- endif -%}
+"#;
+
+/// Qwen3's published template without the tool branches: a namespace updated from a reversed
+/// walk over the messages, string methods (startswith, split, rstrip, lstrip), `<think>`
+/// stripping from earlier assistant turns.
+const QWEN3_TEMPLATE: &str = r#"{%- if messages[0].role == 'system' %}
+    {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
+{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" and message.content is string and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.multi_step_tool = false %}
+        {%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- if message.content is string %}
+        {%- set content = message.content %}
+    {%- else %}
+        {%- set content = '' %}
+    {%- endif %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {%- set reasoning_content = '' %}
+        {%- if '</think>' in content %}
+            {%- set reasoning_content = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}
+            {%- set content = content.split('</think>')[-1].lstrip('\n') %}
+        {%- endif %}
+        {%- if loop.index0 > ns.last_query_index %}
+            {{- '<|im_start|>' + message.role + '\n<think>\n' + reasoning_content.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') }}
+        {%- else %}
+            {{- '<|im_start|>' + message.role + '\n' + content }}
+        {%- endif %}
+        {{- '<|im_end|>\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\n\n</think>\n\n' }}
+    {%- endif %}
+{%- endif %}"#;
+
+#[test]
+fn chat_gemma3_template() {
+    let t = ChatTemplate::new(GEMMA3_TEMPLATE).expect("parses");
+    let text = t.render(&conversation(), true, "<bos>", "<eos>").expect("render");
+    assert_eq!(text, "<bos><start_of_turn>user\nBe brief.\n\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n");
+    let mut turns = conversation();
+    turns.push(ChatMessage::new("assistant", " 4 "));
+    turns.push(ChatMessage::new("user", "And 3+3?"));
+    let text = t.render(&turns, false, "<bos>", "<eos>").expect("render");
+    assert_eq!(
+        text,
+        "<bos><start_of_turn>user\nBe brief.\n\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n4<end_of_turn>\n\
+         <start_of_turn>user\nAnd 3+3?<end_of_turn>\n"
+    );
+    let bad = [ChatMessage::new("user", "a"), ChatMessage::new("user", "b")];
+    let e = t.render(&bad, true, "<bos>", "<eos>").expect_err("roles must alternate");
+    assert!(e.to_string().contains("Conversation roles must alternate"), "{e}");
+}
+
+#[test]
+fn chat_qwen3_template() {
+    let t = ChatTemplate::new(QWEN3_TEMPLATE).expect("parses");
+    let mut turns = conversation();
+    turns.push(ChatMessage::new("assistant", "<think>\nsum\n</think>\n\n4"));
+    turns.push(ChatMessage::new("user", "And 3+3?"));
+    let text = t.render(&turns, true, "", "<|im_end|>").expect("render");
+    assert_eq!(
+        text,
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n\
+         <|im_start|>assistant\n4<|im_end|>\n<|im_start|>user\nAnd 3+3?<|im_end|>\n<|im_start|>assistant\n"
+    );
+}

@@ -124,7 +124,8 @@ fn gguf_round_trip_in_memory() {
         assert_eq!((q.ggml_type, q.dims.as_slice(), q.shape()), (GgmlType::Q4_1, &[96u64, 5][..], vec![5, 96]));
         assert_eq!(q.n_elements(), 480);
         assert_eq!(f.tensor("output.weight").unwrap().shape(), vec![9, 1, 1, 1]);
-        assert_eq!(f.tensor("blk.10.k_quant").unwrap().dtype(), None);
+        assert_eq!(f.tensor("blk.10.k_quant").unwrap().dtype(), Some(DType::Q4_K));
+        assert_eq!(GgmlType::IQ2_XXS.dtype(), None, "a type strata does not compute with");
         assert_eq!(f.tensor("positions").unwrap().dtype(), Some(DType::I32));
         assert!(f.tensor("missing").is_none());
     }

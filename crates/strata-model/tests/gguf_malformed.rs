@@ -427,7 +427,7 @@ fn gguf_malformed_new_weight_types() {
         let f = one(&[2 * block, 3], id, 6 * size as usize).parse().unwrap_or_else(|e| panic!("{ty}: {e}"));
         let dtype = f.tensors()[0].dtype().unwrap_or_else(|| panic!("{ty} maps to no strata dtype"));
         assert_eq!(dtype.name(), ty.name());
-        let e = one(&[block + 32, 3], id, 1 << 12).err();
+        let e = one(&[block * 3 / 2, 3], id, 1 << 12).err();
         assert!(
             matches!(&e, GgufError::BadDims { tensor, .. } if tensor == "blk.0.ffn_down.weight"),
             "{ty}: a partial block is an error naming the tensor, got {e}"

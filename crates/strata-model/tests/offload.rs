@@ -177,3 +177,33 @@ fn random_layouts_never_exceed_the_budget() {
         panic!("{e}");
     }
 }
+
+/// A session keeps at most `STATS_KEPT` pass timelines however many passes run without a
+/// `take_stats` (a long chat), says how many it dropped, and keeps the most recent ones.
+#[test]
+fn pass_timelines_are_bounded() {
+    use strata_model::STATS_KEPT;
+    use strata_model::gguf::GgufFile;
+    use strata_model::synth::{Preset, gguf_bytes};
+    use strata_tensor::DType;
+
+    let preset = Preset::by_name("tiny").expect("preset");
+    let file = GgufFile::from_bytes(gguf_bytes(&preset, DType::Q8_0, 1).expect("synthetic")).expect("parse");
+    let model = std::sync::Arc::new(Model::from_file(file, std::path::Path::new("tiny")).expect("model"));
+    let mut s =
+        Session::new(std::sync::Arc::clone(&model), None, &SessionOptions { context: 8, ..SessionOptions::default() })
+            .expect("session");
+    let extra = 5;
+    for i in 0..STATS_KEPT + extra {
+        // The last pass has two tokens, so it is recognisable as the newest one kept.
+        let tokens: &[u32] = if i + 1 == STATS_KEPT + extra { &[1, 2] } else { &[1] };
+        s.forward(tokens, false).expect("forward");
+        s.reset();
+    }
+    assert_eq!(s.stats_dropped(), extra);
+    let stats = s.take_stats();
+    assert_eq!(stats.len(), STATS_KEPT);
+    assert_eq!(stats.last().map(|p| p.tokens), Some(2), "the newest pass is kept");
+    assert_eq!(s.stats_dropped(), 0, "take_stats starts the count again");
+    assert!(s.take_stats().is_empty());
+}

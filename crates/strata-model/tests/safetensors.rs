@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use half::{bf16, f16};
 use serde_json::{Value, json};
+use strata_model::arch::Role;
 use strata_model::gguf::GgufFile;
 use strata_model::safetensors::{MAX_HEADER_BYTES, tokenizer_metadata};
 use strata_model::synth::{self, Preset};
@@ -108,15 +109,31 @@ fn hf_tensors(model: &Model, dtype: DType, norm_dtype: DType) -> Vec<St> {
     let mut out = vec![mat("model.embed_tokens.weight".into(), &w.embedding, raw(&w.embedding))];
     for (l, lw) in w.layers.iter().enumerate() {
         let p = |s: &str| format!("model.layers.{l}.{s}.weight");
-        out.push(norm(p("input_layernorm"), &lw.attn_norm));
-        out.push(mat(p("self_attn.q_proj"), &lw.wq, unpermute(&lw.wq, cfg.n_head)));
-        out.push(mat(p("self_attn.k_proj"), &lw.wk, unpermute(&lw.wk, cfg.n_head_kv)));
-        out.push(mat(p("self_attn.v_proj"), &lw.wv, raw(&lw.wv)));
-        out.push(mat(p("self_attn.o_proj"), &lw.wo, raw(&lw.wo)));
-        out.push(norm(p("post_attention_layernorm"), &lw.ffn_norm));
-        out.push(mat(p("mlp.gate_proj"), &lw.w_gate, raw(&lw.w_gate)));
-        out.push(mat(p("mlp.up_proj"), &lw.w_up, raw(&lw.w_up)));
-        out.push(mat(p("mlp.down_proj"), &lw.w_down, raw(&lw.w_down)));
+        out.push(norm(p("input_layernorm"), lw.get(Role::AttnNorm).expect("attn_norm")));
+        out.push(mat(
+            p("self_attn.q_proj"),
+            lw.get(Role::Q).expect("wq"),
+            unpermute(lw.get(Role::Q).expect("wq"), cfg.n_head),
+        ));
+        out.push(mat(
+            p("self_attn.k_proj"),
+            lw.get(Role::K).expect("wk"),
+            unpermute(lw.get(Role::K).expect("wk"), cfg.n_head_kv),
+        ));
+        out.push(mat(p("self_attn.v_proj"), lw.get(Role::V).expect("wv"), raw(lw.get(Role::V).expect("wv"))));
+        out.push(mat(p("self_attn.o_proj"), lw.get(Role::O).expect("wo"), raw(lw.get(Role::O).expect("wo"))));
+        out.push(norm(p("post_attention_layernorm"), lw.get(Role::FfnNorm).expect("ffn_norm")));
+        out.push(mat(
+            p("mlp.gate_proj"),
+            lw.get(Role::Gate).expect("w_gate"),
+            raw(lw.get(Role::Gate).expect("w_gate")),
+        ));
+        out.push(mat(p("mlp.up_proj"), lw.get(Role::Up).expect("w_up"), raw(lw.get(Role::Up).expect("w_up"))));
+        out.push(mat(
+            p("mlp.down_proj"),
+            lw.get(Role::Down).expect("w_down"),
+            raw(lw.get(Role::Down).expect("w_down")),
+        ));
     }
     out.push(norm("model.norm.weight".into(), &w.head.norm));
     if !cfg.tied_output {
@@ -302,7 +319,10 @@ fn safetensors_f32_checkpoint_gives_the_gguf_logits() {
             c
         };
         assert_eq!(hf.config, want, "config.json gives the GGUF hyperparameters");
-        assert!(is_view(&hf.weights.embedding) && is_view(&hf.weights.layers[1].w_down), "aligned f32 is zero-copy");
+        assert!(
+            is_view(&hf.weights.embedding) && is_view(hf.weights.layers[1].get(Role::Down).expect("w_down")),
+            "aligned f32 is zero-copy"
+        );
         assert_close(&format!("f32, tied {tied}"), &logits(&gguf), &logits(&hf), STRICT);
     }
 }
@@ -316,11 +336,15 @@ fn safetensors_f16_and_bf16_checkpoints_match() {
         // Matrices are the GGUF's own bytes; f32 norms make it exact, rounded norms loose.
         let exact = write_checkpoint(&gguf, &p, dtype, DType::F32, Files::Single { odd: false });
         let hf = Arc::new(Model::load(exact.path()).expect("checkpoint loads"));
-        assert_eq!(hf.weights.layers[0].wq.dtype(), dtype);
+        assert_eq!(hf.weights.layers[0].get(Role::Q).expect("wq").dtype(), dtype);
         assert_close(&format!("{dtype} matrices, f32 norms"), &want, &logits(&hf), STRICT);
         let rounded = write_checkpoint(&gguf, &p, dtype, dtype, Files::Single { odd: false });
         let hf = Arc::new(Model::load(rounded.path()).expect("checkpoint loads"));
-        assert_eq!(hf.weights.layers[0].attn_norm.dtype(), DType::F32, "norms widened to f32");
+        assert_eq!(
+            hf.weights.layers[0].get(Role::AttnNorm).expect("attn_norm").dtype(),
+            DType::F32,
+            "norms widened to f32"
+        );
         assert_close(&format!("{dtype} matrices and norms"), &want, &logits(&hf), tol);
     }
 }
@@ -340,7 +364,7 @@ fn safetensors_sharded_and_misaligned_checkpoints_load() {
     assert_close("two shards", &want, &logits(&hf), STRICT);
     let odd = write_checkpoint(&gguf, &p, DType::F16, DType::F32, Files::Single { odd: true });
     let hf = Arc::new(Model::load(&odd.path().join("config.json")).expect("misaligned checkpoint loads"));
-    assert!(!is_view(&hf.weights.layers[0].wq), "misaligned tensors are copied");
+    assert!(!is_view(hf.weights.layers[0].get(Role::Q).expect("wq")), "misaligned tensors are copied");
     assert_close("odd offsets (copied)", &want, &logits(&hf), STRICT);
 }
 

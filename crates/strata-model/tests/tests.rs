@@ -1,22 +1,28 @@
 //! strata-model's integration tests: one binary, a module per area.
 //!
+//! - `arch`: qwen2/qwen3 models derived from the default model against it, strict files;
 //! - `chat`: chat templates (the model's, ChatML) and their errors;
 //! - `engine`: the Engine against the session it wraps, its CPU path, its refusals;
+//! - `f64_oracle`: the exact CPU path against a float64 forward pass of the default model;
 //! - `gguf`: GGUF round trips, the default model, the ggml type table, inspect;
 //! - `gguf_malformed`: malformed GGUF files and a mutation proptest. It installs a global
 //!   allocator for this binary that records the largest allocation per thread (a pass-through
 //!   to `System`), to show that absurd header counts are rejected without allocating;
+//! - `sample`: the sampler's filters against an f64 reference distribution, seeds, greedy;
 //! - `tokenizer`: token ids against llama.cpp's (corpus, reference cases), BOS, EOG, streaming
 //!   decode, a SentencePiece vocabulary.
 
+mod arch;
 mod chat;
 mod cpu_paths;
 mod engine;
+mod f64_oracle;
 mod gguf;
 mod gguf_malformed;
 mod gpu;
 mod offload;
 mod reference;
 mod safetensors;
+mod sample;
 mod support;
 mod tokenizer;

@@ -5,6 +5,10 @@
 //!   ahead of compute, on a GPU or on the host "device" used by tests ([`device`]);
 //! - [`pack`]: whole-layer packing;
 //! - [`units`]: sizes and rates as users type them (`6GiB`, `25GB/s`) and as strata prints them.
+//!
+//! No unsafe code: everything that touches a GPU goes through strata-tensor's safe types.
+
+#![forbid(unsafe_code)]
 
 pub mod device;
 mod error;

@@ -4,7 +4,9 @@
 //! Suffixes are case-insensitive. `KiB`, `MiB`, `GiB`, `TiB` are powers of 1024 and `KB`, `MB`,
 //! `GB`, `TB` powers of 1000, as the IEC/SI standards and `nvidia-smi` use them. A bare letter
 //! (`K`, `M`, `G`, `T`) is binary, like `docker --memory 6g`, `ulimit` or the JVM's `-Xmx`: for a
-//! memory size that is what people mean. No suffix, `B` or `bytes` means bytes.
+//! memory size that is what people mean. `B` or `bytes` means bytes. A number without a unit is
+//! an error that shows the expected form (`--h2d-bandwidth 25` is not 25 bytes per second):
+//! only a bare `0` is accepted as a size, since it is zero in every unit.
 //!
 //! Sizes are parsed with exact decimal arithmetic, so `1.5GiB` is exactly 1610612736 bytes; a
 //! fraction of a byte is rounded to the nearest byte. Rates are `f64` bytes per second.
@@ -24,6 +26,9 @@ pub enum UnitError {
          (powers of 1000){per_second}"
     )]
     UnknownUnit { input: String, unit: String, per_second: &'static str },
+    /// A number without a unit (other than a size of `0`): `25` could mean 25 B/s or 25 GB/s.
+    #[error("`{input}` has no unit: write one after the number, e.g. {examples}")]
+    MissingUnit { input: String, examples: String },
     /// A minus sign: sizes and rates cannot be negative.
     #[error("`{input}` is negative: a {what} must be zero or more, e.g. {example}")]
     Negative { input: String, what: &'static str, example: &'static str },
@@ -36,18 +41,24 @@ pub enum UnitError {
 }
 
 const SIZE: &str = "size";
-const SIZE_EXAMPLE: &str = "24GiB, 1.5 GiB, 512MiB, 8GB or 1048576";
+const SIZE_EXAMPLE: &str = "24GiB, 1.5 GiB, 512MiB, 8GB or 1048576B";
 const RATE: &str = "rate";
 const RATE_EXAMPLE: &str = "25GB/s, 12.5 GiB/s or 900MB/s";
 const SIZE_MAX: &str = "16 EiB, 18446744073709551615 bytes";
 
-/// Parses a byte size: `24GiB`, `1.5 GiB`, `512MiB`, `8GB` (8·10⁹), `100M` (100 MiB), `1048576`.
+/// Parses a byte size: `24GiB`, `1.5 GiB`, `512MiB`, `8GB` (8·10⁹), `100M` (100 MiB), `1048576B`.
 ///
 /// # Errors
-/// [`UnitError`] for an empty string, a malformed or negative number, an unknown unit, or a size
-/// above `u64::MAX` bytes.
+/// [`UnitError`] for an empty string, a malformed or negative number, a missing or unknown unit,
+/// or a size above `u64::MAX` bytes.
 pub fn parse_size(s: &str) -> Result<u64, UnitError> {
     let (number, unit) = split(s, SIZE, SIZE_EXAMPLE)?;
+    if unit.is_empty() && number.chars().any(|c| c.is_ascii_digit() && c != '0') {
+        return Err(UnitError::MissingUnit {
+            input: s.trim().to_string(),
+            examples: format!("{number}GiB, {number}MiB or {number}B (bytes)"),
+        });
+    }
     let multiplier = multiplier(unit).ok_or_else(|| UnitError::UnknownUnit {
         input: s.trim().to_string(),
         unit: unit.to_string(),
@@ -64,8 +75,8 @@ pub fn parse_size(s: &str) -> Result<u64, UnitError> {
 /// left out or written `/sec`).
 ///
 /// # Errors
-/// [`UnitError`] for an empty string, a malformed or negative number, an unknown unit, a rate of
-/// zero, or one too large to be a finite `f64`.
+/// [`UnitError`] for an empty string, a malformed or negative number, a missing or unknown unit, a
+/// rate of zero, or one too large to be a finite `f64`.
 pub fn parse_rate(s: &str) -> Result<f64, UnitError> {
     let trimmed = s.trim();
     let lower = trimmed.to_ascii_lowercase();
@@ -74,6 +85,12 @@ pub fn parse_rate(s: &str) -> Result<f64, UnitError> {
         .find_map(|suffix| lower.strip_suffix(suffix).map(|rest| &trimmed[..rest.len()]))
         .unwrap_or(trimmed);
     let (number, unit) = split(without_per_second, RATE, RATE_EXAMPLE)?;
+    if unit.is_empty() {
+        return Err(UnitError::MissingUnit {
+            input: trimmed.to_string(),
+            examples: format!("{number}GB/s, {number}MB/s or {number}B/s (bytes per second)"),
+        });
+    }
     let multiplier = multiplier(unit).ok_or_else(|| UnitError::UnknownUnit {
         input: trimmed.to_string(),
         unit: unit.to_string(),
@@ -141,6 +158,7 @@ fn split<'a>(s: &'a str, what: &'static str, example: &'static str) -> Result<(&
 /// Bytes per unit, or `None` for an unknown unit.
 fn multiplier(unit: &str) -> Option<u64> {
     Some(match unit.to_ascii_lowercase().as_str() {
+        // Empty only for a size of zero (checked by the callers).
         "" | "b" | "byte" | "bytes" => 1,
         "k" | "kib" => 1 << 10,
         "m" | "mib" => 1 << 20,

@@ -19,7 +19,7 @@ fn sizes_people_type() {
         ("512MiB", 512 * MIB),
         ("8GB", 8_000_000_000),
         ("100M", 100 * MIB),
-        ("1048576", 1_048_576),
+        ("1048576B", 1_048_576),
         ("0", 0),
         ("  6gib  ", 6 * GIB),
         ("6g", 6 * GIB),
@@ -34,10 +34,12 @@ fn sizes_people_type() {
         ("10 bytes", 10),
         ("+3MiB", 3 * MIB),
         (".5GiB", GIB / 2),
-        ("2.", 2),
+        ("2.B", 2),
+        ("000", 0),
+        ("0.0", 0),
         ("0.1KiB", 102), // 102.4 rounds down
         ("0.0009765625KiB", 1),
-        ("18446744073709551615", u64::MAX),
+        ("18446744073709551615 bytes", u64::MAX),
         ("000000000000000000000000001GiB", GIB),
     ];
     for (text, want) in cases {
@@ -67,7 +69,9 @@ fn sizes_rejected_with_a_reason() {
     is("1e9", |e| matches!(e, UnitError::UnknownUnit { .. }));
     is("12 parsecs", |e| matches!(e, UnitError::UnknownUnit { .. }));
     is("5GiB/s", |e| matches!(e, UnitError::UnknownUnit { .. }));
-    is("18446744073709551616", |e| matches!(e, UnitError::Overflow { .. }));
+    is("18446744073709551616B", |e| matches!(e, UnitError::Overflow { .. }));
+    is("1048576", |e| matches!(e, UnitError::MissingUnit { .. }));
+    is("1.5", |e| matches!(e, UnitError::MissingUnit { .. }));
     is("16777216TiB", |e| matches!(e, UnitError::Overflow { .. }));
     is("99999999999999999999999999999999999999999999999999GiB", |e| matches!(e, UnitError::Overflow { .. }));
     let msg = parse_size("12 parsecs").unwrap_err().to_string();
@@ -86,7 +90,7 @@ fn rates_people_type() {
         ("25GB", 25e9),
         ("25 GB/sec", 25e9),
         ("1.5TB/s", 1.5e12),
-        ("1000", 1000.0),
+        ("1000B/s", 1000.0),
         ("0.5B/s", 0.5),
     ];
     for (text, want) in cases {
@@ -109,6 +113,15 @@ fn rates_rejected_with_a_reason() {
     }
     let huge = format!("{}TB/s", "9".repeat(400));
     assert!(matches!(parse_rate(&huge), Err(UnitError::Overflow { .. })));
+    // `--h2d-bandwidth 25` is not 25 bytes per second: the error shows the forms to write.
+    for text in ["25", "25/s", " 12.5 "] {
+        let err = parse_rate(text).expect_err(text);
+        assert!(matches!(err, UnitError::MissingUnit { .. }), "parse_rate({text:?}) gave {err:?}");
+    }
+    let msg = parse_rate("25").unwrap_err().to_string();
+    assert_eq!(msg, "`25` has no unit: write one after the number, e.g. 25GB/s, 25MB/s or 25B/s (bytes per second)");
+    let msg = parse_size("6").unwrap_err().to_string();
+    assert!(msg.contains("6GiB") && msg.contains("6B (bytes)"), "{msg}");
     let msg = parse_rate("5 furlongs/s").unwrap_err().to_string();
     assert!(msg.contains("furlongs") && msg.contains("per second"), "{msg}");
 }
@@ -152,7 +165,7 @@ proptest! {
 
     #[test]
     fn exact_sizes_parse_exactly(value in 0u64..(1 << 20), unit in 0usize..5, spaced in any::<bool>()) {
-        let (name, scale) = [("", 1u64), ("KiB", KIB), ("MiB", MIB), ("GiB", GIB), ("TiB", TIB)][unit];
+        let (name, scale) = [("B", 1u64), ("KiB", KIB), ("MiB", MIB), ("GiB", GIB), ("TiB", TIB)][unit];
         let text = format!("{value}{}{name}", if spaced { " " } else { "" });
         prop_assert_eq!(parse_size(&text), Ok(value * scale));
     }

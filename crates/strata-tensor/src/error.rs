@@ -65,6 +65,15 @@ pub enum Error {
         hint = if budget.starts_with("GPU") { " (--gpu-memory)" } else if budget.starts_with("pinned") { " (--pinned-memory)" } else { "" }
     )]
     OutOfMemory { what: String, budget: String, requested: u64, cap: u64, in_use: u64, peak: u64 },
+    /// The system allocator refused host memory (RAM, a container's limit, `ulimit -v`).
+    /// Nothing was allocated; the process goes on.
+    #[error(
+        "{what} needs {req} of host memory and the system refused it{avail}; use less memory (for a KV \
+         cache: a smaller --context)",
+        req = fmt_bytes(*requested),
+        avail = crate::device::mem_available().map_or(String::new(), |a| format!(" ({} available)", fmt_bytes(a)))
+    )]
+    HostOutOfMemory { what: String, requested: u64 },
     /// Shapes, dtypes or lengths that do not fit the op.
     #[error("{op}: {what}")]
     Shape { op: &'static str, what: String },

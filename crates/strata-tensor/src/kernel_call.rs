@@ -97,6 +97,13 @@ pub(crate) enum KernelCall<'a> {
         n: usize,
         out: &'a DeviceBuffer,
     },
+    AddBias {
+        x: &'a DeviceBuffer,
+        bias: &'a DeviceBuffer,
+        rows: usize,
+        cols: usize,
+        out: &'a DeviceBuffer,
+    },
     Scale {
         x: &'a DeviceBuffer,
         factor: f32,
@@ -132,6 +139,7 @@ impl KernelCall<'_> {
             KernelCall::KvAppend { .. } => "kv_append",
             KernelCall::SiluMul { .. } => "silu_mul",
             KernelCall::Add { .. } => "add",
+            KernelCall::AddBias { .. } => "add_bias",
             KernelCall::Scale { .. } => "scale",
             KernelCall::Softmax { .. } => "softmax_rows",
             KernelCall::Argmax { .. } => "argmax_rows",

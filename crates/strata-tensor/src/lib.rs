@@ -11,6 +11,8 @@
 //! - [`Tensor`]: dtype, shape, storage on the host (owned, or a shared view such as a memory
 //!   map) or on a GPU; [`ops`] dispatches every kernel-crate op to the CPU reference or CUDA.
 //! - [`nvtx`]: ranges and stream names for Nsight.
+//! - [`hostmem`]: the host memory this process may still take (MemAvailable, the cgroup limit,
+//!   `ulimit -v`), for refusing a plan before allocating it.
 //!
 //! CUDA is reached through `cudarc` (the driver is loaded at run time, so a `cuda` build starts
 //! on machines without one) and through the kernel crate's launchers.
@@ -23,6 +25,7 @@ mod error;
 #[cfg_attr(not(feature = "cuda"), path = "gpu/disabled.rs")]
 mod gpu;
 mod host;
+pub mod hostmem;
 mod kernel_call;
 pub mod nvtx;
 pub mod ops;

@@ -5,13 +5,14 @@
 //!
 //! On the host, three ops have faster kernels than the reference (`strata_kernels::cpu`),
 //! chosen per thread by [`CpuPath`] ([`with_cpu_path`]):
-//! - [`CpuPath::Exact`] (the default): matvec and matmul with quantized weights (Q4_0, Q4_1,
-//!   Q8_0) on SIMD kernels with f32 activations (`cpu::fast::matmul_f32`), and vectorized
+//! - [`CpuPath::Exact`] (the default): matvec and matmul with quantized weights (every
+//!   quantized type) on SIMD kernels with f32 activations (`cpu::fast::matmul_f32`), and vectorized
 //!   attention; both compute the reference's products and differ only in the order of f32
 //!   sums (`Tolerance::F32_ACCUMULATION`), so a model's tokens are the reference's.
 //! - [`CpuPath::Fast`]: the products with activations rounded to 8-bit blocks like llama.cpp's
 //!   and integer SIMD dot products (`cpu::fast::matmul`; `Tolerance::Q8_ACTIVATIONS`); faster,
-//!   and tokens can differ where two candidates are nearly tied.
+//!   and tokens can differ where two candidates are nearly tied. Weight types without 8-bit
+//!   kernels (Q5_0, Q5_1, the K-quants, the IQ4 types) take the `Exact` kernels on this path.
 //! - [`CpuPath::Reference`]: the reference itself, to tell a model bug from a kernel one.
 //!   Setting the environment variable `STRATA_CPU_REFERENCE=1` (read once, at the first such
 //!   call) forces it for the whole process.
@@ -88,8 +89,15 @@ pub fn cpu_path() -> CpuPath {
 
 /// The path a host matvec/matmul with weights of `dt` takes (plain float weights have only
 /// the reference).
+/// The CPU kernels for products with weights of `dt`: the chosen path where it handles `dt`;
+/// the `exact` (f32-activation) kernels where `fast` was chosen but has no 8-bit kernels for
+/// `dt` (Q5_0, Q5_1, the K-quants, the IQ4 types); the reference for plain floats.
 fn product_path(dt: strata_kernels::DType) -> CpuPath {
-    if cpu::fast::supports(dt) { cpu_path() } else { CpuPath::Reference }
+    match cpu_path() {
+        _ if !cpu::fast::supports(dt) => CpuPath::Reference,
+        CpuPath::Fast if !cpu::fast::supports_8bit(dt) => CpuPath::Exact,
+        p => p,
+    }
 }
 
 fn check_devices(op: &'static str, s: &Stream, ts: &[&Tensor]) -> Result<()> {
@@ -550,6 +558,25 @@ pub fn add_inplace(acc: &mut Tensor, b: &Tensor, s: &Stream) -> Result<()> {
             Ok(cpu::add(&a, b.as_f32()?, acc.as_f32_mut()?)?)
         }
         Some(g) => gpu::launch(g, KernelCall::Add { a: dev(acc)?, b: dev(b)?, n, out: dev(acc)? }),
+    }
+}
+
+/// x[t][c] += bias[c] for x [T, C] (f32) and bias [C] (f32): a bias broadcast over tokens.
+pub fn add_bias_inplace(x: &mut Tensor, bias: &Tensor, s: &Stream) -> Result<()> {
+    const OP: &str = "add_bias";
+    check_devices(OP, s, &[x, bias])?;
+    expect_dtype(OP, "x", x, &[DType::F32], "f32")?;
+    expect_dtype(OP, "bias", bias, &[DType::F32], "f32")?;
+    let (rows, cols) = dims2(OP, "x", x)?;
+    if bias.numel() != cols {
+        return Err(Error::shape(OP, format!("bias has {} values, x has {cols} columns", bias.numel())));
+    }
+    match gpu_stream(s) {
+        None => {
+            let a = x.as_f32()?.to_vec();
+            Ok(cpu::add_bias(&a, bias.as_f32()?, rows, cols, x.as_f32_mut()?)?)
+        }
+        Some(g) => gpu::launch(g, KernelCall::AddBias { x: dev(x)?, bias: dev(bias)?, rows, cols, out: dev(x)? }),
     }
 }
 

@@ -45,8 +45,18 @@ pub enum HostData {
 }
 
 impl HostData {
-    fn zeroed(len: usize) -> HostData {
-        HostData::Owned { words: vec![0; len.div_ceil(4)], len }
+    /// `len` zero bytes, or [`Error::HostOutOfMemory`] when the allocator refuses (instead of
+    /// aborting the process, as `vec![0; n]` does: a KV cache for a long context is the size
+    /// of the machine's memory). The zeros are written, so the pages are committed now rather
+    /// than at the first token, where running out would kill the process.
+    fn zeroed(len: usize, what: &str) -> Result<HostData> {
+        let n = len.div_ceil(4);
+        let mut words = Vec::new();
+        words
+            .try_reserve_exact(n)
+            .map_err(|_| Error::HostOutOfMemory { what: what.to_string(), requested: len as u64 })?;
+        words.resize(n, 0);
+        Ok(HostData::Owned { words, len })
     }
 
     fn bytes(&self) -> &[u8] {
@@ -133,7 +143,7 @@ impl Tensor {
                 format!("{dtype} {shape:?} takes {need} bytes, got {}", bytes.len()),
             ));
         }
-        let mut data = HostData::zeroed(need);
+        let mut data = HostData::zeroed(need, "a host tensor")?;
         if let HostData::Owned { words, .. } = &mut data {
             bytemuck::cast_slice_mut::<u32, u8>(words)[..need].copy_from_slice(bytes);
         }
@@ -173,10 +183,14 @@ impl Tensor {
     }
 
     /// A tensor of zeros on the stream's device.
+    ///
+    /// # Errors
+    /// [`Error::OutOfMemory`] over a GPU budget, [`Error::HostOutOfMemory`] when host memory
+    /// cannot be allocated, a shape whose size overflows.
     pub fn zeros(dtype: DType, shape: &[usize], s: &Stream, what: &str) -> Result<Tensor> {
         let len = dtype.bytes_for(shape)?;
         let storage = match s {
-            Stream::Host => Storage::Host(HostData::zeroed(len)),
+            Stream::Host => Storage::Host(HostData::zeroed(len, what)?),
             Stream::Gpu(g) => {
                 let mut b = g.gpu().alloc(len, what)?;
                 b.fill(0, g)?;
@@ -299,7 +313,7 @@ impl Tensor {
 
     fn empty_like(src: &Tensor, s: &Stream, what: &str) -> Result<Tensor> {
         let storage = match s {
-            Stream::Host => Storage::Host(HostData::zeroed(src.len_bytes())),
+            Stream::Host => Storage::Host(HostData::zeroed(src.len_bytes(), what)?),
             Stream::Gpu(g) => Storage::Cuda(g.gpu().alloc(src.len_bytes(), what)?),
         };
         Ok(Tensor { dtype: src.dtype, shape: src.shape.clone(), storage })

@@ -250,6 +250,15 @@ fn elementwise_body(s: &Stream) {
     ops::add_inplace(&mut acc, &bt, s).unwrap();
     assert_close("add_inplace", &acc.to_vec_f32(s).unwrap(), &want, Tolerance::STRICT);
 
+    // A bias broadcast over 40 tokens of 25 columns (n = 1000).
+    let (rows, cols) = (40, 25);
+    let mut want_b = vec![0.0; n];
+    cpu::add_bias(&a, &b[..cols], rows, cols, &mut want_b).unwrap();
+    let mut xt = on(s, f32t(&[rows, cols], &a));
+    ops::add_bias_inplace(&mut xt, &on(s, f32t(&[cols], &b[..cols])), s).unwrap();
+    assert_close("add_bias_inplace", &xt.to_vec_f32(s).unwrap(), &want_b, Tolerance::STRICT);
+    assert!(ops::add_bias_inplace(&mut xt, &on(s, f32t(&[cols + 1], &b[..cols + 1])), s).is_err(), "bias length");
+
     cpu::scale(&a, -0.25, &mut want).unwrap();
     ops::scale(&at, -0.25, &mut out, s).unwrap();
     assert_close("scale", &out.to_vec_f32(s).unwrap(), &want, Tolerance::STRICT);

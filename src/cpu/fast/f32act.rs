@@ -10,12 +10,15 @@
 //! binary (`--cpu-kernels exact`); the 8-bit-activation kernels of the parent module are the
 //! `fast` path.
 //!
+//! Q5_0, Q5_1, the K-quants and the IQ4 types go through `f32act_dq` (each block dequantized by
+//! the reference's function, then vector multiply-adds), with the same guarantee.
+//!
 //! Tiles: R rows × T tokens of sums. Each 32-value weight block of a row is dequantized once
 //! into registers and used for the T tokens (prefill), so the dequantization, which costs more
 //! than the multiply-adds, is amortized over the tile.
 
-use super::{Isa, by_rows, check_product};
-use crate::{DType, Result};
+use super::{Isa, WType, by_rows, check_product, check_shapes, f32act_dq};
+use crate::{DType, Error, Result};
 
 /// y[r] = sum_c w[r][c] * x[c] with f32 activations and the best kernels for this CPU.
 ///
@@ -56,7 +59,17 @@ pub fn matmul_f32_with(
     n_tokens: usize,
     y: &mut [f32],
 ) -> Result<()> {
-    let (ty, rb) = check_product("fast::matmul_f32", isa, dtype, w, rows, cols, x, n_tokens, y)?;
+    const OP: &str = "fast::matmul_f32";
+    if WType::of(dtype).is_none() {
+        // Q5_0, Q5_1, the K-quants and the IQ4 types: dequantize-then-multiply (`f32act_dq`).
+        if !dtype.is_quantized() {
+            return Err(Error::UnsupportedDtype { op: OP, dtype, expected: "a quantized type" });
+        }
+        let rb = check_shapes(OP, isa, dtype, w, rows, cols, x, n_tokens, y)?;
+        by_rows(w, rb, rows, n_tokens, y, |wc, o| f32act_dq::gemm(isa, dtype, wc, rb, cols, x, n_tokens, o));
+        return Ok(());
+    }
+    let (ty, rb) = check_product(OP, isa, dtype, w, rows, cols, x, n_tokens, y)?;
     let nb = cols / crate::QK;
     by_rows(w, rb, rows, n_tokens, y, |wc, o| match isa {
         #[cfg(target_arch = "x86_64")]
@@ -209,6 +222,10 @@ mod x86 {
     }
 
     /// The binary16 scale at `p` widened (F16C).
+    ///
+    /// # Safety
+    /// `p` must point to two readable bytes (any alignment), and the CPU must support AVX2 and
+    /// F16C (the callers are only reached after `is_x86_feature_detected!` says so).
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
     unsafe fn f16_at(p: *const u8) -> __m128 {
@@ -260,6 +277,11 @@ mod x86 {
     /// The 32 weights of the block at `p` as f32, values 0..16 and 16..32, computed as the
     /// reference does (`crate::quant`): `q * d + m` (Q4_1), `(q - 8) * d` (Q4_0), `q * d`
     /// (Q8_0), each product and sum rounded separately.
+    ///
+    /// # Safety
+    /// `p` must point to one whole readable block of type `TY` (`block_bytes(TY)` bytes, any
+    /// alignment), and the CPU must support AVX-512 F/BW/VL, AVX2, FMA and F16C (checked at run
+    /// time before this path is chosen).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     unsafe fn dequant512<const TY: u8>(p: *const u8) -> [__m512; 2] {
@@ -342,6 +364,10 @@ mod x86 {
     }
 
     /// As [`dequant512`], in four registers of eight values.
+    ///
+    /// # Safety
+    /// `p` must point to one whole readable block of type `TY`, and the CPU must support AVX2,
+    /// FMA and F16C (checked at run time before this path is chosen).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dequant256<const TY: u8>(p: *const u8) -> [__m256; 4] {

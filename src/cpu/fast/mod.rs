@@ -1,5 +1,9 @@
 //! The vectorized CPU kernels the model runs on: matrix–vector and matrix–matrix products for
-//! quantized weights (Q4_0, Q4_1, Q8_0) and attention (`attention`). The reference in
+//! quantized weights and attention (`attention`). The f32-activation products handle every
+//! quantized type (hand-tiled for Q4_0, Q4_1, Q8_0; dequantize-then-multiply in `f32act_dq`
+//! for Q5_0, Q5_1, the K-quants and the IQ4 types); the 8-bit products handle Q4_0, Q4_1 and
+//! Q8_0 ([`supports_8bit`]), and `strata_tensor` runs the others on the f32-activation kernels
+//! when the `fast` path is chosen. The reference in
 //! [`crate::cpu`] stays the oracle; every function here is tested against it.
 //!
 //! Two kinds of products: [`matvec_f32`] / [`matmul_f32`] (module `f32act`, the default
@@ -49,6 +53,7 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod f32act;
+mod f32act_dq;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -154,9 +159,15 @@ impl WType {
     }
 }
 
-/// Whether the vectorized kernels (8-bit and f32-activation) handle `dtype` (the quantized
-/// types; plain floats use the reference).
+/// Whether the f32-activation kernels ([`matvec_f32`], [`matmul_f32`]) handle `dtype`: every
+/// quantized type (plain floats use the reference).
 pub fn supports(dtype: DType) -> bool {
+    dtype.is_quantized()
+}
+
+/// Whether the 8-bit-activation kernels ([`matvec`], [`matmul`]) handle `dtype`: Q4_0, Q4_1
+/// and Q8_0.
+pub fn supports_8bit(dtype: DType) -> bool {
     WType::of(dtype).is_some()
 }
 
@@ -252,10 +263,31 @@ fn check_product(
     y: &[f32],
 ) -> Result<(WType, usize)> {
     let ty = check(op, isa, dtype)?;
+    let rb = check_shapes(op, isa, dtype, w, rows, cols, x, n, y)?;
+    Ok((ty, rb))
+}
+
+/// The checks of [`check_product`] but the weight type's: kernels this CPU runs and lengths
+/// that fit. Returns the bytes per row.
+#[allow(clippy::too_many_arguments)]
+fn check_shapes(
+    op: &'static str,
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    y: &[f32],
+) -> Result<usize> {
+    if !isa.is_available() {
+        return Err(Error::invalid(op, format!("this CPU cannot run the {} kernels", isa.name())));
+    }
     let rb = expect_matrix(op, dtype, w, rows, cols)?;
     expect_len(op, "x", x.len(), n.checked_mul(cols))?;
     expect_len(op, "y", y.len(), n.checked_mul(rows))?;
-    Ok((ty, rb))
+    Ok(rb)
 }
 
 /// Y = X W^T for `n` tokens, computed by `task(rows of w, their sums [row][token])` over rayon

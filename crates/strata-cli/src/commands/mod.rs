@@ -13,7 +13,7 @@ use crate::output::model_path;
 
 pub fn dispatch(cli: Cli) -> Result<()> {
     // The CPU kernels are a setting of the engine each command opens.
-    let path = match cli.cpu_kernels {
+    let path = match cli.cpu_kernels() {
         CpuKernels::Exact => CpuPath::Exact,
         CpuKernels::Fast => CpuPath::Fast,
         CpuKernels::Reference => CpuPath::Reference,
@@ -33,6 +33,22 @@ pub fn dispatch(cli: Cli) -> Result<()> {
 fn load_model(a: &ModelArgs) -> Result<Model> {
     let path = model_path(&a.model)?;
     Model::load(&path).with_context(|| format!("cannot use model {}", path.display()))
+}
+
+/// Warns (on stderr, unless `quiet`) when `--context` is above the model's training context:
+/// the positions beyond it were never seen in training, and the text usually degrades there.
+pub fn warn_long_context(model: &Model, a: &crate::args::SessionArgs, quiet: bool) {
+    let trained = model.config.n_ctx_train;
+    if let Some(c) = a.context
+        && c > trained
+        && !quiet
+    {
+        eprintln!(
+            "warning: --context {c} is above the {trained} tokens {} was trained with; text past {trained} tokens \
+             may degrade",
+            model.path.display()
+        );
+    }
 }
 
 fn sampler_config(a: &SampleArgs) -> SamplerConfig {

@@ -96,7 +96,8 @@ pub fn run(a: RunArgs, cpu_path: CpuPath) -> Result<()> {
     } else {
         eprintln!("{}", summary(&g, &device, opts.sampler.seed, opts.sampler.temperature == 0.0));
         if a.stats {
-            eprint!("{}", crate::stats::render(&engine.with_session(Session::take_stats)));
+            let (dropped, stats) = engine.with_session(|s| (s.stats_dropped(), s.take_stats()));
+            eprint!("{}", crate::stats::render(&stats, dropped));
         }
     }
     Ok(())

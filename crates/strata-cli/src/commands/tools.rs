@@ -68,7 +68,10 @@ pub fn logits(a: LogitsArgs, cpu_path: CpuPath) -> Result<()> {
         })
         .collect();
     if a.json {
-        let pos: Vec<_> = positions.iter().map(|(i, l)| json!({ "ids": i, "logits": l })).collect();
+        let pos: Vec<_> = positions
+            .iter()
+            .map(|(i, l)| json!({ "ids": i, "logits": l.iter().map(|x| crate::output::json_f32(*x)).collect::<Vec<_>>() }))
+            .collect();
         outln!("{}", json!({ "prompt_ids": ids, "device": engine.device().to_string(), "positions": pos }));
     } else {
         for (p, ((best, vals), id)) in positions.iter().zip(&ids).enumerate() {
@@ -81,7 +84,8 @@ pub fn logits(a: LogitsArgs, cpu_path: CpuPath) -> Result<()> {
 }
 
 pub fn inspect(a: InspectArgs) -> Result<()> {
-    let file = GgufFile::open(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
+    // The error names the file already ("cannot read X: No such file or directory").
+    let file = GgufFile::open(&a.file)?;
     let report = strata_model::inspect::inspect(&file, &a.file);
     if a.json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
@@ -104,7 +108,10 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
 }
 
 pub fn synth(a: SynthArgs) -> Result<()> {
-    let preset = strata_model::synth::Preset::by_name(&a.preset)?;
+    if let Some(arch) = &a.derive {
+        return derive(&a, arch);
+    }
+    let preset = strata_model::synth::Preset::by_name(a.preset.as_deref().unwrap_or_default())?;
     let preset = match a.layers {
         Some(n) => preset.with_layers(n)?,
         None => preset,
@@ -134,6 +141,30 @@ pub fn synth(a: SynthArgs) -> Result<()> {
     Ok(())
 }
 
+/// `strata synth --derive ARCH --from FILE`.
+fn derive(a: &SynthArgs, arch: &str) -> Result<()> {
+    use strata_model::derive::{DeriveArch, DeriveOptions, derive_file};
+    let from = a.from.as_deref().context("--derive needs --from")?;
+    let opts = DeriveOptions {
+        arch: DeriveArch::parse(arch)?,
+        seed: a.seed,
+        bias: a.bias,
+        norm_jitter: a.norm_jitter,
+        window: a.window,
+    };
+    let started = std::time::Instant::now();
+    let src = GgufFile::open(from)?;
+    derive_file(&src, &opts, &a.out)?;
+    eprintln!(
+        "wrote {} ({} derived from {}) in {:.1} s",
+        a.out.display(),
+        opts.arch.name(),
+        from.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 pub fn plan(a: PlanArgs, cpu_path: CpuPath) -> Result<()> {
     let model = load_model(&a.model)?;
     let mut opts = crate::device::engine_options(&model, &a.session, cpu_path)?;
@@ -143,6 +174,7 @@ pub fn plan(a: PlanArgs, cpu_path: CpuPath) -> Result<()> {
     opts.offload.hypothetical_gpu = opts.gpu.memory_cap;
     opts.measure = a.measure;
     let gpu = crate::device::pick_gpu(&opts, a.json)?;
+    super::warn_long_context(&model, &a.session, a.json);
     let plan = strata_model::engine::plan_for(&model, &opts, gpu.as_ref())?;
     let offload = &opts.offload;
     if a.json {

@@ -189,8 +189,16 @@ impl LlamaConfig {
         }
         let rope_freq_base = c.positive("rope_theta", 10000.0)?;
         let (rope_freq_scale, rope_freq_factors) = rope_scaling(&c, rope_freq_base, head_dim)?;
+        let spec = crate::config::arch_spec(&arch)?;
         Ok(LlamaConfig {
             arch,
+            spec,
+            layer_roles: crate::config::layer_roles(spec, |_| false),
+            q_dim: n_embd,
+            activation: spec.activation,
+            embed_scale: None,
+            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            sliding_window: None,
             n_layers,
             n_embd,
             n_ff,

@@ -20,6 +20,7 @@ use safetensors::{Dtype, SafeTensorError, SafeTensors};
 use strata_tensor::{DType, SharedBytes, Tensor};
 
 use super::read_json;
+use crate::arch::Role;
 use crate::config::LlamaConfig;
 use crate::weights::{HeadWeights, LayerWeights, ModelWeights};
 use crate::{Error, Result};
@@ -33,18 +34,29 @@ pub const SINGLE_FILE: &str = "model.safetensors";
 /// Name of a sharded checkpoint's index.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
-/// HF names of one layer's tensors, in [`crate::weights::LAYER_TENSORS`] order.
-const HF_LAYER_TENSORS: [&str; 9] = [
-    "input_layernorm",
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "post_attention_layernorm",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-];
+/// The HF name (after `model.layers.N.`) of a layer tensor.
+fn hf_layer_tensor(r: Role) -> &'static str {
+    match r {
+        Role::AttnNorm => "input_layernorm.weight",
+        Role::Q => "self_attn.q_proj.weight",
+        Role::QBias => "self_attn.q_proj.bias",
+        Role::K => "self_attn.k_proj.weight",
+        Role::KBias => "self_attn.k_proj.bias",
+        Role::V => "self_attn.v_proj.weight",
+        Role::VBias => "self_attn.v_proj.bias",
+        Role::QNorm => "self_attn.q_norm.weight",
+        Role::KNorm => "self_attn.k_norm.weight",
+        Role::O => "self_attn.o_proj.weight",
+        Role::PostAttnNorm => "post_attention_layernorm.weight",
+        // In HF llama/qwen checkpoints the pre-FFN norm is called post_attention_layernorm;
+        // gemma3 names its four norms differently (not read from safetensors yet).
+        Role::FfnNorm => "post_attention_layernorm.weight",
+        Role::Gate => "mlp.gate_proj.weight",
+        Role::Up => "mlp.up_proj.weight",
+        Role::Down => "mlp.down_proj.weight",
+        Role::PostFfnNorm => "post_feedforward_layernorm.weight",
+    }
+}
 
 /// One validated safetensors file.
 struct Shard {
@@ -238,17 +250,19 @@ impl Shards {
     /// # Errors
     /// A missing tensor, a wrong shape or an unsupported dtype, named.
     pub(super) fn weights(&self, cfg: &LlamaConfig) -> Result<ModelWeights> {
-        let (e, f, kv, v) = (cfg.n_embd, cfg.n_ff, cfg.kv_dim(), cfg.n_vocab);
+        let (e, v) = (cfg.n_embd, cfg.n_vocab);
         let embedding = self.matrix("model.embed_tokens.weight", &[v, e])?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
+        let dims = cfg.layer_dims();
         for l in 0..cfg.n_layers {
-            let shapes: [&[usize]; 9] = [&[e], &[e, e], &[kv, e], &[kv, e], &[e, e], &[e], &[f, e], &[f, e], &[e, f]];
-            let mut group = Vec::with_capacity(9);
-            for (suffix, shape) in HF_LAYER_TENSORS.iter().zip(shapes) {
-                let name = format!("model.layers.{l}.{suffix}.weight");
-                group.push(if shape.len() == 1 { self.norm(&name, e)? } else { self.matrix(&name, shape)? });
+            let mut group = Vec::with_capacity(cfg.layer_roles.len());
+            for &r in &cfg.layer_roles {
+                let name = format!("model.layers.{l}.{}", hf_layer_tensor(r));
+                // HF shapes are [out, in]: the GGUF dims reversed.
+                let shape: Vec<usize> = r.dims(&dims).iter().rev().map(|&d| d as usize).collect();
+                group.push(if r.is_vector() { self.norm(&name, shape[0])? } else { self.matrix(&name, &shape)? });
             }
-            layers.push(LayerWeights::from_group(group)?);
+            layers.push(LayerWeights::from_group(group, &cfg.layer_roles)?);
         }
         let norm = self.norm("model.norm.weight", e)?;
         let output = if cfg.tied_output {

@@ -52,8 +52,27 @@ pub(super) fn warnings(p: &Planner, chosen: &Chosen) -> Vec<String> {
     {
         out.push(format!("--gpu-layers {k} is more than the model's {n} layers: all {n} are resident"));
     }
-    if req.speeds.source == SpeedSource::Assumed {
-        out.push("speeds are assumed, not measured: the predicted tok/s are rough guesses".to_string());
+    let gpu_planned = req.gpu_budget.is_some();
+    match (req.speeds.source, gpu_planned && req.speeds.gpu_source == SpeedSource::Assumed) {
+        (SpeedSource::Assumed, true) => out.push(
+            "speeds are assumed, not measured: the predicted tok/s are rough guesses; `strata plan --measure` on the \
+             machine with the GPU measures them"
+                .to_string(),
+        ),
+        (SpeedSource::Assumed, false) => out.push(
+            "CPU speeds are assumed, not measured: the predicted tok/s are rough guesses; `strata plan --measure` \
+             measures them (a second or so)"
+                .to_string(),
+        ),
+        (_, true) => out.push(
+            "GPU speeds are assumed (calibrated from strata's kernels on an H200), not measured: the GPU's predicted \
+             tok/s are rough guesses; `strata plan --measure` on the machine with the GPU measures them"
+                .to_string(),
+        ),
+        _ => {}
+    }
+    if let Some(text) = kv_advice(p, best) {
+        out.push(text);
     }
     if best.acc.staging {
         out.push(format!(
@@ -179,4 +198,64 @@ fn prefill_advice(p: &Planner, chosen: &Chosen) -> Option<String> {
             fmt_tps(tps(&best.decode)),
         )
     })
+}
+
+/// When the KV cache is what keeps layers off the GPU: how many more would be resident without
+/// it, and the longest `--context` that keeps them all (llama.cpp's `--fit` shrinks the context
+/// itself; strata says what to change). Only with a known context and the automatic policy.
+fn kv_advice(p: &Planner, best: &Candidate) -> Option<String> {
+    let req = p.req;
+    let n = req.layers.len();
+    let l = best.layout;
+    let kv_on_gpu = best.acc.gpu.kv;
+    if req.context == 0 || req.policy != Policy::Auto || !l.gpu || l.resident >= n || kv_on_gpu == 0 || n > 256 {
+        return None;
+    }
+    // The resident layers of the automatic plan at another context (KV scales with it).
+    let resident_at = |context: usize| -> Option<(usize, f64)> {
+        let mut r = req.clone();
+        for s in &mut r.layers {
+            s.kv_bytes = (u128::from(s.kv_bytes) * context as u128 / req.context as u128) as u64;
+        }
+        let c = Planner::new(&r).choose(Policy::Auto).ok()?.best;
+        Some((c.layout.resident, tps(&c.decode)))
+    };
+    let (most, _) = resident_at(0)?;
+    if most <= l.resident {
+        return None;
+    }
+    // The longest context that keeps `most` layers resident: binary search (resident counts
+    // only grow as the context shrinks).
+    let (mut lo, mut hi) = (0usize, req.context);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        match resident_at(mid) {
+            Some((r, _)) if r >= most => lo = mid,
+            _ => hi = mid,
+        }
+    }
+    let what = format!(
+        "the KV cache for --context {} takes {} of GPU memory and leaves room for {} of {n} resident layers",
+        req.context,
+        fmt_size(kv_on_gpu),
+        l.resident
+    );
+    let fix = if lo == 0 {
+        format!("{most} would be resident without it")
+    } else {
+        let all = if most == n { "all".to_string() } else { most.to_string() };
+        let mut options = Vec::new();
+        // A milder change first, when it already helps.
+        let half = req.context / 2;
+        if let Some((r, t)) = resident_at(half)
+            && half > lo
+            && r > l.resident
+        {
+            options.push(format!("at --context {half} {r} would be resident (about {} tok/s decode)", fmt_tps(t)));
+        }
+        let t = resident_at(lo).map_or(0.0, |(_, t)| t);
+        options.push(format!("at --context {lo} or less {all} would be (about {} tok/s)", fmt_tps(t)));
+        format!("{}, instead of {} tok/s now", options.join("; "), fmt_tps(tps(&best.decode)))
+    };
+    Some(format!("{what}; {fix}"))
 }

@@ -85,15 +85,28 @@ pub enum KvPlacement {
 }
 
 /// Where the speeds came from; the plan shows it so the user knows how far to trust it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Ordered from least to most trustworthy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SpeedSource {
-    /// Measured on this machine just now.
-    Measured,
+    /// Guessed ([`assumed_speeds`]).
+    #[default]
+    Assumed,
     /// Measured on this machine earlier and read from a cache.
     Cached,
-    /// Guessed ([`assumed_speeds`]).
-    Assumed,
+    /// Measured on this machine just now.
+    Measured,
+}
+
+impl SpeedSource {
+    /// How the plan prints it: "measured here", "cached from this machine", "assumed".
+    pub fn describe(self) -> &'static str {
+        match self {
+            SpeedSource::Measured => "measured here",
+            SpeedSource::Cached => "cached from this machine",
+            SpeedSource::Assumed => "assumed",
+        }
+    }
 }
 
 /// One transformer layer.
@@ -125,28 +138,51 @@ pub struct Speeds {
     pub layer_overhead_s: f64,
     /// Moving the activations GPU → host → GPU around one cpu layer.
     pub cpu_handoff_s: f64,
+    /// Where the CPU speeds (`cpu_bytes_per_s`, `cpu_flops`) came from.
     pub source: SpeedSource,
+    /// Where the GPU and PCIe speeds (every other field) came from: a measurement on a machine
+    /// without a GPU measures only the CPU, and its GPU speeds stay assumed. Cache files written
+    /// before this field existed read as assumed.
+    #[serde(default)]
+    pub gpu_source: SpeedSource,
+}
+
+impl Speeds {
+    /// The source that matters for a plan: the CPU's alone without a GPU, else the less
+    /// trustworthy of the two.
+    pub fn source_for(&self, gpu: bool) -> SpeedSource {
+        if gpu { self.source.min(self.gpu_source) } else { self.source }
+    }
 }
 
 /// Documented guesses for a machine that has not been measured: a PCIe 4.0 x16 desktop with a
-/// mid-range GPU and a dual-channel DDR5 CPU. The plan says the speeds are assumed.
+/// dual-channel DDR5 CPU, and GPU rates calibrated from what strata's own kernels reached on
+/// the one GPU they have run on (an H200, `docs/gpu-results.md`, 2026-11-27 pass 2): they are
+/// bound by launch overhead and by our kernels, not by the card's data sheet. The plan says
+/// the speeds are assumed and how to measure them.
 pub fn assumed_speeds() -> Speeds {
     Speeds {
-        // PCIe 4.0 x16 is 32 GB/s on paper; pinned copies reach about 25.
+        // PCIe 4.0 x16 is 32 GB/s on paper; pinned copies reach about 25 (the H200's PCIe 5.0
+        // reached 55 GB/s in docs/gpu-results.md).
         h2d_bytes_per_s: 25e9,
-        // A card with ~1.5 TB/s of memory bandwidth; quantized matvecs reach about half of it.
-        gpu_bytes_per_s: 750e9,
-        // Tens of TFLOPS on tensor cores; dequantizing matmuls reach a fraction: 40 TFLOPS.
-        gpu_flops: 40e12,
+        // A 7B Q4_0 layer decodes at 466 GB/s on the H200 (one layer at T=1), the rate its
+        // all-resident 101 tok/s and 93.7 tok/s at 4 GiB were predicted from.
+        gpu_bytes_per_s: 466e9,
+        // Prefill of the 7B model ran at ~1490 tok/s at a batch of 512 = 13 GFLOP/token × 1490
+        // ≈ 19 TFLOP/s, the 20-22 TFLOP/s of the f32 FMA matmul tiles (no tensor cores yet).
+        gpu_flops: 20e12,
         // Dual-channel DDR5 is ~80 GB/s on paper; a quantized matvec on all cores reads ~20.
         cpu_bytes_per_s: 20e9,
         // 8 cores × 2 FMA units × 8 f32 lanes × 2 flops × ~4 GHz ≈ 1 TFLOPS peak; ~30% with dequant.
         cpu_flops: 300e9,
-        // About ten kernel launches per layer at ~3 µs each.
-        layer_overhead_s: 30e-6,
+        // The default model (30 layers of 2.3 MiB) decoded at 295 tok/s all resident on the
+        // H200 = 3.4 ms per token: ~110 µs per layer, nearly all of it launches (~30 per layer
+        // at 3.3 µs each), and its 8-token prompt at 2542 tok/s is the same 3.1 ms pass.
+        layer_overhead_s: 100e-6,
         // Two small copies and a synchronize each way.
         cpu_handoff_s: 50e-6,
         source: SpeedSource::Assumed,
+        gpu_source: SpeedSource::Assumed,
     }
 }
 
@@ -210,6 +246,10 @@ pub struct PlanRequest {
     pub prefill_tokens: usize,
     /// Deepest prefetch to consider (e.g. 2); read as 1 ..= 8.
     pub max_prefetch_depth: usize,
+    /// The context length the `kv_bytes` are for (0 = not given): with it, a plan whose KV
+    /// cache pushes layers off the GPU says which `--context` would keep them.
+    #[serde(default)]
+    pub context: usize,
 }
 
 impl Default for PlanRequest {
@@ -230,6 +270,7 @@ impl Default for PlanRequest {
             rest: Rest::Auto,
             prefill_tokens: 512,
             max_prefetch_depth: 2,
+            context: 0,
         }
     }
 }
@@ -353,7 +394,13 @@ pub struct Plan {
     pub predicted: Predicted,
     /// Prompt batch size the prefill prediction assumes.
     pub prefill_batch: usize,
+    /// Where the speeds of this plan came from: the CPU's without a GPU, else the less
+    /// trustworthy of the CPU's and the GPU's ([`Speeds::source_for`]).
     pub speeds_source: SpeedSource,
+    /// Where the CPU speeds came from.
+    pub cpu_speeds_source: SpeedSource,
+    /// Where the GPU and PCIe speeds came from (`assumed` for a hypothetical GPU).
+    pub gpu_speeds_source: SpeedSource,
     /// The speeds the prediction used.
     pub speeds: Speeds,
     /// Plain-words notes for the user.

@@ -35,11 +35,13 @@ fn kv_name(k: KvPlacement) -> &'static str {
     }
 }
 
-fn source_name(p: &Plan) -> &'static str {
-    match p.speeds_source {
-        super::SpeedSource::Measured => "measured",
-        super::SpeedSource::Cached => "cached",
-        super::SpeedSource::Assumed => "assumed",
+/// "speeds measured here", or per side when a GPU (real or hypothetical) is planned for and the
+/// two sides differ: "cpu speeds measured here, gpu speeds assumed".
+fn sources(p: &Plan) -> String {
+    if p.gpu_budget_bytes == 0 || p.cpu_speeds_source == p.gpu_speeds_source {
+        format!("speeds {}", p.speeds_source.describe())
+    } else {
+        format!("cpu speeds {}, gpu speeds {}", p.cpu_speeds_source.describe(), p.gpu_speeds_source.describe())
     }
 }
 
@@ -85,10 +87,11 @@ impl Plan {
         };
         format!(
             "plan: {resident} resident, {streamed} streamed{streaming}, {cpu} cpu; {gpu}; predicted {} tok/s decode, \
-             {} tok/s prefill (speeds {})",
+             {} tok/s prefill at a batch of {} ({})",
             fmt_tps(self.predicted.decode_tokens_per_second),
             fmt_tps(self.predicted.prefill_tokens_per_second),
-            source_name(self),
+            self.prefill_batch,
+            sources(self),
         )
     }
 
@@ -96,7 +99,7 @@ impl Plan {
     pub fn render_table(&self) -> String {
         let mut s = String::new();
         // Writing into a String cannot fail; the results are ignored on purpose.
-        let _ = writeln!(s, "plan ({}; speeds {})", self.policy, source_name(self));
+        let _ = writeln!(s, "plan ({}; {})", self.policy, sources(self));
         let _ = writeln!(s, "{:<9} {:<9} {:>11} {:>11}  KV on", "layers", "placement", "weights", "KV cache");
         let rows: Vec<&[LayerPlan]> =
             if self.layers.len() <= ROW_PER_LAYER { self.layers.chunks(1).collect() } else { runs(&self.layers) };

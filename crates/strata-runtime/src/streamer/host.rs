@@ -163,14 +163,16 @@ impl WeightStream for HostStreamer {
         let k = self.sched.slot(seq);
         let mem = Arc::new(d.mem);
         let shared: SharedBytes = mem.clone();
-        let views = self.layouts[g]
+        // The slot holds the memory before the views are built, so that if building them
+        // fails the group is still held: `release` or `restart` returns the memory (instead of
+        // it being dropped and `restart` waiting for a copy that already arrived).
+        let slot = &mut self.slots[k];
+        slot.in_use = Some(mem);
+        slot.views = self.layouts[g]
             .tensors
             .iter()
             .map(|p| Tensor::from_shared(p.dtype, &p.shape, shared.clone(), p.offset))
             .collect::<strata_tensor::Result<Vec<_>>>()?;
-        let slot = &mut self.slots[k];
-        slot.in_use = Some(mem);
-        slot.views = views;
         Ok(&slot.views)
     }
 
@@ -214,7 +216,11 @@ impl WeightStream for HostStreamer {
     }
 
     fn restart(&mut self) -> Result<()> {
-        // Collect every copy in flight and return all memory to the slots.
+        // Collect every copy in flight and return all memory to the slots. A group acquired and
+        // not released (its pass failed) has already arrived: its memory is in its slot.
+        if let Some(held) = self.sched.held.take() {
+            self.sched.next_acquire = held + 1;
+        }
         while self.sched.next_prefetch > self.sched.next_acquire {
             let seq = self.sched.next_acquire;
             let d = self.wait_for(seq)?;
@@ -239,5 +245,58 @@ impl Drop for HostStreamer {
         if let Some(w) = self.worker.take() {
             let _ = w.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::channel;
+    use std::time::Duration;
+
+    use strata_tensor::{MemoryBudget, Stream, Tensor};
+
+    use super::*;
+    use crate::pack::GroupLayout;
+
+    fn streamer(budget: &MemoryBudget, weights: &[Tensor]) -> HostStreamer {
+        let groups = weights.iter().map(|w| (GroupLayout::of(&[w]), vec![w])).collect::<Vec<_>>();
+        HostStreamer::new(budget, groups, 1, Duration::ZERO).expect("streamer")
+    }
+
+    /// A pass that fails while a group is held (here: the caller never releases it) must not
+    /// leave `restart` waiting for a copy that has already arrived, nor lose the slot's memory.
+    /// Run on a thread so a regression fails the test instead of hanging it.
+    #[test]
+    fn restart_after_a_failed_pass_returns_every_slot() {
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            let budget = MemoryBudget::new("test", 1 << 20);
+            let weights: Vec<Tensor> = (0..3)
+                .map(|i| Tensor::from_f32(&[4], vec![i as f32; 4]))
+                .collect::<strata_tensor::Result<_>>()
+                .expect("weights");
+            let mut s = streamer(&budget, &weights);
+            let run = |s: &mut HostStreamer, release_last: bool| -> Result<Vec<f32>> {
+                let mut seen = Vec::new();
+                for g in 0..3 {
+                    let first = s.acquire(g)?[0].to_vec_f32(&Stream::Host)?[0];
+                    seen.push(first);
+                    if g < 2 || release_last {
+                        s.release(g)?;
+                    }
+                }
+                Ok(seen)
+            };
+            // Acquire group 0 and stop (a failed layer): no release.
+            let held = s.acquire(0).map(|_| ());
+            let after = s.restart().and_then(|()| run(&mut s, true));
+            // And a failure at the end of a pass, with the next pass's copies in flight.
+            let again = run(&mut s, false).and_then(|_| s.restart()).and_then(|()| run(&mut s, true));
+            let _ = tx.send((held, after, again));
+        });
+        let (held, after, again) = rx.recv_timeout(Duration::from_secs(60)).expect("restart hung");
+        held.expect("acquire");
+        assert_eq!(after.expect("a pass after restart"), vec![0.0, 1.0, 2.0]);
+        assert_eq!(again.expect("a pass after the second restart"), vec![0.0, 1.0, 2.0]);
     }
 }

@@ -97,6 +97,12 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
             fits(op, "output", out, bytes(*n, 4))?;
             bufs.extend([*x, *out]);
         }
+        K::AddBias { x, bias, rows, cols, out } => {
+            fits(op, "input", x, prod(&[*rows, *cols, 4]))?;
+            fits(op, "bias", bias, bytes(*cols, 4))?;
+            fits(op, "output", out, prod(&[*rows, *cols, 4]))?;
+            bufs.extend([*x, *bias, *out]);
+        }
         K::Softmax { x, rows, cols, out } => {
             fits(op, "input", x, prod(&[*rows, *cols, 4]))?;
             fits(op, "output", out, prod(&[*rows, *cols, 4]))?;
@@ -166,6 +172,7 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
             }
             K::SiluMul { n, .. } => cuda::silu_mul_f32(ptr[0], ptr[1], n, ptr[2], raw),
             K::Add { n, .. } => cuda::add_f32(ptr[0], ptr[1], n, ptr[2], raw),
+            K::AddBias { rows, cols, .. } => cuda::add_bias_f32(ptr[0], ptr[1], rows, cols, ptr[2], raw),
             K::Scale { factor, n, .. } => cuda::scale_f32(ptr[0], factor, n, ptr[1], raw),
             K::Softmax { rows, cols, .. } => cuda::softmax_rows_f32(ptr[0], rows, cols, ptr[1], raw),
             K::Argmax { rows, cols, .. } => cuda::argmax_rows_f32(ptr[0], rows, cols, ptr[1], raw),

@@ -1,6 +1,8 @@
 //! CUDA through cudarc: opening a device, streams, events, device memory, pinned host memory
-//! and copies. Together with the kernel crate's launcher calls this is the only `unsafe` code
-//! of strata; everything above uses the safe types here.
+//! and copies. The `unsafe` code of strata lives here, in the launcher calls of `launch.rs`,
+//! in the kernel crate (FFI bindings and the SIMD CPU kernels of `src/cpu/fast`), and in
+//! strata-model's file mappings (mmap of model files, `posix_fallocate`); strata-runtime and
+//! strata-cli `#![forbid(unsafe_code)]`. Everything above this module uses its safe types.
 //!
 //! Memory is allocated with the driver API directly (cuMemAlloc / cuMemHostAlloc) so that every
 //! allocation is first reserved against a [`MemoryBudget`] and an out-of-memory from the
@@ -415,8 +417,15 @@ impl DeviceBuffer {
         Ok(())
     }
 
-    /// Copies host bytes into the buffer at `offset`. The source may be reused as soon as this
-    /// returns (pageable memory is staged by the driver).
+    /// Copies host bytes into the buffer at `offset`, returning when the copy is done, so the
+    /// source may be reused or freed as soon as this returns, whatever memory it is in.
+    ///
+    /// A `&[u8]` can point into page-locked memory (a [`PinnedBuffer::as_slice`]), and from
+    /// there the driver copies truly asynchronously: returning before the copy is done would let
+    /// the caller overwrite or free bytes still being read, with nothing recording the use. So
+    /// this waits for the stream; for a copy that overlaps other work, use
+    /// [`DeviceBuffer::upload_pinned`], which takes the [`PinnedBuffer`] itself and records the
+    /// use on it (its next host access waits).
     pub fn upload(&mut self, offset: usize, src: &[u8], s: &GpuStream) -> Result<()> {
         check_range("destination", &(offset..offset + src.len()), self.bytes)?;
         self.same_gpu(s)?;
@@ -425,10 +434,12 @@ impl DeviceBuffer {
         }
         let (dst, raw) = (self.ptr_for(s)? + offset as u64, s.raw()?);
         // SAFETY: dst..dst+len lies inside this live allocation (checked above); src is a live
-        // host slice; for pageable memory the call returns once the source has been staged.
+        // host slice borrowed until this function returns, which is after the copy (below).
         unsafe { result::memcpy_htod_async(dst, src, raw.cast()) }.map_err(|e| driver("host-to-device copy", e))?;
         self.used_by(s);
-        Ok(())
+        // Pageable memory is staged by the driver before the call returns, page-locked memory is
+        // not: wait for the copy either way, so `src` is free when the borrow ends.
+        s.synchronize()
     }
 
     /// Copies `src_range` of a pinned buffer into this buffer at `offset`, asynchronously.

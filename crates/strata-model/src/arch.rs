@@ -1,0 +1,251 @@
+//! Architectures as data: each supported `general.architecture` is an [`ArchSpec`], a table
+//! entry naming its per-layer tensors (required and optional, by [`Role`]) and its switches
+//! (RoPE layout, FFN activation, embedding scale, sliding-window pattern). One block runner
+//! ([`crate::forward::layer_forward`]) reads the switches; the runtime places and streams a
+//! layer's tensors as one group whatever the architecture, in [`Role`] order.
+//!
+//! Facts per architecture, as llama.cpp reads them (checked against its source):
+//! - llama, mistral: the converter permutes Q/K rows to adjacent RoPE pairs; SiLU-gated FFN.
+//! - qwen2: Q, K and V biases; half-split (NEOX) RoPE; SiLU.
+//! - qwen3: per-head RMSNorm of Q and K before RoPE; head size from `attention.key_length`;
+//!   half-split RoPE; SiLU.
+//! - gemma3 (described, not yet run: see [`ArchSpec::missing`]): embeddings × √n_embd, GELU
+//!   (tanh) FFN, post-attention and post-FFN norms, per-head Q/K norms, sliding window on
+//!   layers with `l % 6 < 5` and a local RoPE base of 10000, attention scale 1/√key_length.
+
+use strata_tensor::RopeLayout;
+
+/// What a layer tensor is for. The order of the variants is the order of a layer's weight
+/// group (what the runtime packs and streams).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    AttnNorm,
+    Q,
+    QBias,
+    K,
+    KBias,
+    V,
+    VBias,
+    QNorm,
+    KNorm,
+    O,
+    PostAttnNorm,
+    FfnNorm,
+    Gate,
+    Up,
+    Down,
+    PostFfnNorm,
+}
+
+/// Number of roles (the length of a layer's tensor table).
+pub const N_ROLES: usize = 16;
+
+/// Every role, in group order.
+pub const ROLES: [Role; N_ROLES] = [
+    Role::AttnNorm,
+    Role::Q,
+    Role::QBias,
+    Role::K,
+    Role::KBias,
+    Role::V,
+    Role::VBias,
+    Role::QNorm,
+    Role::KNorm,
+    Role::O,
+    Role::PostAttnNorm,
+    Role::FfnNorm,
+    Role::Gate,
+    Role::Up,
+    Role::Down,
+    Role::PostFfnNorm,
+];
+
+/// The sizes a layer tensor's shape depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerDims {
+    pub n_embd: usize,
+    pub n_ff: usize,
+    /// n_head × head_dim (the width of Q and of the attention output).
+    pub q_dim: usize,
+    /// n_head_kv × head_dim.
+    pub kv_dim: usize,
+    pub head_dim: usize,
+}
+
+impl Role {
+    /// The tensor's GGUF name after `blk.N.`.
+    pub fn gguf_suffix(self) -> &'static str {
+        match self {
+            Role::AttnNorm => "attn_norm.weight",
+            Role::Q => "attn_q.weight",
+            Role::QBias => "attn_q.bias",
+            Role::K => "attn_k.weight",
+            Role::KBias => "attn_k.bias",
+            Role::V => "attn_v.weight",
+            Role::VBias => "attn_v.bias",
+            Role::QNorm => "attn_q_norm.weight",
+            Role::KNorm => "attn_k_norm.weight",
+            Role::O => "attn_output.weight",
+            Role::PostAttnNorm => "post_attention_norm.weight",
+            Role::FfnNorm => "ffn_norm.weight",
+            Role::Gate => "ffn_gate.weight",
+            Role::Up => "ffn_up.weight",
+            Role::Down => "ffn_down.weight",
+            Role::PostFfnNorm => "post_ffw_norm.weight",
+        }
+    }
+
+    /// The index of the role in [`ROLES`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// A vector (norm weight or bias: read as f32) rather than a matrix.
+    pub fn is_vector(self) -> bool {
+        self.dims(&LayerDims { n_embd: 1, n_ff: 1, q_dim: 1, kv_dim: 1, head_dim: 1 }).len() == 1
+    }
+
+    /// GGUF dims (ne0 first) of the tensor.
+    pub fn dims(self, d: &LayerDims) -> Vec<u64> {
+        let (e, f, q, kv, hd) = (d.n_embd as u64, d.n_ff as u64, d.q_dim as u64, d.kv_dim as u64, d.head_dim as u64);
+        match self {
+            Role::AttnNorm | Role::FfnNorm | Role::PostAttnNorm | Role::PostFfnNorm => vec![e],
+            Role::Q => vec![e, q],
+            Role::K | Role::V => vec![e, kv],
+            Role::QBias => vec![q],
+            Role::KBias | Role::VBias => vec![kv],
+            Role::QNorm | Role::KNorm => vec![hd],
+            Role::O => vec![q, e],
+            Role::Gate | Role::Up => vec![e, f],
+            Role::Down => vec![f, e],
+        }
+    }
+}
+
+/// The FFN's gate activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// SiLU(gate)·up (llama, qwen).
+    Silu,
+    /// GELU(gate)·up with GELU's tanh approximation (gemma).
+    GeluTanh,
+}
+
+/// One architecture: its tensors and switches.
+#[derive(Debug, PartialEq)]
+pub struct ArchSpec {
+    pub name: &'static str,
+    /// Layer tensors every layer must have.
+    pub required: &'static [Role],
+    /// Layer tensors a file may have (all layers or none).
+    pub optional: &'static [Role],
+    /// How GGUF files of this architecture order the RoPE pairs.
+    pub rope_layout: RopeLayout,
+    pub activation: Activation,
+    /// Embeddings are multiplied by √n_embd.
+    pub embed_scale: bool,
+    /// With `attention.sliding_window` set, layer l uses the window when `l % pattern <
+    /// pattern - 1` (0: no layer does).
+    pub swa_pattern: usize,
+    /// RoPE base of the sliding-window layers (llama.cpp fixes it per architecture).
+    pub swa_rope_base: f32,
+    /// What this build cannot compute yet for the architecture (None: it runs).
+    pub missing: Option<&'static str>,
+}
+
+const BASE: &[Role] =
+    &[Role::AttnNorm, Role::Q, Role::K, Role::V, Role::O, Role::FfnNorm, Role::Gate, Role::Up, Role::Down];
+
+const LLAMA: ArchSpec = ArchSpec {
+    name: "llama",
+    required: BASE,
+    optional: &[],
+    rope_layout: RopeLayout::Adjacent,
+    activation: Activation::Silu,
+    embed_scale: false,
+    swa_pattern: 0,
+    swa_rope_base: 0.0,
+    missing: None,
+};
+
+/// Every architecture strata knows.
+pub const ARCHS: &[ArchSpec] = &[
+    LLAMA,
+    ArchSpec { name: "mistral", ..LLAMA },
+    ArchSpec {
+        name: "qwen2",
+        required: &[
+            Role::AttnNorm,
+            Role::Q,
+            Role::QBias,
+            Role::K,
+            Role::KBias,
+            Role::V,
+            Role::VBias,
+            Role::O,
+            Role::FfnNorm,
+            Role::Gate,
+            Role::Up,
+            Role::Down,
+        ],
+        rope_layout: RopeLayout::HalfSplit,
+        ..LLAMA
+    },
+    ArchSpec {
+        name: "qwen3",
+        required: &[
+            Role::AttnNorm,
+            Role::Q,
+            Role::K,
+            Role::V,
+            Role::QNorm,
+            Role::KNorm,
+            Role::O,
+            Role::FfnNorm,
+            Role::Gate,
+            Role::Up,
+            Role::Down,
+        ],
+        rope_layout: RopeLayout::HalfSplit,
+        ..LLAMA
+    },
+    ArchSpec {
+        name: "gemma3",
+        required: &[
+            Role::AttnNorm,
+            Role::Q,
+            Role::K,
+            Role::V,
+            Role::QNorm,
+            Role::KNorm,
+            Role::O,
+            Role::PostAttnNorm,
+            Role::FfnNorm,
+            Role::Gate,
+            Role::Up,
+            Role::Down,
+            Role::PostFfnNorm,
+        ],
+        rope_layout: RopeLayout::HalfSplit,
+        activation: Activation::GeluTanh,
+        embed_scale: true,
+        swa_pattern: 6,
+        swa_rope_base: 10000.0,
+        missing: Some("GELU(tanh) and sliding-window attention ops"),
+        ..LLAMA
+    },
+];
+
+/// The architectures that run, for messages.
+pub fn runnable_names() -> Vec<&'static str> {
+    ARCHS.iter().filter(|a| a.missing.is_none()).map(|a| a.name).collect()
+}
+
+/// The spec of a `general.architecture` name.
+pub fn by_name(name: &str) -> Option<&'static ArchSpec> {
+    ARCHS.iter().find(|a| a.name == name)
+}
+
+/// Top-level tensors a file may carry besides the layers (claimed by name).
+pub const MODEL_TENSORS: &[&str] = &["token_embd.weight", "output_norm.weight", "output.weight", "rope_freqs.weight"];

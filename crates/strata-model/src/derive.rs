@@ -1,0 +1,297 @@
+//! Test models of other architectures derived from a real llama-family GGUF file (the default
+//! model), so that qwen2, qwen3 and gemma3 code paths run on meaningful weights rather than
+//! noise, and llama.cpp can produce reference logits for exactly the same file.
+//!
+//! What a derived file holds, per architecture:
+//! - every tensor of the source, byte for byte, except the Q and K projections, whose rows are
+//!   permuted back from the llama converter's adjacent-pair RoPE order to the half-split
+//!   (NEOX) order that qwen2, qwen3 and gemma3 files use. Rows are whole quant blocks, so the
+//!   permutation is exact on quantized bytes, and with the half-split RoPE the derived model
+//!   computes the same attention scores as the source;
+//! - qwen2: Q, K and V biases (f32), uniform in [-bias, bias] from a seeded splitmix64 stream
+//!   (`bias = 0` gives zero biases: the derived model then equals the source);
+//! - qwen3: per-head Q and K RMSNorm weights 1 + jitter·u (u uniform in [-1, 1), seeded), and
+//!   `attention.key_length`/`value_length`;
+//! - gemma3: the same Q/K norms, post-attention and post-FFN norms (1 + jitter·u), a sliding
+//!   window (`window`) on 5 of every 6 layers, the source's RoPE base as the global one
+//!   (llama.cpp fixes the local one at 10000), key/value length. Gemma scales embeddings by
+//!   √n_embd; to keep the residual stream at the source's scale the token embedding's block
+//!   scales are divided by √n_embd (f16 rounding of the scales only), and the original
+//!   embedding is written as `output.weight` so the logits use the unscaled rows.
+//!
+//! All metadata is kept (tokenizer, chat template), with `llama.*` keys renamed to the new
+//! architecture's prefix. Seeds: tensor i's values come from splitmix64 seeded with
+//! `seed ^ (i << 32)`, so a file depends only on (source, options).
+
+use std::path::Path;
+
+use half::f16;
+
+use crate::gguf::{GgmlType, GgufFile, GgufWriter, TensorInfo, Value};
+use crate::synth::Mix;
+use crate::{Error, Result};
+
+/// Architectures a test model can be derived as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeriveArch {
+    Qwen2,
+    Qwen3,
+    Gemma3,
+}
+
+impl DeriveArch {
+    /// Parses `qwen2`, `qwen3` or `gemma3`.
+    ///
+    /// # Errors
+    /// Any other name.
+    pub fn parse(s: &str) -> Result<DeriveArch> {
+        match s.to_ascii_lowercase().as_str() {
+            "qwen2" => Ok(DeriveArch::Qwen2),
+            "qwen3" => Ok(DeriveArch::Qwen3),
+            "gemma3" => Ok(DeriveArch::Gemma3),
+            _ => Err(Error::invalid(format!("--derive {s:?}: choose qwen2, qwen3 or gemma3"))),
+        }
+    }
+
+    /// The GGUF `general.architecture` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeriveArch::Qwen2 => "qwen2",
+            DeriveArch::Qwen3 => "qwen3",
+            DeriveArch::Gemma3 => "gemma3",
+        }
+    }
+}
+
+/// How to derive: the architecture and the seeded extras.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeriveOptions {
+    pub arch: DeriveArch,
+    pub seed: u64,
+    /// qwen2: biases uniform in [-bias, bias]; 0 gives zero biases.
+    pub bias: f32,
+    /// qwen3/gemma3: added norm weights are 1 + jitter·u; 0 gives unit weights.
+    pub norm_jitter: f32,
+    /// gemma3: the sliding window of the local layers.
+    pub window: usize,
+}
+
+impl DeriveOptions {
+    /// The documented defaults: seed 0, biases in [-0.05, 0.05], norm jitter 0.05, window 16.
+    pub fn new(arch: DeriveArch) -> DeriveOptions {
+        DeriveOptions { arch, seed: 0, bias: 0.05, norm_jitter: 0.05, window: 16 }
+    }
+}
+
+/// Where a tensor of the derived file comes from.
+enum Source<'a> {
+    /// The source tensor's bytes.
+    Copy(&'a TensorInfo),
+    /// The source tensor's rows, permuted to the half-split order within each head of
+    /// `head_dim` rows.
+    HalfSplit(&'a TensorInfo, usize),
+    /// The source tensor with its block scales (f16 d, and m for q4_1) multiplied by a factor.
+    Scaled(&'a TensorInfo, f32),
+    /// f32 values uniform in [-amp, amp] around `center`.
+    Random { center: f32, amp: f32 },
+}
+
+/// The derived model as a GGUF writer plus the way to fill each tensor.
+struct Plan<'a> {
+    writer: GgufWriter,
+    sources: Vec<Source<'a>>,
+}
+
+fn meta_u64(src: &GgufFile, key: &str) -> Result<usize> {
+    Ok(src.metadata().u64(key)? as usize)
+}
+
+fn plan<'a>(src: &'a GgufFile, o: &DeriveOptions) -> Result<Plan<'a>> {
+    let md = src.metadata();
+    let from = md.str("general.architecture")?;
+    if !crate::config::LLAMA_FAMILY.contains(&from) {
+        return Err(Error::model(format!(
+            "can only derive from a llama-family GGUF (adjacent-pair RoPE rows); this file is {from:?}"
+        )));
+    }
+    let n_embd = meta_u64(src, &format!("{from}.embedding_length"))?;
+    let n_head = meta_u64(src, &format!("{from}.attention.head_count"))?;
+    let n_head_kv = md.opt_u64(&format!("{from}.attention.head_count_kv"))?.map_or(n_head, |v| v as usize);
+    let n_layers = meta_u64(src, &format!("{from}.block_count"))?;
+    if n_head == 0 || n_head_kv == 0 || !n_embd.is_multiple_of(n_head) || !(n_embd / n_head).is_multiple_of(2) {
+        return Err(Error::model(format!("cannot derive: {n_embd} embedding / {n_head} heads is no even head size")));
+    }
+    let head_dim = n_embd / n_head;
+    let arch = o.arch.name();
+
+    let mut w = GgufWriter::new();
+    for (k, v) in md.iter() {
+        let key = match k.strip_prefix(&format!("{from}.")) {
+            Some(rest) => format!("{arch}.{rest}"),
+            None => k.to_string(),
+        };
+        w.metadata_mut().set(&key, v.clone());
+    }
+    let wm = w.metadata_mut();
+    wm.set("general.architecture", Value::String(arch.into()));
+    let name = md.opt_str("general.name")?.unwrap_or("model");
+    wm.set(
+        "general.name",
+        Value::String(format!(
+            "{name} derived as {arch} by strata (seed {}, bias {}, norm jitter {}, window {})",
+            o.seed, o.bias, o.norm_jitter, o.window
+        )),
+    );
+    if o.arch != DeriveArch::Qwen2 {
+        wm.set(&format!("{arch}.attention.key_length"), Value::U32(head_dim as u32));
+        wm.set(&format!("{arch}.attention.value_length"), Value::U32(head_dim as u32));
+    }
+    if o.arch == DeriveArch::Gemma3 {
+        if o.window == 0 {
+            return Err(Error::invalid("a gemma3 sliding window must be at least 1"));
+        }
+        wm.set(&format!("{arch}.attention.sliding_window"), Value::U32(o.window as u32));
+    }
+
+    let f32t = GgmlType::F32;
+    let mut sources = Vec::new();
+    let mut add = |w: &mut GgufWriter, name: &str, ty: GgmlType, dims: &[u64], s: Source<'a>| -> Result<()> {
+        w.add_tensor(name, ty, dims)?;
+        sources.push(s);
+        Ok(())
+    };
+    let tensor = |name: &str| src.tensor(name).ok_or_else(|| Error::model(format!("source tensor {name} is missing")));
+    let vector = |center: f32, amp: f32| Source::Random { center, amp };
+    let norm = || vector(1.0, o.norm_jitter);
+    let untied = o.arch == DeriveArch::Gemma3 && src.tensor("output.weight").is_none();
+
+    for t in src.tensors() {
+        let name = t.name.as_str();
+        let suffix = name.strip_prefix("blk.").and_then(|r| r.split_once('.')).map(|(_, s)| s);
+        let s = match suffix {
+            Some("attn_q.weight" | "attn_k.weight") => Source::HalfSplit(t, head_dim),
+            _ if name == "token_embd.weight" && o.arch == DeriveArch::Gemma3 => {
+                Source::Scaled(t, 1.0 / (n_embd as f32).sqrt())
+            }
+            _ => Source::Copy(t),
+        };
+        add(&mut w, name, t.ggml_type, &t.dims, s)?;
+    }
+    if untied {
+        let t = tensor("token_embd.weight")?;
+        add(&mut w, "output.weight", t.ggml_type, &t.dims, Source::Copy(t))?;
+    }
+    let (q_dim, kv_dim) = (n_head * head_dim, n_head_kv * head_dim);
+    for l in 0..n_layers {
+        let blk = |s: &str| format!("blk.{l}.{s}");
+        match o.arch {
+            DeriveArch::Qwen2 => {
+                for (s, n) in [("attn_q.bias", q_dim), ("attn_k.bias", kv_dim), ("attn_v.bias", kv_dim)] {
+                    add(&mut w, &blk(s), f32t, &[n as u64], vector(0.0, o.bias))?;
+                }
+            }
+            DeriveArch::Qwen3 | DeriveArch::Gemma3 => {
+                for s in ["attn_q_norm.weight", "attn_k_norm.weight"] {
+                    add(&mut w, &blk(s), f32t, &[head_dim as u64], norm())?;
+                }
+            }
+        }
+        if o.arch == DeriveArch::Gemma3 {
+            for s in ["post_attention_norm.weight", "post_ffw_norm.weight"] {
+                add(&mut w, &blk(s), f32t, &[n_embd as u64], norm())?;
+            }
+        }
+    }
+    Ok(Plan { writer: w, sources })
+}
+
+/// Fills tensor `index`'s bytes.
+fn fill(src: &GgufFile, seed: u64, index: usize, s: &Source<'_>, out: &mut [u8]) {
+    match s {
+        Source::Copy(t) => out.copy_from_slice(src.tensor_data(t)),
+        Source::HalfSplit(t, head_dim) => {
+            let data = src.tensor_data(t);
+            let rows: u64 = t.dims[1..].iter().product();
+            let row = data.len() / rows.max(1) as usize;
+            let half = head_dim / 2;
+            for (r, dst) in out.chunks_exact_mut(row).enumerate() {
+                // Within a head, half-split row j (< half) pairs with j + half; the llama
+                // converter stored that pair as rows 2j and 2j + 1.
+                let (head, j) = (r / head_dim, r % head_dim);
+                let from = head * head_dim + if j < half { 2 * j } else { 2 * (j - half) + 1 };
+                dst.copy_from_slice(&data[from * row..(from + 1) * row]);
+            }
+        }
+        Source::Scaled(t, f) => {
+            out.copy_from_slice(src.tensor_data(t));
+            scale_blocks(t.ggml_type, *f, out);
+        }
+        Source::Random { center, amp } => {
+            let mut rng = Mix(seed ^ ((index as u64) << 32));
+            for b in out.chunks_exact_mut(4) {
+                b.copy_from_slice(&(center + amp * rng.unit()).to_le_bytes());
+            }
+        }
+    }
+}
+
+/// Multiplies every value of a tensor by `f` by scaling its block scales (q4_0, q8_0: d;
+/// q4_1: d and m) or its values (f32, f16).
+fn scale_blocks(ty: GgmlType, f: f32, out: &mut [u8]) {
+    let scale16 = |b: &mut [u8]| {
+        let v = f16::from_le_bytes([b[0], b[1]]).to_f32() * f;
+        b.copy_from_slice(&f16::from_f32(v).to_le_bytes());
+    };
+    match ty {
+        GgmlType::F32 => out.chunks_exact_mut(4).for_each(|b| {
+            let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * f;
+            b.copy_from_slice(&v.to_le_bytes());
+        }),
+        GgmlType::F16 => out.chunks_exact_mut(2).for_each(scale16),
+        GgmlType::Q4_0 | GgmlType::Q8_0 => {
+            out.chunks_exact_mut(ty.type_size() as usize).for_each(|b| scale16(&mut b[..2]))
+        }
+        GgmlType::Q4_1 => out.chunks_exact_mut(20).for_each(|b| {
+            scale16(&mut b[..2]);
+            scale16(&mut b[2..4]);
+        }),
+        _ => {}
+    }
+}
+
+/// Checks that every scaled tensor has a type [`scale_blocks`] handles.
+fn check_scalable(p: &Plan<'_>) -> Result<()> {
+    for s in &p.sources {
+        if let Source::Scaled(t, _) = s
+            && !matches!(t.ggml_type, GgmlType::F32 | GgmlType::F16 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+        {
+            return Err(Error::model(format!(
+                "cannot rescale {} of type {} for gemma3's embedding scale (f32, f16, q4_0, q4_1, q8_0 only)",
+                t.name,
+                t.ggml_type.name()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The derived model as GGUF bytes in memory (tests).
+///
+/// # Errors
+/// A source that is not a llama-family file, or lacks what the derivation needs, named.
+pub fn derive_bytes(src: &GgufFile, o: &DeriveOptions) -> Result<Vec<u8>> {
+    let p = plan(src, o)?;
+    check_scalable(&p)?;
+    Ok(p.writer.to_bytes(|i, buf| fill(src, o.seed, i, &p.sources[i], buf))?)
+}
+
+/// Writes the derived model to `path`.
+///
+/// # Errors
+/// As [`derive_bytes`], or an I/O error naming the path.
+pub fn derive_file(src: &GgufFile, o: &DeriveOptions, path: &Path) -> Result<()> {
+    let p = plan(src, o)?;
+    check_scalable(&p)?;
+    p.writer.write_file(path, |i, buf| fill(src, o.seed, i, &p.sources[i], buf), |_| {})?;
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! Architectures as data: qwen2 and qwen3 test models derived from the default model
+//! (`strata_model::derive`) run through the one block runner, and strict files: every tensor
+//! is used or refused by name, shapes follow the metadata, unknown architectures are named.
+
+use std::path::Path;
+
+use strata_model::derive::{DeriveArch, DeriveOptions, derive_bytes};
+use strata_model::gguf::{GgmlType, GgufFile, GgufWriter, Value};
+use strata_model::{Model, Session, SessionOptions};
+
+/// The default model's GGUF file, or `None` when the test is skipped (see
+/// `support::model_path_or_skip`).
+fn source() -> Option<GgufFile> {
+    let path = crate::support::model_path_or_skip()?;
+    Some(GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}
+
+fn load(bytes: Vec<u8>) -> strata_model::Result<std::sync::Arc<Model>> {
+    Model::from_file(GgufFile::from_bytes(bytes).expect("parse"), Path::new("derived.gguf")).map(std::sync::Arc::new)
+}
+
+fn derived(src: &GgufFile, o: &DeriveOptions) -> GgufFile {
+    GgufFile::from_bytes(derive_bytes(src, o).expect("derive")).expect("parse")
+}
+
+/// A copy of `src` with metadata edited by `meta`, tensors dropped where `keep` is false, and
+/// the block scales (f16 d and m of q4_1) of tensors whose name `scale` matches multiplied by 2.
+fn rewrite(
+    src: &GgufFile,
+    meta: impl Fn(&mut strata_model::gguf::Metadata),
+    keep: impl Fn(&str) -> bool,
+    scale: impl Fn(&str) -> bool + Sync,
+) -> Vec<u8> {
+    let mut w = GgufWriter::new();
+    *w.metadata_mut() = src.metadata().clone();
+    meta(w.metadata_mut());
+    let kept: Vec<_> = src.tensors().iter().filter(|t| keep(&t.name)).collect();
+    for t in &kept {
+        w.add_tensor(&t.name, t.ggml_type, &t.dims).expect("tensor");
+    }
+    w.to_bytes(|i, buf| {
+        let t = kept[i];
+        buf.copy_from_slice(src.tensor_data(t));
+        if scale(&t.name) {
+            assert_eq!(t.ggml_type, GgmlType::Q4_1, "{} must be q4_1 to rescale", t.name);
+            for b in buf.chunks_exact_mut(20) {
+                for at in [0, 2] {
+                    let v = half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32() * 2.0;
+                    b[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+                }
+            }
+        }
+    })
+    .expect("write")
+}
+
+/// All positions' logits of a prompt (prefill) and of one more decoded token.
+fn logits(model: &std::sync::Arc<Model>, prompt: &[u32]) -> Vec<f32> {
+    let mut s = Session::new(std::sync::Arc::clone(model), None, &SessionOptions { context: 64, ..Default::default() })
+        .expect("session");
+    let mut out = s.forward(prompt, true).expect("prefill");
+    out.extend(s.forward(&[prompt[0]], true).expect("decode"));
+    out
+}
+
+/// max |a - b| over the largest |a|.
+fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = a.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
+}
+
+const PROMPT: &[u32] = &[1, 504, 3458, 282, 4649, 314, 260, 3904, 28, 339, 5248, 17];
+
+/// Two computations of the same function whose sums run in different orders (here the
+/// attention scores, over a half-split instead of an adjacent-pair head): as for the exact vs
+/// reference CPU paths (`cpu_paths`, measured 1.8e-4 after 30 layers), max |diff| over the
+/// largest |logit| stays under 1e-3. A wrong row permutation or RoPE layout moves logits by
+/// whole units (relative 1e-1 and more).
+const SAME_FUNCTION: f32 = 1e-3;
+
+/// qwen2 with zero biases is the llama model with Q/K rows in half-split order and NEOX RoPE:
+/// the same function. This holds the permutation, the RoPE layout switch and the bias path
+/// (zero biases added) to the llama logits, prefill and decode.
+#[test]
+fn arch_qwen2_with_zero_biases_equals_llama() {
+    let Some(src) = source() else { return };
+    let llama = load(rewrite(&src, |_| {}, |_| true, |_| false)).expect("llama");
+    let o = DeriveOptions { bias: 0.0, ..DeriveOptions::new(DeriveArch::Qwen2) };
+    let qwen2 = load(derive_bytes(&src, &o).expect("derive")).expect("the qwen2 model loads");
+    assert_eq!(qwen2.config.arch, "qwen2");
+    assert_eq!(qwen2.config.rope_layout, strata_tensor::RopeLayout::HalfSplit);
+    assert_eq!(qwen2.weights.layers[0].tensors().len(), 12, "9 matrices and norms + 3 biases");
+    let (want, got) = (logits(&llama, PROMPT), logits(&qwen2, PROMPT));
+    let d = rel_diff(&got, &want);
+    println!("qwen2 (zero biases) vs llama: max |diff| / max |logit| {d:.2e}");
+    assert!(d < SAME_FUNCTION, "qwen2 with zero biases differs from llama by {d}");
+
+    // Non-zero biases are applied: the logits move.
+    let biased = load(derive_bytes(&src, &DeriveOptions::new(DeriveArch::Qwen2)).expect("derive")).expect("loads");
+    let b = logits(&biased, PROMPT);
+    assert!(b.iter().all(|v| v.is_finite()));
+    let d = rel_diff(&b, &want);
+    println!("qwen2 (biases ±0.05) vs llama: max |diff| / max |logit| {d:.2e}");
+    assert!(d > 50.0 * SAME_FUNCTION, "biases of ±0.05 move the logits by only {d}");
+}
+
+/// qwen3's per-head Q and K norms: doubling every Q and K weight (exact on q4_1 block scales)
+/// leaves the qwen3 model's logits unchanged up to the norm's epsilon, since each head is
+/// normalized before RoPE; the same doubling moves the llama model's (no norms) logits a lot.
+#[test]
+fn arch_qwen3_qk_norms_normalize_each_head() {
+    let Some(src) = source() else { return };
+    let qwen3 = derived(&src, &DeriveOptions::new(DeriveArch::Qwen3));
+    let qk = |n: &str| n.ends_with("attn_q.weight") || n.ends_with("attn_k.weight");
+    let base = load(rewrite(&qwen3, |_| {}, |_| true, |_| false)).expect("the qwen3 model loads");
+    assert_eq!(base.config.arch, "qwen3");
+    assert_eq!(base.config.head_dim, 64);
+    let doubled = load(rewrite(&qwen3, |_| {}, |_| true, qk)).expect("loads");
+    let (a, b) = (logits(&base, PROMPT), logits(&doubled, PROMPT));
+    assert!(a.iter().all(|v| v.is_finite()));
+    let d = rel_diff(&a, &b);
+    println!("qwen3: Q and K doubled: max |diff| / max |logit| {d:.2e}");
+    assert!(d < SAME_FUNCTION, "Q/K norms should cancel a scale of Q and K, logits moved by {d}");
+
+    let llama_bytes = rewrite(&src, |_| {}, |_| true, |_| false);
+    let llama_doubled = rewrite(&src, |_| {}, |_| true, qk);
+    let d = rel_diff(
+        &logits(&load(llama_bytes).expect("llama"), PROMPT),
+        &logits(&load(llama_doubled).expect("llama"), PROMPT),
+    );
+    println!("llama: Q and K doubled: max |diff| / max |logit| {d:.2e}");
+    assert!(d > 50.0 * SAME_FUNCTION, "without norms, doubling Q and K should matter; moved by {d}");
+}
+
+/// The deriver is deterministic and seeded.
+#[test]
+fn arch_derive_is_deterministic() {
+    let Some(src) = source() else { return };
+    let o = DeriveOptions::new(DeriveArch::Qwen2);
+    assert!(derive_bytes(&src, &o).expect("derive") == derive_bytes(&src, &o).expect("derive"));
+    let other = DeriveOptions { seed: 1, ..o };
+    assert!(derive_bytes(&src, &o).expect("derive") != derive_bytes(&src, &other).expect("derive"));
+}
+
+fn load_err(bytes: Vec<u8>) -> String {
+    match load(bytes) {
+        Ok(_) => panic!("the file should be refused"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn relabel(arch: &'static str, from: &'static str) -> impl Fn(&mut strata_model::gguf::Metadata) {
+    move |md| {
+        let keys: Vec<(String, Value)> = md.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        for (k, v) in keys {
+            if let Some(rest) = k.strip_prefix(&format!("{from}.")) {
+                md.set(&format!("{arch}.{rest}"), v);
+            }
+        }
+        md.set("general.architecture", Value::String(arch.into()));
+    }
+}
+
+/// Strict files: a qwen2 file relabelled as llama names the bias nobody would read; a
+/// missing tensor, a wrong FFN or head size, an unknown or not yet runnable architecture, and a
+/// layer past block_count are each an error naming the tensor or key.
+#[test]
+fn arch_malformed_files_are_refused_by_name() {
+    let Some(src) = source() else { return };
+    let qwen2 = derived(&src, &DeriveOptions::new(DeriveArch::Qwen2));
+    let all = |_: &str| true;
+    let none = |_: &str| false;
+
+    let e = load_err(rewrite(&qwen2, relabel("llama", "qwen2"), all, none));
+    assert!(e.contains("blk.0.attn_q.bias") && e.contains("qwen2") && e.contains("\"llama\""), "{e}");
+
+    let e = load_err(rewrite(&qwen2, |_| {}, |n| n != "blk.3.attn_k.bias", none));
+    assert!(e.contains("blk.3.attn_k.bias") && e.contains("missing"), "{e}");
+
+    let e = load_err(rewrite(&qwen2, |md| md.set("qwen2.feed_forward_length", Value::U32(1024)), all, none));
+    assert!(e.contains("blk.0.ffn_gate.weight") && e.contains("1024"), "{e}");
+
+    let qwen3 = derived(&src, &DeriveOptions::new(DeriveArch::Qwen3));
+    let e = load_err(rewrite(
+        &qwen3,
+        |md| {
+            md.set("qwen3.attention.key_length", Value::U32(128));
+            md.set("qwen3.attention.value_length", Value::U32(128));
+        },
+        all,
+        none,
+    ));
+    assert!(e.contains("blk.0.attn_q.weight"), "{e}");
+    let e = load_err(rewrite(&qwen3, |md| md.set("qwen3.attention.value_length", Value::U32(32)), all, none));
+    assert!(e.contains("qwen3.attention.value_length"), "{e}");
+
+    let e = load_err(rewrite(&src, relabel("falcon9", "llama"), all, none));
+    assert!(e.contains("\"falcon9\"") && e.contains("qwen2"), "{e}");
+
+    let gemma3 = derived(&src, &DeriveOptions::new(DeriveArch::Gemma3));
+    let e = load_err(rewrite(&gemma3, |_| {}, all, none));
+    assert!(e.contains("\"gemma3\"") && e.contains("cannot run yet"), "{e}");
+
+    let e = load_err(rewrite(&src, |md| md.set("llama.block_count", Value::U32(29)), all, none));
+    assert!(e.contains("blk.29.") && e.contains("block_count"), "{e}");
+}

@@ -1,0 +1,1 @@
+// Empty stand-in: stubs.h declares what the decoders use from the CUDA headers.
