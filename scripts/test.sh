@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command (the README's, and what CI runs through .ci/run):
 #   the default model (a failed fetch fails the run), formatting, clippy with and without
-#   `cuda`, the workspace tests without `cuda`, then the CUDA toolchain (scripts/setup-cuda.sh)
+#   `cuda`, the workspace tests (doctests included) and the library examples without `cuda`, then the CUDA toolchain (scripts/setup-cuda.sh)
 #   and the workspace tests with `cuda`. On a machine without a GPU the CUDA tests print
 #   `skipped: ...` and pass; each test binary says how many were skipped and why.
 #
@@ -37,6 +37,13 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 say "tests (no cuda)"
 cargo test --workspace
+
+if [[ ${STRATA_NO_MODEL:-} != 1 ]]; then
+  say "library examples on the default model (no cuda)"
+  cargo run -p strata-model --example generate
+  cargo run -p strata-model --example score
+  cargo run -p strata-model --example plan
+fi
 
 if [[ ${STRATA_SKIP_CUDA:-} == 1 ]]; then
   say "CUDA half skipped (STRATA_SKIP_CUDA=1): no CUDA clippy, no CUDA tests"

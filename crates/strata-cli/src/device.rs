@@ -1,12 +1,15 @@
 //! Choosing the device, planning the layers and opening a session, saying why when the GPU
 //! is not used.
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result, bail};
-use strata_model::offload::{OffloadOptions, measure_speeds, open_planned};
-use strata_model::{KvType, Model, Session, SessionOptions};
-use strata_runtime::plan::{Plan, Policy, Rest, assumed_speeds};
+use strata_model::offload::OffloadOptions;
+use strata_model::{DeviceChoice, Engine, EngineOptions, KvType, Model, SessionOptions};
+use strata_runtime::plan::{Policy, Rest};
 use strata_runtime::units::parse_size;
-use strata_tensor::{Gpu, GpuOptions, Unavailable, discover};
+use strata_tensor::ops::CpuPath;
+use strata_tensor::{Gpu, GpuOptions};
 
 use crate::args::{DeviceArg, KvArg, OffloadArg, SessionArgs};
 
@@ -57,60 +60,41 @@ pub fn offload_options(a: &SessionArgs) -> Result<OffloadOptions> {
     })
 }
 
+/// The engine options these flags ask for (the model path is the loaded model's).
+pub fn engine_options(model: &Model, a: &SessionArgs, cpu_path: CpuPath) -> Result<EngineOptions> {
+    let mut o = EngineOptions::new(&model.path);
+    o.device = match a.device {
+        DeviceArg::Auto => DeviceChoice::Auto,
+        DeviceArg::Cpu => DeviceChoice::Cpu,
+        DeviceArg::Cuda => DeviceChoice::Cuda,
+    };
+    o.gpu = gpu_options(a)?;
+    o.offload = offload_options(a)?;
+    o.session = session_options(a);
+    o.cpu_path = cpu_path;
+    Ok(o)
+}
+
 /// The GPU to use, or None with the reason printed (auto) / an error (cuda).
-pub fn pick_gpu(a: &SessionArgs, quiet: bool) -> Result<Option<Gpu>> {
-    if a.device == DeviceArg::Cpu {
-        return Ok(None);
-    }
-    let (_, gpu, why) = discover(&gpu_options(a)?);
-    match (gpu, a.device) {
-        (Some(g), _) => Ok(Some(g)),
-        (None, DeviceArg::Cuda) => {
-            bail!("--device cuda: {}", why.map_or_else(|| "no GPU".to_string(), |w| w.to_string()))
-        }
-        (None, _) => {
-            if !quiet {
-                eprintln!("{}", cpu_device_line(why.as_ref(), nvidia_gpu_present()));
+pub fn pick_gpu(opts: &EngineOptions, quiet: bool) -> Result<Option<Gpu>> {
+    match strata_model::engine::pick_gpu(opts)? {
+        Ok(g) => Ok(Some(g)),
+        Err(why) => {
+            if !quiet && opts.device != DeviceChoice::Cpu {
+                eprintln!("device: cpu; {why}");
             }
             Ok(None)
         }
     }
 }
 
-/// Whether the kernel has an NVIDIA driver loaded (a GPU a CUDA build could use).
-fn nvidia_gpu_present() -> bool {
-    std::path::Path::new("/proc/driver/nvidia/version").exists()
-}
-
-/// The device line when the CPU is used: why, in one clause, and rebuild advice only where a
-/// CUDA build would find a GPU.
-fn cpu_device_line(why: Option<&Unavailable>, nvidia: bool) -> String {
-    match why {
-        Some(Unavailable::NotBuilt) if nvidia => {
-            "device: cpu; this build has no CUDA support, rebuild with `--features cuda` to use the NVIDIA GPU".into()
-        }
-        Some(Unavailable::NotBuilt) | None => "device: cpu; no GPU".into(),
-        Some(Unavailable::NoDriver) => "device: cpu; no NVIDIA driver".into(),
-        Some(other) => format!("device: cpu; {other}"),
-    }
-}
-
-/// Opens a session: on the CPU, or on the GPU with the layers placed by the plan (re-planned
-/// with less memory if loading runs out of it in auto mode). Prints the plan's summary line.
-pub fn open_session<'m>(model: &'m Model, a: &SessionArgs, quiet: bool) -> Result<(Option<Plan>, Session<'m>)> {
-    let opts = session_options(a);
-    let offload = offload_options(a)?;
-    crate::commands::warn_long_context(model, a, quiet);
-    let Some(gpu) = pick_gpu(a, quiet)? else {
-        if a.offload.gpu_layers.is_some_and(|n| n > 0) || a.offload.stream {
-            bail!("--gpu-layers and --stream need a GPU, and none is used here (see the device line above)");
-        }
-        return Ok((None, Session::new(model, None, &opts)?));
-    };
-    let speeds = measure_speeds(model, Some(&gpu)).unwrap_or_else(|e| {
-        log::warn!("measuring this machine failed ({e}); planning with assumed speeds");
-        assumed_speeds()
-    });
+/// Opens an engine on `model`: on the CPU, or on the GPU with the layers placed by the plan
+/// (re-planned with less memory if loading runs out of it in auto mode). Prints the device
+/// and the plan's summary line.
+pub fn open_engine(model: Model, a: &SessionArgs, cpu_path: CpuPath, quiet: bool) -> Result<Engine> {
+    let opts = engine_options(&model, a, cpu_path)?;
+    crate::commands::warn_long_context(&model, a, quiet);
+    let path = model.path.clone();
     // A bar for loading and pinning big models, on a terminal only.
     let bar = std::cell::RefCell::new(None::<indicatif::ProgressBar>);
     let show = !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -122,32 +106,37 @@ pub fn open_session<'m>(model: &'m Model, a: &SessionArgs, quiet: bool) -> Resul
         let b = b.get_or_insert_with(|| crate::progress::bytes_bar(total, "loading weights"));
         b.set_position(done);
     };
-    let opened = open_planned(model, Some(&gpu), &opts, speeds, &offload, &progress);
+    let opened = Engine::with_model(Arc::new(model), &opts, &progress);
     if let Some(b) = bar.borrow_mut().take() {
         b.finish_and_clear();
     }
-    let (plan, session) =
-        opened.with_context(|| format!("planning {} on {}", model.path.display(), gpu.info().name))?;
+    let engine = opened.with_context(|| format!("opening {}", path.display()))?;
     if !quiet {
-        eprintln!("device: {}", gpu.info());
-        eprintln!("{}", plan.summary_line());
-        for w in &plan.warnings {
-            eprintln!("warning: {w}");
+        if let Some(why) = engine.device_note() {
+            eprintln!("device: cpu; {why}");
+        }
+        if let (Some(gpu), Some(plan)) = (engine.gpu(), engine.plan()) {
+            eprintln!("device: {}", gpu.info());
+            eprintln!("{}", plan.summary_line());
+            for w in &plan.warnings {
+                eprintln!("warning: {w}");
+            }
         }
     }
-    Ok((Some(plan), session))
+    Ok(engine)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use strata_model::engine::cpu_reason;
+    use strata_tensor::Unavailable;
 
     #[test]
     fn cpu_device_lines() {
-        assert_eq!(cpu_device_line(Some(&Unavailable::NotBuilt), false), "device: cpu; no GPU");
-        assert!(cpu_device_line(Some(&Unavailable::NotBuilt), true).contains("--features cuda"));
-        assert_eq!(cpu_device_line(Some(&Unavailable::NoDriver), false), "device: cpu; no NVIDIA driver");
-        let none = cpu_device_line(Some(&Unavailable::NoDevice { ordinal: 0, count: 0 }), true);
-        assert_eq!(none.matches('(').count(), 1, "{none}");
+        assert_eq!(cpu_reason(Some(&Unavailable::NotBuilt), false), "no GPU");
+        assert!(cpu_reason(Some(&Unavailable::NotBuilt), true).contains("--features cuda"));
+        assert_eq!(cpu_reason(Some(&Unavailable::NoDriver), false), "no NVIDIA driver");
+        let none = cpu_reason(Some(&Unavailable::NoDevice { ordinal: 0, count: 0 }), true);
+        assert!(none.matches('(').count() <= 1, "{none}");
     }
 }

@@ -13,7 +13,6 @@ mod progress;
 mod stats;
 
 use clap::Parser;
-use strata_tensor::ops::CpuPath;
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
@@ -29,15 +28,7 @@ fn main() {
     if let Err(e) = rayon::ThreadPoolBuilder::new().use_current_thread().build_global() {
         log::warn!("could not set up the thread pool on the main thread ({e}); using rayon's default");
     }
-    // The CPU path is chosen per issuing thread (see strata_tensor::ops); every op of a command
-    // is issued from this one.
-    let path = match cli.cpu_kernels() {
-        args::CpuKernels::Exact => CpuPath::Exact,
-        args::CpuKernels::Fast => CpuPath::Fast,
-        args::CpuKernels::Reference => CpuPath::Reference,
-    };
-    let result = strata_tensor::ops::with_cpu_path(path, || commands::dispatch(cli));
-    if let Err(e) = result {
+    if let Err(e) = commands::dispatch(cli) {
         eprintln!("error: {}", output::chain(&e));
         std::process::exit(1);
     }

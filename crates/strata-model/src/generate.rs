@@ -106,7 +106,7 @@ impl StopFilter<'_> {
 /// # Errors
 /// [`Error::ContextFull`] before anything runs when prompt + max_tokens exceed the context.
 pub fn generate(
-    session: &mut Session<'_>,
+    session: &mut Session,
     prompt: &[u32],
     opts: &GenerateOptions,
     mut on_text: impl FnMut(&str),
@@ -124,7 +124,10 @@ pub fn generate(
             trained: session.model().config.n_ctx_train,
         });
     }
-    let tok = &session.model().tokenizer;
+    // The session shares its model; a handle of our own lets the loop borrow the tokenizer
+    // while it runs the session.
+    let model = std::sync::Arc::clone(session.model());
+    let tok = &model.tokenizer;
     let mut sampler = Sampler::new(opts.sampler.clone())?;
     for &id in prompt {
         sampler.accept(id);

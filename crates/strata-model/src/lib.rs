@@ -1,13 +1,16 @@
 //! strata-model: model files (GGUF, safetensors), the llama-family forward pass, tokenizer,
 //! chat templates, sampling and synthetic models.
 //!
-//! The library API for runners: [`Model::load`] a file, open a [`Session`] on a device, and
-//! [`generate`] text (or call [`Session::forward`] for logits).
+//! The library API for runners: open an [`Engine`] (model, device, plan, session in one
+//! call), then [`Engine::generate`] text or [`Engine::score`] tokens. Underneath it:
+//! [`Model::load`] a file, open a [`Session`] on a device, and [`generate`] text (or call
+//! [`Session::forward`] for logits).
 
 pub mod arch;
 pub mod chat;
 pub mod config;
 pub mod derive;
+pub mod engine;
 mod error;
 pub mod forward;
 pub mod generate;
@@ -23,6 +26,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use config::{LlamaConfig, ModelConfig};
+pub use engine::{DeviceChoice, Engine, EngineOptions};
 pub use error::{Error, Result};
 pub use generate::{GenerateOptions, Generation, StopReason, Timings, generate};
 pub use model::{KvType, Model, ModelSource, SessionOptions};

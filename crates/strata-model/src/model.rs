@@ -47,6 +47,19 @@ impl ModelSource {
 }
 
 /// A model ready to run: weights are views into the memory-mapped file(s).
+///
+/// ```
+/// use strata_model::gguf::GgufFile;
+/// use strata_model::synth::{Preset, gguf_bytes};
+/// use strata_model::Model;
+///
+/// // A tiny random model built in memory; `Model::load(path)` opens a file or checkpoint.
+/// let bytes = gguf_bytes(&Preset::by_name("tiny")?, strata_tensor::DType::Q8_0, 1)?;
+/// let model = Model::from_file(GgufFile::from_bytes(bytes)?, "tiny.gguf".as_ref())?;
+/// assert_eq!(model.weights.layers.len(), model.config.n_layers);
+/// println!("{} layers, {} bytes of weights", model.config.n_layers, model.weight_bytes());
+/// # Ok::<(), strata_model::Error>(())
+/// ```
 pub struct Model {
     pub path: PathBuf,
     pub source: ModelSource,

@@ -3,6 +3,7 @@
 //! session layout a plan gives.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use strata_runtime::device::Accelerator;
@@ -10,6 +11,7 @@ use strata_runtime::plan::{
     LayerSpec, Placement, Plan, PlanRequest, Policy, Rest, SpeedSource, Speeds, assumed_speeds, plan,
 };
 use strata_tensor::hostmem::HostLimits;
+use strata_tensor::ops::{CpuPath, with_cpu_path};
 use strata_tensor::{Gpu, HostBuffer, PinnedKind, Stream, Tensor, fmt_bytes, mem_available};
 
 use crate::forward::{LayerKv, LayerRef, Scratch, layer_forward};
@@ -103,20 +105,21 @@ pub fn layout_of(p: &Plan) -> Layout {
     Layout { placements: p.layers.iter().map(|l| l.placement).collect(), prefetch_depth: p.prefetch_depth.max(1) }
 }
 
-fn cache_path(gpu: Option<&Gpu>) -> Option<PathBuf> {
+fn cache_path(gpu: Option<&Gpu>, cpu_path: CpuPath) -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     let name = gpu.map_or_else(|| "cpu".to_string(), |g| g.info().name.replace(|c: char| !c.is_alphanumeric(), "_"));
-    // The CPU layer speed depends on the CPU kernels this thread runs (the reference is ~5x
-    // slower than the vectorized paths), so each path keeps its own measurement.
-    let path = format!("{:?}", strata_tensor::ops::cpu_path()).to_lowercase();
+    // The CPU layer speed depends on the CPU kernels (the reference is ~5x slower than the
+    // vectorized paths), so each path keeps its own measurement.
+    let path = format!("{cpu_path:?}").to_lowercase();
     Some(base.join("strata").join(format!("speeds-{name}-{path}.json")))
 }
 
-/// Speeds measured earlier on this machine (and this GPU), if any.
-pub fn cached_speeds(gpu: Option<&Gpu>) -> Option<Speeds> {
-    let text = std::fs::read_to_string(cache_path(gpu)?).ok()?;
+/// Speeds measured earlier on this machine (and this GPU) with the CPU kernels of `cpu_path`,
+/// if any.
+pub fn cached_speeds(gpu: Option<&Gpu>, cpu_path: CpuPath) -> Option<Speeds> {
+    let text = std::fs::read_to_string(cache_path(gpu, cpu_path)?).ok()?;
     let mut s: Speeds = serde_json::from_str(&text).ok()?;
     // What was measured is now cached; what was assumed (the GPU side of a measurement on a
     // machine without a GPU) stays assumed.
@@ -126,8 +129,8 @@ pub fn cached_speeds(gpu: Option<&Gpu>) -> Option<Speeds> {
     Some(s)
 }
 
-fn store_speeds(gpu: Option<&Gpu>, s: &Speeds) {
-    if let Some(p) = cache_path(gpu) {
+fn store_speeds(gpu: Option<&Gpu>, cpu_path: CpuPath, s: &Speeds) {
+    if let Some(p) = cache_path(gpu, cpu_path) {
         let _ = p.parent().map(std::fs::create_dir_all);
         if let Ok(text) = serde_json::to_string_pretty(s) {
             let _ = std::fs::write(p, text);
@@ -162,11 +165,18 @@ fn time_layer(model: &Model, w: LayerRef<'_>, s: &Stream, t: usize, reps: usize)
 }
 
 /// Measures this machine in well under a second: a pinned host→device copy and one layer of
-/// `model` for 1 and 8 tokens on the CPU, for 1 and 128 on the GPU. The result is cached.
+/// `model` for 1 and 8 tokens on the CPU (with the kernels of `cpu_path`), for 1 and 128 on
+/// the GPU. The result is cached per GPU and CPU path.
 ///
 /// # Errors
 /// Device failures (out of memory for the probe buffers is reported as such).
-pub fn measure_speeds(model: &Model, gpu: Option<&Gpu>) -> Result<Speeds> {
+pub fn measure_speeds(model: &Model, gpu: Option<&Gpu>, cpu_path: CpuPath) -> Result<Speeds> {
+    let s = with_cpu_path(cpu_path, || measure(model, gpu))?;
+    store_speeds(gpu, cpu_path, &s);
+    Ok(s)
+}
+
+fn measure(model: &Model, gpu: Option<&Gpu>) -> Result<Speeds> {
     let mut s = assumed_speeds();
     let layer_bytes = model.weights.layers[0].bytes() as f64;
     let flops =
@@ -198,7 +208,6 @@ pub fn measure_speeds(model: &Model, gpu: Option<&Gpu>) -> Result<Speeds> {
     }
     // Without a GPU only the CPU was measured; the GPU speeds stay assumed and say so.
     s.source = SpeedSource::Measured;
-    store_speeds(gpu, &s);
     Ok(s)
 }
 
@@ -207,19 +216,25 @@ pub fn measure_speeds(model: &Model, gpu: Option<&Gpu>) -> Result<Speeds> {
 ///
 /// # Errors
 /// An explicit request that does not fit, or a failure that re-planning cannot avoid.
-pub fn open_planned<'m>(
-    model: &'m Model,
+pub fn open_planned(
+    model: &Arc<Model>,
     gpu: Option<&Gpu>,
     session: &SessionOptions,
     speeds: Speeds,
     o: &OffloadOptions,
     progress: &dyn Fn(u64, u64),
-) -> Result<(Plan, crate::Session<'m>)> {
+) -> Result<(Plan, crate::Session)> {
     let acc = gpu.map(|g| Accelerator::Gpu(g.clone()));
     let mut budget = gpu.map(|g| g.budget().available());
     for _attempt in 0..4 {
         let plan = plan(&plan_request(model, session, budget, speeds, o))?;
-        match crate::Session::with_layout_progress(model, acc.as_ref(), &layout_of(&plan), session, progress) {
+        match crate::Session::with_layout_progress(
+            Arc::clone(model),
+            acc.as_ref(),
+            &layout_of(&plan),
+            session,
+            progress,
+        ) {
             Ok(s) => return Ok((plan, s)),
             Err(e) if e.is_out_of_memory() && o.policy == Policy::Auto => {
                 let shrink = plan.gpu_bytes_planned.saturating_sub(plan.gpu_bytes_planned / 4);

@@ -10,6 +10,7 @@
 //! Each pass records a timeline (per-layer compute, copies, waits) for `--stats`.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 use strata_runtime::device::{Accelerator, HostDevice};
@@ -95,9 +96,28 @@ enum Clock {
 pub const STATS_KEPT: usize = 4096;
 
 /// One conversation: KV caches on the planned devices, the number of positions used, and
-/// the weight streamer.
-pub struct Session<'m> {
-    model: &'m Model,
+/// the weight streamer. It shares its model (an [`Arc`]), so it can live in a long-lived
+/// struct beside other sessions over the same weights.
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// use strata_model::gguf::GgufFile;
+/// use strata_model::synth::{Preset, gguf_bytes};
+/// use strata_model::{Model, Session, SessionOptions};
+///
+/// let bytes = gguf_bytes(&Preset::by_name("tiny")?, strata_tensor::DType::Q8_0, 1)?;
+/// let model = Arc::new(Model::from_file(GgufFile::from_bytes(bytes)?, "tiny.gguf".as_ref())?);
+/// // Every layer on the CPU; `Engine::open` plans a GPU placement instead.
+/// let opts = SessionOptions { context: 32, ..SessionOptions::default() };
+/// let mut session = Session::new(Arc::clone(&model), None, &opts)?;
+/// let logits = session.forward(&[1, 2, 3], false)?;
+/// assert_eq!(logits.len(), model.config.n_vocab);
+/// assert_eq!(session.n_past(), 3);
+/// # Ok::<(), strata_model::Error>(())
+/// ```
+pub struct Session {
+    model: Arc<Model>,
     sites: Vec<Site>,
     head: Option<HeadWeights>,
     head_stream: Stream,
@@ -125,14 +145,15 @@ fn reserve(acc: Option<&Accelerator>, bytes: u64, what: &str) -> Result<Vec<Rese
     }
 }
 
-impl<'m> Session<'m> {
+impl Session {
     /// Every layer on one device: the CPU (`acc` None) or resident on the accelerator.
     ///
     /// # Errors
     /// Out of memory (typed; everything allocated so far is freed) or a bad option.
-    pub fn new(model: &'m Model, acc: Option<&Accelerator>, opts: &SessionOptions) -> Result<Session<'m>> {
+    pub fn new(model: Arc<Model>, acc: Option<&Accelerator>, opts: &SessionOptions) -> Result<Session> {
         let p = if acc.is_some() { Placement::Resident } else { Placement::Cpu };
-        Session::with_layout(model, acc, &Layout::uniform(model.config.n_layers, p), opts)
+        let layout = Layout::uniform(model.config.n_layers, p);
+        Session::with_layout(model, acc, &layout, opts)
     }
 
     /// Layers placed as `layout` says. Resident and streamed layers need an accelerator.
@@ -140,11 +161,11 @@ impl<'m> Session<'m> {
     /// # Errors
     /// Out of memory (typed; nothing stays allocated), a layout that does not match the model.
     pub fn with_layout(
-        model: &'m Model,
+        model: Arc<Model>,
         acc: Option<&Accelerator>,
         layout: &Layout,
         opts: &SessionOptions,
-    ) -> Result<Session<'m>> {
+    ) -> Result<Session> {
         Session::with_layout_progress(model, acc, layout, opts, &|_, _| {})
     }
 
@@ -154,12 +175,12 @@ impl<'m> Session<'m> {
     /// # Errors
     /// As [`Session::with_layout`].
     pub fn with_layout_progress(
-        model: &'m Model,
+        model: Arc<Model>,
         acc: Option<&Accelerator>,
         layout: &Layout,
         opts: &SessionOptions,
         progress: &dyn Fn(u64, u64),
-    ) -> Result<Session<'m>> {
+    ) -> Result<Session> {
         let cfg = &model.config;
         let context = opts.context_for(cfg);
         if context == 0 || context > 1 << 20 {
@@ -296,8 +317,9 @@ impl<'m> Session<'m> {
         })
     }
 
-    pub fn model(&self) -> &'m Model {
-        self.model
+    /// The model this session runs.
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
     }
 
     /// Where the accelerated layers run ("cpu" when none is).
@@ -397,7 +419,8 @@ impl<'m> Session<'m> {
     }
 
     fn forward_chunk(&mut self, tokens: &[u32], want_logits: bool, all: bool) -> Result<Option<Vec<f32>>> {
-        let model = self.model;
+        let model = Arc::clone(&self.model);
+        let model = &*model;
         let cfg = &model.config;
         let t = tokens.len();
         let pos0 = self.n_past;

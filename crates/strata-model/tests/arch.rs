@@ -15,8 +15,8 @@ fn source() -> Option<GgufFile> {
     Some(GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }
 
-fn load(bytes: Vec<u8>) -> strata_model::Result<Model> {
-    Model::from_file(GgufFile::from_bytes(bytes).expect("parse"), Path::new("derived.gguf"))
+fn load(bytes: Vec<u8>) -> strata_model::Result<std::sync::Arc<Model>> {
+    Model::from_file(GgufFile::from_bytes(bytes).expect("parse"), Path::new("derived.gguf")).map(std::sync::Arc::new)
 }
 
 fn derived(src: &GgufFile, o: &DeriveOptions) -> GgufFile {
@@ -55,8 +55,9 @@ fn rewrite(
 }
 
 /// All positions' logits of a prompt (prefill) and of one more decoded token.
-fn logits(model: &Model, prompt: &[u32]) -> Vec<f32> {
-    let mut s = Session::new(model, None, &SessionOptions { context: 64, ..Default::default() }).expect("session");
+fn logits(model: &std::sync::Arc<Model>, prompt: &[u32]) -> Vec<f32> {
+    let mut s = Session::new(std::sync::Arc::clone(model), None, &SessionOptions { context: 64, ..Default::default() })
+        .expect("session");
     let mut out = s.forward(prompt, true).expect("prefill");
     out.extend(s.forward(&[prompt[0]], true).expect("decode"));
     out

@@ -4,6 +4,7 @@
 //! the logits by its 8-bit activation rounding, the number `gpu.rs` budgets for when it
 //! compares the fast CPU path with CUDA.
 
+use std::sync::Arc;
 use strata_model::gguf::GgufFile;
 use strata_model::synth::{Preset, gguf_bytes};
 use strata_model::{GenerateOptions, Model, SamplerConfig, Session, SessionOptions, generate};
@@ -14,11 +15,11 @@ use crate::support::FAST_CPU_LOGITS_REL;
 
 const PROMPT: [u32; 7] = [72, 101, 108, 108, 111, 32, 119];
 
-fn synthetic(layers: usize, seed: u64) -> Model {
+fn synthetic(layers: usize, seed: u64) -> Arc<Model> {
     let preset = Preset::by_name("smollm2-135m").and_then(|p| p.with_layers(layers)).expect("preset");
     let bytes = gguf_bytes(&preset, DType::Q4_1, seed).expect("synthetic model");
     let file = GgufFile::from_bytes(bytes).expect("parse");
-    Model::from_file(file, std::path::Path::new("synthetic")).expect("model")
+    Arc::new(Model::from_file(file, std::path::Path::new("synthetic")).expect("model"))
 }
 
 /// max |a - b| relative to the largest |a| (as gpu.rs measures CPU against CUDA).
@@ -32,8 +33,8 @@ fn opts() -> SessionOptions {
 }
 
 /// Prefill logits, then one decode step's, then 16 greedy tokens.
-fn run(model: &Model) -> (Vec<f32>, Vec<f32>, Vec<u32>) {
-    let mut s = Session::new(model, None, &opts()).expect("session");
+fn run(model: &Arc<Model>) -> (Vec<f32>, Vec<f32>, Vec<u32>) {
+    let mut s = Session::new(Arc::clone(model), None, &opts()).expect("session");
     let prefill = s.forward(&PROMPT, true).expect("prefill");
     let decode = s.forward(&[65], false).expect("decode");
     s.reset();
@@ -76,11 +77,11 @@ fn exact_cpu_path_is_the_reference_up_to_f32_order() {
 }
 
 /// The tiny synthetic model with a `rope_freqs.weight` tensor of `values` (any length).
-fn tiny_with_rope_freqs(values: &[f32]) -> Result<Model, strata_model::Error> {
+fn tiny_with_rope_freqs(values: &[f32]) -> Result<Arc<Model>, strata_model::Error> {
     let preset = Preset::by_name("tiny").expect("preset");
     let src = GgufFile::from_bytes(gguf_bytes(&preset, DType::Q8_0, 1).expect("synthetic")).expect("parse");
     let file = GgufFile::from_bytes(crate::support::with_rope_freqs(&src, values)).expect("the file itself is valid");
-    Model::from_file(file, std::path::Path::new("tiny-rope-freqs"))
+    Model::from_file(file, std::path::Path::new("tiny-rope-freqs")).map(Arc::new)
 }
 
 /// RoPE frequency factors: all ones give exactly the plain model's logits (the divisor is
@@ -89,13 +90,17 @@ fn tiny_with_rope_freqs(values: &[f32]) -> Result<Model, strata_model::Error> {
 #[test]
 fn rope_frequency_factors_apply_and_are_checked() {
     let preset = Preset::by_name("tiny").expect("preset");
-    let plain = Model::from_file(
-        GgufFile::from_bytes(gguf_bytes(&preset, DType::Q8_0, 1).expect("synthetic")).expect("parse"),
-        std::path::Path::new("plain"),
-    )
-    .expect("plain model");
+    let plain = Arc::new(
+        Model::from_file(
+            GgufFile::from_bytes(gguf_bytes(&preset, DType::Q8_0, 1).expect("synthetic")).expect("parse"),
+            std::path::Path::new("plain"),
+        )
+        .expect("plain model"),
+    );
     let half = plain.config.n_rot / 2;
-    let logits = |m: &Model| Session::new(m, None, &opts()).expect("session").forward(&PROMPT, true).expect("forward");
+    let logits = |m: &Arc<Model>| {
+        Session::new(Arc::clone(m), None, &opts()).expect("session").forward(&PROMPT, true).expect("forward")
+    };
     let want = logits(&plain);
     let ones = tiny_with_rope_freqs(&vec![1.0; half]).expect("factors of 1 load");
     assert_eq!(logits(&ones), want, "factors of 1 must not change anything");

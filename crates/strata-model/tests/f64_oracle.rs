@@ -25,12 +25,12 @@ fn floats(v: &serde_json::Value) -> Vec<f32> {
 
 /// Max over all cases and positions of |strata - f64| at the oracle's top ids and at
 /// llama.cpp's top ids, with where it was.
-fn distance_to_f64(model: &Model, cases: &[serde_json::Value]) -> (f32, String) {
+fn distance_to_f64(model: &std::sync::Arc<Model>, cases: &[serde_json::Value]) -> (f32, String) {
     let n_vocab = model.config.n_vocab;
     let mut worst = (0f32, String::new());
     for (c, case) in cases.iter().enumerate() {
         let prompt = ids(&case["prompt_ids"]);
-        let mut s = Session::new(model, None, &SessionOptions::default()).expect("session");
+        let mut s = Session::new(std::sync::Arc::clone(model), None, &SessionOptions::default()).expect("session");
         let logits = s.forward(&prompt, true).expect("forward");
         for (p, pos) in case["positions"].as_array().expect("positions").iter().enumerate() {
             let row = &logits[p * n_vocab..(p + 1) * n_vocab];

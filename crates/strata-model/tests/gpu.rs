@@ -2,6 +2,7 @@
 //! on a synthetic model with the default model's shape (no file needed). Without a GPU each
 //! test prints `skipped:` and why.
 
+use std::sync::Arc;
 use strata_model::gguf::GgufFile;
 use strata_model::synth::{Preset, gguf_bytes};
 use strata_model::{GenerateOptions, Layout, Model, SamplerConfig, Session, SessionOptions, generate};
@@ -14,11 +15,11 @@ use crate::support::FAST_CPU_LOGITS_REL;
 
 const PROMPT: [u32; 7] = [72, 101, 108, 108, 111, 32, 119];
 
-fn synthetic(layers: usize) -> Model {
+fn synthetic(layers: usize) -> Arc<Model> {
     let preset = Preset::by_name("smollm2-135m").and_then(|p| p.with_layers(layers)).expect("preset");
     let bytes = gguf_bytes(&preset, DType::Q4_1, 7).expect("synthetic model");
     let file = GgufFile::from_bytes(bytes).expect("parse");
-    Model::from_file(file, std::path::Path::new("synthetic")).expect("model")
+    Arc::new(Model::from_file(file, std::path::Path::new("synthetic")).expect("model"))
 }
 
 fn gpu_or_skip() -> Option<Accelerator> {
@@ -35,7 +36,7 @@ fn opts() -> SessionOptions {
     SessionOptions { context: 128, ..SessionOptions::default() }
 }
 
-fn greedy(s: &mut Session<'_>, n: usize) -> Vec<u32> {
+fn greedy(s: &mut Session, n: usize) -> Vec<u32> {
     let o = GenerateOptions { max_tokens: n, ignore_eos: true, sampler: SamplerConfig::greedy(), ..Default::default() };
     generate(s, &PROMPT, &o, |_| {}).expect("generate").generated_ids
 }
@@ -54,8 +55,8 @@ fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
 fn cpu_and_cuda_forward_agree() {
     let Some(acc) = gpu_or_skip() else { return };
     let model = synthetic(4);
-    let mut cpu = Session::new(&model, None, &opts()).expect("cpu session");
-    let mut gpu = Session::new(&model, Some(&acc), &opts()).expect("gpu session");
+    let mut cpu = Session::new(Arc::clone(&model), None, &opts()).expect("cpu session");
+    let mut gpu = Session::new(Arc::clone(&model), Some(&acc), &opts()).expect("gpu session");
     let a = with_cpu_reference(|| cpu.forward(&PROMPT, true)).expect("cpu prefill");
     let b = gpu.forward(&PROMPT, true).expect("gpu prefill");
     let d = rel_diff(&a, &b);
@@ -91,7 +92,7 @@ fn gpu_streaming_gives_the_resident_tokens() {
     let Some(acc) = gpu_or_skip() else { return };
     let model = synthetic(6);
     let n = model.config.n_layers;
-    let mut resident = Session::new(&model, Some(&acc), &opts()).expect("resident");
+    let mut resident = Session::new(Arc::clone(&model), Some(&acc), &opts()).expect("resident");
     let want_logits = resident.forward(&PROMPT, true).expect("prefill");
     resident.reset();
     let want = greedy(&mut resident, 12);
@@ -103,7 +104,7 @@ fn gpu_streaming_gives_the_resident_tokens() {
         ("streamed and cpu", (0..n).map(|i| if i % 3 == 2 { Cpu } else { S }).collect(), 2),
     ] {
         let layout = Layout { placements, prefetch_depth: depth };
-        let mut s = Session::with_layout(&model, Some(&acc), &layout, &opts()).expect(name);
+        let mut s = Session::with_layout(Arc::clone(&model), Some(&acc), &layout, &opts()).expect(name);
         // CPU layers on the CPU reference, which CUDA matches within 1e-3: the placement must
         // not change the result. (The fast CPU path would add its own activation rounding, see
         // `cpu_and_cuda_forward_agree`.)

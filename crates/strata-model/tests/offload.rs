@@ -2,6 +2,7 @@
 //! the same logits and tokens as running everything on the CPU, for prefill and decode; the
 //! device budget is never exceeded; copies overlap compute.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -19,10 +20,10 @@ fn opts() -> SessionOptions {
 }
 
 /// Greedy tokens and the prompt's logits for a layout (None = all on the CPU).
-fn run(model: &Model, acc: Option<&Accelerator>, layout: Option<&Layout>, n: usize) -> (Vec<f32>, Vec<u32>) {
+fn run(model: &Arc<Model>, acc: Option<&Accelerator>, layout: Option<&Layout>, n: usize) -> (Vec<f32>, Vec<u32>) {
     let mut s = match layout {
-        Some(l) => Session::with_layout(model, acc, l, &opts()).expect("session"),
-        None => Session::new(model, None, &opts()).expect("session"),
+        Some(l) => Session::with_layout(Arc::clone(model), acc, l, &opts()).expect("session"),
+        None => Session::new(Arc::clone(model), None, &opts()).expect("session"),
     };
     let logits = s.forward(&PROMPT, true).expect("prefill");
     s.reset();
@@ -73,7 +74,7 @@ fn a_budget_too_small_is_a_typed_error() {
     let model = model_or_skip!();
     let n = model.config.n_layers;
     let acc = Accelerator::Host(HostDevice::new(8 << 20));
-    let r = Session::with_layout(&model, Some(&acc), &Layout::uniform(n, Placement::Resident), &opts());
+    let r = Session::with_layout(Arc::clone(&model), Some(&acc), &Layout::uniform(n, Placement::Resident), &opts());
     let err = r.err().expect("30 resident layers do not fit in 8 MiB");
     assert!(err.to_string().contains("budget"), "{err}");
     if let Accelerator::Host(h) = &acc {
@@ -95,7 +96,7 @@ fn copies_of_the_next_layer_overlap_compute_of_this_one() {
         dev.copy_delay_per_mib = Duration::from_micros(300);
         let acc = Accelerator::Host(dev);
         let layout = Layout { placements: vec![Placement::Streamed; n], prefetch_depth: depth };
-        let mut s = Session::with_layout(&model, Some(&acc), &layout, &opts()).expect("session");
+        let mut s = Session::with_layout(Arc::clone(&model), Some(&acc), &layout, &opts()).expect("session");
         s.forward(&PROMPT, false).expect("prefill");
         s.forward(&[216], false).expect("decode");
         let stats = s.take_stats();
@@ -140,7 +141,10 @@ fn random_layouts_never_exceed_the_budget() {
     let model = model_or_skip!();
     let n = model.config.n_layers;
     let prompt = &PROMPT[..2];
-    let want = Session::new(&model, None, &opts()).expect("cpu session").forward(prompt, false).expect("cpu forward");
+    let want = Session::new(Arc::clone(&model), None, &opts())
+        .expect("cpu session")
+        .forward(prompt, false)
+        .expect("cpu forward");
     let want_token = strata_model::sample::argmax(&want);
     let cases = std::env::var("STRATA_TEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(8).min(8);
     let mut runner = TestRunner::new(ProptestConfig { cases, ..ProptestConfig::default() });
@@ -151,7 +155,7 @@ fn random_layouts_never_exceed_the_budget() {
         let acc = Accelerator::Host(HostDevice::new(budget_mib << 20));
         let l = Layout { placements, prefetch_depth: depth };
         let Accelerator::Host(h) = &acc else { unreachable!() };
-        match Session::with_layout(&model, Some(&acc), &l, &opts()) {
+        match Session::with_layout(Arc::clone(&model), Some(&acc), &l, &opts()) {
             Ok(mut s) => {
                 let logits = s.forward(prompt, false).expect("forward");
                 prop_assert!(h.budget.peak() <= h.budget.cap());
@@ -185,9 +189,10 @@ fn pass_timelines_are_bounded() {
 
     let preset = Preset::by_name("tiny").expect("preset");
     let file = GgufFile::from_bytes(gguf_bytes(&preset, DType::Q8_0, 1).expect("synthetic")).expect("parse");
-    let model = Model::from_file(file, std::path::Path::new("tiny")).expect("model");
+    let model = std::sync::Arc::new(Model::from_file(file, std::path::Path::new("tiny")).expect("model"));
     let mut s =
-        Session::new(&model, None, &SessionOptions { context: 8, ..SessionOptions::default() }).expect("session");
+        Session::new(std::sync::Arc::clone(&model), None, &SessionOptions { context: 8, ..SessionOptions::default() })
+            .expect("session");
     let extra = 5;
     for i in 0..STATS_KEPT + extra {
         // The last pass has two tokens, so it is recognisable as the newest one kept.

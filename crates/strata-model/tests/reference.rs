@@ -14,6 +14,7 @@
 //!   logits must stay within [`FAST_LOGIT_NOISE`] of llama.cpp's, and where the top token or a
 //!   greedy token differs, it must be a near-tie ([`NEAR_TIE`]) in one engine's logits.
 
+use std::sync::Arc;
 use strata_model::{GenerateOptions, Model, SamplerConfig, Session, SessionOptions, generate};
 use strata_tensor::ops::{CpuPath, with_cpu_path, with_cpu_reference};
 
@@ -34,18 +35,18 @@ const FAST_LOGIT_NOISE: f32 = 2.0;
 const NEAR_TIE: f32 = 0.5;
 
 /// Per case and position: (llama.cpp's top ids, their logits) and strata's logits row.
-fn check_logits(model: &Model, fast: bool) -> f32 {
+fn check_logits(model: &Arc<Model>, fast: bool) -> f32 {
     check_logit_cases(model, reference("logits.json")["cases"].as_array().expect("cases"), fast)
 }
 
 /// `near_ties`: a top-1 that differs from llama.cpp's passes if llama.cpp ranks it within
 /// [`NEAR_TIE`] of its best.
-fn check_logit_cases(model: &Model, cases: &[serde_json::Value], near_ties: bool) -> f32 {
+fn check_logit_cases(model: &Arc<Model>, cases: &[serde_json::Value], near_ties: bool) -> f32 {
     let n_vocab = model.config.n_vocab;
     let mut worst = 0f32;
     for case in cases {
         let prompt = ids(&case["prompt_ids"]);
-        let mut s = Session::new(model, None, &SessionOptions::default()).expect("session");
+        let mut s = Session::new(Arc::clone(model), None, &SessionOptions::default()).expect("session");
         let logits = s.forward(&prompt, true).expect("forward");
         for (p, pos) in case["positions"].as_array().expect("positions").iter().enumerate() {
             let row = &logits[p * n_vocab..(p + 1) * n_vocab];
@@ -105,18 +106,18 @@ fn fast_path_logits_match_llama_cpp_up_to_near_ties() {
 /// Generates each case's greedy continuation; on the fast path, a first difference from
 /// llama.cpp's must be a near-tie in strata's own logits, and the comparison stops there (the
 /// texts go separate ways after it).
-fn check_greedy(model: &Model, fast: bool) {
+fn check_greedy(model: &Arc<Model>, fast: bool) {
     check_greedy_cases(model, reference("greedy.json")["cases"].as_array().expect("cases"), fast);
 }
 
 /// `near_ties`: a first difference from llama.cpp's tokens passes if it is a near-tie in
 /// strata's logits (the comparison stops there).
-fn check_greedy_cases(model: &Model, cases: &[serde_json::Value], near_ties: bool) {
+fn check_greedy_cases(model: &Arc<Model>, cases: &[serde_json::Value], near_ties: bool) {
     for case in cases {
         let prompt = ids(&case["prompt_ids"]);
         let want = ids(&case["greedy_ids"]);
         let n = want.len().min(16);
-        let mut s = Session::new(model, None, &SessionOptions::default()).expect("session");
+        let mut s = Session::new(Arc::clone(model), None, &SessionOptions::default()).expect("session");
         // llama.cpp's list includes the end-of-generation token where it stopped.
         let opts = GenerateOptions {
             max_tokens: n,
@@ -130,7 +131,7 @@ fn check_greedy_cases(model: &Model, cases: &[serde_json::Value], near_ties: boo
             continue;
         };
         assert!(near_ties, "prompt {:?}: token {i} is {} where llama.cpp has {}", case["prompt"], got[i], want[i]);
-        let mut s = Session::new(model, None, &SessionOptions::default()).expect("session");
+        let mut s = Session::new(Arc::clone(model), None, &SessionOptions::default()).expect("session");
         let context: Vec<u32> = prompt.iter().chain(&got[..i]).copied().collect();
         let logits = s.forward(&context, false).expect("forward");
         let gap = logits[got[i] as usize] - logits[want[i] as usize];
@@ -161,13 +162,13 @@ fn fast_path_greedy_tokens_match_llama_cpp_up_to_near_ties() {
 /// The default model with Llama 3.1-style RoPE frequency factors added (the tensor
 /// `rope_freqs.weight`), as scripts/make-rope-freqs-reference.py made it for llama.cpp, built
 /// here in memory from the same file and factors.
-fn default_with_rope_freqs(factors: &[f32]) -> Option<Model> {
+fn default_with_rope_freqs(factors: &[f32]) -> Option<Arc<Model>> {
     use strata_model::gguf::GgufFile;
     let path = crate::support::model_path_or_skip()?;
     let src = GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let bytes = crate::support::with_rope_freqs(&src, factors);
     let file = GgufFile::from_bytes(bytes).expect("parse");
-    Some(Model::from_file(file, std::path::Path::new("with-rope-freqs.gguf")).expect("the model loads"))
+    Some(Arc::new(Model::from_file(file, std::path::Path::new("with-rope-freqs.gguf")).expect("the model loads")))
 }
 
 /// RoPE frequency factors (Llama 3.1-style scaling) against llama.cpp on the same file, on the
@@ -192,7 +193,7 @@ fn rope_frequency_factors_match_llama_cpp() {
     let plain = model_or_skip!();
     let long = cases.iter().max_by_key(|c| c["prompt_ids"].as_array().map_or(0, Vec::len)).expect("a case");
     let prompt = ids(&long["prompt_ids"]);
-    let mut s = Session::new(&plain, None, &SessionOptions::default()).expect("session");
+    let mut s = Session::new(Arc::clone(&plain), None, &SessionOptions::default()).expect("session");
     let logits = s.forward(&prompt, true).expect("forward");
     let n_vocab = plain.config.n_vocab;
     let mut far = 0f32;

@@ -5,6 +5,7 @@
 //! and broken checkpoints are errors that name the problem.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use half::{bf16, f16};
 use serde_json::{Value, json};
@@ -36,9 +37,12 @@ fn preset(tied: bool) -> Preset {
     }
 }
 
-fn gguf_model(p: &Preset, dtype: DType) -> Model {
+fn gguf_model(p: &Preset, dtype: DType) -> Arc<Model> {
     let bytes = synth::gguf_bytes(p, dtype, 7).expect("synthetic gguf");
-    Model::from_file(GgufFile::from_bytes(bytes).expect("gguf parses"), Path::new("tiny.gguf")).expect("gguf model")
+    Arc::new(
+        Model::from_file(GgufFile::from_bytes(bytes).expect("gguf parses"), Path::new("tiny.gguf"))
+            .expect("gguf model"),
+    )
 }
 
 /// One tensor to write: name, safetensors dtype, shape, little-endian bytes.
@@ -255,9 +259,9 @@ fn write_checkpoint(model: &Model, p: &Preset, dtype: DType, norm_dtype: DType, 
     dir
 }
 
-fn logits(model: &Model) -> Vec<f32> {
-    let mut s =
-        Session::new(model, None, &SessionOptions { context: 64, ..SessionOptions::default() }).expect("session");
+fn logits(model: &Arc<Model>) -> Vec<f32> {
+    let mut s = Session::new(Arc::clone(model), None, &SessionOptions { context: 64, ..SessionOptions::default() })
+        .expect("session");
     s.forward(&IDS, true).expect("forward")
 }
 
@@ -306,7 +310,7 @@ fn safetensors_f32_checkpoint_gives_the_gguf_logits() {
         let p = preset(tied);
         let gguf = gguf_model(&p, DType::F32);
         let dir = write_checkpoint(&gguf, &p, DType::F32, DType::F32, Files::Single { odd: false });
-        let hf = Model::load(dir.path()).expect("checkpoint loads");
+        let hf = Arc::new(Model::load(dir.path()).expect("checkpoint loads"));
         assert_eq!(hf.source.format(), "safetensors");
         assert_eq!(hf.config.rope_layout, strata_tensor::RopeLayout::HalfSplit);
         let want = {
@@ -331,11 +335,11 @@ fn safetensors_f16_and_bf16_checkpoints_match() {
         let want = logits(&gguf);
         // Matrices are the GGUF's own bytes; f32 norms make it exact, rounded norms loose.
         let exact = write_checkpoint(&gguf, &p, dtype, DType::F32, Files::Single { odd: false });
-        let hf = Model::load(exact.path()).expect("checkpoint loads");
+        let hf = Arc::new(Model::load(exact.path()).expect("checkpoint loads"));
         assert_eq!(hf.weights.layers[0].get(Role::Q).expect("wq").dtype(), dtype);
         assert_close(&format!("{dtype} matrices, f32 norms"), &want, &logits(&hf), STRICT);
         let rounded = write_checkpoint(&gguf, &p, dtype, dtype, Files::Single { odd: false });
-        let hf = Model::load(rounded.path()).expect("checkpoint loads");
+        let hf = Arc::new(Model::load(rounded.path()).expect("checkpoint loads"));
         assert_eq!(
             hf.weights.layers[0].get(Role::AttnNorm).expect("attn_norm").dtype(),
             DType::F32,
@@ -351,14 +355,15 @@ fn safetensors_sharded_and_misaligned_checkpoints_load() {
     let gguf = gguf_model(&p, DType::F16);
     let want = logits(&gguf);
     let sharded = write_checkpoint(&gguf, &p, DType::F16, DType::F32, Files::Sharded);
-    let hf = Model::load(&sharded.path().join("model.safetensors.index.json")).expect("sharded checkpoint loads");
+    let hf =
+        Arc::new(Model::load(&sharded.path().join("model.safetensors.index.json")).expect("sharded checkpoint loads"));
     match &hf.source {
         strata_model::ModelSource::Safetensors(c) => assert_eq!(c.files.len(), 2),
         _ => panic!("not a safetensors source"),
     }
     assert_close("two shards", &want, &logits(&hf), STRICT);
     let odd = write_checkpoint(&gguf, &p, DType::F16, DType::F32, Files::Single { odd: true });
-    let hf = Model::load(&odd.path().join("config.json")).expect("misaligned checkpoint loads");
+    let hf = Arc::new(Model::load(&odd.path().join("config.json")).expect("misaligned checkpoint loads"));
     assert!(!is_view(hf.weights.layers[0].get(Role::Q).expect("wq")), "misaligned tensors are copied");
     assert_close("odd offsets (copied)", &want, &logits(&hf), STRICT);
 }
@@ -383,7 +388,7 @@ fn safetensors_tokenizer_metadata_matches_the_gguf() {
     let (want, got) = (g.array("tokenizer.ggml.token_type").unwrap(), md.array("tokenizer.ggml.token_type").unwrap());
     assert_eq!(want[..259], got[..259], "byte and special token types");
     assert!(md.str("tokenizer.huggingface.json").unwrap().contains("\"ByteLevel\""));
-    let hf = Model::load(dir.path()).expect("loads");
+    let hf = Arc::new(Model::load(dir.path()).expect("loads"));
     assert_eq!(hf.tokenizer.vocab_size(), p.n_vocab);
     assert_eq!(hf.metadata().str("general.architecture").unwrap(), "llama");
 }

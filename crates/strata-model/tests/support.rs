@@ -1,6 +1,7 @@
 //! Shared helpers: the default model and the llama.cpp reference data.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use strata_model::Model;
 
@@ -12,9 +13,11 @@ pub fn model_path_or_skip() -> Option<PathBuf> {
 }
 
 /// The default model, loaded; see [`model_path_or_skip`].
-pub fn default_model() -> Option<Model> {
+pub fn default_model() -> Option<Arc<Model>> {
     let path = model_path_or_skip()?;
-    Some(Model::load(&path).unwrap_or_else(|e| panic!("the default model {} does not load: {e}", path.display())))
+    Some(Arc::new(
+        Model::load(&path).unwrap_or_else(|e| panic!("the default model {} does not load: {e}", path.display())),
+    ))
 }
 
 /// Loads the default model, or returns from the test after counting it as skipped (only with

@@ -2,6 +2,7 @@
 //!
 //! - `arch`: qwen2/qwen3 models derived from the default model against it, strict files;
 //! - `chat`: chat templates (the model's, ChatML) and their errors;
+//! - `engine`: the Engine against the session it wraps, its CPU path, its refusals;
 //! - `f64_oracle`: the exact CPU path against a float64 forward pass of the default model;
 //! - `gguf`: GGUF round trips, the default model, the ggml type table, inspect;
 //! - `gguf_malformed`: malformed GGUF files and a mutation proptest. It installs a global
@@ -14,6 +15,7 @@
 mod arch;
 mod chat;
 mod cpu_paths;
+mod engine;
 mod f64_oracle;
 mod gguf;
 mod gguf_malformed;

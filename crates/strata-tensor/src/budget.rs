@@ -15,6 +15,20 @@ struct State {
 }
 
 /// A shared memory budget (clones share the same accounting).
+///
+/// ```
+/// use strata_tensor::MemoryBudget;
+///
+/// let budget = MemoryBudget::new("GPU 0", 1000);
+/// let kv = budget.reserve(600, "KV cache")?;
+/// assert_eq!(budget.available(), 400);
+/// // Going over is a typed error that names the request and the budget, not a crash.
+/// let err = budget.reserve(500, "layer 3").unwrap_err();
+/// assert!(err.is_out_of_memory());
+/// drop(kv);
+/// assert_eq!((budget.used(), budget.peak()), (0, 600));
+/// # Ok::<(), strata_tensor::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct MemoryBudget {
     name: Arc<str>,

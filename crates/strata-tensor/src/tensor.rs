@@ -75,6 +75,20 @@ pub enum Storage {
 
 /// A tensor: dtype, shape (contiguous, row-major; quantized types block the last dimension),
 /// and storage.
+///
+/// ```
+/// use strata_tensor::{Stream, Tensor, ops};
+///
+/// // Ops run on the device of the stream they are given: here the host (CPU reference).
+/// let s = Stream::Host;
+/// let a = Tensor::from_f32(&[2, 2], vec![1.0, 2.0, 3.0, 4.0])?;
+/// let b = Tensor::from_f32(&[2, 2], vec![0.5; 4])?;
+/// let mut out = Tensor::from_f32(&[2, 2], vec![0.0; 4])?;
+/// ops::add(&a, &b, &mut out, &s)?;
+/// assert_eq!(out.shape(), &[2, 2]);
+/// assert_eq!(out.to_vec_f32(&s)?, vec![1.5, 2.5, 3.5, 4.5]);
+/// # Ok::<(), strata_tensor::Error>(())
+/// ```
 pub struct Tensor {
     dtype: DType,
     shape: Vec<usize>,

@@ -11,12 +11,13 @@ use std::time::Instant;
 
 use anyhow::Result;
 use serde_json::json;
-use strata_model::Session;
+use strata_model::Engine;
 use strata_model::sample::argmax;
 
 use super::load_model;
 use crate::args::BenchArgs;
-use crate::device::open_session;
+use crate::device::open_engine;
+use strata_tensor::ops::CpuPath;
 
 /// One test's results: tokens per second of each repetition.
 struct Test {
@@ -52,7 +53,7 @@ fn token_ids(n: usize, n_vocab: usize) -> Vec<u32> {
         .collect()
 }
 
-fn prompt_test(s: &mut Session<'_>, ids: &[u32], reps: u64) -> Result<Test> {
+fn prompt_test(s: &mut Engine, ids: &[u32], reps: u64) -> Result<Test> {
     let mut rates = Vec::new();
     for _ in 0..reps {
         s.reset();
@@ -63,7 +64,7 @@ fn prompt_test(s: &mut Session<'_>, ids: &[u32], reps: u64) -> Result<Test> {
     Ok(Test { name: format!("pp{}", ids.len()), tokens: ids.len(), rates })
 }
 
-fn generation_test(s: &mut Session<'_>, first: u32, n: usize, reps: u64) -> Result<Test> {
+fn generation_test(s: &mut Engine, first: u32, n: usize, reps: u64) -> Result<Test> {
     let mut rates = Vec::new();
     for _ in 0..reps {
         s.reset();
@@ -77,15 +78,15 @@ fn generation_test(s: &mut Session<'_>, first: u32, n: usize, reps: u64) -> Resu
     Ok(Test { name: format!("tg{n}"), tokens: n, rates })
 }
 
-pub fn bench(a: BenchArgs) -> Result<()> {
-    let model = load_model(&a.model)?;
-    let (plan, mut s) = open_session(&model, &a.session, a.json)?;
+pub fn bench(a: BenchArgs, cpu_path: CpuPath) -> Result<()> {
+    let mut s = open_engine(load_model(&a.model)?, &a.session, cpu_path, a.json)?;
+    let model = std::sync::Arc::clone(s.model());
     let (p, n) = (a.prompt_tokens, a.gen_tokens);
     let need = p.max(n + 1);
-    if need > s.context() {
+    if need > s.session().context() {
         anyhow::bail!(
             "the tests need {need} positions but the context holds {}; raise --context or lower -p / -n",
-            s.context()
+            s.session().context()
         );
     }
     let ids = token_ids(need, model.config.n_vocab);
@@ -98,8 +99,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     if n > 0 {
         tests.push(generation_test(&mut s, ids[0], n, a.reps)?);
     }
-    s.take_stats();
-    let kernels = format!("{:?}", strata_tensor::ops::cpu_path()).to_lowercase();
+    s.with_session(strata_model::Session::take_stats);
+    let kernels = format!("{:?}", s.cpu_path()).to_lowercase();
     let threads = rayon::current_num_threads();
     let device = s.device().to_string();
     if a.json {
@@ -113,7 +114,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         outln!(
             "{}",
             json!({"model": model.path.display().to_string(), "device": device, "cpu_kernels": kernels,
-                   "threads": threads, "plan": plan, "tests": tests})
+                   "threads": threads, "plan": s.plan(), "tests": tests})
         );
         return Ok(());
     }

@@ -6,20 +6,27 @@ mod tools;
 
 use anyhow::{Context, Result};
 use strata_model::{Model, SamplerConfig};
+use strata_tensor::ops::CpuPath;
 
-use crate::args::{Cli, Command, ModelArgs, SampleArgs};
+use crate::args::{Cli, Command, CpuKernels, ModelArgs, SampleArgs};
 use crate::output::model_path;
 
 pub fn dispatch(cli: Cli) -> Result<()> {
+    // The CPU kernels are a setting of the engine each command opens.
+    let path = match cli.cpu_kernels() {
+        CpuKernels::Exact => CpuPath::Exact,
+        CpuKernels::Fast => CpuPath::Fast,
+        CpuKernels::Reference => CpuPath::Reference,
+    };
     match cli.command {
-        Command::Run(a) => run::run(a),
-        Command::Chat(a) => run::chat(a),
+        Command::Run(a) => run::run(a, path),
+        Command::Chat(a) => run::chat(a, path),
         Command::Tokenize(a) => tools::tokenize(a),
-        Command::Bench(a) => bench::bench(a),
-        Command::Logits(a) => tools::logits(a),
+        Command::Bench(a) => bench::bench(a, path),
+        Command::Logits(a) => tools::logits(a, path),
         Command::Inspect(a) => tools::inspect(a),
         Command::Synth(a) => tools::synth(a),
-        Command::Plan(a) => tools::plan(a),
+        Command::Plan(a) => tools::plan(a, path),
     }
 }
 

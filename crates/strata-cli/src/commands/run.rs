@@ -4,11 +4,12 @@ use std::io::{BufRead, Write};
 
 use anyhow::{Context, Result};
 use strata_model::chat::{ChatMessage, ChatTemplate};
-use strata_model::{GenerateOptions, Generation, Model, Session, generate};
+use strata_model::{Engine, GenerateOptions, Generation, Model, Session};
+use strata_tensor::ops::CpuPath;
 
 use super::{load_model, sampler_config};
 use crate::args::{ChatArgs, RunArgs, SampleArgs};
-use crate::device::open_session;
+use crate::device::open_engine;
 
 fn generate_options(a: &SampleArgs) -> GenerateOptions {
     GenerateOptions {
@@ -49,9 +50,9 @@ fn summary(g: &Generation, device: &str, seed: u64, greedy: bool) -> String {
     )
 }
 
-pub fn run(a: RunArgs) -> Result<()> {
-    let model = load_model(&a.model)?;
-    let (plan, mut session) = open_session(&model, &a.session, a.json)?;
+pub fn run(a: RunArgs, cpu_path: CpuPath) -> Result<()> {
+    let mut engine = open_engine(load_model(&a.model)?, &a.session, cpu_path, a.json)?;
+    let model = std::sync::Arc::clone(engine.model());
     let prompt_text = if a.chat {
         let mut msgs = Vec::new();
         if let Some(s) = &a.system {
@@ -67,17 +68,17 @@ pub fn run(a: RunArgs) -> Result<()> {
     if a.warmup
         && let Some(&first) = ids.first()
     {
-        session.forward(&[first], false)?;
-        session.reset();
-        session.take_stats();
+        engine.forward(&[first], false)?;
+        engine.reset();
+        engine.with_session(Session::take_stats);
     }
-    let device = session.device().to_string();
+    let device = engine.device().to_string();
     let stdout = std::io::stdout();
     let g = if a.json {
-        generate(&mut session, &ids, &opts, |_| {})?
+        engine.generate_ids(&ids, &opts, |_| {})?
     } else {
         let mut out = stdout.lock();
-        let g = generate(&mut session, &ids, &opts, |piece| {
+        let g = engine.generate_ids(&ids, &opts, |piece| {
             let _ = out.write_all(piece.as_bytes());
             let _ = out.flush();
         })?;
@@ -89,32 +90,32 @@ pub fn run(a: RunArgs) -> Result<()> {
         v["device"] = serde_json::Value::String(device);
         v["model"] = serde_json::Value::String(model.path.display().to_string());
         v["sampler"] = serde_json::to_value(&opts.sampler)?;
-        v["plan"] = serde_json::to_value(&plan)?;
-        v["stats"] = crate::stats::json(&session.take_stats());
+        v["plan"] = serde_json::to_value(engine.plan())?;
+        v["stats"] = crate::stats::json(&engine.with_session(Session::take_stats));
         outln!("{}", serde_json::to_string(&v)?);
     } else {
         eprintln!("{}", summary(&g, &device, opts.sampler.seed, opts.sampler.temperature == 0.0));
         if a.stats {
-            let dropped = session.stats_dropped();
-            eprint!("{}", crate::stats::render(&session.take_stats(), dropped));
+            let (dropped, stats) = engine.with_session(|s| (s.stats_dropped(), s.take_stats()));
+            eprint!("{}", crate::stats::render(&stats, dropped));
         }
     }
     Ok(())
 }
 
 /// Feeds the rendered conversation to the session, reusing the cached prefix.
-fn sync_prompt(session: &mut Session<'_>, cached: &mut Vec<u32>, full: &[u32]) -> Vec<u32> {
+fn sync_prompt(engine: &mut Engine, cached: &mut Vec<u32>, full: &[u32]) -> Vec<u32> {
     let common = cached.iter().zip(full).take_while(|(a, b)| a == b).count();
     // Keep at least one token to run, so the step has logits to sample from.
     let keep = common.min(full.len().saturating_sub(1));
-    session.truncate(keep);
+    engine.with_session(|s| s.truncate(keep));
     cached.truncate(keep);
     full[keep..].to_vec()
 }
 
-pub fn chat(a: ChatArgs) -> Result<()> {
-    let model = load_model(&a.model)?;
-    let (_, mut session) = open_session(&model, &a.session, false)?;
+pub fn chat(a: ChatArgs, cpu_path: CpuPath) -> Result<()> {
+    let mut engine = open_engine(load_model(&a.model)?, &a.session, cpu_path, false)?;
+    let model = std::sync::Arc::clone(engine.model());
     let mut messages = Vec::new();
     if let Some(s) = &a.system {
         messages.push(ChatMessage { role: "system".into(), content: s.clone() });
@@ -132,8 +133,8 @@ pub fn chat(a: ChatArgs) -> Result<()> {
         }
         messages.push(ChatMessage { role: "user".into(), content: line.trim_end().to_string() });
         let full = model.tokenizer.encode(&render(&model, &messages)?, None, true)?;
-        let new = sync_prompt(&mut session, &mut cached, &full);
-        let g = generate(&mut session, &new, &opts, |piece| {
+        let new = sync_prompt(&mut engine, &mut cached, &full);
+        let g = engine.generate_ids(&new, &opts, |piece| {
             let _ = stdout.write_all(piece.as_bytes());
             let _ = stdout.flush();
         })?;
@@ -141,11 +142,12 @@ pub fn chat(a: ChatArgs) -> Result<()> {
         cached.extend_from_slice(&new);
         cached.extend_from_slice(&g.generated_ids);
         // The last generated token was sampled but not run through the model.
-        if session.n_past() < cached.len() {
-            cached.truncate(session.n_past());
+        let n_past = engine.session().n_past();
+        if n_past < cached.len() {
+            cached.truncate(n_past);
         }
         messages.push(ChatMessage { role: "assistant".into(), content: g.text.trim().to_string() });
-        eprintln!("{}", summary(&g, &session.device().to_string(), opts.sampler.seed, opts.sampler.temperature == 0.0));
+        eprintln!("{}", summary(&g, &engine.device().to_string(), opts.sampler.seed, opts.sampler.temperature == 0.0));
     }
     Ok(())
 }

@@ -8,7 +8,8 @@ use strata_model::gguf::GgufFile;
 
 use super::load_model;
 use crate::args::{InspectArgs, LogitsArgs, PlanArgs, SynthArgs, TokenizeArgs};
-use crate::device::open_session;
+use crate::device::open_engine;
+use strata_tensor::ops::CpuPath;
 
 pub fn tokenize(a: TokenizeArgs) -> Result<()> {
     let model = load_model(&a.model)?;
@@ -42,7 +43,7 @@ fn top_k(row: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
-pub fn logits(a: LogitsArgs) -> Result<()> {
+pub fn logits(a: LogitsArgs, cpu_path: CpuPath) -> Result<()> {
     if a.top_k == 0 {
         bail!("--top-k must be at least 1");
     }
@@ -55,9 +56,10 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
     if ids.is_empty() {
         bail!("no tokens to score");
     }
-    let (_, mut session) = open_session(&model, &a.session, a.json)?;
+    let mut engine = open_engine(model, &a.session, cpu_path, a.json)?;
+    let model = std::sync::Arc::clone(engine.model());
     let n_vocab = model.config.n_vocab;
-    let all = session.forward(&ids, true)?;
+    let all = engine.score(&ids)?;
     let positions: Vec<_> = all
         .chunks_exact(n_vocab)
         .map(|row| {
@@ -70,7 +72,7 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
             .iter()
             .map(|(i, l)| json!({ "ids": i, "logits": l.iter().map(|x| crate::output::json_f32(*x)).collect::<Vec<_>>() }))
             .collect();
-        outln!("{}", json!({ "prompt_ids": ids, "device": session.device().to_string(), "positions": pos }));
+        outln!("{}", json!({ "prompt_ids": ids, "device": engine.device().to_string(), "positions": pos }));
     } else {
         for (p, ((best, vals), id)) in positions.iter().zip(&ids).enumerate() {
             let cells: Vec<String> =
@@ -163,29 +165,18 @@ fn derive(a: &SynthArgs, arch: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn plan(a: PlanArgs) -> Result<()> {
+pub fn plan(a: PlanArgs, cpu_path: CpuPath) -> Result<()> {
     let model = load_model(&a.model)?;
-    let opts = crate::device::session_options(&a.session);
-    let mut offload = crate::device::offload_options(&a.session)?;
-    offload.h2d_bytes_per_s =
+    let mut opts = crate::device::engine_options(&model, &a.session, cpu_path)?;
+    opts.offload.h2d_bytes_per_s =
         a.h2d_bandwidth.as_deref().map(strata_runtime::units::parse_rate).transpose().context("--h2d-bandwidth")?;
-    let gpu = crate::device::pick_gpu(&a.session, a.json)?;
-    if gpu.is_none() {
-        offload.hypothetical_gpu = a
-            .session
-            .gpu_memory
-            .as_deref()
-            .map(strata_runtime::units::parse_size)
-            .transpose()
-            .context("--gpu-memory")?;
-    }
-    let speeds = if a.measure {
-        strata_model::offload::measure_speeds(&model, gpu.as_ref())?
-    } else {
-        strata_model::offload::cached_speeds(gpu.as_ref()).unwrap_or_else(strata_runtime::plan::assumed_speeds)
-    };
+    // Without a GPU, --gpu-memory is the size of a hypothetical card to plan for.
+    opts.offload.hypothetical_gpu = opts.gpu.memory_cap;
+    opts.measure = a.measure;
+    let gpu = crate::device::pick_gpu(&opts, a.json)?;
     super::warn_long_context(&model, &a.session, a.json);
-    let plan = strata_model::offload::make_plan(&model, &opts, gpu.as_ref(), speeds, &offload)?;
+    let plan = strata_model::engine::plan_for(&model, &opts, gpu.as_ref())?;
+    let offload = &opts.offload;
     if a.json {
         outln!("{}", serde_json::to_string(&plan)?);
     } else {

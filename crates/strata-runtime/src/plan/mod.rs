@@ -342,6 +342,30 @@ impl HostBytes {
 }
 
 /// The placement of every layer, the memory it takes and the speed it is predicted to reach.
+///
+/// ```
+/// use strata_runtime::plan::{LayerSpec, Placement, PlanRequest, Policy, assumed_speeds, plan};
+///
+/// const GIB: u64 = 1 << 30;
+/// // 32 layers of 400 MiB on a 6 GiB card: some resident, the rest streamed or on the CPU.
+/// let layer = LayerSpec { weight_bytes: 400 << 20, kv_bytes: 16 << 20, flops_per_token: 2 * 200_000_000 };
+/// let req = PlanRequest {
+///     layers: vec![layer; 32],
+///     head_bytes: 250 << 20,
+///     gpu_budget: Some(6 * GIB),
+///     host_available: 32 * GIB,
+///     host_margin: GIB,
+///     pinned_budget: 16 * GIB,
+///     speeds: assumed_speeds(),
+///     policy: Policy::Auto,
+///     ..PlanRequest::default()
+/// };
+/// let p = plan(&req)?;
+/// let resident = p.layers.iter().filter(|l| l.placement == Placement::Resident).count();
+/// assert!(resident > 0 && resident < 32, "{}", p.render_table());
+/// println!("{}", p.summary_line());
+/// # Ok::<(), strata_runtime::plan::PlanError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     /// Every layer exactly once, in order.
