@@ -9,11 +9,14 @@ use strata_tensor::{Gpu, MemoryBudget};
 /// worker thread (optionally slowed to emulate a bus), its compute is the CPU reference.
 #[derive(Debug, Clone)]
 pub struct HostDevice {
+    /// The stand-in device memory: slots and resident layers are reserved from it.
     pub budget: MemoryBudget,
+    /// Sleep per MiB copied, to emulate a slow bus (zero: copies run at memcpy speed).
     pub copy_delay_per_mib: Duration,
 }
 
 impl HostDevice {
+    /// A host device with `budget_bytes` of memory and no copy delay.
     pub fn new(budget_bytes: u64) -> HostDevice {
         HostDevice { budget: MemoryBudget::new("host device", budget_bytes), copy_delay_per_mib: Duration::ZERO }
     }
@@ -22,6 +25,8 @@ impl HostDevice {
 /// Where resident and streamed layers run.
 #[derive(Debug, Clone)]
 pub enum Accelerator {
+    /// A CUDA GPU.
     Gpu(Gpu),
+    /// The host stand-in used by tests.
     Host(HostDevice),
 }

@@ -9,6 +9,7 @@
 //! No unsafe code: everything that touches a GPU goes through strata-tensor's safe types.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod device;
 mod error;

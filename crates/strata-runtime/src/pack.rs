@@ -11,15 +11,20 @@ pub const PACK_ALIGN: usize = 256;
 /// Where one tensor sits in a packed block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorPlace {
+    /// Element type of the tensor.
     pub dtype: DType,
+    /// Shape of the tensor.
     pub shape: Vec<usize>,
+    /// Byte offset from the start of the block (a multiple of [`PACK_ALIGN`]).
     pub offset: usize,
+    /// Length of the tensor's data in bytes.
     pub len: usize,
 }
 
 /// The layout of a packed group of tensors.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupLayout {
+    /// The place of each tensor, in packing order.
     pub tensors: Vec<TensorPlace>,
     /// Total bytes, including alignment padding.
     pub bytes: usize,

@@ -16,28 +16,69 @@
 pub enum UnitError {
     /// Nothing (or only spaces) was given.
     #[error("empty {what}: expected a number with an optional unit, e.g. {example}")]
-    Empty { what: &'static str, example: &'static str },
+    Empty {
+        /// What was being parsed: "size" or "rate".
+        what: &'static str,
+        /// A valid example of that kind.
+        example: &'static str,
+    },
     /// The text does not start with a plain decimal number (`nan`, `inf`, `1,5`, `1e9`, `abc`).
     #[error("`{input}` is not a {what}: expected a plain decimal number with an optional unit, e.g. {example}")]
-    Malformed { input: String, what: &'static str, example: &'static str },
+    Malformed {
+        /// The text as given (trimmed).
+        input: String,
+        /// What was being parsed: "size" or "rate".
+        what: &'static str,
+        /// A valid example of that kind.
+        example: &'static str,
+    },
     /// The number is followed by a unit strata does not know.
     #[error(
         "`{input}` has an unknown unit `{unit}`: use B, KiB, MiB, GiB, TiB (powers of 1024) or KB, MB, GB, TB \
          (powers of 1000){per_second}"
     )]
-    UnknownUnit { input: String, unit: String, per_second: &'static str },
+    UnknownUnit {
+        /// The text as given (trimmed).
+        input: String,
+        /// The unit as given.
+        unit: String,
+        /// Extra text for a rate (" per second, e.g. 25GB/s"), empty for a size.
+        per_second: &'static str,
+    },
     /// A number without a unit (other than a size of `0`): `25` could mean 25 B/s or 25 GB/s.
     #[error("`{input}` has no unit: write one after the number, e.g. {examples}")]
-    MissingUnit { input: String, examples: String },
+    MissingUnit {
+        /// The text as given (trimmed).
+        input: String,
+        /// The number with valid units, as examples.
+        examples: String,
+    },
     /// A minus sign: sizes and rates cannot be negative.
     #[error("`{input}` is negative: a {what} must be zero or more, e.g. {example}")]
-    Negative { input: String, what: &'static str, example: &'static str },
+    Negative {
+        /// The text as given (trimmed).
+        input: String,
+        /// What was being parsed: "size" or "rate".
+        what: &'static str,
+        /// A valid example of that kind.
+        example: &'static str,
+    },
     /// The value does not fit (a size above 16 EiB, a rate that is not a finite number).
     #[error("`{input}` is too large for a {what} (at most {max})")]
-    Overflow { input: String, what: &'static str, max: &'static str },
+    Overflow {
+        /// The text as given (trimmed).
+        input: String,
+        /// What was being parsed: "size" or "rate".
+        what: &'static str,
+        /// The largest value, in words.
+        max: &'static str,
+    },
     /// A rate of zero would make every transfer take forever.
     #[error("`{input}` is a rate of zero: a rate must be more than 0 B/s, e.g. 25GB/s")]
-    ZeroRate { input: String },
+    ZeroRate {
+        /// The text as given (trimmed).
+        input: String,
+    },
 }
 
 const SIZE: &str = "size";

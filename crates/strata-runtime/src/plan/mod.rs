@@ -80,7 +80,9 @@ pub enum Placement {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KvPlacement {
+    /// In GPU memory.
     Gpu,
+    /// In host memory.
     Host,
 }
 
@@ -211,7 +213,9 @@ pub enum Rest {
     /// Streamed or cpu, whichever is predicted faster.
     #[default]
     Auto,
+    /// Streamed to the GPU.
     Streamed,
+    /// Computed on the CPU.
     Cpu,
 }
 
@@ -219,6 +223,7 @@ pub enum Rest {
 /// callers (and tests) write `PlanRequest { layers, gpu_budget: Some(..), ..Default::default() }`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PlanRequest {
+    /// Sizes and cost of every layer, in model order.
     pub layers: Vec<LayerSpec>,
     /// Output head and final norm: on the GPU whenever the GPU is used (it is counted first).
     pub head_bytes: u64,
@@ -238,7 +243,9 @@ pub struct PlanRequest {
     pub pinned_budget: u64,
     /// The weights are memory-mapped from the model file.
     pub weights_mapped: bool,
+    /// Measured or assumed speeds of the CPU, GPU and bus.
     pub speeds: Speeds,
+    /// What the user asked for (`auto`, `--gpu-layers N`, `--stream`, ...).
     pub policy: Policy,
     /// How the layers after `--gpu-layers N` run (ignored by the other policies).
     pub rest: Rest,
@@ -278,20 +285,28 @@ impl Default for PlanRequest {
 /// One layer of the plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerPlan {
+    /// Index of the layer in the model (0-based).
     pub index: usize,
+    /// Where the layer's weights live and where it is computed.
     pub placement: Placement,
+    /// Bytes of the layer's weights.
     pub weight_bytes: u64,
     /// This layer's KV cache, wherever `kv_placement` puts it.
     pub kv_bytes: u64,
+    /// Where the layer's KV cache lives.
     pub kv_placement: KvPlacement,
 }
 
 /// Predicted speed of the plan (see the module docs for the model).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Predicted {
+    /// Generated tokens per second.
     pub decode_tokens_per_second: f64,
+    /// Prompt tokens per second at the plan's prefill batch size.
     pub prefill_tokens_per_second: f64,
+    /// Seconds per generated token (the inverse of `decode_tokens_per_second`).
     pub decode_seconds_per_token: f64,
+    /// Seconds per prompt token (the inverse of `prefill_tokens_per_second`).
     pub prefill_seconds_per_token: f64,
     /// What limits decode: "gpu memory bandwidth", "PCIe transfer" or "CPU".
     pub bound: String,
@@ -300,9 +315,13 @@ pub struct Predicted {
 /// What the planned GPU memory is made of; `total()` is [`Plan::gpu_bytes_planned`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuBytes {
+    /// CUDA context and other driver memory.
     pub context_overhead: u64,
+    /// Activations.
     pub scratch: u64,
+    /// Output head and final norm.
     pub head: u64,
+    /// Weights of the resident layers.
     pub resident_weights: u64,
     /// KV cache of resident layers and of the streamed layers that keep it on the GPU.
     pub kv: u64,
@@ -317,7 +336,9 @@ pub struct HostBytes {
     pub pinned: u64,
     /// Pageable streamed weights staged through the ring every token (0 unless staging).
     pub staged_weights: u64,
+    /// Weights of the layers computed on the CPU.
     pub cpu_weights: u64,
+    /// KV cache kept in host memory.
     pub kv: u64,
     /// The output head and scratch when no GPU is used.
     pub head_and_scratch: u64,
@@ -326,6 +347,7 @@ pub struct HostBytes {
 }
 
 impl GpuBytes {
+    /// The sum of the parts (saturating).
     pub fn total(&self) -> u64 {
         [self.context_overhead, self.scratch, self.head, self.resident_weights, self.kv, self.slots]
             .iter()
@@ -334,6 +356,7 @@ impl GpuBytes {
 }
 
 impl HostBytes {
+    /// The sum of the parts (saturating).
     pub fn total(&self) -> u64 {
         [self.pinned, self.staged_weights, self.cpu_weights, self.kv, self.head_and_scratch, self.embedding]
             .iter()
@@ -374,12 +397,15 @@ pub struct Plan {
     pub gpu_budget_bytes: u64,
     /// Resident weights + head + GPU KV + slots + scratch + context overhead (0 when the GPU is unused).
     pub gpu_bytes_planned: u64,
+    /// What `gpu_bytes_planned` is made of.
     pub gpu_bytes: GpuBytes,
     /// Packed streamed layers, or the staging ring.
     pub host_pinned_bytes_planned: u64,
     /// `host_available - host_margin`.
     pub host_budget_bytes: u64,
+    /// Host memory the plan takes (the total of `host_bytes`).
     pub host_bytes_planned: u64,
+    /// What `host_bytes_planned` is made of.
     pub host_bytes: HostBytes,
     /// Whether the output head runs on the GPU (the GPU is used at all).
     pub head_on_gpu: bool,
@@ -391,6 +417,7 @@ pub struct Plan {
     pub prefetch_depth: usize,
     /// The pinned budget cannot hold the streamed layers: pageable weights go through a pinned ring.
     pub staging: bool,
+    /// The predicted decode and prefill speed.
     pub predicted: Predicted,
     /// Prompt batch size the prefill prediction assumes.
     pub prefill_batch: usize,
@@ -420,33 +447,86 @@ impl Plan {
 /// Why no plan could be made. Messages say what was asked, what was found and what to change.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PlanError {
+    /// The request has no layers.
     #[error("the model has no layers to place; check the model file")]
     NoLayers,
     #[error(
         "speed `{name}` is {value}, it must be a finite number {rule}; measure the speeds again or delete the \
          cached speeds"
     )]
-    BadSpeed { name: &'static str, value: f64, rule: &'static str },
+    /// A speed is not finite or out of its range.
+    BadSpeed {
+        /// Name of the speed.
+        name: &'static str,
+        /// The rejected value.
+        value: f64,
+        /// The range it must be in, in words.
+        rule: &'static str,
+    },
     #[error("{flag} needs a GPU and none is available; drop {flag} to run every layer on the CPU")]
-    NoGpu { flag: String },
+    /// A policy that needs a GPU was asked for without one.
+    NoGpu {
+        /// The flag that asked for the GPU.
+        flag: String,
+    },
     #[error(
         "{flag} needs {need} of GPU memory ({parts}), the budget is {budget}; {hint}",
         need = fmt_size(*need), budget = fmt_size(*budget)
     )]
-    GpuMemory { flag: String, need: u64, parts: String, budget: u64, hint: &'static str },
+    /// The closest layout the policy allows does not fit the GPU budget.
+    GpuMemory {
+        /// What was asked: the policy's flags, or "the model" for `auto`.
+        flag: String,
+        /// GPU bytes that layout needs.
+        need: u64,
+        /// What the need is made of, for the message.
+        parts: String,
+        /// The GPU budget in bytes.
+        budget: u64,
+        /// What to change, in words.
+        hint: &'static str,
+    },
     #[error(
         "{flag} needs a pinned staging ring of {need} ({slots} slots of {slot}), the pinned memory budget is \
          {budget}; allow more pinned memory or {hint}",
         need = fmt_size(*need), slot = fmt_size(*slot), budget = fmt_size(*budget)
     )]
-    PinnedMemory { flag: String, need: u64, slots: usize, slot: u64, budget: u64, hint: &'static str },
+    /// The pinned staging ring does not fit the pinned memory budget.
+    PinnedMemory {
+        /// What was asked: the policy's flags, or "the model" for `auto`.
+        flag: String,
+        /// Bytes of the staging ring.
+        need: u64,
+        /// Number of slots in the ring.
+        slots: usize,
+        /// Bytes of one slot.
+        slot: u64,
+        /// The pinned memory budget in bytes.
+        budget: u64,
+        /// What to change, in words.
+        hint: &'static str,
+    },
     #[error(
         "{flag} needs {need} of host memory ({parts}), {usable} is usable ({available} available, {margin} kept \
          free); {hint}",
         need = fmt_size(*need), usable = fmt_size(available.saturating_sub(*margin)),
         available = fmt_size(*available), margin = fmt_size(*margin)
     )]
-    HostMemory { flag: String, need: u64, parts: String, available: u64, margin: u64, hint: &'static str },
+    /// The closest layout the policy allows does not fit the usable host memory.
+    HostMemory {
+        /// What was asked: the policy's flags, or "the model" for `auto`.
+        flag: String,
+        /// Host bytes that layout needs.
+        need: u64,
+        /// What the need is made of, for the message.
+        parts: String,
+        /// Host memory available ([`PlanRequest::host_available`]).
+        available: u64,
+        /// Host memory to keep free ([`PlanRequest::host_margin`]).
+        margin: u64,
+        /// What to change, in words.
+        hint: &'static str,
+    },
 }
 
 /// Places every layer of `req`.

@@ -23,20 +23,26 @@ use crate::{Error, Result};
 /// One finished weight copy, times in seconds since the pass's epoch.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct CopyRecord {
+    /// Index of the streamed group that was copied.
     pub group: usize,
     /// The model layer the group holds (filled in by the executor, which knows the mapping).
     pub layer: Option<usize>,
+    /// Bytes copied.
     pub bytes: u64,
     /// When the copy was handed to the copy stream, where the device has a host clock (the
     /// host device; a GPU's timeline is in GPU events and has no host issue time).
     pub issued_s: Option<f64>,
+    /// When the copy started.
     pub start_s: f64,
+    /// When the copy finished.
     pub end_s: f64,
 }
 
 /// The reference point of a pass's timeline.
 pub enum Epoch {
+    /// A host clock instant (the host device).
     Host(std::time::Instant),
+    /// A GPU event recorded at the start of the pass.
     Gpu(strata_tensor::Event),
 }
 
