@@ -54,14 +54,17 @@ impl MemoryBudget {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The budget's name, as error messages show it.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The most bytes that may be reserved at once.
     pub fn cap(&self) -> u64 {
         self.lock().cap
     }
 
+    /// Bytes reserved now.
     pub fn used(&self) -> u64 {
         self.lock().used
     }
@@ -71,6 +74,7 @@ impl MemoryBudget {
         self.lock().peak
     }
 
+    /// Bytes that can still be reserved (`cap - used`, 0 when over the cap).
     pub fn available(&self) -> u64 {
         let s = self.lock();
         s.cap.saturating_sub(s.used)
@@ -107,10 +111,12 @@ impl MemoryBudget {
 }
 
 impl Reservation {
+    /// Bytes this reservation holds; they go back to the budget when it is dropped.
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
 
+    /// The budget the bytes were reserved from.
     pub fn budget(&self) -> &MemoryBudget {
         &self.budget
     }

@@ -9,6 +9,7 @@ use crate::{Error, Result};
 /// Where a tensor lives and its ops run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Device {
+    /// The host CPU.
     Cpu,
     /// A CUDA device by ordinal.
     Cuda(usize),
@@ -26,11 +27,15 @@ impl fmt::Display for Device {
 /// Properties of a CUDA device, read when it is opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceInfo {
+    /// The CUDA device ordinal.
     pub ordinal: usize,
+    /// The device name, as the driver reports it.
     pub name: String,
     /// (major, minor), e.g. (9, 0) for Hopper.
     pub compute_capability: (i32, i32),
+    /// Number of streaming multiprocessors.
     pub multiprocessors: u32,
+    /// Total device memory in bytes.
     pub total_memory: u64,
     /// Free memory when the device was opened (cuMemGetInfo).
     pub free_memory: u64,

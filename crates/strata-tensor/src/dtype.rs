@@ -8,22 +8,39 @@ use crate::{Error, Result};
 // The variants are spelled as GGUF spells the types (`Q4_K`, `IQ4_XS`).
 #[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The element type of a tensor.
 pub enum DType {
+    /// 32-bit IEEE float.
     F32,
+    /// 16-bit IEEE float.
     F16,
+    /// bfloat16.
     BF16,
+    /// GGUF Q8_0: blocks of 32 8-bit weights with an f16 scale.
     Q8_0,
+    /// GGUF Q4_0: blocks of 32 4-bit weights with an f16 scale.
     Q4_0,
+    /// GGUF Q4_1: blocks of 32 4-bit weights with an f16 scale and minimum.
     Q4_1,
+    /// GGUF Q5_0: blocks of 32 5-bit weights with an f16 scale.
     Q5_0,
+    /// GGUF Q5_1: blocks of 32 5-bit weights with an f16 scale and minimum.
     Q5_1,
+    /// GGUF Q2_K: 2-bit k-quant, super-blocks of 256 weights.
     Q2_K,
+    /// GGUF Q3_K: 3-bit k-quant, super-blocks of 256 weights.
     Q3_K,
+    /// GGUF Q4_K: 4-bit k-quant, super-blocks of 256 weights.
     Q4_K,
+    /// GGUF Q5_K: 5-bit k-quant, super-blocks of 256 weights.
     Q5_K,
+    /// GGUF Q6_K: 6-bit k-quant, super-blocks of 256 weights.
     Q6_K,
+    /// GGUF IQ4_NL: blocks of 32 4-bit indices into a non-linear table, with an f16 scale.
     IQ4_NL,
+    /// GGUF IQ4_XS: IQ4_NL's non-linear 4-bit table in super-blocks of 256 weights.
     IQ4_XS,
+    /// 32-bit signed integer (token ids, positions).
     I32,
 }
 
@@ -51,6 +68,7 @@ impl DType {
         })
     }
 
+    /// The type's name as the kernel crate spells it (`i32` for [`DType::I32`]).
     pub fn name(self) -> &'static str {
         match self.weight() {
             Some(k) => k.name(),

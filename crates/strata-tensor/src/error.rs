@@ -10,9 +10,19 @@ pub enum Unavailable {
     /// The NVIDIA driver (libcuda.so) could not be loaded.
     NoDriver,
     /// The driver loaded but has no device with this ordinal.
-    NoDevice { ordinal: usize, count: usize },
+    NoDevice {
+        /// The ordinal asked for.
+        ordinal: usize,
+        /// Number of devices the driver sees.
+        count: usize,
+    },
     /// The device exists but cannot be used now (busy in exclusive mode, failed, ...).
-    Failed { ordinal: usize, reason: String },
+    Failed {
+        /// The device ordinal.
+        ordinal: usize,
+        /// Why, as the driver says it.
+        reason: String,
+    },
 }
 
 impl fmt::Display for Unavailable {
@@ -64,7 +74,20 @@ pub enum Error {
         peak = fmt_bytes(*peak),
         hint = if budget.starts_with("GPU") { " (--gpu-memory)" } else if budget.starts_with("pinned") { " (--pinned-memory)" } else { "" }
     )]
-    OutOfMemory { what: String, budget: String, requested: u64, cap: u64, in_use: u64, peak: u64 },
+    OutOfMemory {
+        /// What the memory was for.
+        what: String,
+        /// The budget's name ("GPU 0", "pinned host", ...).
+        budget: String,
+        /// Bytes asked for.
+        requested: u64,
+        /// The budget's cap in bytes.
+        cap: u64,
+        /// Bytes already reserved from the budget.
+        in_use: u64,
+        /// The most bytes reserved at once so far.
+        peak: u64,
+    },
     /// The system allocator refused host memory (RAM, a container's limit, `ulimit -v`).
     /// Nothing was allocated; the process goes on.
     #[error(
@@ -73,22 +96,49 @@ pub enum Error {
         req = fmt_bytes(*requested),
         avail = crate::device::mem_available().map_or(String::new(), |a| format!(" ({} available)", fmt_bytes(a)))
     )]
-    HostOutOfMemory { what: String, requested: u64 },
+    HostOutOfMemory {
+        /// What the memory was for.
+        what: String,
+        /// Bytes asked for.
+        requested: u64,
+    },
     /// Shapes, dtypes or lengths that do not fit the op.
     #[error("{op}: {what}")]
-    Shape { op: &'static str, what: String },
+    Shape {
+        /// The op that failed.
+        op: &'static str,
+        /// What does not fit, in words.
+        what: String,
+    },
     /// Tensors of one op live on different devices.
     #[error("{op}: {what}")]
-    Device { op: &'static str, what: String },
+    Device {
+        /// The op that failed.
+        op: &'static str,
+        /// Which tensors are where, in words.
+        what: String,
+    },
     /// The data type is not supported by this op.
     #[error("{op}: {dtype} is not supported here ({expected})")]
-    Dtype { op: &'static str, dtype: String, expected: &'static str },
+    Dtype {
+        /// The op that failed.
+        op: &'static str,
+        /// The type that was given.
+        dtype: String,
+        /// The types the op takes, in words.
+        expected: &'static str,
+    },
     /// An error from a kernel or its CPU reference.
     #[error(transparent)]
     Kernel(#[from] strata_kernels::Error),
     /// A CUDA driver call failed.
     #[error("{what}: CUDA driver error {code}")]
-    Driver { what: String, code: String },
+    Driver {
+        /// The call or what it was for.
+        what: String,
+        /// The driver's error code.
+        code: String,
+    },
 }
 
 /// Result with strata-tensor's [`Error`].

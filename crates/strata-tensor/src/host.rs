@@ -16,7 +16,9 @@ use crate::{Error, Result};
 /// What kind of memory a [`HostBuffer`] holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostMemory {
+    /// Page-locked memory of this kind (fast, asynchronous copies).
     Pinned(PinnedKind),
+    /// Ordinary pageable memory (the fallback; copies go through the driver's staging).
     Pageable,
 }
 
@@ -66,6 +68,7 @@ impl HostBuffer {
         }
     }
 
+    /// What kind of memory the buffer holds.
     pub fn memory(&self) -> HostMemory {
         match &self.0 {
             Inner::Pinned(p) => HostMemory::Pinned(p.kind()),
@@ -73,6 +76,7 @@ impl HostBuffer {
         }
     }
 
+    /// Length in bytes.
     pub fn len(&self) -> usize {
         match &self.0 {
             Inner::Pinned(p) => p.len(),
@@ -80,6 +84,7 @@ impl HostBuffer {
         }
     }
 
+    /// True when the buffer has no bytes.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -17,6 +17,8 @@
 //! CUDA is reached through `cudarc` (the driver is loaded at run time, so a `cuda` build starts
 //! on machines without one) and through the kernel crate's launchers.
 
+#![warn(missing_docs)]
+
 mod budget;
 mod device;
 mod dtype;

@@ -11,11 +11,14 @@ use crate::{DType, Device, Error, Result};
 /// Where ops run: on the host (synchronously, by the CPU reference) or on a CUDA stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Stream {
+    /// The host: ops run synchronously on the CPU reference.
     Host,
+    /// A CUDA stream: ops are queued on it.
     Gpu(GpuStream),
 }
 
 impl Stream {
+    /// The device the stream runs on.
     pub fn device(&self) -> Device {
         match self {
             Stream::Host => Device::Cpu,
@@ -39,9 +42,21 @@ pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 #[derive(Clone)]
 pub enum HostData {
     /// Owned, stored as words so that f32/i32/f16 views are always aligned.
-    Owned { words: Vec<u32>, len: usize },
+    Owned {
+        /// The bytes, in 4-byte words (the last one zero-padded).
+        words: Vec<u32>,
+        /// Length in bytes.
+        len: usize,
+    },
     /// `len` bytes at `offset` of memory kept alive by `owner`.
-    Mapped { owner: SharedBytes, offset: usize, len: usize },
+    Mapped {
+        /// What keeps the memory alive.
+        owner: SharedBytes,
+        /// Byte offset of the data in `owner`.
+        offset: usize,
+        /// Length in bytes.
+        len: usize,
+    },
 }
 
 impl HostData {
@@ -69,7 +84,9 @@ impl HostData {
 
 /// Where a tensor's bytes are.
 pub enum Storage {
+    /// In host memory.
     Host(HostData),
+    /// In the memory of a CUDA device.
     Cuda(DeviceBuffer),
 }
 
@@ -200,10 +217,12 @@ impl Tensor {
         Ok(Tensor { dtype, shape: shape.to_vec(), storage })
     }
 
+    /// The element type.
     pub fn dtype(&self) -> DType {
         self.dtype
     }
 
+    /// The shape (contiguous, row-major).
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
@@ -213,6 +232,7 @@ impl Tensor {
         self.shape.iter().product()
     }
 
+    /// Size of the data in bytes.
     pub fn len_bytes(&self) -> usize {
         match &self.storage {
             Storage::Host(h) => h.bytes().len(),
@@ -220,6 +240,7 @@ impl Tensor {
         }
     }
 
+    /// The device that holds the data.
     pub fn device(&self) -> Device {
         match &self.storage {
             Storage::Host(_) => Device::Cpu,
@@ -227,6 +248,7 @@ impl Tensor {
         }
     }
 
+    /// Where the bytes are.
     pub fn storage(&self) -> &Storage {
         &self.storage
     }
@@ -259,14 +281,17 @@ impl Tensor {
             .map_err(|e| Error::shape("view", format!("{want} view of misaligned bytes: {e}")))
     }
 
+    /// The elements of a host tensor of type [`DType::F32`].
     pub fn as_f32(&self) -> Result<&[f32]> {
         self.typed(DType::F32)
     }
 
+    /// The elements of a host tensor of type [`DType::I32`].
     pub fn as_i32(&self) -> Result<&[i32]> {
         self.typed(DType::I32)
     }
 
+    /// The elements of a host tensor of type [`DType::F16`].
     pub fn as_f16(&self) -> Result<&[f16]> {
         self.typed(DType::F16)
     }
@@ -291,14 +316,17 @@ impl Tensor {
             .map_err(|e| Error::shape("view", format!("{want} view of misaligned bytes: {e}")))
     }
 
+    /// The elements of an owned host tensor of type [`DType::F32`], writable.
     pub fn as_f32_mut(&mut self) -> Result<&mut [f32]> {
         self.typed_mut(DType::F32)
     }
 
+    /// The elements of an owned host tensor of type [`DType::I32`], writable.
     pub fn as_i32_mut(&mut self) -> Result<&mut [i32]> {
         self.typed_mut(DType::I32)
     }
 
+    /// The elements of an owned host tensor of type [`DType::F16`], writable.
     pub fn as_f16_mut(&mut self) -> Result<&mut [f16]> {
         self.typed_mut(DType::F16)
     }

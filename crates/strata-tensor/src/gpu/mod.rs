@@ -124,6 +124,7 @@ impl Gpu {
         })))
     }
 
+    /// The device's properties, read when it was opened.
     pub fn info(&self) -> &DeviceInfo {
         &self.0.info
     }
@@ -240,10 +241,12 @@ impl PartialEq for GpuStream {
 }
 
 impl GpuStream {
+    /// The stream's name (as Nsight shows it).
     pub fn name(&self) -> &str {
         &self.0.name
     }
 
+    /// The device the stream belongs to.
     pub fn gpu(&self) -> &Gpu {
         &self.0.gpu
     }
@@ -284,10 +287,12 @@ impl Event {
         self.0.elapsed_ms(&end.0).map_err(|e| driver("reading event times", e))
     }
 
+    /// Blocks the host until the event has completed.
     pub fn synchronize(&self) -> Result<()> {
         self.0.synchronize().map_err(|e| driver("waiting for an event", e))
     }
 
+    /// Whether the event has completed (does not block).
     pub fn is_complete(&self) -> bool {
         self.0.is_complete()
     }
@@ -368,14 +373,17 @@ fn check_range(what: &str, r: &Range<usize>, len: usize) -> Result<()> {
 }
 
 impl DeviceBuffer {
+    /// Length in bytes.
     pub fn len(&self) -> usize {
         self.bytes
     }
 
+    /// True when the buffer has no bytes.
     pub fn is_empty(&self) -> bool {
         self.bytes == 0
     }
 
+    /// The device that holds the memory.
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
     }
@@ -580,18 +588,22 @@ unsafe impl Send for PinnedBuffer {}
 unsafe impl Sync for PinnedBuffer {}
 
 impl PinnedBuffer {
+    /// Length in bytes.
     pub fn len(&self) -> usize {
         self.bytes
     }
 
+    /// True when the buffer has no bytes.
     pub fn is_empty(&self) -> bool {
         self.bytes == 0
     }
 
+    /// Write-combined or normal pinned memory.
     pub fn kind(&self) -> PinnedKind {
         self.kind
     }
 
+    /// The device the memory was pinned for.
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
     }
