@@ -19,21 +19,37 @@ use strata_tensor::RopeLayout;
 /// group (what the runtime packs and streams).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
+    /// Pre-attention RMS norm weight.
     AttnNorm,
+    /// Query projection.
     Q,
+    /// Query projection bias.
     QBias,
+    /// Key projection.
     K,
+    /// Key projection bias.
     KBias,
+    /// Value projection.
     V,
+    /// Value projection bias.
     VBias,
+    /// Per-head RMS norm weight applied to Q.
     QNorm,
+    /// Per-head RMS norm weight applied to K.
     KNorm,
+    /// Attention output projection.
     O,
+    /// RMS norm weight applied to the attention output.
     PostAttnNorm,
+    /// Pre-FFN RMS norm weight.
     FfnNorm,
+    /// FFN gate projection.
     Gate,
+    /// FFN up projection.
     Up,
+    /// FFN down projection.
     Down,
+    /// RMS norm weight applied to the FFN output.
     PostFfnNorm,
 }
 
@@ -63,12 +79,15 @@ pub const ROLES: [Role; N_ROLES] = [
 /// The sizes a layer tensor's shape depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LayerDims {
+    /// Model (residual stream) width.
     pub n_embd: usize,
+    /// FFN hidden width.
     pub n_ff: usize,
     /// n_head × head_dim (the width of Q and of the attention output).
     pub q_dim: usize,
     /// n_head_kv × head_dim.
     pub kv_dim: usize,
+    /// Width of one attention head.
     pub head_dim: usize,
 }
 
@@ -135,6 +154,7 @@ pub enum Activation {
 /// One architecture: its tensors and switches.
 #[derive(Debug, PartialEq)]
 pub struct ArchSpec {
+    /// The architecture name (`general.architecture`).
     pub name: &'static str,
     /// Layer tensors every layer must have.
     pub required: &'static [Role],
@@ -142,6 +162,7 @@ pub struct ArchSpec {
     pub optional: &'static [Role],
     /// How GGUF files of this architecture order the RoPE pairs.
     pub rope_layout: RopeLayout,
+    /// The FFN's gate activation.
     pub activation: Activation,
     /// Embeddings are multiplied by √n_embd.
     pub embed_scale: bool,

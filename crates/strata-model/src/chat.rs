@@ -16,10 +16,12 @@ use crate::tokenizer::TokenizerError;
 pub struct ChatMessage {
     /// `system`, `user`, `assistant` (or whatever the template knows).
     pub role: String,
+    /// The message text.
     pub content: String,
 }
 
 impl ChatMessage {
+    /// A message with this role and content.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> ChatMessage {
         ChatMessage { role: role.into(), content: content.into() }
     }

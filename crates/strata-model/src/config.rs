@@ -19,6 +19,7 @@ pub type LlamaConfig = ModelConfig;
 /// Hyperparameters of a model of any supported architecture.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ModelConfig {
+    /// The architecture name (`general.architecture`).
     pub arch: String,
     /// The architecture's table entry (tensors and switches).
     #[serde(skip)]
@@ -27,18 +28,26 @@ pub struct ModelConfig {
     /// optional ones the file carries.
     #[serde(skip)]
     pub layer_roles: Vec<Role>,
+    /// Number of transformer layers (blocks).
     pub n_layers: usize,
+    /// Model (residual stream) width.
     pub n_embd: usize,
+    /// FFN hidden width.
     pub n_ff: usize,
+    /// Number of query heads.
     pub n_head: usize,
+    /// Number of key/value heads (fewer than `n_head` with grouped-query attention).
     pub n_head_kv: usize,
+    /// Width of one attention head.
     pub head_dim: usize,
     /// n_head × head_dim: the width of Q and of the attention output (n_embd unless the file
     /// sets `attention.key_length`).
     pub q_dim: usize,
+    /// Vocabulary size (rows of the token embedding).
     pub n_vocab: usize,
     /// Context length the model was trained with.
     pub n_ctx_train: usize,
+    /// RoPE base frequency (theta).
     pub rope_freq_base: f32,
     /// 1 / linear scaling factor (1 when unscaled).
     pub rope_freq_scale: f32,
@@ -46,12 +55,16 @@ pub struct ModelConfig {
     /// `rope_freqs.weight`); None when the model has none.
     #[serde(skip)]
     pub rope_freq_factors: Option<Vec<f32>>,
+    /// Number of dimensions of each head that RoPE rotates.
     pub n_rot: usize,
+    /// How the file orders the RoPE pairs.
     #[serde(skip)]
     pub rope_layout: RopeLayout,
+    /// Epsilon of the RMS norms.
     pub rms_eps: f32,
     /// No `output.weight`: the token embedding doubles as the output head.
     pub tied_output: bool,
+    /// The FFN's gate activation.
     pub activation: Activation,
     /// Factor applied to the embedding rows (√n_embd for gemma), if any.
     pub embed_scale: Option<f32>,

@@ -34,8 +34,11 @@ use crate::{Error, Result};
 /// Architectures a test model can be derived as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeriveArch {
+    /// The `qwen2` architecture.
     Qwen2,
+    /// The `qwen3` architecture.
     Qwen3,
+    /// The `gemma3` architecture.
     Gemma3,
 }
 
@@ -66,7 +69,9 @@ impl DeriveArch {
 /// How to derive: the architecture and the seeded extras.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeriveOptions {
+    /// The architecture to derive.
     pub arch: DeriveArch,
+    /// Seed of the random generator for the added tensors.
     pub seed: u64,
     /// qwen2: biases uniform in [-bias, bias]; 0 gives zero biases.
     pub bias: f32,

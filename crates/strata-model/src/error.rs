@@ -6,19 +6,29 @@ use crate::tokenizer::TokenizerError;
 /// Errors of strata-model. Messages say what was asked, what was found and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A GGUF file is invalid or cannot be read.
     #[error(transparent)]
     Gguf(#[from] GgufError),
+    /// The tokenizer cannot be built or cannot encode.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    /// A tensor operation failed.
     #[error(transparent)]
     Tensor(#[from] strata_tensor::Error),
+    /// The runtime (device, streams, memory) failed.
     #[error(transparent)]
     Runtime(#[from] strata_runtime::Error),
+    /// No placement plan can be made for the model on this machine.
     #[error(transparent)]
     Plan(#[from] strata_runtime::plan::PlanError),
     /// A file of a model directory (config.json, a safetensors shard…) cannot be read.
     #[error("cannot read {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// The file is readable but does not describe a model we can run.
     #[error("{0}")]
     Model(String),
@@ -27,7 +37,19 @@ pub enum Error {
         "{needed} tokens ({prompt} prompt + {generate} to generate) exceed the context of {context}; \
          raise --context (the model was trained with {trained}) or shorten the prompt / --max-tokens"
     )]
-    ContextFull { needed: usize, prompt: usize, generate: usize, context: usize, trained: usize },
+    ContextFull {
+        /// Positions needed: the session's tokens so far, the prompt and the tokens to generate.
+        needed: usize,
+        /// The session's tokens so far plus the prompt.
+        prompt: usize,
+        /// Tokens to generate (`max_tokens`).
+        generate: usize,
+        /// Context length of the session (positions).
+        context: usize,
+        /// Context length the model was trained with.
+        trained: usize,
+    },
+    /// An invalid argument or option.
     #[error("{0}")]
     Invalid(String),
     /// The session's host memory (KV cache, activations) does not fit what this process may
@@ -46,13 +68,16 @@ impl Error {
         )
     }
 
+    /// An [`Error::Model`] with this message.
     pub fn model(msg: impl Into<String>) -> Error {
         Error::Model(msg.into())
     }
 
+    /// An [`Error::Invalid`] with this message.
     pub fn invalid(msg: impl Into<String>) -> Error {
         Error::Invalid(msg.into())
     }
 }
 
+/// Result with [`Error`] as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

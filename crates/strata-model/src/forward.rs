@@ -19,11 +19,15 @@ use crate::{Error, Result};
 
 /// One layer's K and V cache, each [context, n_head_kv, head_dim] of f16 or f32.
 pub struct LayerKv {
+    /// Key cache.
     pub k: Tensor,
+    /// Value cache.
     pub v: Tensor,
 }
 
 impl LayerKv {
+    /// Zeroed K and V caches of `context` positions for `layer`, of `dtype`, on the stream's
+    /// device.
     pub fn new(cfg: &LlamaConfig, context: usize, dtype: DType, s: &Stream, layer: usize) -> Result<LayerKv> {
         let shape = [context, cfg.n_head_kv, cfg.head_dim];
         Ok(LayerKv {
@@ -32,6 +36,7 @@ impl LayerKv {
         })
     }
 
+    /// Bytes of K and V together.
     pub fn bytes(&self) -> u64 {
         (self.k.len_bytes() + self.v.len_bytes()) as u64
     }
@@ -39,6 +44,7 @@ impl LayerKv {
 
 /// Activation buffers for a batch of T tokens, reused across layers and steps.
 pub struct Scratch {
+    /// Most tokens one pass can hold (T).
     pub n_tokens: usize,
     h: Tensor,
     q: Tensor,
@@ -56,6 +62,7 @@ pub struct Scratch {
 }
 
 impl Scratch {
+    /// Zeroed buffers for up to `n_tokens` tokens, on the stream's device.
     pub fn new(cfg: &LlamaConfig, n_tokens: usize, s: &Stream) -> Result<Scratch> {
         let z = |shape: &[usize], what: &str| Tensor::zeros(DType::F32, shape, s, what);
         let t = n_tokens;

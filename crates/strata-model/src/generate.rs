@@ -11,11 +11,13 @@ use crate::{Error, Result};
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
+    /// Most tokens to generate.
     pub max_tokens: usize,
     /// Generation stops when the text contains one of these (the stop string is not output).
     pub stop: Vec<String>,
     /// Keep going past end-of-generation tokens (benchmarks).
     pub ignore_eos: bool,
+    /// How the next token is picked.
     pub sampler: SamplerConfig,
 }
 
@@ -29,18 +31,26 @@ impl Default for GenerateOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
+    /// The model produced an end-of-generation token.
     EndOfGeneration,
+    /// The text contains a stop string.
     StopString,
+    /// `max_tokens` tokens were generated.
     MaxTokens,
 }
 
 /// Speeds of one generation (wall clock, including sampling and host transfers).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Timings {
+    /// Tokens of the prompt.
     pub prompt_tokens: usize,
+    /// Time of the prompt pass (prefill), seconds.
     pub prompt_seconds: f64,
+    /// Prompt tokens / prompt seconds.
     pub prompt_tokens_per_second: f64,
+    /// Tokens generated.
     pub generated_tokens: usize,
+    /// Time of the decode loop, seconds.
     pub generation_seconds: f64,
     /// Generated tokens / time of the decode loop (each step: sample, forward one token).
     pub generation_tokens_per_second: f64,
@@ -49,10 +59,15 @@ pub struct Timings {
 /// The result of a generation.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Generation {
+    /// The generated text (without the prompt and any stop string).
     pub text: String,
+    /// Token ids of the prompt.
     pub prompt_ids: Vec<u32>,
+    /// Token ids generated.
     pub generated_ids: Vec<u32>,
+    /// Why generation stopped.
     pub stop_reason: StopReason,
+    /// Speeds of this generation.
     pub timings: Timings,
 }
 

@@ -14,64 +14,95 @@ use crate::gguf::GgufFile;
 /// Everything `strata inspect` shows about one file.
 #[derive(Debug, Clone, Serialize)]
 pub struct Inspection {
+    /// The file inspected.
     pub path: String,
+    /// Size of the file, bytes.
     pub file_bytes: u64,
+    /// GGUF version.
     pub version: u32,
+    /// Alignment of the data section and tensors, bytes.
     pub alignment: u64,
+    /// Byte offset of the tensor data section.
     pub data_offset: u64,
+    /// Number of tensors.
     pub tensor_count: usize,
+    /// Every metadata key, in file order.
     pub metadata: Vec<MetadataEntry>,
+    /// Every tensor, in file order.
     pub tensors: Vec<TensorEntry>,
     /// Tensors named `blk.N.*`, by N ascending.
     pub layers: Vec<LayerTotal>,
     /// Everything else (token_embd, output_norm, output …).
     pub non_layer: GroupTotal,
+    /// Bytes of all tensors.
     pub total_bytes: u64,
+    /// Elements of all tensors.
     pub total_elements: u64,
     /// Largest share first.
     pub bytes_by_type: Vec<TypeTotal>,
 }
 
+/// One metadata key and a summary of its value.
 #[derive(Debug, Clone, Serialize)]
 pub struct MetadataEntry {
+    /// The key.
     pub key: String,
+    /// The value type (`u32`, `string`, `array` …).
     #[serde(rename = "type")]
     pub value_type: String,
     /// Arrays as `[type; len]`, long strings cut.
     pub summary: String,
 }
 
+/// One tensor of the file.
 #[derive(Debug, Clone, Serialize)]
 pub struct TensorEntry {
+    /// The tensor name.
     pub name: String,
+    /// The ggml type name (`f16`, `q4_K` …).
     #[serde(rename = "type")]
     pub ggml_type: String,
     /// GGUF order: `shape[0]` elements per row.
     pub shape: Vec<u64>,
+    /// Number of elements.
     pub n_elements: u64,
+    /// Size of the data, bytes.
     pub bytes: u64,
+    /// Absolute byte offset of the data in the file.
     pub offset: u64,
 }
 
+/// Totals of one layer's tensors.
 #[derive(Debug, Clone, Serialize)]
 pub struct LayerTotal {
+    /// The layer index N of `blk.N.*`.
     pub layer: u32,
+    /// Number of tensors.
     pub tensors: usize,
+    /// Bytes of these tensors.
     pub bytes: u64,
 }
 
+/// Totals of a group of tensors.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GroupTotal {
+    /// The tensor names.
     pub names: Vec<String>,
+    /// Bytes of these tensors.
     pub bytes: u64,
 }
 
+/// Totals of the tensors of one ggml type.
 #[derive(Debug, Clone, Serialize)]
 pub struct TypeTotal {
+    /// The ggml type name.
     #[serde(rename = "type")]
     pub ggml_type: String,
+    /// Number of tensors of this type.
     pub tensors: usize,
+    /// Elements of these tensors.
     pub elements: u64,
+    /// Bytes of these tensors.
     pub bytes: u64,
     /// Whether strata computes with weights of this type (on the CPU at least).
     pub supported: bool,

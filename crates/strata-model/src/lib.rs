@@ -6,6 +6,8 @@
 //! [`Model::load`] a file, open a [`Session`] on a device, and [`generate`] text (or call
 //! [`Session::forward`] for logits).
 
+#![warn(missing_docs)]
+
 pub mod arch;
 pub mod chat;
 pub mod config;

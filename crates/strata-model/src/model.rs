@@ -15,7 +15,9 @@ use crate::{Error, Result};
 
 /// Where a model's weights and metadata come from.
 pub enum ModelSource {
+    /// A GGUF file.
     Gguf(GgufFile),
+    /// A directory of safetensors shards with config.json and tokenizer files.
     Safetensors(SafetensorsCheckpoint),
 }
 
@@ -61,11 +63,17 @@ impl ModelSource {
 /// # Ok::<(), strata_model::Error>(())
 /// ```
 pub struct Model {
+    /// The file or directory loaded.
     pub path: PathBuf,
+    /// The opened file or checkpoint the weights are mapped from.
     pub source: ModelSource,
+    /// The hyperparameters.
     pub config: LlamaConfig,
+    /// The weights (views into the memory-mapped file(s)).
     pub weights: ModelWeights,
+    /// The tokenizer.
     pub tokenizer: Tokenizer,
+    /// The chat template, when the model has one.
     pub chat_template: Option<ChatTemplate>,
 }
 
@@ -130,12 +138,15 @@ impl Model {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KvType {
+    /// 16-bit float (half).
     #[default]
     F16,
+    /// 32-bit float.
     F32,
 }
 
 impl KvType {
+    /// The tensor element type.
     pub fn dtype(self) -> DType {
         match self {
             KvType::F16 => DType::F16,
@@ -143,6 +154,7 @@ impl KvType {
         }
     }
 
+    /// Bytes per element.
     pub fn bytes(self) -> usize {
         match self {
             KvType::F16 => 2,
@@ -157,6 +169,7 @@ pub struct SessionOptions {
     /// Context length (positions the KV cache holds). 0 = the model's training context,
     /// capped at 4096.
     pub context: usize,
+    /// Element type of the KV cache.
     pub kv_type: KvType,
     /// Most prompt tokens run through the layers at once.
     pub batch: usize,

@@ -22,7 +22,9 @@ use crate::{Error, Result};
 /// What the user asked for (the CLI's offload flags).
 #[derive(Debug, Clone, Default)]
 pub struct OffloadOptions {
+    /// How layers are chosen to be resident on the GPU.
     pub policy: Policy,
+    /// Where the layers that are not resident run: streamed to the GPU or on the CPU.
     pub rest: Rest,
     /// Pinned host memory cap (default: half of MemAvailable).
     pub pinned_budget: Option<u64>,
@@ -251,6 +253,7 @@ pub fn open_planned(
 /// the KV cache of the layers computed on the host, activations and logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostNeed {
+    /// Context length (positions).
     pub context: usize,
     /// KV cache bytes per position, over the layers whose cache is in host memory.
     pub kv_bytes_per_token: u64,
@@ -262,10 +265,12 @@ pub struct HostNeed {
 const HOST_SLACK: u64 = 64 << 20;
 
 impl HostNeed {
+    /// KV cache bytes for the whole context.
     pub fn kv_bytes(&self) -> u64 {
         self.kv_bytes_per_token.saturating_mul(self.context as u64)
     }
 
+    /// Bytes needed in all: KV cache, scratch and a fixed slack.
     pub fn total(&self) -> u64 {
         self.kv_bytes().saturating_add(self.scratch_bytes).saturating_add(HOST_SLACK)
     }

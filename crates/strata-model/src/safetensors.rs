@@ -39,6 +39,7 @@ const MAX_CONFIG_JSON: u64 = 16 << 20;
 
 /// A loaded checkpoint's files and what was derived from them.
 pub struct SafetensorsCheckpoint {
+    /// The checkpoint directory.
     pub dir: PathBuf,
     /// The safetensors files, in the order opened.
     pub files: Vec<PathBuf>,

@@ -31,6 +31,7 @@ pub struct SamplerConfig {
     pub repeat_penalty: f32,
     /// How many recent tokens the penalty looks at.
     pub repeat_last_n: usize,
+    /// Seed of the random generator.
     pub seed: u64,
 }
 
@@ -105,11 +106,13 @@ pub fn argmax(logits: &[f32]) -> u32 {
 }
 
 impl Sampler {
+    /// A sampler with this configuration; an error when it is invalid.
     pub fn new(cfg: SamplerConfig) -> Result<Sampler> {
         cfg.validate()?;
         Ok(Sampler { rng: ChaCha8Rng::seed_from_u64(cfg.seed), recent: VecDeque::new(), cfg })
     }
 
+    /// The configuration.
     pub fn config(&self) -> &SamplerConfig {
         &self.cfg
     }

@@ -27,6 +27,7 @@ use crate::{Error, Result};
 /// How layers are placed for a session (normally from a plan).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Layout {
+    /// Where each layer runs, by layer index.
     pub placements: Vec<Placement>,
     /// Copies in flight ahead of compute (≥ 1 when any layer is streamed).
     pub prefetch_depth: usize,
@@ -42,9 +43,13 @@ impl Layout {
 /// Time spent on one layer in one pass.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LayerTiming {
+    /// Layer index.
     pub layer: usize,
+    /// Where the layer ran.
     pub placement: Placement,
+    /// Start, seconds from the start of the pass.
     pub start_s: f64,
+    /// End, seconds from the start of the pass.
     pub end_s: f64,
     /// Time the compute stream waited for this layer's copy (host device: measured; GPU: the
     /// idle gap before the layer started).
@@ -54,17 +59,26 @@ pub struct LayerTiming {
 /// The timeline of one forward pass.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PassStats {
+    /// Tokens in the pass.
     pub tokens: usize,
+    /// Wall time of the pass, seconds.
     pub wall_s: f64,
+    /// Compute time summed over the layers, seconds.
     pub compute_s: f64,
+    /// Copy time summed over the copies, seconds.
     pub copy_s: f64,
+    /// Bytes copied.
     pub copy_bytes: u64,
+    /// Time compute waited for copies, summed over the layers, seconds.
     pub wait_s: f64,
     /// max(Σ compute, Σ copy) / wall time: 1.0 means copies hid completely behind compute
     /// (or the reverse).
     pub overlap_efficiency: f64,
+    /// Copy throughput, GB/s.
     pub copy_gb_per_s: f64,
+    /// One entry per layer.
     pub layers: Vec<LayerTiming>,
+    /// One entry per weight copy.
     pub copies: Vec<CopyRecord>,
 }
 
@@ -327,6 +341,7 @@ impl Session {
         self.device
     }
 
+    /// Context length (positions the KV cache holds).
     pub fn context(&self) -> usize {
         self.context
     }

@@ -22,15 +22,25 @@ use crate::{Error, Result};
 /// A model shape.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Preset {
+    /// Preset name.
     pub name: &'static str,
+    /// Number of layers.
     pub n_layers: usize,
+    /// Model width.
     pub n_embd: usize,
+    /// FFN hidden width.
     pub n_ff: usize,
+    /// Number of query heads.
     pub n_head: usize,
+    /// Number of key/value heads.
     pub n_head_kv: usize,
+    /// Vocabulary size.
     pub n_vocab: usize,
+    /// Training context length.
     pub n_ctx_train: usize,
+    /// RoPE base frequency.
     pub rope_freq_base: f32,
+    /// Epsilon of the RMS norms.
     pub rms_eps: f32,
     /// No output.weight: the embedding is the output head.
     pub tied: bool,
@@ -141,10 +151,12 @@ struct Spec {
 }
 
 impl Preset {
+    /// Names of all presets.
     pub fn names() -> Vec<&'static str> {
         PRESETS.iter().map(|p| p.name).collect()
     }
 
+    /// The preset with this name (case-insensitive); an error naming the choices if none.
     pub fn by_name(name: &str) -> Result<Preset> {
         PRESETS.iter().find(|p| p.name.eq_ignore_ascii_case(name)).cloned().ok_or_else(|| {
             Error::invalid(format!("unknown preset {name:?}; choose one of {}", Preset::names().join(", ")))

@@ -22,24 +22,60 @@ use crate::gguf::{GgufError, Metadata};
 /// What went wrong building a tokenizer, encoding text or rendering a chat template.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
+    /// Tokenizer metadata is missing or malformed.
     #[error("tokenizer metadata: {0}")]
     Metadata(#[from] GgufError),
+    /// `tokenizer.ggml.model` is neither `gpt2` nor `llama`.
     #[error(
         "tokenizer.ggml.model is {found:?}; strata supports \"gpt2\" (byte-level BPE) and \"llama\" (SentencePiece)"
     )]
-    UnsupportedModel { found: String },
+    UnsupportedModel {
+        /// The model name found.
+        found: String,
+    },
+    /// A per-token array does not have one entry per token.
     #[error("{key} has {found} entries but tokenizer.ggml.tokens has {expected}; the file is inconsistent")]
-    LengthMismatch { key: String, found: usize, expected: usize },
+    LengthMismatch {
+        /// The array's key.
+        key: String,
+        /// Its length.
+        found: usize,
+        /// Length of `tokenizer.ggml.tokens`.
+        expected: usize,
+    },
+    /// A tokenizer value is invalid.
     #[error("{key} holds {value}, expected {expected}")]
-    BadValue { key: String, value: String, expected: String },
+    BadValue {
+        /// The key.
+        key: String,
+        /// The value found, as text.
+        value: String,
+        /// What was expected.
+        expected: String,
+    },
+    /// A merge is not two tokens separated by a space.
     #[error("tokenizer.ggml.merges entry {rank} is {merge:?}, expected two tokens separated by a space")]
-    BadMerge { rank: usize, merge: String },
+    BadMerge {
+        /// Index of the merge.
+        rank: usize,
+        /// The merge entry.
+        merge: String,
+    },
+    /// The BPE tokenizer cannot be built.
     #[error("cannot build the BPE tokenizer: {0}")]
     Bpe(String),
+    /// Text cannot be encoded.
     #[error("cannot encode {text:?}: {reason}")]
-    Encode { text: String, reason: String },
+    Encode {
+        /// The text.
+        text: String,
+        /// Why.
+        reason: String,
+    },
+    /// A BOS token was requested, but the model has none.
     #[error("asked to add a BOS token, but the model defines none (tokenizer.ggml.bos_token_id is absent)")]
     NoBos,
+    /// The chat template cannot be parsed or rendered.
     #[error("chat template: {0}")]
     Template(String),
 }
@@ -443,6 +479,7 @@ pub struct StreamDecoder<'t> {
 }
 
 impl<'t> StreamDecoder<'t> {
+    /// A decoder with nothing pending.
     pub fn new(tokenizer: &'t Tokenizer) -> StreamDecoder<'t> {
         StreamDecoder { tokenizer, pending: Vec::new() }
     }

@@ -76,15 +76,19 @@ impl LayerWeights {
 
 /// The output head: final norm and the output projection (the token embedding when tied).
 pub struct HeadWeights {
+    /// Final RMS norm weight.
     pub norm: Tensor,
+    /// Output projection to vocabulary logits.
     pub output: Tensor,
 }
 
 impl HeadWeights {
+    /// Bytes of both tensors.
     pub fn bytes(&self) -> u64 {
         (self.norm.len_bytes() + self.output.len_bytes()) as u64
     }
 
+    /// Copies of both tensors on the stream's device.
     pub fn to_device(&self, s: &Stream) -> Result<HeadWeights> {
         Ok(HeadWeights { norm: self.norm.to_device(s, "output_norm")?, output: self.output.to_device(s, "output")? })
     }
@@ -92,8 +96,11 @@ impl HeadWeights {
 
 /// All weights of a llama-family model, on the host.
 pub struct ModelWeights {
+    /// Token embedding.
     pub embedding: Tensor,
+    /// Per-layer weights, by layer index.
     pub layers: Vec<LayerWeights>,
+    /// The output head.
     pub head: HeadWeights,
 }
 

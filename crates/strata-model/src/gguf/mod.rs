@@ -51,59 +51,217 @@ pub const MAX_METADATA_VALUES: u64 = 1 << 24;
 /// What is wrong with a GGUF file (or with what a writer was asked to write).
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
+    /// The file cannot be opened or read.
     #[error("cannot read {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A metadata key appears more than once.
     #[error("metadata key {key:?} appears twice")]
-    DuplicateKey { key: String },
+    DuplicateKey {
+        /// The key.
+        key: String,
+    },
+    /// A required metadata key is absent.
     #[error("required metadata key {key:?} is missing")]
-    MissingKey { key: String },
+    MissingKey {
+        /// The key.
+        key: String,
+    },
+    /// A metadata value has the wrong type or an invalid value.
     #[error("metadata key {key:?} is {value}, expected {expected}")]
-    BadValue { key: String, value: String, expected: String },
+    BadValue {
+        /// The key.
+        key: String,
+        /// The value found, as text.
+        value: String,
+        /// What was expected.
+        expected: String,
+    },
+    /// The file does not start with `GGUF`.
     #[error("not a GGUF file: it starts with bytes {found:02x?}, expected \"GGUF\" [47, 47, 55, 46]")]
-    BadMagic { found: Vec<u8> },
+    BadMagic {
+        /// The first bytes of the file.
+        found: Vec<u8>,
+    },
+    /// A GGUF version other than 2 and 3.
     #[error("GGUF version {version} is not supported; strata reads versions 2 and 3{hint}")]
-    UnsupportedVersion { version: u32, hint: &'static str },
+    UnsupportedVersion {
+        /// The version in the header.
+        version: u32,
+        /// Extra advice appended to the message (may be empty).
+        hint: &'static str,
+    },
+    /// A read runs past the end of the file.
     #[error("file ends early: {what} at offset {offset} needs {need} bytes, only {have} remain")]
-    Truncated { what: String, offset: u64, need: u64, have: u64 },
+    Truncated {
+        /// What was being read.
+        what: String,
+        /// Byte offset of the read.
+        offset: u64,
+        /// Bytes the read needs.
+        need: u64,
+        /// Bytes left in the file.
+        have: u64,
+    },
+    /// A string (key, value or name) longer than its limit.
     #[error("{what} at offset {offset} claims {len} bytes; the limit is {max}")]
-    StringTooLong { what: String, offset: u64, len: u64, max: u64 },
+    StringTooLong {
+        /// What the string is.
+        what: String,
+        /// Byte offset of the string.
+        offset: u64,
+        /// The claimed length, bytes.
+        len: u64,
+        /// The limit, bytes.
+        max: u64,
+    },
+    /// An array claims more elements than the file or the value limit allows.
     #[error(
         "array {key:?} at offset {offset} claims {len} elements; at most {max} fit in the rest of the file and \
          the limit of {MAX_METADATA_VALUES} metadata values (truncated or corrupt file?)"
     )]
-    ArrayTooLong { key: String, offset: u64, len: u64, max: u64 },
+    ArrayTooLong {
+        /// The metadata key.
+        key: String,
+        /// Byte offset of the array.
+        offset: u64,
+        /// The claimed number of elements.
+        len: u64,
+        /// The most elements allowed here.
+        max: u64,
+    },
+    /// The header claims more tensors than the file or [`MAX_TENSORS`] allows.
     #[error(
         "the header claims {count} tensors; at most {max} fit in the rest of the file and the limit of \
          {MAX_TENSORS} (truncated or corrupt file?)"
     )]
-    TooManyTensors { count: u64, max: u64 },
+    TooManyTensors {
+        /// The claimed tensor count.
+        count: u64,
+        /// The most tensors allowed here.
+        max: u64,
+    },
+    /// The header claims more metadata keys than the file or [`MAX_KVS`] allows.
     #[error(
         "the header claims {count} metadata keys; at most {max} fit in the rest of the file and the limit of \
          {MAX_KVS} (truncated or corrupt file?)"
     )]
-    TooManyKvs { count: u64, max: u64 },
+    TooManyKvs {
+        /// The claimed key count.
+        count: u64,
+        /// The most keys allowed here.
+        max: u64,
+    },
+    /// `general.alignment` is not a power of two in 1..=[`MAX_ALIGNMENT`].
     #[error("general.alignment is {value}; it must be a power of two from 1 to {max}")]
-    BadAlignment { value: u64, max: u64 },
+    BadAlignment {
+        /// The alignment in the file.
+        value: u64,
+        /// The largest alignment accepted.
+        max: u64,
+    },
+    /// A metadata value type id outside 0..=12.
     #[error("metadata {key:?} at offset {offset} has unknown value type {id} (known: 0 to 12)")]
-    UnknownValueType { key: String, offset: u64, id: u32 },
+    UnknownValueType {
+        /// The metadata key.
+        key: String,
+        /// Byte offset of the type id.
+        offset: u64,
+        /// The type id.
+        id: u32,
+    },
+    /// A tensor type id that is not a known [`GgmlType`].
     #[error("tensor {tensor:?} has unknown ggml type id {id}{hint}")]
-    UnknownTensorType { tensor: String, id: u32, hint: &'static str },
+    UnknownTensorType {
+        /// The tensor name.
+        tensor: String,
+        /// The type id.
+        id: u32,
+        /// Extra advice appended to the message (may be empty).
+        hint: &'static str,
+    },
+    /// A tensor rank outside 1..=[`MAX_RANK`].
     #[error("tensor {tensor:?} has {rank} dimensions; GGUF tensors have 1 to {MAX_RANK}")]
-    BadRank { tensor: String, rank: u32 },
+    BadRank {
+        /// The tensor name.
+        tensor: String,
+        /// The rank in the file.
+        rank: u32,
+    },
+    /// Invalid tensor dimensions (such as a zero dim, or a row not a whole number of blocks).
     #[error("tensor {tensor:?} has dims {dims:?}: {reason}")]
-    BadDims { tensor: String, dims: Vec<u64>, reason: String },
+    BadDims {
+        /// The tensor name.
+        tensor: String,
+        /// The dims, GGUF order.
+        dims: Vec<u64>,
+        /// What is wrong with them.
+        reason: String,
+    },
+    /// A tensor's element or byte count overflows u64.
     #[error("tensor {tensor:?} with dims {dims:?}: its {what} overflows")]
-    Overflow { tensor: String, dims: Vec<u64>, what: &'static str },
+    Overflow {
+        /// The tensor name.
+        tensor: String,
+        /// The dims, GGUF order.
+        dims: Vec<u64>,
+        /// Which count overflows.
+        what: &'static str,
+    },
+    /// A tensor's data offset is misaligned, outside the file or overlaps another tensor.
     #[error("tensor {tensor:?} ({n_bytes} bytes at offset {offset}): {reason}")]
-    BadTensorOffset { tensor: String, offset: u64, n_bytes: u64, reason: String },
+    BadTensorOffset {
+        /// The tensor name.
+        tensor: String,
+        /// The tensor's offset.
+        offset: u64,
+        /// The tensor's size, bytes.
+        n_bytes: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Two tensors have the same name.
     #[error("tensor name {tensor:?} appears twice")]
-    DuplicateTensor { tensor: String },
+    DuplicateTensor {
+        /// The tensor name.
+        tensor: String,
+    },
+    /// A string is not valid UTF-8.
     #[error("{what} at offset {offset} is not valid UTF-8")]
-    InvalidUtf8 { what: String, offset: u64 },
+    InvalidUtf8 {
+        /// What the string is.
+        what: String,
+        /// Byte offset of the string.
+        offset: u64,
+    },
+    /// Arrays nested deeper than [`MAX_ARRAY_DEPTH`].
     #[error("metadata {key:?} nests arrays {depth} deep; at most {MAX_ARRAY_DEPTH} levels are allowed")]
-    NestingTooDeep { key: String, depth: u32 },
+    NestingTooDeep {
+        /// The metadata key.
+        key: String,
+        /// The nesting depth reached.
+        depth: u32,
+    },
+    /// An empty metadata key or tensor name.
     #[error("{what} at offset {offset} is empty")]
-    EmptyName { what: String, offset: u64 },
+    EmptyName {
+        /// What the name is.
+        what: String,
+        /// Byte offset of the name.
+        offset: u64,
+    },
+    /// A bool value stored as a byte other than 0 or 1.
     #[error("metadata {key:?} at offset {offset} is a bool stored as {value}; only 0 and 1 are valid")]
-    BadBool { key: String, offset: u64, value: u8 },
+    BadBool {
+        /// The metadata key.
+        key: String,
+        /// Byte offset of the value.
+        offset: u64,
+        /// The byte found.
+        value: u8,
+    },
 }

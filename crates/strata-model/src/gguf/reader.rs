@@ -78,6 +78,7 @@ impl GgufFile {
         })
     }
 
+    /// The file's GGUF version (2 or 3).
     pub fn version(&self) -> u32 {
         self.version
     }
@@ -87,6 +88,7 @@ impl GgufFile {
         self.alignment
     }
 
+    /// The file's metadata, in file order.
     pub fn metadata(&self) -> &Metadata {
         &self.metadata
     }
@@ -96,6 +98,7 @@ impl GgufFile {
         &self.tensors
     }
 
+    /// The tensor with this name, if any.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.by_name.get(name).and_then(|&i| self.tensors.get(i))
     }
@@ -121,6 +124,7 @@ impl GgufFile {
         self.data_offset
     }
 
+    /// Size of the file, bytes.
     pub fn file_len(&self) -> u64 {
         self.bytes().len() as u64
     }

@@ -59,39 +59,73 @@ macro_rules! ggml_types {
 // ggml-common.h): e.g. q4_1 = f16 scale + f16 min + 16 bytes of nibbles per 32 elements;
 // the k-quants and most i-quants use 256-element super-blocks.
 ggml_types! {
+    /// `f32` (id 0): one 4-byte value per element.
     F32 = 0, "f32", 1, 4;
+    /// `f16` (id 1): one 2-byte value per element.
     F16 = 1, "f16", 1, 2;
+    /// `q4_0` (id 2): blocks of 32 elements in 18 bytes.
     Q4_0 = 2, "q4_0", 32, 18;
+    /// `q4_1` (id 3): blocks of 32 elements in 20 bytes.
     Q4_1 = 3, "q4_1", 32, 20;
+    /// `q5_0` (id 6): blocks of 32 elements in 22 bytes.
     Q5_0 = 6, "q5_0", 32, 22;
+    /// `q5_1` (id 7): blocks of 32 elements in 24 bytes.
     Q5_1 = 7, "q5_1", 32, 24;
+    /// `q8_0` (id 8): blocks of 32 elements in 34 bytes.
     Q8_0 = 8, "q8_0", 32, 34;
+    /// `q8_1` (id 9): blocks of 32 elements in 36 bytes.
     Q8_1 = 9, "q8_1", 32, 36;
+    /// `q2_K` (id 10): blocks of 256 elements in 84 bytes.
     Q2_K = 10, "q2_K", 256, 84;
+    /// `q3_K` (id 11): blocks of 256 elements in 110 bytes.
     Q3_K = 11, "q3_K", 256, 110;
+    /// `q4_K` (id 12): blocks of 256 elements in 144 bytes.
     Q4_K = 12, "q4_K", 256, 144;
+    /// `q5_K` (id 13): blocks of 256 elements in 176 bytes.
     Q5_K = 13, "q5_K", 256, 176;
+    /// `q6_K` (id 14): blocks of 256 elements in 210 bytes.
     Q6_K = 14, "q6_K", 256, 210;
+    /// `q8_K` (id 15): blocks of 256 elements in 292 bytes.
     Q8_K = 15, "q8_K", 256, 292;
+    /// `iq2_xxs` (id 16): blocks of 256 elements in 66 bytes.
     IQ2_XXS = 16, "iq2_xxs", 256, 66;
+    /// `iq2_xs` (id 17): blocks of 256 elements in 74 bytes.
     IQ2_XS = 17, "iq2_xs", 256, 74;
+    /// `iq3_xxs` (id 18): blocks of 256 elements in 98 bytes.
     IQ3_XXS = 18, "iq3_xxs", 256, 98;
+    /// `iq1_s` (id 19): blocks of 256 elements in 50 bytes.
     IQ1_S = 19, "iq1_s", 256, 50;
+    /// `iq4_nl` (id 20): blocks of 32 elements in 18 bytes.
     IQ4_NL = 20, "iq4_nl", 32, 18;
+    /// `iq3_s` (id 21): blocks of 256 elements in 110 bytes.
     IQ3_S = 21, "iq3_s", 256, 110;
+    /// `iq2_s` (id 22): blocks of 256 elements in 82 bytes.
     IQ2_S = 22, "iq2_s", 256, 82;
+    /// `iq4_xs` (id 23): blocks of 256 elements in 136 bytes.
     IQ4_XS = 23, "iq4_xs", 256, 136;
+    /// `i8` (id 24): one 1-byte value per element.
     I8 = 24, "i8", 1, 1;
+    /// `i16` (id 25): one 2-byte value per element.
     I16 = 25, "i16", 1, 2;
+    /// `i32` (id 26): one 4-byte value per element.
     I32 = 26, "i32", 1, 4;
+    /// `i64` (id 27): one 8-byte value per element.
     I64 = 27, "i64", 1, 8;
+    /// `f64` (id 28): one 8-byte value per element.
     F64 = 28, "f64", 1, 8;
+    /// `iq1_m` (id 29): blocks of 256 elements in 56 bytes.
     IQ1_M = 29, "iq1_m", 256, 56;
+    /// `bf16` (id 30): one 2-byte value per element.
     BF16 = 30, "bf16", 1, 2;
+    /// `tq1_0` (id 34): blocks of 256 elements in 54 bytes.
     TQ1_0 = 34, "tq1_0", 256, 54;
+    /// `tq2_0` (id 35): blocks of 256 elements in 66 bytes.
     TQ2_0 = 35, "tq2_0", 256, 66;
+    /// `mxfp4` (id 39): blocks of 32 elements in 17 bytes.
     MXFP4 = 39, "mxfp4", 32, 17;
+    /// `nvfp4` (id 40): blocks of 64 elements in 36 bytes.
     NVFP4 = 40, "nvfp4", 64, 36;
+    /// `q1_0` (id 41): blocks of 128 elements in 18 bytes.
     Q1_0 = 41, "q1_0", 128, 18;
 }
 
@@ -175,13 +209,16 @@ impl std::fmt::Display for GgmlType {
 /// One tensor of a GGUF file, as validated by the reader.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorInfo {
+    /// The tensor name.
     pub name: String,
+    /// The element type.
     pub ggml_type: GgmlType,
     /// GGUF order: `dims[0]` (ne0) is the number of elements per contiguous row. Rank 1..=4,
     /// every dim ≥ 1.
     pub dims: Vec<u64>,
     /// Absolute byte offset in the file (data section start + the tensor's relative offset).
     pub offset: u64,
+    /// Size of the tensor data, bytes.
     pub n_bytes: u64,
 }
 

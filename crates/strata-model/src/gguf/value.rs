@@ -8,18 +8,31 @@ use super::GgufError;
 /// One metadata value. Arrays hold values of one type (GGUF allows nested arrays).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// A u8 (GGUF value type 0).
     U8(u8),
+    /// An i8 (GGUF value type 1).
     I8(i8),
+    /// A u16 (GGUF value type 2).
     U16(u16),
+    /// An i16 (GGUF value type 3).
     I16(i16),
+    /// A u32 (GGUF value type 4).
     U32(u32),
+    /// An i32 (GGUF value type 5).
     I32(i32),
+    /// A u64 (GGUF value type 10).
     U64(u64),
+    /// An i64 (GGUF value type 11).
     I64(i64),
+    /// An f32 (GGUF value type 6).
     F32(f32),
+    /// An f64 (GGUF value type 12).
     F64(f64),
+    /// A bool, stored as one byte 0 or 1 (GGUF value type 7).
     Bool(bool),
+    /// A UTF-8 string (GGUF value type 8).
     String(String),
+    /// An array of values of one type (GGUF value type 9).
     Array(Vec<Value>),
 }
 
@@ -81,6 +94,7 @@ impl Value {
         }
     }
 
+    /// The string, if this is a string.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::String(s) => Some(s),
@@ -88,6 +102,7 @@ impl Value {
         }
     }
 
+    /// The bool, if this is a bool.
     pub fn as_bool(&self) -> Option<bool> {
         match *self {
             Value::Bool(b) => Some(b),
@@ -95,6 +110,7 @@ impl Value {
         }
     }
 
+    /// The elements, if this is an array.
     pub fn as_array(&self) -> Option<&[Value]> {
         match self {
             Value::Array(a) => Some(a),
@@ -137,6 +153,7 @@ pub struct Metadata {
 }
 
 impl Metadata {
+    /// Empty metadata.
     pub fn new() -> Self {
         Self::default()
     }
@@ -165,14 +182,17 @@ impl Metadata {
         }
     }
 
+    /// The value of `key`, if present.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.index.get(key).map(|&i| &self.entries[i].1)
     }
 
+    /// Number of keys.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// True when there are no keys.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -201,33 +221,40 @@ impl Metadata {
         self.get(key).map(|v| v.as_u64().ok_or_else(|| Self::wrong(key, v, "a non-negative integer"))).transpose()
     }
 
+    /// The number at `key`; an error when absent or not a number.
     pub fn f64(&self, key: &str) -> Result<f64, GgufError> {
         let v = self.required(key)?;
         v.as_f64().ok_or_else(|| Self::wrong(key, v, "a number"))
     }
 
+    /// The number at `key`, `None` when absent; an error when not a number.
     pub fn opt_f64(&self, key: &str) -> Result<Option<f64>, GgufError> {
         self.get(key).map(|v| v.as_f64().ok_or_else(|| Self::wrong(key, v, "a number"))).transpose()
     }
 
+    /// The string at `key`; an error when absent or not a string.
     pub fn str(&self, key: &str) -> Result<&str, GgufError> {
         let v = self.required(key)?;
         v.as_str().ok_or_else(|| Self::wrong(key, v, "a string"))
     }
 
+    /// The string at `key`, `None` when absent; an error when not a string.
     pub fn opt_str(&self, key: &str) -> Result<Option<&str>, GgufError> {
         self.get(key).map(|v| v.as_str().ok_or_else(|| Self::wrong(key, v, "a string"))).transpose()
     }
 
+    /// The bool at `key`, `None` when absent; an error when not a bool.
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>, GgufError> {
         self.get(key).map(|v| v.as_bool().ok_or_else(|| Self::wrong(key, v, "a bool"))).transpose()
     }
 
+    /// The array at `key`; an error when absent or not an array.
     pub fn array(&self, key: &str) -> Result<&[Value], GgufError> {
         let v = self.required(key)?;
         v.as_array().ok_or_else(|| Self::wrong(key, v, "an array"))
     }
 
+    /// The array at `key`, `None` when absent; an error when not an array.
     pub fn opt_array(&self, key: &str) -> Result<Option<&[Value]>, GgufError> {
         self.get(key).map(|v| v.as_array().ok_or_else(|| Self::wrong(key, v, "an array"))).transpose()
     }

@@ -48,10 +48,12 @@ impl GgufWriter {
         Self::default()
     }
 
+    /// The metadata to write.
     pub fn metadata(&self) -> &Metadata {
         &self.metadata
     }
 
+    /// The metadata to write, to add or change keys.
     pub fn metadata_mut(&mut self) -> &mut Metadata {
         &mut self.metadata
     }
@@ -88,6 +90,7 @@ impl GgufWriter {
         self.tensors.get(index).map_or(0, |t| t.n_bytes)
     }
 
+    /// Number of tensors added so far.
     pub fn tensor_count(&self) -> usize {
         self.tensors.len()
     }
