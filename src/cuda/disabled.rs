@@ -1,12 +1,12 @@
-//! Stand-in for the CUDA launchers in a build without the `cuda` feature: the same functions
-//! and signatures as `cuda/mod.rs`, each returning [`Error::CudaNotBuilt`], so code above can
+//! Stand-in for the CUDA module in a build without the `cuda` feature: the same functions
+//! and signatures as `cuda/mod.rs`, each returning [`crate::Error::CudaNotBuilt`], so code above can
 //! be written once and fall back to the CPU at run time.
 
 #![allow(clippy::too_many_arguments, unused_variables, clippy::missing_safety_doc)]
 
 use std::ffi::c_void;
 
-use crate::{DType, Error, Result, RopeLayout};
+use crate::DType;
 
 /// A device address (`CUdeviceptr`).
 pub type DevicePtr = u64;
@@ -26,156 +26,18 @@ pub fn status_name(code: i32) -> String {
     format!("CUDA status {code}")
 }
 
-pub unsafe fn dequantize_rows_f32(
-    dt: DType,
-    w: DevicePtr,
-    rows: usize,
-    cols: usize,
-    out: DevicePtr,
-    s: Stream,
-) -> Result<()> {
-    Err(Error::CudaNotBuilt)
+/// Expands the launcher list of `launchers.rs` to stubs that return [`crate::Error::CudaNotBuilt`]
+/// (their real bodies are dropped unread), with the same names, signatures and docs as in a
+/// `cuda` build.
+macro_rules! launchers {
+    ($($(#[$meta:meta])* pub unsafe fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> Result<()> $body:block)*) => {
+        $($(#[$meta])* pub unsafe fn $name($($arg: $ty),*) -> Result<()> {
+            let _ = ($($arg,)*);
+            Err($crate::Error::CudaNotBuilt)
+        })*
+    };
 }
 
-pub unsafe fn embedding_gather_f32(
-    dt: DType,
-    table: DevicePtr,
-    n_vocab: usize,
-    dim: usize,
-    ids: DevicePtr,
-    n_ids: usize,
-    out: DevicePtr,
-    s: Stream,
-) -> Result<()> {
-    Err(Error::CudaNotBuilt)
-}
-
-pub unsafe fn matvec_f32(
-    dt: DType,
-    w: DevicePtr,
-    rows: usize,
-    cols: usize,
-    x: DevicePtr,
-    y: DevicePtr,
-    s: Stream,
-) -> Result<()> {
-    Err(Error::CudaNotBuilt)
-}
-
-pub unsafe fn matmul_f32(
-    dt: DType,
-    w: DevicePtr,
-    rows: usize,
-    cols: usize,
-    x: DevicePtr,
-    n_tokens: usize,
-    y: DevicePtr,
-    s: Stream,
-) -> Result<()> {
-    Err(Error::CudaNotBuilt)
-}
-
-pub unsafe fn rmsnorm_f32(
-    x: DevicePtr,
-    weight: DevicePtr,
-    n_rows: usize,
-    dim: usize,
-    eps: f32,
-    out: DevicePtr,
-    s: Stream,
-) -> Result<()> {
-    Err(Error::CudaNotBuilt)
-}
-
-pub unsafe fn rope_f32(
-    x: DevicePtr,
-    n_tokens: usize,
-    n_heads: usize,
-    head_dim: usize,
-    positions: DevicePtr,
-    n_rot: usize,
-    freq_base: f32,
-    freq_scale: f32,
-    freq_factors: Option<DevicePtr>,
-    layout: RopeLayout,
-    s: Stream,
-) -> Result<()> {
-    Err(Error::CudaNotBuilt)
-}
-
-pub unsafe fn attention_decode_f32(
-    q: DevicePtr,
-    cache: DType,
-    k_cache: DevicePtr,
-    v_cache: DevicePtr,
-    n_heads: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
-    n_kv: usize,
-    scale: f32,
-    out: DevicePtr,
-    s: Stream,
-) -> Result<()> {
-    Err(Error::CudaNotBuilt)
-}
-
-pub unsafe fn attention_prefill_f32(
-    q: DevicePtr,
-    n_tokens: usize,
-    pos0: usize,
-    cache: DType,
-    k_cache: DevicePtr,
-    v_cache: DevicePtr,
-    n_heads: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
-    scale: f32,
-    out: DevicePtr,
-    s: Stream,
-) -> Result<()> {
-    Err(Error::CudaNotBuilt)
-}
-
-pub unsafe fn kv_append_f32(
-    src: DevicePtr,
-    n_tokens: usize,
-    row_len: usize,
-    positions: DevicePtr,
-    cache: DType,
-    cache_ptr: DevicePtr,
-    cache_rows: usize,
-    s: Stream,
-) -> Result<()> {
-    Err(Error::CudaNotBuilt)
-}
-
-pub unsafe fn silu_mul_f32(gate: DevicePtr, up: DevicePtr, n: usize, out: DevicePtr, s: Stream) -> Result<()> {
-    Err(Error::CudaNotBuilt)
-}
-
-pub unsafe fn add_f32(a: DevicePtr, b: DevicePtr, n: usize, out: DevicePtr, s: Stream) -> Result<()> {
-    Err(Error::CudaNotBuilt)
-}
-
-pub unsafe fn add_bias_f32(
-    x: DevicePtr,
-    bias: DevicePtr,
-    rows: usize,
-    cols: usize,
-    out: DevicePtr,
-    s: Stream,
-) -> Result<()> {
-    Err(Error::CudaNotBuilt)
-}
-
-pub unsafe fn scale_f32(x: DevicePtr, factor: f32, n: usize, out: DevicePtr, s: Stream) -> Result<()> {
-    Err(Error::CudaNotBuilt)
-}
-
-pub unsafe fn softmax_rows_f32(x: DevicePtr, rows: usize, cols: usize, out: DevicePtr, s: Stream) -> Result<()> {
-    Err(Error::CudaNotBuilt)
-}
-
-pub unsafe fn argmax_rows_f32(x: DevicePtr, rows: usize, cols: usize, out: DevicePtr, s: Stream) -> Result<()> {
-    Err(Error::CudaNotBuilt)
-}
+#[path = "launchers.rs"]
+mod launchers;
+pub use launchers::*;

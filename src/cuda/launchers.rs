@@ -1,0 +1,398 @@
+//! Every CUDA launcher, declared once: `launchers!` expands this list to the real FFI calls in
+//! a `cuda` build (`mod.rs`) and to stubs returning [`crate::Error::CudaNotBuilt`] without it
+//! (`disabled.rs`), whose bodies are then never compiled. A new launcher is one entry here.
+
+// The signatures mirror the C launchers, which take many scalars.
+#![allow(clippy::too_many_arguments)]
+
+#[allow(unused_imports)]
+use super::*;
+#[allow(unused_imports)]
+use crate::{DType, Error, Result, RopeLayout};
+
+launchers! {
+    /// Dequantizes `rows` rows of `cols` values of `dt` at `w` into f32 at `out`.
+    ///
+    /// # Safety
+    /// `w` must address `rows * dt.row_bytes(cols)` readable bytes and `out` `rows * cols` f32 of
+    /// writable device memory in the current context, both alive until the work on `stream`
+    /// completes; `stream` must be a live stream of that context (or null).
+    ///
+    /// # Errors
+    /// Argument errors (sizes, dtype) and the launch status.
+    pub unsafe fn dequantize_rows_f32(
+        dt: DType,
+        w: DevicePtr,
+        rows: usize,
+        cols: usize,
+        out: DevicePtr,
+        s: Stream,
+    ) -> Result<()> {
+        const OP: &str = "dequantize_rows";
+        let wt = weight_dtype(OP, dt)?;
+        let (r, c) = (i64_of(OP, "rows", rows)?, i64_of(OP, "cols", cols)?);
+        // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+        check(OP, unsafe { ffi::strata_dequantize_rows_f32(wt, ptr(w), r, c, ptr_mut(out), stream(s)) })
+    }
+
+    /// Gathers rows `ids[t]` of a `n_vocab` x `dim` table into f32 at `out` (`n_ids` rows).
+    ///
+    /// # Safety
+    /// `table` must address `n_vocab * dt.row_bytes(dim)` bytes, `ids` `n_ids` i32 and `out`
+    /// `n_ids * dim` f32 of device memory, alive until the work on stream `s` completes.
+    ///
+    /// # Errors
+    /// Argument errors and the launch status.
+    pub unsafe fn embedding_gather_f32(
+        dt: DType,
+        table: DevicePtr,
+        n_vocab: usize,
+        dim: usize,
+        ids: DevicePtr,
+        n_ids: usize,
+        out: DevicePtr,
+        s: Stream,
+    ) -> Result<()> {
+        const OP: &str = "embedding_gather";
+        let wt = weight_dtype(OP, dt)?;
+        let (v, d, n) = (i64_of(OP, "n_vocab", n_vocab)?, i64_of(OP, "dim", dim)?, i64_of(OP, "n_ids", n_ids)?);
+        // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+        check(OP, unsafe { ffi::strata_embedding_gather_f32(wt, ptr(table), v, d, ptr(ids), n, ptr_mut(out), stream(s)) })
+    }
+
+    /// y = W x for a `rows` x `cols` matrix of `dt`.
+    ///
+    /// # Safety
+    /// `w` must address `rows * dt.row_bytes(cols)` bytes, `x` `cols` f32 and `y` `rows` f32 of
+    /// device memory, alive until the work on stream `s` completes; `y` must not overlap `x`.
+    ///
+    /// # Errors
+    /// Argument errors and the launch status.
+    pub unsafe fn matvec_f32(
+        dt: DType,
+        w: DevicePtr,
+        rows: usize,
+        cols: usize,
+        x: DevicePtr,
+        y: DevicePtr,
+        s: Stream,
+    ) -> Result<()> {
+        const OP: &str = "matvec";
+        let wt = weight_dtype(OP, dt)?;
+        let (r, c) = (i64_of(OP, "rows", rows)?, i64_of(OP, "cols", cols)?);
+        // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+        check(OP, unsafe { ffi::strata_matvec_f32(wt, ptr(w), r, c, ptr(x), ptr_mut(y), stream(s)) })
+    }
+
+    /// Y = X W^T for `n_tokens` rows of X.
+    ///
+    /// # Safety
+    /// `w` must address `rows * dt.row_bytes(cols)` bytes, `x` `n_tokens * cols` f32 and `y`
+    /// `n_tokens * rows` f32 of device memory, alive until the work on stream `s` completes;
+    /// `y` must not overlap `x`.
+    ///
+    /// # Errors
+    /// Argument errors and the launch status.
+    pub unsafe fn matmul_f32(
+        dt: DType,
+        w: DevicePtr,
+        rows: usize,
+        cols: usize,
+        x: DevicePtr,
+        n_tokens: usize,
+        y: DevicePtr,
+        s: Stream,
+    ) -> Result<()> {
+        const OP: &str = "matmul";
+        let wt = weight_dtype(OP, dt)?;
+        let (r, c, t) = (i64_of(OP, "rows", rows)?, i64_of(OP, "cols", cols)?, i64_of(OP, "n_tokens", n_tokens)?);
+        // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+        check(OP, unsafe { ffi::strata_matmul_f32(wt, ptr(w), r, c, ptr(x), t, ptr_mut(y), stream(s)) })
+    }
+
+    /// RMS norm of `n_rows` rows of `dim` values (`out` may equal `x`).
+    ///
+    /// # Safety
+    /// `x` and `out` must address `n_rows * dim` f32 and `weight` `dim` f32 of device memory,
+    /// alive until the work on stream `s` completes.
+    ///
+    /// # Errors
+    /// Argument errors and the launch status.
+    pub unsafe fn rmsnorm_f32(
+        x: DevicePtr,
+        weight: DevicePtr,
+        n_rows: usize,
+        dim: usize,
+        eps: f32,
+        out: DevicePtr,
+        s: Stream,
+    ) -> Result<()> {
+        const OP: &str = "rmsnorm";
+        let (n, d) = (i64_of(OP, "n_rows", n_rows)?, i64_of(OP, "dim", dim)?);
+        // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+        check(OP, unsafe { ffi::strata_rmsnorm_f32(ptr(x), ptr(weight), n, d, eps, ptr_mut(out), stream(s)) })
+    }
+
+    /// RoPE in place on x[n_tokens][n_heads][head_dim].
+    ///
+    /// # Safety
+    /// `x` must address `n_tokens * n_heads * head_dim` f32, `positions` `n_tokens` i32 and
+    /// `freq_factors`, if given, `n_rot / 2` f32 of device memory, alive until the work on stream
+    /// `s` completes.
+    ///
+    /// # Errors
+    /// Argument errors and the launch status.
+    pub unsafe fn rope_f32(
+        x: DevicePtr,
+        n_tokens: usize,
+        n_heads: usize,
+        head_dim: usize,
+        positions: DevicePtr,
+        n_rot: usize,
+        freq_base: f32,
+        freq_scale: f32,
+        freq_factors: Option<DevicePtr>,
+        layout: RopeLayout,
+        s: Stream,
+    ) -> Result<()> {
+        const OP: &str = "rope";
+        let (t, h, d, r) = (
+            i64_of(OP, "n_tokens", n_tokens)?,
+            i64_of(OP, "n_heads", n_heads)?,
+            i64_of(OP, "head_dim", head_dim)?,
+            i64_of(OP, "n_rot", n_rot)?,
+        );
+        // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+        check(OP, unsafe {
+            ffi::strata_rope_f32(
+                ptr_mut(x),
+                t,
+                h,
+                d,
+                ptr(positions),
+                r,
+                freq_base,
+                freq_scale,
+                freq_factors.map_or(std::ptr::null(), ptr),
+                rope_layout(layout),
+                stream(s),
+            )
+        })
+    }
+
+    /// Decode attention over cache rows 0..n_kv.
+    ///
+    /// # Safety
+    /// `q` and `out` must address `n_heads * head_dim` f32; `k_cache` and `v_cache` at least
+    /// `n_kv * n_kv_heads * head_dim` elements of `cache` type; all device memory alive until the
+    /// work on stream `s` completes.
+    ///
+    /// # Errors
+    /// Argument errors and the launch status.
+    pub unsafe fn attention_decode_f32(
+        q: DevicePtr,
+        cache: DType,
+        k_cache: DevicePtr,
+        v_cache: DevicePtr,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        n_kv: usize,
+        scale: f32,
+        out: DevicePtr,
+        s: Stream,
+    ) -> Result<()> {
+        const OP: &str = "attention_decode";
+        let (h, kvh, d, n) = (
+            i64_of(OP, "n_heads", n_heads)?,
+            i64_of(OP, "n_kv_heads", n_kv_heads)?,
+            i64_of(OP, "head_dim", head_dim)?,
+            i64_of(OP, "n_kv", n_kv)?,
+        );
+        // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+        check(OP, unsafe {
+            ffi::strata_attention_decode_f32(
+                ptr(q),
+                dtype(cache),
+                ptr(k_cache),
+                ptr(v_cache),
+                h,
+                kvh,
+                d,
+                n,
+                scale,
+                ptr_mut(out),
+                stream(s),
+            )
+        })
+    }
+
+    /// Prefill attention: token t attends cache rows 0..=pos0+t.
+    ///
+    /// # Safety
+    /// `q` and `out` must address `n_tokens * n_heads * head_dim` f32; `k_cache` and `v_cache` at
+    /// least `(pos0 + n_tokens) * n_kv_heads * head_dim` elements of `cache` type; all device
+    /// memory alive until the work on stream `s` completes.
+    ///
+    /// # Errors
+    /// Argument errors and the launch status.
+    pub unsafe fn attention_prefill_f32(
+        q: DevicePtr,
+        n_tokens: usize,
+        pos0: usize,
+        cache: DType,
+        k_cache: DevicePtr,
+        v_cache: DevicePtr,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        scale: f32,
+        out: DevicePtr,
+        s: Stream,
+    ) -> Result<()> {
+        const OP: &str = "attention_prefill";
+        let (t, p, h, kvh, d) = (
+            i64_of(OP, "n_tokens", n_tokens)?,
+            i64_of(OP, "pos0", pos0)?,
+            i64_of(OP, "n_heads", n_heads)?,
+            i64_of(OP, "n_kv_heads", n_kv_heads)?,
+            i64_of(OP, "head_dim", head_dim)?,
+        );
+        // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+        check(OP, unsafe {
+            ffi::strata_attention_prefill_f32(
+                ptr(q),
+                t,
+                p,
+                dtype(cache),
+                ptr(k_cache),
+                ptr(v_cache),
+                h,
+                kvh,
+                d,
+                scale,
+                ptr_mut(out),
+                stream(s),
+            )
+        })
+    }
+
+    /// Writes `n_tokens` rows of `row_len` f32 into cache rows `positions[t]`, converted to `cache`.
+    ///
+    /// # Safety
+    /// `src` must address `n_tokens * row_len` f32, `positions` `n_tokens` i32 and `cache_ptr`
+    /// `cache_rows * row_len` elements of `cache` type of device memory, alive until the work on
+    /// stream `s` completes.
+    ///
+    /// # Errors
+    /// Argument errors and the launch status.
+    pub unsafe fn kv_append_f32(
+        src: DevicePtr,
+        n_tokens: usize,
+        row_len: usize,
+        positions: DevicePtr,
+        cache: DType,
+        cache_ptr: DevicePtr,
+        cache_rows: usize,
+        s: Stream,
+    ) -> Result<()> {
+        const OP: &str = "kv_append";
+        let (t, r, c) =
+            (i64_of(OP, "n_tokens", n_tokens)?, i64_of(OP, "row_len", row_len)?, i64_of(OP, "cache_rows", cache_rows)?);
+        // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+        check(OP, unsafe {
+            ffi::strata_kv_append_f32(ptr(src), t, r, ptr(positions), dtype(cache), ptr_mut(cache_ptr), c, stream(s))
+        })
+    }
+
+    /// out = silu(gate) * up over `n` values (`out` may equal either input).
+    ///
+    /// # Safety
+    /// All three must address `n` f32 of device memory, alive until the work on stream `s`
+    /// completes.
+    ///
+    /// # Errors
+    /// Argument errors and the launch status.
+    pub unsafe fn silu_mul_f32(gate: DevicePtr, up: DevicePtr, n: usize, out: DevicePtr, s: Stream) -> Result<()> {
+        let n = i64_of("silu_mul", "n", n)?;
+        // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+        check("silu_mul", unsafe { ffi::strata_silu_mul_f32(ptr(gate), ptr(up), n, ptr_mut(out), stream(s)) })
+    }
+
+    /// out[r][c] = x[r][c] + bias[c] for x [rows, cols] (`out` may equal `x`).
+    ///
+    /// # Safety
+    /// `x` and `out` must address rows × cols f32 and `bias` cols f32 of device memory, alive
+    /// until the work on stream `s` completes.
+    ///
+    /// # Errors
+    /// Argument errors and the launch status.
+    pub unsafe fn add_bias_f32(
+        x: DevicePtr,
+        bias: DevicePtr,
+        rows: usize,
+        cols: usize,
+        out: DevicePtr,
+        s: Stream,
+    ) -> Result<()> {
+        const OP: &str = "add_bias";
+        let (r, c) = (i64_of(OP, "rows", rows)?, i64_of(OP, "cols", cols)?);
+        // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+        check(OP, unsafe { ffi::strata_add_bias_f32(ptr(x), ptr(bias), r, c, ptr_mut(out), stream(s)) })
+    }
+
+    /// out = a + b over `n` values (`out` may equal either input).
+    ///
+    /// # Safety
+    /// All three must address `n` f32 of device memory, alive until the work on stream `s`
+    /// completes.
+    ///
+    /// # Errors
+    /// Argument errors and the launch status.
+    pub unsafe fn add_f32(a: DevicePtr, b: DevicePtr, n: usize, out: DevicePtr, s: Stream) -> Result<()> {
+        let n = i64_of("add", "n", n)?;
+        // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+        check("add", unsafe { ffi::strata_add_f32(ptr(a), ptr(b), n, ptr_mut(out), stream(s)) })
+    }
+
+    /// out = x * factor over `n` values (`out` may equal `x`).
+    ///
+    /// # Safety
+    /// Both must address `n` f32 of device memory, alive until the work on stream `s` completes.
+    ///
+    /// # Errors
+    /// Argument errors and the launch status.
+    pub unsafe fn scale_f32(x: DevicePtr, factor: f32, n: usize, out: DevicePtr, s: Stream) -> Result<()> {
+        let n = i64_of("scale", "n", n)?;
+        // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+        check("scale", unsafe { ffi::strata_scale_f32(ptr(x), factor, n, ptr_mut(out), stream(s)) })
+    }
+
+    /// Row-wise softmax of x[rows][cols] (`out` may equal `x`).
+    ///
+    /// # Safety
+    /// Both must address `rows * cols` f32 of device memory, alive until the work on stream `s`
+    /// completes.
+    ///
+    /// # Errors
+    /// Argument errors and the launch status.
+    pub unsafe fn softmax_rows_f32(x: DevicePtr, rows: usize, cols: usize, out: DevicePtr, s: Stream) -> Result<()> {
+        let (r, c) = (i64_of("softmax_rows", "rows", rows)?, i64_of("softmax_rows", "cols", cols)?);
+        // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+        check("softmax_rows", unsafe { ffi::strata_softmax_rows_f32(ptr(x), r, c, ptr_mut(out), stream(s)) })
+    }
+
+    /// Row-wise argmax of x[rows][cols] into `rows` i32.
+    ///
+    /// # Safety
+    /// `x` must address `rows * cols` f32 and `out` `rows` i32 of device memory, alive until the
+    /// work on stream `s` completes.
+    ///
+    /// # Errors
+    /// Argument errors and the launch status.
+    pub unsafe fn argmax_rows_f32(x: DevicePtr, rows: usize, cols: usize, out: DevicePtr, s: Stream) -> Result<()> {
+        let (r, c) = (i64_of("argmax_rows", "rows", rows)?, i64_of("argmax_rows", "cols", cols)?);
+        // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+        check("argmax_rows", unsafe { ffi::strata_argmax_rows_f32(ptr(x), r, c, ptr_mut(out), stream(s)) })
+    }
+}
