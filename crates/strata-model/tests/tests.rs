@@ -1,6 +1,7 @@
 //! strata-model's integration tests: one binary, a module per area.
 //!
 //! - `arch`: qwen2/qwen3 models derived from the default model against it, strict files;
+//! - `arch_reference`: Gemma 3 and derived qwen2/qwen3 models against llama.cpp and float64;
 //! - `chat`: chat templates (the model's, ChatML) and their errors;
 //! - `engine`: the Engine against the session it wraps, its CPU path, its refusals;
 //! - `f64_oracle`: the exact CPU path against a float64 forward pass of the default model;
@@ -13,6 +14,7 @@
 //!   decode, a SentencePiece vocabulary.
 
 mod arch;
+mod arch_reference;
 mod chat;
 mod cpu_paths;
 mod engine;
