@@ -1,12 +1,15 @@
-//! Hugging Face llama checkpoints: a directory with `config.json`, the weights in
+//! Hugging Face checkpoints of llama, mistral, qwen2 and qwen3 models: a directory with
+//! `config.json`, the weights in
 //! safetensors (f32, f16 or bf16; one `model.safetensors` or shards listed by
 //! `model.safetensors.index.json`) and `tokenizer.json` (with `tokenizer_config.json` and a
 //! chat template when present).
 //!
-//! HF llama weights are `[out, in]` row-major, which is strata's `[rows, cols]`, so the
-//! matrices are used as stored (zero-copy views of the memory map where aligned). The q/k
-//! rows are *not* permuted to GGUF's adjacent-pair RoPE order: the config says
-//! [`strata_tensor::RopeLayout::HalfSplit`] and the rope op rotates the two halves instead.
+//! HF weights are `[out, in]` row-major, which is strata's `[rows, cols]`, so the matrices
+//! are used as stored (zero-copy views of the memory map where aligned). The q/k rows are
+//! *not* permuted to GGUF's adjacent-pair RoPE order (llama.cpp's converter does that for
+//! llama and mistral only): the config says [`strata_tensor::RopeLayout::HalfSplit`] and the
+//! rope op rotates the two halves instead. qwen2's Q/K/V biases and qwen3's per-head Q/K norms
+//! are read by their HF names (`self_attn.q_proj.bias`, `self_attn.q_norm.weight`, …).
 //! The tokenizer is described as GGUF metadata ([`tokenizer_metadata`]) so one tokenizer and
 //! chat template implementation serves both formats.
 //!
@@ -22,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value as Json;
 
+pub(crate) use shards::hf_layer_tensor;
 pub use shards::{INDEX_FILE, MAX_HEADER_BYTES, SINGLE_FILE};
 pub use tokenizer::tokenizer_metadata;
 

@@ -46,11 +46,11 @@ fn gguf_model(p: &Preset, dtype: DType) -> Arc<Model> {
 }
 
 /// One tensor to write: name, safetensors dtype, shape, little-endian bytes.
-struct St {
-    name: String,
-    dtype: &'static str,
-    shape: Vec<usize>,
-    data: Vec<u8>,
+pub(crate) struct St {
+    pub name: String,
+    pub dtype: &'static str,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
 }
 
 fn st_dtype(d: DType) -> &'static str {
@@ -142,15 +142,13 @@ fn hf_tensors(model: &Model, dtype: DType, norm_dtype: DType) -> Vec<St> {
     out
 }
 
-/// Writes a safetensors file with the tensors in the given order. `odd` puts a 1-byte U8
-/// tensor first, so that every other tensor starts at an odd address (not zero-copy).
-fn write_safetensors(path: &Path, tensors: &[St], odd: bool) {
-    let pad = St { name: "zz_pad".into(), dtype: "U8", shape: vec![1], data: vec![0] };
-    let all: Vec<&St> = if odd { std::iter::once(&pad).chain(tensors).collect() } else { tensors.iter().collect() };
+/// Writes a safetensors file with the tensors in the given order. `odd` pads the header to an
+/// odd length, so that every tensor starts at an odd address (not zero-copy).
+pub(crate) fn write_safetensors(path: &Path, tensors: &[St], odd: bool) {
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), json!({"format": "pt"}));
     let mut offset = 0;
-    for t in &all {
+    for t in tensors {
         header.insert(
             t.name.clone(),
             json!({"dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, offset + t.data.len()]}),
@@ -158,10 +156,10 @@ fn write_safetensors(path: &Path, tensors: &[St], odd: bool) {
         offset += t.data.len();
     }
     let mut h = serde_json::to_vec(&Value::Object(header)).expect("json");
-    h.resize(h.len().next_multiple_of(8), b' ');
+    h.resize(h.len().next_multiple_of(8) + odd as usize, b' ');
     let mut file = (h.len() as u64).to_le_bytes().to_vec();
     file.extend_from_slice(&h);
-    for t in &all {
+    for t in tensors {
         file.extend_from_slice(&t.data);
     }
     std::fs::write(path, file).expect("write safetensors");
@@ -190,12 +188,14 @@ fn hf_config(p: &Preset) -> Value {
     })
 }
 
-/// tokenizer.json and tokenizer_config.json for the synthetic vocabulary: byte-level BPE
-/// without merges, the three specials as added tokens, fillers as ordinary tokens.
-fn write_tokenizer(dir: &Path, model: &Model) {
+/// tokenizer.json and tokenizer_config.json for a GGUF model's vocabulary: byte-level BPE
+/// with its merges and `pre_tokenizer`, control tokens as added tokens, the others as ordinary
+/// tokens; BOS/EOS and the chat template from its metadata.
+pub(crate) fn write_tokenizer_with(dir: &Path, model: &Model, pre_tokenizer: Value) {
     let md = model.metadata();
     let tokens = md.str_array("tokenizer.ggml.tokens").expect("tokens");
     let types = md.array("tokenizer.ggml.token_type").expect("types");
+    let merges = md.str_array("tokenizer.ggml.merges").unwrap_or_default();
     let mut vocab = serde_json::Map::new();
     let mut added = Vec::new();
     for (i, (t, ty)) in tokens.iter().zip(types).enumerate() {
@@ -210,17 +210,27 @@ fn write_tokenizer(dir: &Path, model: &Model) {
         "version": "1.0",
         "added_tokens": added,
         "normalizer": null,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "pre_tokenizer": pre_tokenizer,
         "post_processor": null,
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
         "model": {"type": "BPE", "dropout": null, "unk_token": null, "byte_fallback": false, "vocab": vocab,
-                  "merges": []}
+                  "merges": merges}
     });
     std::fs::write(dir.join("tokenizer.json"), tj.to_string()).expect("write tokenizer.json");
+    let token = |key: &str| {
+        let id = md.opt_u64(key).expect("id").expect("special token id") as usize;
+        tokens[id].to_string()
+    };
     let template = md.str("tokenizer.chat_template").expect("template");
-    let tc = json!({"add_bos_token": false, "bos_token": "<|im_start|>", "eos_token": {"content": "<|im_end|>"},
-                    "chat_template": template});
+    let tc = json!({"add_bos_token": false, "bos_token": token("tokenizer.ggml.bos_token_id"),
+                    "eos_token": {"content": token("tokenizer.ggml.eos_token_id")}, "chat_template": template});
     std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).expect("write tokenizer_config.json");
+}
+
+/// [`write_tokenizer_with`] and the GPT-2 pre-tokenizer (byte level alone).
+fn write_tokenizer(dir: &Path, model: &Model) {
+    let pre = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    write_tokenizer_with(dir, model, pre);
 }
 
 /// Layout of the checkpoint's weights.
@@ -266,7 +276,7 @@ fn logits(model: &Arc<Model>) -> Vec<f32> {
 }
 
 /// Max |a - b| over max |a|, with where it happened.
-fn rel_err(want: &[f32], got: &[f32]) -> (f32, usize) {
+pub(crate) fn rel_err(want: &[f32], got: &[f32]) -> (f32, usize) {
     assert_eq!(want.len(), got.len());
     let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
     let (i, d) = want
@@ -492,16 +502,31 @@ fn safetensors_unsupported_configs_are_named_errors() {
         (
             "other architecture",
             Box::new(|c| {
+                c.insert("model_type".into(), json!("gemma3"));
+            }),
+            &["model_type", "gemma3", "qwen3"],
+        ),
+        (
+            "a llama checkpoint labelled qwen2 (no biases)",
+            Box::new(|c| {
                 c.insert("model_type".into(), json!("qwen2"));
             }),
-            &["model_type", "qwen2"],
+            &["model.layers.0.self_attn.q_proj.bias", "missing"],
+        ),
+        (
+            "a llama checkpoint labelled qwen3 (no Q/K norms)",
+            Box::new(|c| {
+                c.insert("model_type".into(), json!("qwen3"));
+            }),
+            &["model.layers.0.self_attn.q_norm.weight", "missing"],
         ),
         (
             "heads do not divide",
             Box::new(|c| {
                 c.insert("num_attention_heads".into(), json!(5));
+                c.remove("head_dim");
             }),
-            &["num_attention_heads = 5"],
+            &["num_attention_heads = 5", "hidden_size = 64"],
         ),
         (
             "kv heads do not divide",
@@ -511,11 +536,26 @@ fn safetensors_unsupported_configs_are_named_errors() {
             &["num_key_value_heads = 3"],
         ),
         (
-            "head_dim differs",
+            "head_dim that does not match the tensors",
             Box::new(|c| {
                 c.insert("head_dim".into(), json!(32));
             }),
-            &["head_dim = 32"],
+            &["model.layers.0.self_attn.q_proj.weight", "[64, 64]", "[128, 64]"],
+        ),
+        (
+            "FFN size that does not match the tensors",
+            Box::new(|c| {
+                c.insert("intermediate_size".into(), json!(128));
+            }),
+            &["model.layers.0.mlp.gate_proj.weight", "[96, 64]", "[128, 64]"],
+        ),
+        (
+            "biases where llama has none",
+            Box::new(|c| {
+                c.insert("attention_bias".into(), json!(true));
+                c.insert("model_type".into(), json!("qwen3"));
+            }),
+            &["attention_bias", "qwen3"],
         ),
         (
             "no hidden_size",
@@ -606,6 +646,41 @@ fn safetensors_unsupported_configs_are_named_errors() {
         assert!((a - b).abs() <= 1e-6 * b, "factor {i}: {a} vs the converter's {b}");
     }
     assert_eq!(ours.len(), want.len());
+}
+
+/// Strict checkpoints: every tensor is read by the architecture or refused by name (a qwen2
+/// bias in a llama checkpoint, a layer past `num_hidden_layers`, an `lm_head` beside tied
+/// embeddings, a stray tensor); only `rotary_emb.inv_freq` is skipped, as llama.cpp skips it.
+#[test]
+fn safetensors_unused_tensors_are_refused_by_name() {
+    let f32s = |name: &str, n: usize| St { name: name.into(), dtype: "F32", shape: vec![n], data: vec![0; 4 * n] };
+    let m = broken(|d| rewrite_tensors(d, |t| t.push(f32s("model.layers.1.self_attn.q_proj.bias", 64))));
+    expect_err(
+        "a qwen2 bias in a llama checkpoint",
+        &m,
+        &["model.layers.1.self_attn.q_proj.bias", "\"llama\"", "qwen2"],
+    );
+    let m = broken(|d| rewrite_tensors(d, |t| t.push(f32s("model.layers.2.input_layernorm.weight", 64))));
+    expect_err(
+        "a layer past num_hidden_layers",
+        &m,
+        &["model.layers.2.input_layernorm.weight", "num_hidden_layers is 2"],
+    );
+    let m = broken(|d| rewrite_tensors(d, |t| t.push(f32s("model.vision_tower.weight", 8))));
+    expect_err("a stray tensor", &m, &["model.vision_tower.weight", "model.safetensors", "not used"]);
+    let m = broken(|d| {
+        edit_config(d, |c| {
+            c.insert("tie_word_embeddings".into(), json!(true));
+        })
+    });
+    expect_err("lm_head beside tied embeddings", &m, &["lm_head.weight", "tie_word_embeddings"]);
+
+    let p = preset(false);
+    let gguf = gguf_model(&p, DType::F32);
+    let dir = write_checkpoint(&gguf, &p, DType::F32, DType::F32, Files::Single { odd: false });
+    rewrite_tensors(dir.path(), |t| t.push(f32s("model.layers.0.self_attn.rotary_emb.inv_freq", 8)));
+    let hf = Arc::new(Model::load(dir.path()).expect("inv_freq is skipped"));
+    assert_close("with a skipped inv_freq", &logits(&gguf), &logits(&hf), STRICT);
 }
 
 #[test]

@@ -82,3 +82,26 @@ pub fn with_rope_freqs(src: &strata_model::gguf::GgufFile, values: &[f32]) -> Ve
     })
     .expect("write")
 }
+
+/// The default model's GGUF file cut to its first `layers` layers (`block_count` and the
+/// tensors), in memory; `None` after counting the test as skipped (see [`model_path_or_skip`]).
+/// Real weights at a fraction of the cost, for tests about formats rather than depth.
+pub fn default_model_layers(layers: usize) -> Option<strata_model::gguf::GgufFile> {
+    use strata_model::gguf::{GgufFile, GgufWriter, Value};
+    let path = model_path_or_skip()?;
+    let src = GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let arch = src.metadata().str("general.architecture").expect("architecture").to_string();
+    let keep = |name: &str| match name.strip_prefix("blk.").and_then(|r| r.split_once('.')) {
+        Some((l, _)) => l.parse::<usize>().expect("layer") < layers,
+        None => true,
+    };
+    let kept: Vec<_> = src.tensors().iter().filter(|t| keep(&t.name)).collect();
+    let mut w = GgufWriter::new();
+    *w.metadata_mut() = src.metadata().clone();
+    w.metadata_mut().set(&format!("{arch}.block_count"), Value::U32(layers as u32));
+    for t in &kept {
+        w.add_tensor(&t.name, t.ggml_type, &t.dims).expect("tensor");
+    }
+    let bytes = w.to_bytes(|i, buf| buf.copy_from_slice(src.tensor_data(kept[i]))).expect("write");
+    Some(GgufFile::from_bytes(bytes).expect("parse"))
+}

@@ -9,6 +9,8 @@
 //! - `gguf_malformed`: malformed GGUF files and a mutation proptest. It installs a global
 //!   allocator for this binary that records the largest allocation per thread (a pass-through
 //!   to `System`), to show that absurd header counts are rejected without allocating;
+//! - `safetensors`, `safetensors_qwen`: HF checkpoints (llama; qwen2/qwen3 from the default
+//!   model) against the same weights in GGUF, and broken or unused-tensor checkpoints;
 //! - `sample`: the sampler's filters against an f64 reference distribution, seeds, greedy;
 //! - `tokenizer`: token ids against llama.cpp's (corpus, reference cases), BOS, EOG, streaming
 //!   decode, a SentencePiece vocabulary.
@@ -25,6 +27,7 @@ mod gpu;
 mod offload;
 mod reference;
 mod safetensors;
+mod safetensors_qwen;
 mod sample;
 mod support;
 mod tokenizer;

@@ -1,16 +1,33 @@
-//! The llama-family hyperparameters from a Hugging Face `config.json`, with the same checks as
-//! [`LlamaConfig::from_gguf`]: bounded counts, heads that divide the embedding, a supported
-//! RoPE scaling, and nothing llama-shaped that strata does not compute (biases, other
-//! activations, per-dimension RoPE frequencies). Errors name the key.
+//! The hyperparameters of a Hugging Face `config.json` (llama, mistral, qwen2, qwen3), with the
+//! same checks as [`LlamaConfig::from_gguf`]: bounded counts, heads that divide the embedding
+//! (or an explicit `head_dim`), a supported RoPE scaling, and nothing that strata does not
+//! compute for the architecture (biases where its table has none, other activations, partial
+//! rotary). Errors name the key.
+//!
+//! HF checkpoints of every one of these architectures rotate the two halves of each head
+//! (`rotate_half`): llama.cpp's converter permutes llama/mistral Q/K rows to adjacent pairs
+//! for GGUF and leaves qwen2/qwen3 rows as they are (their GGUF files use NEOX RoPE). strata
+//! reads HF rows unpermuted and rotates half-split pairs ([`RopeLayout::HalfSplit`]) for all.
 
 use serde_json::{Map, Value};
 use strata_tensor::RopeLayout;
 
-use crate::config::{LLAMA_FAMILY, LlamaConfig, MAX_CONTEXT, MAX_DIM, MAX_HEADS, MAX_LAYERS, MAX_VOCAB};
+use crate::arch::Role;
+use crate::config::{LlamaConfig, MAX_CONTEXT, MAX_DIM, MAX_HEADS, MAX_LAYERS, MAX_VOCAB};
 use crate::{Error, Result};
 
-/// `architectures` entries that are llama-shaped, with the architecture name strata uses.
-const HF_ARCHITECTURES: &[(&str, &str)] = &[("LlamaForCausalLM", "llama"), ("MistralForCausalLM", "mistral")];
+/// `architectures` entries strata reads from safetensors, with the architecture name strata
+/// uses (its `model_type`).
+const HF_ARCHITECTURES: &[(&str, &str)] = &[
+    ("LlamaForCausalLM", "llama"),
+    ("MistralForCausalLM", "mistral"),
+    ("Qwen2ForCausalLM", "qwen2"),
+    ("Qwen3ForCausalLM", "qwen3"),
+];
+
+/// The `model_type`s strata reads from safetensors (gemma3 is GGUF-only: its HF norms store
+/// `w - 1`, and its checkpoints name four norms per block differently).
+pub(crate) const HF_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
 
 /// A `config.json` object with key-naming getters.
 struct HfConfig<'a>(&'a Map<String, Value>);
@@ -35,7 +52,7 @@ impl HfConfig<'_> {
 
     fn count(&self, key: &str, max: u64) -> Result<usize> {
         self.opt_count(key, max)?
-            .ok_or_else(|| Error::model(format!("config.json has no {key}; it is needed to run a llama model")))
+            .ok_or_else(|| Error::model(format!("config.json has no {key}; it is needed to run the model")))
     }
 
     fn positive(&self, key: &str, default: f64) -> Result<f32> {
@@ -67,11 +84,12 @@ fn architecture(c: &HfConfig) -> Result<String> {
     };
     let from_archs = archs.iter().find_map(|a| HF_ARCHITECTURES.iter().find(|(hf, _)| hf == a).map(|(_, s)| *s));
     match (c.opt_str("model_type")?, from_archs) {
-        (Some(t), _) if LLAMA_FAMILY.contains(&t) => Ok(t.to_string()),
+        (Some(t), _) if HF_MODEL_TYPES.contains(&t) => Ok(t.to_string()),
         (None, Some(a)) => Ok(a.to_string()),
         (found, _) => Err(Error::model(format!(
-            "config.json model_type {found:?} (architectures {archs:?}) is not supported; strata runs the llama family: {}",
-            LLAMA_FAMILY.join(", ")
+            "config.json model_type {found:?} (architectures {archs:?}) is not supported from safetensors; strata \
+             reads: {}",
+            HF_MODEL_TYPES.join(", ")
         ))),
     }
 }
@@ -115,19 +133,22 @@ fn rope_scaling(c: &HfConfig, base: f32, n_rot: usize) -> Result<(f32, Option<Ve
     }
 }
 
-/// Features of the llama config class that change the computation and strata does not have.
-fn reject_unsupported(c: &HfConfig) -> Result<()> {
-    for key in ["attention_bias", "mlp_bias"] {
-        if c.opt_bool(key)? == Some(true) {
-            return Err(Error::model(format!("config.json {key} = true: biased projections are not supported")));
-        }
+/// Features of the config classes that change the computation and strata does not have for
+/// `arch`: biases its table entry lacks (qwen2's Q/K/V biases are always there: transformers
+/// has no switch for them), another activation, partial rotary.
+fn reject_unsupported(c: &HfConfig, arch: &str, spec: &crate::arch::ArchSpec) -> Result<()> {
+    if c.opt_bool("attention_bias")? == Some(true) && !spec.required.contains(&Role::QBias) {
+        return Err(Error::model(format!(
+            "config.json attention_bias = true: biased attention projections are not supported for {arch}"
+        )));
+    }
+    if c.opt_bool("mlp_bias")? == Some(true) {
+        return Err(Error::model("config.json mlp_bias = true: biased MLP projections are not supported"));
     }
     if let Some(act) = c.opt_str("hidden_act")?
         && act != "silu"
     {
-        return Err(Error::model(format!(
-            "config.json hidden_act = {act:?} is not supported (llama models use \"silu\")"
-        )));
+        return Err(Error::model(format!("config.json hidden_act = {act:?} is not supported ({arch} uses \"silu\")")));
     }
     if let Some(f) = c.get("partial_rotary_factor").and_then(Value::as_f64)
         && f != 1.0
@@ -138,10 +159,10 @@ fn reject_unsupported(c: &HfConfig) -> Result<()> {
 }
 
 impl LlamaConfig {
-    /// Reads and checks the hyperparameters of a Hugging Face llama `config.json`. `tied_output`
-    /// comes from `tie_word_embeddings` (default false, as in transformers). The RoPE layout is
-    /// [`RopeLayout::HalfSplit`]: HF checkpoints rotate the two halves of each head (GGUF files
-    /// have their q/k rows permuted to adjacent pairs instead).
+    /// Reads and checks the hyperparameters of a Hugging Face `config.json` of a llama, mistral,
+    /// qwen2 or qwen3 model. `tied_output` comes from `tie_word_embeddings` (default false, as in
+    /// transformers); the head size from `head_dim` when present (qwen3's differs from
+    /// hidden / heads). The RoPE layout is [`RopeLayout::HalfSplit`] (see the module doc).
     ///
     /// # Errors
     /// [`Error::Model`] naming the key at fault.
@@ -149,39 +170,43 @@ impl LlamaConfig {
         let obj = json.as_object().ok_or_else(|| Error::model("config.json is not a JSON object"))?;
         let c = HfConfig(obj);
         let arch = architecture(&c)?;
-        reject_unsupported(&c)?;
+        let spec = crate::config::arch_spec(&arch)?;
+        reject_unsupported(&c, &arch, spec)?;
         let n_layers = c.count("num_hidden_layers", MAX_LAYERS)?;
         let n_embd = c.count("hidden_size", MAX_DIM)?;
         let n_ff = c.count("intermediate_size", MAX_DIM * 4)?;
         let n_head = c.count("num_attention_heads", MAX_HEADS)?;
         let n_head_kv = c.opt_count("num_key_value_heads", MAX_HEADS)?.unwrap_or(n_head);
         let n_vocab = c.count("vocab_size", MAX_VOCAB)?;
-        if !n_embd.is_multiple_of(n_head) {
-            return Err(Error::model(format!(
-                "config.json num_attention_heads = {n_head} does not divide hidden_size = {n_embd}"
-            )));
-        }
+        let head_dim = match c.opt_count("head_dim", MAX_DIM)? {
+            Some(hd) => hd,
+            None if n_embd.is_multiple_of(n_head) => n_embd / n_head,
+            None => {
+                return Err(Error::model(format!(
+                    "config.json num_attention_heads = {n_head} does not divide hidden_size = {n_embd} (and there is \
+                     no head_dim)"
+                )));
+            }
+        };
         if !n_head.is_multiple_of(n_head_kv) {
             return Err(Error::model(format!(
                 "config.json num_key_value_heads = {n_head_kv} does not divide the {n_head} attention heads"
             )));
         }
-        let head_dim = n_embd / n_head;
-        if let Some(hd) = c.opt_count("head_dim", MAX_DIM)?
-            && hd != head_dim
-        {
-            return Err(Error::model(format!(
-                "config.json head_dim = {hd} differs from hidden_size / num_attention_heads = {head_dim}; \
-                 such models are not supported"
-            )));
-        }
+        let q_dim = n_head
+            .checked_mul(head_dim)
+            .filter(|&q| q as u64 <= MAX_DIM * 4)
+            .ok_or_else(|| Error::model(format!("config.json: {n_head} heads of head_dim {head_dim} are too wide")))?;
         if !head_dim.is_multiple_of(2) {
             return Err(Error::model(format!("the head size {head_dim} is odd; RoPE needs an even head size")));
         }
         let mut n_ctx_train = c.opt_count("max_position_embeddings", MAX_CONTEXT)?.unwrap_or(2048);
         // strata attends to the whole cache: past a sliding window the results would differ
-        // from the reference, so the window bounds the context this model offers.
-        if let Some(w) = c.opt_count("sliding_window", MAX_CONTEXT)?
+        // from the reference, so the window bounds the context this model offers. Qwen configs
+        // carry a `sliding_window` that applies only with `use_sliding_window` (false in the
+        // released models).
+        if c.opt_bool("use_sliding_window")? != Some(false)
+            && let Some(w) = c.opt_count("sliding_window", MAX_CONTEXT)?
             && w < n_ctx_train
         {
             log::info!("config.json sliding_window = {w}: using it as the training context");
@@ -189,12 +214,11 @@ impl LlamaConfig {
         }
         let rope_freq_base = c.positive("rope_theta", 10000.0)?;
         let (rope_freq_scale, rope_freq_factors) = rope_scaling(&c, rope_freq_base, head_dim)?;
-        let spec = crate::config::arch_spec(&arch)?;
         Ok(LlamaConfig {
             arch,
             spec,
             layer_roles: crate::config::layer_roles(spec, |_| false),
-            q_dim: n_embd,
+            q_dim,
             activation: spec.activation,
             embed_scale: None,
             attn_scale: 1.0 / (head_dim as f32).sqrt(),

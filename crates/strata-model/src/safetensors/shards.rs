@@ -1,6 +1,10 @@
 //! The safetensors files of a checkpoint (one `model.safetensors`, or the shards a
-//! `model.safetensors.index.json` names), memory-mapped and validated, and the llama weights
-//! viewed out of them.
+//! `model.safetensors.index.json` names), memory-mapped and validated, and the model's weights
+//! viewed out of them. As for GGUF, every tensor of the checkpoint must be one the architecture
+//! reads: a tensor nobody would read (a bias in a llama checkpoint, a layer past
+//! `num_hidden_layers`) is an error naming it. Only the RoPE inverse frequencies some older
+//! checkpoints store (`rotary_emb.inv_freq`, recomputed from `rope_theta`) are skipped, as
+//! llama.cpp's converter skips them.
 //!
 //! Files are untrusted: the header length is capped and checked against the file before any
 //! JSON is parsed, the `safetensors` crate then checks that the tensors' byte ranges tile the
@@ -9,7 +13,7 @@
 //! Tensors whose bytes are aligned for their element type are zero-copy views into the map;
 //! safetensors does not promise alignment, so the others are copied.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,7 +39,7 @@ pub const SINGLE_FILE: &str = "model.safetensors";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
 /// The HF name (after `model.layers.N.`) of a layer tensor.
-fn hf_layer_tensor(r: Role) -> &'static str {
+pub(crate) fn hf_layer_tensor(r: Role) -> &'static str {
     match r {
         Role::AttnNorm => "input_layernorm.weight",
         Role::Q => "self_attn.q_proj.weight",
@@ -245,11 +249,12 @@ impl Shards {
         Ok(Tensor::from_f32(&[n], values)?)
     }
 
-    /// Every weight of a llama checkpoint with the shapes `cfg` implies.
+    /// Every weight of the checkpoint with the shapes `cfg` implies.
     ///
     /// # Errors
-    /// A missing tensor, a wrong shape or an unsupported dtype, named.
+    /// A missing tensor, a wrong shape, an unsupported dtype or a tensor nobody reads, named.
     pub(super) fn weights(&self, cfg: &LlamaConfig) -> Result<ModelWeights> {
+        self.check_all_claimed(cfg)?;
         let (e, v) = (cfg.n_embd, cfg.n_vocab);
         let embedding = self.matrix("model.embed_tokens.weight", &[v, e])?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
@@ -276,4 +281,55 @@ impl Shards {
         };
         Ok(ModelWeights { embedding, layers, head: HeadWeights { norm, output } })
     }
+
+    /// Every tensor of every shard is read by `cfg`'s model (or is a skipped `inv_freq`).
+    fn check_all_claimed(&self, cfg: &LlamaConfig) -> Result<()> {
+        let mut claimed: HashSet<String> = ["model.embed_tokens.weight", "model.norm.weight"].map(String::from).into();
+        if !cfg.tied_output {
+            claimed.insert("lm_head.weight".into());
+        }
+        for l in 0..cfg.n_layers {
+            claimed.extend(cfg.layer_roles.iter().map(|&r| format!("model.layers.{l}.{}", hf_layer_tensor(r))));
+        }
+        let mut unclaimed: Vec<(&str, &str)> = self
+            .shards
+            .iter()
+            .flat_map(|s| s.tensors.keys().map(move |k| (k.as_str(), s.name.as_str())))
+            .filter(|(k, _)| !claimed.contains(*k) && !k.ends_with(".rotary_emb.inv_freq"))
+            .collect();
+        unclaimed.sort();
+        let Some(&(name, file)) = unclaimed.first() else { return Ok(()) };
+        let hint = if name == "lm_head.weight" {
+            " (config.json tie_word_embeddings is true, so the output head is the token embedding)".to_string()
+        } else if let Some(l) = layer_of(name)
+            && l >= cfg.n_layers
+        {
+            format!(" (config.json num_hidden_layers is {})", cfg.n_layers)
+        } else {
+            let known: Vec<&str> = crate::arch::ARCHS
+                .iter()
+                .filter(|a| a.required.iter().chain(a.optional).any(|&r| name.ends_with(hf_layer_tensor(r))))
+                .map(|a| a.name)
+                .collect();
+            if known.is_empty() {
+                String::new()
+            } else {
+                format!(" (architectures with such a tensor: {}; is config.json's model_type right?)", known.join(", "))
+            }
+        };
+        let more = match unclaimed.len() {
+            1 => String::new(),
+            n => format!(" ({} more unused tensors)", n - 1),
+        };
+        Err(Error::model(format!(
+            "tensor {name} in {file} is not used by architecture {:?}{hint}{more}; refusing to run a model that \
+             would silently ignore it",
+            cfg.arch
+        )))
+    }
+}
+
+/// The layer index of a `model.layers.N.…` name.
+fn layer_of(name: &str) -> Option<usize> {
+    name.strip_prefix("model.layers.")?.split_once('.')?.0.parse().ok()
 }

@@ -6,7 +6,7 @@
 //! The keys written are the ones `convert_hf_to_gguf.py` writes:
 //! - byte-level BPE (GPT-2, Llama 3, SmolLM): `tokenizer.ggml.model = "gpt2"`, tokens,
 //!   token types and merges; `tokenizer.ggml.pre` named from the pre-tokenizer when it is one
-//!   llama.cpp knows by that shape (Llama 3 regex → `llama-bpe`, digits + byte level →
+//!   llama.cpp knows by that shape (Llama 3 regex → `llama-bpe`, Qwen2's → `qwen2`, digits + byte level →
 //!   `smollm`, byte level alone → `gpt-2`), else `default`;
 //! - SentencePiece-style BPE with byte fallback (Llama 2, Mistral): `tokenizer.ggml.model =
 //!   "llama"`, tokens, types, and scores from the merge ranks (earlier merge = higher score,
@@ -39,6 +39,11 @@ const BYTE: i32 = 6;
 
 /// The Llama 3 pre-tokenizer regex (its distinctive start).
 const LLAMA3_REGEX_START: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}";
+
+/// The Qwen2/Qwen3 pre-tokenizer regex, whole (Llama 3's but with single digits): llama.cpp's
+/// `qwen2` pre-tokenizer.
+const QWEN2_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 fn bad(what: impl std::fmt::Display) -> Error {
     Error::model(format!("tokenizer.json: {what}"))
@@ -87,6 +92,9 @@ fn pre_tokenizer_name(pre: &Json) -> &'static str {
     let types: Vec<&str> = parts.iter().copied().map(ty).collect();
     if parts.iter().any(|p| ty(p) == "Split" && regex(p).starts_with(LLAMA3_REGEX_START)) {
         return "llama-bpe";
+    }
+    if parts.iter().any(|p| ty(p) == "Split" && regex(p) == QWEN2_REGEX) {
+        return "qwen2";
     }
     match types.as_slice() {
         ["Digits", "ByteLevel"] if parts[0].get("individual_digits") == Some(&Json::Bool(true)) => "smollm",
