@@ -199,3 +199,22 @@ fn safetensors_qwen2_checkpoint_gives_the_gguf_logits() {
 fn safetensors_qwen3_checkpoint_gives_the_gguf_logits() {
     check(DeriveArch::Qwen3);
 }
+
+/// Qwen2/Qwen3's tokenizer.json pre-tokenizer (their split regex, then byte level) is named
+/// `qwen2`, llama.cpp's name for it (single digits, unlike Llama 3's runs of up to three).
+#[test]
+fn safetensors_qwen2_pre_tokenizer_is_named() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let regex = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    let tj = json!({
+        "added_tokens": [{"id": 3, "content": "<|endoftext|>", "special": true}],
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}]},
+        "decoder": {"type": "ByteLevel"},
+        "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": [["a", "b"]]}
+    });
+    std::fs::write(dir.path().join("tokenizer.json"), tj.to_string()).expect("write");
+    let md = strata_model::safetensors::tokenizer_metadata(dir.path(), &json!({"eos_token_id": 3}), 4).expect("md");
+    assert_eq!(md.str("tokenizer.ggml.pre").expect("pre"), "qwen2");
+}
