@@ -128,10 +128,63 @@ impl Model {
         self.source.metadata()
     }
 
+    /// The file's name for a layer tensor (GGUF `blk.N.…`, or the checkpoint's HF name).
+    pub fn layer_tensor_name(&self, layer: usize, role: crate::arch::Role) -> String {
+        match self.source {
+            ModelSource::Gguf(_) => format!("blk.{layer}.{}", role.gguf_suffix()),
+            ModelSource::Safetensors(_) => {
+                format!("model.layers.{layer}.{}", safetensors::hf_layer_tensor(role))
+            }
+        }
+    }
+
+    /// The first weight (by the file's name) that holds a NaN or infinite value or block scale,
+    /// with where: what to name when a forward pass produces non-finite logits. Reads every
+    /// weight, so it is meant for that failure path (and tools), not for loading.
+    pub fn find_nonfinite_weight(&self) -> Option<String> {
+        let gguf = matches!(self.source, ModelSource::Gguf(_));
+        let (embd, norm, out) = if gguf {
+            ("token_embd.weight", "output_norm.weight", "output.weight")
+        } else {
+            ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")
+        };
+        let w = &self.weights;
+        let mut named: Vec<(String, &strata_tensor::Tensor)> = vec![(embd.to_string(), &w.embedding)];
+        for (l, layer) in w.layers.iter().enumerate() {
+            named
+                .extend(layer.roles().into_iter().zip(layer.tensors()).map(|(r, t)| (self.layer_tensor_name(l, r), t)));
+        }
+        named.push((norm.to_string(), &w.head.norm));
+        if !self.config.tied_output {
+            named.push((out.to_string(), &w.head.output));
+        }
+        named.into_iter().find_map(|(name, t)| nonfinite_in(t).map(|at| format!("tensor {name} {at}")))
+    }
+
     /// Bytes of all layer weights plus head.
     pub fn weight_bytes(&self) -> u64 {
         self.weights.layers.iter().map(LayerWeights::bytes).sum::<u64>() + self.weights.head.bytes()
     }
+}
+
+/// Where `t` (a host tensor) holds a NaN or infinite value or block scale, if it does.
+fn nonfinite_in(t: &strata_tensor::Tensor) -> Option<String> {
+    let bytes = t.host_bytes().ok()?;
+    let kind = t.dtype().weight()?;
+    if kind.is_quantized() {
+        return strata_kernels::quant::find_nonfinite_scale(kind, bytes)
+            .map(|b| format!("has a NaN or infinite scale in block {b} (of {} values)", kind.block_values()));
+    }
+    const CHUNK: usize = 4096;
+    let mut values = [0.0f32; CHUNK];
+    for (c, chunk) in bytes.chunks(CHUNK * kind.block_bytes()).enumerate() {
+        let values = &mut values[..chunk.len() / kind.block_bytes()];
+        strata_kernels::quant::dequantize_row(kind, chunk, values).ok()?;
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Some(format!("has value {} at index {}", values[i], c * CHUNK + i));
+        }
+    }
+    None
 }
 
 /// KV cache element type.

@@ -384,7 +384,9 @@ impl Session {
     /// every token when `all` (row-major [tokens, n_vocab]).
     ///
     /// # Errors
-    /// [`Error::ContextFull`] when the tokens do not fit the context; invalid token ids.
+    /// [`Error::ContextFull`] when the tokens do not fit the context; invalid token ids;
+    /// [`Error::Model`] when the logits are not finite (naming the weight with a NaN or
+    /// infinite value or scale, if one has).
     pub fn forward(&mut self, tokens: &[u32], all: bool) -> Result<Vec<f32>> {
         let cfg = &self.model.config;
         if tokens.is_empty() {
@@ -419,7 +421,27 @@ impl Session {
                 }
             }
         }
+        if let Some(i) = out.iter().position(|v| !v.is_finite()) {
+            return Err(self.nonfinite_logits(i, out[i]));
+        }
         Ok(out)
+    }
+
+    /// The error for a pass whose logits are not finite: sampling from them would print
+    /// garbage. It names the weight at fault when one holds a NaN/inf value or block scale
+    /// (a corrupt file: dequantization computes with such scales as llama.cpp does); the
+    /// positions of this pass are in the KV cache, so the session must be reset or truncated.
+    fn nonfinite_logits(&self, i: usize, v: f32) -> Error {
+        let n_vocab = self.model.config.n_vocab;
+        let cause = match self.model.find_nonfinite_weight() {
+            Some(w) => format!("{w}; the model file is corrupt"),
+            None => "every weight is finite, so an activation overflowed".to_string(),
+        };
+        Error::model(format!(
+            "logit {} of token {} in this pass is {v}: {cause} (refusing to sample from non-finite logits)",
+            i % n_vocab,
+            i / n_vocab
+        ))
     }
 
     fn take_scratch(&mut self, s: &Stream, n_tokens: usize) -> Result<Scratch> {

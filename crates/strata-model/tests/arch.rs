@@ -4,7 +4,10 @@
 
 use std::path::Path;
 
+use std::sync::Arc;
 use strata_model::derive::{DeriveArch, DeriveOptions, derive_bytes};
+
+use strata_model::arch::Role;
 use strata_model::gguf::{GgmlType, GgufFile, GgufWriter, Value};
 use strata_model::{Model, Session, SessionOptions};
 
@@ -204,4 +207,114 @@ fn arch_malformed_files_are_refused_by_name() {
 
     let e = load_err(rewrite(&src, |md| md.set("llama.block_count", Value::U32(29)), all, none));
     assert!(e.contains("blk.29.") && e.contains("block_count"), "{e}");
+}
+
+/// Metadata a qwen2 file needs and a name nobody knows: each refused by name before any weight
+/// is read.
+#[test]
+fn arch_missing_and_unknown_keys_are_named() {
+    let Some(src) = crate::support::default_model_layers(2) else { return };
+    let qwen2 = derived(&src, &DeriveOptions::new(DeriveArch::Qwen2));
+    let (all, none) = (|_: &str| true, |_: &str| false);
+    for key in
+        ["qwen2.attention.head_count", "qwen2.block_count", "qwen2.embedding_length", "qwen2.feed_forward_length"]
+    {
+        let e = load_err(rewrite(
+            &qwen2,
+            |md| {
+                let rest: Vec<(String, Value)> =
+                    md.iter().filter(|(k, _)| *k != key).map(|(k, v)| (k.to_string(), v.clone())).collect();
+                *md = strata_model::gguf::Metadata::new();
+                for (k, v) in rest {
+                    md.set(&k, v);
+                }
+            },
+            all,
+            none,
+        ));
+        assert!(e.contains(key), "missing {key}: {e}");
+    }
+    let e = load_err(rewrite(&qwen2, relabel("qwen9", "qwen2"), all, none));
+    assert!(e.contains("\"qwen9\"") && e.contains("qwen3"), "{e}");
+    // A head count that does not divide the embedding (no key_length to say otherwise).
+    let e = load_err(rewrite(&qwen2, |md| md.set("qwen2.attention.head_count", Value::U32(7)), all, none));
+    assert!(e.contains("qwen2.attention.head_count") && e.contains('7'), "{e}");
+}
+
+/// Where a block's binary16 scale sits in each type (`d`, and `dmin`/`m` where there is one).
+fn scale_offsets(t: strata_kernels::DType) -> &'static [usize] {
+    use strata_kernels::DType as K;
+    match t {
+        K::Q4_K | K::Q5_K | K::Q5_1 => &[0, 2],
+        K::Q2_K => &[80, 82],
+        K::Q3_K => &[108],
+        K::Q6_K => &[208],
+        _ => &[0],
+    }
+}
+
+/// `src` with `blk.1.ffn_down.weight` (rows of 1536 values: whole 256-value super-blocks)
+/// replaced by seeded valid blocks of `ty`, moved to the end of the file; `edit` may change
+/// its bytes.
+fn with_quant_ffn_down(src: &GgufFile, ty: strata_kernels::DType, edit: impl Fn(&mut [u8])) -> Vec<u8> {
+    const NAME: &str = "blk.1.ffn_down.weight";
+    let gt = GgmlType::from_id(ty.ggml_type()).expect("a ggml type");
+    let mut w = GgufWriter::new();
+    *w.metadata_mut() = src.metadata().clone();
+    let kept: Vec<_> = src.tensors().iter().filter(|t| t.name != NAME).collect();
+    let down = src.tensor(NAME).expect("ffn_down");
+    for t in &kept {
+        w.add_tensor(&t.name, t.ggml_type, &t.dims).expect("tensor");
+    }
+    let last = w.add_tensor(NAME, gt, &down.dims).expect("the quantized tensor");
+    let n_blocks = (down.n_elements() as usize) / ty.block_values();
+    let mut blocks = strata_kernels::quant::random_blocks(ty, n_blocks, 11);
+    // Scale the weights down to the real tensor's size (the blocks' values reach ±4).
+    for b in blocks.chunks_exact_mut(ty.block_bytes()) {
+        for &at in scale_offsets(ty) {
+            let v = half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32() / 64.0;
+            b[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+        }
+    }
+    edit(&mut blocks);
+    w.to_bytes(
+        |i, buf| if i == last { buf.copy_from_slice(&blocks) } else { buf.copy_from_slice(src.tensor_data(kept[i])) },
+    )
+    .expect("write")
+}
+
+/// The new weight types in a real model: valid blocks run (finite logits); a scale that decodes
+/// to NaN or infinity is found when the logits come out non-finite, and the error names the
+/// tensor and block instead of sampling garbage; a truncated super-block is refused when the
+/// file is opened, naming the tensor.
+#[test]
+fn arch_new_types_bad_scales_and_truncation_are_named() {
+    use strata_kernels::DType as K;
+    let Some(src) = crate::support::default_model_layers(2) else { return };
+    let qwen2 = derived(&src, &DeriveOptions::new(DeriveArch::Qwen2));
+    for ty in [K::Q2_K, K::Q3_K, K::Q4_K, K::Q5_K, K::Q6_K, K::Q5_0, K::Q5_1, K::IQ4_NL, K::IQ4_XS] {
+        let ok = load(with_quant_ffn_down(&qwen2, ty, |_| {})).unwrap_or_else(|e| panic!("{ty}: {e}"));
+        assert_eq!(ok.weights.layers[1].get(Role::Down).expect("down").dtype().weight(), Some(ty));
+        assert!(logits(&ok, &PROMPT[..4]).iter().all(|v| v.is_finite()), "{ty}: valid blocks give finite logits");
+
+        for (bits, what) in [(0x7E00u16, "NaN"), (0xFC00, "-inf")] {
+            let at = *scale_offsets(ty).last().expect("a scale");
+            let bad = load(with_quant_ffn_down(&qwen2, ty, |b| {
+                let o = 7 * ty.block_bytes() + at;
+                b[o..o + 2].copy_from_slice(&bits.to_le_bytes());
+            }))
+            .expect("scales are not read at load time");
+            let mut s = Session::new(Arc::clone(&bad), None, &SessionOptions { context: 64, ..Default::default() })
+                .expect("session");
+            let e = s.forward(&PROMPT[..4], false).expect_err("non-finite logits are an error").to_string();
+            assert!(e.contains("blk.1.ffn_down.weight") && e.contains("block 7"), "{ty} with a {what} scale: {e}");
+            println!("{ty}, {what} scale: {e}");
+        }
+
+        let mut cut = with_quant_ffn_down(&qwen2, ty, |_| {});
+        cut.truncate(cut.len() - ty.block_bytes() / 2);
+        let e = GgufFile::from_bytes(cut).expect_err("a truncated super-block").to_string();
+        assert!(e.contains("blk.1.ffn_down.weight"), "{ty}: truncated: {e}");
+        println!("{ty}, truncated: {e}");
+    }
 }

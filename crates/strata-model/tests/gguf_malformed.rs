@@ -379,7 +379,33 @@ fn small() -> Vec<u8> {
     w.add_tensor("blk.0.a", GgmlType::F32, &[3, 2]).unwrap();
     w.add_tensor("blk.0.b", GgmlType::Q8_0, &[32]).unwrap();
     w.add_tensor("c", GgmlType::F16, &[5]).unwrap();
+    // The newer types: a super-block type with two rows, and 32-value blocks.
+    w.add_tensor("blk.0.k", GgmlType::Q4_K, &[256, 2]).unwrap();
+    w.add_tensor("blk.0.l", GgmlType::Q6_K, &[256]).unwrap();
+    w.add_tensor("blk.0.m", GgmlType::Q5_0, &[64]).unwrap();
+    w.add_tensor("blk.0.n", GgmlType::IQ4_XS, &[256]).unwrap();
     w.to_bytes(pattern).unwrap()
+}
+
+/// Dequantizes every row of every tensor of `f` whose type strata computes with: Ok or a typed
+/// error, never a panic, and each value NaN/inf only where the block has a non-finite scale.
+fn dequantize_all(f: &GgufFile) -> Result<(), TestCaseError> {
+    for t in f.tensors() {
+        let Some(dt) = t.dtype() else { continue };
+        let Some(kt) = dt.weight() else { continue };
+        let row = t.dims[0] as usize;
+        let data = f.tensor_data(t);
+        let row_bytes = kt.row_bytes(row).map_err(|e| TestCaseError::fail(format!("{}: {e}", t.name)))?;
+        for bytes in data.chunks(row_bytes) {
+            let mut out = vec![0.0f32; row];
+            strata_kernels::quant::dequantize_row(kt, bytes, &mut out)
+                .map_err(|e| TestCaseError::fail(format!("{}: {e}", t.name)))?;
+            if kt.is_quantized() && strata_kernels::quant::find_nonfinite_scale(kt, bytes).is_none() {
+                prop_assert!(out.iter().all(|v| v.is_finite()), "{}: finite scales gave a non-finite value", t.name);
+            }
+        }
+    }
+    Ok(())
 }
 
 proptest! {
@@ -391,13 +417,15 @@ proptest! {
         for m in &mutations {
             m.apply(&mut bytes);
         }
-        // Ok or Err, never a panic; and what an Ok file hands out is in bounds.
+        // Ok or Err, never a panic; what an Ok file hands out is in bounds, and its tensors
+        // dequantize (whatever the bytes) without a panic.
         if let Ok(f) = GgufFile::from_bytes(bytes) {
             for t in f.tensors() {
                 prop_assert_eq!(f.tensor_data(t).len() as u64, t.n_bytes);
                 prop_assert_eq!(t.offset % f.alignment(), 0);
                 prop_assert!(f.tensor(&t.name).is_some());
             }
+            dequantize_all(&f)?;
         }
     }
 }
