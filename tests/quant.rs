@@ -168,3 +168,58 @@ fn row_sizes_and_names() {
     assert!(e.contains("q4_K") && e.contains("256") && e.contains("640"), "{e}");
     assert_eq!(bf16::from_f32(1.0).to_bits(), 0x3F80);
 }
+
+/// Malformed weight data of every quantized type, at the tensor level: a truncated
+/// (super-)block, a row that is not a whole number of blocks (a K-quant row of 576 values, the
+/// default model's width), and a weight buffer one byte short, through dequantization and every
+/// CPU product (reference, exact f32-activation path, fast 8-bit path) and the embedding
+/// gather. Each is an error that names the type or the sizes, never a panic or an
+/// out-of-bounds read.
+#[test]
+fn malformed_rows_are_errors_for_every_quantized_type() {
+    use strata_kernels::cpu;
+    for dt in DType::QUANTIZED {
+        let (bv, bb) = (dt.block_values(), dt.block_bytes());
+        let blocks = quant::random_blocks(dt, 4, 3);
+        // A row of two blocks given one byte less (a truncated block), or one block more.
+        let mut out = vec![0.0f32; 2 * bv];
+        for len in [2 * bb - 1, bb, 3 * bb] {
+            let e = quant::dequantize_row(dt, &blocks[..len], &mut out).expect_err("wrong row length").to_string();
+            assert!(e.contains(dt.name()) && e.contains(&len.to_string()), "{dt}, {len} bytes: {e}");
+        }
+        // Values that end inside a block.
+        let mut partial = vec![0.0f32; bv + bv / 2];
+        let e = quant::dequantize_row(dt, &blocks[..2 * bb], &mut partial).expect_err("partial block").to_string();
+        assert!(e.contains(dt.name()), "{dt}: {e}");
+        if dt.is_super_block() {
+            let e = dt.row_bytes(576).expect_err("576 is not a multiple of 256").to_string();
+            assert!(e.contains("576") && e.contains("256") && e.contains(dt.name()), "{dt}: {e}");
+        }
+
+        // Two rows of two blocks each, with the weight buffer one byte short.
+        let (rows, cols) = (2, 2 * bv);
+        let short = &blocks[..4 * bb - 1];
+        let x = vec![0.5f32; cols * 3];
+        let mut y = vec![0.0f32; rows * 3];
+        let mut products: Vec<(&str, strata_kernels::Result<()>)> = vec![
+            ("cpu::matvec", cpu::matvec(dt, short, rows, cols, &x[..cols], &mut y[..rows])),
+            ("cpu::matmul", cpu::matmul(dt, short, rows, cols, &x, 3, &mut y)),
+            ("fast::matvec_f32", cpu::fast::matvec_f32(dt, short, rows, cols, &x[..cols], &mut y[..rows])),
+            ("fast::matmul_f32", cpu::fast::matmul_f32(dt, short, rows, cols, &x, 3, &mut y)),
+            ("cpu::dequantize_rows", cpu::dequantize_rows(dt, short, rows, cols, &mut vec![0.0; rows * cols])),
+            ("cpu::embedding_gather", cpu::embedding_gather(dt, short, rows, cols, &[1], &mut vec![0.0; cols])),
+        ];
+        // The 8-bit path takes the types it has integer kernels for (the others run as exact).
+        if cpu::fast::supports_8bit(dt) {
+            products.push(("fast::matvec", cpu::fast::matvec(dt, short, rows, cols, &x[..cols], &mut y[..rows])));
+            products.push(("fast::matmul", cpu::fast::matmul(dt, short, rows, cols, &x, 3, &mut y)));
+        }
+        for (op, r) in products {
+            let e = r.expect_err("a short weight buffer").to_string();
+            assert!(e.contains(&(4 * bb - 1).to_string()), "{dt} {op}: {e}");
+        }
+        // And with a whole buffer, a column count that ends inside a block.
+        let e = cpu::matvec(dt, &blocks, rows, cols + 1, &x[..cols + 1], &mut y[..rows]).expect_err("partial block");
+        assert!(e.to_string().contains(dt.name()), "{dt}: {e}");
+    }
+}
