@@ -140,11 +140,40 @@ fn norm_tensor(file: &GgufFile, info: &TensorInfo) -> Result<Tensor> {
 }
 
 fn find<'a>(file: &'a GgufFile, name: &str, dims: &[u64]) -> Result<&'a TensorInfo> {
+    find_with(file, name, dims, "")
+}
+
+/// [`find`], with `why` (where the expected dims come from) added to a shape error.
+fn find_with<'a>(file: &'a GgufFile, name: &str, dims: &[u64], why: &str) -> Result<&'a TensorInfo> {
     let info = file.tensor(name).ok_or_else(|| Error::model(format!("tensor {name} is missing")))?;
     if info.dims != dims {
-        return Err(Error::model(format!("tensor {name} has dims {:?}, expected {dims:?}", info.dims)));
+        return Err(Error::model(format!("tensor {name} has dims {:?}, expected {dims:?}{why}", info.dims)));
     }
     Ok(info)
+}
+
+/// The metadata a layer tensor's expected dims come from, for shape errors: a file whose FFN
+/// or head size does not match its tensors is told which keys to check.
+fn dims_source(cfg: &LlamaConfig, r: Role) -> String {
+    let a = &cfg.arch;
+    let heads = |count: &str, n: usize| {
+        format!("{a}.{count} {n} × head size {} ({a}.attention.key_length, else embedding / heads)", cfg.head_dim)
+    };
+    let q = heads("attention.head_count", cfg.n_head);
+    let kv = heads("attention.head_count_kv", cfg.n_head_kv);
+    let (e, f) = (format!("{a}.embedding_length {}", cfg.n_embd), format!("{a}.feed_forward_length {}", cfg.n_ff));
+    let what = match r {
+        Role::AttnNorm | Role::FfnNorm | Role::PostAttnNorm | Role::PostFfnNorm => e,
+        Role::Q | Role::O => format!("{e}; {q}"),
+        Role::QBias => q,
+        Role::K | Role::V => format!("{e}; {kv}"),
+        Role::KBias | Role::VBias => kv,
+        Role::QNorm | Role::KNorm => {
+            format!("head size {} ({a}.attention.key_length, else embedding / heads)", cfg.head_dim)
+        }
+        Role::Gate | Role::Up | Role::Down => format!("{e}; {f}"),
+    };
+    format!(" (from {what})")
 }
 
 impl ModelWeights {
@@ -166,7 +195,8 @@ impl ModelWeights {
         for l in 0..cfg.n_layers {
             let mut infos = Vec::with_capacity(cfg.layer_roles.len());
             for r in &cfg.layer_roles {
-                let info = find(file, &format!("blk.{l}.{}", r.gguf_suffix()), &r.dims(&dims))?;
+                let name = format!("blk.{l}.{}", r.gguf_suffix());
+                let info = find_with(file, &name, &r.dims(&dims), &dims_source(cfg, *r))?;
                 check_type(info, r.is_vector())?;
                 infos.push(info);
             }
