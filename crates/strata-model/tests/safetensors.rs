@@ -540,14 +540,14 @@ fn safetensors_unsupported_configs_are_named_errors() {
             Box::new(|c| {
                 c.insert("head_dim".into(), json!(32));
             }),
-            &["model.layers.0.self_attn.q_proj.weight", "[64, 64]", "[128, 64]"],
+            &["model.layers.0.self_attn.q_proj.weight", "[64, 64]", "[128, 64]", "head_dim 32"],
         ),
         (
             "FFN size that does not match the tensors",
             Box::new(|c| {
                 c.insert("intermediate_size".into(), json!(128));
             }),
-            &["model.layers.0.mlp.gate_proj.weight", "[96, 64]", "[128, 64]"],
+            &["model.layers.0.mlp.gate_proj.weight", "[96, 64]", "[128, 64]", "intermediate_size 128"],
         ),
         (
             "biases where llama has none",

@@ -195,7 +195,7 @@ impl Shards {
     }
 
     /// The shard and header entry of `name`, checked against `shape`.
-    fn find(&self, name: &str, shape: &[usize]) -> Result<(&Shard, &TensorInfo)> {
+    fn find(&self, name: &str, shape: &[usize], why: &str) -> Result<(&Shard, &TensorInfo)> {
         let shard = self.by_name.get(name).and_then(|&i| self.shards.get(i));
         let Some(shard) = shard else {
             return Err(Error::model(format!("tensor {name} is missing from the checkpoint")));
@@ -205,7 +205,7 @@ impl Shards {
         })?;
         if info.shape != shape {
             return Err(Error::model(format!(
-                "tensor {name} in {} has shape {:?}, expected {shape:?}",
+                "tensor {name} in {} has shape {:?}, expected {shape:?}{why}",
                 shard.name, info.shape
             )));
         }
@@ -225,8 +225,8 @@ impl Shards {
     }
 
     /// A weight matrix (or the embedding): a view into the map when aligned, else a copy.
-    fn matrix(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let (shard, info) = self.find(name, shape)?;
+    fn matrix(&self, name: &str, shape: &[usize], why: &str) -> Result<Tensor> {
+        let (shard, info) = self.find(name, shape, why)?;
         let dtype = Self::dtype(shard, name, info.dtype)?;
         let (start, bytes) = shard.data(info);
         let align = if dtype == DType::F32 { 4 } else { 2 };
@@ -238,11 +238,11 @@ impl Shards {
     }
 
     /// A norm vector as f32 (the kernels take f32 norm weights).
-    fn norm(&self, name: &str, n: usize) -> Result<Tensor> {
-        let (shard, info) = self.find(name, &[n])?;
+    fn norm(&self, name: &str, n: usize, why: &str) -> Result<Tensor> {
+        let (shard, info) = self.find(name, &[n], why)?;
         let (_, bytes) = shard.data(info);
         let values: Vec<f32> = match Self::dtype(shard, name, info.dtype)? {
-            DType::F32 => return self.matrix(name, &[n]),
+            DType::F32 => return self.matrix(name, &[n], why),
             DType::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             _ => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         };
@@ -256,7 +256,8 @@ impl Shards {
     pub(super) fn weights(&self, cfg: &LlamaConfig) -> Result<ModelWeights> {
         self.check_all_claimed(cfg)?;
         let (e, v) = (cfg.n_embd, cfg.n_vocab);
-        let embedding = self.matrix("model.embed_tokens.weight", &[v, e])?;
+        let top = " (from config.json vocab_size and hidden_size)";
+        let embedding = self.matrix("model.embed_tokens.weight", &[v, e], top)?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
         let dims = cfg.layer_dims();
         for l in 0..cfg.n_layers {
@@ -265,15 +266,20 @@ impl Shards {
                 let name = format!("model.layers.{l}.{}", hf_layer_tensor(r));
                 // HF shapes are [out, in]: the GGUF dims reversed.
                 let shape: Vec<usize> = r.dims(&dims).iter().rev().map(|&d| d as usize).collect();
-                group.push(if r.is_vector() { self.norm(&name, shape[0])? } else { self.matrix(&name, &shape)? });
+                let why = dims_source(cfg, r);
+                group.push(if r.is_vector() {
+                    self.norm(&name, shape[0], &why)?
+                } else {
+                    self.matrix(&name, &shape, &why)?
+                });
             }
             layers.push(LayerWeights::from_group(group, &cfg.layer_roles)?);
         }
-        let norm = self.norm("model.norm.weight", e)?;
+        let norm = self.norm("model.norm.weight", e, " (from config.json hidden_size)")?;
         let output = if cfg.tied_output {
-            self.matrix("model.embed_tokens.weight", &[v, e])?
+            self.matrix("model.embed_tokens.weight", &[v, e], top)?
         } else if self.by_name.contains_key("lm_head.weight") {
-            self.matrix("lm_head.weight", &[v, e])?
+            self.matrix("lm_head.weight", &[v, e], top)?
         } else {
             return Err(Error::model(
                 "tensor lm_head.weight is missing and config.json tie_word_embeddings is not true",
@@ -327,6 +333,24 @@ impl Shards {
             cfg.arch
         )))
     }
+}
+
+/// The config.json keys a layer tensor's expected shape comes from, for shape errors: a
+/// checkpoint whose FFN or head size does not match its tensors is told which keys to check.
+fn dims_source(cfg: &LlamaConfig, r: Role) -> String {
+    let heads = |key: &str, n: usize| format!("{key} {n} × head_dim {}", cfg.head_dim);
+    let (q, kv) = (heads("num_attention_heads", cfg.n_head), heads("num_key_value_heads", cfg.n_head_kv));
+    let e = format!("hidden_size {}", cfg.n_embd);
+    let what = match r {
+        Role::AttnNorm | Role::FfnNorm | Role::PostAttnNorm | Role::PostFfnNorm => e,
+        Role::Q | Role::O => format!("{e}; {q}"),
+        Role::QBias => q,
+        Role::K | Role::V => format!("{e}; {kv}"),
+        Role::KBias | Role::VBias => kv,
+        Role::QNorm | Role::KNorm => format!("head_dim {}", cfg.head_dim),
+        Role::Gate | Role::Up | Role::Down => format!("{e}; intermediate_size {}", cfg.n_ff),
+    };
+    format!(" (from config.json {what})")
 }
 
 /// The layer index of a `model.layers.N.…` name.
