@@ -8,8 +8,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(
     name = "strata",
     version,
-    about = "Run llama-family language models on the CPU or a GPU, streaming the layers that do not fit",
-    long_about = "Run llama-family language models (GGUF files) on the CPU or a CUDA GPU.\n\n\
+    about = "Run llama, mistral, qwen2 and qwen3 language models on the CPU or a GPU, streaming the layers that do \
+             not fit",
+    long_about = "Run llama, mistral, qwen2 and qwen3 language models (GGUF files, or Hugging Face safetensors \
+                  checkpoints) on the CPU or a CUDA GPU.\n\n\
                   Without --model, commands use the default model models/SmolLM2-135M-Instruct.Q4_1.gguf \
                   (fetch it with scripts/fetch-model.sh)."
 )]
@@ -110,7 +112,8 @@ pub enum KvArg {
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// GGUF model file [default: models/SmolLM2-135M-Instruct.Q4_1.gguf, or $STRATA_MODEL]
+    /// GGUF model file, or a Hugging Face checkpoint directory (config.json, tokenizer.json,
+    /// safetensors) [default: models/SmolLM2-135M-Instruct.Q4_1.gguf, or $STRATA_MODEL]
     #[arg(long, short = 'm')]
     pub model: Option<PathBuf>,
 }
