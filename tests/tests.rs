@@ -5,6 +5,7 @@
 //! - `quant`: quantization round trips and the block layouts;
 //! - `dequant`: the dequantizer bit for bit against gguf-py's, on random blocks and real rows;
 //! - `fast`: the fast CPU path (quantized activations, SIMD) against the reference;
+//! - `fast_types`: the same for the 8-bit kernels of Q5_0, Q5_1, IQ4_NL, the K-quants, IQ4_XS;
 //! - `model`: the dequantizer against known values of the real default model.
 //!
 //! CUDA tests that cannot run print `skipped: ...` and pass; the binary prints how many were
@@ -14,6 +15,7 @@ mod support;
 
 mod dequant;
 mod fast;
+mod fast_types;
 mod model;
 mod ops;
 mod oracle;

@@ -17,7 +17,7 @@ use crate::QK;
 /// `1.5 * 2^23`: adding it to an f32 of magnitude below 2^22 and subtracting it again rounds
 /// to the nearest integer, ties to even, in the default rounding mode, without an SSE4.1
 /// `roundps` (the baseline x86_64 target lacks it) and in a form that vectorizes.
-const ROUND_MAGIC: f32 = 12_582_912.0;
+pub(super) const ROUND_MAGIC: f32 = 12_582_912.0;
 
 /// How [`Acts`] arranges each pair of blocks for the kernels that read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -40,6 +40,9 @@ pub(super) fn gemm(ty: WType, w: &[u8], rb: usize, acts: &Acts, out: &mut [f32])
         WType::Q4_0 => gemm_ty::<Q4_0>(w, rb, acts, out),
         WType::Q4_1 => gemm_ty::<Q4_1>(w, rb, acts, out),
         WType::Q8_0 => gemm_ty::<Q8_0>(w, rb, acts, out),
+        // No 512-bit kernels for these yet: the AVX2 ones (their activations come in the
+        // layout AVX2 reads, see `Isa::layout`; this CPU has AVX2, FMA and F16C).
+        WType::Q5_0 | WType::Q5_1 | WType::IQ4_NL => super::avx2::gemm(ty, w, rb, acts, out),
     }
 }
 

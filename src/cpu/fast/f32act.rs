@@ -60,7 +60,7 @@ pub fn matmul_f32_with(
     y: &mut [f32],
 ) -> Result<()> {
     const OP: &str = "fast::matmul_f32";
-    if WType::of(dtype).is_none() {
+    if !WType::of(dtype).is_some_and(WType::has_f32_tiles) {
         // Q5_0, Q5_1, the K-quants and the IQ4 types: dequantize-then-multiply (`f32act_dq`).
         if !dtype.is_quantized() {
             return Err(Error::UnsupportedDtype { op: OP, dtype, expected: "a quantized type" });
@@ -126,11 +126,14 @@ mod x86 {
     const Q4_1: u8 = 1;
     const Q8_0: u8 = 2;
 
+    /// The tiled types' codes. `matmul_f32_with` sends the others to `f32act_dq`; were one to
+    /// arrive here, it gets Q8_0's code, whose kernels read the 34-byte blocks only inside the
+    /// row lengths checked per tile (NaN sums, never a read out of bounds).
     fn code(ty: WType) -> u8 {
         match ty {
             WType::Q4_0 => Q4_0,
             WType::Q4_1 => Q4_1,
-            WType::Q8_0 => Q8_0,
+            WType::Q8_0 | WType::Q5_0 | WType::Q5_1 | WType::IQ4_NL => Q8_0,
         }
     }
 

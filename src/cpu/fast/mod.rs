@@ -1,10 +1,13 @@
 //! The vectorized CPU kernels the model runs on: matrix–vector and matrix–matrix products for
-//! quantized weights and attention (`attention`). The f32-activation products handle every
-//! quantized type (hand-tiled for Q4_0, Q4_1, Q8_0; dequantize-then-multiply in `f32act_dq`
-//! for Q5_0, Q5_1, the K-quants and the IQ4 types); the 8-bit products handle Q4_0, Q4_1 and
-//! Q8_0 ([`supports_8bit`]), and `strata_tensor` runs the others on the f32-activation kernels
-//! when the `fast` path is chosen. The reference in
-//! [`crate::cpu`] stays the oracle; every function here is tested against it.
+//! quantized weights and attention (`attention`). Both kinds of products handle every quantized
+//! type ([`supports`], [`supports_8bit`]). The f32-activation products are hand-tiled for Q4_0,
+//! Q4_1, Q8_0 and dequantize-then-multiply (`f32act_dq`) for Q5_0, Q5_1, the K-quants and the
+//! IQ4 types. The 8-bit products have integer kernels for all of them: the 32-value block types
+//! (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL) with activations in blocks of 32 (`act`, kernels
+//! `scalar`, `avx2`, `avx512`), the 256-value super-block types (Q2_K … Q6_K, IQ4_XS) with
+//! activations in blocks of 256 plus 16-value partial sums (`act_k`, kernels `scalar_k`,
+//! `avx2_k`; AVX-512 machines run the AVX2 ones, as they do for Q5_0, Q5_1 and IQ4_NL). The
+//! reference in [`crate::cpu`] stays the oracle; every function here is tested against it.
 //!
 //! Two kinds of products: [`matvec_f32`] / [`matmul_f32`] (module `f32act`, the default
 //! `exact` path) keep the activations in f32 and compute the reference's products in another
@@ -14,13 +17,16 @@
 //! - the activations are quantized once per call to 8-bit blocks of 32 with one scale each
 //!   (llama.cpp's `q8_1`, see `act`), so each weight block meets its activations in one
 //!   integer dot product (AVX2 `vpmaddubsw`, AVX-512 VNNI `vpdpbusd`) and one f32 multiply-add,
-//!   instead of 32 dequantized f32 products;
+//!   instead of 32 dequantized f32 products; for the super-block types, to blocks of 256 with
+//!   one f32 scale (llama.cpp's `q8_K`, see `act_k`), whose sub-block scales are applied in
+//!   integers (`vpmaddwd`) and whose minimums and offsets meet the activations' 16-value
+//!   partial sums, so a super-block costs one or two f32 multiply-adds per (row, token);
 //! - rows are split over rayon in chunks of tens to hundreds of rows (a task per row costs
 //!   more than a 576-column row does), and each kernel computes a tile of several rows × several
 //!   tokens, so a weight block is unpacked once and used for every token of the tile (prefill).
 //!
 //! The result is therefore not the reference's: it is the exact product of the weights with
-//! the rounded activations `x'` ([`activation_values`]), summed in another order. The error
+//! the rounded activations `x'` ([`activation_values_for`]), summed in another order. The error
 //! against the reference is bounded by the activation rounding (see
 //! [`crate::check::Tolerance::Q8_ACTIVATIONS`]); against the reference run on `x'` it is f32
 //! accumulation error only. llama.cpp rounds the same way, but that does not bring the two
@@ -47,14 +53,18 @@ use super::{expect_len, expect_matrix};
 use crate::{DType, Error, Result};
 
 mod act;
+mod act_k;
 mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx2_k;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod f32act;
 mod f32act_dq;
 mod scalar;
+mod scalar_k;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -123,12 +133,17 @@ impl Isa {
     }
 }
 
-/// A weight type the fast kernels handle, with its block layout.
+/// A 32-value block type the 8-bit kernels handle (with [`act::Acts`]), with its block layout.
+/// The first three also have hand-tiled f32-activation kernels ([`WType::has_f32_tiles`]).
+#[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum WType {
     Q4_0,
     Q4_1,
     Q8_0,
+    Q5_0,
+    Q5_1,
+    IQ4_NL,
 }
 
 impl WType {
@@ -137,24 +152,74 @@ impl WType {
             DType::Q4_0 => Some(WType::Q4_0),
             DType::Q4_1 => Some(WType::Q4_1),
             DType::Q8_0 => Some(WType::Q8_0),
+            DType::Q5_0 => Some(WType::Q5_0),
+            DType::Q5_1 => Some(WType::Q5_1),
+            DType::IQ4_NL => Some(WType::IQ4_NL),
+            _ => None,
+        }
+    }
+
+    /// Whether `f32act` has hand-tiled kernels for this type (the others go through
+    /// `f32act_dq` there).
+    fn has_f32_tiles(self) -> bool {
+        matches!(self, WType::Q4_0 | WType::Q4_1 | WType::Q8_0)
+    }
+
+    fn block_bytes(self) -> usize {
+        match self {
+            WType::Q4_0 | WType::IQ4_NL => 18,
+            WType::Q4_1 => 20,
+            WType::Q5_0 => 22,
+            WType::Q5_1 => 24,
+            WType::Q8_0 => 34,
+        }
+    }
+
+    /// Where the 16 bytes of nibbles start in a 4- or 5-bit block (after `d`, `m` for the
+    /// `_1` types and `qh` for the Q5 types); where the 32 quants start in Q8_0.
+    fn qs_offset(self) -> usize {
+        match self {
+            WType::Q4_0 | WType::Q8_0 | WType::IQ4_NL => 2,
+            WType::Q4_1 => 4,
+            WType::Q5_0 => 6,
+            WType::Q5_1 => 8,
+        }
+    }
+}
+
+/// A 256-value super-block type the 8-bit kernels handle (with [`act_k::ActsK`]).
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KType {
+    Q2_K,
+    Q3_K,
+    Q4_K,
+    Q5_K,
+    Q6_K,
+    IQ4_XS,
+}
+
+impl KType {
+    fn of(dtype: DType) -> Option<KType> {
+        match dtype {
+            DType::Q2_K => Some(KType::Q2_K),
+            DType::Q3_K => Some(KType::Q3_K),
+            DType::Q4_K => Some(KType::Q4_K),
+            DType::Q5_K => Some(KType::Q5_K),
+            DType::Q6_K => Some(KType::Q6_K),
+            DType::IQ4_XS => Some(KType::IQ4_XS),
             _ => None,
         }
     }
 
     fn block_bytes(self) -> usize {
         match self {
-            WType::Q4_0 => 18,
-            WType::Q4_1 => 20,
-            WType::Q8_0 => 34,
-        }
-    }
-
-    /// Where the 16 bytes of nibbles start in a Q4 block (after `d`, and `m` for Q4_1).
-    fn qs_offset(self) -> usize {
-        match self {
-            WType::Q4_0 => 2,
-            WType::Q4_1 => 4,
-            WType::Q8_0 => 2,
+            KType::Q2_K => 84,
+            KType::Q3_K => 110,
+            KType::Q4_K => 144,
+            KType::Q5_K => 176,
+            KType::Q6_K => 210,
+            KType::IQ4_XS => 136,
         }
     }
 }
@@ -165,15 +230,16 @@ pub fn supports(dtype: DType) -> bool {
     dtype.is_quantized()
 }
 
-/// Whether the 8-bit-activation kernels ([`matvec`], [`matmul`]) handle `dtype`: Q4_0, Q4_1
-/// and Q8_0.
+/// Whether the 8-bit-activation kernels ([`matvec`], [`matmul`]) handle `dtype`: every
+/// quantized type.
 pub fn supports_8bit(dtype: DType) -> bool {
-    WType::of(dtype).is_some()
+    WType::of(dtype).is_some() || KType::of(dtype).is_some()
 }
 
-/// The values the fast kernels multiply the weights with when given `x` (rows of `cols`
-/// values): each block of 32 rounded to 8 bits with one binary16 scale. Tests compare the fast
-/// path with the reference run on these values.
+/// The values the fast kernels multiply the weights of the 32-value block types (Q4_0, Q4_1,
+/// Q5_0, Q5_1, Q8_0, IQ4_NL) with when given `x` (rows of `cols` values): each block of 32
+/// rounded to 8 bits with one binary16 scale. Tests compare the fast path with the reference
+/// run on these values; [`activation_values_for`] gives them for any weight type.
 ///
 /// # Errors
 /// If `cols` is not a multiple of 32 or `x` is not a whole number of rows or `out` is not as
@@ -185,6 +251,27 @@ pub fn activation_values(x: &[f32], cols: usize, out: &mut [f32]) -> Result<()> 
     }
     expect_len(OP, "out", out.len(), Some(x.len()))?;
     act::dequantize_into(x, cols, out);
+    Ok(())
+}
+
+/// The values the fast kernels multiply weights of `dtype` with when given `x` (rows of
+/// `cols` values): for the 32-value block types those of [`activation_values`]; for the
+/// K-quants and IQ4_XS each block of 256 rounded to 8 bits with one f32 scale (`act_k`).
+///
+/// # Errors
+/// If `dtype` is not quantized, `cols` is not a whole number of `dtype`'s blocks, `x` is not a
+/// whole number of rows or `out` is not as long as `x`.
+pub fn activation_values_for(dtype: DType, x: &[f32], cols: usize, out: &mut [f32]) -> Result<()> {
+    const OP: &str = "activation_values_for";
+    if KType::of(dtype).is_none() {
+        check(OP, Isa::Scalar, dtype)?;
+        return activation_values(x, cols, out);
+    }
+    if !cols.is_multiple_of(crate::QK_K) || (cols == 0 && !x.is_empty()) || !x.len().is_multiple_of(cols.max(1)) {
+        return Err(Error::invalid(OP, format!("{} values are not whole rows of {cols} (a multiple of 256)", x.len())));
+    }
+    expect_len(OP, "out", out.len(), Some(x.len()))?;
+    act_k::dequantize_into(x, cols, out);
     Ok(())
 }
 
@@ -202,6 +289,9 @@ pub fn matvec(dtype: DType, w: &[u8], rows: usize, cols: usize, x: &[f32], y: &m
 /// # Errors
 /// As [`matvec`], and if this CPU cannot run `isa`.
 pub fn matvec_with(isa: Isa, dtype: DType, w: &[u8], rows: usize, cols: usize, x: &[f32], y: &mut [f32]) -> Result<()> {
+    if let Some(kt) = KType::of(dtype) {
+        return product_k("fast::matvec", isa, kt, dtype, w, rows, cols, x, 1, y);
+    }
     let (ty, rb) = check_product("fast::matvec", isa, dtype, w, rows, cols, x, 1, y)?;
     let acts = act::Acts::quantize(x, 1, cols, isa.layout(ty));
     by_rows(w, rb, rows, 1, y, |wc, o| kernel(isa, ty, wc, rb, &acts, o));
@@ -239,12 +329,39 @@ pub fn matmul_with(
     n_tokens: usize,
     y: &mut [f32],
 ) -> Result<()> {
+    if let Some(kt) = KType::of(dtype) {
+        return product_k("fast::matmul", isa, kt, dtype, w, rows, cols, x, n_tokens, y);
+    }
     let (ty, rb) = check_product("fast::matmul", isa, dtype, w, rows, cols, x, n_tokens, y)?;
     if n_tokens == 0 || rows == 0 {
         return Ok(());
     }
     let acts = act::Acts::quantize(x, n_tokens, cols, isa.layout(ty));
     by_rows(w, rb, rows, n_tokens, y, |wc, o| kernel(isa, ty, wc, rb, &acts, o));
+    Ok(())
+}
+
+/// Y = X W^T for `n` tokens of a super-block type: the activations quantized to 256-value
+/// blocks ([`act_k::ActsK`]), then the rows split over rayon as for the 32-value types.
+#[allow(clippy::too_many_arguments)]
+fn product_k(
+    op: &'static str,
+    isa: Isa,
+    kt: KType,
+    dtype: DType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+) -> Result<()> {
+    let rb = check_shapes(op, isa, dtype, w, rows, cols, x, n, y)?;
+    if n == 0 || rows == 0 {
+        return Ok(());
+    }
+    let acts = act_k::ActsK::quantize(x, n, cols);
+    by_rows(w, rb, rows, n, y, |wc, o| kernel_k(isa, kt, wc, rb, &acts, o));
     Ok(())
 }
 
@@ -335,7 +452,7 @@ fn transpose(yt: &[f32], n: usize, y: &mut [f32]) {
 }
 
 fn check(op: &'static str, isa: Isa, dtype: DType) -> Result<WType> {
-    let ty = WType::of(dtype).ok_or(Error::UnsupportedDtype { op, dtype, expected: "q4_0, q4_1 or q8_0" })?;
+    let ty = WType::of(dtype).ok_or(Error::UnsupportedDtype { op, dtype, expected: "a quantized type" })?;
     if !isa.is_available() {
         return Err(Error::invalid(op, format!("this CPU cannot run the {} kernels", isa.name())));
     }
@@ -366,5 +483,19 @@ fn kernel(isa: Isa, ty: WType, w: &[u8], rb: usize, acts: &act::Acts, out: &mut 
         Isa::Avx512Vnni => unsafe { avx512::gemm(ty, w, rb, acts, out) },
         #[cfg(not(target_arch = "x86_64"))]
         _ => scalar::gemm(ty, w, rb, acts, out),
+    }
+}
+
+/// One task's rows of a super-block type, on the chosen kernels. The AVX-512 machines run the
+/// AVX2 kernels (no 512-bit ones for these types yet).
+fn kernel_k(isa: Isa, ty: KType, w: &[u8], rb: usize, acts: &act_k::ActsK, out: &mut [f32]) {
+    match isa {
+        Isa::Scalar => scalar_k::gemm(ty, w, rb, acts, out),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `check_shapes` returned Ok only if `isa.is_available()`; both x86 kernel sets
+        // include AVX2, FMA and F16C, the features `avx2_k::gemm` is compiled for.
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2_k::gemm(ty, w, rb, acts, out) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => scalar_k::gemm(ty, w, rb, acts, out),
     }
 }
