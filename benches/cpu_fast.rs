@@ -1,8 +1,8 @@
 //! criterion benches of the fast CPU matvec/matmul (8-bit activations, "fast"; f32
 //! activations, "f32act", the default `exact` path) and attention (`cpu::fast`) against the CPU
 //! reference, per shape of the default model (SmolLM2-135M: Q4_1 layers of 576 / 1536 / 192
-//! rows, the Q8_0 output head of 49152 rows, 9/3 heads of 64) and per kernel set this CPU runs. Each reports the bytes the op
-//! must move (weights + activations in and out), so criterion prints GB/s: a matvec is
+//! rows, the Q8_0 output head of 49152 rows, 9/3 heads of 64), every quantized type on a
+//! 2048 x 2048 matrix, and per kernel set this CPU runs. Each reports the bytes the op must move (weights + activations in and out), so criterion prints GB/s: a matvec is
 //! memory-bound, its roofline is the memory bandwidth one or all threads get (or the cache's,
 //! for matrices that stay in L2/L3 across iterations, as the small ones here do); a matmul of
 //! T tokens does 2 * rows * cols * T flops on the same bytes and is compute-bound, so its
@@ -35,7 +35,7 @@ fn cases() -> Vec<Op> {
         v.push(Op::Matmul { dt: DType::Q4_1, rows, cols, tokens: 64 });
     }
     v.push(Op::Matvec { dt: DType::Q8_0, rows: m.vocab, cols: m.hidden });
-    // The types with f32-activation kernels only (dequantize-then-multiply), on the down
+    // The types strata reads but does not write (random valid blocks), on the down
     // projection's shape (1536 columns: whole 256-value super-blocks), beside Q4_1 there.
     for dt in [
         DType::Q4_K,
@@ -51,6 +51,12 @@ fn cases() -> Vec<Op> {
         v.push(Op::Matvec { dt, rows: m.hidden, cols: m.ffn });
     }
     v.push(Op::Matmul { dt: DType::Q4_K, rows: m.hidden, cols: m.ffn, tokens: 64 });
+    v.push(Op::Matmul { dt: DType::Q6_K, rows: m.hidden, cols: m.ffn, tokens: 64 });
+    // Every quantized type on one 2048 x 2048 matrix (whole super-blocks; 1.3 to 4.5 MB of
+    // weights, held in L3 across iterations), for the exact and fast paths side by side.
+    for dt in DType::QUANTIZED {
+        v.push(Op::Matvec { dt, rows: 2048, cols: 2048 });
+    }
     let (heads, kv_heads, head_dim) = (m.heads, m.kv_heads, m.head_dim);
     for n_kv in [256, 1024] {
         v.push(Op::AttentionDecode { cache: DType::F16, heads, kv_heads, head_dim, n_kv });

@@ -89,6 +89,17 @@ const CHUNK_SCALES: [[u8; 16]; 8] = {
 /// Byte g of the result is byte g / 2 of the input: 8 sub-block values → 16 group values.
 const DUP: [u8; 16] = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7];
 
+/// For IQ4_XS: byte g of the result is the scale of sub-block i = g / 2, from bytes [even
+/// scales 0, 2, 4, 6, odd scales 1, 3, 5, 7].
+const IQ4_XS_GROUPS: [u8; 16] = [0, 0, 4, 4, 1, 1, 5, 5, 2, 2, 6, 6, 3, 3, 7, 7];
+
+/// The 4 nibbles of the low 16 bits of `x`, one per byte (nibble k in the low half of byte k).
+#[inline]
+fn nibbles_to_bytes(x: u32) -> u32 {
+    let x = (x | (x << 8)) & 0x00FF_00FF;
+    (x | (x << 4)) & 0x0F0F_0F0F
+}
+
 /// out[r][t] = row r of `w` · token t of `acts` (`out` is [rows][acts.n], `w` holds the rows,
 /// `rb` bytes each, in `ty`'s block layout).
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -247,14 +258,15 @@ unsafe fn head<const TY: u8>(p: *const u8) -> Head {
             Q6_K => Head { d: f16_at(p.add(208)), dmin: 0.0, g8: _mm_loadu_si128(p.add(192).cast()), m16: zero },
             _ => {
                 // IQ4_XS: scale i has 4 low bits at bits 4i.. of the u32 at 4 and 2 high bits
-                // at bits 2i.. of the u16 at 2; stored + 32.
+                // at bits 2i.. of the u16 at 2; stored + 32. Even and odd scales separately:
+                // each a u32 of 4 bytes, then picked into groups by one shuffle.
                 let (h, l) = (u32_at(p) >> 16, u32_at(p.add(4)));
-                let mut sc = 0u64;
-                for i in 0..8 {
-                    let v = ((l >> (4 * i)) & 0x0F) | (((h >> (2 * i)) & 3) << 4);
-                    sc |= (v as u64) << (8 * i);
-                }
-                Head { d: f16_at(p), dmin: 0.0, g8: _mm_sub_epi8(dup8(sc), _mm_set1_epi8(32)), m16: zero }
+                let lo = 0x0F0F_0F0F;
+                let even = (l & lo) | (nibbles_to_bytes(h & 0x3333) << 4);
+                let odd = ((l >> 4) & lo) | (nibbles_to_bytes((h >> 2) & 0x3333) << 4);
+                let both = _mm_cvtsi64_si128((even as u64 | ((odd as u64) << 32)) as i64);
+                let g8 = _mm_shuffle_epi8(both, _mm_loadu_si128(IQ4_XS_GROUPS.as_ptr().cast()));
+                Head { d: f16_at(p), dmin: 0.0, g8: _mm_sub_epi8(g8, _mm_set1_epi8(32)), m16: zero }
             }
         }
     }
