@@ -3,7 +3,7 @@
 //! Q2_K … Q6_K and IQ4_XS (256-value super-blocks, activations in 256-value blocks with 16-value
 //! partial sums). Weights are valid random blocks (`quant::random_blocks`); shapes have odd row
 //! counts, one and several super-blocks per row, one token and several (below, at and past the
-//! prefill tile's four tokens).
+//! prefill tiles of four and eight tokens).
 //!
 //! As in `fast`, from loose to tight:
 //! - against the exact (f64) product on the raw activations, element by element under the
@@ -37,7 +37,7 @@ const TYPES: [DType; 9] = [
     DType::IQ4_NL,
     DType::IQ4_XS,
 ];
-const TOKENS: [usize; 5] = [1, 2, 4, 5, 9];
+const TOKENS: [usize; 6] = [1, 2, 4, 5, 9, 21];
 /// (rows, blocks per row): one block, odd and even counts, 8 super-blocks (a 2048-wide row),
 /// and enough rows for several rayon tasks.
 const SHAPES: [(usize, usize); 6] = [(1, 1), (3, 2), (13, 3), (37, 6), (21, 8), (131, 5)];

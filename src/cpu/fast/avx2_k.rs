@@ -31,9 +31,13 @@ use crate::dtype::IQ4_VALUES;
 
 /// Rows per tile for a single token (decode): two interleaved weight streams, as in `avx2`.
 const R_ONE: usize = 2;
-/// Rows and tokens per tile for prefill: each chunk of weights unpacked once for 4 tokens.
-const R_MANY: usize = 2;
-const T_MANY: usize = 4;
+/// Rows and tokens per tile for prefill: each chunk of weights unpacked once for 8 tokens,
+/// whose 8 integer accumulators stay in registers (the f32 ones are touched once per
+/// super-block). One row by 8 tokens measured 20% to 30% faster than 2 by 4 on a 576 x 1536
+/// Q4_K/Q6_K matmul of 64 tokens (criterion, 2 threads, the dev VM); then tiles of 4 tokens
+/// and single tokens for what is left.
+const R_MANY: usize = 1;
+const T_MANY: usize = 8;
 /// How many row tiles ahead to prefetch the weights.
 const PREFETCH_TILES: usize = 2;
 
@@ -121,6 +125,10 @@ fn gemm_ty<const TY: u8>(w: &[u8], rb: usize, acts: &ActsK, out: &mut [f32]) {
     while t0 + T_MANY <= n {
         rows_loop::<TY, R_MANY, T_MANY>(w, rb, acts, out, t0);
         t0 += T_MANY;
+    }
+    while t0 + T_MANY / 2 <= n {
+        rows_loop::<TY, R_MANY, { T_MANY / 2 }>(w, rb, acts, out, t0);
+        t0 += T_MANY / 2;
     }
     while t0 < n {
         rows_loop::<TY, R_ONE, 1>(w, rb, acts, out, t0);
