@@ -11,8 +11,8 @@
 //!   sums (`Tolerance::F32_ACCUMULATION`), so a model's tokens are the reference's.
 //! - [`CpuPath::Fast`]: the products with activations rounded to 8-bit blocks like llama.cpp's
 //!   and integer SIMD dot products (`cpu::fast::matmul`; `Tolerance::Q8_ACTIVATIONS`); faster,
-//!   and tokens can differ where two candidates are nearly tied. Weight types without 8-bit
-//!   kernels (Q5_0, Q5_1, the K-quants, the IQ4 types) take the `Exact` kernels on this path.
+//!   and tokens can differ where two candidates are nearly tied. Every quantized type has
+//!   8-bit kernels (the K-quants and IQ4_XS with 256-value activation blocks, `Q8_K`-style).
 //! - [`CpuPath::Reference`]: the reference itself, to tell a model bug from a kernel one.
 //!   Setting the environment variable `STRATA_CPU_REFERENCE=1` (read once, at the first such
 //!   call) forces it for the whole process.
@@ -91,7 +91,8 @@ pub fn cpu_path() -> CpuPath {
 /// the reference).
 /// The CPU kernels for products with weights of `dt`: the chosen path where it handles `dt`;
 /// the `exact` (f32-activation) kernels where `fast` was chosen but has no 8-bit kernels for
-/// `dt` (Q5_0, Q5_1, the K-quants, the IQ4 types); the reference for plain floats.
+/// `dt` (none today: `cpu::fast::supports_8bit` holds for every quantized type); the reference
+/// for plain floats.
 fn product_path(dt: strata_kernels::DType) -> CpuPath {
     match cpu_path() {
         _ if !cpu::fast::supports(dt) => CpuPath::Reference,
