@@ -18,8 +18,9 @@
 //! 2^31. The integer sums are exact; only their conversion to f32 (past 2^24) and the f32 sums
 //! round, as in the 32-value kernels.
 //!
-//! Tiles, prefetching and the raw-pointer loads with the lengths checked once per tile are
-//! those of the 32-value AVX2 kernels (`avx2`).
+//! Decode tiles (2 rows × 1 token), prefetching and the raw-pointer loads with the lengths
+//! checked once per tile are those of the 32-value AVX2 kernels (`avx2`); prefill tiles are 1
+//! row × 8 tokens (see `T_MANY`).
 
 use std::arch::x86_64::*;
 
