@@ -80,11 +80,12 @@ fn run_fast(isa: Isa, op: Op, i: &Inputs, y: &mut [f32]) {
             head_dim,
             n_kv,
             scale(head_dim),
+            None,
             y,
         ),
         Op::AttentionPrefill { heads, kv_heads, head_dim, tokens, .. } => {
             let (k, v) = (i.k.as_ref(), i.v.as_ref());
-            fast::attention_prefill(&i.x, tokens, 0, k, v, heads, kv_heads, head_dim, scale(head_dim), y)
+            fast::attention_prefill(&i.x, tokens, 0, k, v, heads, kv_heads, head_dim, scale(head_dim), None, y)
         }
         _ => Ok(()),
     };

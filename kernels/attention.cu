@@ -3,7 +3,9 @@
 // Layout: q and out are [n_tokens][n_heads][head_dim] f32; the caches are
 // [cache_rows][n_kv_heads][head_dim]; query head h reads kv head h / (n_heads / n_kv_heads).
 // Token t (at position pos0 + t) attends cache rows 0..=pos0+t; decode is one token with
-// pos0 = n_kv - 1.
+// pos0 = n_kv - 1. With a sliding window w > 0 (0: none) the query at position p attends only
+// rows p+1-w..=p (llama.cpp's standard window: a key k is masked when p - k >= w); the rows
+// before are not read.
 //
 // One 128-thread block per (token, head). Each warp walks chunks of 32 cache positions: lane l
 // scores position base+l against q (held in shared memory, read as a broadcast), the warp
@@ -11,7 +13,8 @@
 // across head_dim (coalesced reads). The four warps' partial results are merged at the end.
 // Softmax is f32 throughout; scores are (q . k) * scale.
 //
-// Bytes moved per (token, head): 2 * n_kv * head_dim * sizeof(cache element) of K and V
+// Bytes moved per (token, head): 2 * n_seen * head_dim * sizeof(cache element) of K and V,
+// n_seen = min(n_kv, window)
 // (query heads of one group re-read the same rows, mostly from L2). Decode is memory-bound
 // on the cache; prefill re-reads K/V per token from L2 ("correct first": no tiling yet).
 #include "common.cuh"
@@ -51,7 +54,7 @@ static __device__ __forceinline__ void attention_body(const float *q, int64_t n_
                                                       int64_t pos0, const C *k_cache,
                                                       const C *v_cache, int64_t n_heads,
                                                       int64_t n_kv_heads, int head_dim,
-                                                      float scale, float *out) {
+                                                      float scale, int64_t window, float *out) {
     constexpr int kPerLane = kMaxHeadDim / kWarp;
     __shared__ float q_s[kMaxHeadDim];
     __shared__ float acc_s[kWarps][kMaxHeadDim];
@@ -64,6 +67,7 @@ static __device__ __forceinline__ void attention_body(const float *q, int64_t n_
     for (int64_t item = blockIdx.x; item < n_tokens * n_heads; item += gridDim.x) {
         const int64_t t = item / n_heads, h = item % n_heads;
         const int64_t n_kv = pos0 + t + 1;
+        const int64_t lo = window > 0 && n_kv > window ? n_kv - window : 0;  // first row seen
         const C *k_head = k_cache + (h / group) * head_dim;
         const C *v_head = v_cache + (h / group) * head_dim;
         __syncthreads();  // the previous item's readers of q_s / acc_s are done
@@ -74,7 +78,7 @@ static __device__ __forceinline__ void attention_body(const float *q, int64_t n_
 #pragma unroll
         for (int i = 0; i < kPerLane; ++i) acc[i] = 0.0f;
 
-        for (int64_t base = (int64_t)warp * kWarp; base < n_kv; base += kWarps * kWarp) {
+        for (int64_t base = lo + (int64_t)warp * kWarp; base < n_kv; base += kWarps * kWarp) {
             const int64_t p = base + lane;
             const float s = p < n_kv ? dot_row<C, kVec>(q_s, k_head + p * row_stride, head_dim) * scale
                                      : -INFINITY;
@@ -130,9 +134,9 @@ static __device__ __forceinline__ void attention_body(const float *q, int64_t n_
     static __global__ void __launch_bounds__(kThreads)                                         \
         name(const float *q, int64_t n_tokens, int64_t pos0, const C *k_cache,                 \
              const C *v_cache, int64_t n_heads, int64_t n_kv_heads, int head_dim, float scale, \
-             float *out) {                                                                     \
+             int64_t window, float *out) {                                                     \
         attention_body<C, kMaxHeadDim, kVec>(q, n_tokens, pos0, k_cache, v_cache, n_heads,     \
-                                             n_kv_heads, head_dim, scale, out);                \
+                                             n_kv_heads, head_dim, scale, window, out);        \
     }
 
 STRATA_ATTENTION_KERNEL(strata_attention_decode_f32_f32kv, float)
@@ -142,7 +146,7 @@ STRATA_ATTENTION_KERNEL(strata_attention_prefill_f32_f16kv, __half)
 
 template <typename C>
 using AttentionKernel = void (*)(const float *, int64_t, int64_t, const C *, const C *, int64_t,
-                                 int64_t, int, float, float *);
+                                 int64_t, int, float, int64_t, float *);
 
 // Picks the instance for head_dim (64, 128 or 256 at most; vector loads when rows are
 // 16-byte aligned) and launches one block per (token, head).
@@ -150,7 +154,7 @@ template <typename C, template <int, bool> class Pick>
 static strata_status launch_attention(const float *q, int64_t n_tokens, int64_t pos0,
                                       const void *k_cache, const void *v_cache, int64_t n_heads,
                                       int64_t n_kv_heads, int64_t head_dim, float scale,
-                                      float *out, cudaStream_t stream) {
+                                      int64_t window, float *out, cudaStream_t stream) {
     const bool vec = head_dim % (16 / sizeof(C)) == 0 && ((uintptr_t)k_cache % 16) == 0;
     AttentionKernel<C> k;
     if (head_dim <= 64) k = vec ? Pick<64, true>::get() : Pick<64, false>::get();
@@ -158,7 +162,7 @@ static strata_status launch_attention(const float *q, int64_t n_tokens, int64_t 
     else k = vec ? Pick<256, true>::get() : Pick<256, false>::get();
     k<<<grid_for(n_tokens * n_heads, 1), kThreads, 0, stream>>>(
         q, n_tokens, pos0, static_cast<const C *>(k_cache), static_cast<const C *>(v_cache),
-        n_heads, n_kv_heads, (int)head_dim, scale, out);
+        n_heads, n_kv_heads, (int)head_dim, scale, window, out);
     return launch_status();
 }
 
@@ -184,33 +188,37 @@ extern "C" strata_status strata_attention_decode_f32(const float *q, strata_dtyp
                                                      const void *k_cache, const void *v_cache,
                                                      int64_t n_heads, int64_t n_kv_heads,
                                                      int64_t head_dim, int64_t n_kv,
-                                                     float scale, float *out,
+                                                     float scale, int64_t window, float *out,
                                                      cudaStream_t stream) {
     STRATA_CHECK_ARG(attention_args_ok(cache_dtype, n_heads, n_kv_heads, head_dim));
-    STRATA_CHECK_ARG(n_kv >= 1);
+    STRATA_CHECK_ARG(n_kv >= 1 && window >= 0);
     if (n_heads == 0) return STRATA_OK;
     STRATA_CHECK_ARG(q && k_cache && v_cache && out);
     if (cache_dtype == STRATA_DTYPE_F16)
         return launch_attention<__half, PickDecodeF16>(q, 1, n_kv - 1, k_cache, v_cache, n_heads,
-                                                       n_kv_heads, head_dim, scale, out, stream);
+                                                       n_kv_heads, head_dim, scale, window, out,
+                                                       stream);
     return launch_attention<float, PickDecodeF32>(q, 1, n_kv - 1, k_cache, v_cache, n_heads,
-                                                  n_kv_heads, head_dim, scale, out, stream);
+                                                  n_kv_heads, head_dim, scale, window, out,
+                                                  stream);
 }
 
 extern "C" strata_status strata_attention_prefill_f32(const float *q, int64_t n_tokens,
                                                       int64_t pos0, strata_dtype cache_dtype,
                                                       const void *k_cache, const void *v_cache,
                                                       int64_t n_heads, int64_t n_kv_heads,
-                                                      int64_t head_dim, float scale, float *out,
+                                                      int64_t head_dim, float scale,
+                                                      int64_t window, float *out,
                                                       cudaStream_t stream) {
     STRATA_CHECK_ARG(attention_args_ok(cache_dtype, n_heads, n_kv_heads, head_dim));
-    STRATA_CHECK_ARG(n_tokens >= 0 && pos0 >= 0);
+    STRATA_CHECK_ARG(n_tokens >= 0 && pos0 >= 0 && window >= 0);
     if (n_heads == 0 || n_tokens == 0) return STRATA_OK;
     STRATA_CHECK_ARG(q && k_cache && v_cache && out);
     if (cache_dtype == STRATA_DTYPE_F16)
         return launch_attention<__half, PickPrefillF16>(q, n_tokens, pos0, k_cache, v_cache,
                                                         n_heads, n_kv_heads, head_dim, scale,
-                                                        out, stream);
+                                                        window, out, stream);
     return launch_attention<float, PickPrefillF32>(q, n_tokens, pos0, k_cache, v_cache, n_heads,
-                                                   n_kv_heads, head_dim, scale, out, stream);
+                                                   n_kv_heads, head_dim, scale, window, out,
+                                                   stream);
 }

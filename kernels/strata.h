@@ -254,14 +254,16 @@ strata_status strata_rope_f32(float *x, int64_t n_tokens, int64_t n_heads, int64
 
 /* KV caches are [cache_rows][n_kv_heads][head_dim] of `cache_dtype` (F32 or F16). Query head h
  * reads kv head h / (n_heads / n_kv_heads); n_heads must be a multiple of n_kv_heads, and
- * head_dim at most 256. Scores are (q . k) * scale, softmax in f32, out = sum softmax * v. */
+ * head_dim at most 256. Scores are (q . k) * scale, softmax in f32, out = sum softmax * v.
+ * `window` > 0 is a sliding window: the query at position p attends only positions
+ * p+1-window..=p (llama.cpp's standard SWA); 0 is no window. */
 
 /* Decode: q and out are [n_heads][head_dim]; attends cache positions 0..n_kv-1. */
 strata_status strata_attention_decode_f32(const float *q, strata_dtype cache_dtype,
                                           const void *k_cache, const void *v_cache,
                                           int64_t n_heads, int64_t n_kv_heads,
                                           int64_t head_dim, int64_t n_kv, float scale,
-                                          float *out, cudaStream_t stream);
+                                          int64_t window, float *out, cudaStream_t stream);
 
 /* Prefill: q and out are [n_tokens][n_heads][head_dim]; token t is at position pos0 + t and
  * attends cache positions 0..=pos0+t (causal). The cache must already hold those rows. */
@@ -269,7 +271,7 @@ strata_status strata_attention_prefill_f32(const float *q, int64_t n_tokens, int
                                            strata_dtype cache_dtype, const void *k_cache,
                                            const void *v_cache, int64_t n_heads,
                                            int64_t n_kv_heads, int64_t head_dim, float scale,
-                                           float *out, cudaStream_t stream);
+                                           int64_t window, float *out, cudaStream_t stream);
 
 /* ---- kv_cache.cu ----------------------------------------------------------------------- */
 
@@ -284,6 +286,11 @@ strata_status strata_kv_append_f32(const float *src, int64_t n_tokens, int64_t r
 
 /* out[i] = gate[i] / (1 + exp(-gate[i])) * up[i]. `out` may equal `gate` or `up`. */
 strata_status strata_silu_mul_f32(const float *gate, const float *up, int64_t n, float *out,
+                                  cudaStream_t stream);
+
+/* out[i] = gelu_tanh(gate[i]) * up[i], gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715
+ * x^3))) (Gemma's GeGLU FFN). `out` may equal `gate` or `up`. */
+strata_status strata_gelu_mul_f32(const float *gate, const float *up, int64_t n, float *out,
                                   cudaStream_t stream);
 
 /* out[i] = a[i] + b[i]. `out` may equal `a` or `b`. */

@@ -321,8 +321,10 @@ fn f32_activation_bad_arguments_are_errors() {
 }
 
 /// Fast attention against the reference: f32 and f16 caches, grouped heads, odd head sizes,
-/// one token (decode) and prefill batches at a cache offset. Only the order of f32 additions
-/// (and FMA) differs, hence [`Tolerance::F32_ACCUMULATION`].
+/// one token (decode) and prefill batches at a cache offset, without and with sliding windows
+/// (shorter than the context, starting inside a block of 16 or a decode chunk, and longer than
+/// the context). Only the order of f32 additions (and FMA) differs, hence
+/// [`Tolerance::F32_ACCUMULATION`].
 #[test]
 fn attention_matches_the_reference() {
     use crate::support::Cache;
@@ -331,7 +333,20 @@ fn attention_matches_the_reference() {
             let n_heads = n_kv_heads * group;
             let scale = 1.0 / (head_dim as f32).sqrt();
             // Decode at 600 positions spans three of the decode path's chunks, which are merged.
-            for (n_tokens, pos0) in [(1, 0), (1, 40), (1, 600), (2, 0), (7, 3), (33, 100)] {
+            for (n_tokens, pos0, window) in [
+                (1, 0, None),
+                (1, 40, None),
+                (1, 600, None),
+                (2, 0, None),
+                (7, 3, None),
+                (33, 100, None),
+                (1, 40, Some(1)),
+                (1, 600, Some(300)),
+                (1, 600, Some(5000)),
+                (7, 3, Some(4)),
+                (33, 100, Some(21)),
+                (33, 100, Some(1000)),
+            ] {
                 let rows = pos0 + n_tokens + 2;
                 let len = rows * n_kv_heads * head_dim;
                 let seed = (n_tokens * 131 + pos0 * 7 + head_dim) as u64;
@@ -351,6 +366,7 @@ fn attention_matches_the_reference() {
                         args.2,
                         pos0 + 1,
                         args.3,
+                        window,
                         &mut want,
                     )
                     .expect("reference");
@@ -363,6 +379,7 @@ fn attention_matches_the_reference() {
                         args.2,
                         pos0 + 1,
                         args.3,
+                        window,
                         &mut got,
                     )
                     .expect("fast");
@@ -377,6 +394,7 @@ fn attention_matches_the_reference() {
                         args.1,
                         args.2,
                         args.3,
+                        window,
                         &mut want,
                     )
                     .expect("reference");
@@ -390,12 +408,14 @@ fn attention_matches_the_reference() {
                         args.1,
                         args.2,
                         args.3,
+                        window,
                         &mut got,
                     )
                     .expect("fast");
                 }
-                let label =
-                    format!("attention {dt} heads {n_heads}/{n_kv_heads} dim {head_dim} T={n_tokens} pos0={pos0}");
+                let label = format!(
+                    "attention {dt} heads {n_heads}/{n_kv_heads} dim {head_dim} T={n_tokens} pos0={pos0} window={window:?}"
+                );
                 assert_close(&label, &got, &want, Tolerance::F32_ACCUMULATION);
             }
         }
@@ -408,13 +428,15 @@ fn attention_rejects_what_the_reference_rejects() {
     let (k, v) = (cpu::CacheRef::F32(&c), cpu::CacheRef::F32(&c));
     let q = vec![0.0f32; 3 * 8];
     let mut out = vec![0.0f32; 3 * 8];
-    assert!(fast::attention_decode(&q, k, v, 3, 2, 8, 1, 1.0, &mut out).is_err(), "3 heads over 2 KV heads");
+    assert!(fast::attention_decode(&q, k, v, 3, 2, 8, 1, 1.0, None, &mut out).is_err(), "3 heads over 2 KV heads");
     let q = vec![0.0f32; 2 * 8];
     let mut out = vec![0.0f32; 2 * 8];
-    assert!(fast::attention_decode(&q, k, v, 2, 2, 8, 0, 1.0, &mut out).is_err(), "n_kv = 0");
-    assert!(fast::attention_decode(&q, k, v, 2, 2, 8, 5, 1.0, &mut out).is_err(), "past the cache");
-    assert!(fast::attention_prefill(&q, 1, 0, k, v, 2, 2, 8, 1.0, &mut out[..8]).is_err(), "short out");
-    fast::attention_decode(&q, k, v, 2, 2, 8, 4, 1.0, &mut out).expect("a full cache is fine");
+    assert!(fast::attention_decode(&q, k, v, 2, 2, 8, 0, 1.0, None, &mut out).is_err(), "n_kv = 0");
+    assert!(fast::attention_decode(&q, k, v, 2, 2, 8, 5, 1.0, None, &mut out).is_err(), "past the cache");
+    assert!(fast::attention_prefill(&q, 1, 0, k, v, 2, 2, 8, 1.0, None, &mut out[..8]).is_err(), "short out");
+    assert!(fast::attention_decode(&q, k, v, 2, 2, 8, 4, 1.0, Some(0), &mut out).is_err(), "a window of 0");
+    assert!(cpu::attention_decode(&q, k, v, 2, 2, 8, 4, 1.0, Some(0), &mut out).is_err(), "a window of 0");
+    fast::attention_decode(&q, k, v, 2, 2, 8, 4, 1.0, None, &mut out).expect("a full cache is fine");
 }
 
 /// The fast attention's own exponential, through a softmax of two positions: with scores 0 and
@@ -426,7 +448,7 @@ fn attention_exp_is_close_to_libm() {
     for i in 0..2000 {
         let x = -90.0 + i as f32 * 0.05;
         let mut out = [0.0f32];
-        fast::attention_decode(&[x], cpu::CacheRef::F32(&k), cpu::CacheRef::F32(&v), 1, 1, 1, 2, 1.0, &mut out)
+        fast::attention_decode(&[x], cpu::CacheRef::F32(&k), cpu::CacheRef::F32(&v), 1, 1, 1, 2, 1.0, None, &mut out)
             .expect("attention");
         let want = if x <= 0.0 { x.exp() / (1.0 + x.exp()) } else { 1.0 / (1.0 + (-x).exp()) };
         let tol = 4.0 * f32::EPSILON * want + 1e-37;

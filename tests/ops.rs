@@ -216,16 +216,22 @@ fn head_dims() -> impl Strategy<Value = usize> {
     prop::sample::select(vec![8usize, 17, 24, 64, 80, 96, 128, 130, 256])
 }
 
+/// No window, a sliding window shorter than most contexts (1 included: a query sees only
+/// itself), or one longer than any context here.
+fn windows() -> impl Strategy<Value = Option<usize>> {
+    prop_oneof![Just(None), (1usize..40).prop_map(Some), (1usize..300).prop_map(Some), Just(Some(4096))]
+}
+
 fn attention_decode_body(dev: &dyn Backend) {
     proptest!(config(32), |(dt in any_cache_dtype(), n_kv_heads in 1usize..4, group in 1usize..4, head_dim in head_dims(),
-                            n_kv in 1usize..400, extra in 0usize..3, seed: u64)| {
+                            n_kv in 1usize..400, extra in 0usize..3, window in windows(), seed: u64)| {
         let c = attn_case(dt, n_kv_heads, group, head_dim, n_kv + extra, seed);
         let q = uniform(&mut rng(seed), c.n_heads * head_dim, 2.0);
-        let want = Cpu.attention_decode(&q, &c.k, &c.v, c.n_heads, n_kv_heads, head_dim, n_kv, c.scale);
-        let oracle = oracle::attention(&q, 1, n_kv - 1, &c.k.to_f32(), &c.v.to_f32(), c.n_heads, n_kv_heads, head_dim, c.scale);
+        let want = Cpu.attention_decode(&q, &c.k, &c.v, c.n_heads, n_kv_heads, head_dim, n_kv, c.scale, window);
+        let oracle = oracle::attention(&q, 1, n_kv - 1, &c.k.to_f32(), &c.v.to_f32(), c.n_heads, n_kv_heads, head_dim, c.scale, window);
         assert_close("attention_decode: cpu vs oracle", &want, &oracle, Tolerance::F32_ACCUMULATION);
-        let label = vs_cpu(dev, &format!("attention_decode {dt} kv {n_kv} heads {}/{n_kv_heads} dim {head_dim}", c.n_heads));
-        let got = dev.attention_decode(&q, &c.k, &c.v, c.n_heads, n_kv_heads, head_dim, n_kv, c.scale);
+        let label = vs_cpu(dev, &format!("attention_decode {dt} kv {n_kv} window {window:?} heads {}/{n_kv_heads} dim {head_dim}", c.n_heads));
+        let got = dev.attention_decode(&q, &c.k, &c.v, c.n_heads, n_kv_heads, head_dim, n_kv, c.scale, window);
         assert_close(&label, &got, &want, Tolerance::F32_ACCUMULATION);
     });
 }
@@ -233,18 +239,66 @@ device_test!(attention_decode, attention_decode_body);
 
 fn attention_prefill_body(dev: &dyn Backend) {
     proptest!(config(32), |(dt in any_cache_dtype(), n_kv_heads in 1usize..4, group in 1usize..4, head_dim in head_dims(),
-                            n_tokens in 1usize..12, pos0 in 0usize..150, seed: u64)| {
+                            n_tokens in 1usize..12, pos0 in 0usize..150, window in windows(), seed: u64)| {
         let c = attn_case(dt, n_kv_heads, group, head_dim, pos0 + n_tokens + 1, seed);
         let q = uniform(&mut rng(seed), n_tokens * c.n_heads * head_dim, 2.0);
-        let want = Cpu.attention_prefill(&q, n_tokens, pos0, &c.k, &c.v, c.n_heads, n_kv_heads, head_dim, c.scale);
-        let oracle = oracle::attention(&q, n_tokens, pos0, &c.k.to_f32(), &c.v.to_f32(), c.n_heads, n_kv_heads, head_dim, c.scale);
+        let want = Cpu.attention_prefill(&q, n_tokens, pos0, &c.k, &c.v, c.n_heads, n_kv_heads, head_dim, c.scale, window);
+        let oracle = oracle::attention(&q, n_tokens, pos0, &c.k.to_f32(), &c.v.to_f32(), c.n_heads, n_kv_heads, head_dim, c.scale, window);
         assert_close("attention_prefill: cpu vs oracle", &want, &oracle, Tolerance::F32_ACCUMULATION);
-        let label = vs_cpu(dev, &format!("attention_prefill {dt} T {n_tokens} pos0 {pos0} dim {head_dim}"));
-        let got = dev.attention_prefill(&q, n_tokens, pos0, &c.k, &c.v, c.n_heads, n_kv_heads, head_dim, c.scale);
+        let label = vs_cpu(dev, &format!("attention_prefill {dt} T {n_tokens} pos0 {pos0} window {window:?} dim {head_dim}"));
+        let got = dev.attention_prefill(&q, n_tokens, pos0, &c.k, &c.v, c.n_heads, n_kv_heads, head_dim, c.scale, window);
         assert_close(&label, &got, &want, Tolerance::F32_ACCUMULATION);
     });
 }
 device_test!(attention_prefill, attention_prefill_body);
+
+/// The window's edges on the reference: a window at least as long as the context is global
+/// attention bit for bit; a window of 1 sees only the query's own row (softmax of one score),
+/// so the output is that row of V exactly; a window of w gives the same result as global
+/// attention over a cache holding only the last w rows (the positions it must see, no more).
+#[test]
+fn attention_window_edges() {
+    let (n_kv_heads, group, head_dim, n_tokens, pos0) = (2, 2, 24, 5, 9);
+    let rows = pos0 + n_tokens;
+    let c = attn_case(DType::F32, n_kv_heads, group, head_dim, rows, 11);
+    let q = uniform(&mut rng(12), n_tokens * c.n_heads * head_dim, 2.0);
+    let run = |w| Cpu.attention_prefill(&q, n_tokens, pos0, &c.k, &c.v, c.n_heads, n_kv_heads, head_dim, c.scale, w);
+    let global = run(None);
+    assert_eq!(run(Some(rows)), global, "window = the whole context");
+    assert_eq!(run(Some(10 * rows)), global, "window longer than the context");
+    let (k, v) = (c.k.to_f32(), c.v.to_f32());
+    let row = n_kv_heads * head_dim;
+    let one = run(Some(1));
+    for t in 0..n_tokens {
+        for h in 0..c.n_heads {
+            let got = &one[(t * c.n_heads + h) * head_dim..][..head_dim];
+            let want = &v[(pos0 + t) * row + (h / group) * head_dim..][..head_dim];
+            assert_eq!(got, want, "window 1: token {t} head {h} is its own V row");
+        }
+    }
+    // Decode at position p = rows - 1 with window w: the same as global attention over a
+    // cache whose rows are p+1-w..=p.
+    let w = 4;
+    let qd = &q[..c.n_heads * head_dim];
+    let got = Cpu.attention_decode(qd, &c.k, &c.v, c.n_heads, n_kv_heads, head_dim, rows, c.scale, Some(w));
+    let tail = |x: &[f32]| Cache::from_f32(DType::F32, &x[(rows - w) * row..]);
+    let want = Cpu.attention_decode(qd, &tail(&k), &tail(&v), c.n_heads, n_kv_heads, head_dim, w, c.scale, None);
+    assert_close("decode window 4 vs the last 4 rows", &got, &want, Tolerance::STRICT);
+}
+
+/// gelu_mul at the tails of the tanh approximation, zero and tiny values, against the f64
+/// formula, plus a value known from the literature: gelu_tanh(1) = 0.841192 (to 6 places).
+#[test]
+fn gelu_mul_against_the_f64_formula() {
+    let gate = [-100.0f32, -10.0, -5.0, -3.0, -1.0, -0.5, -1e-3, 0.0, 1e-3, 0.5, 1.0, 3.0, 5.0, 10.0, 100.0];
+    let up: Vec<f32> = (0..gate.len()).map(|i| 0.5 + i as f32 * 0.25).collect();
+    let got = Cpu.gelu_mul(&gate, &up);
+    assert_close("gelu_mul vs f64", &got, &oracle::gelu_mul(&gate, &up), Tolerance::F32_ROUNDING);
+    let one = Cpu.gelu_mul(&[1.0], &[1.0])[0];
+    assert!((one - 0.841_192).abs() < 1e-6, "gelu_tanh(1) = {one}");
+    assert_eq!(Cpu.gelu_mul(&[0.0, -100.0], &[3.0, 3.0]), [0.0, 0.0], "gelu(0) and the far negative tail are 0");
+    assert_eq!(Cpu.gelu_mul(&[100.0], &[2.0]), [200.0], "the far positive tail is x");
+}
 
 fn kv_append_body(dev: &dyn Backend) {
     proptest!(config(32), |(dt in any_cache_dtype(), n_tokens in 1usize..10, row_len in 1usize..300, spare in 0usize..20, seed: u64)| {
@@ -279,6 +333,10 @@ fn elementwise_body(dev: &dyn Backend) {
         let want = Cpu.silu_mul(&a, &b);
         assert_close("silu_mul: cpu vs oracle", &want, &oracle::silu_mul(&a, &b), Tolerance::F32_ROUNDING);
         assert_close(&vs_cpu(dev, "silu_mul"), &dev.silu_mul(&a, &b), &want, Tolerance::F32_ROUNDING);
+
+        let want = Cpu.gelu_mul(&a, &b);
+        assert_close("gelu_mul: cpu vs oracle", &want, &oracle::gelu_mul(&a, &b), Tolerance::F32_ROUNDING);
+        assert_close(&vs_cpu(dev, "gelu_mul"), &dev.gelu_mul(&a, &b), &want, Tolerance::F32_ROUNDING);
 
         let want = Cpu.add(&a, &b);
         let exact: Vec<f64> = a.iter().zip(&b).map(|(&x, &y)| x as f64 + y as f64).collect();

@@ -129,6 +129,7 @@ pub fn attention(
     n_kv_heads: usize,
     head_dim: usize,
     scale: f32,
+    window: Option<usize>,
 ) -> Vec<f64> {
     let group = n_heads / n_kv_heads;
     let row = n_kv_heads * head_dim;
@@ -137,9 +138,13 @@ pub fn attention(
         for h in 0..n_heads {
             let qh = &q[(t * n_heads + h) * head_dim..][..head_dim];
             let kv = (h / group) * head_dim;
-            let n_kv = pos0 + t + 1;
-            let scores: Vec<f64> = (0..n_kv)
-                .map(|p| {
+            let pos = pos0 + t;
+            // llama.cpp's causal + standard sliding-window mask: key p is hidden from the
+            // query at pos when p > pos or pos - p >= window.
+            let seen: Vec<usize> = (0..=pos).filter(|&p| window.is_none_or(|w| pos - p < w)).collect();
+            let scores: Vec<f64> = seen
+                .iter()
+                .map(|&p| {
                     let dot: f64 = (0..head_dim).map(|d| qh[d] as f64 * k[p * row + kv + d] as f64).sum();
                     dot * scale as f64
                 })
@@ -148,7 +153,7 @@ pub fn attention(
             let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
             let l: f64 = e.iter().sum();
             for d in 0..head_dim {
-                let acc: f64 = (0..n_kv).map(|p| e[p] * v[p * row + kv + d] as f64).sum();
+                let acc: f64 = seen.iter().zip(&e).map(|(&p, &ep)| ep * v[p * row + kv + d] as f64).sum();
                 out[(t * n_heads + h) * head_dim + d] = acc / l;
             }
         }
@@ -158,6 +163,18 @@ pub fn attention(
 
 pub fn silu_mul(gate: &[f32], up: &[f32]) -> Vec<f64> {
     gate.iter().zip(up).map(|(&g, &u)| g as f64 / (1.0 + (-(g as f64)).exp()) * u as f64).collect()
+}
+
+/// GELU (tanh approximation) of gate times up, in f64.
+pub fn gelu_mul(gate: &[f32], up: &[f32]) -> Vec<f64> {
+    gate.iter()
+        .zip(up)
+        .map(|(&g, &u)| {
+            let g = g as f64;
+            let inner = (2.0 / std::f64::consts::PI).sqrt() * (g + 0.044715 * g * g * g);
+            0.5 * g * (1.0 + inner.tanh()) * u as f64
+        })
+        .collect()
 }
 
 pub fn softmax_rows(x: &[f32], cols: usize) -> Vec<f64> {

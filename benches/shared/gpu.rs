@@ -77,7 +77,7 @@ fn out_len(op: &Op) -> usize {
         Op::AttentionDecode { heads, head_dim, .. } => heads * head_dim,
         Op::AttentionPrefill { heads, head_dim, tokens, .. } => tokens * heads * head_dim,
         Op::KvAppend { .. } => 0,
-        Op::SiluMul { n } | Op::Add { n } | Op::Scale { n } => n,
+        Op::SiluMul { n } | Op::GeluMul { n } | Op::Add { n } | Op::Scale { n } => n,
         Op::Softmax { rows, cols } => rows * cols,
         Op::Argmax { rows, .. } => rows,
     }
@@ -159,9 +159,20 @@ impl Gpu {
                             )
                         })
                 }
-                Op::AttentionDecode { cache, heads, kv_heads, head_dim, n_kv } => {
-                    cuda::attention_decode_f32(x, cache, k, v, heads, kv_heads, head_dim, n_kv, scale(head_dim), out, s)
-                }
+                Op::AttentionDecode { cache, heads, kv_heads, head_dim, n_kv } => cuda::attention_decode_f32(
+                    x,
+                    cache,
+                    k,
+                    v,
+                    heads,
+                    kv_heads,
+                    head_dim,
+                    n_kv,
+                    scale(head_dim),
+                    None,
+                    out,
+                    s,
+                ),
                 Op::AttentionPrefill { cache, heads, kv_heads, head_dim, tokens } => cuda::attention_prefill_f32(
                     x,
                     tokens,
@@ -173,6 +184,7 @@ impl Gpu {
                     kv_heads,
                     head_dim,
                     scale(head_dim),
+                    None,
                     out,
                     s,
                 ),
@@ -180,6 +192,7 @@ impl Gpu {
                     cuda::kv_append_f32(x, tokens, row_len, ids, cache, k, 2 * tokens, s)
                 }
                 Op::SiluMul { n } => cuda::silu_mul_f32(x, x2, n, out, s),
+                Op::GeluMul { n } => cuda::gelu_mul_f32(x, x2, n, out, s),
                 Op::Add { n } => cuda::add_f32(x, x2, n, out, s),
                 Op::Scale { n } => cuda::scale_f32(x, 0.5, n, out, s),
                 Op::Softmax { rows, cols } => cuda::softmax_rows_f32(x, rows, cols, out, s),

@@ -39,6 +39,7 @@ pub enum Op {
     AttentionPrefill { cache: DType, heads: usize, kv_heads: usize, head_dim: usize, tokens: usize },
     KvAppend { cache: DType, tokens: usize, row_len: usize },
     SiluMul { n: usize },
+    GeluMul { n: usize },
     Add { n: usize },
     Scale { n: usize },
     Softmax { rows: usize, cols: usize },
@@ -135,6 +136,7 @@ impl Op {
             Op::AttentionPrefill { .. } => "attention_prefill",
             Op::KvAppend { .. } => "kv_append",
             Op::SiluMul { .. } => "silu_mul",
+            Op::GeluMul { .. } => "gelu_mul",
             Op::Add { .. } => "add",
             Op::Scale { .. } => "scale",
             Op::Softmax { .. } => "softmax_rows",
@@ -171,7 +173,7 @@ impl Op {
                 format!("{heads}/{kv_heads}x{head_dim} T={tokens}")
             }
             Op::KvAppend { tokens, row_len, .. } => format!("T={tokens} row={row_len}"),
-            Op::SiluMul { n } | Op::Add { n } | Op::Scale { n } => format!("{n}"),
+            Op::SiluMul { n } | Op::GeluMul { n } | Op::Add { n } | Op::Scale { n } => format!("{n}"),
         }
     }
 
@@ -196,7 +198,7 @@ impl Op {
                 2 * tokens * kv_heads * head_dim * cache.block_bytes() + 2 * tokens * heads * head_dim * 4
             }
             Op::KvAppend { cache, tokens, row_len } => tokens * row_len * (4 + cache.block_bytes()) + tokens * 4,
-            Op::SiluMul { n } | Op::Add { n } => 3 * n * 4,
+            Op::SiluMul { n } | Op::GeluMul { n } | Op::Add { n } => 3 * n * 4,
             Op::Scale { n } => 2 * n * 4,
             Op::Softmax { rows, cols } => 2 * rows * cols * 4,
             Op::Argmax { rows, cols } => rows * cols * 4 + rows * 4,
@@ -224,7 +226,7 @@ impl Op {
                 Tolerance::STRICT
             }
             Op::Argmax { .. } => Tolerance::STRICT,
-            Op::SiluMul { .. } | Op::Rope { .. } => Tolerance::F32_ROUNDING,
+            Op::SiluMul { .. } | Op::GeluMul { .. } | Op::Rope { .. } => Tolerance::F32_ROUNDING,
             _ => Tolerance::F32_ACCUMULATION,
         }
     }
@@ -276,7 +278,7 @@ impl Op {
                 i.ids = (0..tokens as i32).collect();
                 i.k = Cache::new(cache, &vec![0.0; 2 * tokens * row_len]);
             }
-            Op::SiluMul { n } | Op::Add { n } | Op::Scale { n } => {
+            Op::SiluMul { n } | Op::GeluMul { n } | Op::Add { n } | Op::Scale { n } => {
                 i.x = uniform(&mut r, n, 8.0);
                 i.x2 = uniform(&mut r, n, 2.0);
             }
@@ -331,6 +333,7 @@ impl Op {
                     head_dim,
                     n_kv,
                     scale(head_dim),
+                    None,
                     &mut o,
                 )
                 .unwrap();
@@ -348,6 +351,7 @@ impl Op {
                     kv_heads,
                     head_dim,
                     scale(head_dim),
+                    None,
                     &mut o,
                 )
                 .unwrap();
@@ -366,6 +370,11 @@ impl Op {
             Op::SiluMul { n } => {
                 let mut o = vec![0.0; n];
                 cpu::silu_mul(&i.x, &i.x2, &mut o).unwrap();
+                Output::F32(o)
+            }
+            Op::GeluMul { n } => {
+                let mut o = vec![0.0; n];
+                cpu::gelu_mul(&i.x, &i.x2, &mut o).unwrap();
                 Output::F32(o)
             }
             Op::Add { n } => {
@@ -455,6 +464,8 @@ pub fn common_cases() -> Vec<Op> {
         v.push(Op::KvAppend { cache: DType::F16, tokens: 64, row_len: d.kv_heads * d.head_dim });
         v.push(Op::SiluMul { n: d.ffn });
         v.push(Op::SiluMul { n: 64 * d.ffn });
+        v.push(Op::GeluMul { n: d.ffn });
+        v.push(Op::GeluMul { n: 64 * d.ffn });
         v.push(Op::Add { n: d.hidden });
         v.push(Op::Add { n: 64 * d.hidden });
         v.push(Op::Scale { n: 64 * d.hidden });

@@ -1,5 +1,9 @@
-//! Grouped-query causal attention over a KV cache, and appending to the cache
-//! (attention.cu, kv_cache.cu).
+//! Grouped-query causal attention over a KV cache, optionally within a sliding window, and
+//! appending to the cache (attention.cu, kv_cache.cu).
+//!
+//! A window of `w` positions (llama.cpp's standard sliding window, `is_masked_swa`: a key at
+//! position k is masked for a query at p when p - k >= w) means the query at position p sees
+//! the keys p+1-w..=p: itself and the w - 1 before it. `None` is global causal attention.
 
 use half::f16;
 use rayon::prelude::*;
@@ -83,10 +87,25 @@ fn check_shape(op: &'static str, k: &CacheRef, v: &CacheRef, s: &Shape, rows_nee
     Ok(())
 }
 
-/// One query head against cache rows 0..n_kv: softmax((q . k) * scale) weighted sum of v.
-fn attend(q: &[f32], k: &CacheRef, v: &CacheRef, kv_off: usize, row: usize, n_kv: usize, scale: f32, out: &mut [f32]) {
+/// The first cache row a query at position `pos` sees with `window` (see the module doc).
+pub fn first_visible(pos: usize, window: Option<usize>) -> usize {
+    window.map_or(0, |w| (pos + 1).saturating_sub(w))
+}
+
+/// One query head against cache rows `rows`: softmax((q . k) * scale) weighted sum of v.
+fn attend(
+    q: &[f32],
+    k: &CacheRef,
+    v: &CacheRef,
+    kv_off: usize,
+    row: usize,
+    rows: std::ops::Range<usize>,
+    scale: f32,
+    out: &mut [f32],
+) {
     let head_dim = q.len();
-    let scores: Vec<f32> = (0..n_kv)
+    let scores: Vec<f32> = rows
+        .clone()
         .map(|p| {
             let base = p * row + kv_off;
             let mut s = 0.0f32;
@@ -100,7 +119,7 @@ fn attend(q: &[f32], k: &CacheRef, v: &CacheRef, kv_off: usize, row: usize, n_kv
     let e: Vec<f32> = scores.iter().map(|&s| (s - m).exp()).collect();
     let l: f32 = e.iter().sum();
     out.fill(0.0);
-    for (p, &ep) in e.iter().enumerate() {
+    for (p, &ep) in rows.zip(&e) {
         let base = p * row + kv_off;
         for (d, o) in out.iter_mut().enumerate().take(head_dim) {
             *o += ep * v.get(base + d);
@@ -111,8 +130,8 @@ fn attend(q: &[f32], k: &CacheRef, v: &CacheRef, kv_off: usize, row: usize, n_kv
     }
 }
 
-/// Decode attention: q and out are [n_heads][head_dim]; attends cache rows 0..n_kv
-/// (`strata_attention_decode_f32`).
+/// Decode attention: q and out are [n_heads][head_dim]; the query is at position n_kv - 1 and
+/// attends cache rows 0..n_kv, or the last `window` of them (`strata_attention_decode_f32`).
 pub fn attention_decode(
     q: &[f32],
     k_cache: CacheRef,
@@ -122,13 +141,14 @@ pub fn attention_decode(
     head_dim: usize,
     n_kv: usize,
     scale: f32,
+    window: Option<usize>,
     out: &mut [f32],
 ) -> Result<()> {
     const OP: &str = "attention_decode";
     if n_kv == 0 {
         return Err(Error::invalid(OP, "n_kv must be at least 1"));
     }
-    attention_prefill(q, 1, n_kv - 1, k_cache, v_cache, n_heads, n_kv_heads, head_dim, scale, out).map_err(
+    attention_prefill(q, 1, n_kv - 1, k_cache, v_cache, n_heads, n_kv_heads, head_dim, scale, window, out).map_err(
         |e| match e {
             Error::InvalidArgument { what, .. } => Error::InvalidArgument { op: OP, what },
             e => e,
@@ -137,7 +157,8 @@ pub fn attention_decode(
 }
 
 /// Prefill attention: q and out are [n_tokens][n_heads][head_dim]; token t attends cache rows
-/// 0..=pos0+t (`strata_attention_prefill_f32`).
+/// 0..=pos0+t, or with a window only `first_visible(pos0 + t, window)..=pos0+t`
+/// (`strata_attention_prefill_f32`).
 pub fn attention_prefill(
     q: &[f32],
     n_tokens: usize,
@@ -148,10 +169,11 @@ pub fn attention_prefill(
     n_kv_heads: usize,
     head_dim: usize,
     scale: f32,
+    window: Option<usize>,
     out: &mut [f32],
 ) -> Result<()> {
     const OP: &str = "attention_prefill";
-    check_attention(OP, q, n_tokens, pos0, &k_cache, &v_cache, n_heads, n_kv_heads, head_dim, out)?;
+    check_attention(OP, q, n_tokens, pos0, &k_cache, &v_cache, n_heads, n_kv_heads, head_dim, window, out)?;
     if n_tokens == 0 || n_heads == 0 {
         return Ok(());
     }
@@ -159,7 +181,8 @@ pub fn attention_prefill(
     let row = n_kv_heads * head_dim;
     out.par_chunks_mut(head_dim).zip(q.par_chunks(head_dim)).enumerate().for_each(|(item, (o, qh))| {
         let (t, h) = (item / n_heads, item % n_heads);
-        attend(qh, &k_cache, &v_cache, (h / group) * head_dim, row, pos0 + t + 1, scale, o);
+        let p = pos0 + t;
+        attend(qh, &k_cache, &v_cache, (h / group) * head_dim, row, first_visible(p, window)..p + 1, scale, o);
     });
     Ok(())
 }
@@ -175,8 +198,12 @@ pub(crate) fn check_attention(
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
+    window: Option<usize>,
     out: &[f32],
 ) -> Result<()> {
+    if window == Some(0) {
+        return Err(Error::invalid(op, "a sliding window must hold at least 1 position (None: no window)"));
+    }
     let shape = Shape { n_heads, n_kv_heads, head_dim };
     let n = n_tokens.checked_mul(n_heads).and_then(|v| v.checked_mul(head_dim));
     expect_len(op, "q", q.len(), n)?;

@@ -1,4 +1,4 @@
-//! SwiGLU, residual add, scale, softmax and argmax (elementwise.cu, softmax.cu).
+//! SwiGLU, GELU-gated products (GeGLU), residual add, scale, softmax and argmax (elementwise.cu, softmax.cu).
 
 use rayon::prelude::*;
 
@@ -13,6 +13,28 @@ pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) -> Result<()> {
     expect_len("silu_mul", "out", out.len(), Some(gate.len()))?;
     out.par_iter_mut().zip(gate.par_iter().zip(up)).with_min_len(MIN_LEN).for_each(|(o, (&g, &u))| {
         *o = (g / (1.0 + (-g).exp())) * u;
+    });
+    Ok(())
+}
+
+/// √(2/π), the constant of GELU's tanh approximation.
+pub const GELU_SQRT_2_OVER_PI: f32 = 0.797_884_6;
+/// The cubic coefficient of GELU's tanh approximation.
+pub const GELU_COEF_A: f32 = 0.044_715;
+
+/// GELU with the tanh approximation (Gemma's `gelu_pytorch_tanh`):
+/// 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³))).
+#[inline]
+pub fn gelu_tanh(x: f32) -> f32 {
+    0.5 * x * (1.0 + (GELU_SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh())
+}
+
+/// out[i] = gelu_tanh(gate[i]) * up[i] (`strata_gelu_mul_f32`): the gated FFN of Gemma.
+pub fn gelu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) -> Result<()> {
+    expect_len("gelu_mul", "up", up.len(), Some(gate.len()))?;
+    expect_len("gelu_mul", "out", out.len(), Some(gate.len()))?;
+    out.par_iter_mut().zip(gate.par_iter().zip(up)).with_min_len(MIN_LEN).for_each(|(o, (&g, &u))| {
+        *o = gelu_tanh(g) * u;
     });
     Ok(())
 }

@@ -180,7 +180,7 @@ launchers! {
         })
     }
 
-    /// Decode attention over cache rows 0..n_kv.
+    /// Decode attention over cache rows 0..n_kv, or the last `window` of them.
     ///
     /// # Safety
     /// `q` and `out` must address `n_heads * head_dim` f32; `k_cache` and `v_cache` at least
@@ -199,15 +199,17 @@ launchers! {
         head_dim: usize,
         n_kv: usize,
         scale: f32,
+        window: Option<usize>,
         out: DevicePtr,
         s: Stream,
     ) -> Result<()> {
         const OP: &str = "attention_decode";
-        let (h, kvh, d, n) = (
+        let (h, kvh, d, n, w) = (
             i64_of(OP, "n_heads", n_heads)?,
             i64_of(OP, "n_kv_heads", n_kv_heads)?,
             i64_of(OP, "head_dim", head_dim)?,
             i64_of(OP, "n_kv", n_kv)?,
+            window_arg(OP, window)?,
         );
         // SAFETY: the caller guarantees the buffers and stream (see # Safety).
         check(OP, unsafe {
@@ -221,13 +223,14 @@ launchers! {
                 d,
                 n,
                 scale,
+                w,
                 ptr_mut(out),
                 stream(s),
             )
         })
     }
 
-    /// Prefill attention: token t attends cache rows 0..=pos0+t.
+    /// Prefill attention: token t attends cache rows 0..=pos0+t, or the last `window` of them.
     ///
     /// # Safety
     /// `q` and `out` must address `n_tokens * n_heads * head_dim` f32; `k_cache` and `v_cache` at
@@ -247,16 +250,18 @@ launchers! {
         n_kv_heads: usize,
         head_dim: usize,
         scale: f32,
+        window: Option<usize>,
         out: DevicePtr,
         s: Stream,
     ) -> Result<()> {
         const OP: &str = "attention_prefill";
-        let (t, p, h, kvh, d) = (
+        let (t, p, h, kvh, d, w) = (
             i64_of(OP, "n_tokens", n_tokens)?,
             i64_of(OP, "pos0", pos0)?,
             i64_of(OP, "n_heads", n_heads)?,
             i64_of(OP, "n_kv_heads", n_kv_heads)?,
             i64_of(OP, "head_dim", head_dim)?,
+            window_arg(OP, window)?,
         );
         // SAFETY: the caller guarantees the buffers and stream (see # Safety).
         check(OP, unsafe {
@@ -271,6 +276,7 @@ launchers! {
                 kvh,
                 d,
                 scale,
+                w,
                 ptr_mut(out),
                 stream(s),
             )
@@ -317,6 +323,20 @@ launchers! {
         let n = i64_of("silu_mul", "n", n)?;
         // SAFETY: the caller guarantees the buffers and stream (see # Safety).
         check("silu_mul", unsafe { ffi::strata_silu_mul_f32(ptr(gate), ptr(up), n, ptr_mut(out), stream(s)) })
+    }
+
+    /// out = gelu_tanh(gate) * up over `n` values (`out` may equal either input).
+    ///
+    /// # Safety
+    /// All three must address `n` f32 of device memory, alive until the work on stream `s`
+    /// completes.
+    ///
+    /// # Errors
+    /// Argument errors and the launch status.
+    pub unsafe fn gelu_mul_f32(gate: DevicePtr, up: DevicePtr, n: usize, out: DevicePtr, s: Stream) -> Result<()> {
+        let n = i64_of("gelu_mul", "n", n)?;
+        // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+        check("gelu_mul", unsafe { ffi::strata_gelu_mul_f32(ptr(gate), ptr(up), n, ptr_mut(out), stream(s)) })
     }
 
     /// out[r][c] = x[r][c] + bias[c] for x [rows, cols] (`out` may equal `x`).

@@ -145,6 +145,16 @@ fn i64_of(op: &'static str, what: &str, v: usize) -> Result<i64> {
     i64::try_from(v).map_err(|_| Error::invalid(op, format!("{what} = {v} does not fit an i64")))
 }
 
+/// A sliding window as the launchers take it: 0 for none; `Some(0)` (a window that sees
+/// nothing) is refused.
+fn window_arg(op: &'static str, window: Option<usize>) -> Result<i64> {
+    match window {
+        None => Ok(0),
+        Some(0) => Err(Error::invalid(op, "a sliding window must hold at least 1 position (None: no window)")),
+        Some(w) => i64_of(op, "window", w),
+    }
+}
+
 fn ptr<T>(p: DevicePtr) -> *const T {
     p as usize as *const T
 }

@@ -84,6 +84,7 @@ pub trait Backend: Sync {
         head_dim: usize,
         n_kv: usize,
         scale: f32,
+        window: Option<usize>,
     ) -> Vec<f32>;
     fn attention_prefill(
         &self,
@@ -96,10 +97,12 @@ pub trait Backend: Sync {
         n_kv_heads: usize,
         head_dim: usize,
         scale: f32,
+        window: Option<usize>,
     ) -> Vec<f32>;
     /// Returns the cache after appending.
     fn kv_append(&self, src: &[f32], n_tokens: usize, row_len: usize, positions: &[i32], cache: &Cache) -> Cache;
     fn silu_mul(&self, gate: &[f32], up: &[f32]) -> Vec<f32>;
+    fn gelu_mul(&self, gate: &[f32], up: &[f32]) -> Vec<f32>;
     fn add(&self, a: &[f32], b: &[f32]) -> Vec<f32>;
     fn add_bias(&self, x: &[f32], bias: &[f32], rows: usize, cols: usize) -> Vec<f32>;
     fn scale(&self, x: &[f32], s: f32) -> Vec<f32>;
@@ -189,11 +192,23 @@ impl Backend for Cpu {
         head_dim: usize,
         n_kv: usize,
         scale: f32,
+        window: Option<usize>,
     ) -> Vec<f32> {
         let mut out = vec![f32::NAN; q.len()];
         ok(
             "attention_decode",
-            cpu::attention_decode(q, k.as_ref(), v.as_ref(), n_heads, n_kv_heads, head_dim, n_kv, scale, &mut out),
+            cpu::attention_decode(
+                q,
+                k.as_ref(),
+                v.as_ref(),
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                n_kv,
+                scale,
+                window,
+                &mut out,
+            ),
         );
         out
     }
@@ -209,6 +224,7 @@ impl Backend for Cpu {
         n_kv_heads: usize,
         head_dim: usize,
         scale: f32,
+        window: Option<usize>,
     ) -> Vec<f32> {
         let mut out = vec![f32::NAN; q.len()];
         ok(
@@ -223,6 +239,7 @@ impl Backend for Cpu {
                 n_kv_heads,
                 head_dim,
                 scale,
+                window,
                 &mut out,
             ),
         );
@@ -239,6 +256,12 @@ impl Backend for Cpu {
     fn silu_mul(&self, gate: &[f32], up: &[f32]) -> Vec<f32> {
         let mut out = vec![f32::NAN; gate.len()];
         ok("silu_mul", cpu::silu_mul(gate, up, &mut out));
+        out
+    }
+
+    fn gelu_mul(&self, gate: &[f32], up: &[f32]) -> Vec<f32> {
+        let mut out = vec![f32::NAN; gate.len()];
+        ok("gelu_mul", cpu::gelu_mul(gate, up, &mut out));
         out
     }
 

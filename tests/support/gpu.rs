@@ -191,6 +191,7 @@ impl Backend for Gpu {
         head_dim: usize,
         n_kv: usize,
         scale: f32,
+        window: Option<usize>,
     ) -> Vec<f32> {
         let (q_d, k_d, v_d, out) = (self.up(q), self.cache_up(k), self.cache_up(v), self.poisoned(q.len()));
         // SAFETY: buffers sized by the shapes above, alive until `down`.
@@ -205,6 +206,7 @@ impl Backend for Gpu {
                 head_dim,
                 n_kv,
                 scale,
+                window,
                 self.ptr(&out),
                 self.raw_stream(),
             )
@@ -223,6 +225,7 @@ impl Backend for Gpu {
         n_kv_heads: usize,
         head_dim: usize,
         scale: f32,
+        window: Option<usize>,
     ) -> Vec<f32> {
         let (q_d, k_d, v_d, out) = (self.up(q), self.cache_up(k), self.cache_up(v), self.poisoned(q.len()));
         // SAFETY: buffers sized by the shapes above, alive until `down`.
@@ -238,6 +241,7 @@ impl Backend for Gpu {
                 n_kv_heads,
                 head_dim,
                 scale,
+                window,
                 self.ptr(&out),
                 self.raw_stream(),
             )
@@ -273,6 +277,15 @@ impl Backend for Gpu {
         // SAFETY: three buffers of gate.len() f32, alive until `down`.
         ok("silu_mul", unsafe {
             cuda::silu_mul_f32(self.ptr(&g), self.ptr(&u), gate.len(), self.ptr(&out), self.raw_stream())
+        });
+        self.down(&out, gate.len())
+    }
+
+    fn gelu_mul(&self, gate: &[f32], up: &[f32]) -> Vec<f32> {
+        let (g, u, out) = (self.up(gate), self.up(up), self.poisoned(gate.len()));
+        // SAFETY: three buffers of gate.len() f32, alive until `down`.
+        ok("gelu_mul", unsafe {
+            cuda::gelu_mul_f32(self.ptr(&g), self.ptr(&u), gate.len(), self.ptr(&out), self.raw_stream())
         });
         self.down(&out, gate.len())
     }

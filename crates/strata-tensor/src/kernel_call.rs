@@ -74,6 +74,7 @@ pub(crate) enum KernelCall<'a> {
         n_kv_heads: usize,
         head_dim: usize,
         scale: f32,
+        window: Option<usize>,
         out: &'a DeviceBuffer,
     },
     KvAppend {
@@ -86,6 +87,12 @@ pub(crate) enum KernelCall<'a> {
         cache_rows: usize,
     },
     SiluMul {
+        gate: &'a DeviceBuffer,
+        up: &'a DeviceBuffer,
+        n: usize,
+        out: &'a DeviceBuffer,
+    },
+    GeluMul {
         gate: &'a DeviceBuffer,
         up: &'a DeviceBuffer,
         n: usize,
@@ -138,6 +145,7 @@ impl KernelCall<'_> {
             KernelCall::Attention { .. } => "attention_prefill",
             KernelCall::KvAppend { .. } => "kv_append",
             KernelCall::SiluMul { .. } => "silu_mul",
+            KernelCall::GeluMul { .. } => "gelu_mul",
             KernelCall::Add { .. } => "add",
             KernelCall::AddBias { .. } => "add_bias",
             KernelCall::Scale { .. } => "scale",

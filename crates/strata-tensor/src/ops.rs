@@ -363,13 +363,16 @@ fn check_caches(
     Ok((dt, rows, n_kv_heads))
 }
 
-/// Decode attention: q [n_heads, head_dim] over cache rows 0..n_kv; out like q.
+/// Decode attention: q [n_heads, head_dim] (the query at position n_kv - 1) over cache rows
+/// 0..n_kv, or with a sliding window only the last `window` of them (llama.cpp's standard
+/// window: a key at k is masked for a query at p when p - k >= window); out like q.
 pub fn attention_decode(
     q: &Tensor,
     k_cache: &Tensor,
     v_cache: &Tensor,
     n_kv: usize,
     scale: f32,
+    window: Option<usize>,
     out: &mut Tensor,
     s: &Stream,
 ) -> Result<()> {
@@ -383,6 +386,7 @@ pub fn attention_decode(
     if n_kv == 0 || n_kv > rows {
         return Err(Error::shape(OP, format!("n_kv must be in 1..={rows} (the cache rows), got {n_kv}")));
     }
+    check_window(OP, window)?;
     match gpu_stream(s) {
         None => {
             Ok((if cpu_path() == CpuPath::Reference { cpu::attention_decode } else { cpu::fast::attention_decode })(
@@ -394,6 +398,7 @@ pub fn attention_decode(
                 head_dim,
                 n_kv,
                 scale,
+                window,
                 out.as_f32_mut()?,
             )?)
         }
@@ -410,20 +415,23 @@ pub fn attention_decode(
                 n_kv_heads,
                 head_dim,
                 scale,
+                window,
                 out: dev(out)?,
             },
         ),
     }
 }
 
-/// Prefill attention: q [n_tokens, n_heads, head_dim], token t at position pos0 + t attends
-/// rows 0..=pos0+t; out like q.
+/// Prefill attention: q [n_tokens, n_heads, head_dim], token t at position p = pos0 + t attends
+/// rows 0..=p, or with a sliding window only the last `window` of them (rows p+1-window..=p);
+/// out like q.
 pub fn attention_prefill(
     q: &Tensor,
     pos0: usize,
     k_cache: &Tensor,
     v_cache: &Tensor,
     scale: f32,
+    window: Option<usize>,
     out: &mut Tensor,
     s: &Stream,
 ) -> Result<()> {
@@ -440,6 +448,7 @@ pub fn attention_prefill(
             format!("positions {pos0}..{} exceed the cache of {rows} rows", pos0.saturating_add(n_tokens)),
         ));
     }
+    check_window(OP, window)?;
     match gpu_stream(s) {
         None => {
             Ok((if cpu_path() == CpuPath::Reference { cpu::attention_prefill } else { cpu::fast::attention_prefill })(
@@ -452,6 +461,7 @@ pub fn attention_prefill(
                 n_kv_heads,
                 head_dim,
                 scale,
+                window,
                 out.as_f32_mut()?,
             )?)
         }
@@ -468,10 +478,19 @@ pub fn attention_prefill(
                 n_kv_heads,
                 head_dim,
                 scale,
+                window,
                 out: dev(out)?,
             },
         ),
     }
+}
+
+/// A sliding window must see at least the query's own position.
+fn check_window(op: &'static str, window: Option<usize>) -> Result<()> {
+    if window == Some(0) {
+        return Err(Error::shape(op, "a sliding window of 0 positions sees nothing (None: no window)"));
+    }
+    Ok(())
 }
 
 /// Writes src [n_tokens, ..] f32 into cache rows positions[t] (cache [rows, ..] f32/f16 with
@@ -534,6 +553,18 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor, out: &mut Tensor, s: &Stream) -> Res
     match gpu_stream(s) {
         None => Ok(cpu::silu_mul(gate.as_f32()?, up.as_f32()?, out.as_f32_mut()?)?),
         Some(g) => gpu::launch(g, KernelCall::SiluMul { gate: dev(gate)?, up: dev(up)?, n, out: dev(out)? }),
+    }
+}
+
+/// out = gelu_tanh(gate) * up, elementwise (all f32, same shape): Gemma's GeGLU FFN, GELU
+/// with its tanh approximation.
+pub fn gelu_mul(gate: &Tensor, up: &Tensor, out: &mut Tensor, s: &Stream) -> Result<()> {
+    const OP: &str = "gelu_mul";
+    check_devices(OP, s, &[gate, up, out])?;
+    let n = same_f32(OP, gate, up, out)?;
+    match gpu_stream(s) {
+        None => Ok(cpu::gelu_mul(gate.as_f32()?, up.as_f32()?, out.as_f32_mut()?)?),
+        Some(g) => gpu::launch(g, KernelCall::GeluMul { gate: dev(gate)?, up: dev(up)?, n, out: dev(out)? }),
     }
 }
 

@@ -147,27 +147,27 @@ fn attention_body(s: &Stream) {
         let scale = 0.125;
         let q = uniform(9, 6 * h * d, 1.0);
         let mut want = vec![0.0; h * d];
-        cpu::attention_decode(&q[..h * d], kr, vr, h, kvh, d, 33, scale, &mut want).unwrap();
+        cpu::attention_decode(&q[..h * d], kr, vr, h, kvh, d, 33, scale, None, &mut want).unwrap();
         let mut out = poisoned(&[h, d], s);
-        ops::attention_decode(&on(s, f32t(&[h, d], &q[..h * d])), &kt, &vt, 33, scale, &mut out, s).unwrap();
+        ops::attention_decode(&on(s, f32t(&[h, d], &q[..h * d])), &kt, &vt, 33, scale, None, &mut out, s).unwrap();
         let got = out.to_vec_f32(s).unwrap();
         // The host runs the fast attention: f32 summation order only (and exactly cpu::fast).
         assert_close(&format!("decode {cache_dt}"), &got, &want, Tolerance::F32_ACCUMULATION);
         if matches!(s, Stream::Host) {
             let mut f = vec![0.0; h * d];
-            cpu::fast::attention_decode(&q[..h * d], kr, vr, h, kvh, d, 33, scale, &mut f).unwrap();
+            cpu::fast::attention_decode(&q[..h * d], kr, vr, h, kvh, d, 33, scale, None, &mut f).unwrap();
             assert_close(&format!("decode {cache_dt} vs cpu::fast"), &got, &f, Tolerance::STRICT);
         }
 
         let mut want = vec![0.0; 6 * h * d];
-        cpu::attention_prefill(&q, 6, 30, kr, vr, h, kvh, d, scale, &mut want).unwrap();
+        cpu::attention_prefill(&q, 6, 30, kr, vr, h, kvh, d, scale, None, &mut want).unwrap();
         let mut out = poisoned(&[6, h, d], s);
-        ops::attention_prefill(&on(s, f32t(&[6, h, d], &q)), 30, &kt, &vt, scale, &mut out, s).unwrap();
+        ops::attention_prefill(&on(s, f32t(&[6, h, d], &q)), 30, &kt, &vt, scale, None, &mut out, s).unwrap();
         let got = out.to_vec_f32(s).unwrap();
         assert_close(&format!("prefill {cache_dt}"), &got, &want, Tolerance::F32_ACCUMULATION);
         if matches!(s, Stream::Host) {
             let mut f = vec![0.0; 6 * h * d];
-            cpu::fast::attention_prefill(&q, 6, 30, kr, vr, h, kvh, d, scale, &mut f).unwrap();
+            cpu::fast::attention_prefill(&q, 6, 30, kr, vr, h, kvh, d, scale, None, &mut f).unwrap();
             assert_close(&format!("prefill {cache_dt} vs cpu::fast"), &got, &f, Tolerance::STRICT);
         }
     }

@@ -1,6 +1,8 @@
-//! Fast grouped-query causal attention over an f32 or f16 KV cache: the same results as
-//! [`crate::cpu::attention_prefill`] / [`crate::cpu::attention_decode`] up to the order of f32
-//! additions (and fused multiply-adds where the CPU has them).
+//! Fast grouped-query causal attention over an f32 or f16 KV cache, optionally within a
+//! sliding window: the same results as [`crate::cpu::attention_prefill`] /
+//! [`crate::cpu::attention_decode`] up to the order of f32 additions (and fused multiply-adds
+//! where the CPU has them). A windowed query reads only the rows it sees
+//! ([`crate::cpu::first_visible`]); masked rows cost nothing.
 //!
 //! The reference reads the cache one element at a time (converting each f16 on the way) and
 //! sums every score in one sequential chain, so it cannot use SIMD; with the matrix products
@@ -22,14 +24,14 @@ use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use super::Isa;
-use crate::cpu::CacheRef;
+use crate::cpu::{CacheRef, first_visible};
 use crate::{Error, Result};
 
 /// Positions per score vector: one 512-bit register of f32.
 const LANES: usize = 16;
 
 /// Decode attention, like [`crate::cpu::attention_decode`]: q and out are
-/// `[n_heads][head_dim]`; attends cache rows 0..n_kv.
+/// `[n_heads][head_dim]`; attends cache rows 0..n_kv (the last `window` of them with one).
 ///
 /// # Errors
 /// As the reference: a length or shape that does not fit, or `n_kv == 0`.
@@ -42,16 +44,18 @@ pub fn attention_decode(
     head_dim: usize,
     n_kv: usize,
     scale: f32,
+    window: Option<usize>,
     out: &mut [f32],
 ) -> Result<()> {
     if n_kv == 0 {
         return Err(Error::invalid("fast::attention_decode", "n_kv must be at least 1"));
     }
-    attention_prefill(q, 1, n_kv - 1, k_cache, v_cache, n_heads, n_kv_heads, head_dim, scale, out)
+    attention_prefill(q, 1, n_kv - 1, k_cache, v_cache, n_heads, n_kv_heads, head_dim, scale, window, out)
 }
 
 /// Prefill attention, like [`crate::cpu::attention_prefill`]: q and out are
-/// `[n_tokens][n_heads][head_dim]`; token t attends cache rows 0..=pos0+t.
+/// `[n_tokens][n_heads][head_dim]`; token t attends cache rows 0..=pos0+t, or
+/// `first_visible(pos0 + t, window)..=pos0+t` with a window.
 ///
 /// # Errors
 /// As the reference: a length or shape that does not fit.
@@ -65,17 +69,19 @@ pub fn attention_prefill(
     n_kv_heads: usize,
     head_dim: usize,
     scale: f32,
+    window: Option<usize>,
     out: &mut [f32],
 ) -> Result<()> {
     const OP: &str = "fast::attention_prefill";
     // The reference's argument checks, on an empty output: they are the contract.
-    crate::cpu::check_attention(OP, q, n_tokens, pos0, &k_cache, &v_cache, n_heads, n_kv_heads, head_dim, out)?;
+    crate::cpu::check_attention(OP, q, n_tokens, pos0, &k_cache, &v_cache, n_heads, n_kv_heads, head_dim, window, out)?;
     if n_tokens == 0 || n_heads == 0 {
         return Ok(());
     }
     let n_kv = pos0 + n_tokens;
     if n_tokens == 1 {
-        decode(q, &k_cache, &v_cache, n_heads, n_kv_heads, head_dim, n_kv, scale, out);
+        let rows = first_visible(pos0, window)..n_kv;
+        decode(q, &k_cache, &v_cache, n_heads, n_kv_heads, head_dim, rows, scale, out);
         return Ok(());
     }
     let group = n_heads / n_kv_heads;
@@ -107,7 +113,8 @@ pub fn attention_prefill(
         |scores, (item, (o, qh))| {
             let (t, h) = (item / n_heads, item % n_heads);
             let (kt, vf) = &heads[h / group];
-            attend(isa, qh, kt, vf, n_pad, pos0 + t + 1, scale, scores, o);
+            let p = pos0 + t;
+            attend(isa, qh, kt, vf, n_pad, first_visible(p, window)..p + 1, scale, scores, o);
         },
     );
     Ok(())
@@ -129,18 +136,18 @@ fn decode(
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
-    n_kv: usize,
+    visible: Range<usize>,
     scale: f32,
     out: &mut [f32],
 ) {
     let group = n_heads / n_kv_heads;
-    let chunks = n_kv.div_ceil(DECODE_CHUNK);
+    let chunks = visible.len().div_ceil(DECODE_CHUNK);
     let isa = Isa::best();
     let parts: Vec<Partial> = (0..n_kv_heads * chunks)
         .into_par_iter()
         .map(|task| {
             let (g, c) = (task / chunks, task % chunks);
-            let rows = c * DECODE_CHUNK..((c + 1) * DECODE_CHUNK).min(n_kv);
+            let rows = visible.start + c * DECODE_CHUNK..(visible.start + (c + 1) * DECODE_CHUNK).min(visible.end);
             let qg = &q[g * group * head_dim..][..group * head_dim];
             let at = Cache { k: k_cache, v: v_cache, off: g * head_dim, row: n_kv_heads * head_dim };
             decode_chunk(isa, qg, &at, rows, head_dim, scale)
@@ -238,12 +245,22 @@ fn decode_chunk_body<const FMA: bool>(qg: &[f32], at: &Cache, rows: Range<usize>
     part
 }
 
-/// scores[p] = scale * q · k[p] for p < n (rounded up to whole blocks of 16), from K transposed
-/// to kt [head_dim][n_pad]: 16 positions are 16 lanes of one multiply-add chain over head_dim.
+/// scores[p - b0 * 16] = scale * q · k[p] for the blocks of 16 positions b0..ceil(n / 16),
+/// from K transposed to kt [head_dim][n_pad]: 16 positions are 16 lanes of one multiply-add
+/// chain over head_dim.
 #[inline(always)]
-fn scores_into<const FMA: bool>(q: &[f32], kt: &[f32], n_pad: usize, n: usize, scale: f32, scores: &mut [f32]) {
-    let n_blocks = n.div_ceil(LANES);
-    for (pb, s) in scores[..n_blocks * LANES].chunks_exact_mut(LANES).enumerate() {
+fn scores_into<const FMA: bool>(
+    q: &[f32],
+    kt: &[f32],
+    n_pad: usize,
+    b0: usize,
+    n: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    let n_blocks = n.div_ceil(LANES) - b0;
+    for (i, s) in scores[..n_blocks * LANES].chunks_exact_mut(LANES).enumerate() {
+        let pb = b0 + i;
         let mut acc = [0.0f32; LANES];
         for (d, &qd) in q.iter().enumerate() {
             let k = &kt[d * n_pad + pb * LANES..][..LANES];
@@ -340,7 +357,7 @@ fn read_row(c: &CacheRef, at: usize, out: &mut [f32]) {
     }
 }
 
-/// One query against positions 0..n, on the best code this CPU runs.
+/// One query against positions `rows` (ending at most at n_pad), on the best code this CPU runs.
 #[allow(clippy::too_many_arguments)]
 fn attend(
     isa: Isa,
@@ -348,7 +365,7 @@ fn attend(
     kt: &[f32],
     vf: &[f32],
     n_pad: usize,
-    n: usize,
+    rows: Range<usize>,
     scale: f32,
     scores: &mut [f32],
     out: &mut [f32],
@@ -357,29 +374,47 @@ fn attend(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::best()` returned AVX-512, so this CPU has the features `attend_avx512`
         // is compiled for.
-        Isa::Avx512Vnni => unsafe { attend_avx512(q, kt, vf, n_pad, n, scale, scores, out) },
+        Isa::Avx512Vnni => unsafe { attend_avx512(q, kt, vf, n_pad, rows, scale, scores, out) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::best()` returned AVX2, so this CPU has AVX2 and FMA.
-        Isa::Avx2 => unsafe { attend_avx2(q, kt, vf, n_pad, n, scale, scores, out) },
-        _ => attend_body::<false>(q, kt, vf, n_pad, n, scale, scores, out),
+        Isa::Avx2 => unsafe { attend_avx2(q, kt, vf, n_pad, rows, scale, scores, out) },
+        _ => attend_body::<false>(q, kt, vf, n_pad, rows, scale, scores, out),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx2,fma")]
-fn attend_avx512(q: &[f32], kt: &[f32], vf: &[f32], n_pad: usize, n: usize, s: f32, sc: &mut [f32], o: &mut [f32]) {
-    attend_body::<true>(q, kt, vf, n_pad, n, s, sc, o)
+fn attend_avx512(
+    q: &[f32],
+    kt: &[f32],
+    vf: &[f32],
+    n_pad: usize,
+    r: Range<usize>,
+    s: f32,
+    sc: &mut [f32],
+    o: &mut [f32],
+) {
+    attend_body::<true>(q, kt, vf, n_pad, r, s, sc, o)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
-fn attend_avx2(q: &[f32], kt: &[f32], vf: &[f32], n_pad: usize, n: usize, s: f32, sc: &mut [f32], o: &mut [f32]) {
-    attend_body::<true>(q, kt, vf, n_pad, n, s, sc, o)
+fn attend_avx2(
+    q: &[f32],
+    kt: &[f32],
+    vf: &[f32],
+    n_pad: usize,
+    r: Range<usize>,
+    s: f32,
+    sc: &mut [f32],
+    o: &mut [f32],
+) {
+    attend_body::<true>(q, kt, vf, n_pad, r, s, sc, o)
 }
 
-/// softmax(scale * q·k[p], p < n) weighted sum of v[p], written so the compiler vectorizes it:
+/// softmax(scale * q·k[p], p in rows) weighted sum of v[p], written so the compiler vectorizes it:
 /// scores 16 positions at a time (lanes) with one chain over head_dim, the weighted sum across
 /// head_dim. Inlined into each `#[target_feature]` wrapper, so each gets its own vector code.
 #[inline(always)]
@@ -389,17 +424,20 @@ fn attend_body<const FMA: bool>(
     kt: &[f32],
     vf: &[f32],
     n_pad: usize,
-    n: usize,
+    rows: Range<usize>,
     scale: f32,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
     let hd = q.len();
-    scores_into::<FMA>(q, kt, n_pad, n, scale, scores);
-    let scores = &mut scores[..n];
+    // Whole blocks of 16 from the one holding the first visible row; the rows of that block
+    // before it are scored and dropped.
+    let b0 = rows.start / LANES;
+    scores_into::<FMA>(q, kt, n_pad, b0, rows.end, scale, scores);
+    let scores = &mut scores[rows.start - b0 * LANES..rows.end - b0 * LANES];
     let l = softmax_weights(scores);
     out.fill(0.0);
-    for (p, &e) in scores.iter().enumerate() {
+    for (p, &e) in rows.zip(scores.iter()) {
         let v = &vf[p * hd..][..hd];
         for (o, &vd) in out.iter_mut().zip(v) {
             *o = madd::<FMA>(e, vd, *o);

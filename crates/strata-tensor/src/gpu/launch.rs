@@ -86,7 +86,7 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
             fits(op, "cache", cache, prod(&[*cache_rows, *row_len, cache_dt.block_bytes()]))?;
             bufs.extend([*src, *positions, *cache]);
         }
-        K::SiluMul { gate: a, up: b, n, out } | K::Add { a, b, n, out } => {
+        K::SiluMul { gate: a, up: b, n, out } | K::GeluMul { gate: a, up: b, n, out } | K::Add { a, b, n, out } => {
             fits(op, "input", a, bytes(*n, 4))?;
             fits(op, "input", b, bytes(*n, 4))?;
             fits(op, "output", out, bytes(*n, 4))?;
@@ -147,7 +147,7 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
                     ptr[0], n_tokens, n_heads, head_dim, ptr[1], n_rot, freq_base, freq_scale, ff, layout, raw,
                 )
             }
-            K::Attention { n_tokens: 1, pos0, cache, n_heads, n_kv_heads, head_dim, scale, .. } => {
+            K::Attention { n_tokens: 1, pos0, cache, n_heads, n_kv_heads, head_dim, scale, window, .. } => {
                 cuda::attention_decode_f32(
                     ptr[0],
                     cache,
@@ -158,19 +158,22 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
                     head_dim,
                     pos0 + 1,
                     scale,
+                    window,
                     ptr[3],
                     raw,
                 )
             }
-            K::Attention { n_tokens, pos0, cache, n_heads, n_kv_heads, head_dim, scale, .. } => {
+            K::Attention { n_tokens, pos0, cache, n_heads, n_kv_heads, head_dim, scale, window, .. } => {
                 cuda::attention_prefill_f32(
-                    ptr[0], n_tokens, pos0, cache, ptr[1], ptr[2], n_heads, n_kv_heads, head_dim, scale, ptr[3], raw,
+                    ptr[0], n_tokens, pos0, cache, ptr[1], ptr[2], n_heads, n_kv_heads, head_dim, scale, window,
+                    ptr[3], raw,
                 )
             }
             K::KvAppend { n_tokens, row_len, cache_dt, cache_rows, .. } => {
                 cuda::kv_append_f32(ptr[0], n_tokens, row_len, ptr[1], cache_dt, ptr[2], cache_rows, raw)
             }
             K::SiluMul { n, .. } => cuda::silu_mul_f32(ptr[0], ptr[1], n, ptr[2], raw),
+            K::GeluMul { n, .. } => cuda::gelu_mul_f32(ptr[0], ptr[1], n, ptr[2], raw),
             K::Add { n, .. } => cuda::add_f32(ptr[0], ptr[1], n, ptr[2], raw),
             K::AddBias { rows, cols, .. } => cuda::add_bias_f32(ptr[0], ptr[1], rows, cols, ptr[2], raw),
             K::Scale { factor, n, .. } => cuda::scale_f32(ptr[0], factor, n, ptr[1], raw),
