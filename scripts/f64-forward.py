@@ -34,6 +34,9 @@ Usage:
         each {"prompt_ids": [...], "positions": [{"ids": [...], ...}, ...]}: per position the
         f64 top-k ("ids", "logits") and the f64 logits of the reference's ids ("ref_ids",
         "ref_logits"). Written with made_by, the model's name and SHA-256, and the versions.
+        A case may set "sliding_window": N (gemma3) to run as if the file's
+        attention.sliding_window were N, so that short prompts cross the window's edge; the
+        engine under test must make the same change to the file's metadata.
 
 Needs numpy and gguf (scripts/reference-env.sh makes .venv-ref with both; this script
 re-executes itself there when they are missing).
@@ -256,8 +259,13 @@ def versions():
 def run_cases(m, ref, k):
     cases = ref["cases"] if isinstance(ref, dict) else ref
     out = []
+    file_window = m.n_swa
     for case in cases:
         ids = [int(i) for i in case["prompt_ids"]]
+        window = case.get("sliding_window")
+        if window is not None and m.arch != "gemma3":
+            sys.exit(f"f64-forward: a case sets sliding_window but {m.arch} has no sliding window")
+        m.n_swa = int(window) if window is not None else file_window
         logits = forward(m, ids)
         positions = []
         for p, pos in enumerate(case["positions"]):
@@ -266,6 +274,8 @@ def run_cases(m, ref, k):
             positions.append({"ids": top_ids, "logits": top_logits, "ref_ids": ref_ids,
                               "ref_logits": [float(logits[p][i]) for i in ref_ids]})
         entry = {"prompt_ids": ids, "positions": positions}
+        if window is not None:
+            entry = {"sliding_window": int(window), **entry}
         if "prompt" in case:
             entry = {"prompt": case["prompt"], **entry}
         out.append(entry)

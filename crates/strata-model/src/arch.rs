@@ -9,9 +9,14 @@
 //! - qwen2: Q, K and V biases; half-split (NEOX) RoPE; SiLU.
 //! - qwen3: per-head RMSNorm of Q and K before RoPE; head size from `attention.key_length`;
 //!   half-split RoPE; SiLU.
-//! - gemma3 (described, not yet run: see [`ArchSpec::missing`]): embeddings × √n_embd, GELU
-//!   (tanh) FFN, post-attention and post-FFN norms, per-head Q/K norms, sliding window on
-//!   layers with `l % 6 < 5` and a local RoPE base of 10000, attention scale 1/√key_length.
+//! - gemma3 (llama.cpp's `llm_build_gemma3<iswa>` and its gemma3 hparams): embeddings ×
+//!   √n_embd (f32 `sqrtf`); GELU (tanh) FFN; RMS norms with the weights as stored (the
+//!   converter already folded Gemma's `1 + w` in); post-attention and post-FFN norms before
+//!   each residual add; per-head Q/K norms before RoPE; half-split RoPE; sliding window on
+//!   layers with `l % 6 < 5` (every 6th layer global) with a RoPE base of 10000 at scale 1, the
+//!   global ones the file's base and scale; attention scale 1/√key_length (Gemma's
+//!   `query_pre_attn_scalar`), except for the 62-layer 27B, where it is 1/√(n_embd / n_head);
+//!   tied output embeddings unless the file has `output.weight`; no logit soft-capping.
 
 use strata_tensor::RopeLayout;
 
@@ -253,7 +258,6 @@ pub const ARCHS: &[ArchSpec] = &[
         embed_scale: true,
         swa_pattern: 6,
         swa_rope_base: 10000.0,
-        missing: Some("GELU(tanh) and sliding-window attention ops"),
         ..LLAMA
     },
 ];

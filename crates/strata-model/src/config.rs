@@ -68,7 +68,7 @@ pub struct ModelConfig {
     pub activation: Activation,
     /// Factor applied to the embedding rows (√n_embd for gemma), if any.
     pub embed_scale: Option<f32>,
-    /// Scale of the attention scores: 1/√head_dim.
+    /// Scale of the attention scores: 1/√head_dim (Gemma 3 27B: 1/√(n_embd / n_head)).
     pub attn_scale: f32,
     /// Sliding window of the layers that use one (`attention.sliding_window`), if any.
     pub sliding_window: Option<usize>,
@@ -212,7 +212,7 @@ impl ModelConfig {
             tied_output,
             activation: spec.activation,
             embed_scale: spec.embed_scale.then(|| (n_embd as f32).sqrt()),
-            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            attn_scale: attn_scale(spec, n_layers, n_embd, n_head, head_dim),
             sliding_window,
         };
         cfg.check_token_ids(md)?;
@@ -277,9 +277,26 @@ impl ModelConfig {
         if self.layer_window(l).is_some() { self.spec.swa_rope_base } else { self.rope_freq_base }
     }
 
+    /// The RoPE frequency scale of layer `l`: sliding-window layers are unscaled (llama.cpp's
+    /// `rope_freq_scale_train_swa = 1`), the others use the file's linear scaling.
+    pub fn layer_rope_scale(&self, l: usize) -> f32 {
+        if self.layer_window(l).is_some() { 1.0 } else { self.rope_freq_scale }
+    }
+
     /// Bytes of K and V cache per layer for `context` positions of `elem_bytes` each.
     pub fn kv_bytes_per_layer(&self, context: usize, elem_bytes: usize) -> u64 {
         2 * context as u64 * self.kv_dim() as u64 * elem_bytes as u64
+    }
+}
+
+/// The scale of the attention scores: 1/√head_dim, except for Gemma 3 27B (62 layers), whose
+/// `query_pre_attn_scalar` is n_embd / n_head rather than the head size (llama.cpp's gemma3
+/// hparams; GGUF files do not store the scalar).
+fn attn_scale(spec: &ArchSpec, n_layers: usize, n_embd: usize, n_head: usize, head_dim: usize) -> f32 {
+    if spec.name == "gemma3" && n_layers == 62 {
+        1.0 / ((n_embd / n_head) as f32).sqrt()
+    } else {
+        1.0 / (head_dim as f32).sqrt()
     }
 }
 

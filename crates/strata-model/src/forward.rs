@@ -5,9 +5,10 @@
 //!
 //! A layer, for T tokens at positions pos0..pos0+T with residual x [T, n_embd]:
 //! RMSNorm → Q/K/V projections (+ biases) → per-head Q/K RMSNorm (if present) → RoPE on Q and
-//! K → append K, V to the cache → causal grouped-query attention over the cache → output
-//! projection → (post-attention norm) → residual add → RMSNorm → gate/up projections →
-//! act(gate)·up → down projection → (post-FFN norm) → residual add.
+//! K (the layer's base) → append K, V to the cache → causal grouped-query attention over the
+//! cache (within the layer's sliding window, if it has one) → output projection →
+//! (post-attention norm) → residual add → RMSNorm → gate/up projections → act(gate)·up (SiLU
+//! or GELU-tanh) → down projection → (post-FFN norm) → residual add.
 //! T = 1 (decode) uses matvec and decode attention; T > 1 (prefill) uses matmul.
 
 use strata_tensor::{DType, Stream, Tensor, ops};
@@ -187,10 +188,6 @@ pub fn layer_forward(
     if x.shape() != [t, cfg.n_embd] {
         return Err(Error::invalid(format!("layer input has shape {:?}, expected [{t}, {}]", x.shape(), cfg.n_embd)));
     }
-    if cfg.layer_window(layer).is_some() || cfg.activation != Activation::Silu {
-        // Unreachable for the architectures config.rs accepts; a guard, not a silent fallback.
-        return Err(Error::model(format!("{}: sliding-window attention and GELU are not implemented", cfg.arch)));
-    }
     let (nh, nkv, hd) = (cfg.n_head, cfg.n_head_kv, cfg.head_dim);
     ops::rmsnorm(x, w.req(Role::AttnNorm)?, cfg.rms_eps, &mut sc.h, s)?;
     project(w.req(Role::Q)?, &sc.h, &mut sc.q, s)?;
@@ -205,21 +202,21 @@ pub fn layer_forward(
     norm_in_place(&mut sc.q, w.get(Role::QNorm), cfg.rms_eps, &mut sc.att, s)?;
     norm_in_place(&mut sc.k, w.get(Role::KNorm), cfg.rms_eps, &mut sc.kn, s)?;
     let factors = sc.rope_factors.as_ref();
-    let base = cfg.layer_rope_base(layer);
-    let rope =
-        |x: &mut Tensor| ops::rope(x, positions, cfg.n_rot, base, cfg.rope_freq_scale, factors, cfg.rope_layout, s);
+    let (base, freq_scale) = (cfg.layer_rope_base(layer), cfg.layer_rope_scale(layer));
+    let rope = |x: &mut Tensor| ops::rope(x, positions, cfg.n_rot, base, freq_scale, factors, cfg.rope_layout, s);
     rope(&mut sc.q)?;
     rope(&mut sc.k)?;
     ops::kv_append(&sc.k, positions, &mut kv.k, s)?;
     ops::kv_append(&sc.v, positions, &mut kv.v, s)?;
     let scale = cfg.attn_scale;
+    let window = cfg.layer_window(layer);
     if t == 1 {
         reshape(&mut sc.q, &[nh, hd])?;
         reshape(&mut sc.att, &[nh, hd])?;
-        ops::attention_decode(&sc.q, &kv.k, &kv.v, pos0 + 1, scale, &mut sc.att, s)?;
+        ops::attention_decode(&sc.q, &kv.k, &kv.v, pos0 + 1, scale, window, &mut sc.att, s)?;
     } else {
         reshape(&mut sc.att, &[t, nh, hd])?;
-        ops::attention_prefill(&sc.q, pos0, &kv.k, &kv.v, scale, &mut sc.att, s)?;
+        ops::attention_prefill(&sc.q, pos0, &kv.k, &kv.v, scale, window, &mut sc.att, s)?;
     }
     reshape(&mut sc.q, &[t, cfg.q_dim])?;
     reshape(&mut sc.k, &[t, cfg.kv_dim()])?;
@@ -231,7 +228,10 @@ pub fn layer_forward(
     ops::rmsnorm(x, w.req(Role::FfnNorm)?, cfg.rms_eps, &mut sc.h, s)?;
     project(w.req(Role::Gate)?, &sc.h, &mut sc.gate, s)?;
     project(w.req(Role::Up)?, &sc.h, &mut sc.up, s)?;
-    ops::silu_mul(&sc.gate, &sc.up, &mut sc.act, s)?;
+    match cfg.activation {
+        Activation::Silu => ops::silu_mul(&sc.gate, &sc.up, &mut sc.act, s)?,
+        Activation::GeluTanh => ops::gelu_mul(&sc.gate, &sc.up, &mut sc.act, s)?,
+    }
     project(w.req(Role::Down)?, &sc.act, &mut sc.o, s)?;
     norm_in_place(&mut sc.o, w.get(Role::PostFfnNorm), cfg.rms_eps, &mut sc.h, s)?;
     ops::add_inplace(x, &sc.o, s)?;

@@ -136,6 +136,33 @@ fn arch_qwen3_qk_norms_normalize_each_head() {
     assert!(d > 50.0 * SAME_FUNCTION, "without norms, doubling Q and K should matter; moved by {d}");
 }
 
+/// gemma3's sliding window masks exactly the positions it should, through the whole model:
+/// a window covering every position of the prompt and the decoded token gives the same logits
+/// as a window longer than the context, bit for bit; a window of 3 leaves the first three
+/// positions (which see at most 3 positions anyway) bit for bit unchanged and moves the later
+/// ones a lot.
+#[test]
+fn arch_gemma3_sliding_window_masks_old_positions() {
+    let Some(src) = source() else { return };
+    let with_window = |window| {
+        let o = DeriveOptions { window, ..DeriveOptions::new(DeriveArch::Gemma3) };
+        load(derive_bytes(&src, &o).expect("derive")).expect("the gemma3 model loads")
+    };
+    let wide = with_window(4096);
+    assert_eq!(wide.config.arch, "gemma3");
+    assert_eq!(wide.config.layer_window(0), Some(4096));
+    assert_eq!(wide.config.layer_window(5), None, "every 6th layer is global");
+    let n_vocab = wide.config.n_vocab;
+    let long = logits(&wide, PROMPT);
+    assert!(long.iter().all(|v| v.is_finite()));
+    assert!(logits(&with_window(PROMPT.len() + 1), PROMPT) == long, "a window covering all positions is global");
+    let short = logits(&with_window(3), PROMPT);
+    assert!(short[..3 * n_vocab] == long[..3 * n_vocab], "positions 0..3 see the same keys with a window of 3");
+    let d = rel_diff(&short[3 * n_vocab..], &long[3 * n_vocab..]);
+    println!("gemma3: window 3 vs 4096 at positions 3..: max |diff| / max |logit| {d:.2e}");
+    assert!(d > 50.0 * SAME_FUNCTION, "a window of 3 should change later positions; moved by {d}");
+}
+
 /// The deriver is deterministic and seeded.
 #[test]
 fn arch_derive_is_deterministic() {
@@ -166,8 +193,9 @@ fn relabel(arch: &'static str, from: &'static str) -> impl Fn(&mut strata_model:
 }
 
 /// Strict files: a qwen2 file relabelled as llama names the bias nobody would read; a
-/// missing tensor, a wrong FFN or head size, an unknown or not yet runnable architecture, and a
-/// layer past block_count are each an error naming the tensor or key.
+/// missing tensor, a wrong FFN or head size, an unknown architecture, a gemma3 file without its
+/// post-FFN norms or with a sliding window of 0, and a layer past block_count are each an error
+/// naming the tensor or key.
 #[test]
 fn arch_malformed_files_are_refused_by_name() {
     let Some(src) = source() else { return };
@@ -204,8 +232,10 @@ fn arch_malformed_files_are_refused_by_name() {
     assert!(e.contains("\"falcon9\"") && e.contains("qwen2"), "{e}");
 
     let gemma3 = derived(&src, &DeriveOptions::new(DeriveArch::Gemma3));
-    let e = load_err(rewrite(&gemma3, |_| {}, all, none));
-    assert!(e.contains("\"gemma3\"") && e.contains("cannot run yet"), "{e}");
+    let e = load_err(rewrite(&gemma3, |_| {}, |n| n != "blk.2.post_ffw_norm.weight", none));
+    assert!(e.contains("blk.2.post_ffw_norm.weight") && e.contains("missing"), "{e}");
+    let e = load_err(rewrite(&gemma3, |md| md.set("gemma3.attention.sliding_window", Value::U32(0)), all, none));
+    assert!(e.contains("gemma3.attention.sliding_window"), "{e}");
 
     let e = load_err(rewrite(&src, |md| md.set("llama.block_count", Value::U32(29)), all, none));
     assert!(e.contains("blk.29.") && e.contains("block_count"), "{e}");
