@@ -1,8 +1,8 @@
 //! Chat templates: the model's Jinja template (`tokenizer.chat_template`) rendered with
 //! minijinja the way Hugging Face and llama-cpp-python render it (`trim_blocks`,
 //! `lstrip_blocks`, Python string methods such as `.strip()`, `raise_exception`,
-//! `strftime_now`, `tojson` with Python's separators), and a ChatML fallback for models that
-//! have none.
+//! `strftime_now`, `tojson` with Python's separators), and a fallback for models that have
+//! none: Gemma's turn format for gemma3 files, ChatML otherwise.
 
 use minijinja::value::Kwargs;
 use minijinja::{Environment, Error, ErrorKind, Value, context};
@@ -34,6 +34,24 @@ const CHATML: &str = "{%- for message in messages -%}\
 {%- endfor -%}\
 {%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}";
 
+/// Gemma's turn format, as llama.cpp's built-in `gemma` template writes it for files without
+/// a template: system messages (trimmed) are held back and written, followed by a blank line,
+/// at the start of the next non-model turn; `assistant` is called `model`; each turn is
+/// `<start_of_turn>role\ncontent<end_of_turn>\n` with the content trimmed; a reply opens with
+/// `<start_of_turn>model\n`. No BOS in the text: the tokenizer adds it
+/// (`tokenizer.ggml.add_bos_token`), once.
+const GEMMA: &str = "{%- set ns = namespace(system='') -%}\
+{%- for message in messages -%}\
+{%- if message['role'] == 'system' -%}{%- set ns.system = ns.system + (message['content'] | trim) -%}\
+{%- else -%}\
+{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}\
+{{- '<start_of_turn>' + role + '\n' -}}\
+{%- if ns.system and role != 'model' -%}{{- ns.system + '\n\n' -}}{%- set ns.system = '' -%}{%- endif -%}\
+{{- (message['content'] | trim) + '<end_of_turn>\n' -}}\
+{%- endif -%}\
+{%- endfor -%}\
+{%- if add_generation_prompt -%}{{- '<start_of_turn>model\n' -}}{%- endif -%}";
+
 const NAME: &str = "chat_template";
 
 /// A compiled chat template. `Send + Sync` and `Clone`; rendering takes `&self`.
@@ -62,6 +80,20 @@ impl ChatTemplate {
     pub fn chatml() -> ChatTemplate {
         // CHATML is a constant known to compile (the chat tests render it).
         ChatTemplate::new(CHATML).unwrap_or_else(|e| unreachable!("the built-in ChatML template: {e}"))
+    }
+
+    /// The template for a model of architecture `arch` that has none, and its name: Gemma's
+    /// turn format for `gemma3` (Gemma files use `<start_of_turn>`, and ChatML's markers are
+    /// not tokens of their vocabulary), ChatML for the rest.
+    pub fn fallback_for(arch: &str) -> (ChatTemplate, &'static str) {
+        match arch {
+            // GEMMA is a constant known to compile (the chat tests render it).
+            "gemma3" => (
+                ChatTemplate::new(GEMMA).unwrap_or_else(|e| unreachable!("the built-in Gemma template: {e}")),
+                "Gemma's turn format",
+            ),
+            _ => (ChatTemplate::chatml(), "ChatML"),
+        }
     }
 
     /// Compiles a Jinja chat template.

@@ -193,6 +193,26 @@ fn chat_gemma3_template() {
     assert!(e.to_string().contains("Conversation roles must alternate"), "{e}");
 }
 
+/// The built-in Gemma template for gemma3 files without one renders what Gemma's own template
+/// renders, minus the BOS (the tokenizer adds it): the system message folded into the first
+/// user turn, `model` for the assistant, trimmed contents.
+#[test]
+fn chat_gemma3_fallback_matches_gemma_template() {
+    let (t, name) = ChatTemplate::fallback_for("gemma3");
+    assert_eq!(name, "Gemma's turn format");
+    let own = ChatTemplate::new(GEMMA3_TEMPLATE).expect("parses");
+    let mut turns = conversation();
+    for generation in [true, false] {
+        let want = own.render(&turns, generation, "<bos>", "<eos>").expect("render");
+        let got = t.render(&turns, generation, "<bos>", "<eos>").expect("render");
+        assert_eq!(got, want.strip_prefix("<bos>").expect("Gemma's template starts with BOS"));
+        turns.push(ChatMessage::new("assistant", " 4 "));
+        turns.push(ChatMessage::new("user", "And 3+3?"));
+    }
+    let (_, name) = ChatTemplate::fallback_for("llama");
+    assert_eq!(name, "ChatML");
+}
+
 #[test]
 fn chat_qwen3_template() {
     let t = ChatTemplate::new(QWEN3_TEMPLATE).expect("parses");

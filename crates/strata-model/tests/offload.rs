@@ -69,6 +69,38 @@ fn every_mix_of_placements_gives_the_cpu_tokens() {
     }
 }
 
+/// Gemma 3 270M (sliding-window and global layers, four norms, GELU, K-quant weights) through
+/// resident, streamed and cpu layers on the host test device: the layer is still the unit the
+/// runtime places and streams, so every mix gives the all-CPU logits and greedy tokens.
+#[test]
+fn gemma3_mixed_placements_give_the_cpu_tokens() {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/gemma-3-270m-q4_k_m.gguf");
+    let test = strata_kernels::check::current_test();
+    let Some(path) = strata_kernels::check::model_file_or_skip(&test, path) else { return };
+    let model = Arc::new(Model::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
+    let prompt = [2, 818, 5279, 529, 7001, 563]; // <bos>The capital of France is
+    let go = |acc: Option<&Accelerator>, l: Option<&Layout>| {
+        let mut s = match l {
+            Some(l) => Session::with_layout(Arc::clone(&model), acc, l, &opts()).expect("session"),
+            None => Session::new(Arc::clone(&model), None, &opts()).expect("session"),
+        };
+        let logits = s.forward(&prompt, true).expect("prefill");
+        s.reset();
+        let greedy =
+            GenerateOptions { max_tokens: 3, ignore_eos: true, sampler: SamplerConfig::greedy(), ..Default::default() };
+        (logits, generate(&mut s, &prompt, &greedy, |_| {}).expect("generate").generated_ids)
+    };
+    let (want_logits, want) = go(None, None);
+    let n = model.config.n_layers;
+    use Placement::{Cpu, Resident as R, Streamed as S};
+    for (name, l) in [("resident/streamed/cpu", layout(&[R, S, Cpu], n, 1)), ("all streamed", layout(&[S], n, 2))] {
+        let acc = Accelerator::Host(HostDevice::new(1 << 30));
+        let (logits, got) = go(Some(&acc), Some(&l));
+        assert_eq!(got, want, "{name}: tokens differ from the all-CPU run");
+        assert_eq!(logits, want_logits, "{name}: prefill logits differ from the all-CPU run");
+    }
+}
+
 #[test]
 fn a_budget_too_small_is_a_typed_error() {
     let model = model_or_skip!();

@@ -30,8 +30,9 @@ fn render(model: &Model, messages: &[ChatMessage]) -> Result<String> {
     let template = match &model.chat_template {
         Some(t) => t,
         None => {
-            log::warn!("the model has no chat template; using ChatML");
-            fallback = ChatTemplate::chatml();
+            let name;
+            (fallback, name) = ChatTemplate::fallback_for(&model.config.arch);
+            log::warn!("the model has no chat template; using {name}");
             &fallback
         }
     };
