@@ -1,8 +1,9 @@
 //! Fast grouped-query causal attention over an f32 or f16 KV cache, optionally within a
 //! sliding window: the same results as [`crate::cpu::attention_prefill`] /
 //! [`crate::cpu::attention_decode`] up to the order of f32 additions (and fused multiply-adds
-//! where the CPU has them). A windowed query reads only the rows it sees
-//! ([`crate::cpu::first_visible`]); masked rows cost nothing.
+//! where the CPU has them). With a window, decode reads only the rows the query sees
+//! ([`crate::cpu::first_visible`]); prefill still converts the rows 0..n_kv once per KV head
+//! and scores each query only from the block of 16 holding its first visible row.
 //!
 //! The reference reads the cache one element at a time (converting each f16 on the way) and
 //! sums every score in one sequential chain, so it cannot use SIMD; with the matrix products
