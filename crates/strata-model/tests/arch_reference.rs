@@ -69,6 +69,16 @@ fn derived(arch: DeriveArch) -> Option<(Arc<Model>, serde_json::Value)> {
     Some(model_and_reference(&name, bytes, std::path::Path::new(&format!("{name}.gguf"))))
 }
 
+/// The Gemma 3 270M Q4_K_M file (`scripts/fetch-model.sh gemma3-270m`), or `None` when the
+/// test is a counted skip (STRATA_NO_MODEL=1).
+fn gemma3() -> Option<(Arc<Model>, serde_json::Value)> {
+    let default = strata_model::default_model_path();
+    let path = default.with_file_name("gemma-3-270m-q4_k_m.gguf");
+    let path = strata_kernels::check::model_file_or_skip(&strata_kernels::check::current_test(), path)?;
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    Some(model_and_reference("gemma3-270m", bytes, &path))
+}
+
 /// Prompt ids, top-1 where llama.cpp is clear, greedy tokens up to llama.cpp's first unclear
 /// step; returns the largest |logit - llama.cpp| over its top-10 ids (printed, for the record).
 fn check_against_llama_cpp(name: &str, model: &Arc<Model>, doc: &serde_json::Value) -> f32 {
@@ -165,4 +175,10 @@ fn qwen2_derived_matches_llama_cpp_and_float64() {
 fn qwen3_derived_matches_llama_cpp_and_float64() {
     let Some((model, doc)) = derived(DeriveArch::Qwen3) else { return };
     check("qwen3-derived", &model, &doc);
+}
+
+#[test]
+fn gemma3_270m_matches_llama_cpp_and_float64() {
+    let Some((model, doc)) = gemma3() else { return };
+    check("gemma3-270m", &model, &doc);
 }
