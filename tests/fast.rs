@@ -540,3 +540,118 @@ fn f32_activation_new_types_bad_arguments_are_errors() {
     }
     assert!(fast::supports(DType::Q4_K) && !fast::supports(DType::F16));
 }
+
+/// Where the binary16 scales (`d`, and `m` / `dmin` where the type has one) of a block of a
+/// type of `dq_types()` are.
+fn scale_offsets(dt: DType) -> &'static [usize] {
+    match dt {
+        DType::Q5_0 | DType::IQ4_NL | DType::IQ4_XS => &[0],
+        DType::Q5_1 | DType::Q4_K | DType::Q5_K => &[0, 2],
+        DType::Q2_K => &[80, 82],
+        DType::Q3_K => &[108],
+        DType::Q6_K => &[208],
+        _ => panic!("{dt} is not decoded by the exact path's block decoders"),
+    }
+}
+
+/// Bit for bit, except that two NaNs are equal whatever their payloads (Rust does not specify
+/// which NaN an operation on NaNs returns).
+fn same_bits(a: f32, b: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+}
+
+/// `row` through the exact path's decoders (every kernel set this CPU runs) against
+/// `quant::dequantize_row`, value by value.
+fn check_decoders(label: &str, dt: DType, row: &[u8]) {
+    let values = row.len() / dt.block_bytes() * dt.block_values();
+    let mut want = vec![0.0f32; values];
+    quant::dequantize_row(dt, row, &mut want).expect("reference dequantize_row");
+    for isa in Isa::available() {
+        let mut got = vec![f32::NAN; values];
+        fast::dequantize_row_exact(isa, dt, row, &mut got).expect("exact decoders");
+        if let Some(i) = (0..values).find(|&i| !same_bits(got[i], want[i])) {
+            panic!(
+                "{label} {dt} ({}): value {i} (block {}, position {}) is {:e} ({:#010x}), the reference's {:e} ({:#010x})",
+                isa.name(),
+                i / dt.block_values(),
+                i % dt.block_values(),
+                got[i],
+                got[i].to_bits(),
+                want[i],
+                want[i].to_bits()
+            );
+        }
+    }
+}
+
+/// The exact path's per-type block decoders return `quant::dequantize_row`'s values bit for
+/// bit: on random blocks (every quant and sub-block scale pattern over many blocks), on blocks
+/// whose quants are all zeros or all ones, and with extreme binary16 scales (the largest and
+/// smallest normal, subnormals, zeros of both signs, infinities and NaN).
+#[test]
+fn exact_decoders_equal_dequantize_row_bit_for_bit() {
+    let extremes: [u16; 12] = [
+        0x7BFF, // 65504
+        0xFBFF, // -65504
+        0x0400, // 2^-14, the smallest normal
+        0x0001, // 2^-24, the smallest subnormal
+        0x83FF, // a negative subnormal
+        0x0000,
+        0x8000,
+        0x3C00, // 1
+        0x7C00, // inf
+        0xFC00, // -inf
+        0x7E00, // NaN
+        0x7C01, // a signalling NaN's bits
+    ];
+    for dt in dq_types() {
+        for seed in 0..4 {
+            let row = quant::random_blocks(dt, 64, seed * 977 + dt.ggml_type() as u64);
+            check_decoders("random blocks", dt, &row);
+        }
+        for fill in [0x00u8, 0xFF] {
+            let mut row = quant::random_blocks(dt, 8, 3);
+            for block in row.chunks_exact_mut(dt.block_bytes()) {
+                let keep: Vec<(usize, [u8; 2])> =
+                    scale_offsets(dt).iter().map(|&at| (at, [block[at], block[at + 1]])).collect();
+                block.fill(fill);
+                for (at, bits) in keep {
+                    block[at..at + 2].copy_from_slice(&bits);
+                }
+            }
+            check_decoders(&format!("quants all {fill:#04x}"), dt, &row);
+        }
+        // Every pair of extreme scales (d with each m / dmin), on random quants.
+        let offsets = scale_offsets(dt);
+        let mut row = quant::random_blocks(dt, extremes.len() * extremes.len(), 11);
+        for (k, block) in row.chunks_exact_mut(dt.block_bytes()).enumerate() {
+            let pair = [extremes[k / extremes.len()], extremes[k % extremes.len()]];
+            for (&at, bits) in offsets.iter().zip(pair) {
+                block[at..at + 2].copy_from_slice(&bits.to_le_bytes());
+            }
+        }
+        check_decoders("extreme scales", dt, &row);
+    }
+}
+
+/// The comparison above can fail: one changed quant bit changes a decoded value.
+#[test]
+fn exact_decoders_check_catches_a_changed_bit() {
+    for dt in dq_types() {
+        let row = quant::random_blocks(dt, 2, 9);
+        let mut want = vec![0.0f32; 2 * dt.block_values()];
+        quant::dequantize_row(dt, &row, &mut want).expect("reference dequantize_row");
+        let mut bad = row.clone();
+        // A byte past the scales of block 0 (every type keeps quants there).
+        bad[dt.block_bytes() / 2 + 4] ^= 0xFF;
+        let mut got = vec![0.0f32; want.len()];
+        fast::dequantize_row_exact(Isa::best(), dt, &bad, &mut got).expect("exact decoders");
+        assert!(got.iter().zip(&want).any(|(g, w)| !same_bits(*g, *w)), "{dt}: a changed byte went unnoticed");
+        assert!(
+            fast::dequantize_row_exact(Isa::best(), dt, &row[1..], &mut got).is_err(),
+            "{dt}: a short row is an error"
+        );
+    }
+    let mut out = [0.0f32; 32];
+    assert!(fast::dequantize_row_exact(Isa::best(), DType::Q4_0, &[0u8; 18], &mut out).is_err(), "q4_0 is not here");
+}

@@ -10,8 +10,9 @@
 //! binary (`--cpu-kernels exact`); the 8-bit-activation kernels of the parent module are the
 //! `fast` path.
 //!
-//! Q5_0, Q5_1, the K-quants and the IQ4 types go through `f32act_dq` (each block dequantized by
-//! the reference's function, then vector multiply-adds), with the same guarantee.
+//! Q5_0, Q5_1, the K-quants and the IQ4 types go through `f32act_dq` (each block decoded by a
+//! per-type decoder that returns the reference's values bit for bit, then vector
+//! multiply-adds), with the same guarantee.
 //!
 //! Tiles: R rows × T tokens of sums. Each 32-value weight block of a row is dequantized once
 //! into registers and used for the T tokens (prefill), so the dequantization, which costs more

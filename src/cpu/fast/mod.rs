@@ -48,6 +48,7 @@ use rayon::prelude::*;
 
 pub use attention::{attention_decode, attention_prefill};
 pub use f32act::{matmul_f32, matmul_f32_with, matvec_f32};
+pub use f32act_dq::dequantize_row_exact;
 
 use super::{expect_len, expect_matrix};
 use crate::{DType, Error, Result};
@@ -61,6 +62,7 @@ mod avx2;
 mod avx2_k;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod dq_decode;
 mod f32act;
 mod f32act_dq;
 mod scalar;
