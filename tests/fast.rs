@@ -596,9 +596,7 @@ fn exact_decoders_equal_dequantize_row_bit_for_bit() {
         0x0400, // 2^-14, the smallest normal
         0x0001, // 2^-24, the smallest subnormal
         0x83FF, // a negative subnormal
-        0x0000,
-        0x8000,
-        0x3C00, // 1
+        0x0000, 0x8000, 0x3C00, // 1
         0x7C00, // inf
         0xFC00, // -inf
         0x7E00, // NaN

@@ -198,3 +198,32 @@ pub(super) fn iq4_xs(b: &[u8; 136], out: &mut [f32; QK_K]) {
         }
     }
 }
+
+/// A block type's decoder as a type, so that kernels generic over it inline the decoder into
+/// their AVX2 / AVX-512 functions (a function item passed as `impl Fn` is called through a
+/// shim that LLVM left out of line, compiled for the baseline x86_64 without those features).
+pub(super) trait Decoder<const BB: usize, const BV: usize> {
+    fn decode(b: &[u8; BB], out: &mut [f32; BV]);
+}
+
+macro_rules! decoder {
+    ($name:ident, $f:ident, $bb:expr, $bv:expr) => {
+        pub(super) struct $name;
+        impl Decoder<$bb, $bv> for $name {
+            #[inline(always)]
+            fn decode(b: &[u8; $bb], out: &mut [f32; $bv]) {
+                $f(b, out)
+            }
+        }
+    };
+}
+
+decoder!(Q50, q5_0, 22, QK);
+decoder!(Q51, q5_1, 24, QK);
+decoder!(Iq4Nl, iq4_nl, 18, QK);
+decoder!(Q2K, q2_k, 84, QK_K);
+decoder!(Q3K, q3_k, 110, QK_K);
+decoder!(Q4K, q4_k, 144, QK_K);
+decoder!(Q5K, q5_k, 176, QK_K);
+decoder!(Q6K, q6_k, 210, QK_K);
+decoder!(Iq4Xs, iq4_xs, 136, QK_K);

@@ -11,7 +11,8 @@
 //! (or AVX-512), LLVM turns them into vector code. The type is dispatched once per call, not
 //! per block.
 
-use super::{Isa, dq_decode};
+use super::Isa;
+use super::dq_decode::{self, Decoder};
 use crate::{DType, Error, QK, QK_K, Result};
 
 /// Tokens per pass over a row's blocks (each block is decoded once per row and pass) and f32
@@ -55,15 +56,15 @@ fn gemm_avx512(dtype: DType, w: &[u8], rb: usize, cols: usize, x: &[f32], n: usi
 fn gemm_typed<const FMA: bool>(dtype: DType, w: &[u8], rb: usize, cols: usize, x: &[f32], n: usize, out: &mut [f32]) {
     use dq_decode as dq;
     match dtype {
-        DType::Q5_0 => gemm_body::<FMA, 22, QK>(w, rb, cols, x, n, out, dq::q5_0),
-        DType::Q5_1 => gemm_body::<FMA, 24, QK>(w, rb, cols, x, n, out, dq::q5_1),
-        DType::IQ4_NL => gemm_body::<FMA, 18, QK>(w, rb, cols, x, n, out, dq::iq4_nl),
-        DType::Q2_K => gemm_body::<FMA, 84, QK_K>(w, rb, cols, x, n, out, dq::q2_k),
-        DType::Q3_K => gemm_body::<FMA, 110, QK_K>(w, rb, cols, x, n, out, dq::q3_k),
-        DType::Q4_K => gemm_body::<FMA, 144, QK_K>(w, rb, cols, x, n, out, dq::q4_k),
-        DType::Q5_K => gemm_body::<FMA, 176, QK_K>(w, rb, cols, x, n, out, dq::q5_k),
-        DType::Q6_K => gemm_body::<FMA, 210, QK_K>(w, rb, cols, x, n, out, dq::q6_k),
-        DType::IQ4_XS => gemm_body::<FMA, 136, QK_K>(w, rb, cols, x, n, out, dq::iq4_xs),
+        DType::Q5_0 => gemm_body::<FMA, 22, QK, dq::Q50>(w, rb, cols, x, n, out),
+        DType::Q5_1 => gemm_body::<FMA, 24, QK, dq::Q51>(w, rb, cols, x, n, out),
+        DType::IQ4_NL => gemm_body::<FMA, 18, QK, dq::Iq4Nl>(w, rb, cols, x, n, out),
+        DType::Q2_K => gemm_body::<FMA, 84, QK_K, dq::Q2K>(w, rb, cols, x, n, out),
+        DType::Q3_K => gemm_body::<FMA, 110, QK_K, dq::Q3K>(w, rb, cols, x, n, out),
+        DType::Q4_K => gemm_body::<FMA, 144, QK_K, dq::Q4K>(w, rb, cols, x, n, out),
+        DType::Q5_K => gemm_body::<FMA, 176, QK_K, dq::Q5K>(w, rb, cols, x, n, out),
+        DType::Q6_K => gemm_body::<FMA, 210, QK_K, dq::Q6K>(w, rb, cols, x, n, out),
+        DType::IQ4_XS => gemm_body::<FMA, 136, QK_K, dq::Iq4Xs>(w, rb, cols, x, n, out),
         // Not sent here (hand-tiled in `f32act`, or not quantized): NaN sums, never garbage.
         _ => out.fill(f32::NAN),
     }
@@ -73,14 +74,13 @@ fn gemm_typed<const FMA: bool>(dtype: DType, w: &[u8], rb: usize, cols: usize, x
 /// blocks of `BV` values (32 or 256). `FMA` fuses each product into its sum (one rounding
 /// instead of two: still the reference's product, summed in f32).
 #[inline(always)]
-fn gemm_body<const FMA: bool, const BB: usize, const BV: usize>(
+fn gemm_body<const FMA: bool, const BB: usize, const BV: usize, D: Decoder<BB, BV>>(
     w: &[u8],
     rb: usize,
     cols: usize,
     x: &[f32],
     n: usize,
     out: &mut [f32],
-    decode: impl Fn(&[u8; BB], &mut [f32; BV]) + Copy,
 ) {
     let mut buf = [0.0f32; BV];
     for (wr, o) in w.chunks_exact(rb).zip(out.chunks_exact_mut(n)) {
@@ -90,12 +90,12 @@ fn gemm_body<const FMA: bool, const BB: usize, const BV: usize>(
             let left = n - t0;
             let os = &mut o[t0..];
             t0 += if left >= PREFILL.0 {
-                pass::<FMA, BB, BV, { PREFILL.0 }, { PREFILL.1 }>(blocks, x, cols, t0, PREFILL.0, &mut buf, os, decode)
+                pass::<FMA, BB, BV, { PREFILL.0 }, { PREFILL.1 }, D>(blocks, x, cols, t0, PREFILL.0, &mut buf, os)
             } else if left == 1 {
-                pass::<FMA, BB, BV, 1, ONE_LANES>(blocks, x, cols, t0, 1, &mut buf, os, decode)
+                pass::<FMA, BB, BV, 1, ONE_LANES, D>(blocks, x, cols, t0, 1, &mut buf, os)
             } else {
                 let tn = left.min(FEW.0);
-                pass::<FMA, BB, BV, { FEW.0 }, { FEW.1 }>(blocks, x, cols, t0, tn, &mut buf, os, decode)
+                pass::<FMA, BB, BV, { FEW.0 }, { FEW.1 }, D>(blocks, x, cols, t0, tn, &mut buf, os)
             };
         }
     }
@@ -105,7 +105,7 @@ fn gemm_body<const FMA: bool, const BB: usize, const BV: usize>(
 /// lanes (L divides BV); writes the sums to out[..tn] and returns tn.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn pass<const FMA: bool, const BB: usize, const BV: usize, const T: usize, const L: usize>(
+fn pass<const FMA: bool, const BB: usize, const BV: usize, const T: usize, const L: usize, D: Decoder<BB, BV>>(
     blocks: &[[u8; BB]],
     x: &[f32],
     cols: usize,
@@ -113,11 +113,10 @@ fn pass<const FMA: bool, const BB: usize, const BV: usize, const T: usize, const
     tn: usize,
     buf: &mut [f32; BV],
     out: &mut [f32],
-    decode: impl Fn(&[u8; BB], &mut [f32; BV]),
 ) -> usize {
     let mut acc = [[0.0f32; L]; T];
     for (b, block) in blocks.iter().enumerate() {
-        decode(block, buf);
+        D::decode(block, buf);
         for (t, a) in acc.iter_mut().enumerate().take(tn) {
             let xb = &x[(t0 + t) * cols + b * BV..][..BV];
             for (wc, xc) in buf.as_chunks::<L>().0.iter().zip(xb.as_chunks::<L>().0) {
@@ -192,22 +191,22 @@ fn decode_avx512(dtype: DType, row: &[u8], out: &mut [f32]) {
 #[inline(always)]
 fn decode_typed(dtype: DType, row: &[u8], out: &mut [f32]) {
     #[inline(always)]
-    fn each<const BB: usize, const BV: usize>(row: &[u8], out: &mut [f32], f: impl Fn(&[u8; BB], &mut [f32; BV])) {
+    fn each<const BB: usize, const BV: usize, D: Decoder<BB, BV>>(row: &[u8], out: &mut [f32]) {
         for (b, o) in row.as_chunks::<BB>().0.iter().zip(out.as_chunks_mut::<BV>().0) {
-            f(b, o);
+            D::decode(b, o);
         }
     }
     use dq_decode as dq;
     match dtype {
-        DType::Q5_0 => each(row, out, dq::q5_0),
-        DType::Q5_1 => each(row, out, dq::q5_1),
-        DType::IQ4_NL => each(row, out, dq::iq4_nl),
-        DType::Q2_K => each(row, out, dq::q2_k),
-        DType::Q3_K => each(row, out, dq::q3_k),
-        DType::Q4_K => each(row, out, dq::q4_k),
-        DType::Q5_K => each(row, out, dq::q5_k),
-        DType::Q6_K => each(row, out, dq::q6_k),
-        DType::IQ4_XS => each(row, out, dq::iq4_xs),
+        DType::Q5_0 => each::<22, QK, dq::Q50>(row, out),
+        DType::Q5_1 => each::<24, QK, dq::Q51>(row, out),
+        DType::IQ4_NL => each::<18, QK, dq::Iq4Nl>(row, out),
+        DType::Q2_K => each::<84, QK_K, dq::Q2K>(row, out),
+        DType::Q3_K => each::<110, QK_K, dq::Q3K>(row, out),
+        DType::Q4_K => each::<144, QK_K, dq::Q4K>(row, out),
+        DType::Q5_K => each::<176, QK_K, dq::Q5K>(row, out),
+        DType::Q6_K => each::<210, QK_K, dq::Q6K>(row, out),
+        DType::IQ4_XS => each::<136, QK_K, dq::Iq4Xs>(row, out),
         _ => out.fill(f32::NAN),
     }
 }
