@@ -1,8 +1,8 @@
 //! The vectorized CPU kernels the model runs on: matrix–vector and matrix–matrix products for
 //! quantized weights and attention (`attention`). Both kinds of products handle every quantized
 //! type ([`supports`], [`supports_8bit`]). The f32-activation products are hand-tiled for Q4_0,
-//! Q4_1, Q8_0 and dequantize-then-multiply (`f32act_dq`) for Q5_0, Q5_1, the K-quants and the
-//! IQ4 types. The 8-bit products have integer kernels for all of them: the 32-value block types
+//! Q4_1, Q8_0 and decode-then-multiply (`f32act_dq` with the bit-exact decoders of `dq_decode`)
+//! for Q5_0, Q5_1, the K-quants and the IQ4 types. The 8-bit products have integer kernels for all of them: the 32-value block types
 //! (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL) with activations in blocks of 32 (`act`, kernels
 //! `scalar`, `avx2`, `avx512`), the 256-value super-block types (Q2_K … Q6_K, IQ4_XS) with
 //! activations in blocks of 256 plus 16-value partial sums (`act_k`, kernels `scalar_k`,
