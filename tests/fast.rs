@@ -29,7 +29,7 @@ fn matrix(seed: u64, dt: DType, rows: usize, cols: usize) -> Vec<u8> {
     quant::quantize_matrix(dt, &uniform(&mut rng(seed), rows * cols, 1.0), rows, cols).expect("valid shape")
 }
 
-fn reference(dt: DType, w: &[u8], rows: usize, cols: usize, x: &[f32], n: usize) -> Vec<f32> {
+pub(crate) fn reference(dt: DType, w: &[u8], rows: usize, cols: usize, x: &[f32], n: usize) -> Vec<f32> {
     let mut y = vec![f32::NAN; n * rows];
     cpu::matmul(dt, w, rows, cols, x, n, &mut y).expect("reference matmul");
     y
@@ -37,7 +37,7 @@ fn reference(dt: DType, w: &[u8], rows: usize, cols: usize, x: &[f32], n: usize)
 
 /// The fast path with `isa`: matvec for one token, matmul otherwise. Outputs start as NaN so
 /// an element the kernels skip cannot pass.
-fn fast_with(isa: Isa, dt: DType, w: &[u8], rows: usize, cols: usize, x: &[f32], n: usize) -> Vec<f32> {
+pub(crate) fn fast_with(isa: Isa, dt: DType, w: &[u8], rows: usize, cols: usize, x: &[f32], n: usize) -> Vec<f32> {
     let mut y = vec![f32::NAN; n * rows];
     if n == 1 {
         fast::matvec_with(isa, dt, w, rows, cols, x, &mut y).expect("fast matvec");

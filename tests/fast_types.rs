@@ -19,9 +19,10 @@
 
 use proptest::prelude::*;
 use strata_kernels::check::{Tolerance, assert_close, skip};
-use strata_kernels::cpu::{self, fast, fast::Isa};
+use strata_kernels::cpu::{fast, fast::Isa};
 use strata_kernels::{DType, quant};
 
+use crate::fast::{fast_with, reference};
 use crate::oracle;
 use crate::support::{rng, uniform};
 
@@ -44,24 +45,6 @@ const SHAPES: [(usize, usize); 6] = [(1, 1), (3, 2), (13, 3), (37, 6), (21, 8), 
 
 fn matrix(seed: u64, dt: DType, rows: usize, cols: usize) -> Vec<u8> {
     quant::random_blocks(dt, rows * cols / dt.block_values(), seed)
-}
-
-fn reference(dt: DType, w: &[u8], rows: usize, cols: usize, x: &[f32], n: usize) -> Vec<f32> {
-    let mut y = vec![f32::NAN; n * rows];
-    cpu::matmul(dt, w, rows, cols, x, n, &mut y).expect("reference matmul");
-    y
-}
-
-/// The fast path with `isa`: matvec for one token, matmul otherwise; NaN-filled outputs so a
-/// skipped element cannot pass.
-fn fast_with(isa: Isa, dt: DType, w: &[u8], rows: usize, cols: usize, x: &[f32], n: usize) -> Vec<f32> {
-    let mut y = vec![f32::NAN; n * rows];
-    if n == 1 {
-        fast::matvec_with(isa, dt, w, rows, cols, x, &mut y).expect("fast matvec");
-    } else {
-        fast::matmul_with(isa, dt, w, rows, cols, x, n, &mut y).expect("fast matmul");
-    }
-    y
 }
 
 fn rounded(dt: DType, x: &[f32], cols: usize) -> Vec<f32> {
