@@ -222,6 +222,30 @@ strata_status strata_embedding_gather_f32(strata_dtype dtype, const void *table,
 strata_status strata_matvec_f32(strata_dtype dtype, const void *w, int64_t rows, int64_t cols,
                                 const float *x, float *y, cudaStream_t stream);
 
+/* ---- matvec_q8.cu (the "next" kernel set, STRATA_GPU_KERNELS=next) --------------------- */
+
+/* Bytes of the 8-bit activation buffer of a matvec with `cols` columns of quantized `dtype`
+ * (its blocks of 32 or, for the K-quants and IQ4_XS, 256 values, with their scales and sums),
+ * or -1 if `dtype` is not quantized or `cols` is not a whole number of its blocks. */
+int64_t strata_act_q8_bytes(strata_dtype dtype, int64_t cols);
+
+/* Quantizes x (`cols` f32) into `act` (16-byte aligned, strata_act_q8_bytes long) with the CPU
+ * fast path's rounding for weights of `dtype`. */
+strata_status strata_quantize_act_q8(strata_dtype dtype, const float *x, int64_t cols, void *act,
+                                     cudaStream_t stream);
+
+/* Decode with 8-bit activations: y[r] = sum_c w[r][c] * x'[c], x' the values `act` holds
+ * (strata_quantize_act_q8 of the same dtype and cols); integer dot products (dp4a). */
+strata_status strata_matvec_q8(strata_dtype dtype, const void *w, int64_t rows, int64_t cols,
+                               const void *act, float *y, cudaStream_t stream);
+
+/* Host twins of the two above: the same per-block arithmetic on the CPU (no GPU needed), for
+ * the tests that check every type's decoding against the CPU fast path. Host pointers. */
+strata_status strata_quantize_act_q8_host(strata_dtype dtype, const float *x, int64_t cols,
+                                          void *act);
+strata_status strata_matvec_q8_host(strata_dtype dtype, const void *w, int64_t rows, int64_t cols,
+                                    const void *act, float *y);
+
 /* ---- matmul.cu ------------------------------------------------------------------------- */
 
 /* Prefill: y[t][r] = sum_c x[t][c] * w[r][c] (Y = X W^T) for t in 0..n_tokens;

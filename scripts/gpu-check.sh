@@ -15,6 +15,12 @@
 #                                # --gpu-memory budgets (auto, --stream, --cpu-layers): tok/s,
 #                                # overlap, copy GB/s and the plan's prediction, as JSON in
 #                                # $OUT/stream.tgz. About 5 minutes on an H100/H200.
+#   scripts/gpu-check.sh next    # there: the `next` kernel set (STRATA_GPU_KERNELS=next) against
+#                                # the proven one: its parity tests (kernels, tensor API, model
+#                                # tokens vs the CPU), memcheck on it, the matvec benches of both
+#                                # sets at 7B shapes, and `strata bench -p 512 -n 128` on a
+#                                # synthetic 7B Q4_0 all resident and at 4 GiB / 2 GiB with each
+#                                # set. About 6 minutes on an H100/H200.
 #
 # Set STRATA_CUDA_ARCHS to build for other GPUs (default here: 90).
 set -euo pipefail
@@ -175,9 +181,46 @@ stream() {
   (cd "$out" && tar czf stream.tgz stream ./*.log && rm -rf stream && find . -maxdepth 1 -name '*.log' ! -name check.log -delete)
 }
 
+# The `next` kernel set against the proven one (see the top).
+next() {
+  out=${OUT:-$root/gpu-out}
+  mkdir -p "$out/next"
+  local bin="$bundle/bin" S="$bundle/bin/strata" tmp=${TMPDIR:-/tmp}/strata-gpu
+  [[ -x $S ]] || { echo "gpu-check: no $S; run 'scripts/gpu-check.sh build' first" >&2; exit 1; }
+  mkdir -p "$tmp"
+  cd "$bundle"
+  export STRATA_NO_MODEL=1 # no model in the bundle; see run()
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$out/device.txt" || true
+  TAIL=8 step next-kernels 60 "$bin/kernels" --test-threads 8 matvec_q8
+  TAIL=8 step next-tensor 60 "$bin/tensor" --test-threads 8 matvec_next
+  TAIL=12 step next-model 120 env STRATA_GPU_KERNELS=next "$bin/model" --test-threads 4 gpu:: --nocapture
+  if command -v compute-sanitizer >/dev/null; then
+    TAIL=6 step next-memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/tensor" --test-threads 4 matvec_next
+  else
+    summary+=("sanitizer: skipped: compute-sanitizer not on PATH")
+  fi
+  if [[ -x $bin/copy_bandwidth ]]; then TAIL=12 step copy 60 "$bin/copy_bandwidth" --json "$out/copy.json"; fi
+  # Both sets' decode matvecs at the 7B shapes (criterion prints GB/s: compare with the copy
+  # bandwidth above).
+  TAIL=120 step next-bench 240 "$bin/cuda_ops" --bench "matvec.* (q4_0|q4_K|q6_K|q8_0) (4096x4096|11008x4096|4096x11008|32000x4096)"
+  TAIL=3 step synth-7b 120 "$S" synth --preset llama-7b --dtype q4_0 --seed 1 --out "$tmp/l7b.gguf"
+  local set mem cap
+  for set in proven next; do
+    for mem in unlimited 4GiB 2GiB; do
+      cap=""
+      [[ $mem != unlimited ]] && cap="--gpu-memory $mem"
+      TAIL=12 step "bench-$set-$mem" 150 sh -c "STRATA_GPU_KERNELS=$set '$S' bench -m '$tmp/l7b.gguf' --device cuda $cap -p 512 -n 128 -r 2 --json > '$out/next/bench-$set-$mem.json'"
+    done
+  done
+  echo "=== summary"
+  printf '%s\n' "${summary[@]}" | tee -a "$out/check.log"
+  (cd "$out" && tar czf next.tgz next ./*.log && rm -rf next && find . -maxdepth 1 -name '*.log' ! -name check.log -delete)
+}
+
 case ${1:-} in
   build) build ;;
   run) run ;;
   stream) stream ;;
-  *) echo "usage: scripts/gpu-check.sh build|run|stream (see the comment at the top)" >&2; exit 2 ;;
+  next) next ;;
+  *) echo "usage: scripts/gpu-check.sh build|run|stream|next (see the comment at the top)" >&2; exit 2 ;;
 esac

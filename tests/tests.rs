@@ -6,6 +6,7 @@
 //! - `dequant`: the dequantizer bit for bit against gguf-py's, on random blocks and real rows;
 //! - `fast`: the fast CPU path (quantized activations, SIMD) against the reference;
 //! - `fast_types`: the same for the 8-bit kernels of Q5_0, Q5_1, IQ4_NL, the K-quants, IQ4_XS;
+//! - `matvec_q8`: the `next` GPU matvec's arithmetic through its host twins (no GPU needed);
 //! - `model`: the dequantizer against known values of the real default model.
 //!
 //! CUDA tests that cannot run print `skipped: ...` and pass; the binary prints how many were
@@ -16,6 +17,7 @@ mod support;
 mod dequant;
 mod fast;
 mod fast_types;
+mod matvec_q8;
 mod model;
 mod ops;
 mod oracle;

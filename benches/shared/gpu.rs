@@ -70,7 +70,7 @@ fn out_len(op: &Op) -> usize {
     match *op {
         Op::Dequantize { rows, cols, .. } => rows * cols,
         Op::Gather { dim, n_ids, .. } => dim * n_ids,
-        Op::Matvec { rows, .. } => rows,
+        Op::Matvec { rows, .. } | Op::MatvecQ8 { rows, .. } => rows,
         Op::Matmul { rows, tokens, .. } => rows * tokens,
         Op::Rmsnorm { rows, dim } => rows * dim,
         Op::Rope { tokens, heads, head_dim } => tokens * heads * head_dim,
@@ -137,6 +137,9 @@ impl Gpu {
                     cuda::embedding_gather_f32(dt, w, vocab, dim, ids, n_ids, out, s)
                 }
                 Op::Matvec { dt, rows, cols } => cuda::matvec_f32(dt, w, rows, cols, x, out, s),
+                // x2 holds act_q8_bytes(dt, cols) (Op::inputs): the activations' scratch.
+                Op::MatvecQ8 { dt, rows, cols } => cuda::quantize_act_q8(dt, x, cols, x2, s)
+                    .and_then(|()| cuda::matvec_q8(dt, w, rows, cols, x2, out, s)),
                 Op::Matmul { dt, rows, cols, tokens } => cuda::matmul_f32(dt, w, rows, cols, x, tokens, out, s),
                 Op::Rmsnorm { rows, dim } => cuda::rmsnorm_f32(x, x2, rows, dim, 1e-5, out, s),
                 Op::Rope { tokens, heads, head_dim } => {

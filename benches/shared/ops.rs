@@ -29,21 +29,83 @@ pub struct Dims {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Op {
-    Dequantize { dt: DType, rows: usize, cols: usize },
-    Gather { dt: DType, vocab: usize, dim: usize, n_ids: usize },
-    Matvec { dt: DType, rows: usize, cols: usize },
-    Matmul { dt: DType, rows: usize, cols: usize, tokens: usize },
-    Rmsnorm { rows: usize, dim: usize },
-    Rope { tokens: usize, heads: usize, head_dim: usize },
-    AttentionDecode { cache: DType, heads: usize, kv_heads: usize, head_dim: usize, n_kv: usize },
-    AttentionPrefill { cache: DType, heads: usize, kv_heads: usize, head_dim: usize, tokens: usize },
-    KvAppend { cache: DType, tokens: usize, row_len: usize },
-    SiluMul { n: usize },
-    GeluMul { n: usize },
-    Add { n: usize },
-    Scale { n: usize },
-    Softmax { rows: usize, cols: usize },
-    Argmax { rows: usize, cols: usize },
+    Dequantize {
+        dt: DType,
+        rows: usize,
+        cols: usize,
+    },
+    Gather {
+        dt: DType,
+        vocab: usize,
+        dim: usize,
+        n_ids: usize,
+    },
+    Matvec {
+        dt: DType,
+        rows: usize,
+        cols: usize,
+    },
+    /// The `next` kernel set's decode matvec (`STRATA_GPU_KERNELS=next`): the activations
+    /// quantized to 8 bits, then integer dot products; two launches, timed together.
+    MatvecQ8 {
+        dt: DType,
+        rows: usize,
+        cols: usize,
+    },
+    Matmul {
+        dt: DType,
+        rows: usize,
+        cols: usize,
+        tokens: usize,
+    },
+    Rmsnorm {
+        rows: usize,
+        dim: usize,
+    },
+    Rope {
+        tokens: usize,
+        heads: usize,
+        head_dim: usize,
+    },
+    AttentionDecode {
+        cache: DType,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        n_kv: usize,
+    },
+    AttentionPrefill {
+        cache: DType,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        tokens: usize,
+    },
+    KvAppend {
+        cache: DType,
+        tokens: usize,
+        row_len: usize,
+    },
+    SiluMul {
+        n: usize,
+    },
+    GeluMul {
+        n: usize,
+    },
+    Add {
+        n: usize,
+    },
+    Scale {
+        n: usize,
+    },
+    Softmax {
+        rows: usize,
+        cols: usize,
+    },
+    Argmax {
+        rows: usize,
+        cols: usize,
+    },
 }
 
 /// A KV cache on the host.
@@ -129,6 +191,7 @@ impl Op {
             Op::Dequantize { .. } => "dequantize_rows",
             Op::Gather { .. } => "embedding_gather",
             Op::Matvec { .. } => "matvec",
+            Op::MatvecQ8 { .. } => "matvec_q8",
             Op::Matmul { .. } => "matmul",
             Op::Rmsnorm { .. } => "rmsnorm",
             Op::Rope { .. } => "rope",
@@ -147,9 +210,11 @@ impl Op {
     /// The data type column of the report.
     pub fn dtype(&self) -> String {
         match *self {
-            Op::Dequantize { dt, .. } | Op::Gather { dt, .. } | Op::Matvec { dt, .. } | Op::Matmul { dt, .. } => {
-                dt.name().to_string()
-            }
+            Op::Dequantize { dt, .. }
+            | Op::Gather { dt, .. }
+            | Op::Matvec { dt, .. }
+            | Op::MatvecQ8 { dt, .. }
+            | Op::Matmul { dt, .. } => dt.name().to_string(),
             Op::AttentionDecode { cache, .. } | Op::AttentionPrefill { cache, .. } | Op::KvAppend { cache, .. } => {
                 format!("{cache} kv")
             }
@@ -159,7 +224,9 @@ impl Op {
 
     pub fn shape(&self) -> String {
         match *self {
-            Op::Dequantize { rows, cols, .. } | Op::Matvec { rows, cols, .. } => format!("{rows}x{cols}"),
+            Op::Dequantize { rows, cols, .. } | Op::Matvec { rows, cols, .. } | Op::MatvecQ8 { rows, cols, .. } => {
+                format!("{rows}x{cols}")
+            }
             Op::Gather { vocab, dim, n_ids, .. } => format!("{n_ids} of {vocab}x{dim}"),
             Op::Matmul { rows, cols, tokens, .. } => format!("{rows}x{cols} T={tokens}"),
             Op::Rmsnorm { rows, dim } | Op::Softmax { rows, cols: dim } | Op::Argmax { rows, cols: dim } => {
@@ -187,7 +254,9 @@ impl Op {
         let b = match *self {
             Op::Dequantize { dt, rows, cols } => dt.matrix_bytes(rows, cols).unwrap() + rows * cols * 4,
             Op::Gather { dt, dim, n_ids, .. } => n_ids * (dt.row_bytes(dim).unwrap() + dim * 4 + 4),
-            Op::Matvec { dt, rows, cols } => dt.matrix_bytes(rows, cols).unwrap() + (rows + cols) * 4,
+            Op::Matvec { dt, rows, cols } | Op::MatvecQ8 { dt, rows, cols } => {
+                dt.matrix_bytes(rows, cols).unwrap() + (rows + cols) * 4
+            }
             Op::Matmul { dt, rows, cols, tokens } => dt.matrix_bytes(rows, cols).unwrap() + tokens * (rows + cols) * 4,
             Op::Rmsnorm { rows, dim } => 2 * rows * dim * 4 + dim * 4,
             Op::Rope { tokens, heads, head_dim } => 2 * tokens * heads * head_dim * 4 + tokens * 4,
@@ -210,7 +279,7 @@ impl Op {
     /// movement.
     pub fn flops(&self) -> u64 {
         let f = match *self {
-            Op::Matvec { rows, cols, .. } => 2 * rows * cols,
+            Op::Matvec { rows, cols, .. } | Op::MatvecQ8 { rows, cols, .. } => 2 * rows * cols,
             Op::Matmul { rows, cols, tokens, .. } => 2 * rows * cols * tokens,
             Op::AttentionDecode { heads, head_dim, n_kv, .. } => 4 * heads * head_dim * n_kv,
             Op::AttentionPrefill { heads, head_dim, tokens, .. } => 4 * heads * head_dim * tokens * (tokens + 1) / 2,
@@ -235,9 +304,10 @@ impl Op {
     /// copies of so that repeated launches are not served from L2.
     pub fn big_input_bytes(&self) -> usize {
         match *self {
-            Op::Dequantize { dt, rows, cols } | Op::Matvec { dt, rows, cols } | Op::Matmul { dt, rows, cols, .. } => {
-                dt.matrix_bytes(rows, cols).unwrap()
-            }
+            Op::Dequantize { dt, rows, cols }
+            | Op::Matvec { dt, rows, cols }
+            | Op::MatvecQ8 { dt, rows, cols }
+            | Op::Matmul { dt, rows, cols, .. } => dt.matrix_bytes(rows, cols).unwrap(),
             _ => 0,
         }
     }
@@ -250,6 +320,12 @@ impl Op {
                 i.w = weights(dt, rows, cols, &mut r);
                 let tokens = if let Op::Matmul { tokens, .. } = *self { tokens } else { 1 };
                 i.x = uniform(&mut r, tokens * cols, 1.0);
+            }
+            Op::MatvecQ8 { dt, rows, cols } => {
+                i.w = weights(dt, rows, cols, &mut r);
+                i.x = uniform(&mut r, cols, 1.0);
+                // x2 is the 8-bit activation buffer (written by the first launch): its bytes.
+                i.x2 = vec![0.0; strata_kernels::cuda::act_q8_bytes(dt, cols).unwrap_or(0).div_ceil(4)];
             }
             Op::Gather { dt, vocab, dim, n_ids } => {
                 i.w = weights(dt, vocab, dim, &mut r);
@@ -304,6 +380,12 @@ impl Op {
             Op::Matvec { dt, rows, cols } => {
                 let mut o = vec![0.0; rows];
                 cpu::matvec(dt, &i.w, rows, cols, &i.x, &mut o).unwrap();
+                Output::F32(o)
+            }
+            // The CPU fast path rounds the activations as the kernel does.
+            Op::MatvecQ8 { dt, rows, cols } => {
+                let mut o = vec![0.0; rows];
+                cpu::fast::matvec(dt, &i.w, rows, cols, &i.x, &mut o).unwrap();
                 Output::F32(o)
             }
             Op::Matmul { dt, rows, cols, tokens } => {
@@ -500,6 +582,14 @@ pub fn cuda_cases() -> Vec<Op> {
         v.push(Op::Dequantize { dt, rows: b.ffn, cols: b.hidden });
     }
     v.push(Op::Matmul { dt: DType::Q4_1, rows: m.ffn, cols: m.hidden, tokens: 64 });
+    // The `next` decode matvec at the 7B shapes the GPU-speed issue names, every quantized type.
+    for dt in DType::QUANTIZED {
+        for (rows, cols) in [(b.hidden, b.hidden), (b.ffn, b.hidden), (b.hidden, b.ffn), (b.vocab, b.hidden)] {
+            if dt.row_bytes(cols).is_ok() {
+                v.push(Op::MatvecQ8 { dt, rows, cols });
+            }
+        }
+    }
     // The output projection of a 7B model: large enough that launch overhead does not hide
     // the kernel's own bandwidth.
     for dt in [DType::Q4_0, DType::Q8_0] {

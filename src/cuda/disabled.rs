@@ -26,6 +26,21 @@ pub fn status_name(code: i32) -> String {
     format!("CUDA status {code}")
 }
 
+/// Bytes of the "next" matvec's activation buffer; without CUDA there is none.
+pub fn act_q8_bytes(dt: DType, cols: usize) -> Option<usize> {
+    None
+}
+
+/// The "next" matvec's host twin of the activation quantization; needs a `cuda` build.
+pub fn quantize_act_q8_host(dt: DType, x: &[f32], cols: usize, act: &mut [u8]) -> crate::Result<()> {
+    Err(crate::Error::CudaNotBuilt)
+}
+
+/// The "next" matvec's host twin; needs a `cuda` build.
+pub fn matvec_q8_host(dt: DType, w: &[u8], rows: usize, cols: usize, act: &[u8], y: &mut [f32]) -> crate::Result<()> {
+    Err(crate::Error::CudaNotBuilt)
+}
+
 /// Expands the launcher list of `launchers.rs` to stubs that return [`crate::Error::CudaNotBuilt`]
 /// (their real bodies are dropped unread), with the same names, signatures and docs as in a
 /// `cuda` build.

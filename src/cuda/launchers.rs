@@ -84,6 +84,52 @@ launchers! {
         check(OP, unsafe { ffi::strata_matvec_f32(wt, ptr(w), r, c, ptr(x), ptr_mut(y), stream(s)) })
     }
 
+    /// Quantizes `cols` f32 at `x` into the 8-bit activation buffer `act` of a matvec with
+    /// weights of `dt` (the "next" kernel set; the CPU fast path's rounding).
+    ///
+    /// # Safety
+    /// `x` must address `cols` f32 and `act` [`act_q8_bytes`]`(dt, cols)` bytes (16-byte
+    /// aligned) of device memory, alive until the work on stream `s` completes.
+    ///
+    /// # Errors
+    /// Argument errors (a type that is not quantized, `cols` not whole blocks) and the launch
+    /// status.
+    pub unsafe fn quantize_act_q8(dt: DType, x: DevicePtr, cols: usize, act: DevicePtr, s: Stream) -> Result<()> {
+        const OP: &str = "quantize_act_q8";
+        let wt = weight_dtype(OP, dt)?;
+        let c = i64_of(OP, "cols", cols)?;
+        // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+        check(OP, unsafe { ffi::strata_quantize_act_q8(wt, ptr(x), c, ptr_mut::<std::ffi::c_void>(act), stream(s)) })
+    }
+
+    /// y = W x' with the 8-bit activations `act` ([`quantize_act_q8`] of the same `dt` and
+    /// `cols`): integer dot products (the "next" kernel set).
+    ///
+    /// # Safety
+    /// `w` must address `rows * dt.row_bytes(cols)` bytes, `act` [`act_q8_bytes`]`(dt, cols)`
+    /// bytes (16-byte aligned) and `y` `rows` f32 of device memory, alive until the work on
+    /// stream `s` completes.
+    ///
+    /// # Errors
+    /// Argument errors and the launch status.
+    pub unsafe fn matvec_q8(
+        dt: DType,
+        w: DevicePtr,
+        rows: usize,
+        cols: usize,
+        act: DevicePtr,
+        y: DevicePtr,
+        s: Stream,
+    ) -> Result<()> {
+        const OP: &str = "matvec_q8";
+        let wt = weight_dtype(OP, dt)?;
+        let (r, c) = (i64_of(OP, "rows", rows)?, i64_of(OP, "cols", cols)?);
+        // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+        check(OP, unsafe {
+            ffi::strata_matvec_q8(wt, ptr(w), r, c, ptr::<std::ffi::c_void>(act), ptr_mut(y), stream(s))
+        })
+    }
+
     /// Y = X W^T for `n_tokens` rows of X.
     ///
     /// # Safety

@@ -191,6 +191,64 @@ pub fn status_name(code: i32) -> String {
     cstr(unsafe { ffi::strata_status_name(code) })
 }
 
+/// Bytes of the 8-bit activation buffer of the "next" matvec for `cols` columns of `dt`; None
+/// if `dt` is not quantized or `cols` is not a whole number of its activation blocks (32
+/// values, 256 for the K-quants and IQ4_XS).
+pub fn act_q8_bytes(dt: DType, cols: usize) -> Option<usize> {
+    let c = i64::try_from(cols).ok()?;
+    // SAFETY: a pure function of its arguments.
+    let n = unsafe { ffi::strata_act_q8_bytes(dtype(dt), c) };
+    usize::try_from(n).ok()
+}
+
+/// The "next" matvec's activation quantization run on the host (the kernels' own per-block
+/// code, compiled for the CPU): for tests on machines without a GPU.
+///
+/// # Errors
+/// If `dt` is not quantized, `cols` is not whole blocks, or a length does not fit.
+pub fn quantize_act_q8_host(dt: DType, x: &[f32], cols: usize, act: &mut [u8]) -> Result<()> {
+    const OP: &str = "quantize_act_q8_host";
+    let need = act_q8_bytes(dt, cols)
+        .ok_or_else(|| Error::invalid(OP, format!("{cols} columns of {dt:?} have no 8-bit activation layout")))?;
+    if x.len() != cols || act.len() != need {
+        return Err(Error::invalid(
+            OP,
+            format!("x has {} values and act {} bytes; need {cols} and {need}", x.len(), act.len()),
+        ));
+    }
+    let c = i64_of(OP, "cols", cols)?;
+    // SAFETY: x holds cols f32 and act the layout's bytes (checked above); host memory only.
+    check(OP, unsafe { ffi::strata_quantize_act_q8_host(dtype(dt), x.as_ptr(), c, act.as_mut_ptr().cast()) })
+}
+
+/// The "next" matvec run on the host with its kernels' per-chunk code (dp4a emulated): for
+/// tests on machines without a GPU. `act` comes from [`quantize_act_q8_host`].
+///
+/// # Errors
+/// If `dt` is not quantized, or a length does not fit the shape.
+pub fn matvec_q8_host(dt: DType, w: &[u8], rows: usize, cols: usize, act: &[u8], y: &mut [f32]) -> Result<()> {
+    const OP: &str = "matvec_q8_host";
+    let need = act_q8_bytes(dt, cols)
+        .ok_or_else(|| Error::invalid(OP, format!("{cols} columns of {dt:?} have no 8-bit activation layout")))?;
+    let wbytes = dt.matrix_bytes(rows, cols)?;
+    if w.len() != wbytes || act.len() != need || y.len() != rows {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "w {} bytes, act {}, y {}: the shape needs {wbytes}, {need} and {rows}",
+                w.len(),
+                act.len(),
+                y.len()
+            ),
+        ));
+    }
+    let (r, c) = (i64_of(OP, "rows", rows)?, i64_of(OP, "cols", cols)?);
+    // SAFETY: every buffer holds what the shape needs (checked above); host memory only.
+    check(OP, unsafe {
+        ffi::strata_matvec_q8_host(dtype(dt), w.as_ptr().cast(), r, c, act.as_ptr().cast(), y.as_mut_ptr())
+    })
+}
+
 /// Defines the launchers listed in `launchers.rs` as written (this build has CUDA). The
 /// build without CUDA expands the same list to stubs (`disabled.rs`), so a launcher is
 /// declared once.

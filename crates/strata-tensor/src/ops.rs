@@ -101,6 +101,75 @@ fn product_path(dt: strata_kernels::DType) -> CpuPath {
     }
 }
 
+/// The environment variable that picks the GPU kernel set: `proven` (the default) or `next`.
+pub const GPU_KERNELS_ENV: &str = "STRATA_GPU_KERNELS";
+
+/// Which CUDA kernels device ops run. The `next` set is written for llama.cpp's speed and
+/// beyond (today: the decode matvec with 8-bit activations and `dp4a` integer dot products,
+/// `kernels/matvec_q8.cu`); it replaces the `proven` kernels only after a GPU run shows it
+/// correct and faster (docs/gpu-results.md), and until then it is opt-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GpuKernels {
+    /// The kernels every GPU run so far has validated.
+    #[default]
+    Proven,
+    /// The kernels under validation: quantized decode matvecs on 8-bit activations (the CPU
+    /// fast path's rounding, so they compare with it up to the order of f32 sums).
+    Next,
+}
+
+impl GpuKernels {
+    /// Parses `proven` or `next`.
+    ///
+    /// # Errors
+    /// Any other value, with the accepted ones named.
+    pub fn parse(v: &str) -> Result<GpuKernels> {
+        match v {
+            "proven" => Ok(GpuKernels::Proven),
+            "next" => Ok(GpuKernels::Next),
+            other => Err(Error::Kernel(strata_kernels::Error::invalid(
+                "gpu kernels",
+                format!("{GPU_KERNELS_ENV}={other:?} is not a kernel set (use `proven` or `next`)"),
+            ))),
+        }
+    }
+}
+
+thread_local! {
+    /// Set by [`with_gpu_kernels`] on the thread that issues the ops.
+    static GPU_KERNELS_HERE: std::cell::Cell<Option<GpuKernels>> = const { std::cell::Cell::new(None) };
+}
+
+/// The kernel set device ops issued now on this thread run: [`with_gpu_kernels`]'s, else
+/// `STRATA_GPU_KERNELS` (read once), else [`GpuKernels::Proven`].
+///
+/// # Errors
+/// If `STRATA_GPU_KERNELS` holds something other than `proven` or `next`.
+pub fn gpu_kernels() -> Result<GpuKernels> {
+    static ENV: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if let Some(k) = GPU_KERNELS_HERE.with(|c| c.get()) {
+        return Ok(k);
+    }
+    match ENV.get_or_init(|| std::env::var(GPU_KERNELS_ENV).ok().filter(|v| !v.is_empty())) {
+        Some(v) => GpuKernels::parse(v),
+        None => Ok(GpuKernels::Proven),
+    }
+}
+
+/// Runs `f` with the device ops this thread issues on kernel set `k` (tests compare the two
+/// sets in one process; the environment variable would switch every thread).
+pub fn with_gpu_kernels<R>(k: GpuKernels, f: impl FnOnce() -> R) -> R {
+    /// Restores the previous setting even if `f` panics.
+    struct Restore(Option<GpuKernels>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            GPU_KERNELS_HERE.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(GPU_KERNELS_HERE.with(|c| c.replace(Some(k))));
+    f()
+}
+
 fn check_devices(op: &'static str, s: &Stream, ts: &[&Tensor]) -> Result<()> {
     let want = s.device();
     for t in ts {

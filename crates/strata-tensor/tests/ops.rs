@@ -306,3 +306,38 @@ fn bad_shapes_types_and_devices_are_typed_errors() {
         assert!(matches!(ops::matvec(&w, &f32t(&[64], &[0.0; 64]), &mut y, gs), Err(Error::Device { .. })));
     }
 }
+
+/// The `next` kernel set's decode matvec (`STRATA_GPU_KERNELS=next`: 8-bit activations,
+/// `dp4a`) against the CPU fast path, which rounds the activations the same way: equal up to
+/// the order of f32 sums, for every quantized type, through the tensor API (the stream's
+/// scratch, the switch). A GPU-only test: on the host the switch changes nothing.
+#[test]
+fn matvec_next_cuda() {
+    crate::support::on_cuda("ops::matvec_next_cuda", |s| {
+        for dt in K::QUANTIZED {
+            let (rows, cols) = (33, 512);
+            let bytes = quant::random_blocks(dt, rows * cols / dt.block_values(), 21);
+            let w = Tensor::from_bytes(dt.into(), &[rows, cols], &bytes).unwrap();
+            let x = uniform(22, cols, 1.0);
+            let mut want = vec![0.0; rows];
+            cpu::fast::matvec(dt, &bytes, rows, cols, &x, &mut want).unwrap();
+            let (w, xt) = (on(s, w), on(s, f32t(&[cols], &x)));
+            let mut y = poisoned(&[rows], s);
+            ops::with_gpu_kernels(ops::GpuKernels::Next, || ops::matvec(&w, &xt, &mut y, s)).unwrap();
+            assert_close(&format!("matvec next {dt}"), &y.to_vec_f32(s).unwrap(), &want, Tolerance::F32_ACCUMULATION);
+            // Twice: the second call reuses the stream's scratch.
+            let mut y2 = poisoned(&[rows], s);
+            ops::with_gpu_kernels(ops::GpuKernels::Next, || ops::matvec(&w, &xt, &mut y2, s)).unwrap();
+            assert_close(&format!("matvec next {dt}, again"), &y2.to_vec_f32(s).unwrap(), &want, Tolerance::STRICT);
+        }
+    });
+}
+
+#[test]
+fn gpu_kernel_sets_parse() {
+    assert_eq!(ops::GpuKernels::parse("proven").unwrap(), ops::GpuKernels::Proven);
+    assert_eq!(ops::GpuKernels::parse("next").unwrap(), ops::GpuKernels::Next);
+    let e = ops::GpuKernels::parse("fastest").unwrap_err().to_string();
+    assert!(e.contains("STRATA_GPU_KERNELS") && e.contains("proven"), "{e}");
+    assert_eq!(ops::with_gpu_kernels(ops::GpuKernels::Next, ops::gpu_kernels).unwrap(), ops::GpuKernels::Next);
+}

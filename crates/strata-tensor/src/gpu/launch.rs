@@ -124,8 +124,17 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
     for b in &bufs {
         ptr.push(b.ptr_for(s)?);
     }
+    // The `next` kernel set runs quantized decode matvecs on 8-bit activations (quantized
+    // into the stream's scratch first); every other launch is the proven kernel's.
+    let next_act = match &call {
+        K::Matvec { dt, cols, .. } if crate::ops::gpu_kernels()? == crate::ops::GpuKernels::Next => {
+            cuda::act_q8_bytes(*dt, *cols)
+        }
+        _ => None,
+    };
+    let scratch = next_act.map(|bytes| s.scratch(bytes)).transpose()?;
     let raw = s.raw()?;
-    let _range = crate::nvtx::range(op);
+    let _range = crate::nvtx::range(if scratch.is_some() { "matvec_q8" } else { op });
     // SAFETY: every pointer is the start of a live DeviceBuffer of this stream's GPU holding
     // at least the bytes the dimensions imply (checked in step 1); the buffers outlive the
     // kernel because dropping one waits for the last stream that used it (marked below).
@@ -135,7 +144,13 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
             K::Gather { dt, n_vocab, dim, n_ids, .. } => {
                 cuda::embedding_gather_f32(dt, ptr[0], n_vocab, dim, ptr[1], n_ids, ptr[2], raw)
             }
-            K::Matvec { dt, rows, cols, .. } => cuda::matvec_f32(dt, ptr[0], rows, cols, ptr[1], ptr[2], raw),
+            K::Matvec { dt, rows, cols, .. } => match &scratch {
+                // `act` is this stream's scratch of at least act_q8_bytes(dt, cols), used only
+                // by these two launches on this stream.
+                Some(act) => cuda::quantize_act_q8(dt, ptr[1], cols, act.ptr, raw)
+                    .and_then(|()| cuda::matvec_q8(dt, ptr[0], rows, cols, act.ptr, ptr[2], raw)),
+                None => cuda::matvec_f32(dt, ptr[0], rows, cols, ptr[1], ptr[2], raw),
+            },
             K::Matmul { dt, rows, cols, n_tokens, .. } => {
                 cuda::matmul_f32(dt, ptr[0], rows, cols, ptr[1], n_tokens, ptr[2], raw)
             }

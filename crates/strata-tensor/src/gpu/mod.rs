@@ -158,7 +158,7 @@ impl Gpu {
     pub fn stream(&self, name: &str) -> Result<GpuStream> {
         let s = self.0.ctx.new_stream().map_err(|e| driver(format!("creating stream `{name}`"), e))?;
         crate::nvtx::name_stream(s.cu_stream().cast(), name);
-        Ok(GpuStream(Arc::new(StreamInner { gpu: self.clone(), s, name: name.to_string() })))
+        Ok(GpuStream(Arc::new(StreamInner { gpu: self.clone(), s, name: name.to_string(), scratch: Mutex::new(None) })))
     }
 
     /// Allocates `bytes` of device memory for `what`, counted against the budget.
@@ -222,6 +222,21 @@ struct StreamInner {
     gpu: Gpu,
     s: Arc<CudaStream>,
     name: String,
+    /// Scratch memory for work on this stream only (the `next` matvec's 8-bit activations):
+    /// allocated at first use, grown when too small, kept for the stream's life, so a pass
+    /// allocates nothing once the first has run. Never marked as used by the stream (its
+    /// users are ordered by the stream itself), which would make the stream own itself.
+    scratch: Mutex<Option<DeviceBuffer>>,
+}
+
+impl Drop for StreamInner {
+    fn drop(&mut self) {
+        // The scratch's users are this stream's kernels: let them finish before it is freed.
+        let held = self.scratch.get_mut().map(|s| s.is_some()).unwrap_or(true);
+        if held {
+            let _ = self.s.synchronize();
+        }
+    }
 }
 
 /// A non-blocking CUDA stream (cheap to clone).
@@ -271,11 +286,43 @@ impl GpuStream {
         self.0.s.synchronize().map_err(|e| driver(format!("synchronizing stream `{}`", self.0.name), e))
     }
 
+    /// At least `bytes` of this stream's scratch memory (16-byte aligned; counted against the
+    /// budget), held until the guard drops. Only work enqueued on this stream may use it.
+    ///
+    /// # Errors
+    /// [`Error::OutOfMemory`] when the scratch has to grow and the budget has no room.
+    pub(crate) fn scratch(&self, bytes: usize) -> Result<Scratch<'_>> {
+        /// The smallest scratch: the activations of a 64k-column matvec, so that it never grows
+        /// for ordinary shapes.
+        const MIN: usize = 96 << 10;
+        let mut slot = self.0.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_none_or(|b| b.len() < bytes) {
+            // Free the old one once this stream's earlier work (its only users) is done.
+            if slot.is_some() {
+                self.synchronize()?;
+            }
+            *slot = None;
+            let size = bytes.max(MIN).next_multiple_of(4096);
+            *slot = Some(self.0.gpu.alloc(size, &format!("scratch of stream `{}`", self.0.name))?);
+        }
+        match slot.as_ref() {
+            Some(b) => Ok(Scratch { ptr: b.alloc.ptr + b.offset as u64, _slot: slot }),
+            None => Err(Error::shape("scratch", "no scratch buffer")),
+        }
+    }
+
     /// The raw handle for kernel launches; binds the context to this thread.
     pub(crate) fn raw(&self) -> Result<strata_kernels::cuda::Stream> {
         self.0.gpu.bind()?;
         Ok(self.0.s.cu_stream().cast())
     }
+}
+
+/// A stream's scratch memory, held (no other thread can take it) while this lives.
+pub(crate) struct Scratch<'a> {
+    /// Its device address.
+    pub(crate) ptr: u64,
+    _slot: std::sync::MutexGuard<'a, Option<DeviceBuffer>>,
 }
 
 /// A CUDA event recorded on a stream.
