@@ -289,6 +289,20 @@ strata_status strata_attention_decode_f32(const float *q, strata_dtype cache_dty
                                           int64_t head_dim, int64_t n_kv, float scale,
                                           int64_t window, float *out, cudaStream_t stream);
 
+/* The "next" decode attention (STRATA_GPU_KERNELS=next, attention_split.cu): the same result
+ * as strata_attention_decode_f32 up to the order of f32 sums, computed as flash-decoding (the
+ * visible rows cut into splits of 256 positions, one block per (kv head, split) sharing K/V
+ * loads across the group's query heads, then one combine). `scratch` (device, 16-byte aligned)
+ * holds strata_attention_split_bytes(n_heads, head_dim, n_kv, window) bytes of partials; that
+ * function returns -1 for arguments the launcher refuses. */
+int64_t strata_attention_split_bytes(int64_t n_heads, int64_t head_dim, int64_t n_kv, int64_t window);
+strata_status strata_attention_decode_split_f32(const float *q, strata_dtype cache_dtype,
+                                                const void *k_cache, const void *v_cache,
+                                                int64_t n_heads, int64_t n_kv_heads,
+                                                int64_t head_dim, int64_t n_kv, float scale,
+                                                int64_t window, void *scratch, float *out,
+                                                cudaStream_t stream);
+
 /* Prefill: q and out are [n_tokens][n_heads][head_dim]; token t is at position pos0 + t and
  * attends cache positions 0..=pos0+t (causal). The cache must already hold those rows. */
 strata_status strata_attention_prefill_f32(const float *q, int64_t n_tokens, int64_t pos0,

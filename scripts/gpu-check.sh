@@ -16,7 +16,8 @@
 #                                # overlap, copy GB/s and the plan's prediction, as JSON in
 #                                # $OUT/stream.tgz. About 5 minutes on an H100/H200.
 #   scripts/gpu-check.sh next    # there: the `next` kernel set (STRATA_GPU_KERNELS=next) against
-#                                # the proven one: its parity tests (kernels, tensor API, model
+#                                # the proven one (decode matvec on 8-bit activations, flash-
+#                                # decoding attention): parity tests (kernels, tensor API, model
 #                                # tokens vs the CPU), memcheck on it, the matvec benches of both
 #                                # sets at 7B shapes, and `strata bench -p 512 -n 128` on a
 #                                # synthetic 7B Q4_0 all resident and at 4 GiB / 2 GiB with each
@@ -192,10 +193,11 @@ next() {
   export STRATA_NO_MODEL=1 # no model in the bundle; see run()
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$out/device.txt" || true
   TAIL=8 step next-kernels 60 "$bin/kernels" --test-threads 8 matvec_q8
-  TAIL=8 step next-tensor 60 "$bin/tensor" --test-threads 8 matvec_next
+  TAIL=8 step next-tensor 60 "$bin/tensor" --test-threads 8 _next_cuda
   TAIL=12 step next-model 120 env STRATA_GPU_KERNELS=next "$bin/model" --test-threads 4 gpu:: --nocapture
   if command -v compute-sanitizer >/dev/null; then
-    TAIL=6 step next-memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/tensor" --test-threads 4 matvec_next
+    TAIL=6 step next-memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/tensor" --test-threads 4 _next_cuda
+    TAIL=6 step next-racecheck 120 compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/tensor" --test-threads 4 attention_decode_next_cuda
   else
     summary+=("sanitizer: skipped: compute-sanitizer not on PATH")
   fi

@@ -31,6 +31,11 @@ pub fn act_q8_bytes(dt: DType, cols: usize) -> Option<usize> {
     None
 }
 
+/// Scratch bytes of the "next" decode attention; without CUDA there is none.
+pub fn attention_split_bytes(n_heads: usize, head_dim: usize, n_kv: usize, window: Option<usize>) -> Option<usize> {
+    None
+}
+
 /// The "next" matvec's host twin of the activation quantization; needs a `cuda` build.
 pub fn quantize_act_q8_host(dt: DType, x: &[f32], cols: usize, act: &mut [u8]) -> crate::Result<()> {
     Err(crate::Error::CudaNotBuilt)

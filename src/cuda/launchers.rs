@@ -226,6 +226,59 @@ launchers! {
         })
     }
 
+    /// [`attention_decode_f32`] as flash-decoding (the "next" kernel set): partials per split of
+    /// the cache in `scratch`, then one combine.
+    ///
+    /// # Safety
+    /// As [`attention_decode_f32`], and `scratch` must address
+    /// [`attention_split_bytes`]`(n_heads, head_dim, n_kv, window)` bytes (16-byte aligned) of
+    /// device memory used by nothing else until the work on stream `s` completes.
+    ///
+    /// # Errors
+    /// Argument errors and the launch status.
+    pub unsafe fn attention_decode_split_f32(
+        q: DevicePtr,
+        cache: DType,
+        k_cache: DevicePtr,
+        v_cache: DevicePtr,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        n_kv: usize,
+        scale: f32,
+        window: Option<usize>,
+        scratch: DevicePtr,
+        out: DevicePtr,
+        s: Stream,
+    ) -> Result<()> {
+        const OP: &str = "attention_decode_split";
+        let (h, kvh, d, n, w) = (
+            i64_of(OP, "n_heads", n_heads)?,
+            i64_of(OP, "n_kv_heads", n_kv_heads)?,
+            i64_of(OP, "head_dim", head_dim)?,
+            i64_of(OP, "n_kv", n_kv)?,
+            window_arg(OP, window)?,
+        );
+        // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+        check(OP, unsafe {
+            ffi::strata_attention_decode_split_f32(
+                ptr(q),
+                dtype(cache),
+                ptr(k_cache),
+                ptr(v_cache),
+                h,
+                kvh,
+                d,
+                n,
+                scale,
+                w,
+                ptr_mut::<std::ffi::c_void>(scratch),
+                ptr_mut(out),
+                stream(s),
+            )
+        })
+    }
+
     /// Decode attention over cache rows 0..n_kv, or the last `window` of them.
     ///
     /// # Safety

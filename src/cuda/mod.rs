@@ -201,6 +201,18 @@ pub fn act_q8_bytes(dt: DType, cols: usize) -> Option<usize> {
     usize::try_from(n).ok()
 }
 
+/// Bytes of scratch [`attention_decode_split_f32`] needs; None for arguments it refuses.
+pub fn attention_split_bytes(n_heads: usize, head_dim: usize, n_kv: usize, window: Option<usize>) -> Option<usize> {
+    let w = match window {
+        None => 0,
+        Some(0) => return None,
+        Some(w) => i64::try_from(w).ok()?,
+    };
+    let (h, d, n) = (i64::try_from(n_heads).ok()?, i64::try_from(head_dim).ok()?, i64::try_from(n_kv).ok()?);
+    // SAFETY: a pure function of its arguments.
+    usize::try_from(unsafe { ffi::strata_attention_split_bytes(h, d, n, w) }).ok()
+}
+
 /// The "next" matvec's activation quantization run on the host (the kernels' own per-block
 /// code, compiled for the CPU): for tests on machines without a GPU.
 ///

@@ -106,15 +106,17 @@ pub const GPU_KERNELS_ENV: &str = "STRATA_GPU_KERNELS";
 
 /// Which CUDA kernels device ops run. The `next` set is written for llama.cpp's speed and
 /// beyond (today: the decode matvec with 8-bit activations and `dp4a` integer dot products,
-/// `kernels/matvec_q8.cu`); it replaces the `proven` kernels only after a GPU run shows it
-/// correct and faster (docs/gpu-results.md), and until then it is opt-in.
+/// `kernels/matvec_q8.cu`, and flash-decoding attention, `kernels/attention_split.cu`); it
+/// replaces the `proven` kernels only after a GPU run shows it correct and faster
+/// (docs/gpu-results.md), and until then it is opt-in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GpuKernels {
     /// The kernels every GPU run so far has validated.
     #[default]
     Proven,
     /// The kernels under validation: quantized decode matvecs on 8-bit activations (the CPU
-    /// fast path's rounding, so they compare with it up to the order of f32 sums).
+    /// fast path's rounding, so they compare with it up to the order of f32 sums) and decode
+    /// attention split over the cached positions.
     Next,
 }
 

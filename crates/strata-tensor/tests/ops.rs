@@ -341,3 +341,50 @@ fn gpu_kernel_sets_parse() {
     assert!(e.contains("STRATA_GPU_KERNELS") && e.contains("proven"), "{e}");
     assert_eq!(ops::with_gpu_kernels(ops::GpuKernels::Next, ops::gpu_kernels).unwrap(), ops::GpuKernels::Next);
 }
+
+/// The `next` kernel set's decode attention (flash-decoding: splits of 256 cached positions,
+/// one block per kv head and split, then a combine) against the CPU reference, across group
+/// sizes (MHA, GQA 3/4/8), head dims up to 256, cache lengths around the split size and
+/// sliding windows. A GPU-only test.
+#[test]
+fn attention_decode_next_cuda() {
+    crate::support::on_cuda("ops::attention_decode_next_cuda", |s| {
+        let rows = 700;
+        for (h, kvh, d) in [(9, 3, 64), (32, 32, 128), (32, 8, 128), (8, 1, 256), (6, 2, 80)] {
+            for cache_dt in [DType::F16, DType::F32] {
+                let kv = uniform(17, rows * kvh * d, 1.0);
+                let vv = uniform(18, rows * kvh * d, 1.0);
+                let (k16, v16): (Vec<f16>, Vec<f16>) =
+                    (kv.iter().map(|&x| f16::from_f32(x)).collect(), vv.iter().map(|&x| f16::from_f32(x)).collect());
+                let (kt, vt, kr, vr) = match cache_dt {
+                    DType::F16 => (
+                        Tensor::from_f16(&[rows, kvh, d], &k16).unwrap(),
+                        Tensor::from_f16(&[rows, kvh, d], &v16).unwrap(),
+                        CacheRef::F16(&k16),
+                        CacheRef::F16(&v16),
+                    ),
+                    _ => {
+                        (f32t(&[rows, kvh, d], &kv), f32t(&[rows, kvh, d], &vv), CacheRef::F32(&kv), CacheRef::F32(&vv))
+                    }
+                };
+                let (kt, vt) = (on(s, kt), on(s, vt));
+                let q = uniform(19, h * d, 2.0);
+                let qt = on(s, f32t(&[h, d], &q));
+                let scale = 1.0 / (d as f32).sqrt();
+                for n_kv in [1, 255, 256, 257, 700] {
+                    for window in [None, Some(100), Some(300)] {
+                        let mut want = vec![0.0; h * d];
+                        cpu::attention_decode(&q, kr, vr, h, kvh, d, n_kv, scale, window, &mut want).unwrap();
+                        let mut out = poisoned(&[h, d], s);
+                        ops::with_gpu_kernels(ops::GpuKernels::Next, || {
+                            ops::attention_decode(&qt, &kt, &vt, n_kv, scale, window, &mut out, s)
+                        })
+                        .unwrap();
+                        let label = format!("next decode {h}/{kvh}x{d} {cache_dt} n_kv={n_kv} window={window:?}");
+                        assert_close(&label, &out.to_vec_f32(s).unwrap(), &want, Tolerance::F32_ACCUMULATION);
+                    }
+                }
+            }
+        }
+    });
+}

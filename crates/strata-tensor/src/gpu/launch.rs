@@ -126,15 +126,29 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
     }
     // The `next` kernel set runs quantized decode matvecs on 8-bit activations (quantized
     // into the stream's scratch first); every other launch is the proven kernel's.
-    let next_act = match &call {
-        K::Matvec { dt, cols, .. } if crate::ops::gpu_kernels()? == crate::ops::GpuKernels::Next => {
-            cuda::act_q8_bytes(*dt, *cols)
+    // The `next` kernel set runs quantized decode matvecs on 8-bit activations and decode
+    // attention as flash-decoding, both with scratch memory of the stream; every other launch
+    // is the proven kernel's.
+    let next = match &call {
+        K::Matvec { .. } | K::Attention { n_tokens: 1, .. } => {
+            crate::ops::gpu_kernels()? == crate::ops::GpuKernels::Next
+        }
+        _ => false,
+    };
+    let scratch_bytes = match &call {
+        K::Matvec { dt, cols, .. } if next => cuda::act_q8_bytes(*dt, *cols),
+        K::Attention { n_tokens: 1, pos0, n_heads, head_dim, window, .. } if next => {
+            cuda::attention_split_bytes(*n_heads, *head_dim, pos0 + 1, *window)
         }
         _ => None,
     };
-    let scratch = next_act.map(|bytes| s.scratch(bytes)).transpose()?;
+    let scratch = scratch_bytes.map(|bytes| s.scratch(bytes)).transpose()?;
     let raw = s.raw()?;
-    let _range = crate::nvtx::range(if scratch.is_some() { "matvec_q8" } else { op });
+    let _range = crate::nvtx::range(match (&call, &scratch) {
+        (K::Matvec { .. }, Some(_)) => "matvec_q8",
+        (K::Attention { .. }, Some(_)) => "attention_decode_split",
+        _ => op,
+    });
     // SAFETY: every pointer is the start of a live DeviceBuffer of this stream's GPU holding
     // at least the bytes the dimensions imply (checked in step 1); the buffers outlive the
     // kernel because dropping one waits for the last stream that used it (marked below).
@@ -160,6 +174,27 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
                 let ff = ptr.get(2).copied();
                 cuda::rope_f32(
                     ptr[0], n_tokens, n_heads, head_dim, ptr[1], n_rot, freq_base, freq_scale, ff, layout, raw,
+                )
+            }
+            K::Attention { n_tokens: 1, pos0, cache, n_heads, n_kv_heads, head_dim, scale, window, .. }
+                if scratch.is_some() =>
+            {
+                let part = scratch.as_ref().map_or(0, |sc| sc.ptr);
+                // `part` is this stream's scratch of attention_split_bytes(..) bytes.
+                cuda::attention_decode_split_f32(
+                    ptr[0],
+                    cache,
+                    ptr[1],
+                    ptr[2],
+                    n_heads,
+                    n_kv_heads,
+                    head_dim,
+                    pos0 + 1,
+                    scale,
+                    window,
+                    part,
+                    ptr[3],
+                    raw,
                 )
             }
             K::Attention { n_tokens: 1, pos0, cache, n_heads, n_kv_heads, head_dim, scale, window, .. } => {
