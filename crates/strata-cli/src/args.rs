@@ -209,6 +209,27 @@ pub struct SampleArgs {
     pub ignore_eos: bool,
 }
 
+/// Speculative decoding: a drafter proposes tokens, one pass of the model checks them all.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SpecArgs {
+    /// Speculative decoding by prompt lookup, no second model: find the most recent earlier
+    /// occurrence of the last N tokens (N = the n-gram length to match, e.g. 2 or 3) in the prompt
+    /// and the text so far, draft the tokens that followed it, and check them in one pass. Pays off
+    /// when the output repeats the input (code editing, extraction). Greedy output is unchanged;
+    /// sampled output keeps the same distribution.
+    #[arg(long, value_name = "N")]
+    pub lookup: Option<usize>,
+    /// Speculative decoding with a draft model: a small model with the same vocabulary and
+    /// tokenizer (checked at load) drafts tokens for the model to check. On a GPU it is placed in
+    /// the memory left, like any model.
+    #[arg(long, value_name = "FILE", conflicts_with = "lookup")]
+    pub draft_model: Option<PathBuf>,
+    /// Most tokens drafted per round with --lookup or --draft-model [default: 8]; the round's
+    /// length adapts below it to how many drafted tokens the model keeps.
+    #[arg(long, value_name = "K")]
+    pub draft_max: Option<usize>,
+}
+
 #[derive(Args, Debug)]
 pub struct RunArgs {
     #[command(flatten)]
@@ -238,6 +259,8 @@ pub struct RunArgs {
     pub session: SessionArgs,
     #[command(flatten)]
     pub sample: SampleArgs,
+    #[command(flatten)]
+    pub spec: SpecArgs,
 }
 
 #[derive(Args, Debug)]
@@ -260,6 +283,10 @@ pub struct BenchArgs {
     pub json: bool,
     #[command(flatten)]
     pub session: SessionArgs,
+    /// With --lookup or --draft-model, the generation test decodes speculatively (greedy) and
+    /// reports the drafting counts.
+    #[command(flatten)]
+    pub spec: SpecArgs,
 }
 
 #[derive(Args, Debug)]
@@ -290,6 +317,8 @@ pub struct ChatArgs {
     pub session: SessionArgs,
     #[command(flatten)]
     pub sample: SampleArgs,
+    #[command(flatten)]
+    pub spec: SpecArgs,
 }
 
 #[derive(Args, Debug)]

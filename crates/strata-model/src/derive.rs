@@ -300,3 +300,40 @@ pub fn derive_file(src: &GgufFile, o: &DeriveOptions, path: &Path) -> Result<()>
     p.writer.write_file(path, |i, buf| fill(src, o.seed, i, &p.sources[i], buf), |_| {})?;
     Ok(())
 }
+
+/// The first `keep` layers of a model as a GGUF file in memory: the same metadata (with
+/// `<arch>.block_count` set to `keep`), embedding, output norm and head, and the kept layers'
+/// tensors byte for byte. The result shares the source's vocabulary and tokenizer, so it can
+/// serve as a draft model for speculative decoding that agrees with the source often.
+///
+/// # Errors
+/// `keep` of 0 or more than the source's layers; a source without an architecture or block
+/// count.
+pub fn truncate_layers_bytes(src: &GgufFile, keep: usize) -> Result<Vec<u8>> {
+    let md = src.metadata();
+    let arch = md.str("general.architecture")?;
+    let n_layers = meta_u64(src, &format!("{arch}.block_count"))?;
+    if keep == 0 || keep > n_layers {
+        return Err(Error::invalid(format!(
+            "cannot keep {keep} layers of a model with {n_layers}: expected 1..={n_layers}"
+        )));
+    }
+    let mut w = GgufWriter::new();
+    for (k, v) in md.iter() {
+        w.metadata_mut().set(k, v.clone());
+    }
+    w.metadata_mut().set(&format!("{arch}.block_count"), Value::U32(keep as u32));
+    let name = md.opt_str("general.name")?.unwrap_or("model");
+    w.metadata_mut().set("general.name", Value::String(format!("{name}, first {keep} of {n_layers} layers")));
+    let mut kept = Vec::new();
+    for t in src.tensors() {
+        let layer =
+            t.name.strip_prefix("blk.").and_then(|r| r.split_once('.')).and_then(|(l, _)| l.parse::<usize>().ok());
+        if layer.is_some_and(|l| l >= keep) {
+            continue;
+        }
+        w.add_tensor(&t.name, t.ggml_type, &t.dims)?;
+        kept.push(t);
+    }
+    Ok(w.to_bytes(|i, buf| buf.copy_from_slice(src.tensor_data(kept[i])))?)
+}

@@ -162,6 +162,10 @@ pub struct Engine {
     plan: Option<Plan>,
     session: Session,
     cpu_path: CpuPath,
+    /// The draft model's session for speculative decoding ([`Engine::open_draft`]).
+    draft: Option<Session>,
+    /// The session options the engine was opened with (a draft model is opened with them).
+    session_opts: SessionOptions,
 }
 
 impl Engine {
@@ -212,7 +216,16 @@ impl Engine {
                 }
                 let session = with_cpu_path(opts.cpu_path, || Session::new(Arc::clone(&model), None, &opts.session))?;
                 let device_note = (opts.device != DeviceChoice::Cpu).then_some(why);
-                return Ok(Engine { model, gpu: None, device_note, plan: None, session, cpu_path: opts.cpu_path });
+                return Ok(Engine {
+                    model,
+                    gpu: None,
+                    device_note,
+                    plan: None,
+                    session,
+                    cpu_path: opts.cpu_path,
+                    draft: None,
+                    session_opts: opts.session.clone(),
+                });
             }
         };
         let cached = if opts.measure { None } else { cached_speeds(Some(&gpu), opts.cpu_path) };
@@ -226,7 +239,16 @@ impl Engine {
         let (plan, session) = with_cpu_path(opts.cpu_path, || {
             open_planned(&model, Some(&gpu), &opts.session, speeds, &opts.offload, progress)
         })?;
-        Ok(Engine { model, gpu: Some(gpu), device_note: None, plan: Some(plan), session, cpu_path: opts.cpu_path })
+        Ok(Engine {
+            model,
+            gpu: Some(gpu),
+            device_note: None,
+            plan: Some(plan),
+            session,
+            cpu_path: opts.cpu_path,
+            draft: None,
+            session_opts: opts.session.clone(),
+        })
     }
 
     /// The model (shared with the session).
@@ -296,7 +318,54 @@ impl Engine {
         on_text: impl FnMut(&str),
     ) -> Result<Generation> {
         let session = &mut self.session;
-        with_cpu_path(self.cpu_path, || generate(session, prompt, opts, on_text))
+        let draft = self.draft.as_mut();
+        match &opts.speculative {
+            Some(_) => with_cpu_path(self.cpu_path, || {
+                crate::speculative::generate_speculative(session, draft, prompt, opts, on_text)
+            }),
+            None => with_cpu_path(self.cpu_path, || generate(session, prompt, opts, on_text)),
+        }
+    }
+
+    /// Opens `draft` as this engine's draft model for speculative decoding
+    /// ([`crate::Drafter::Model`]), after checking that its vocabulary and tokenizer are the
+    /// model's. On a GPU it is planned like any model in the memory the engine's own session
+    /// left free: resident if it fits, else streamed or on the CPU (with a warning), never out
+    /// of memory. It replaces any draft model opened before.
+    ///
+    /// # Errors
+    /// A vocabulary or tokenizer that differs (naming both files); a placement that cannot fit.
+    pub fn open_draft(&mut self, draft: Arc<Model>, progress: &dyn Fn(u64, u64)) -> Result<()> {
+        crate::speculative::check_draft_vocab(&self.model, &draft)?;
+        self.draft = None;
+        // The draft never needs more context than the model's session holds.
+        let mut o = self.session_opts.clone();
+        o.context = self.session.context();
+        let session = match &self.gpu {
+            None => with_cpu_path(self.cpu_path, || Session::new(Arc::clone(&draft), None, &o))?,
+            Some(gpu) => {
+                let speeds = cached_speeds(Some(gpu), self.cpu_path).unwrap_or_else(assumed_speeds);
+                let (plan, session) = with_cpu_path(self.cpu_path, || {
+                    open_planned(&draft, Some(gpu), &o, speeds, &OffloadOptions::default(), progress)
+                })?;
+                if plan.layers.iter().any(|l| l.placement != strata_runtime::plan::Placement::Resident) {
+                    log::warn!(
+                        "the draft model {} does not fit in the GPU memory left ({}); some of its layers are streamed \
+                         or run on the CPU, so drafting is slower",
+                        draft.path.display(),
+                        strata_tensor::fmt_bytes(gpu.budget().available())
+                    );
+                }
+                session
+            }
+        };
+        self.draft = Some(session);
+        Ok(())
+    }
+
+    /// The draft model's session, if one is open.
+    pub fn draft_session(&self) -> Option<&Session> {
+        self.draft.as_ref()
     }
 
     /// The logits of every token of `tokens` (row-major `[tokens, n_vocab]`), run from

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use crate::sample::{Sampler, SamplerConfig};
 use crate::session::Session;
+use crate::speculative::{Speculative, SpeculativeStats};
 use crate::tokenizer::StreamDecoder;
 use crate::{Error, Result};
 
@@ -19,11 +20,20 @@ pub struct GenerateOptions {
     pub ignore_eos: bool,
     /// How the next token is picked.
     pub sampler: SamplerConfig,
+    /// Speculative decoding (a drafter proposes tokens, one target pass checks them); `None`
+    /// decodes one token per pass. See [`crate::speculative`].
+    pub speculative: Option<Speculative>,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_tokens: 128, stop: Vec::new(), ignore_eos: false, sampler: SamplerConfig::default() }
+        GenerateOptions {
+            max_tokens: 128,
+            stop: Vec::new(),
+            ignore_eos: false,
+            sampler: SamplerConfig::default(),
+            speculative: None,
+        }
     }
 }
 
@@ -69,22 +79,25 @@ pub struct Generation {
     pub stop_reason: StopReason,
     /// Speeds of this generation.
     pub timings: Timings,
+    /// Drafting and verification counts and times, when decoding was speculative.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speculative: Option<SpeculativeStats>,
 }
 
-fn rate(n: usize, secs: f64) -> f64 {
+pub(crate) fn rate(n: usize, secs: f64) -> f64 {
     if secs > 0.0 { n as f64 / secs } else { 0.0 }
 }
 
 /// Holds back text that could be the start of a stop string, so streamed output never shows
 /// part of one.
-struct StopFilter<'a> {
-    stops: &'a [String],
-    pending: String,
+pub(crate) struct StopFilter<'a> {
+    pub(crate) stops: &'a [String],
+    pub(crate) pending: String,
 }
 
 impl StopFilter<'_> {
     /// Adds text; returns (text safe to emit, whether a stop string was found).
-    fn push(&mut self, text: &str) -> (String, bool) {
+    pub(crate) fn push(&mut self, text: &str) -> (String, bool) {
         self.pending.push_str(text);
         if let Some(at) =
             self.stops.iter().filter(|s| !s.is_empty()).filter_map(|s| self.pending.find(s.as_str())).min()
@@ -109,7 +122,7 @@ impl StopFilter<'_> {
         (out, false)
     }
 
-    fn finish(&mut self) -> String {
+    pub(crate) fn finish(&mut self) -> String {
         std::mem::take(&mut self.pending)
     }
 }
@@ -118,14 +131,22 @@ impl StopFilter<'_> {
 /// calling `on_text` with each piece of text as soon as it is complete UTF-8 and cannot be
 /// part of a stop string.
 ///
+/// With [`GenerateOptions::speculative`] set to prompt lookup, decoding is speculative
+/// ([`crate::speculative::generate_speculative`]); a draft model needs that function (or
+/// [`crate::Engine`]) to be given its session.
+///
 /// # Errors
-/// [`Error::ContextFull`] before anything runs when prompt + max_tokens exceed the context.
+/// [`Error::ContextFull`] before anything runs when prompt + max_tokens exceed the context;
+/// speculative options that are invalid or name a draft model this call does not have.
 pub fn generate(
     session: &mut Session,
     prompt: &[u32],
     opts: &GenerateOptions,
     mut on_text: impl FnMut(&str),
 ) -> Result<Generation> {
+    if opts.speculative.is_some() {
+        return crate::speculative::generate_speculative(session, None, prompt, opts, on_text);
+    }
     if prompt.is_empty() {
         return Err(Error::invalid("the prompt is empty: nothing to continue from"));
     }
@@ -196,6 +217,7 @@ pub fn generate(
             generation_seconds,
             generation_tokens_per_second: rate(generated.len(), generation_seconds),
         },
+        speculative: None,
     })
 }
 

@@ -23,6 +23,7 @@ pub mod offload;
 pub mod safetensors;
 pub mod sample;
 pub mod session;
+pub mod speculative;
 pub mod synth;
 pub mod tokenizer;
 pub mod weights;
@@ -34,6 +35,7 @@ pub use generate::{GenerateOptions, Generation, StopReason, Timings, generate};
 pub use model::{KvType, Model, ModelSource, SessionOptions};
 pub use sample::{Sampler, SamplerConfig};
 pub use session::{Layout, PassStats, STATS_KEPT, Session};
+pub use speculative::{Drafter, Speculative, SpeculativeStats, generate_speculative};
 /// The default model file (`$STRATA_MODEL`, else `models/…` in or above the current directory
 /// or the running program); one lookup for the CLI and the tests.
 pub use strata_kernels::{DEFAULT_MODEL, MODEL_ENV, default_model_path};

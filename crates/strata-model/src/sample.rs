@@ -130,6 +130,16 @@ impl Sampler {
 
     /// Picks the next token from `logits` (one value per vocabulary entry).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        let probs = self.probs(logits);
+        self.pick(&probs)
+    }
+
+    /// The distribution [`Sampler::sample`] draws from: every transformation of the chain
+    /// (penalty, top-k, top-p, min-p, temperature) applied to `logits`, as `(id, probability)`
+    /// pairs by descending probability (ties by id) that sum to 1. Greedy is the point mass on
+    /// the argmax. Speculative decoding reads the target model's distribution here, so the
+    /// plain and the speculative paths define it in one place.
+    pub fn probs(&self, logits: &[f32]) -> Vec<(u32, f64)> {
         let mut logits = logits.to_vec();
         if self.cfg.repeat_penalty != 1.0 {
             let mut seen = self.recent.iter().copied().collect::<Vec<_>>();
@@ -142,13 +152,13 @@ impl Sampler {
             }
         }
         if self.cfg.temperature == 0.0 {
-            return argmax(&logits);
+            return vec![(argmax(&logits), 1.0)];
         }
         // Candidates by descending logit (ties by id), NaN dropped.
         let mut cand: Vec<(u32, f32)> =
             logits.iter().enumerate().filter(|(_, l)| !l.is_nan()).map(|(i, &l)| (i as u32, l)).collect();
         if cand.is_empty() {
-            return 0;
+            return vec![(0, 1.0)];
         }
         cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if self.cfg.top_k > 0 {
@@ -173,15 +183,51 @@ impl Sampler {
             cand.truncate(keep.max(1));
         }
         let probs = softmax(&cand, self.cfg.temperature);
+        cand.iter().zip(probs).map(|(&(id, _), p)| (id, p)).collect()
+    }
+
+    /// A token from a distribution of [`Sampler::probs`]: greedy takes the first without
+    /// touching the generator (as [`Sampler::sample`] always did), otherwise one draw.
+    pub fn pick(&mut self, probs: &[(u32, f64)]) -> u32 {
+        if self.cfg.temperature == 0.0 {
+            return probs.first().map_or(0, |p| p.0);
+        }
+        // Unscaled, as this sampler always drew: the same seed gives the same text as before.
         let r: f64 = self.rng.random();
         let mut acc = 0.0;
-        for (i, p) in probs.iter().enumerate() {
+        for &(id, p) in probs {
             acc += p;
             if r < acc {
-                return cand[i].0;
+                return id;
             }
         }
-        cand[cand.len() - 1].0
+        probs.last().map_or(0, |p| p.0)
+    }
+
+    /// One draw from `(id, weight)` pairs, weights normalised by their sum (one value from the
+    /// generator). An empty or all-zero list gives the first id (or 0).
+    pub fn draw(&mut self, weights: &[(u32, f64)]) -> u32 {
+        let total: f64 = weights.iter().map(|w| w.1).sum();
+        let r: f64 = self.rng.random::<f64>() * total;
+        let mut acc = 0.0;
+        for &(id, w) in weights {
+            acc += w;
+            if r < acc {
+                return id;
+            }
+        }
+        weights.iter().rev().find(|w| w.1 > 0.0).or(weights.first()).map_or(0, |w| w.0)
+    }
+
+    /// A uniform number in [0, 1) from the generator (speculative acceptance tests).
+    pub fn uniform(&mut self) -> f64 {
+        self.rng.random()
+    }
+
+    /// A sampler with the same configuration and recent tokens and its own generator seeded
+    /// with `seed` (a draft model's proposals, independent of the target's draws).
+    pub fn fork(&self, seed: u64) -> Sampler {
+        Sampler { cfg: self.cfg.clone(), rng: ChaCha8Rng::seed_from_u64(seed), recent: self.recent.clone() }
     }
 }
 

@@ -12,6 +12,8 @@
 //! - `safetensors`, `safetensors_qwen`: HF checkpoints (llama; qwen2/qwen3 from the default
 //!   model) against the same weights in GGUF, and broken or unused-tensor checkpoints;
 //! - `sample`: the sampler's filters against an f64 reference distribution, seeds, greedy;
+//! - `speculative`: speculative decoding (lookup, draft model) equals plain greedy on the CPU and
+//!   the host device's plans, KV rollback, the sampled distribution (chi-square), bad drafters;
 //! - `tokenizer`: token ids against llama.cpp's (corpus, reference cases), BOS, EOG, streaming
 //!   decode, a SentencePiece vocabulary.
 
@@ -29,5 +31,6 @@ mod reference;
 mod safetensors;
 mod safetensors_qwen;
 mod sample;
+mod speculative;
 mod support;
 mod tokenizer;

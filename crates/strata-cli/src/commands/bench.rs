@@ -5,16 +5,18 @@
 //! no repetition pays for it. The prompt test times one forward pass of N random token ids from
 //! an empty context (the logits of the last one included, as a real prompt needs them); the
 //! generation test times N one-token passes after a one-token prompt, each taking the argmax of
-//! the previous logits, as greedy decoding does.
+//! the previous logits, as greedy decoding does. With `--lookup` or `--draft-model` the
+//! generation test decodes the same greedy tokens speculatively (the library's loop, from the
+//! same one-token prompt) and reports the drafting counts of its last repetition.
 
 use std::time::Instant;
 
 use anyhow::Result;
 use serde_json::json;
-use strata_model::Engine;
 use strata_model::sample::argmax;
+use strata_model::{Engine, GenerateOptions, SamplerConfig, Speculative, SpeculativeStats};
 
-use super::load_model;
+use super::{load_model, open_draft, speculative, speculative_line};
 use crate::args::BenchArgs;
 use crate::device::open_engine;
 use strata_tensor::ops::CpuPath;
@@ -78,8 +80,37 @@ fn generation_test(s: &mut Engine, first: u32, n: usize, reps: u64) -> Result<Te
     Ok(Test { name: format!("tg{n}"), tokens: n, rates })
 }
 
+/// The generation test decoded speculatively: greedy, `n` tokens after the same one-token
+/// prompt, timed from the prompt's logits to the last token (as `generation_test`).
+fn speculative_test(
+    s: &mut Engine,
+    first: u32,
+    n: usize,
+    reps: u64,
+    spec: &Speculative,
+) -> Result<(Test, SpeculativeStats)> {
+    let opts = GenerateOptions {
+        max_tokens: n,
+        ignore_eos: true,
+        sampler: SamplerConfig::greedy(),
+        speculative: Some(spec.clone()),
+        ..GenerateOptions::default()
+    };
+    let mut rates = Vec::new();
+    let mut last = SpeculativeStats::default();
+    for _ in 0..reps {
+        s.reset();
+        let g = s.generate_ids(&[first], &opts, |_| {})?;
+        rates.push(g.timings.generation_tokens_per_second);
+        last = g.speculative.unwrap_or_default();
+    }
+    Ok((Test { name: format!("tg{n}+{}", last.drafter.replace(' ', "")), tokens: n, rates }, last))
+}
+
 pub fn bench(a: BenchArgs, cpu_path: CpuPath) -> Result<()> {
+    let spec = speculative(&a.spec)?;
     let mut s = open_engine(load_model(&a.model)?, &a.session, cpu_path, a.json)?;
+    open_draft(&mut s, &a.spec)?;
     let model = std::sync::Arc::clone(s.model());
     let (p, n) = (a.prompt_tokens, a.gen_tokens);
     let need = p.max(n + 1);
@@ -96,8 +127,14 @@ pub fn bench(a: BenchArgs, cpu_path: CpuPath) -> Result<()> {
     if p > 0 {
         tests.push(prompt_test(&mut s, &ids[..p], a.reps)?);
     }
+    let mut spec_stats = None;
     if n > 0 {
         tests.push(generation_test(&mut s, ids[0], n, a.reps)?);
+        if let Some(spec) = &spec {
+            let (t, st) = speculative_test(&mut s, ids[0], n, a.reps, spec)?;
+            tests.push(t);
+            spec_stats = Some(st);
+        }
     }
     s.with_session(strata_model::Session::take_stats);
     let kernels = format!("{:?}", s.cpu_path()).to_lowercase();
@@ -114,7 +151,7 @@ pub fn bench(a: BenchArgs, cpu_path: CpuPath) -> Result<()> {
         outln!(
             "{}",
             json!({"model": model.path.display().to_string(), "device": device, "cpu_kernels": kernels,
-                   "threads": threads, "plan": s.plan(), "tests": tests})
+                   "threads": threads, "plan": s.plan(), "tests": tests, "speculative": spec_stats})
         );
         return Ok(());
     }
@@ -127,6 +164,9 @@ pub fn bench(a: BenchArgs, cpu_path: CpuPath) -> Result<()> {
     for t in &tests {
         let reps: Vec<String> = t.rates.iter().map(|r| format!("{r:.1}")).collect();
         outln!("{:<8} {:>12.1}  {}", t.name, t.median(), reps.join(" "));
+    }
+    if let Some(st) = &spec_stats {
+        outln!("{}", speculative_line(st));
     }
     Ok(())
 }

@@ -5,10 +5,10 @@ mod run;
 mod tools;
 
 use anyhow::{Context, Result};
-use strata_model::{Model, SamplerConfig};
+use strata_model::{Engine, Model, SamplerConfig, Speculative};
 use strata_tensor::ops::CpuPath;
 
-use crate::args::{Cli, Command, CpuKernels, ModelArgs, SampleArgs};
+use crate::args::{Cli, Command, CpuKernels, ModelArgs, SampleArgs, SpecArgs};
 use crate::output::model_path;
 
 pub fn dispatch(cli: Cli) -> Result<()> {
@@ -67,4 +67,51 @@ fn sampler_config(a: &SampleArgs) -> SamplerConfig {
 fn rand_seed() -> u64 {
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     t ^ (u64::from(std::process::id()) << 32)
+}
+
+/// The speculative decoding `--lookup`, `--draft-model` and `--draft-max` ask for (None: plain
+/// decoding). Zero values are refused by [`Speculative::validate`].
+fn speculative(a: &SpecArgs) -> Result<Option<Speculative>> {
+    let mut spec = match (a.lookup, &a.draft_model) {
+        (Some(n), None) => Speculative::lookup(n),
+        (None, Some(_)) => Speculative::draft_model(),
+        (Some(_), Some(_)) => anyhow::bail!("--lookup and --draft-model are two drafters; give one"),
+        (None, None) => {
+            if a.draft_max.is_some() {
+                anyhow::bail!("--draft-max needs a drafter: --lookup N or --draft-model FILE");
+            }
+            return Ok(None);
+        }
+    };
+    if let Some(k) = a.draft_max {
+        spec.draft_max = k;
+    }
+    spec.validate()?;
+    Ok(Some(spec))
+}
+
+/// Loads `--draft-model` into the engine (checked against the engine's model).
+fn open_draft(engine: &mut Engine, a: &SpecArgs) -> Result<()> {
+    if let Some(path) = &a.draft_model {
+        let draft = Model::load(path).with_context(|| format!("cannot use draft model {}", path.display()))?;
+        engine.open_draft(std::sync::Arc::new(draft), &|_, _| {})?;
+    }
+    Ok(())
+}
+
+/// One line for `--stats`: what speculative decoding did.
+fn speculative_line(s: &strata_model::SpeculativeStats) -> String {
+    format!(
+        "speculative ({}): {} draft rounds in {} target passes, {}/{} drafted tokens accepted ({:.0}%), {:.2} tokens \
+         per target pass, {:.1} ms drafting, {:.1} ms verifying",
+        s.drafter,
+        s.draft_rounds,
+        s.target_passes,
+        s.accepted_tokens,
+        s.drafted_tokens,
+        s.acceptance_rate * 100.0,
+        s.tokens_per_target_pass,
+        s.draft_seconds * 1e3,
+        s.verify_seconds * 1e3
+    )
 }

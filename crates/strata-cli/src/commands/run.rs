@@ -7,17 +7,18 @@ use strata_model::chat::{ChatMessage, ChatTemplate};
 use strata_model::{Engine, GenerateOptions, Generation, Model, Session};
 use strata_tensor::ops::CpuPath;
 
-use super::{load_model, sampler_config};
-use crate::args::{ChatArgs, RunArgs, SampleArgs};
+use super::{load_model, open_draft, sampler_config, speculative, speculative_line};
+use crate::args::{ChatArgs, RunArgs, SampleArgs, SpecArgs};
 use crate::device::open_engine;
 
-fn generate_options(a: &SampleArgs) -> GenerateOptions {
-    GenerateOptions {
+fn generate_options(a: &SampleArgs, spec: &SpecArgs) -> Result<GenerateOptions> {
+    Ok(GenerateOptions {
         max_tokens: a.max_tokens,
         stop: a.stop.clone(),
         ignore_eos: a.ignore_eos,
         sampler: sampler_config(a),
-    }
+        speculative: speculative(spec)?,
+    })
 }
 
 fn special(model: &Model, id: Option<u32>) -> String {
@@ -52,7 +53,9 @@ fn summary(g: &Generation, device: &str, seed: u64, greedy: bool) -> String {
 }
 
 pub fn run(a: RunArgs, cpu_path: CpuPath) -> Result<()> {
+    let opts = generate_options(&a.sample, &a.spec)?;
     let mut engine = open_engine(load_model(&a.model)?, &a.session, cpu_path, a.json)?;
+    open_draft(&mut engine, &a.spec)?;
     let model = std::sync::Arc::clone(engine.model());
     let prompt_text = if a.chat {
         let mut msgs = Vec::new();
@@ -65,7 +68,6 @@ pub fn run(a: RunArgs, cpu_path: CpuPath) -> Result<()> {
         a.prompt.clone()
     };
     let ids = model.tokenizer.encode(&prompt_text, None, a.chat)?;
-    let opts = generate_options(&a.sample);
     if a.warmup
         && let Some(&first) = ids.first()
     {
@@ -99,6 +101,9 @@ pub fn run(a: RunArgs, cpu_path: CpuPath) -> Result<()> {
         if a.stats {
             let (dropped, stats) = engine.with_session(|s| (s.stats_dropped(), s.take_stats()));
             eprint!("{}", crate::stats::render(&stats, dropped));
+            if let Some(s) = &g.speculative {
+                eprintln!("{}", speculative_line(s));
+            }
         }
     }
     Ok(())
@@ -115,13 +120,14 @@ fn sync_prompt(engine: &mut Engine, cached: &mut Vec<u32>, full: &[u32]) -> Vec<
 }
 
 pub fn chat(a: ChatArgs, cpu_path: CpuPath) -> Result<()> {
+    let opts = generate_options(&a.sample, &a.spec)?;
     let mut engine = open_engine(load_model(&a.model)?, &a.session, cpu_path, false)?;
+    open_draft(&mut engine, &a.spec)?;
     let model = std::sync::Arc::clone(engine.model());
     let mut messages = Vec::new();
     if let Some(s) = &a.system {
         messages.push(ChatMessage { role: "system".into(), content: s.clone() });
     }
-    let opts = generate_options(&a.sample);
     let mut cached: Vec<u32> = Vec::new();
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
