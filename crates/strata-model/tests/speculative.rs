@@ -312,19 +312,29 @@ fn critical(df: usize) -> f64 {
 /// Sampled speculative decoding keeps the plain sampler's distribution: the joint law of the
 /// first three generated tokens (the second and third go through verification) over many seeds,
 /// against the exact distribution computed from the target's logits, for prompt lookup (q a
-/// point mass) and a draft model of other weights (q far from p, so rejections and the residual
-/// draw are exercised), with top-k, temperature and a repetition penalty. Each run's seed is
+/// point mass) and a draft model of the same weights with halved logits (q near p but not equal: drafts are kept
+/// and rejected, and the residual draw is exercised), with top-k, temperature and a repetition penalty. Each run's seed is
 /// fixed, so the outcome is deterministic; a rule that kept every drafted token, or drew
 /// rejections from p instead of the residual, is far over the threshold (see the unit tests of
 /// `speculative::verify` for such a rule failing).
 #[test]
 fn sampled_speculation_keeps_the_target_distribution() {
     let tiny = Preset::by_name("tiny").expect("preset");
-    let load = |seed| {
-        let bytes = gguf_bytes(&tiny, strata_tensor::DType::Q8_0, seed).expect("synth");
-        Arc::new(Model::from_file(GgufFile::from_bytes(bytes).expect("parse"), "tiny.gguf".as_ref()).expect("load"))
+    let bytes = gguf_bytes(&tiny, strata_tensor::DType::Q8_0, 1).expect("synth");
+    let target =
+        Arc::new(Model::from_file(GgufFile::from_bytes(bytes).expect("parse"), "tiny.gguf".as_ref()).expect("load"));
+    // The draft: the same weights with the final norm halved, so its logits are halved: q is p
+    // at twice the temperature, near p but not equal (drafts are kept often and rejected
+    // sometimes).
+    let halve = |name: &str, buf: &mut [u8]| {
+        if name == "output_norm.weight" {
+            for c in buf.chunks_exact_mut(4) {
+                let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * 0.5;
+                c.copy_from_slice(&v.to_le_bytes());
+            }
+        }
     };
-    let (target, draft) = (load(1), load(2));
+    let draft = edited(&target, "tiny-draft.gguf", |_, v| v.clone(), halve);
     let cfg = SamplerConfig {
         temperature: 0.7,
         top_k: 3,
@@ -384,10 +394,17 @@ fn sampled_speculation_keeps_the_target_distribution() {
             critical(df)
         );
         assert!(stat < critical(df), "{drafter:?}: chi-square {stat:.1} ≥ {:.1} ({df} df)", critical(df));
-        if drafter.is_some() {
-            // The rule was exercised both ways, not just run.
-            assert!(drafted > n / 4, "{drafter:?}: only {drafted} tokens drafted in {n} runs");
-            assert!(accepted > 0 && accepted < drafted, "{drafter:?}: {accepted}/{drafted} accepted");
+        match drafter {
+            // Drafts happened; planting moves the distribution, so the drafted tokens are often
+            // outside the top-k and rejected: then a rule that kept them would put mass outside
+            // the support, which the pooled cell counts.
+            Some(Drafter::Lookup(_)) => assert!(drafted > n / 10, "lookup: only {drafted} tokens drafted in {n} runs"),
+            // The general rule was exercised both ways, not just run.
+            Some(Drafter::Model) => {
+                assert!(drafted > n / 2, "draft model: only {drafted} tokens drafted in {n} runs");
+                assert!(accepted > 0 && accepted < drafted, "draft model: {accepted}/{drafted} accepted");
+            }
+            None => {}
         }
     }
 }
@@ -412,29 +429,42 @@ fn zero_values_and_a_missing_draft_model_are_errors() {
     }
 }
 
-/// The default model's GGUF with token `id`'s text replaced (same vocabulary size).
-fn with_token_changed(model: &Model, id: usize) -> Arc<Model> {
+/// A copy of `model`'s GGUF named `name`, with metadata and tensor bytes edited on the way.
+fn edited(
+    model: &Model,
+    name: &str,
+    meta: impl Fn(&str, &Value) -> Value,
+    tensor: impl Fn(&str, &mut [u8]) + Sync,
+) -> Arc<Model> {
     let src = model.source.gguf().expect("gguf");
     let mut w = GgufWriter::new();
     for (k, v) in src.metadata().iter() {
-        let v = match (k, v) {
-            ("tokenizer.ggml.tokens", Value::Array(a)) => {
-                let mut a = a.clone();
-                a[id] = Value::String("<not the same token>".into());
-                Value::Array(a)
-            }
-            _ => v.clone(),
-        };
-        w.metadata_mut().set(k, v);
+        w.metadata_mut().set(k, meta(k, v));
     }
     for t in src.tensors() {
         w.add_tensor(&t.name, t.ggml_type, &t.dims).expect("tensor");
     }
     let tensors = src.tensors();
-    let bytes = w.to_bytes(|i, buf| buf.copy_from_slice(src.tensor_data(&tensors[i]))).expect("bytes");
-    Arc::new(
-        Model::from_file(GgufFile::from_bytes(bytes).expect("parse"), "other-tokenizer.gguf".as_ref()).expect("load"),
-    )
+    let bytes = w
+        .to_bytes(|i, buf| {
+            buf.copy_from_slice(src.tensor_data(&tensors[i]));
+            tensor(&tensors[i].name, buf);
+        })
+        .expect("bytes");
+    Arc::new(Model::from_file(GgufFile::from_bytes(bytes).expect("parse"), name.as_ref()).expect("load"))
+}
+
+/// The default model's GGUF with token `id`'s text replaced (same vocabulary size).
+fn with_token_changed(model: &Model, id: usize) -> Arc<Model> {
+    let meta = |k: &str, v: &Value| match (k, v) {
+        ("tokenizer.ggml.tokens", Value::Array(a)) => {
+            let mut a = a.clone();
+            a[id] = Value::String("<not the same token>".into());
+            Value::Array(a)
+        }
+        _ => v.clone(),
+    };
+    edited(model, "other-tokenizer.gguf", meta, |_, _| {})
 }
 
 #[test]
