@@ -177,6 +177,12 @@ fn adapt(k: usize, drafted: usize, accepted: usize, max: usize) -> usize {
     next.clamp(1, max)
 }
 
+/// A distribution of [`Sampler::probs`]: `(id, probability)` pairs.
+type Dist = Vec<(u32, f64)>;
+
+/// A drafted token and the draft's distribution it was drawn from (empty: a point mass on it).
+type Draft = (u32, Dist);
+
 /// A draft model's session and the tokens its KV cache holds (from position 0).
 struct DraftModel<'a> {
     session: &'a mut Session,
@@ -189,7 +195,7 @@ struct DraftModel<'a> {
 impl DraftModel<'_> {
     /// Up to `k` tokens continuing `history`, with the draft's probability of each (1.0 when
     /// greedy). The draft's cache is first rolled back to its longest prefix of `history`.
-    fn draft(&mut self, history: &[u32], k: usize, target: &Sampler) -> Result<Vec<(u32, Vec<(u32, f64)>)>> {
+    fn draft(&mut self, history: &[u32], k: usize, target: &Sampler) -> Result<Vec<Draft>> {
         // Room in the draft's context: the history and k − 1 drafted tokens.
         let ctx = self.session.context();
         if history.len() > ctx {
@@ -392,7 +398,7 @@ pub fn generate_speculative(
         let remaining = opts.max_tokens - em.generated.len();
         let want = k.min(remaining - 1);
         let td = Instant::now();
-        let drafts: Vec<(u32, Vec<(u32, f64)>)> = match (spec.drafter, drafter.as_mut()) {
+        let drafts: Vec<Draft> = match (spec.drafter, drafter.as_mut()) {
             _ if want == 0 => Vec::new(),
             (Drafter::Lookup(n), _) => lookup_draft(&history, n, want).into_iter().map(|d| (d, Vec::new())).collect(),
             (Drafter::Model, Some(dm)) => dm.draft(&history, want, &sampler)?,
