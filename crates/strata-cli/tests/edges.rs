@@ -142,3 +142,46 @@ fn a_kv_cache_larger_than_the_memory_limit_is_a_clean_error() {
     let o = Command::new("bash").args(["-c", &script]).output().expect("bash");
     assert!(o.status.success(), "--context {fits} under the same limit: {}", stderr(&o));
 }
+
+#[test]
+fn speculative_flags_refuse_zero_values_and_report_in_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = tiny_model(dir.path());
+    let m = m.to_str().expect("p");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "-m", m, "-p", "a b c a b c a b", "-n", "8", "--device", "cpu", "-t", "0"];
+        args.extend_from_slice(extra);
+        strata(&args)
+    };
+    for (extra, want) in [
+        (&["--lookup", "0"][..], "--lookup 0 is invalid"),
+        (&["--lookup", "2", "--draft-max", "0"][..], "--draft-max 0 is invalid"),
+        (&["--draft-model", m, "--draft-max", "0"][..], "--draft-max 0 is invalid"),
+        (&["--draft-max", "4"][..], "--draft-max needs a drafter"),
+    ] {
+        let o = run(extra);
+        assert_clean_failure(&o, want);
+        assert!(stderr(&o).contains(want), "{extra:?}: {}", stderr(&o));
+    }
+    // The model as its own draft, and prompt lookup: the plain greedy tokens, with the counts.
+    let plain = last_json(&run(&["--json"]));
+    for (extra, drafter) in [(&["--lookup", "1"][..], "lookup 1"), (&["--draft-model", m][..], "draft model")] {
+        let mut args = extra.to_vec();
+        args.push("--json");
+        let v = last_json(&run(&args));
+        assert_eq!(v["generated_ids"], plain["generated_ids"], "{extra:?}");
+        let s = &v["speculative"];
+        assert_eq!(s["drafter"], drafter, "{s}");
+        for key in [
+            "draft_rounds",
+            "target_passes",
+            "acceptance_rate",
+            "tokens_per_target_pass",
+            "draft_seconds",
+            "verify_seconds",
+        ] {
+            assert!(s[key].is_number(), "{key} missing: {s}");
+        }
+    }
+    assert!(plain.get("speculative").is_none(), "plain decoding reports no speculative counts");
+}

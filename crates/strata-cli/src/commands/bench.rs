@@ -160,10 +160,11 @@ pub fn bench(a: BenchArgs, cpu_path: CpuPath) -> Result<()> {
         model.path.display(),
         model.config.n_layers
     );
-    outln!("{:<8} {:>12}  repetitions (tok/s)", "test", "tok/s");
+    let w = tests.iter().map(|t| t.name.len()).max().unwrap_or(0).max(8);
+    outln!("{:<w$} {:>12}  repetitions (tok/s)", "test", "tok/s");
     for t in &tests {
         let reps: Vec<String> = t.rates.iter().map(|r| format!("{r:.1}")).collect();
-        outln!("{:<8} {:>12.1}  {}", t.name, t.median(), reps.join(" "));
+        outln!("{:<w$} {:>12.1}  {}", t.name, t.median(), reps.join(" "));
     }
     if let Some(st) = &spec_stats {
         outln!("{}", speculative_line(st));
