@@ -193,8 +193,9 @@ struct DraftModel<'a> {
 }
 
 impl DraftModel<'_> {
-    /// Up to `k` tokens continuing `history`, with the draft's probability of each (1.0 when
-    /// greedy). The draft's cache is first rolled back to its longest prefix of `history`.
+    /// Up to `k` tokens continuing `history`, each with the draft's distribution it was drawn
+    /// from (empty when greedy: a point mass). The draft's cache is first rolled back to its
+    /// longest prefix of `history`; fewer tokens when its context is nearly full.
     fn draft(&mut self, history: &[u32], k: usize, target: &Sampler) -> Result<Vec<Draft>> {
         // Room in the draft's context: the history and k − 1 drafted tokens.
         let ctx = self.session.context();
@@ -202,9 +203,6 @@ impl DraftModel<'_> {
             return Ok(Vec::new());
         }
         let k = k.min(ctx - history.len() + 1);
-        if k == 0 {
-            return Ok(Vec::new());
-        }
         let common = self.fed.iter().zip(history).take_while(|(a, b)| a == b).count();
         // At least one token runs, so there are logits to draft from.
         let common = common.min(history.len() - 1);
