@@ -57,6 +57,12 @@ fn cases() -> Vec<Op> {
     for dt in DType::QUANTIZED {
         v.push(Op::Matvec { dt, rows: 2048, cols: 2048 });
     }
+    // Gemma 3 270M Q4_K_M's layer types and shapes (hidden 640, FFN 2048, q 1024 rows): Q5_0
+    // gate/up/q, Q4_K output and down, Q6_K down; 64-token prefill tiles of each.
+    for (dt, rows, cols) in [(DType::Q5_0, 2048, 640), (DType::Q4_K, 640, 2048), (DType::Q6_K, 640, 2048)] {
+        v.push(Op::Matvec { dt, rows, cols });
+        v.push(Op::Matmul { dt, rows, cols, tokens: 64 });
+    }
     let (heads, kv_heads, head_dim) = (m.heads, m.kv_heads, m.head_dim);
     for n_kv in [256, 1024] {
         v.push(Op::AttentionDecode { cache: DType::F16, heads, kv_heads, head_dim, n_kv });
@@ -187,9 +193,60 @@ fn decode_step(c: &mut Criterion) {
     g.finish();
 }
 
+/// The matvecs of one decode step of Gemma 3 270M Q4_K_M: 18 layers of its tensor types
+/// (q, k, gate, up Q5_0; v Q8_0; output Q4_K; down Q6_K in every other layer, Q4_K in the
+/// others, as in the file) and the tied Q8_0 head of 262144 × 640 (178 MB, 70% of the bytes),
+/// about 245 MB: far more than L3, so the step streams from DRAM as a real one does.
+fn decode_step_gemma(c: &mut Criterion) {
+    let _ = rayon::ThreadPoolBuilder::new().use_current_thread().build_global();
+    let (hidden, ffn, q, kv, vocab) = (640, 2048, 1024, 256, 262_144);
+    let mut mats: Vec<(DType, usize, usize, Vec<u8>)> = Vec::new();
+    for l in 0..18 {
+        let down = if l % 2 == 0 { DType::Q6_K } else { DType::Q4_K };
+        let layer = [
+            (DType::Q5_0, q, hidden),
+            (DType::Q5_0, kv, hidden),
+            (DType::Q8_0, kv, hidden),
+            (DType::Q4_K, hidden, q),
+            (DType::Q5_0, ffn, hidden),
+            (DType::Q5_0, ffn, hidden),
+            (down, hidden, ffn),
+        ];
+        for (k, &(dt, rows, cols)) in layer.iter().enumerate() {
+            mats.push((dt, rows, cols, Op::Matvec { dt, rows, cols }.inputs((l * 7 + k) as u64).w));
+        }
+    }
+    let head = Op::Matvec { dt: DType::Q8_0, rows: vocab, cols: hidden };
+    mats.push((DType::Q8_0, vocab, hidden, head.inputs(1).w));
+    let x: Vec<f32> = (0..ffn).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+    let mut y = vec![0.0f32; vocab];
+    let mut g = c.benchmark_group("cpu_fast");
+    let isa = Isa::best();
+    let (layers, head) = mats.split_at(mats.len() - 1);
+    for (what, set) in [("layers+head", &mats[..]), ("layers", layers), ("head", head)] {
+        g.throughput(Throughput::Bytes(set.iter().map(|m| m.3.len() as u64).sum()));
+        g.bench_function(format!("decode step gemma3-270m {what} fast {}", isa.name()), |b| {
+            b.iter(|| {
+                for (dt, rows, cols, w) in set {
+                    fast::matvec_with(isa, *dt, w, *rows, *cols, &x[..*cols], &mut y[..*rows]).expect("fast matvec");
+                }
+            })
+        });
+        g.bench_function(format!("decode step gemma3-270m {what} f32act {}", isa.name()), |b| {
+            b.iter(|| {
+                for (dt, rows, cols, w) in set {
+                    fast::matmul_f32_with(isa, *dt, w, *rows, *cols, &x[..*cols], 1, &mut y[..*rows])
+                        .expect("f32act matvec");
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1)).sample_size(10);
-    targets = cpu_fast, decode_step
+    targets = cpu_fast, decode_step, decode_step_gemma
 }
 criterion_main!(benches);
