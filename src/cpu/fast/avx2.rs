@@ -257,7 +257,7 @@ fn tile_signed<const TY: u8, const R: usize, const T: usize>(
 /// Q5's 32 fifth bits (bit j for value j) → byte j = 16 if bit j is set, else 0.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn fifth_bits(qh: u32) -> __m256i {
+pub(super) fn fifth_bits(qh: u32) -> __m256i {
     // Byte j takes byte j / 8 of qh, then keeps bit j % 8 of it.
     let spread = _mm256_shuffle_epi8(
         _mm256_set1_epi32(qh as i32),
@@ -274,7 +274,7 @@ fn fifth_bits(qh: u32) -> __m256i {
 /// high nibbles 16..32).
 #[inline]
 #[target_feature(enable = "avx2")]
-fn nibbles(q: __m128i) -> __m256i {
+pub(super) fn nibbles(q: __m128i) -> __m256i {
     let both = _mm256_set_m128i(_mm_srli_epi16(q, 4), q);
     _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
 }

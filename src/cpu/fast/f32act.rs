@@ -67,6 +67,17 @@ pub fn matmul_f32_with(
             return Err(Error::UnsupportedDtype { op: OP, dtype, expected: "a quantized type" });
         }
         let rb = check_shapes(OP, isa, dtype, w, rows, cols, x, n_tokens, y)?;
+        #[cfg(target_arch = "x86_64")]
+        if isa != Isa::Scalar && super::f32act_k::handles(dtype) {
+            // Q4_K and Q6_K: decoded into registers, tiles of rows × tokens (`f32act_k`).
+            let nsb = cols / crate::QK_K;
+            // SAFETY: `check_shapes` returned Ok only if `isa.is_available()`; both x86 kernel
+            // sets include AVX2, FMA and F16C, the features of `f32act_k::gemm`.
+            by_rows(w, rb, rows, n_tokens, y, |wc, o| unsafe {
+                super::f32act_k::gemm(dtype, wc, rb, nsb, x, n_tokens, o)
+            });
+            return Ok(());
+        }
         by_rows(w, rb, rows, n_tokens, y, |wc, o| f32act_dq::gemm(isa, dtype, wc, rb, cols, x, n_tokens, o));
         return Ok(());
     }
@@ -101,11 +112,15 @@ fn scalar_gemm(dtype: DType, w: &[u8], rb: usize, cols: usize, x: &[f32], n: usi
 }
 
 #[cfg(target_arch = "x86_64")]
+pub(super) use x86::decode_q5_0_row;
+
+#[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
     use crate::QK;
     use crate::cpu::fast::WType;
+    use crate::cpu::fast::avx2::{fifth_bits, nibbles};
     use crate::cpu::fast::x86::{prefetch, store};
 
     /// Rows × tokens per tile with AVX-512: 16 accumulators and four rows' two registers of
@@ -119,6 +134,13 @@ mod x86 {
     const R256: usize = 2;
     const T256: usize = 4;
     const R256_ONE: usize = 2;
+    /// Accumulators per row for one token: a block's two (AVX-512) or four (AVX2) multiply-adds
+    /// per row go to as many registers, so they do not wait on each other (with one
+    /// accumulator a row's block is a chain of FMA latencies, which bounded the Q8_0 output head
+    /// of Gemma 3, 262144 × 640, below the memory's speed). Prefill tiles have R × T
+    /// independent accumulators already.
+    const A512_ONE: usize = 2;
+    const A256_ONE: usize = 4;
     /// Row tiles ahead to prefetch (see the 8-bit kernels: a decode step waits on memory).
     const PREFETCH_TILES: usize = 2;
 
@@ -126,6 +148,7 @@ mod x86 {
     const Q4_0: u8 = 0;
     const Q4_1: u8 = 1;
     const Q8_0: u8 = 2;
+    const Q5_0: u8 = 3;
 
     /// The tiled types' codes. `matmul_f32_with` sends the others to `f32act_dq`; were one to
     /// arrive here, it gets Q8_0's code, whose kernels read the 34-byte blocks only inside the
@@ -134,7 +157,8 @@ mod x86 {
         match ty {
             WType::Q4_0 => Q4_0,
             WType::Q4_1 => Q4_1,
-            WType::Q8_0 | WType::Q5_0 | WType::Q5_1 | WType::IQ4_NL => Q8_0,
+            WType::Q5_0 => Q5_0,
+            WType::Q8_0 | WType::Q5_1 | WType::IQ4_NL => Q8_0,
         }
     }
 
@@ -142,18 +166,20 @@ mod x86 {
         match ty {
             Q4_0 => 18,
             Q4_1 => 20,
+            Q5_0 => 22,
             _ => 34,
         }
     }
 
     macro_rules! gemm_fn {
-        ($name:ident, $tile:ident, $feat:literal, $r:expr, $t:expr, $r1:expr) => {
+        ($name:ident, $tile:ident, $feat:literal, $r:expr, $t:expr, $r1:expr, $a1:expr) => {
             /// out[r][t] = row r of `w` · token t of `x` ([n][nb * 32]); `out` is [rows][n].
             #[target_feature(enable = $feat)]
             pub(super) fn $name(ty: WType, w: &[u8], rb: usize, nb: usize, x: &[f32], n: usize, out: &mut [f32]) {
                 match code(ty) {
                     Q4_0 => rows_tokens::<Q4_0>(w, rb, nb, x, n, out),
                     Q4_1 => rows_tokens::<Q4_1>(w, rb, nb, x, n, out),
+                    Q5_0 => rows_tokens::<Q5_0>(w, rb, nb, x, n, out),
                     _ => rows_tokens::<Q8_0>(w, rb, nb, x, n, out),
                 }
                 #[target_feature(enable = $feat)]
@@ -171,7 +197,7 @@ mod x86 {
                             let full = r0 + r <= rows;
                             match (full, tn) {
                                 (true, 1) => {
-                                    let s = $tile::<TY, { $r1 }, 1>(
+                                    let s = $tile::<TY, { $r1 }, 1, { $a1 }>(
                                         std::array::from_fn(|i| &w[(r0 + i) * rb..][..rb]),
                                         [token(t0)],
                                         nb,
@@ -180,7 +206,7 @@ mod x86 {
                                     r0 += $r1;
                                 }
                                 (true, _) => {
-                                    let s = $tile::<TY, { $r }, { $t }>(
+                                    let s = $tile::<TY, { $r }, { $t }, 1>(
                                         std::array::from_fn(|i| &w[(r0 + i) * rb..][..rb]),
                                         std::array::from_fn(|j| token(t0 + j)),
                                         nb,
@@ -189,12 +215,12 @@ mod x86 {
                                     r0 += $r;
                                 }
                                 (false, 1) => {
-                                    let s = $tile::<TY, 1, 1>([&w[r0 * rb..][..rb]], [token(t0)], nb);
+                                    let s = $tile::<TY, 1, 1, { $a1 }>([&w[r0 * rb..][..rb]], [token(t0)], nb);
                                     store(&s, out, n, r0, t0);
                                     r0 += 1;
                                 }
                                 (false, _) => {
-                                    let s = $tile::<TY, 1, { $t }>(
+                                    let s = $tile::<TY, 1, { $t }, 1>(
                                         [&w[r0 * rb..][..rb]],
                                         std::array::from_fn(|j| token(t0 + j)),
                                         nb,
@@ -211,8 +237,8 @@ mod x86 {
         };
     }
 
-    gemm_fn!(gemm512, tile512, "avx512f,avx512bw,avx512vl,avx2,fma,f16c", R512, T512, R512_ONE);
-    gemm_fn!(gemm256, tile256, "avx2,fma,f16c", R256, T256, R256_ONE);
+    gemm_fn!(gemm512, tile512, "avx512f,avx512bw,avx512vl,avx2,fma,f16c", R512, T512, R512_ONE, A512_ONE);
+    gemm_fn!(gemm256, tile256, "avx2,fma,f16c", R256, T256, R256_ONE, A256_ONE);
 
     /// Whether every row holds `nb` blocks and every token `nb * 32` values, so that the block
     /// loops may load without bounds checks (true by construction of the callers).
@@ -238,9 +264,10 @@ mod x86 {
         _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits)))
     }
 
-    /// One R × T tile with 512-bit registers; NaN if the lengths do not fit (unreachable).
+    /// One R × T tile with 512-bit registers and A accumulators per (row, token) (A divides 2);
+    /// NaN if the lengths do not fit (unreachable).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    fn tile512<const TY: u8, const R: usize, const T: usize>(
+    fn tile512<const TY: u8, const R: usize, const T: usize, const A: usize>(
         rows: [&[u8]; R],
         xs: [&[f32]; T],
         nb: usize,
@@ -249,7 +276,7 @@ mod x86 {
         if !lengths_ok(&rows, &xs, nb, bytes) {
             return [[f32::NAN; T]; R];
         }
-        let mut acc = [[_mm512_setzero_ps(); T]; R];
+        let mut acc = [[[_mm512_setzero_ps(); A]; T]; R];
         for b in 0..nb {
             let mut wv = [[_mm512_setzero_ps(); 2]; R];
             for i in 0..R {
@@ -264,15 +291,16 @@ mod x86 {
                     (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)))
                 };
                 for i in 0..R {
-                    acc[i][j] = _mm512_fmadd_ps(wv[i][0], x0, acc[i][j]);
-                    acc[i][j] = _mm512_fmadd_ps(wv[i][1], x1, acc[i][j]);
+                    acc[i][j][0] = _mm512_fmadd_ps(wv[i][0], x0, acc[i][j][0]);
+                    acc[i][j][1 % A] = _mm512_fmadd_ps(wv[i][1], x1, acc[i][j][1 % A]);
                 }
             }
         }
         let mut sums = [[0.0f32; T]; R];
         for i in 0..R {
             for j in 0..T {
-                sums[i][j] = hsum512(acc[i][j]);
+                let v = acc[i][j][1..].iter().fold(acc[i][j][0], |s, &a| _mm512_add_ps(s, a));
+                sums[i][j] = hsum512(v);
             }
         }
         sums
@@ -280,7 +308,8 @@ mod x86 {
 
     /// The 32 weights of the block at `p` as f32, values 0..16 and 16..32, computed as the
     /// reference does (`crate::quant`): `q * d + m` (Q4_1), `(q - 8) * d` (Q4_0), `q * d`
-    /// (Q8_0), each product and sum rounded separately.
+    /// (Q8_0), `(q - 16) * d` (Q5_0, the offset subtracted in integers as the reference does),
+    /// each product and sum rounded separately.
     ///
     /// # Safety
     /// `p` must point to one whole readable block of type `TY` (`block_bytes(TY)` bytes, any
@@ -297,6 +326,13 @@ mod x86 {
                     _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(2).cast())),
                     _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(18).cast())),
                 ),
+                Q5_0 => {
+                    let q = q5_0_bytes(p);
+                    (
+                        _mm512_cvtepi8_epi32(_mm256_castsi256_si128(q)),
+                        _mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(q)),
+                    )
+                }
                 _ => {
                     let qs = _mm_loadu_si128(p.add(if TY == Q4_1 { 4 } else { 2 }).cast());
                     let mask = _mm_set1_epi8(0x0F);
@@ -328,11 +364,12 @@ mod x86 {
         hsum256(_mm256_add_ps(_mm512_castps512_ps256(v), hi))
     }
 
-    /// One R × T tile with 256-bit registers; NaN if the lengths do not fit (unreachable).
+    /// One R × T tile with 256-bit registers and A accumulators per (row, token) (A divides 4);
+    /// NaN if the lengths do not fit (unreachable).
     // k indexes a block's four registers in the weights and the activations alike.
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn tile256<const TY: u8, const R: usize, const T: usize>(
+    fn tile256<const TY: u8, const R: usize, const T: usize, const A: usize>(
         rows: [&[u8]; R],
         xs: [&[f32]; T],
         nb: usize,
@@ -341,19 +378,19 @@ mod x86 {
         if !lengths_ok(&rows, &xs, nb, bytes) {
             return [[f32::NAN; T]; R];
         }
-        let mut acc = [[_mm256_setzero_ps(); T]; R];
+        let mut acc = [[[_mm256_setzero_ps(); A]; T]; R];
         for b in 0..nb {
-            let mut wv = [[_mm256_setzero_ps(); 4]; R];
+            // Row by row: one row's four registers of weights live at a time (with all rows'
+            // decoded first, 2 × 4 of them and the 2 × 4 accumulators spilled to the stack);
+            // the activations are memory operands of the multiply-adds, from L1.
             for i in 0..R {
                 // SAFETY: as in `tile512`.
-                wv[i] = unsafe { dequant256::<TY>(rows[i].as_ptr().add(b * bytes)) };
-            }
-            for j in 0..T {
-                for k in 0..4 {
-                    // SAFETY: as in `tile512`; values 8k..8k+8 of block b.
-                    let xk = unsafe { _mm256_loadu_ps(xs[j].as_ptr().add(b * QK + 8 * k)) };
-                    for i in 0..R {
-                        acc[i][j] = _mm256_fmadd_ps(wv[i][k], xk, acc[i][j]);
+                let wv = unsafe { dequant256::<TY>(rows[i].as_ptr().add(b * bytes)) };
+                for j in 0..T {
+                    for k in 0..4 {
+                        // SAFETY: as in `tile512`; values 8k..8k+8 of block b.
+                        let xk = unsafe { _mm256_loadu_ps(xs[j].as_ptr().add(b * QK + 8 * k)) };
+                        acc[i][j][k % A] = _mm256_fmadd_ps(wv[k], xk, acc[i][j][k % A]);
                     }
                 }
             }
@@ -361,7 +398,8 @@ mod x86 {
         let mut sums = [[0.0f32; T]; R];
         for i in 0..R {
             for j in 0..T {
-                sums[i][j] = hsum256(acc[i][j]);
+                let v = acc[i][j][1..].iter().fold(acc[i][j][0], |s, &a| _mm256_add_ps(s, a));
+                sums[i][j] = hsum256(v);
             }
         }
         sums
@@ -379,14 +417,17 @@ mod x86 {
         unsafe {
             let d = _mm256_broadcastss_ps(f16_at(p));
             let q: [__m256i; 4] = match TY {
-                Q8_0 => {
-                    let a = _mm_loadu_si128(p.add(2).cast());
-                    let b = _mm_loadu_si128(p.add(18).cast());
+                // Eight quants per load, so that each widening reads memory (one shuffle
+                // each, none to move the upper halves down).
+                Q8_0 => std::array::from_fn(|k| _mm256_cvtepi8_epi32(_mm_loadl_epi64(p.add(2 + 8 * k).cast()))),
+                Q5_0 => {
+                    let q = q5_0_bytes(p);
+                    let (lo, hi) = (_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
                     [
-                        _mm256_cvtepi8_epi32(a),
-                        _mm256_cvtepi8_epi32(_mm_srli_si128::<8>(a)),
-                        _mm256_cvtepi8_epi32(b),
-                        _mm256_cvtepi8_epi32(_mm_srli_si128::<8>(b)),
+                        _mm256_cvtepi8_epi32(lo),
+                        _mm256_cvtepi8_epi32(_mm_srli_si128::<8>(lo)),
+                        _mm256_cvtepi8_epi32(hi),
+                        _mm256_cvtepi8_epi32(_mm_srli_si128::<8>(hi)),
                     ]
                 }
                 _ => {
@@ -416,6 +457,37 @@ mod x86 {
             }
             w
         }
+    }
+
+    /// Every block of the Q5_0 `row` through [`dequant256`] into `out` (whole blocks, checked
+    /// by the caller): the values the AVX2 kernels multiply, for the tests to compare with the
+    /// reference.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(in crate::cpu::fast) fn decode_q5_0_row(row: &[u8], out: &mut [f32]) {
+        for (b, o) in row.chunks_exact(block_bytes(Q5_0)).zip(out.chunks_exact_mut(QK)) {
+            // SAFETY: `b` is one whole 22-byte block (chunks_exact).
+            let w = unsafe { dequant256::<Q5_0>(b.as_ptr()) };
+            for (k, v) in w.iter().enumerate() {
+                // SAFETY: `o` holds 32 values; 8 k + 8 <= 32.
+                unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * k), *v) };
+            }
+        }
+    }
+
+    /// The 32 quants of the Q5_0 block at `p` minus 16, as signed bytes in value order: the
+    /// nibbles (low: values 0..16, high: 16..32) with bit j of the 4 bytes after `d` as bit 4
+    /// of value j, then `q - 16` in integers (exact), as the reference computes it.
+    ///
+    /// # Safety
+    /// `p` must point to one whole readable Q5_0 block (22 bytes, any alignment), and the CPU
+    /// must support AVX2 (checked at run time before this path is chosen).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn q5_0_bytes(p: *const u8) -> __m256i {
+        // SAFETY: the caller guarantees 22 readable bytes at p: qh at 2..6, nibbles at 6..22.
+        let (qh, qs) = unsafe { (p.add(2).cast::<u32>().read_unaligned(), _mm_loadu_si128(p.add(6).cast())) };
+        let q = _mm256_or_si256(nibbles(qs), fifth_bits(u32::from_le(qh)));
+        _mm256_sub_epi8(q, _mm256_set1_epi8(16))
     }
 
     /// The sum of the 8 lanes.

@@ -162,6 +162,21 @@ pub fn dequantize_row_exact(isa: Isa, dtype: DType, row: &[u8], out: &mut [f32])
     if row.len() != want {
         return Err(Error::invalid(OP, format!("{} {dtype} values take {want} bytes, got {}", out.len(), row.len())));
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Scalar {
+        // The types whose x86 kernels decode into registers: their decoders, not these.
+        if super::f32act_k::handles(dtype) {
+            // SAFETY: `isa.is_available()` was checked above; both x86 kernel sets include
+            // AVX2, FMA and F16C, the features of `f32act_k::decode_row`.
+            unsafe { super::f32act_k::decode_row(dtype, row, out) };
+            return Ok(());
+        }
+        if dtype == DType::Q5_0 {
+            // SAFETY: as above, for `decode_q5_0_row`.
+            unsafe { super::f32act::decode_q5_0_row(row, out) };
+            return Ok(());
+        }
+    }
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `isa.is_available()` was checked above: this CPU has the features of

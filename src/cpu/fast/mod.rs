@@ -65,6 +65,8 @@ mod avx512;
 mod dq_decode;
 mod f32act;
 mod f32act_dq;
+#[cfg(target_arch = "x86_64")]
+mod f32act_k;
 mod scalar;
 mod scalar_k;
 #[cfg(target_arch = "x86_64")]
@@ -164,7 +166,7 @@ impl WType {
     /// Whether `f32act` has hand-tiled kernels for this type (the others go through
     /// `f32act_dq` there).
     fn has_f32_tiles(self) -> bool {
-        matches!(self, WType::Q4_0 | WType::Q4_1 | WType::Q8_0)
+        matches!(self, WType::Q4_0 | WType::Q4_1 | WType::Q8_0 | WType::Q5_0)
     }
 
     fn block_bytes(self) -> usize {
