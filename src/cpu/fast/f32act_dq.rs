@@ -1,5 +1,6 @@
-//! f32-activation products for the block types without hand-tiled SIMD kernels: Q5_0, Q5_1,
-//! the K-quants (Q2_K … Q6_K), IQ4_NL and IQ4_XS.
+//! f32-activation products for the block types without hand-tiled SIMD kernels: Q5_1, Q2_K,
+//! Q3_K, Q5_K, IQ4_NL and IQ4_XS; on the portable kernel set ([`Isa::Scalar`]) also Q5_0, Q4_K
+//! and Q6_K, which x86 runs in registers (`f32act`, `f32act_k`).
 //!
 //! Each block of a row is decoded by a per-type decoder of `dq_decode`, which returns the
 //! reference's values bit for bit ([`crate::quant::dequantize_row`], the arithmetic

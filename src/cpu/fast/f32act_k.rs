@@ -23,10 +23,11 @@ use super::x86::{prefetch, store};
 use crate::quant::k4_scale_min;
 use crate::{DType, QK_K};
 
-/// Rows × tokens per tile for prefill: 2 × 4 accumulators and two rows' four registers of
-/// weights (the activations are read as memory operands of the multiply-adds).
-const R_MANY: usize = 2;
-const T_MANY: usize = 4;
+/// Tokens per tile for prefill, one row at a time: eight accumulators and the row's four
+/// registers of weights (the activations are read as memory operands of the multiply-adds),
+/// so a chunk's decoding is shared by 8 tokens; 4 for the last 4 to 7 tokens.
+const T_MANY: usize = 8;
+const T_FEW: usize = 4;
 /// Rows per tile for one token (decode), each with four accumulators so that a chunk's four
 /// multiply-adds per row do not wait on each other.
 const R_ONE: usize = 2;
@@ -65,37 +66,36 @@ fn rows_tokens<const TY: u8>(w: &[u8], rb: usize, nsb: usize, x: &[f32], n: usiz
     let row = |r: usize| &w[r * rb..][..rb];
     let mut t0 = 0;
     while t0 < n {
-        let tn = if n - t0 >= T_MANY { T_MANY } else { 1 };
-        let r = if tn == 1 { R_ONE } else { R_MANY };
+        let left = n - t0;
+        let tn = if left >= T_MANY {
+            T_MANY
+        } else if left >= T_FEW {
+            T_FEW
+        } else {
+            1
+        };
         let mut r0 = 0;
         while r0 < rows {
-            prefetch(w, (r0 + PREFETCH_TILES * r) * rb, r * rb);
-            match (r0 + r <= rows, tn) {
-                (true, 1) => {
-                    let s = tile::<TY, R_ONE, 1, A_ONE>(std::array::from_fn(|i| row(r0 + i)), [token(t0)], nsb);
+            if tn == 1 && r0 + R_ONE <= rows {
+                prefetch(w, (r0 + PREFETCH_TILES * R_ONE) * rb, R_ONE * rb);
+                let s = tile::<TY, R_ONE, 1, A_ONE>(std::array::from_fn(|i| row(r0 + i)), [token(t0)], nsb);
+                store(&s, out, n, r0, t0);
+                r0 += R_ONE;
+                continue;
+            }
+            prefetch(w, (r0 + PREFETCH_TILES) * rb, rb);
+            match tn {
+                1 => store(&tile::<TY, 1, 1, A_ONE>([row(r0)], [token(t0)], nsb), out, n, r0, t0),
+                T_FEW => {
+                    let s = tile::<TY, 1, T_FEW, 1>([row(r0)], std::array::from_fn(|j| token(t0 + j)), nsb);
                     store(&s, out, n, r0, t0);
-                    r0 += R_ONE;
                 }
-                (true, _) => {
-                    let s = tile::<TY, R_MANY, T_MANY, 1>(
-                        std::array::from_fn(|i| row(r0 + i)),
-                        std::array::from_fn(|j| token(t0 + j)),
-                        nsb,
-                    );
-                    store(&s, out, n, r0, t0);
-                    r0 += R_MANY;
-                }
-                (false, 1) => {
-                    let s = tile::<TY, 1, 1, A_ONE>([row(r0)], [token(t0)], nsb);
-                    store(&s, out, n, r0, t0);
-                    r0 += 1;
-                }
-                (false, _) => {
+                _ => {
                     let s = tile::<TY, 1, T_MANY, 1>([row(r0)], std::array::from_fn(|j| token(t0 + j)), nsb);
                     store(&s, out, n, r0, t0);
-                    r0 += 1;
                 }
             }
+            r0 += 1;
         }
         t0 += tn;
     }

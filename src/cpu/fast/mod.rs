@@ -1,8 +1,9 @@
 //! The vectorized CPU kernels the model runs on: matrix–vector and matrix–matrix products for
 //! quantized weights and attention (`attention`). Both kinds of products handle every quantized
 //! type ([`supports`], [`supports_8bit`]). The f32-activation products are hand-tiled for Q4_0,
-//! Q4_1, Q8_0 and decode-then-multiply (`f32act_dq` with the bit-exact decoders of `dq_decode`)
-//! for Q5_0, Q5_1, the K-quants and the IQ4 types. The 8-bit products have integer kernels for all of them: the 32-value block types
+//! Q4_1, Q8_0, Q5_0 (`f32act`) and, on x86, Q4_K and Q6_K (`f32act_k`), with the weights decoded
+//! in registers; decode-then-multiply (`f32act_dq` with the bit-exact decoders of `dq_decode`)
+//! for Q5_1, Q2_K, Q3_K, Q5_K and the IQ4 types. The 8-bit products have integer kernels for all of them: the 32-value block types
 //! (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL) with activations in blocks of 32 (`act`, kernels
 //! `scalar`, `avx2`, `avx512`), the 256-value super-block types (Q2_K … Q6_K, IQ4_XS) with
 //! activations in blocks of 256 plus 16-value partial sums (`act_k`, kernels `scalar_k`,
@@ -138,7 +139,7 @@ impl Isa {
 }
 
 /// A 32-value block type the 8-bit kernels handle (with [`act::Acts`]), with its block layout.
-/// The first three also have hand-tiled f32-activation kernels ([`WType::has_f32_tiles`]).
+/// The first four also have hand-tiled f32-activation kernels ([`WType::has_f32_tiles`]).
 #[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum WType {
