@@ -3,7 +3,7 @@
 //! Gemma 3's Q4_K_M files use, replacing decode-to-memory-then-multiply (`f32act_dq`) there.
 //!
 //! A tile is R rows × T tokens. For each 256-value super-block, each row's sub-block scales are
-//! computed once in scalar code, exactly as the reference computes them (`dl = d * sc` and
+//! computed once (eight f32 products per vector multiply), exactly as the reference computes them (`dl = d * sc` and
 //! `ml = dmin * m` for Q4_K, `dl = d * sc` with a signed scale for Q6_K); then each 32-value
 //! chunk of the super-block is decoded into four registers of eight f32 per row, with the
 //! reference's operations in its order (`dl * q - ml`, two roundings, for Q4_K; `dl * (q - 32)`
@@ -12,9 +12,11 @@
 //! for bit (`tests/fast.rs` checks [`dequantize_row_exact`](super::dequantize_row_exact), which
 //! runs the same chunk decoders), and only the order of the f32 sums differs.
 //!
-//! The quants are widened eight at a time straight from memory (`vpmovzxbd` with a memory
-//! operand), so a chunk costs four shuffles; the shuffle ports, not the multiply-adds, bound
-//! these kernels.
+//! Q4_K's quants are widened eight at a time straight from memory (`vpmovzxbd` with a memory
+//! operand); Q6_K's are assembled as 32 bytes (low nibbles, high bits, minus 32) and then
+//! widened. Per weight this is still about four vector instructions per eight values (widen,
+//! convert, scale, multiply-add; Q4_K also subtracts), against about one per 32 in the 8-bit
+//! kernels: for one token these stay about 3× the 8-bit kernels' time (`docs/cpu-bench.md`).
 
 use std::arch::x86_64::*;
 
