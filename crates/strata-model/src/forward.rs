@@ -86,6 +86,28 @@ impl Scratch {
         })
     }
 
+    /// Queries [T, n_head, head_dim] after [`attention_inputs`].
+    pub fn q(&self) -> &Tensor {
+        &self.q
+    }
+
+    /// Keys [T, n_head_kv, head_dim] after [`attention_inputs`].
+    pub fn k(&self) -> &Tensor {
+        &self.k
+    }
+
+    /// Values [T, kv_dim] after [`attention_inputs`].
+    pub fn v(&self) -> &Tensor {
+        &self.v
+    }
+
+    /// Queries (read) and the attention output [T, n_head, head_dim] (written), for an
+    /// attention of the caller's own between [`attention_inputs`] and
+    /// [`attention_output_and_ffn`].
+    pub fn q_and_att_mut(&mut self) -> (&Tensor, &mut Tensor) {
+        (&self.q, &mut self.att)
+    }
+
     /// Bytes of activation scratch for `n_tokens` tokens (for memory planning).
     pub fn bytes(cfg: &LlamaConfig, n_tokens: usize) -> u64 {
         (n_tokens * 4 * (3 * cfg.n_embd + 2 * cfg.q_dim + 3 * cfg.kv_dim() + 3 * cfg.n_ff)) as u64
@@ -151,6 +173,11 @@ fn project(w: &Tensor, x: &Tensor, y: &mut Tensor, s: &Stream) -> Result<()> {
     Ok(())
 }
 
+/// y = x Wᵀ as a matmul whatever T is.
+fn project_matmul(w: &Tensor, x: &Tensor, y: &mut Tensor, s: &Stream) -> Result<()> {
+    Ok(ops::matmul(w, x, y, s)?)
+}
+
 /// x += bias (broadcast over tokens) when the layer has one.
 fn bias(x: &mut Tensor, b: Option<&Tensor>, s: &Stream) -> Result<()> {
     if let Some(b) = b {
@@ -185,10 +212,47 @@ pub fn layer_forward(
     s: &Stream,
 ) -> Result<()> {
     let t = sc.n_tokens;
+    let (nh, hd) = (cfg.n_head, cfg.head_dim);
+    attention_inputs(cfg, layer, w, x, positions, sc, false, s)?;
+    ops::kv_append(&sc.k, positions, &mut kv.k, s)?;
+    ops::kv_append(&sc.v, positions, &mut kv.v, s)?;
+    let scale = cfg.attn_scale;
+    let window = cfg.layer_window(layer);
+    if t == 1 {
+        reshape(&mut sc.q, &[nh, hd])?;
+        reshape(&mut sc.att, &[nh, hd])?;
+        ops::attention_decode(&sc.q, &kv.k, &kv.v, pos0 + 1, scale, window, &mut sc.att, s)?;
+    } else {
+        reshape(&mut sc.att, &[t, nh, hd])?;
+        ops::attention_prefill(&sc.q, pos0, &kv.k, &kv.v, scale, window, &mut sc.att, s)?;
+    }
+    attention_output_and_ffn(cfg, w, x, sc, false, s)
+}
+
+/// The first half of a layer, up to attention: RMSNorm → Q/K/V projections (+ biases) →
+/// per-head Q/K norms → RoPE at `positions` (one per token, in any order: a batch of sequences
+/// has its own position per row). Leaves Q in `sc.q` as [T, n_head, head_dim], K as
+/// [T, n_head_kv, head_dim] in `sc.k` and V as [T, kv_dim] in `sc.v`; the caller appends K and
+/// V to its cache, writes the attention output into [`Scratch::att_mut`] and calls
+/// [`attention_output_and_ffn`]. `matmul` runs every projection as a matmul, even for one
+/// token (a batch then gives each row the same arithmetic whatever the batch size).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_inputs(
+    cfg: &LlamaConfig,
+    layer: usize,
+    w: LayerRef<'_>,
+    x: &Tensor,
+    positions: &Tensor,
+    sc: &mut Scratch,
+    matmul: bool,
+    s: &Stream,
+) -> Result<()> {
+    let t = sc.n_tokens;
     if x.shape() != [t, cfg.n_embd] {
         return Err(Error::invalid(format!("layer input has shape {:?}, expected [{t}, {}]", x.shape(), cfg.n_embd)));
     }
     let (nh, nkv, hd) = (cfg.n_head, cfg.n_head_kv, cfg.head_dim);
+    let project = if matmul { project_matmul } else { project };
     ops::rmsnorm(x, w.req(Role::AttnNorm)?, cfg.rms_eps, &mut sc.h, s)?;
     project(w.req(Role::Q)?, &sc.h, &mut sc.q, s)?;
     project(w.req(Role::K)?, &sc.h, &mut sc.k, s)?;
@@ -206,18 +270,23 @@ pub fn layer_forward(
     let rope = |x: &mut Tensor| ops::rope(x, positions, cfg.n_rot, base, freq_scale, factors, cfg.rope_layout, s);
     rope(&mut sc.q)?;
     rope(&mut sc.k)?;
-    ops::kv_append(&sc.k, positions, &mut kv.k, s)?;
-    ops::kv_append(&sc.v, positions, &mut kv.v, s)?;
-    let scale = cfg.attn_scale;
-    let window = cfg.layer_window(layer);
-    if t == 1 {
-        reshape(&mut sc.q, &[nh, hd])?;
-        reshape(&mut sc.att, &[nh, hd])?;
-        ops::attention_decode(&sc.q, &kv.k, &kv.v, pos0 + 1, scale, window, &mut sc.att, s)?;
-    } else {
-        reshape(&mut sc.att, &[t, nh, hd])?;
-        ops::attention_prefill(&sc.q, pos0, &kv.k, &kv.v, scale, window, &mut sc.att, s)?;
-    }
+    reshape(&mut sc.att, &[t, nh, hd])?;
+    Ok(())
+}
+
+/// The second half of a layer, from the attention output in `sc.att` ([T, n_head, head_dim]
+/// or [n_head, head_dim]): output projection → (post-attention norm) → residual add → RMSNorm
+/// → gate/up → act(gate)·up → down → (post-FFN norm) → residual add, into `x`.
+pub fn attention_output_and_ffn(
+    cfg: &LlamaConfig,
+    w: LayerRef<'_>,
+    x: &mut Tensor,
+    sc: &mut Scratch,
+    matmul: bool,
+    s: &Stream,
+) -> Result<()> {
+    let t = sc.n_tokens;
+    let project = if matmul { project_matmul } else { project };
     reshape(&mut sc.q, &[t, cfg.q_dim])?;
     reshape(&mut sc.k, &[t, cfg.kv_dim()])?;
     reshape(&mut sc.att, &[t, cfg.q_dim])?;

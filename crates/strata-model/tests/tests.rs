@@ -19,6 +19,7 @@
 
 mod arch;
 mod arch_reference;
+mod batch;
 mod chat;
 mod cpu_paths;
 mod engine;
