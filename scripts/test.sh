@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The test command (the README's, and what CI runs through .ci/run):
 #   the default model (a failed fetch fails the run), formatting, clippy with and without
-#   `cuda`, the workspace tests (doctests included) and the library examples without `cuda`, then the CUDA toolchain (scripts/setup-cuda.sh)
+#   `cuda`, the workspace tests (doctests included), the library examples and the `strata serve`
+#   tests (scripts/test-serve.sh: the pinned `openai` client, PyPI the first time) without
+#   `cuda`, then the CUDA toolchain (scripts/setup-cuda.sh)
 #   and the workspace tests with `cuda`. On a machine without a GPU the CUDA tests print
 #   `skipped: ...` and pass; each test binary says how many were skipped and why.
 #
@@ -43,7 +45,11 @@ if [[ ${STRATA_NO_MODEL:-} != 1 ]]; then
   cargo run -p strata-model --example generate
   cargo run -p strata-model --example score
   cargo run -p strata-model --example plan
+  cargo run -p strata-model --example batch
 fi
+
+say "strata serve through the openai Python client (no cuda; skipped with STRATA_NO_MODEL=1)"
+scripts/test-serve.sh
 
 if [[ ${STRATA_SKIP_CUDA:-} == 1 ]]; then
   say "CUDA half skipped (STRATA_SKIP_CUDA=1): no CUDA clippy, no CUDA tests"

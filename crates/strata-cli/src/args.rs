@@ -34,6 +34,7 @@ impl Cli {
             Command::Bench(a) => a.session.kernels.cpu_kernels,
             Command::Logits(a) => a.session.kernels.cpu_kernels,
             Command::Plan(a) => a.session.kernels.cpu_kernels,
+            Command::Serve(a) => a.kernels.cpu_kernels,
             Command::Tokenize(_) | Command::Inspect(_) | Command::Synth(_) => None,
         };
         own.or(self.cpu_kernels).unwrap_or(CpuKernels::Exact)
@@ -92,6 +93,10 @@ pub enum Command {
     /// Show where each layer would run (resident, streamed, cpu) and the predicted speed,
     /// without running anything. Works without a GPU for a hypothetical card (--gpu-memory).
     Plan(PlanArgs),
+    /// Serve the model over HTTP with the OpenAI API (completions, chat completions, streaming,
+    /// /v1/models, /health, /metrics), batching concurrent requests into one pass per step.
+    /// Runs on the CPU; listens on 127.0.0.1:8080 unless told otherwise.
+    Serve(ServeArgs),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -404,4 +409,50 @@ pub struct SynthArgs {
     /// Override the number of layers (smaller variants of a shape).
     #[arg(long)]
     pub layers: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0: any free port, printed at start).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Require `Authorization: Bearer <KEY>` on the /v1 endpoints (401 otherwise).
+    #[arg(long, value_name = "KEY", env = "STRATA_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Most positions one request may use (prompt + completion) [default: the model's training
+    /// context, at most 4096].
+    #[arg(long, short = 'c', value_parser = parse_context)]
+    pub context: Option<usize>,
+    /// Memory for the KV cache of all requests together, in blocks shared by them (paged).
+    #[arg(long, value_name = "SIZE", default_value = "512MiB")]
+    pub kv_memory: String,
+    /// Positions per KV block.
+    #[arg(long, default_value_t = 16, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    pub kv_block: usize,
+    /// KV cache element type.
+    #[arg(long, value_enum, default_value_t = KvArg::F16)]
+    pub kv_type: KvArg,
+    /// Most requests generating at once (more wait in the queue).
+    #[arg(long, default_value_t = 32, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    pub max_seqs: usize,
+    /// Most tokens in one batched pass: one per generating request, the rest prompt chunks of
+    /// the requests joining. Must exceed --max-seqs.
+    #[arg(long, default_value_t = 256)]
+    pub step_tokens: usize,
+    /// Most requests waiting for a slot; more get 429 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+    /// Largest accepted request body (413 above it).
+    #[arg(long, value_name = "SIZE", default_value = "1MiB")]
+    pub max_body: String,
+    /// Largest max_tokens a request may ask for (400 above it).
+    #[arg(long, default_value_t = 2048)]
+    pub max_tokens_limit: usize,
+    #[command(flatten)]
+    pub kernels: KernelArgs,
 }

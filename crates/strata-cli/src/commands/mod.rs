@@ -2,6 +2,7 @@
 
 mod bench;
 mod run;
+mod serve;
 mod tools;
 
 use anyhow::{Context, Result};
@@ -27,6 +28,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Inspect(a) => tools::inspect(a),
         Command::Synth(a) => tools::synth(a),
         Command::Plan(a) => tools::plan(a, path),
+        Command::Serve(a) => serve::serve(a, path),
     }
 }
 

@@ -25,7 +25,7 @@ fn special(model: &Model, id: Option<u32>) -> String {
     id.map(|i| model.tokenizer.token_text(i).unwrap_or_default().to_string()).unwrap_or_default()
 }
 
-fn render(model: &Model, messages: &[ChatMessage]) -> Result<String> {
+pub(super) fn render(model: &Model, messages: &[ChatMessage]) -> Result<String> {
     let t = &model.tokenizer;
     let fallback;
     let template = match &model.chat_template {
