@@ -2,6 +2,9 @@
 //!
 //! - `arch`: qwen2/qwen3 models derived from the default model against it, strict files;
 //! - `arch_reference`: Gemma 3 and derived qwen2/qwen3 models against llama.cpp and float64;
+//! - `batch`: the continuous-batching scheduler: join/leave, KV block exhaustion and recovery,
+//!   cancellation, first-come-first-served admission, chunked prefill that does not stall
+//!   decoding, and batched greedy tokens equal to the single-sequence engine's;
 //! - `chat`: chat templates (the model's, ChatML) and their errors;
 //! - `engine`: the Engine against the session it wraps, its CPU path, its refusals;
 //! - `f64_oracle`: the exact CPU path against a float64 forward pass of the default model;
