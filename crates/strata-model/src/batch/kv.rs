@@ -112,25 +112,22 @@ pub struct AttnRow<'a> {
     pub pos: usize,
 }
 
-enum Cache<'a> {
-    F32(&'a [f32]),
-    F16(&'a [f16]),
+/// A cache element read as f32.
+trait Elem: Copy + Send + Sync {
+    fn f32(self) -> f32;
 }
 
-impl Cache<'_> {
-    fn of(t: &Tensor) -> Result<Cache<'_>> {
-        Ok(match t.dtype() {
-            DType::F16 => Cache::F16(t.as_f16()?),
-            _ => Cache::F32(t.as_f32()?),
-        })
-    }
-
+impl Elem for f32 {
     #[inline]
-    fn get(&self, i: usize) -> f32 {
-        match self {
-            Cache::F32(c) => c[i],
-            Cache::F16(c) => c[i].to_f32(),
-        }
+    fn f32(self) -> f32 {
+        self
+    }
+}
+
+impl Elem for f16 {
+    #[inline]
+    fn f32(self) -> f32 {
+        self.to_f32()
     }
 }
 
@@ -172,44 +169,61 @@ pub fn paged_attention(
             )));
         }
     }
-    let (k, v) = (Cache::of(&kv.k)?, Cache::of(&kv.v)?);
-    let window = cfg.layer_window(layer);
-    let scale = cfg.attn_scale;
-    let group = nh / nkv;
-    let row_len = nkv * hd;
-    let bs = pool.block_size;
+    let shape =
+        Shape { nh, group: nh / nkv, hd, bs: pool.block_size, window: cfg.layer_window(layer), scale: cfg.attn_scale };
     let q = q.as_f32()?;
     let out = out.as_f32_mut()?;
+    match (kv.k.dtype(), kv.v.dtype()) {
+        (DType::F16, DType::F16) => attend_all(&shape, rows, q, kv.k.as_f16()?, kv.v.as_f16()?, out),
+        _ => attend_all(&shape, rows, q, kv.k.as_f32()?, kv.v.as_f32()?, out),
+    }
+    Ok(())
+}
+
+struct Shape {
+    nh: usize,
+    group: usize,
+    hd: usize,
+    bs: usize,
+    window: Option<usize>,
+    scale: f32,
+}
+
+/// The attention of every (row, head), in parallel; the caches are typed once here, not per
+/// element.
+fn attend_all<T: Elem>(sh: &Shape, rows: &[AttnRow<'_>], q: &[f32], k: &[T], v: &[T], out: &mut [f32]) {
+    let (hd, bs) = (sh.hd, sh.bs);
+    let row_len = sh.nh / sh.group * hd;
     out.par_chunks_mut(hd).zip(q.par_chunks(hd)).enumerate().for_each(|(item, (o, qh))| {
-        let (r, h) = (item / nh, item % nh);
+        let (r, h) = (item / sh.nh, item % sh.nh);
         let row = &rows[r];
-        let first = window.map_or(0, |w| (row.pos + 1).saturating_sub(w));
-        let kv_off = (h / group) * hd;
-        // Checked above: every position up to row.pos has a block.
+        let first = sh.window.map_or(0, |w| (row.pos + 1).saturating_sub(w));
+        let kv_off = (h / sh.group) * hd;
+        // Checked by the caller: every position up to row.pos has a block.
         let base = |p: usize| (row.table[p / bs] as usize * bs + p % bs) * row_len + kv_off;
         let scores: Vec<f32> = (first..=row.pos)
             .map(|p| {
-                let b = base(p);
+                let kr = &k[base(p)..base(p) + hd];
                 let mut s = 0.0f32;
-                for (d, &qd) in qh.iter().enumerate() {
-                    s += qd * k.get(b + d);
+                for (&qd, &kd) in qh.iter().zip(kr) {
+                    s += qd * kd.f32();
                 }
-                s * scale
+                s * sh.scale
             })
             .collect();
         let m = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        let e: Vec<f32> = scores.iter().map(|&s| (s - m).exp()).collect();
-        let l: f32 = e.iter().sum();
+        let mut l = 0.0f32;
         o.fill(0.0);
-        for (p, &ep) in (first..=row.pos).zip(&e) {
-            let b = base(p);
-            for (d, od) in o.iter_mut().enumerate() {
-                *od += ep * v.get(b + d);
+        for (p, &sc) in (first..=row.pos).zip(&scores) {
+            let e = (sc - m).exp();
+            l += e;
+            let vr = &v[base(p)..base(p) + hd];
+            for (od, &vd) in o.iter_mut().zip(vr) {
+                *od += e * vd.f32();
             }
         }
         for od in o.iter_mut() {
             *od /= l;
         }
     });
-    Ok(())
 }
