@@ -69,7 +69,7 @@ fn cpu_kernels_is_offered_where_it_does_something() {
     for cmd in ["tokenize", "synth", "inspect"] {
         assert!(!help(cmd).contains("--cpu-kernels"), "{cmd} --help offers --cpu-kernels");
     }
-    for cmd in ["run", "chat", "bench", "logits", "plan"] {
+    for cmd in ["run", "chat", "bench", "logits", "plan", "serve"] {
         assert!(help(cmd).contains("--cpu-kernels"), "{cmd} --help lacks --cpu-kernels");
     }
     assert!(!String::from_utf8_lossy(&strata(&["--help"]).stdout).contains("--cpu-kernels"));
@@ -184,4 +184,22 @@ fn speculative_flags_refuse_zero_values_and_report_in_json() {
         }
     }
     assert!(plain.get("speculative").is_none(), "plain decoding reports no speculative counts");
+}
+
+#[test]
+fn serve_refuses_settings_it_cannot_honour_before_listening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = tiny_model(dir.path());
+    let m = m.to_str().expect("p");
+    // Too little KV memory for one block: named, before any socket is opened.
+    let o = strata(&["serve", "-m", m, "--port", "0", "--kv-memory", "1KiB"]);
+    assert_clean_failure(&o, "--kv-memory 1KiB");
+    assert!(stderr(&o).contains("KV pool needs at least one block"), "{}", stderr(&o));
+    // A step that cannot hold a row for every sequence.
+    let o = strata(&["serve", "-m", m, "--port", "0", "--max-seqs", "64", "--step-tokens", "64"]);
+    assert_clean_failure(&o, "--step-tokens 64 --max-seqs 64");
+    assert!(stderr(&o).contains("more rows (64) than sequences (64)"), "{}", stderr(&o));
+    let o = strata(&["serve", "-m", m, "--host", "not an address", "--port", "0"]);
+    assert_clean_failure(&o, "--host");
+    assert!(stderr(&o).contains("not an address to listen on"), "{}", stderr(&o));
 }

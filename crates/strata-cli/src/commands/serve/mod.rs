@@ -69,6 +69,11 @@ pub fn serve(a: ServeArgs, path: CpuPath) -> Result<()> {
     };
     let kv_bytes = parse_size(&a.kv_memory).context("--kv-memory")?;
     opts.kv_blocks = opts.blocks_for_bytes(&model, kv_bytes);
+    let addr: SocketAddr = format!("{}:{}", a.host, a.port)
+        .parse()
+        .or_else(|_| format!("[{}]:{}", a.host, a.port).parse())
+        .with_context(|| format!("--host {} --port {} is not an address to listen on", a.host, a.port))?;
+    let body_limit = parse_size(&a.max_body).context("--max-body")? as usize;
     let sched = Scheduler::new(Arc::clone(&model), &opts).context("cannot set up the batch scheduler")?;
     let context = sched.context();
     let pool = sched.pool();
@@ -100,11 +105,6 @@ pub fn serve(a: ServeArgs, path: CpuPath) -> Result<()> {
         errors: AtomicU64::new(0),
         in_flight: AtomicU64::new(0),
     });
-    let addr: SocketAddr = format!("{}:{}", a.host, a.port)
-        .parse()
-        .or_else(|_| format!("[{}]:{}", a.host, a.port).parse())
-        .with_context(|| format!("--host {} --port {} is not an address to listen on", a.host, a.port))?;
-    let body_limit = parse_size(&a.max_body).context("--max-body")? as usize;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
