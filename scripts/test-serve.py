@@ -267,7 +267,9 @@ def case_concurrency(s):
 def case_cancel_frees_kv(s):
     assert s.metric("kv_blocks_used") == 0
     cancelled = s.metric("requests_cancelled_total")
-    stream = s.client().completions.create(model="m", prompt=PROMPTS[2], max_tokens=400, temperature=0, stream=True)
+    stream = s.client().completions.create(
+        model="m", prompt=PROMPTS[2], max_tokens=400, temperature=0, stream=True, extra_body={"ignore_eos": True}
+    )
     it = iter(stream)
     next(it)
     next(it)
@@ -290,7 +292,11 @@ def case_queue_full(small):
 
     def long_request(i):
         try:
-            results[i] = c.completions.create(model="m", prompt="Count: 1, 2,", max_tokens=64, temperature=0)
+            # Long enough that the second request still waits when the third arrives, even on
+            # a machine several times faster than the 2-core dev VM.
+            results[i] = c.completions.create(
+                model="m", prompt="Count: 1, 2,", max_tokens=200, temperature=0, extra_body={"ignore_eos": True}
+            )
         except openai.APIStatusError as e:
             results[i] = e
 
@@ -316,7 +322,9 @@ def case_drain_on_signal(small):
     result = {}
 
     def run():
-        result["r"] = small.client().completions.create(model="m", prompt="Hello", max_tokens=32, temperature=0)
+        result["r"] = small.client().completions.create(
+            model="m", prompt="Hello", max_tokens=64, temperature=0, extra_body={"ignore_eos": True}
+        )
 
     t = threading.Thread(target=run)
     t.start()
@@ -326,7 +334,7 @@ def case_drain_on_signal(small):
         time.sleep(0.05)
     code = small.stop(signal.SIGINT)
     t.join()
-    assert result["r"].usage.completion_tokens == 32, result
+    assert result["r"].usage.completion_tokens == 64, result
     assert code == 0, f"exit code {code}"
 
 
