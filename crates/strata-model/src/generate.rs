@@ -84,6 +84,25 @@ pub struct Generation {
     pub speculative: Option<SpeculativeStats>,
 }
 
+impl Timings {
+    /// The timings of a prompt pass and a decode loop, with their rates.
+    pub fn measured(
+        prompt_tokens: usize,
+        prompt_seconds: f64,
+        generated_tokens: usize,
+        generation_seconds: f64,
+    ) -> Timings {
+        Timings {
+            prompt_tokens,
+            prompt_seconds,
+            prompt_tokens_per_second: rate(prompt_tokens, prompt_seconds),
+            generated_tokens,
+            generation_seconds,
+            generation_tokens_per_second: rate(generated_tokens, generation_seconds),
+        }
+    }
+}
+
 pub(crate) fn rate(n: usize, secs: f64) -> f64 {
     if secs > 0.0 { n as f64 / secs } else { 0.0 }
 }
@@ -125,6 +144,20 @@ impl StopFilter<'_> {
     pub(crate) fn finish(&mut self) -> String {
         std::mem::take(&mut self.pending)
     }
+}
+
+/// At the end of a generation that no stop string ended: the decoder's last bytes and the text
+/// the filter held back, appended to `text` and given to `on_text`.
+pub(crate) fn flush_text(
+    decoder: &mut StreamDecoder<'_>,
+    filter: &mut StopFilter<'_>,
+    text: &mut String,
+    on_text: &mut impl FnMut(&str),
+) {
+    let (piece, _) = filter.push(&decoder.finish());
+    let rest = piece + &filter.finish();
+    text.push_str(&rest);
+    on_text(&rest);
 }
 
 /// Generates a continuation of `prompt` (appended at the session's current position),
@@ -198,10 +231,7 @@ pub fn generate(
         }
     }
     if reason != StopReason::StopString {
-        let (piece, _) = filter.push(&decoder.finish());
-        let rest = piece + &filter.finish();
-        text.push_str(&rest);
-        on_text(&rest);
+        flush_text(&mut decoder, &mut filter, &mut text, &mut on_text);
     }
     let generation_seconds = t1.elapsed().as_secs_f64();
     Ok(Generation {
@@ -209,14 +239,7 @@ pub fn generate(
         prompt_ids: prompt.to_vec(),
         generated_ids: generated.clone(),
         stop_reason: reason,
-        timings: Timings {
-            prompt_tokens: prompt.len(),
-            prompt_seconds,
-            prompt_tokens_per_second: rate(prompt.len(), prompt_seconds),
-            generated_tokens: generated.len(),
-            generation_seconds,
-            generation_tokens_per_second: rate(generated.len(), generation_seconds),
-        },
+        timings: Timings::measured(prompt.len(), prompt_seconds, generated.len(), generation_seconds),
         speculative: None,
     })
 }

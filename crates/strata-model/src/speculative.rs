@@ -28,7 +28,7 @@
 
 use std::time::Instant;
 
-use crate::generate::{GenerateOptions, Generation, StopFilter, StopReason, Timings, rate};
+use crate::generate::{GenerateOptions, Generation, StopFilter, StopReason, Timings, flush_text};
 use crate::model::Model;
 use crate::sample::Sampler;
 use crate::session::Session;
@@ -447,10 +447,7 @@ pub fn generate_speculative(
     target.truncate(base + prompt.len() + em.generated.len());
     let reason = em.reason.unwrap_or(StopReason::MaxTokens);
     if reason != StopReason::StopString {
-        let (piece, _) = em.filter.push(&em.decoder.finish());
-        let rest = piece + &em.filter.finish();
-        em.text.push_str(&rest);
-        on_text(&rest);
+        flush_text(&mut em.decoder, &mut em.filter, &mut em.text, &mut on_text);
     }
     let generation_seconds = t1.elapsed().as_secs_f64();
     stats.acceptance_rate =
@@ -463,14 +460,7 @@ pub fn generate_speculative(
         prompt_ids: prompt.to_vec(),
         generated_ids: generated.clone(),
         stop_reason: reason,
-        timings: Timings {
-            prompt_tokens: prompt.len(),
-            prompt_seconds,
-            prompt_tokens_per_second: rate(prompt.len(), prompt_seconds),
-            generated_tokens: generated.len(),
-            generation_seconds,
-            generation_tokens_per_second: rate(generated.len(), generation_seconds),
-        },
+        timings: Timings::measured(prompt.len(), prompt_seconds, generated.len(), generation_seconds),
         speculative: Some(stats),
     })
 }
