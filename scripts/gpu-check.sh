@@ -129,16 +129,31 @@ run() {
   (cd "$out" && tar czf logs.tgz ./*.log && find . -maxdepth 1 -name '*.log' ! -name check.log -delete)
 }
 
-# The runtime end to end (see the top). Every `strata run` writes one JSON line.
-stream() {
+# prepare DIR: the output folder (with DIR for the JSON lines), the bundle's binaries in the
+# caller's `bin`, `S` (strata) and `tmp` (synthetic models), and the card's state on record.
+prepare() {
   out=${OUT:-$root/gpu-out}
-  mkdir -p "$out/stream"
-  local bin="$bundle/bin" S="$bundle/bin/strata" tmp=${TMPDIR:-/tmp}/strata-gpu
+  mkdir -p "$out/$1"
+  bin="$bundle/bin" S="$bundle/bin/strata" tmp=${TMPDIR:-/tmp}/strata-gpu
   [[ -x $S ]] || { echo "gpu-check: no $S; run 'scripts/gpu-check.sh build' first" >&2; exit 1; }
   mkdir -p "$tmp"
   cd "$bundle"
   export STRATA_NO_MODEL=1 # no model in the bundle; see run()
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$out/device.txt" || true
+}
+
+# finish DIR: the summary, then DIR and the logs packed into DIR.tgz (the device tool brings
+# back few files).
+finish() {
+  echo "=== summary"
+  printf '%s\n' "${summary[@]}" | tee -a "$out/check.log"
+  (cd "$out" && tar czf "$1.tgz" "$1" ./*.log && rm -rf "$1" && find . -maxdepth 1 -name '*.log' ! -name check.log -delete)
+}
+
+# The runtime end to end (see the top). Every `strata run` writes one JSON line.
+stream() {
+  local bin S tmp
+  prepare stream
   # STRATA_GPU_QUICK=1 (a re-run after a fix) skips the kernel and tensor parity tests and the
   # 7B CPU run (synthetic models are deterministic: the first run's CPU tokens still hold).
   local quick=${STRATA_GPU_QUICK:-0}
@@ -177,21 +192,13 @@ stream() {
   else
     summary+=("nsys: skipped: nsys not on PATH")
   fi
-  echo "=== summary"
-  printf '%s\n' "${summary[@]}" | tee -a "$out/check.log"
-  (cd "$out" && tar czf stream.tgz stream ./*.log && rm -rf stream && find . -maxdepth 1 -name '*.log' ! -name check.log -delete)
+  finish stream
 }
 
 # The `next` kernel set against the proven one (see the top).
 next() {
-  out=${OUT:-$root/gpu-out}
-  mkdir -p "$out/next"
-  local bin="$bundle/bin" S="$bundle/bin/strata" tmp=${TMPDIR:-/tmp}/strata-gpu
-  [[ -x $S ]] || { echo "gpu-check: no $S; run 'scripts/gpu-check.sh build' first" >&2; exit 1; }
-  mkdir -p "$tmp"
-  cd "$bundle"
-  export STRATA_NO_MODEL=1 # no model in the bundle; see run()
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$out/device.txt" || true
+  local bin S tmp
+  prepare next
   TAIL=8 step next-kernels 60 "$bin/kernels" --test-threads 8 matvec_q8
   TAIL=8 step next-tensor 60 "$bin/tensor" --test-threads 8 _next_cuda
   TAIL=12 step next-model 120 env STRATA_GPU_KERNELS=next "$bin/model" --test-threads 4 gpu:: --nocapture
@@ -214,9 +221,7 @@ next() {
       TAIL=12 step "bench-$set-$mem" 150 sh -c "STRATA_GPU_KERNELS=$set '$S' bench -m '$tmp/l7b.gguf' --device cuda $cap -p 512 -n 128 -r 2 --json > '$out/next/bench-$set-$mem.json'"
     done
   done
-  echo "=== summary"
-  printf '%s\n' "${summary[@]}" | tee -a "$out/check.log"
-  (cd "$out" && tar czf next.tgz next ./*.log && rm -rf next && find . -maxdepth 1 -name '*.log' ! -name check.log -delete)
+  finish next
 }
 
 case ${1:-} in
