@@ -127,29 +127,49 @@ fn norm_rope_body(s: &Stream) {
 }
 device_test!(rmsnorm_rope, norm_rope_body);
 
+/// K and V caches of [rows, n_kv_heads, head_dim] uniform values (seeds `seed` and `seed + 1`)
+/// as `dt` tensors on the stream's device, and the same values for the CPU reference.
+struct TestCache {
+    k: Tensor,
+    v: Tensor,
+    dt: DType,
+    values: [Vec<f32>; 2],
+    halves: [Vec<f16>; 2],
+}
+
+impl TestCache {
+    fn new(s: &Stream, dt: DType, shape: [usize; 3], seed: u64) -> TestCache {
+        let n = shape.iter().product();
+        let values = [uniform(seed, n, 1.0), uniform(seed + 1, n, 1.0)];
+        let halves = values.clone().map(|v| v.iter().map(|&x| f16::from_f32(x)).collect::<Vec<f16>>());
+        let tensor = |i: usize| match dt {
+            DType::F16 => on(s, Tensor::from_f16(&shape, &halves[i]).unwrap()),
+            _ => on(s, f32t(&shape, &values[i])),
+        };
+        let (k, v) = (tensor(0), tensor(1));
+        TestCache { k, v, dt, values, halves }
+    }
+
+    /// The caches as the CPU reference reads them.
+    fn refs(&self) -> (CacheRef<'_>, CacheRef<'_>) {
+        match self.dt {
+            DType::F16 => (CacheRef::F16(&self.halves[0]), CacheRef::F16(&self.halves[1])),
+            _ => (CacheRef::F32(&self.values[0]), CacheRef::F32(&self.values[1])),
+        }
+    }
+}
+
 fn attention_body(s: &Stream) {
     let (h, kvh, d, rows) = (9, 3, 64, 40);
     for cache_dt in [DType::F16, DType::F32] {
-        let kv = uniform(7, rows * kvh * d, 1.0);
-        let vv = uniform(8, rows * kvh * d, 1.0);
-        let (k16, v16): (Vec<f16>, Vec<f16>) =
-            (kv.iter().map(|&x| f16::from_f32(x)).collect(), vv.iter().map(|&x| f16::from_f32(x)).collect());
-        let (kt, vt, kr, vr) = match cache_dt {
-            DType::F16 => (
-                Tensor::from_f16(&[rows, kvh, d], &k16).unwrap(),
-                Tensor::from_f16(&[rows, kvh, d], &v16).unwrap(),
-                CacheRef::F16(&k16),
-                CacheRef::F16(&v16),
-            ),
-            _ => (f32t(&[rows, kvh, d], &kv), f32t(&[rows, kvh, d], &vv), CacheRef::F32(&kv), CacheRef::F32(&vv)),
-        };
-        let (kt, vt) = (on(s, kt), on(s, vt));
+        let cache = TestCache::new(s, cache_dt, [rows, kvh, d], 7);
+        let ((kt, vt), (kr, vr)) = ((&cache.k, &cache.v), cache.refs());
         let scale = 0.125;
         let q = uniform(9, 6 * h * d, 1.0);
         let mut want = vec![0.0; h * d];
         cpu::attention_decode(&q[..h * d], kr, vr, h, kvh, d, 33, scale, None, &mut want).unwrap();
         let mut out = poisoned(&[h, d], s);
-        ops::attention_decode(&on(s, f32t(&[h, d], &q[..h * d])), &kt, &vt, 33, scale, None, &mut out, s).unwrap();
+        ops::attention_decode(&on(s, f32t(&[h, d], &q[..h * d])), kt, vt, 33, scale, None, &mut out, s).unwrap();
         let got = out.to_vec_f32(s).unwrap();
         // The host runs the fast attention: f32 summation order only (and exactly cpu::fast).
         assert_close(&format!("decode {cache_dt}"), &got, &want, Tolerance::F32_ACCUMULATION);
@@ -162,7 +182,7 @@ fn attention_body(s: &Stream) {
         let mut want = vec![0.0; 6 * h * d];
         cpu::attention_prefill(&q, 6, 30, kr, vr, h, kvh, d, scale, None, &mut want).unwrap();
         let mut out = poisoned(&[6, h, d], s);
-        ops::attention_prefill(&on(s, f32t(&[6, h, d], &q)), 30, &kt, &vt, scale, None, &mut out, s).unwrap();
+        ops::attention_prefill(&on(s, f32t(&[6, h, d], &q)), 30, kt, vt, scale, None, &mut out, s).unwrap();
         let got = out.to_vec_f32(s).unwrap();
         assert_close(&format!("prefill {cache_dt}"), &got, &want, Tolerance::F32_ACCUMULATION);
         if matches!(s, Stream::Host) {
@@ -352,22 +372,8 @@ fn attention_decode_next_cuda() {
         let rows = 700;
         for (h, kvh, d) in [(9, 3, 64), (32, 32, 128), (32, 8, 128), (8, 1, 256), (6, 2, 80)] {
             for cache_dt in [DType::F16, DType::F32] {
-                let kv = uniform(17, rows * kvh * d, 1.0);
-                let vv = uniform(18, rows * kvh * d, 1.0);
-                let (k16, v16): (Vec<f16>, Vec<f16>) =
-                    (kv.iter().map(|&x| f16::from_f32(x)).collect(), vv.iter().map(|&x| f16::from_f32(x)).collect());
-                let (kt, vt, kr, vr) = match cache_dt {
-                    DType::F16 => (
-                        Tensor::from_f16(&[rows, kvh, d], &k16).unwrap(),
-                        Tensor::from_f16(&[rows, kvh, d], &v16).unwrap(),
-                        CacheRef::F16(&k16),
-                        CacheRef::F16(&v16),
-                    ),
-                    _ => {
-                        (f32t(&[rows, kvh, d], &kv), f32t(&[rows, kvh, d], &vv), CacheRef::F32(&kv), CacheRef::F32(&vv))
-                    }
-                };
-                let (kt, vt) = (on(s, kt), on(s, vt));
+                let cache = TestCache::new(s, cache_dt, [rows, kvh, d], 17);
+                let ((kt, vt), (kr, vr)) = ((&cache.k, &cache.v), cache.refs());
                 let q = uniform(19, h * d, 2.0);
                 let qt = on(s, f32t(&[h, d], &q));
                 let scale = 1.0 / (d as f32).sqrt();
@@ -377,7 +383,7 @@ fn attention_decode_next_cuda() {
                         cpu::attention_decode(&q, kr, vr, h, kvh, d, n_kv, scale, window, &mut want).unwrap();
                         let mut out = poisoned(&[h, d], s);
                         ops::with_gpu_kernels(ops::GpuKernels::Next, || {
-                            ops::attention_decode(&qt, &kt, &vt, n_kv, scale, window, &mut out, s)
+                            ops::attention_decode(&qt, kt, vt, n_kv, scale, window, &mut out, s)
                         })
                         .unwrap();
                         let label = format!("next decode {h}/{kvh}x{d} {cache_dt} n_kv={n_kv} window={window:?}");
