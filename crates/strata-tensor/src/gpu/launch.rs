@@ -124,8 +124,6 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
     for b in &bufs {
         ptr.push(b.ptr_for(s)?);
     }
-    // The `next` kernel set runs quantized decode matvecs on 8-bit activations (quantized
-    // into the stream's scratch first); every other launch is the proven kernel's.
     // The `next` kernel set runs quantized decode matvecs on 8-bit activations and decode
     // attention as flash-decoding, both with scratch memory of the stream; every other launch
     // is the proven kernel's.
@@ -176,42 +174,17 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
                     ptr[0], n_tokens, n_heads, head_dim, ptr[1], n_rot, freq_base, freq_scale, ff, layout, raw,
                 )
             }
-            K::Attention { n_tokens: 1, pos0, cache, n_heads, n_kv_heads, head_dim, scale, window, .. }
-                if scratch.is_some() =>
-            {
-                let part = scratch.as_ref().map_or(0, |sc| sc.ptr);
-                // `part` is this stream's scratch of attention_split_bytes(..) bytes.
-                cuda::attention_decode_split_f32(
-                    ptr[0],
-                    cache,
-                    ptr[1],
-                    ptr[2],
-                    n_heads,
-                    n_kv_heads,
-                    head_dim,
-                    pos0 + 1,
-                    scale,
-                    window,
-                    part,
-                    ptr[3],
-                    raw,
-                )
-            }
             K::Attention { n_tokens: 1, pos0, cache, n_heads, n_kv_heads, head_dim, scale, window, .. } => {
-                cuda::attention_decode_f32(
-                    ptr[0],
-                    cache,
-                    ptr[1],
-                    ptr[2],
-                    n_heads,
-                    n_kv_heads,
-                    head_dim,
-                    pos0 + 1,
-                    scale,
-                    window,
-                    ptr[3],
-                    raw,
-                )
+                let (q, k, v, out, n_ctx) = (ptr[0], ptr[1], ptr[2], ptr[3], pos0 + 1);
+                match &scratch {
+                    // `part` is this stream's scratch of attention_split_bytes(..) bytes.
+                    Some(part) => cuda::attention_decode_split_f32(
+                        q, cache, k, v, n_heads, n_kv_heads, head_dim, n_ctx, scale, window, part.ptr, out, raw,
+                    ),
+                    None => cuda::attention_decode_f32(
+                        q, cache, k, v, n_heads, n_kv_heads, head_dim, n_ctx, scale, window, out, raw,
+                    ),
+                }
             }
             K::Attention { n_tokens, pos0, cache, n_heads, n_kv_heads, head_dim, scale, window, .. } => {
                 cuda::attention_prefill_f32(
