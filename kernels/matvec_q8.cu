@@ -114,29 +114,26 @@ __host__ __device__ inline int32_t quant_value(float v, float id) {
 
 // Every block of every type starts 2-byte aligned (rows of whole blocks of even size in buffers
 // the allocator aligns), so words are read as two halves.
-__host__ __device__ inline uint16_t ld16(const uint8_t *p) {
+// A T read at p (aligned for T on the device): a plain load there, memcpy on the host, where
+// the host twins may be handed any pointer.
+template <typename T>
+__host__ __device__ inline T load_as(const uint8_t *p) {
 #ifdef __CUDA_ARCH__
-    return *reinterpret_cast<const uint16_t *>(p);
+    return *reinterpret_cast<const T *>(p);
 #else
-    uint16_t v;
-    memcpy(&v, p, 2);
+    T v;
+    memcpy(&v, p, sizeof(T));
     return v;
 #endif
 }
+
+__host__ __device__ inline uint16_t ld16(const uint8_t *p) { return load_as<uint16_t>(p); }
 
 __host__ __device__ inline uint32_t ld32(const uint8_t *p) {
     return (uint32_t)ld16(p) | ((uint32_t)ld16(p + 2) << 16);
 }
 
-__host__ __device__ inline float ldf32(const uint8_t *p) {
-#ifdef __CUDA_ARCH__
-    return *reinterpret_cast<const float *>(p);
-#else
-    float v;
-    memcpy(&v, p, 4);
-    return v;
-#endif
-}
+__host__ __device__ inline float ldf32(const uint8_t *p) { return load_as<float>(p); }
 
 __host__ __device__ inline float ldf16(const uint8_t *p) {
     __half_raw r;
@@ -187,14 +184,10 @@ struct XChunk {
 template <strata_dtype T>
 __host__ __device__ inline void load_x(const uint8_t *act, const ActLayout &l, int64_t i, XChunk &x) {
     const uint8_t *q = act + l.q + i * 32;
-#ifdef __CUDA_ARCH__
-    const int4 a = *reinterpret_cast<const int4 *>(q);
-    const int4 b = *reinterpret_cast<const int4 *>(q + 16);
+    const int4 a = load_as<int4>(q);
+    const int4 b = load_as<int4>(q + 16);
     x.q[0] = a.x, x.q[1] = a.y, x.q[2] = a.z, x.q[3] = a.w;
     x.q[4] = b.x, x.q[5] = b.y, x.q[6] = b.z, x.q[7] = b.w;
-#else
-    memcpy(x.q, q, 32);
-#endif
     if (k_acts(T)) {
         x.d = ldf32(act + l.d + 4 * (i / 8));
         x.s = 0.0f;
