@@ -311,6 +311,25 @@ strata_status strata_attention_prefill_f32(const float *q, int64_t n_tokens, int
                                            int64_t n_kv_heads, int64_t head_dim, float scale,
                                            int64_t window, float *out, cudaStream_t stream);
 
+/* ---- paged_attention.cu ---------------------------------------------------------------- */
+
+/* Attention for a batch of sequences of different lengths over a paged KV cache (one
+ * continuous-batching pass). q and out are [n_rows][n_heads][head_dim] f32; the caches are
+ * [cache_rows][n_kv_heads][head_dim] of `cache_dtype` (F32 or F16) in blocks of block_size
+ * rows. Row r is the query at logical position positions[r]; its sequence's block table
+ * starts at tables[table_start[r]] (tables holds n_table entries), and logical position p
+ * lives in cache row tables[table_start[r] + p / block_size] * block_size + p % block_size.
+ * The row attends positions 0..=positions[r], or with `window` > 0 only the last `window`.
+ * head_dim at most 256. A table entry or block out of range makes that row's output NaN. */
+strata_status strata_paged_attention_f32(const float *q, int64_t n_rows, const int32_t *positions,
+                                         const int32_t *table_start, const int32_t *tables,
+                                         int64_t n_table, int64_t block_size,
+                                         strata_dtype cache_dtype, const void *k_cache,
+                                         const void *v_cache, int64_t cache_rows,
+                                         int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
+                                         float scale, int64_t window, float *out,
+                                         cudaStream_t stream);
+
 /* ---- kv_cache.cu ----------------------------------------------------------------------- */
 
 /* cache[positions[t]][i] = src[t][i] converted to cache_dtype (F32, or F16 rounded to

@@ -19,6 +19,7 @@ mod elementwise;
 pub mod fast;
 mod matvec;
 mod norm;
+mod paged;
 mod rope;
 
 pub(crate) use attention::check_attention;
@@ -27,6 +28,7 @@ pub use dequant::{dequantize_rows, embedding_gather};
 pub use elementwise::{add, add_bias, argmax_rows, gelu_mul, gelu_tanh, scale, silu_mul, softmax_rows};
 pub use matvec::{matmul, matvec};
 pub use norm::rmsnorm;
+pub use paged::{PagedShape, paged_attention};
 pub use rope::{rope, rope_inv_freq};
 
 use crate::{DType, Error, Result};

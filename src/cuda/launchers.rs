@@ -382,6 +382,71 @@ launchers! {
         })
     }
 
+    /// Paged attention of `shape.n_rows` query rows, each over its own sequence's blocks (see
+    /// `strata_paged_attention_f32` and `cpu::paged_attention`).
+    ///
+    /// # Safety
+    /// `q` and `out` must address `n_rows * n_heads * head_dim` f32, `positions` and
+    /// `table_start` `n_rows` i32, `tables` `n_table` i32, and each cache `cache_rows *
+    /// n_kv_heads * head_dim` elements of `cache` type, of device memory alive until the work
+    /// on stream `s` completes.
+    ///
+    /// # Errors
+    /// Argument errors and the launch status.
+    pub unsafe fn paged_attention_f32(
+        q: DevicePtr,
+        shape: crate::cpu::PagedShape,
+        positions: DevicePtr,
+        table_start: DevicePtr,
+        tables: DevicePtr,
+        n_table: usize,
+        cache: DType,
+        k_cache: DevicePtr,
+        v_cache: DevicePtr,
+        cache_rows: usize,
+        scale: f32,
+        window: Option<usize>,
+        out: DevicePtr,
+        s: Stream,
+    ) -> Result<()> {
+        const OP: &str = "paged_attention";
+        let (r, nt, bs, cr) = (
+            i64_of(OP, "n_rows", shape.n_rows)?,
+            i64_of(OP, "n_table", n_table)?,
+            i64_of(OP, "block_size", shape.block_size)?,
+            i64_of(OP, "cache_rows", cache_rows)?,
+        );
+        let (h, kvh, d, w) = (
+            i64_of(OP, "n_heads", shape.n_heads)?,
+            i64_of(OP, "n_kv_heads", shape.n_kv_heads)?,
+            i64_of(OP, "head_dim", shape.head_dim)?,
+            window_arg(OP, window)?,
+        );
+        // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+        check(OP, unsafe {
+            ffi::strata_paged_attention_f32(
+                ptr(q),
+                r,
+                ptr(positions),
+                ptr(table_start),
+                ptr(tables),
+                nt,
+                bs,
+                dtype(cache),
+                ptr(k_cache),
+                ptr(v_cache),
+                cr,
+                h,
+                kvh,
+                d,
+                scale,
+                w,
+                ptr_mut(out),
+                stream(s),
+            )
+        })
+    }
+
     /// Writes `n_tokens` rows of `row_len` f32 into cache rows `positions[t]`, converted to `cache`.
     ///
     /// # Safety

@@ -25,6 +25,10 @@
 
 #![allow(clippy::too_many_arguments)]
 
+mod paged;
+
+pub use paged::{PagedIndex, paged_attention};
+
 use strata_kernels::RopeLayout;
 use strata_kernels::cpu::{self, CacheMut, CacheRef};
 

@@ -1,6 +1,7 @@
 //! strata-tensor tests, one binary with a module per area:
 //! - `ops`: every op through tensors, on the CPU and on CUDA (`device_test!` fans each body
 //!   out to `<op>::cpu` and `<op>::cuda`), against the kernel crate's CPU reference;
+//! - `paged`: paged attention for a batch of sequences of different lengths (cpu and cuda);
 //! - `budget`: the memory accountant (property tests, CPU only);
 //! - `device`: discovery without a driver, and CPU work without a GPU;
 //! - `memory`: device, pinned and pageable buffers, copies, streams and events, budgets on a
@@ -12,3 +13,4 @@ mod budget;
 mod device;
 mod memory;
 mod ops;
+mod paged;

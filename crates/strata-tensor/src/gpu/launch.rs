@@ -80,6 +80,20 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
             fits(op, "V cache", v, need)?;
             bufs.extend([*q, *k, *v, *out]);
         }
+        K::PagedAttention {
+            q, shape, positions, table_start, tables, n_table, cache, k, v, cache_rows, out, ..
+        } => {
+            let qn = prod(&[shape.n_rows, shape.n_heads, shape.head_dim, 4]);
+            fits(op, "q", q, qn)?;
+            fits(op, "output", out, qn)?;
+            fits(op, "positions", positions, bytes(shape.n_rows, 4))?;
+            fits(op, "table_start", table_start, bytes(shape.n_rows, 4))?;
+            fits(op, "tables", tables, bytes(*n_table, 4))?;
+            let need = prod(&[*cache_rows, shape.n_kv_heads, shape.head_dim, cache.block_bytes()]);
+            fits(op, "K cache", k, need)?;
+            fits(op, "V cache", v, need)?;
+            bufs.extend([*q, *positions, *table_start, *tables, *k, *v, *out]);
+        }
         K::KvAppend { src, n_tokens, row_len, positions, cache_dt, cache, cache_rows } => {
             fits(op, "source", src, prod(&[*n_tokens, *row_len, 4]))?;
             fits(op, "positions", positions, bytes(*n_tokens, 4))?;
@@ -192,6 +206,10 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
                     ptr[3], raw,
                 )
             }
+            K::PagedAttention { shape, n_table, cache, cache_rows, scale, window, .. } => cuda::paged_attention_f32(
+                ptr[0], shape, ptr[1], ptr[2], ptr[3], n_table, cache, ptr[4], ptr[5], cache_rows, scale, window,
+                ptr[6], raw,
+            ),
             K::KvAppend { n_tokens, row_len, cache_dt, cache_rows, .. } => {
                 cuda::kv_append_f32(ptr[0], n_tokens, row_len, ptr[1], cache_dt, ptr[2], cache_rows, raw)
             }
