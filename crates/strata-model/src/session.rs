@@ -607,6 +607,83 @@ impl Session {
     }
 }
 
+/// The layer walk of a pass, for the batch scheduler ([`crate::batch`]), which computes its
+/// own attention over paged KV blocks held in this session's caches.
+impl Session {
+    /// Runs `f(layer, weights, cache, x, stream)` on every layer in order, where the plan put
+    /// it: `x` moved to the layer's device first, a streamed layer's weights acquired from the
+    /// streamer before and released after. Returns `x` and the stream it ended on. On an error
+    /// the streamer is put back at the start of a pass. Passes run this way are not in
+    /// [`Session::take_stats`]; call [`Session::end_batch_pass`] after the head.
+    ///
+    /// # Errors
+    /// `f`'s, the streamer's and the copies'.
+    pub(crate) fn run_layers(
+        &mut self,
+        x: Tensor,
+        f: &mut dyn FnMut(usize, LayerRef<'_>, &mut LayerKv, &mut Tensor, &Stream) -> Result<()>,
+    ) -> Result<(Tensor, Stream)> {
+        let r = self.run_layers_inner(x, f);
+        if r.is_err()
+            && let Some(s) = self.streamer.as_mut()
+        {
+            s.restart()?;
+        }
+        r
+    }
+
+    fn run_layers_inner(
+        &mut self,
+        mut x: Tensor,
+        f: &mut dyn FnMut(usize, LayerRef<'_>, &mut LayerKv, &mut Tensor, &Stream) -> Result<()>,
+    ) -> Result<(Tensor, Stream)> {
+        let model = Arc::clone(&self.model);
+        let cfg = &model.config;
+        let mut x_stream = Stream::Host;
+        for l in 0..self.sites.len() {
+            let s = self.sites[l].stream.clone();
+            x = move_to(x, &x_stream, &s)?;
+            x_stream = s.clone();
+            let _r = nvtx::range(&format!("layer {l}"));
+            let site = &mut self.sites[l];
+            let mut streamer = self.streamer.as_deref_mut();
+            let weights = match &site.weights {
+                Weights::Host => model.weights.layers[l].as_ref(),
+                Weights::Owned(w) => LayerWeights::as_ref(w),
+                Weights::Streamed(g) => {
+                    let st = streamer.as_deref_mut().ok_or_else(|| Error::invalid("no streamer"))?;
+                    LayerRef::from_slice(st.acquire(*g)?, &cfg.layer_roles)?
+                }
+            };
+            let r = f(l, weights, &mut site.kv, &mut x, &s);
+            if let (Weights::Streamed(g), Some(st)) = (&site.weights, streamer) {
+                st.release(*g)?;
+            }
+            r?;
+        }
+        Ok((x, x_stream))
+    }
+
+    /// The output head and the stream it runs on.
+    pub(crate) fn head_and_stream(&self) -> (&HeadWeights, &Stream) {
+        (self.head.as_ref().unwrap_or(&self.model.weights.head), &self.head_stream)
+    }
+
+    /// Moves activations to the head's device.
+    pub(crate) fn to_head(&self, x: Tensor, from: &Stream) -> Result<Tensor> {
+        move_to(x, from, &self.head_stream)
+    }
+
+    /// After a [`Session::run_layers`] pass and its head: lets the streamer start the next
+    /// pass's copies.
+    pub(crate) fn end_batch_pass(&mut self) -> Result<()> {
+        if let Some(st) = self.streamer.as_mut() {
+            st.begin_next_pass()?;
+        }
+        Ok(())
+    }
+}
+
 /// A point on a stream's timeline: an instant on the host, an event on a GPU.
 enum Mark {
     Host(Instant),

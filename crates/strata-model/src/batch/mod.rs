@@ -18,9 +18,15 @@
 //! cancelled returns its blocks at once. Admission is first come, first served and a request
 //! that does not fit blocks the ones behind it, so no request starves.
 //!
-//! The batched pass runs on the CPU (the host's kernels, on the engine's [`CpuPath`]): resident
-//! or streamed GPU placements are not batched yet, and [`Scheduler::new`] takes a model, not a
-//! session, so there is no placement to get wrong.
+//! The pass runs every layer where a placement put it, as a [`Session`] does for one sequence
+//! ([`Scheduler::with_layout`], [`Scheduler::from_session`]; [`Scheduler::new`] puts every
+//! layer on the CPU): resident layers on the accelerator's compute stream, streamed layers in
+//! a slot the session's streamer filled ahead of use (one transfer per step for every
+//! sequence), cpu layers on the host kernels of [`SchedulerOptions::cpu_path`]; the activations
+//! move between host and device around them. The KV pool is the session's caches, cut into
+//! blocks ([`kv`]): each layer's blocks live on that layer's device and were counted against
+//! its budget (the plan's) when the session was opened. On the device, attention is the CUDA
+//! paged-attention kernel (`kernels/paged_attention.cu`); on the host its CPU reference.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -55,14 +61,17 @@ pub mod kv;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use strata_tensor::ops::{self, CpuPath, with_cpu_path};
-use strata_tensor::{DType, Stream, Tensor};
+use strata_runtime::device::Accelerator;
+use strata_runtime::plan::Placement;
+use strata_tensor::ops::{self, CpuPath, PagedIndex, with_cpu_path};
+use strata_tensor::{DType, Device, Stream, Tensor};
 
 use crate::forward::{Scratch, attention_inputs, attention_output_and_ffn, head_forward};
-use crate::model::{KvType, Model};
+use crate::model::{KvType, Model, SessionOptions};
 use crate::sample::{Sampler, SamplerConfig};
+use crate::session::{Layout, Session};
 use crate::{Error, Result};
-use kv::{AttnRow, KvPool};
+use kv::KvPool;
 
 /// How a [`Scheduler`] is sized.
 #[derive(Debug, Clone)]
@@ -204,48 +213,108 @@ impl Seq {
 
 /// Many sequences over one model, advanced together (see the module doc).
 pub struct Scheduler {
-    model: Arc<Model>,
+    /// The placement (weights, streamer, head) and the KV caches the pool's blocks live in.
+    session: Session,
     opts: SchedulerOptions,
     context: usize,
     pool: KvPool,
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
     next_id: u64,
-    scratch: Option<Scratch>,
+    /// Activations of the last pass, one set per device the layers ran on.
+    scratch: Vec<(Stream, Scratch)>,
     stats: SchedulerStats,
 }
 
+fn check_options(opts: &SchedulerOptions) -> Result<()> {
+    if opts.max_seqs == 0 || opts.step_tokens <= opts.max_seqs {
+        return Err(Error::invalid(format!(
+            "a step must hold more rows ({}) than sequences ({}), and at least one sequence",
+            opts.step_tokens, opts.max_seqs
+        )));
+    }
+    if opts.block_size == 0 || opts.kv_blocks == 0 {
+        return Err(Error::invalid(format!(
+            "a KV pool needs at least one block of at least one position (got {} blocks of {})",
+            opts.kv_blocks, opts.block_size
+        )));
+    }
+    Ok(())
+}
+
 impl Scheduler {
-    /// A scheduler with an empty pool of [`SchedulerOptions::kv_blocks`] blocks.
+    /// A scheduler with every layer on the CPU and an empty pool of
+    /// [`SchedulerOptions::kv_blocks`] blocks in host memory.
     ///
     /// # Errors
     /// Options out of range, or the pool does not fit in memory.
     pub fn new(model: Arc<Model>, opts: &SchedulerOptions) -> Result<Scheduler> {
-        let cfg = &model.config;
-        if opts.max_seqs == 0 || opts.step_tokens <= opts.max_seqs {
-            return Err(Error::invalid(format!(
-                "a step must hold more rows ({}) than sequences ({}), and at least one sequence",
-                opts.step_tokens, opts.max_seqs
-            )));
-        }
+        let layout = Layout::uniform(model.config.n_layers, Placement::Cpu);
+        Scheduler::with_layout(model, None, &layout, opts)
+    }
+
+    /// A scheduler whose layers run as `layout` places them (resident and streamed layers on
+    /// `acc`), with a pool of [`SchedulerOptions::kv_blocks`] blocks whose caches live on each
+    /// layer's device and are counted against its budget.
+    ///
+    /// # Errors
+    /// Options out of range, a layout that does not match the model or needs an accelerator,
+    /// out of memory (typed; nothing stays allocated).
+    pub fn with_layout(
+        model: Arc<Model>,
+        acc: Option<&Accelerator>,
+        layout: &Layout,
+        opts: &SchedulerOptions,
+    ) -> Result<Scheduler> {
+        check_options(opts)?;
+        let rows = opts.kv_blocks.checked_mul(opts.block_size).filter(|&r| r <= 1 << 20).ok_or_else(|| {
+            Error::invalid(format!(
+                "{} KV blocks of {} positions exceed the 1048576 cache rows a pool holds; lower the KV memory",
+                opts.kv_blocks, opts.block_size
+            ))
+        })?;
+        let so = SessionOptions { context: rows, kv_type: opts.kv_type, batch: opts.step_tokens };
+        let session = with_cpu_path(opts.cpu_path, || Session::with_layout(model, acc, layout, &so))?;
+        Scheduler::from_session(session, opts)
+    }
+
+    /// A scheduler over an opened session (e.g. an [`crate::Engine`]'s, planned with the offload
+    /// options): its placement runs the layers, and its KV caches, cut into blocks of
+    /// [`SchedulerOptions::block_size`] positions, are the pool. So the pool holds
+    /// `session.context() / block_size` blocks (what the plan budgeted for the session's
+    /// context) and [`SchedulerOptions::kv_blocks`] is not read. The session's conversation, if
+    /// any, is overwritten.
+    ///
+    /// # Errors
+    /// Options out of range, a context shorter than one block.
+    pub fn from_session(session: Session, opts: &SchedulerOptions) -> Result<Scheduler> {
+        let n_blocks = session.context() / opts.block_size.max(1);
+        let opts = SchedulerOptions { kv_blocks: n_blocks, ..opts.clone() };
+        check_options(&opts)?;
+        let pool = KvPool::new(n_blocks, opts.block_size)?;
+        let cfg = &session.model().config;
         let context = if opts.context == 0 { cfg.n_ctx_train.min(4096) } else { opts.context };
-        let pool = KvPool::new(cfg, opts.kv_blocks, opts.block_size, opts.kv_type)?;
         Ok(Scheduler {
-            model,
-            opts: opts.clone(),
+            session,
+            opts,
             context,
             pool,
             waiting: VecDeque::new(),
             running: Vec::new(),
             next_id: 0,
-            scratch: None,
+            scratch: Vec::new(),
             stats: SchedulerStats::default(),
         })
     }
 
     /// The model.
     pub fn model(&self) -> &Arc<Model> {
-        &self.model
+        self.session.model()
+    }
+
+    /// The session whose placement runs the pass (its device, streamer slots).
+    pub fn session(&self) -> &Session {
+        &self.session
     }
 
     /// Most positions one sequence may use.
@@ -281,7 +350,7 @@ impl Scheduler {
     /// [`Error::ContextFull`] when prompt + `max_tokens` exceed [`Scheduler::context`], or a
     /// request larger than the whole KV pool.
     pub fn submit(&mut self, req: Request) -> Result<SeqId> {
-        let cfg = &self.model.config;
+        let cfg = &self.session.model().config;
         if req.prompt.is_empty() {
             return Err(Error::invalid("the prompt is empty: nothing to continue from"));
         }
@@ -391,8 +460,9 @@ impl Scheduler {
         let mut done: Vec<(usize, FinishReason)> = Vec::new();
         match result {
             Ok(logits) => {
-                let n_vocab = self.model.config.n_vocab;
-                let tok = &self.model.tokenizer;
+                let model = Arc::clone(self.session.model());
+                let n_vocab = model.config.n_vocab;
+                let tok = &model.tokenizer;
                 let mut row = 0;
                 for (i, _, tokens) in &plan {
                     let s = &mut self.running[*i];
@@ -435,38 +505,16 @@ impl Scheduler {
         Ok(events)
     }
 
-    /// One forward pass over the planned rows; the logits [k, n_vocab] of each sequence's last
-    /// row, for the sequences that will sample (decode rows, and prompts whose last chunk ran).
+    /// One forward pass over the planned rows, every layer where the session's placement put
+    /// it; the logits [k, n_vocab] of each sequence's last row, for the sequences that will
+    /// sample (decode rows, and prompts whose last chunk ran).
     fn pass(&mut self, plan: &[(usize, usize, Vec<u32>)]) -> Result<Vec<f32>> {
-        let model = Arc::clone(&self.model);
+        let model = Arc::clone(self.session.model());
         let cfg = &model.config;
         let host = Stream::Host;
-        let mut tokens = Vec::new();
-        let mut positions = Vec::new();
-        let mut cache_rows = Vec::new();
-        let mut sample_rows = Vec::new();
-        for (i, pos0, toks) in plan {
-            let s = &self.running[*i];
-            for (k, &t) in toks.iter().enumerate() {
-                let p = pos0 + k;
-                tokens.push(t as i32);
-                positions.push(p as i32);
-                let r = self.pool.row(&s.table, p).ok_or_else(|| Error::invalid("KV table too short"))?;
-                cache_rows.push(r as i32);
-            }
-            if s.next.is_some() || pos0 + toks.len() == s.prompt.len() {
-                sample_rows.push(tokens.len() - 1);
-            }
-        }
-        let attn_rows: Vec<AttnRow<'_>> = plan
-            .iter()
-            .flat_map(|(i, pos0, toks)| {
-                let table = &self.running[*i].table;
-                (0..toks.len()).map(move |k| AttnRow { table, pos: pos0 + k })
-            })
-            .collect();
-        let r = tokens.len();
-        let ids = Tensor::from_i32(&[r], tokens)?;
+        let index = PassIndex::new(&self.pool, &self.running, plan)?;
+        let r = index.rows();
+        let ids = Tensor::from_i32(&[r], index.tokens.clone())?;
         let mut x = Tensor::zeros(DType::F32, &[r, cfg.n_embd], &host, "embeddings")?;
         ops::embedding_gather(&model.weights.embedding, &ids, &mut x, &host)?;
         if let Some(f) = cfg.embed_scale {
@@ -474,32 +522,53 @@ impl Scheduler {
             x = Tensor::zeros(DType::F32, &[r, cfg.n_embd], &host, "scaled embeddings")?;
             ops::scale(&rows, f, &mut x, &host)?;
         }
-        let positions = Tensor::from_i32(&[r], positions)?;
-        let cache_rows = Tensor::from_i32(&[r], cache_rows)?;
-        let mut sc = match self.scratch.take() {
-            Some(sc) if sc.n_tokens == r => sc,
-            _ => Scratch::new(cfg, r, &host)?,
-        };
-        for l in 0..cfg.n_layers {
-            let w = model.weights.layers[l].as_ref();
-            attention_inputs(cfg, l, w, &x, &positions, &mut sc, true, &host)?;
-            let kv = &mut self.pool.layers[l];
-            ops::kv_append(sc.k(), &cache_rows, &mut kv.k, &host)?;
-            ops::kv_append(sc.v(), &cache_rows, &mut kv.v, &host)?;
-            let (q, att) = sc.q_and_att_mut();
-            kv::paged_attention(cfg, l, &self.pool, &attn_rows, q, att)?;
-            attention_output_and_ffn(cfg, w, &mut x, &mut sc, true, &host)?;
-        }
-        self.scratch = Some(sc);
+        let host_index = index.tensors()?;
+        let mut on_device: Option<(Device, [Tensor; 4])> = None;
+        let scratch = &mut self.scratch;
+        let block_size = self.pool.block_size();
+        let (x, x_stream) = self.session.run_layers(x, &mut |l, w, kv, x, s| {
+            if on_device.as_ref().is_none_or(|(d, _)| *d != s.device()) {
+                let moved = host_index.iter().map(|t| t.to_device(s, "batch index")).collect::<Result<Vec<_>, _>>()?;
+                let arr: [Tensor; 4] = moved.try_into().map_err(|_| Error::invalid("batch index tensors"))?;
+                on_device = Some((s.device(), arr));
+            }
+            let [positions, cache_rows, tables, starts] =
+                &on_device.as_ref().ok_or_else(|| Error::invalid("batch index"))?.1;
+            let mut sc = match scratch.iter().position(|(st, sc)| st == s && sc.n_tokens == r) {
+                Some(i) => scratch.swap_remove(i).1,
+                None => {
+                    scratch.retain(|(st, _)| st != s);
+                    Scratch::new(cfg, r, s)?
+                }
+            };
+            let res = (|| {
+                attention_inputs(cfg, l, w, x, positions, &mut sc, true, s)?;
+                ops::kv_append(sc.k(), cache_rows, &mut kv.k, s)?;
+                ops::kv_append(sc.v(), cache_rows, &mut kv.v, s)?;
+                let (q, att) = sc.q_and_att_mut();
+                let index = PagedIndex { tables, table_start: starts, positions, block_size };
+                ops::paged_attention(q, &kv.k, &kv.v, &index, cfg.attn_scale, cfg.layer_window(l), att, s)?;
+                attention_output_and_ffn(cfg, w, x, &mut sc, true, s)
+            })();
+            scratch.push((s.clone(), sc));
+            res
+        })?;
+        drop(on_device);
+        let x = if x.device() == Device::Cpu { x } else { x.to_host(&x_stream)? };
         let xs = x.as_f32()?;
         let d = cfg.n_embd;
-        let picked: Vec<f32> = sample_rows.iter().flat_map(|&i| xs[i * d..(i + 1) * d].iter().copied()).collect();
+        let picked: Vec<f32> = index.sample_rows.iter().flat_map(|&i| xs[i * d..(i + 1) * d].iter().copied()).collect();
         if picked.is_empty() {
+            self.session.end_batch_pass()?;
             return Ok(Vec::new());
         }
-        let picked = Tensor::from_f32(&[sample_rows.len(), d], picked)?;
-        let logits = head_forward(cfg, &model.weights.head, &picked, 0..sample_rows.len(), &host)?;
-        let out = logits.to_vec_f32(&host)?;
+        let picked = self.session.to_head(Tensor::from_f32(&[index.sample_rows.len(), d], picked)?, &host)?;
+        let (head, head_stream) = self.session.head_and_stream();
+        let head_stream = head_stream.clone();
+        let logits = head_forward(cfg, head, &picked, 0..index.sample_rows.len(), &head_stream)?;
+        let out = logits.to_vec_f32(&head_stream)?;
+        drop((logits, picked));
+        self.session.end_batch_pass()?;
         if let Some(i) = out.iter().position(|v| !v.is_finite()) {
             return Err(Error::model(format!(
                 "logit {} of a batched pass is {}: refusing to sample from non-finite logits",
@@ -508,5 +577,61 @@ impl Scheduler {
             )));
         }
         Ok(out)
+    }
+}
+
+/// The rows of one pass as the layers see them: token, logical position and cache row of each
+/// row, every sequence's block table (concatenated) and where each row's starts, and the rows
+/// whose logits are sampled.
+struct PassIndex {
+    tokens: Vec<i32>,
+    positions: Vec<i32>,
+    cache_rows: Vec<i32>,
+    tables: Vec<i32>,
+    table_start: Vec<i32>,
+    sample_rows: Vec<usize>,
+}
+
+impl PassIndex {
+    fn new(pool: &KvPool, running: &[Seq], plan: &[(usize, usize, Vec<u32>)]) -> Result<PassIndex> {
+        let mut ix = PassIndex {
+            tokens: Vec::new(),
+            positions: Vec::new(),
+            cache_rows: Vec::new(),
+            tables: Vec::new(),
+            table_start: Vec::new(),
+            sample_rows: Vec::new(),
+        };
+        // The pool holds fewer than 2^31 rows (checked by `KvPool::new`), so every index fits.
+        let i32_of = |v: usize| i32::try_from(v).map_err(|_| Error::invalid(format!("batch index {v} overflows i32")));
+        for (i, pos0, toks) in plan {
+            let s = &running[*i];
+            let start = i32_of(ix.tables.len())?;
+            for &b in &s.table {
+                ix.tables.push(i32_of(b as usize)?);
+            }
+            for (k, &t) in toks.iter().enumerate() {
+                let p = pos0 + k;
+                ix.tokens.push(t as i32);
+                ix.positions.push(i32_of(p)?);
+                let r = pool.row(&s.table, p).ok_or_else(|| Error::invalid("KV table too short"))?;
+                ix.cache_rows.push(i32_of(r)?);
+                ix.table_start.push(start);
+            }
+            if s.next.is_some() || pos0 + toks.len() == s.prompt.len() {
+                ix.sample_rows.push(ix.tokens.len() - 1);
+            }
+        }
+        Ok(ix)
+    }
+
+    fn rows(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// positions, cache rows, tables, table starts as host i32 tensors.
+    fn tensors(&self) -> Result<[Tensor; 4]> {
+        let t = |v: &[i32]| Tensor::from_i32(&[v.len()], v.to_vec());
+        Ok([t(&self.positions)?, t(&self.cache_rows)?, t(&self.tables)?, t(&self.table_start)?])
     }
 }
