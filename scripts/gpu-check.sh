@@ -120,6 +120,7 @@ run() {
     # Kernels that use shared memory: matmul, attention, rmsnorm, softmax/argmax.
     TAIL=6 step racecheck 150 env STRATA_TEST_CASES=2 compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/kernels" --test-threads 4 \
       ops::matmul::cuda ops::attention_decode::cuda ops::attention_prefill::cuda ops::rmsnorm::cuda ops::softmax_rows::cuda ops::argmax_rows::cuda
+    TAIL=6 step racecheck-paged 120 compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/tensor" --test-threads 4 paged::paged_attention::cuda
   else
     summary+=("sanitizer: skipped: compute-sanitizer not on PATH")
   fi

@@ -198,6 +198,20 @@ def case_models_health_metrics(s):
     assert s.metric("generated_tokens_total") > 0
 
 
+def case_banner_plan_and_kv(s):
+    # The plan (the session flags of `run`) and the KV capacity, printed before listening. The
+    # default --kv-memory 512MiB holds 23301 positions of the default model in f16 (30 layers,
+    # K and V of 192 values, 2 bytes: 23040 bytes per position), so 1456 blocks of 16.
+    log = "".join(s.log)
+    assert "plan: every layer on the CPU" in log, log
+    m = re.search(r"KV: (\d+) blocks of (\d+) positions \((\d+) positions", log)
+    assert m, log
+    blocks, size, positions = map(int, m.groups())
+    assert (blocks, size, positions) == (1456, 16, 1456 * 16), m.group(0)
+    status, text, _ = s.get("/metrics")
+    assert f"strata_kv_blocks_total {blocks}" in text, "the pool in /metrics is not the one printed"
+
+
 def case_api_key(s):
     try:
         greedy_completion(s.client(key="wrong"), "Hi", 2)

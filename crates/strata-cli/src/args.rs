@@ -34,7 +34,7 @@ impl Cli {
             Command::Bench(a) => a.session.kernels.cpu_kernels,
             Command::Logits(a) => a.session.kernels.cpu_kernels,
             Command::Plan(a) => a.session.kernels.cpu_kernels,
-            Command::Serve(a) => a.kernels.cpu_kernels,
+            Command::Serve(a) => a.session.kernels.cpu_kernels,
             Command::Tokenize(_) | Command::Inspect(_) | Command::Synth(_) => None,
         };
         own.or(self.cpu_kernels).unwrap_or(CpuKernels::Exact)
@@ -424,19 +424,15 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer <KEY>` on the /v1 endpoints (401 otherwise).
     #[arg(long, value_name = "KEY", env = "STRATA_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Most positions one request may use (prompt + completion) [default: the model's training
-    /// context, at most 4096].
-    #[arg(long, short = 'c', value_parser = parse_context)]
-    pub context: Option<usize>,
-    /// Memory for the KV cache of all requests together, in blocks shared by them (paged).
+    /// Memory for the KV cache of all requests together, in blocks shared by them (paged). It is
+    /// what the plan budgets for KV: each layer's blocks live where the layer runs. (`--context`
+    /// is the most positions one request may use, prompt + completion; `--batch` is not used:
+    /// a step's rows are --step-tokens.)
     #[arg(long, value_name = "SIZE", default_value = "512MiB")]
     pub kv_memory: String,
     /// Positions per KV block.
     #[arg(long, default_value_t = 16, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
     pub kv_block: usize,
-    /// KV cache element type.
-    #[arg(long, value_enum, default_value_t = KvArg::F16)]
-    pub kv_type: KvArg,
     /// Most requests generating at once (more wait in the queue).
     #[arg(long, default_value_t = 32, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
     pub max_seqs: usize,
@@ -453,6 +449,7 @@ pub struct ServeArgs {
     /// Largest max_tokens a request may ask for (400 above it).
     #[arg(long, default_value_t = 2048)]
     pub max_tokens_limit: usize,
+    /// Device, context, KV type, offload and kernels, as for `run`.
     #[command(flatten)]
-    pub kernels: KernelArgs,
+    pub session: SessionArgs,
 }

@@ -291,6 +291,13 @@ impl Engine {
         &self.session
     }
 
+    /// The session, taken over by a runner of its own (e.g.
+    /// [`crate::batch::Scheduler::from_session`], which batches many sequences on the planned
+    /// placement). The GPU stays open as long as the session holds its streams.
+    pub fn into_session(self) -> Session {
+        self.session
+    }
+
     /// Runs `f` on the session with this engine's CPU path: for what the engine does not wrap
     /// (truncating the cache, taking pass statistics, forward passes of your own).
     pub fn with_session<R>(&mut self, f: impl FnOnce(&mut Session) -> R) -> R {

@@ -109,6 +109,14 @@ impl Default for SchedulerOptions {
 }
 
 impl SchedulerOptions {
+    /// Checks the sizes before anything is allocated.
+    ///
+    /// # Errors
+    /// A step that does not hold more rows than sequences, no sequence, an empty pool.
+    pub fn check(&self) -> Result<()> {
+        check_options(self)
+    }
+
     /// The number of blocks `bytes` of KV memory hold for `model` with these options.
     pub fn blocks_for_bytes(&self, model: &Model, bytes: u64) -> usize {
         let per = KvPool::block_bytes(&model.config, self.block_size.max(1), self.kv_type).max(1);
@@ -554,21 +562,11 @@ impl Scheduler {
             res
         })?;
         drop(on_device);
-        let x = if x.device() == Device::Cpu { x } else { x.to_host(&x_stream)? };
-        let xs = x.as_f32()?;
-        let d = cfg.n_embd;
-        let picked: Vec<f32> = index.sample_rows.iter().flat_map(|&i| xs[i * d..(i + 1) * d].iter().copied()).collect();
-        if picked.is_empty() {
-            self.session.end_batch_pass()?;
-            return Ok(Vec::new());
-        }
-        let picked = self.session.to_head(Tensor::from_f32(&[index.sample_rows.len(), d], picked)?, &host)?;
-        let (head, head_stream) = self.session.head_and_stream();
-        let head_stream = head_stream.clone();
-        let logits = head_forward(cfg, head, &picked, 0..index.sample_rows.len(), &head_stream)?;
-        let out = logits.to_vec_f32(&head_stream)?;
-        drop((logits, picked));
+        // The streamer starts the next pass's copies whether or not the head succeeds, so a
+        // failed step leaves the scheduler usable.
+        let out = self.head(cfg, x, &x_stream, &index.sample_rows);
         self.session.end_batch_pass()?;
+        let out = out?;
         if let Some(i) = out.iter().position(|v| !v.is_finite()) {
             return Err(Error::model(format!(
                 "logit {} of a batched pass is {}: refusing to sample from non-finite logits",
@@ -577,6 +575,31 @@ impl Scheduler {
             )));
         }
         Ok(out)
+    }
+}
+
+impl Scheduler {
+    /// The logits of rows `sample` of the layers' output `x` (on `x_stream`'s device), through
+    /// the head on its device.
+    fn head(
+        &self,
+        cfg: &crate::config::LlamaConfig,
+        x: Tensor,
+        x_stream: &Stream,
+        sample: &[usize],
+    ) -> Result<Vec<f32>> {
+        let host = Stream::Host;
+        let x = if x.device() == Device::Cpu { x } else { x.to_host(x_stream)? };
+        let xs = x.as_f32()?;
+        let d = cfg.n_embd;
+        let picked: Vec<f32> = sample.iter().flat_map(|&i| xs[i * d..(i + 1) * d].iter().copied()).collect();
+        if picked.is_empty() {
+            return Ok(Vec::new());
+        }
+        let picked = self.session.to_head(Tensor::from_f32(&[sample.len(), d], picked)?, &host)?;
+        let (head, head_stream) = self.session.head_and_stream();
+        let logits = head_forward(cfg, head, &picked, 0..sample.len(), head_stream)?;
+        Ok(logits.to_vec_f32(head_stream)?)
     }
 }
 

@@ -25,6 +25,8 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
+use strata_model::Engine;
+use strata_model::batch::kv::KvPool;
 use strata_model::batch::{Request, Scheduler, SchedulerOptions};
 use strata_model::chat::ChatMessage;
 use strata_model::{KvType, Model, SamplerConfig};
@@ -34,6 +36,7 @@ use tokio::sync::mpsc;
 
 use super::load_model;
 use crate::args::{KvArg, ServeArgs};
+use crate::device::engine_options;
 use api::{ApiError, ChatRequest, CompletionRequest, Sampling, Usage};
 use engine::{EngineHandle, Job, Metrics, Out};
 
@@ -53,13 +56,13 @@ struct AppState {
 type Shared = Arc<AppState>;
 
 pub fn serve(a: ServeArgs, path: CpuPath) -> Result<()> {
-    let model = Arc::new(load_model(&a.model)?);
-    let kv_type = match a.kv_type {
+    let model = load_model(&a.model)?;
+    let kv_type = match a.session.kv_type {
         KvArg::F16 => KvType::F16,
         KvArg::F32 => KvType::F32,
     };
     let mut opts = SchedulerOptions {
-        context: a.context.unwrap_or(0),
+        context: a.session.context.unwrap_or(0),
         kv_type,
         block_size: a.kv_block,
         kv_blocks: 0,
@@ -69,24 +72,42 @@ pub fn serve(a: ServeArgs, path: CpuPath) -> Result<()> {
     };
     let kv_bytes = parse_size(&a.kv_memory).context("--kv-memory")?;
     opts.kv_blocks = opts.blocks_for_bytes(&model, kv_bytes);
+    opts.check().context("cannot set up the batch scheduler")?;
+    let positions = opts.kv_blocks.saturating_mul(opts.block_size);
+    if positions > 1 << 20 {
+        anyhow::bail!(
+            "--kv-memory {} holds {positions} positions of this model, more than the 1048576 a KV pool holds; lower it",
+            a.kv_memory
+        );
+    }
     let addr: SocketAddr = format!("{}:{}", a.host, a.port)
         .parse()
         .or_else(|_| format!("[{}]:{}", a.host, a.port).parse())
         .with_context(|| format!("--host {} --port {} is not an address to listen on", a.host, a.port))?;
     let body_limit = parse_size(&a.max_body).context("--max-body")? as usize;
-    let sched = Scheduler::new(Arc::clone(&model), &opts).context("cannot set up the batch scheduler")?;
+    crate::commands::warn_long_context(&model, &a.session, false);
+    // The plan places the layers as for `run`, with the KV pool as the session's cache: the
+    // pool's blocks are what it budgets for KV on each layer's device.
+    let mut session_args = a.session.clone();
+    session_args.context = Some(positions);
+    session_args.batch = a.step_tokens;
+    let engine = open_engine(model, &session_args, path)?;
+    let plan_line = plan_line(&engine, path);
+    let sched = Scheduler::from_session(engine.into_session(), &opts).context("cannot set up the batch scheduler")?;
+    let model = Arc::clone(sched.model());
     let context = sched.context();
     let pool = sched.pool();
     let name = model.path.file_stem().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
     eprintln!("strata serve: {} ({} layers)", model.path.display(), model.config.n_layers);
-    eprintln!("plan: every layer on the CPU ({path:?} kernels); batched decode runs on the CPU only in this version");
+    eprintln!("{plan_line}");
     eprintln!(
         "KV: {} blocks of {} positions ({} positions, {:.0} MiB of {:?}), context {context} per request, up to {} \
          sequences per step, {} rows per step",
         pool.n_blocks(),
         pool.block_size(),
         pool.n_blocks() * pool.block_size(),
-        kv_bytes as f64 / (1 << 20) as f64,
+        (pool.n_blocks() as u64 * KvPool::block_bytes(&model.config, pool.block_size(), kv_type)) as f64
+            / (1 << 20) as f64,
         kv_type,
         a.max_seqs,
         a.step_tokens
@@ -128,6 +149,33 @@ pub fn serve(a: ServeArgs, path: CpuPath) -> Result<()> {
     }
     eprintln!("strata serve: stopped");
     Ok(())
+}
+
+/// Opens the engine the session flags ask for (device, plan), saying where it runs and why,
+/// as `run` does.
+fn open_engine(model: Model, a: &crate::args::SessionArgs, path: CpuPath) -> Result<Engine> {
+    let opts = engine_options(&model, a, path)?;
+    let shown = model.path.display().to_string();
+    let engine = Engine::with_model(Arc::new(model), &opts, &|_, _| {}).with_context(|| format!("opening {shown}"))?;
+    if let Some(why) = engine.device_note() {
+        eprintln!("device: cpu; {why}");
+    }
+    if let (Some(gpu), Some(plan)) = (engine.gpu(), engine.plan()) {
+        eprintln!("device: {}", gpu.info());
+        for w in &plan.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
+    Ok(engine)
+}
+
+/// The plan in one line: every layer on the CPU, or the planner's summary and the placement
+/// of each layer.
+fn plan_line(engine: &Engine, path: CpuPath) -> String {
+    match engine.plan() {
+        None => format!("plan: every layer on the CPU ({path:?} kernels)"),
+        Some(plan) => format!("plan: {}\n{}", plan.summary_line(), plan.render_table().trim_end()),
+    }
 }
 
 fn router(state: Shared, body_limit: usize) -> Router {
