@@ -200,7 +200,7 @@ fn serve_refuses_settings_it_cannot_honour_before_listening() {
     assert_clean_failure(&o, "--step-tokens 64 --max-seqs 64");
     assert!(stderr(&o).contains("more rows (64) than sequences (64)"), "{}", stderr(&o));
     // `run`'s offload flags: streamed layers need a GPU, and --device cpu uses none.
-    let o = strata(&["serve", "-m", m, "--port", "0", "--device", "cpu", "--stream"]);
+    let o = strata(&["serve", "-m", m, "--port", "0", "--kv-memory", "16MiB", "--device", "cpu", "--stream"]);
     assert_clean_failure(&o, "--device cpu --stream");
     assert!(stderr(&o).contains("need a GPU"), "{}", stderr(&o));
     let o = strata(&["serve", "-m", m, "--host", "not an address", "--port", "0"]);

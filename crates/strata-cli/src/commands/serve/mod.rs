@@ -73,18 +73,21 @@ pub fn serve(a: ServeArgs, path: CpuPath) -> Result<()> {
     let kv_bytes = parse_size(&a.kv_memory).context("--kv-memory")?;
     opts.kv_blocks = opts.blocks_for_bytes(&model, kv_bytes);
     opts.check().context("cannot set up the batch scheduler")?;
-    let positions = opts.kv_blocks.saturating_mul(opts.block_size);
-    if positions > 1 << 20 {
-        anyhow::bail!(
-            "--kv-memory {} holds {positions} positions of this model, more than the 1048576 a KV pool holds; lower it",
-            a.kv_memory
-        );
-    }
     let addr: SocketAddr = format!("{}:{}", a.host, a.port)
         .parse()
         .or_else(|_| format!("[{}]:{}", a.host, a.port).parse())
         .with_context(|| format!("--host {} --port {} is not an address to listen on", a.host, a.port))?;
     let body_limit = parse_size(&a.max_body).context("--max-body")? as usize;
+    // A pool holds at most 2^20 positions (a session's cache); small models reach that with the
+    // default --kv-memory.
+    if opts.kv_blocks.saturating_mul(opts.block_size) > 1 << 20 {
+        eprintln!(
+            "note: --kv-memory {} holds more than the 1048576 positions a KV pool holds for this model; using 1048576",
+            a.kv_memory
+        );
+        opts.kv_blocks = (1 << 20) / opts.block_size;
+    }
+    let positions = opts.kv_blocks * opts.block_size;
     crate::commands::warn_long_context(&model, &a.session, false);
     // The plan places the layers as for `run`, with the KV pool as the session's cache: the
     // pool's blocks are what it budgets for KV on each layer's device.
