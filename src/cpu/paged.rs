@@ -5,8 +5,9 @@
 //! The caches are one pool of `cache_rows` rows [n_kv_heads][head_dim] (f32 or f16), cut into
 //! blocks of `block_size` rows. Row r of the batch is the query at logical position
 //! `positions[r]` of a sequence whose block table starts at `tables[table_start[r]]`: its
-//! logical position p lives in cache row `tables[table_start[r] + p / block_size] * block_size
-//! + p % block_size`. The query sees positions `first_visible(positions[r], window)..=positions[r]`.
+//! logical position p lives in cache row `b * block_size + p % block_size`, where block
+//! `b = tables[table_start[r] + p / block_size]`. The query sees positions
+//! `first_visible(positions[r], window)..=positions[r]`.
 //! The arithmetic per (row, head) is the reference attention's (f32 scores, max-subtracted
 //! softmax, one pass over V), so a row's result does not depend on the other rows.
 

@@ -607,6 +607,9 @@ impl Session {
     }
 }
 
+/// What [`Session::run_layers`] runs on each layer: `(layer, weights, cache, x, stream)`.
+pub(crate) type LayerFn<'a> = dyn FnMut(usize, LayerRef<'_>, &mut LayerKv, &mut Tensor, &Stream) -> Result<()> + 'a;
+
 /// The layer walk of a pass, for the batch scheduler ([`crate::batch`]), which computes its
 /// own attention over paged KV blocks held in this session's caches.
 impl Session {
@@ -618,11 +621,7 @@ impl Session {
     ///
     /// # Errors
     /// `f`'s, the streamer's and the copies'.
-    pub(crate) fn run_layers(
-        &mut self,
-        x: Tensor,
-        f: &mut dyn FnMut(usize, LayerRef<'_>, &mut LayerKv, &mut Tensor, &Stream) -> Result<()>,
-    ) -> Result<(Tensor, Stream)> {
+    pub(crate) fn run_layers(&mut self, x: Tensor, f: &mut LayerFn<'_>) -> Result<(Tensor, Stream)> {
         let r = self.run_layers_inner(x, f);
         if r.is_err()
             && let Some(s) = self.streamer.as_mut()
@@ -632,11 +631,7 @@ impl Session {
         r
     }
 
-    fn run_layers_inner(
-        &mut self,
-        mut x: Tensor,
-        f: &mut dyn FnMut(usize, LayerRef<'_>, &mut LayerKv, &mut Tensor, &Stream) -> Result<()>,
-    ) -> Result<(Tensor, Stream)> {
+    fn run_layers_inner(&mut self, mut x: Tensor, f: &mut LayerFn<'_>) -> Result<(Tensor, Stream)> {
         let model = Arc::clone(&self.model);
         let cfg = &model.config;
         let mut x_stream = Stream::Host;

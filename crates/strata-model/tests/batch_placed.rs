@@ -167,7 +167,7 @@ fn kv_blocks_run_out_and_come_back_on_a_mixed_plan() {
     };
     for id in &ids {
         let mut got: Vec<u32> =
-            first.iter().filter_map(|e| matches!(e, Event::Token { id: i, .. } if i == id).then(|| token(e))).collect();
+            first.iter().filter(|e| matches!(e, Event::Token { id: i, .. } if i == id)).map(token).collect();
         got.extend(&toks[id]);
         assert_eq!(got, alone, "a request that waited for blocks got other tokens");
         assert_eq!(done[id], FinishReason::MaxTokens);
