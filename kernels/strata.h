@@ -363,6 +363,15 @@ strata_status strata_add_bias_f32(const float *x, const float *bias, int64_t row
 strata_status strata_scale_f32(const float *x, float s, int64_t n, float *out,
                                cudaStream_t stream);
 
+/* ---- moe.cu ---------------------------------------------------------------------------- */
+
+/* out[rows[i]][c] += weights[i] * src[i][c] for i < n, c < cols: one expert's outputs added into
+ * the rows of the tokens routed to it. `rows` must be distinct (no atomics); a row outside
+ * 0..out_rows is skipped. */
+strata_status strata_scatter_add_scaled_f32(const float *src, const int32_t *rows,
+                                            const float *weights, int64_t n, int64_t cols,
+                                            int64_t out_rows, float *out, cudaStream_t stream);
+
 /* ---- softmax.cu ------------------------------------------------------------------------ */
 
 /* Row-wise softmax over x[rows][cols]: out = exp(x - max) / sum. `out` may equal `x`. */

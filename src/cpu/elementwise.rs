@@ -114,3 +114,43 @@ pub fn argmax_rows(x: &[f32], rows: usize, cols: usize, out: &mut [i32]) -> Resu
     });
     Ok(())
 }
+
+/// out[rows[i]][c] += weights[i] * src[i][c] for src [n, cols] and out [out_rows, cols]
+/// (`strata_scatter_add_scaled_f32`): one expert's outputs added into the rows of the tokens
+/// routed to it.
+///
+/// # Errors
+/// A row outside 0..out_rows, a repeated row (the CUDA kernel adds without atomics), or
+/// lengths that disagree.
+pub fn scatter_add_scaled(
+    src: &[f32],
+    rows: &[i32],
+    weights: &[f32],
+    cols: usize,
+    out: &mut [f32],
+    out_rows: usize,
+) -> Result<()> {
+    const OP: &str = "scatter_add_scaled";
+    let n = rows.len();
+    expect_len(OP, "src", src.len(), n.checked_mul(cols))?;
+    expect_len(OP, "weights", weights.len(), Some(n))?;
+    expect_len(OP, "out", out.len(), out_rows.checked_mul(cols))?;
+    let mut seen = vec![false; out_rows];
+    for &r in rows {
+        match usize::try_from(r).ok().filter(|&r| r < out_rows) {
+            Some(r) if !seen[r] => seen[r] = true,
+            Some(_) => return Err(crate::Error::invalid(OP, format!("row {r} appears twice"))),
+            None => return Err(crate::Error::invalid(OP, format!("row {r} is outside 0..{out_rows}"))),
+        }
+    }
+    if cols == 0 {
+        return Ok(());
+    }
+    for ((&r, &w), s) in rows.iter().zip(weights).zip(src.chunks_exact(cols)) {
+        let o = &mut out[r as usize * cols..(r as usize + 1) * cols];
+        for (o, &v) in o.iter_mut().zip(s) {
+            *o += w * v;
+        }
+    }
+    Ok(())
+}

@@ -525,6 +525,34 @@ launchers! {
         check(OP, unsafe { ffi::strata_add_bias_f32(ptr(x), ptr(bias), r, c, ptr_mut(out), stream(s)) })
     }
 
+    /// out[rows[i]] += weights[i] * src[i] for `n` rows of `cols` f32 (distinct `rows`; one
+    /// outside 0..out_rows is skipped).
+    ///
+    /// # Safety
+    /// `src` must address n × cols f32, `rows` n i32, `weights` n f32 and `out` out_rows × cols
+    /// f32 of device memory, alive until the work on stream `s` completes; `rows` must hold
+    /// distinct values.
+    ///
+    /// # Errors
+    /// Argument errors and the launch status.
+    pub unsafe fn scatter_add_scaled_f32(
+        src: DevicePtr,
+        rows: DevicePtr,
+        weights: DevicePtr,
+        n: usize,
+        cols: usize,
+        out_rows: usize,
+        out: DevicePtr,
+        s: Stream,
+    ) -> Result<()> {
+        const OP: &str = "scatter_add_scaled";
+        let (n, c, o) = (i64_of(OP, "n", n)?, i64_of(OP, "cols", cols)?, i64_of(OP, "out_rows", out_rows)?);
+        // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+        check(OP, unsafe {
+            ffi::strata_scatter_add_scaled_f32(ptr(src), ptr(rows), ptr(weights), n, c, o, ptr_mut(out), stream(s))
+        })
+    }
+
     /// out = a + b over `n` values (`out` may equal either input).
     ///
     /// # Safety

@@ -48,6 +48,9 @@ pub enum Role {
     PostAttnNorm,
     /// Pre-FFN RMS norm weight.
     FfnNorm,
+    /// Mixture-of-experts router (`ffn_gate_inp`): [n_expert, n_embd], one logit per expert.
+    /// Part of the layer's attention part (it runs where the attention runs).
+    GateInp,
     /// FFN gate projection.
     Gate,
     /// FFN up projection.
@@ -56,10 +59,16 @@ pub enum Role {
     Down,
     /// RMS norm weight applied to the FFN output.
     PostFfnNorm,
+    /// The experts' gate projections, 3-D: [n_expert, n_ff_exp, n_embd].
+    GateExps,
+    /// The experts' up projections, 3-D: [n_expert, n_ff_exp, n_embd].
+    UpExps,
+    /// The experts' down projections, 3-D: [n_expert, n_embd, n_ff_exp].
+    DownExps,
 }
 
 /// Number of roles (the length of a layer's tensor table).
-pub const N_ROLES: usize = 16;
+pub const N_ROLES: usize = 20;
 
 /// Every role, in group order.
 pub const ROLES: [Role; N_ROLES] = [
@@ -75,10 +84,14 @@ pub const ROLES: [Role; N_ROLES] = [
     Role::O,
     Role::PostAttnNorm,
     Role::FfnNorm,
+    Role::GateInp,
     Role::Gate,
     Role::Up,
     Role::Down,
     Role::PostFfnNorm,
+    Role::GateExps,
+    Role::UpExps,
+    Role::DownExps,
 ];
 
 /// The sizes a layer tensor's shape depends on.
@@ -94,6 +107,10 @@ pub struct LayerDims {
     pub kv_dim: usize,
     /// Width of one attention head.
     pub head_dim: usize,
+    /// Number of experts (0: a dense model).
+    pub n_expert: usize,
+    /// Hidden width of one expert's FFN.
+    pub n_ff_exp: usize,
 }
 
 impl Role {
@@ -116,6 +133,10 @@ impl Role {
             Role::Up => "ffn_up.weight",
             Role::Down => "ffn_down.weight",
             Role::PostFfnNorm => "post_ffw_norm.weight",
+            Role::GateInp => "ffn_gate_inp.weight",
+            Role::GateExps => "ffn_gate_exps.weight",
+            Role::UpExps => "ffn_up_exps.weight",
+            Role::DownExps => "ffn_down_exps.weight",
         }
     }
 
@@ -126,12 +147,20 @@ impl Role {
 
     /// A vector (norm weight or bias: read as f32) rather than a matrix.
     pub fn is_vector(self) -> bool {
-        self.dims(&LayerDims { n_embd: 1, n_ff: 1, q_dim: 1, kv_dim: 1, head_dim: 1 }).len() == 1
+        let one = LayerDims { n_embd: 1, n_ff: 1, q_dim: 1, kv_dim: 1, head_dim: 1, n_expert: 1, n_ff_exp: 1 };
+        self.dims(&one).len() == 1
+    }
+
+    /// One of the 3-D expert tensors (the layer's *expert part*; everything else, router
+    /// included, is its attention part, a prefix of the group order).
+    pub fn is_expert(self) -> bool {
+        matches!(self, Role::GateExps | Role::UpExps | Role::DownExps)
     }
 
     /// GGUF dims (ne0 first) of the tensor.
     pub fn dims(self, d: &LayerDims) -> Vec<u64> {
         let (e, f, q, kv, hd) = (d.n_embd as u64, d.n_ff as u64, d.q_dim as u64, d.kv_dim as u64, d.head_dim as u64);
+        let (ne, fe) = (d.n_expert as u64, d.n_ff_exp as u64);
         match self {
             Role::AttnNorm | Role::FfnNorm | Role::PostAttnNorm | Role::PostFfnNorm => vec![e],
             Role::Q => vec![e, q],
@@ -142,6 +171,9 @@ impl Role {
             Role::O => vec![q, e],
             Role::Gate | Role::Up => vec![e, f],
             Role::Down => vec![f, e],
+            Role::GateInp => vec![e, ne],
+            Role::GateExps | Role::UpExps => vec![e, fe, ne],
+            Role::DownExps => vec![fe, e, ne],
         }
     }
 }
@@ -178,10 +210,53 @@ pub struct ArchSpec {
     pub swa_rope_base: f32,
     /// What this build cannot compute yet for the architecture (None: it runs).
     pub missing: Option<&'static str>,
+    /// How the architecture's mixture-of-experts layers look, if it has them.
+    pub moe: Option<MoeSpec>,
+}
+
+/// How a mixture-of-experts layer turns its router logits into expert weights (llama.cpp's
+/// `build_moe_ffn` arguments for each architecture).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoeGating {
+    /// Softmax over all experts, the k largest kept, their weights divided by their sum
+    /// (llama.cpp: `LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX` with `norm_w = true`; Mixtral and
+    /// qwen3moe). Equal to a softmax over the k chosen logits.
+    SoftmaxTopKRenorm,
+    /// Softmax over all experts, the k largest kept as they are (`norm_w = false`; qwen2moe).
+    SoftmaxTopK,
+}
+
+/// The mixture-of-experts switches of an architecture.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MoeSpec {
+    /// The layer tensors of a model with experts (replacing [`ArchSpec::required`]).
+    pub required: &'static [Role],
+    /// Router normalisation.
+    pub gating: MoeGating,
+    /// The metadata key (after `{arch}.`) holding one expert's FFN width.
+    pub ff_key: &'static str,
+    /// Every model of the architecture has experts (`expert_count` is required); otherwise
+    /// `expert_count` > 0 switches them on (llama files of Mixtral).
+    pub always: bool,
 }
 
 const BASE: &[Role] =
     &[Role::AttnNorm, Role::Q, Role::K, Role::V, Role::O, Role::FfnNorm, Role::Gate, Role::Up, Role::Down];
+
+/// The layer of a llama-layout model with experts (Mixtral).
+const LLAMA_MOE: &[Role] = &[
+    Role::AttnNorm,
+    Role::Q,
+    Role::K,
+    Role::V,
+    Role::O,
+    Role::FfnNorm,
+    Role::GateInp,
+    Role::GateExps,
+    Role::UpExps,
+    Role::DownExps,
+];
 
 const LLAMA: ArchSpec = ArchSpec {
     name: "llama",
@@ -193,6 +268,12 @@ const LLAMA: ArchSpec = ArchSpec {
     swa_pattern: 0,
     swa_rope_base: 0.0,
     missing: None,
+    moe: Some(MoeSpec {
+        required: LLAMA_MOE,
+        gating: MoeGating::SoftmaxTopKRenorm,
+        ff_key: "feed_forward_length",
+        always: false,
+    }),
 };
 
 /// Every architecture strata knows.
@@ -216,6 +297,7 @@ pub const ARCHS: &[ArchSpec] = &[
             Role::Down,
         ],
         rope_layout: RopeLayout::HalfSplit,
+        moe: None,
         ..LLAMA
     },
     ArchSpec {
@@ -234,6 +316,7 @@ pub const ARCHS: &[ArchSpec] = &[
             Role::Down,
         ],
         rope_layout: RopeLayout::HalfSplit,
+        moe: None,
         ..LLAMA
     },
     ArchSpec {
@@ -258,8 +341,37 @@ pub const ARCHS: &[ArchSpec] = &[
         embed_scale: true,
         swa_pattern: 6,
         swa_rope_base: 10000.0,
+        moe: None,
         ..LLAMA
     },
+    ArchSpec {
+        name: "qwen3moe",
+        required: QWEN3_MOE,
+        rope_layout: RopeLayout::HalfSplit,
+        moe: Some(MoeSpec {
+            required: QWEN3_MOE,
+            gating: MoeGating::SoftmaxTopKRenorm,
+            ff_key: "expert_feed_forward_length",
+            always: true,
+        }),
+        ..LLAMA
+    },
+];
+
+/// A qwen3moe layer: qwen3's attention, a router and the experts.
+const QWEN3_MOE: &[Role] = &[
+    Role::AttnNorm,
+    Role::Q,
+    Role::K,
+    Role::V,
+    Role::QNorm,
+    Role::KNorm,
+    Role::O,
+    Role::FfnNorm,
+    Role::GateInp,
+    Role::GateExps,
+    Role::UpExps,
+    Role::DownExps,
 ];
 
 /// The architectures that run, for messages.

@@ -6,7 +6,7 @@
 
 use strata_tensor::RopeLayout;
 
-use crate::arch::{self, Activation, ArchSpec, LayerDims, Role};
+use crate::arch::{self, Activation, ArchSpec, LayerDims, MoeGating, Role};
 use crate::gguf::{GgufFile, Metadata};
 use crate::{Error, Result};
 
@@ -32,8 +32,16 @@ pub struct ModelConfig {
     pub n_layers: usize,
     /// Model (residual stream) width.
     pub n_embd: usize,
-    /// FFN hidden width.
+    /// FFN hidden width (for a model with experts: one expert's, [`ModelConfig::n_ff_exp`]).
     pub n_ff: usize,
+    /// Number of experts per layer (0: a dense model).
+    pub n_expert: usize,
+    /// Experts each token is routed to (k of top-k; 0 for a dense model).
+    pub n_expert_used: usize,
+    /// Hidden width of one expert's FFN (0 for a dense model).
+    pub n_ff_exp: usize,
+    /// How router logits become expert weights (meaningless when `n_expert` is 0).
+    pub moe_gating: MoeGating,
     /// Number of query heads.
     pub n_head: usize,
     /// Number of key/value heads (fewer than `n_head` with grouped-query attention).
@@ -81,6 +89,8 @@ pub(crate) const MAX_DIM: u64 = 1 << 20;
 pub(crate) const MAX_HEADS: u64 = 4096;
 pub(crate) const MAX_VOCAB: u64 = 1 << 24;
 pub(crate) const MAX_CONTEXT: u64 = 1 << 24;
+/// Far above any real model's experts per layer (DeepSeek-V3: 256).
+pub(crate) const MAX_EXPERTS: u64 = 4096;
 
 fn bounded(md: &Metadata, key: &str, max: u64) -> Result<usize> {
     let v = md.u64(key)?;
@@ -117,7 +127,12 @@ impl ModelConfig {
         let k = |s: &str| format!("{arch}.{s}");
         let n_layers = bounded(md, &k("block_count"), MAX_LAYERS)?;
         let n_embd = bounded(md, &k("embedding_length"), MAX_DIM)?;
-        let n_ff = bounded(md, &k("feed_forward_length"), MAX_DIM * 4)?;
+        let moe = moe_params(md, spec, &arch)?;
+        let n_ff = match moe {
+            Some(m) => m.n_ff_exp,
+            None => bounded(md, &k("feed_forward_length"), MAX_DIM * 4)?,
+        };
+        reject_split_experts(file)?;
         let n_head = bounded(md, &k("attention.head_count"), MAX_HEADS)?;
         let n_head_kv = opt_bounded(md, &k("attention.head_count_kv"), MAX_HEADS)?.unwrap_or(n_head);
         let key_length = opt_bounded(md, &k("attention.key_length"), MAX_DIM)?;
@@ -177,7 +192,8 @@ impl ModelConfig {
             }
         };
         let tied_output = file.tensor("output.weight").is_none();
-        let layer_roles = layer_roles(spec, |r| file.tensor(&format!("blk.0.{}", r.gguf_suffix())).is_some());
+        let layer_roles =
+            layer_roles(spec, moe.is_some(), |r| file.tensor(&format!("blk.0.{}", r.gguf_suffix())).is_some());
         let sliding_window = match spec.swa_pattern {
             0 => None,
             _ => opt_bounded(md, &k("attention.sliding_window"), MAX_CONTEXT)?,
@@ -197,6 +213,10 @@ impl ModelConfig {
             n_layers,
             n_embd,
             n_ff,
+            n_expert: moe.map_or(0, |m| m.n_expert),
+            n_expert_used: moe.map_or(0, |m| m.n_expert_used),
+            n_ff_exp: moe.map_or(0, |m| m.n_ff_exp),
+            moe_gating: spec.moe.map_or(MoeGating::SoftmaxTopKRenorm, |m| m.gating),
             n_head,
             n_head_kv,
             head_dim,
@@ -263,7 +283,14 @@ impl ModelConfig {
             q_dim: self.q_dim,
             kv_dim: self.kv_dim(),
             head_dim: self.head_dim,
+            n_expert: self.n_expert,
+            n_ff_exp: self.n_ff_exp,
         }
+    }
+
+    /// Whether the layers have experts (a router and 3-D expert tensors) instead of one FFN.
+    pub fn is_moe(&self) -> bool {
+        self.n_expert > 0
     }
 
     /// The sliding window of layer `l`, if it uses one.
@@ -317,13 +344,81 @@ pub(crate) fn arch_spec(arch: &str) -> Result<&'static ArchSpec> {
     Ok(spec)
 }
 
-/// The spec's required roles plus the optional ones `present` says the file has, in group
-/// order.
-pub(crate) fn layer_roles(spec: &ArchSpec, present: impl Fn(Role) -> bool) -> Vec<Role> {
+/// The spec's required roles (those of its expert layers when `moe`) plus the optional ones
+/// `present` says the file has, in group order.
+pub(crate) fn layer_roles(spec: &ArchSpec, moe: bool, present: impl Fn(Role) -> bool) -> Vec<Role> {
+    let required = match spec.moe {
+        Some(m) if moe => m.required,
+        _ => spec.required,
+    };
     let mut roles: Vec<Role> =
-        spec.required.iter().copied().chain(spec.optional.iter().copied().filter(|&r| present(r))).collect();
+        required.iter().copied().chain(spec.optional.iter().copied().filter(|&r| present(r))).collect();
     roles.sort();
     roles
+}
+
+/// The expert counts of a model with experts.
+#[derive(Debug, Clone, Copy)]
+struct MoeParams {
+    n_expert: usize,
+    n_expert_used: usize,
+    n_ff_exp: usize,
+}
+
+/// Reads `{arch}.expert_count`, `{arch}.expert_used_count` and the expert FFN width. None for a
+/// dense model (no experts, or a count of 0 where the architecture allows both).
+fn moe_params(md: &Metadata, spec: &ArchSpec, arch: &str) -> Result<Option<MoeParams>> {
+    let k = |s: &str| format!("{arch}.{s}");
+    let (count_key, used_key) = (k("expert_count"), k("expert_used_count"));
+    let count = md.opt_u64(&count_key)?;
+    let Some(moe) = spec.moe else {
+        return match count {
+            Some(n) if n > 0 => Err(Error::model(format!(
+                "metadata {count_key} = {n}, but strata knows no experts for architecture {arch:?}"
+            ))),
+            _ => Ok(None),
+        };
+    };
+    let n_expert = match count {
+        None | Some(0) if moe.always => {
+            return Err(Error::model(format!(
+                "metadata {count_key} is {}; architecture {arch:?} needs at least one expert",
+                count.map_or("missing".to_string(), |n| n.to_string())
+            )));
+        }
+        None | Some(0) => return Ok(None),
+        Some(_) => bounded(md, &count_key, MAX_EXPERTS)?,
+    };
+    let n_expert_used = match md.opt_u64(&used_key)? {
+        None => return Err(Error::model(format!("metadata {used_key} is missing ({count_key} = {n_expert})"))),
+        Some(u) if u == 0 || u > n_expert as u64 => {
+            return Err(Error::model(format!(
+                "metadata {used_key} = {u} is out of range: a token is routed to 1..={n_expert} experts                  ({count_key} = {n_expert})"
+            )));
+        }
+        Some(u) => u as usize,
+    };
+    let n_ff_exp = bounded(md, &k(moe.ff_key), MAX_DIM * 4)?;
+    Ok(Some(MoeParams { n_expert, n_expert_used, n_ff_exp }))
+}
+
+/// Old Mixtral conversions store each expert as its own 2-D tensor (`blk.N.ffn_gate.E.weight`);
+/// llama.cpp merged them into 3-D `ffn_*_exps` tensors in 2024.
+fn reject_split_experts(file: &GgufFile) -> Result<()> {
+    let split = file.tensors().iter().find(|t| {
+        let mut parts = t.name.split('.');
+        parts.next() == Some("blk")
+            && parts.next().is_some()
+            && matches!(parts.next(), Some("ffn_gate" | "ffn_up" | "ffn_down"))
+            && parts.next().is_some_and(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()))
+    });
+    match split {
+        None => Ok(()),
+        Some(t) => Err(Error::model(format!(
+            "tensor {} is a per-expert tensor of an old conversion; strata reads only merged expert tensors              (ffn_gate_exps etc.): re-convert the model with a current llama.cpp convert_hf_to_gguf.py",
+            t.name
+        ))),
+    }
 }
 
 /// Llama 3.1-style RoPE scaling ships as per-frequency divisors in the tensor

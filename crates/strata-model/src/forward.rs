@@ -10,11 +10,15 @@
 //! (post-attention norm) → residual add → RMSNorm → gate/up projections → act(gate)·up (SiLU
 //! or GELU-tanh) → down projection → (post-FFN norm) → residual add.
 //! T = 1 (decode) uses matvec and decode attention; T > 1 (prefill) uses matmul.
+//!
+//! A layer with experts replaces gate/up/down with the router and the routed experts
+//! ([`crate::moe`]): RMSNorm → router logits → [`moe_route`] on the host → [`moe_experts`].
 
 use strata_tensor::{DType, Stream, Tensor, ops};
 
 use crate::arch::{Activation, N_ROLES, Role};
 use crate::config::LlamaConfig;
+pub use crate::moe::{ExpertRef, ExpertWeights, Routing, moe_experts, moe_route};
 use crate::weights::HeadWeights;
 use crate::{Error, Result};
 
@@ -58,6 +62,8 @@ pub struct Scratch {
     gate: Tensor,
     up: Tensor,
     act: Tensor,
+    /// Router logits [T, n_expert] (models with experts; [T, 1] unused otherwise).
+    router: Tensor,
     /// The model's RoPE frequency divisors on this stream's device, if it has any.
     rope_factors: Option<Tensor>,
 }
@@ -79,6 +85,7 @@ impl Scratch {
             gate: z(&[t, cfg.n_ff], "ffn gate")?,
             up: z(&[t, cfg.n_ff], "ffn up")?,
             act: z(&[t, cfg.n_ff], "ffn activation")?,
+            router: z(&[t, cfg.n_expert.max(1)], "router logits")?,
             rope_factors: match &cfg.rope_freq_factors {
                 Some(f) => Some(Tensor::from_f32(&[f.len()], f.clone())?.to_device(s, "rope frequency factors")?),
                 None => None,
@@ -110,7 +117,7 @@ impl Scratch {
 
     /// Bytes of activation scratch for `n_tokens` tokens (for memory planning).
     pub fn bytes(cfg: &LlamaConfig, n_tokens: usize) -> u64 {
-        (n_tokens * 4 * (3 * cfg.n_embd + 2 * cfg.q_dim + 3 * cfg.kv_dim() + 3 * cfg.n_ff)) as u64
+        (n_tokens * 4 * (3 * cfg.n_embd + 2 * cfg.q_dim + 3 * cfg.kv_dim() + 3 * cfg.n_ff + cfg.n_expert.max(1))) as u64
     }
 }
 
@@ -276,7 +283,8 @@ pub fn attention_inputs(
 
 /// The second half of a layer, from the attention output in `sc.att` ([T, n_head, head_dim]
 /// or [n_head, head_dim]): output projection → (post-attention norm) → residual add → RMSNorm
-/// → gate/up → act(gate)·up → down → (post-FFN norm) → residual add, into `x`.
+/// → gate/up → act(gate)·up → down (a layer with experts: router → routed experts) →
+/// (post-FFN norm) → residual add, into `x`. All of it on `s`: the whole-layer placement.
 pub fn attention_output_and_ffn(
     cfg: &LlamaConfig,
     w: LayerRef<'_>,
@@ -285,6 +293,28 @@ pub fn attention_output_and_ffn(
     matmul: bool,
     s: &Stream,
 ) -> Result<()> {
+    if let Some(routing) = attention_output_and_router(cfg, w, x, sc, matmul, s)? {
+        let (h, out) = ffn_input_and_out(sc);
+        moe_experts(cfg, ExpertRef::from_layer(w)?, h, &routing, &|_| true, out, s)?;
+        ffn_residual(w, x, sc, cfg, s)?;
+    }
+    Ok(())
+}
+
+/// [`attention_output_and_ffn`] up to the experts, for a caller that places them itself:
+/// output projection → (post-attention norm) → residual add → RMSNorm → for a dense layer
+/// the FFN and its residual add (returns None: the layer is done); for a layer with experts
+/// the router (returns its [`Routing`]; the experts' input is then in
+/// [`ffn_input_and_out`]'s first buffer; the caller writes the expert sum into its second
+/// and calls [`ffn_residual`]).
+pub fn attention_output_and_router(
+    cfg: &LlamaConfig,
+    w: LayerRef<'_>,
+    x: &mut Tensor,
+    sc: &mut Scratch,
+    matmul: bool,
+    s: &Stream,
+) -> Result<Option<Routing>> {
     let t = sc.n_tokens;
     let project = if matmul { project_matmul } else { project };
     reshape(&mut sc.q, &[t, cfg.q_dim])?;
@@ -295,6 +325,9 @@ pub fn attention_output_and_ffn(
     ops::add_inplace(x, &sc.o, s)?;
 
     ops::rmsnorm(x, w.req(Role::FfnNorm)?, cfg.rms_eps, &mut sc.h, s)?;
+    if cfg.is_moe() {
+        return Ok(Some(route(cfg, w, sc, matmul, s)?));
+    }
     project(w.req(Role::Gate)?, &sc.h, &mut sc.gate, s)?;
     project(w.req(Role::Up)?, &sc.h, &mut sc.up, s)?;
     match cfg.activation {
@@ -302,9 +335,34 @@ pub fn attention_output_and_ffn(
         Activation::GeluTanh => ops::gelu_mul(&sc.gate, &sc.up, &mut sc.act, s)?,
     }
     project(w.req(Role::Down)?, &sc.act, &mut sc.o, s)?;
+    ffn_residual(w, x, sc, cfg, s)?;
+    Ok(None)
+}
+
+/// The end of a layer: the FFN output in [`ffn_input_and_out`]'s second buffer →
+/// (post-FFN norm) → residual add into `x`.
+pub fn ffn_residual(w: LayerRef<'_>, x: &mut Tensor, sc: &mut Scratch, cfg: &LlamaConfig, s: &Stream) -> Result<()> {
     norm_in_place(&mut sc.o, w.get(Role::PostFfnNorm), cfg.rms_eps, &mut sc.h, s)?;
     ops::add_inplace(x, &sc.o, s)?;
     Ok(())
+}
+
+/// The router of an expert layer on the FFN-normed activations in `sc.h`: logits on the
+/// stream's device, copied to the host (a synchronize on a GPU), then [`moe_route`].
+///
+/// # Errors
+/// A non-finite router logit, or an op's error.
+pub fn route(cfg: &LlamaConfig, w: LayerRef<'_>, sc: &mut Scratch, matmul: bool, s: &Stream) -> Result<Routing> {
+    let project = if matmul { project_matmul } else { project };
+    project(w.req(Role::GateInp)?, &sc.h, &mut sc.router, s)?;
+    moe_route(cfg, &sc.router.to_vec_f32(s)?)
+}
+
+/// The FFN-normed activations [T, n_embd] (the experts' input, after
+/// [`attention_output_and_router`]) and the [T, n_embd] buffer the expert sum goes to (read by
+/// [`ffn_residual`]).
+pub fn ffn_input_and_out(sc: &mut Scratch) -> (&Tensor, &mut Tensor) {
+    (&sc.h, &mut sc.o)
 }
 
 /// Final norm and output projection → logits [rows, n_vocab] for the rows `rows` of

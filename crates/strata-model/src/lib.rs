@@ -20,6 +20,7 @@ pub mod generate;
 pub mod gguf;
 pub mod inspect;
 pub mod model;
+pub mod moe;
 pub mod offload;
 pub mod safetensors;
 pub mod sample;

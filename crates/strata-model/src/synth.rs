@@ -185,6 +185,8 @@ impl Preset {
                 q_dim: self.n_embd,
                 kv_dim,
                 head_dim: self.n_embd / self.n_head,
+                n_expert: 0,
+                n_ff_exp: 0,
             };
             for r in crate::arch::by_name("llama").map_or(&[][..], |a| a.required) {
                 let dims = r.dims(&dims);

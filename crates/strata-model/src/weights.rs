@@ -172,6 +172,11 @@ fn dims_source(cfg: &LlamaConfig, r: Role) -> String {
             format!("head size {} ({a}.attention.key_length, else embedding / heads)", cfg.head_dim)
         }
         Role::Gate | Role::Up | Role::Down => format!("{e}; {f}"),
+        Role::GateInp => format!("{e}; {a}.expert_count {}", cfg.n_expert),
+        Role::GateExps | Role::UpExps | Role::DownExps => {
+            let ff = cfg.spec.moe.map_or("feed_forward_length", |m| m.ff_key);
+            format!("{e}; {a}.{ff} {}; {a}.expert_count {}", cfg.n_ff_exp, cfg.n_expert)
+        }
     };
     format!(" (from {what})")
 }

@@ -132,6 +132,15 @@ pub(crate) enum KernelCall<'a> {
         n: usize,
         out: &'a DeviceBuffer,
     },
+    ScatterAddScaled {
+        src: &'a DeviceBuffer,
+        rows: &'a DeviceBuffer,
+        weights: &'a DeviceBuffer,
+        n: usize,
+        cols: usize,
+        out_rows: usize,
+        out: &'a DeviceBuffer,
+    },
     Softmax {
         x: &'a DeviceBuffer,
         rows: usize,
@@ -165,6 +174,7 @@ impl KernelCall<'_> {
             KernelCall::Add { .. } => "add",
             KernelCall::AddBias { .. } => "add_bias",
             KernelCall::Scale { .. } => "scale",
+            KernelCall::ScatterAddScaled { .. } => "scatter_add_scaled",
             KernelCall::Softmax { .. } => "softmax_rows",
             KernelCall::Argmax { .. } => "argmax_rows",
         }

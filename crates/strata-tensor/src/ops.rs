@@ -698,6 +698,51 @@ pub fn scale(x: &Tensor, factor: f32, out: &mut Tensor, s: &Stream) -> Result<()
     }
 }
 
+/// out[rows[i]] += weights[i] * src[i] for src [n, cols], rows [n] i32 (distinct), weights [n]
+/// f32 and out [out_rows, cols] (all f32 but rows): the combine step of a mixture-of-experts
+/// FFN, one expert's outputs added into the rows of the tokens routed to it.
+///
+/// # Errors
+/// Shapes, types or devices that disagree; on the host also a repeated row or one outside
+/// `out` (on a GPU such a row is skipped, since checking it would need a synchronize).
+pub fn scatter_add_scaled(src: &Tensor, rows: &Tensor, weights: &Tensor, out: &mut Tensor, s: &Stream) -> Result<()> {
+    const OP: &str = "scatter_add_scaled";
+    check_devices(OP, s, &[src, rows, weights, out])?;
+    expect_dtype(OP, "src", src, &[DType::F32], "f32")?;
+    expect_dtype(OP, "rows", rows, &[DType::I32], "i32")?;
+    expect_dtype(OP, "weights", weights, &[DType::F32], "f32")?;
+    f32_out(OP, out)?;
+    let (n, cols) = dims2(OP, "src", src)?;
+    let (out_rows, out_cols) = dims2(OP, "out", out)?;
+    if out_cols != cols {
+        return Err(Error::shape(OP, format!("src has {cols} columns, out has {out_cols}")));
+    }
+    expect_shape(OP, "rows", rows, &[n])?;
+    expect_shape(OP, "weights", weights, &[n])?;
+    match gpu_stream(s) {
+        None => Ok(cpu::scatter_add_scaled(
+            src.as_f32()?,
+            rows.as_i32()?,
+            weights.as_f32()?,
+            cols,
+            out.as_f32_mut()?,
+            out_rows,
+        )?),
+        Some(g) => gpu::launch(
+            g,
+            KernelCall::ScatterAddScaled {
+                src: dev(src)?,
+                rows: dev(rows)?,
+                weights: dev(weights)?,
+                n,
+                cols,
+                out_rows,
+                out: dev(out)?,
+            },
+        ),
+    }
+}
+
 /// Row-wise softmax of x [rows, cols] into out (same shape).
 pub fn softmax_rows(x: &Tensor, out: &mut Tensor, s: &Stream) -> Result<()> {
     const OP: &str = "softmax_rows";

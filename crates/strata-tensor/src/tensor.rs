@@ -403,6 +403,51 @@ impl Tensor {
         }
     }
 
+    /// Rows `rows` of the first dimension as a tensor of the same type, without copying the
+    /// bytes where they are shared: a view into the same memory map (host, mapped) or the same
+    /// device allocation (GPU). Host tensors that own their bytes (built in memory, not loaded)
+    /// cannot lend them out and are copied. One expert of a 3-D `[n_expert, rows, cols]`
+    /// weight is `narrow(e..e + 1)?.reshape(&[rows, cols])`; quantized blocks never straddle
+    /// the first dimension, since they block the last.
+    ///
+    /// # Errors
+    /// If the range is outside the tensor or the tensor has no dimensions.
+    pub fn narrow(&self, rows: std::ops::Range<usize>) -> Result<Tensor> {
+        let n = *self.shape.first().ok_or_else(|| Error::shape("narrow", "tensor has no dimensions"))?;
+        if rows.start > rows.end || rows.end > n {
+            return Err(Error::shape("narrow", format!("rows {rows:?} of a tensor with {n}")));
+        }
+        let row_bytes = self.dtype.bytes_for(&self.shape[1..])?;
+        let mut shape = self.shape.clone();
+        shape[0] = rows.len();
+        let bytes = rows.start * row_bytes..rows.end * row_bytes;
+        let storage = match &self.storage {
+            Storage::Host(HostData::Mapped { owner, offset, .. }) => {
+                Storage::Host(HostData::Mapped { owner: owner.clone(), offset: offset + bytes.start, len: bytes.len() })
+            }
+            Storage::Host(h) => return Tensor::from_bytes(self.dtype, &shape, &h.bytes()[bytes]),
+            Storage::Cuda(d) => Storage::Cuda(d.view(bytes)?),
+        };
+        Ok(Tensor { dtype: self.dtype, shape, storage })
+    }
+
+    /// Sets every byte to zero, on the stream's device.
+    ///
+    /// # Errors
+    /// A read-only host view, or a device tensor without a GPU stream.
+    pub fn fill_zero(&mut self, s: &Stream) -> Result<()> {
+        match (&mut self.storage, s) {
+            (Storage::Cuda(d), Stream::Gpu(g)) => d.fill(0, g),
+            (Storage::Cuda(_), Stream::Host) => {
+                Err(Error::Device { op: "fill_zero", what: "a device tensor needs a GPU stream".into() })
+            }
+            (Storage::Host(_), _) => {
+                self.host_bytes_mut()?.fill(0);
+                Ok(())
+            }
+        }
+    }
+
     /// A host copy of this tensor (downloaded on `s` if it is on a GPU).
     pub fn to_host(&self, s: &Stream) -> Result<Tensor> {
         let mut host = Tensor::empty_like(self, &Stream::Host, "host copy")?;

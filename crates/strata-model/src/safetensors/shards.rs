@@ -59,6 +59,12 @@ pub(crate) fn hf_layer_tensor(r: Role) -> &'static str {
         Role::Up => "mlp.up_proj.weight",
         Role::Down => "mlp.down_proj.weight",
         Role::PostFfnNorm => "post_feedforward_layernorm.weight",
+        // Mixture-of-experts checkpoints (not read from safetensors yet: HF stores one 2-D
+        // tensor per expert, `mlp.experts.E.gate_proj.weight`, where strata wants them stacked).
+        Role::GateInp => "mlp.gate.weight",
+        Role::GateExps => "mlp.experts.gate_proj.weight",
+        Role::UpExps => "mlp.experts.up_proj.weight",
+        Role::DownExps => "mlp.experts.down_proj.weight",
     }
 }
 
@@ -349,6 +355,7 @@ fn dims_source(cfg: &LlamaConfig, r: Role) -> String {
         Role::KBias | Role::VBias => kv,
         Role::QNorm | Role::KNorm => format!("head_dim {}", cfg.head_dim),
         Role::Gate | Role::Up | Role::Down => format!("{e}; intermediate_size {}", cfg.n_ff),
+        Role::GateInp | Role::GateExps | Role::UpExps | Role::DownExps => format!("{e}; experts {}", cfg.n_expert),
     };
     format!(" (from config.json {what})")
 }

@@ -117,6 +117,13 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
             fits(op, "output", out, prod(&[*rows, *cols, 4]))?;
             bufs.extend([*x, *bias, *out]);
         }
+        K::ScatterAddScaled { src, rows, weights, n, cols, out_rows, out } => {
+            fits(op, "src", src, prod(&[*n, *cols, 4]))?;
+            fits(op, "rows", rows, bytes(*n, 4))?;
+            fits(op, "weights", weights, bytes(*n, 4))?;
+            fits(op, "output", out, prod(&[*out_rows, *cols, 4]))?;
+            bufs.extend([*src, *rows, *weights, *out]);
+        }
         K::Softmax { x, rows, cols, out } => {
             fits(op, "input", x, prod(&[*rows, *cols, 4]))?;
             fits(op, "output", out, prod(&[*rows, *cols, 4]))?;
@@ -218,6 +225,9 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
             K::Add { n, .. } => cuda::add_f32(ptr[0], ptr[1], n, ptr[2], raw),
             K::AddBias { rows, cols, .. } => cuda::add_bias_f32(ptr[0], ptr[1], rows, cols, ptr[2], raw),
             K::Scale { factor, n, .. } => cuda::scale_f32(ptr[0], factor, n, ptr[1], raw),
+            K::ScatterAddScaled { n, cols, out_rows, .. } => {
+                cuda::scatter_add_scaled_f32(ptr[0], ptr[1], ptr[2], n, cols, out_rows, ptr[3], raw)
+            }
             K::Softmax { rows, cols, .. } => cuda::softmax_rows_f32(ptr[0], rows, cols, ptr[1], raw),
             K::Argmax { rows, cols, .. } => cuda::argmax_rows_f32(ptr[0], rows, cols, ptr[1], raw),
         }
