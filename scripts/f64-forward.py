@@ -15,6 +15,11 @@ Architectures (`general.architecture`):
 - qwen2: llama plus Q/K/V biases, RoPE on halves (x[i], x[i + n_rot/2]) (llama.cpp's NEOX).
 - qwen3: llama plus per-head RMSNorm of Q and K (attn_q_norm, attn_k_norm) before RoPE, head
   size from attention.key_length, RoPE on halves.
+- qwen3moe, and llama with {arch}.expert_count > 0 (Mixtral): the FFN is a mixture of experts
+  (llama.cpp's build_moe_ffn with softmax gating and norm_w for both): router logits
+  x @ ffn_gate_inp, softmax over all experts, the expert_used_count largest kept (ties: lower
+  index), their probabilities divided by their sum; the output is the weighted sum of the
+  chosen experts' SwiGLU FFNs (slices of the 3-D ffn_{gate,up,down}_exps tensors).
 - gemma3 (facts from llama.cpp's llm_build_gemma3 and its gemma3 hparams): embeddings scaled
   by sqrt(n_embd); RMSNorm with the weights as stored (the converter already stored 1 + w);
   per-head Q/K RMSNorm before RoPE on halves; Q scaled by 1/sqrt(key_length) (llama.cpp's
@@ -67,7 +72,7 @@ reexec_in_reference_env()
 import gguf  # noqa: E402
 import numpy as np  # noqa: E402
 
-SUPPORTED = ("llama", "qwen2", "qwen3", "gemma3")
+SUPPORTED = ("llama", "qwen2", "qwen3", "gemma3", "qwen3moe")
 # llama.cpp's gemma3 hparams: every 6th layer is global, the rest slide; the sliding ones use
 # RoPE base 10000 at scale 1 whatever the file says for the global ones.
 GEMMA3_SWA_PATTERN = 6
@@ -98,7 +103,9 @@ class Model:
         factor = float(self.field(f"{a}.rope.scaling.factor", 1.0)) if scaling == "linear" else 1.0
         self.rope_scale = 1.0 / factor if factor else 1.0
         self.n_swa = int(self.field(f"{a}.attention.sliding_window", 0)) if a == "gemma3" else 0
-        self.neox = a in ("qwen2", "qwen3", "gemma3")
+        self.neox = a in ("qwen2", "qwen3", "gemma3", "qwen3moe")
+        self.n_expert = int(self.field(f"{a}.expert_count", 0))
+        self.n_expert_used = int(self.field(f"{a}.expert_used_count", 0)) if self.n_expert else 0
         self.tensors = {t.name: t for t in self.reader.tensors}
         self.cache = {}
         self.embd = self.weight("token_embd.weight")
@@ -181,7 +188,7 @@ def attention(m, il, x, positions):
     q = linear(m, x, f"{p}.attn_q").reshape(t, m.n_head, m.head_dim)
     k = linear(m, x, f"{p}.attn_k").reshape(t, m.n_head_kv, m.head_dim)
     v = linear(m, x, f"{p}.attn_v").reshape(t, m.n_head_kv, m.head_dim_v)
-    if m.arch in ("qwen3", "gemma3"):
+    if m.arch in ("qwen3", "gemma3", "qwen3moe"):
         q = rms_norm(q, m.weight(f"{p}.attn_q_norm.weight"), m.eps)
         k = rms_norm(k, m.weight(f"{p}.attn_k_norm.weight"), m.eps)
     base, scale = m.rope_base, m.rope_scale
@@ -207,8 +214,27 @@ def attention(m, il, x, positions):
     return linear(m, out.reshape(t, m.n_head * m.head_dim_v), f"{p}.attn_output")
 
 
+def moe_ffn(m, il, x):
+    """The mixture-of-experts FFN of layer il for x (tokens, n_embd)."""
+    p = f"blk.{il}"
+    logits = x @ m.weight(f"{p}.ffn_gate_inp.weight").T
+    gate, up, down = (m.weight(f"{p}.ffn_{n}_exps.weight") for n in ("gate", "up", "down"))
+    out = np.zeros_like(x)
+    for t in range(x.shape[0]):
+        z = logits[t] - logits[t].max()
+        probs = np.exp(z) / np.exp(z).sum()
+        chosen = np.argsort(-probs, kind="stable")[:m.n_expert_used]
+        weights = probs[chosen] / probs[chosen].sum()
+        for e, w in zip(chosen, weights):
+            h = silu(gate[e] @ x[t]) * (up[e] @ x[t])
+            out[t] += w * (down[e] @ h)
+    return out
+
+
 def ffn(m, il, x):
     p = f"blk.{il}"
+    if m.n_expert:
+        return moe_ffn(m, il, x)
     gate = linear(m, x, f"{p}.ffn_gate")
     up = linear(m, x, f"{p}.ffn_up")
     act = gelu_tanh(gate) if m.arch == "gemma3" else silu(gate)

@@ -381,7 +381,7 @@ pub struct SynthArgs {
     /// or tiny (for tests). Not with --derive.
     #[arg(long, required_unless_present = "derive", conflicts_with = "derive")]
     pub preset: Option<String>,
-    /// Derive a test model of another architecture (qwen2, qwen3, gemma3) from the real
+    /// Derive a test model of another architecture (qwen2, qwen3, gemma3, qwen3moe, mixtral) from the real
     /// weights of the llama-family GGUF given by --from (see strata_model::derive).
     #[arg(long, requires = "from")]
     pub derive: Option<String>,
@@ -397,6 +397,15 @@ pub struct SynthArgs {
     /// --derive gemma3: sliding window of the local layers.
     #[arg(long, default_value_t = 16)]
     pub window: usize,
+    /// --derive qwen3moe/mixtral: experts per layer, and how many each token uses.
+    #[arg(long, num_args = 2, value_names = ["N", "USED"], default_values_t = [4, 2])]
+    pub experts: Vec<usize>,
+    /// --derive qwen3moe/mixtral: expert e > 0 scales each quant block by 1 + jitter·u.
+    #[arg(long, default_value_t = 0.2)]
+    pub expert_jitter: f32,
+    /// --derive qwen3moe/mixtral: router weights uniform in [-amp, amp].
+    #[arg(long, default_value_t = 0.1)]
+    pub router_amp: f32,
     /// Weight type of the layer matrices: f32, f16, bf16, q8_0, q4_0, q4_1.
     #[arg(long, default_value = "q4_0")]
     pub dtype: String,

@@ -393,7 +393,7 @@ fn moe_params(md: &Metadata, spec: &ArchSpec, arch: &str) -> Result<Option<MoePa
         None => return Err(Error::model(format!("metadata {used_key} is missing ({count_key} = {n_expert})"))),
         Some(u) if u == 0 || u > n_expert as u64 => {
             return Err(Error::model(format!(
-                "metadata {used_key} = {u} is out of range: a token is routed to 1..={n_expert} experts                  ({count_key} = {n_expert})"
+                "metadata {used_key} = {u} is out of range: a token is routed to 1..={n_expert} experts ({count_key} = {n_expert})"
             )));
         }
         Some(u) => u as usize,
@@ -415,7 +415,8 @@ fn reject_split_experts(file: &GgufFile) -> Result<()> {
     match split {
         None => Ok(()),
         Some(t) => Err(Error::model(format!(
-            "tensor {} is a per-expert tensor of an old conversion; strata reads only merged expert tensors              (ffn_gate_exps etc.): re-convert the model with a current llama.cpp convert_hf_to_gguf.py",
+            "tensor {} is a per-expert tensor of an old conversion; strata reads only merged expert tensors \
+             (ffn_gate_exps etc.): re-convert the model with a current llama.cpp convert_hf_to_gguf.py",
             t.name
         ))),
     }

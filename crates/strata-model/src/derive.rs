@@ -18,6 +18,15 @@
 //!   √n_embd; to keep the residual stream at the source's scale the token embedding's block
 //!   scales are divided by √n_embd (f16 rounding of the scales only), and the original
 //!   embedding is written as `output.weight` so the logits use the unscaled rows.
+//! - qwen3moe: qwen3's attention (as above), and in place of each layer's FFN `n_expert`
+//!   experts and a router: expert 0 is the source FFN byte for byte, expert e > 0 the source
+//!   FFN with each quant block's scales (d, and m for q4_1) × (1 + expert_jitter·u), u uniform
+//!   in [-1, 1) per block from a seeded stream, so every expert is exact on quantized bytes and
+//!   a small perturbation of the real FFN; the router `ffn_gate_inp` is f32 uniform in
+//!   [-router_amp, router_amp] (seeded); `expert_count`, `expert_used_count`,
+//!   `expert_feed_forward_length`.
+//! - mixtral: the same experts and router in a `llama` file (`llama.expert_count` > 0, the
+//!   source's adjacent-pair Q/K rows kept as they are), Mixtral's layout.
 //!
 //! All metadata is kept (tokenizer, chat template), with `llama.*` keys renamed to the new
 //! architecture's prefix. Seeds: tensor i's values come from splitmix64 seeded with
@@ -40,10 +49,14 @@ pub enum DeriveArch {
     Qwen3,
     /// The `gemma3` architecture.
     Gemma3,
+    /// The `qwen3moe` architecture (qwen3 attention, experts).
+    Qwen3Moe,
+    /// Mixtral: a `llama` file with experts.
+    Mixtral,
 }
 
 impl DeriveArch {
-    /// Parses `qwen2`, `qwen3` or `gemma3`.
+    /// Parses `qwen2`, `qwen3`, `gemma3`, `qwen3moe` or `mixtral`.
     ///
     /// # Errors
     /// Any other name.
@@ -52,7 +65,9 @@ impl DeriveArch {
             "qwen2" => Ok(DeriveArch::Qwen2),
             "qwen3" => Ok(DeriveArch::Qwen3),
             "gemma3" => Ok(DeriveArch::Gemma3),
-            _ => Err(Error::invalid(format!("--derive {s:?}: choose qwen2, qwen3 or gemma3"))),
+            "qwen3moe" => Ok(DeriveArch::Qwen3Moe),
+            "mixtral" => Ok(DeriveArch::Mixtral),
+            _ => Err(Error::invalid(format!("--derive {s:?}: choose qwen2, qwen3, gemma3, qwen3moe or mixtral"))),
         }
     }
 
@@ -62,7 +77,32 @@ impl DeriveArch {
             DeriveArch::Qwen2 => "qwen2",
             DeriveArch::Qwen3 => "qwen3",
             DeriveArch::Gemma3 => "gemma3",
+            DeriveArch::Qwen3Moe => "qwen3moe",
+            DeriveArch::Mixtral => "llama",
         }
+    }
+
+    /// The name of the derived test model (`NAME-derived`): the architecture, or `mixtral`.
+    pub fn label(self) -> &'static str {
+        match self {
+            DeriveArch::Mixtral => "mixtral",
+            a => a.name(),
+        }
+    }
+
+    /// Whether the derived layers have experts.
+    pub fn has_experts(self) -> bool {
+        matches!(self, DeriveArch::Qwen3Moe | DeriveArch::Mixtral)
+    }
+
+    /// Whether Q/K get per-head norms (qwen3's attention).
+    fn qk_norms(self) -> bool {
+        matches!(self, DeriveArch::Qwen3 | DeriveArch::Gemma3 | DeriveArch::Qwen3Moe)
+    }
+
+    /// Whether the Q/K rows move to the half-split RoPE order.
+    fn half_split(self) -> bool {
+        self != DeriveArch::Mixtral
     }
 }
 
@@ -79,12 +119,31 @@ pub struct DeriveOptions {
     pub norm_jitter: f32,
     /// gemma3: the sliding window of the local layers.
     pub window: usize,
+    /// qwen3moe/mixtral: experts per layer.
+    pub n_expert: usize,
+    /// qwen3moe/mixtral: experts per token.
+    pub n_expert_used: usize,
+    /// qwen3moe/mixtral: experts e > 0 scale each quant block by 1 + expert_jitter·u.
+    pub expert_jitter: f32,
+    /// qwen3moe/mixtral: router weights uniform in [-router_amp, router_amp].
+    pub router_amp: f32,
 }
 
 impl DeriveOptions {
-    /// The documented defaults: seed 0, biases in [-0.05, 0.05], norm jitter 0.05, window 16.
+    /// The documented defaults: seed 0, biases in [-0.05, 0.05], norm jitter 0.05, window 16,
+    /// 4 experts of which 2 per token, expert jitter 0.2, router amplitude 0.1.
     pub fn new(arch: DeriveArch) -> DeriveOptions {
-        DeriveOptions { arch, seed: 0, bias: 0.05, norm_jitter: 0.05, window: 16 }
+        DeriveOptions {
+            arch,
+            seed: 0,
+            bias: 0.05,
+            norm_jitter: 0.05,
+            window: 16,
+            n_expert: 4,
+            n_expert_used: 2,
+            expert_jitter: 0.2,
+            router_amp: 0.1,
+        }
     }
 }
 
@@ -99,6 +158,9 @@ enum Source<'a> {
     Scaled(&'a TensorInfo, f32),
     /// f32 values uniform in [-amp, amp] around `center`.
     Random { center: f32, amp: f32 },
+    /// `n` experts stacked from one source FFN tensor: expert 0 its bytes, expert e > 0 its
+    /// bytes with each block's scales × (1 + jitter·u).
+    Experts { t: &'a TensorInfo, n: usize, jitter: f32 },
 }
 
 /// The derived model as a GGUF writer plus the way to fill each tensor.
@@ -140,14 +202,41 @@ fn plan<'a>(src: &'a GgufFile, o: &DeriveOptions) -> Result<Plan<'a>> {
     let wm = w.metadata_mut();
     wm.set("general.architecture", Value::String(arch.into()));
     let name = md.opt_str("general.name")?.unwrap_or("model");
+    // Files of the architectures without experts keep the name (and so the bytes) they had
+    // before experts existed: their reference data records the file's SHA-256.
+    let experts = match o.arch.has_experts() {
+        true => format!(
+            ", experts {}/{}, expert jitter {}, router amplitude {}",
+            o.n_expert_used, o.n_expert, o.expert_jitter, o.router_amp
+        ),
+        false => String::new(),
+    };
     wm.set(
         "general.name",
         Value::String(format!(
-            "{name} derived as {arch} by strata (seed {}, bias {}, norm jitter {}, window {})",
-            o.seed, o.bias, o.norm_jitter, o.window
+            "{name} derived as {} by strata (seed {}, bias {}, norm jitter {}, window {}{experts})",
+            o.arch.label(),
+            o.seed,
+            o.bias,
+            o.norm_jitter,
+            o.window
         )),
     );
-    if o.arch != DeriveArch::Qwen2 {
+    if o.arch.has_experts() {
+        if o.n_expert == 0 || o.n_expert_used == 0 || o.n_expert_used > o.n_expert {
+            return Err(Error::invalid(format!(
+                "{} experts of which {} per token: need 1 <= used <= experts",
+                o.n_expert, o.n_expert_used
+            )));
+        }
+        wm.set(&format!("{arch}.expert_count"), Value::U32(o.n_expert as u32));
+        wm.set(&format!("{arch}.expert_used_count"), Value::U32(o.n_expert_used as u32));
+        if o.arch == DeriveArch::Qwen3Moe {
+            let n_ff = meta_u64(src, &format!("{from}.feed_forward_length"))?;
+            wm.set(&format!("{arch}.expert_feed_forward_length"), Value::U32(n_ff as u32));
+        }
+    }
+    if o.arch != DeriveArch::Qwen2 && o.arch != DeriveArch::Mixtral {
         wm.set(&format!("{arch}.attention.key_length"), Value::U32(head_dim as u32));
         wm.set(&format!("{arch}.attention.value_length"), Value::U32(head_dim as u32));
     }
@@ -173,8 +262,16 @@ fn plan<'a>(src: &'a GgufFile, o: &DeriveOptions) -> Result<Plan<'a>> {
     for t in src.tensors() {
         let name = t.name.as_str();
         let suffix = name.strip_prefix("blk.").and_then(|r| r.split_once('.')).map(|(_, s)| s);
+        let ffn = matches!(suffix, Some("ffn_gate.weight" | "ffn_up.weight" | "ffn_down.weight"));
+        if ffn && o.arch.has_experts() {
+            let name = name.replacen(".weight", "_exps.weight", 1);
+            let mut dims = t.dims.clone();
+            dims.push(o.n_expert as u64);
+            add(&mut w, &name, t.ggml_type, &dims, Source::Experts { t, n: o.n_expert, jitter: o.expert_jitter })?;
+            continue;
+        }
         let s = match suffix {
-            Some("attn_q.weight" | "attn_k.weight") => Source::HalfSplit(t, head_dim),
+            Some("attn_q.weight" | "attn_k.weight") if o.arch.half_split() => Source::HalfSplit(t, head_dim),
             _ if name == "token_embd.weight" && o.arch == DeriveArch::Gemma3 => {
                 Source::Scaled(t, 1.0 / (n_embd as f32).sqrt())
             }
@@ -195,16 +292,26 @@ fn plan<'a>(src: &'a GgufFile, o: &DeriveOptions) -> Result<Plan<'a>> {
                     add(&mut w, &blk(s), f32t, &[n as u64], vector(0.0, o.bias))?;
                 }
             }
-            DeriveArch::Qwen3 | DeriveArch::Gemma3 => {
+            _ if o.arch.qk_norms() => {
                 for s in ["attn_q_norm.weight", "attn_k_norm.weight"] {
                     add(&mut w, &blk(s), f32t, &[head_dim as u64], norm())?;
                 }
             }
+            _ => {}
         }
+
         if o.arch == DeriveArch::Gemma3 {
             for s in ["post_attention_norm.weight", "post_ffw_norm.weight"] {
                 add(&mut w, &blk(s), f32t, &[n_embd as u64], norm())?;
             }
+        }
+    }
+    // The routers last, so that the other added tensors have the indices (and so the values)
+    // they have in the architecture without experts.
+    for l in 0..n_layers {
+        if o.arch.has_experts() {
+            let router = vector(0.0, o.router_amp);
+            add(&mut w, &format!("blk.{l}.ffn_gate_inp.weight"), f32t, &[n_embd as u64, o.n_expert as u64], router)?;
         }
     }
     Ok(Plan { writer: w, sources })
@@ -237,6 +344,19 @@ fn fill(src: &GgufFile, seed: u64, index: usize, s: &Source<'_>, out: &mut [u8])
                 b.copy_from_slice(&(center + amp * rng.unit()).to_le_bytes());
             }
         }
+        Source::Experts { t, n, jitter } => {
+            let data = src.tensor_data(t);
+            let mut rng = Mix(seed ^ ((index as u64) << 32));
+            for (e, dst) in out.chunks_exact_mut(data.len()).take(*n).enumerate() {
+                dst.copy_from_slice(data);
+                if e > 0 {
+                    let block = t.ggml_type.type_size() as usize;
+                    for b in dst.chunks_exact_mut(block) {
+                        scale_blocks(t.ggml_type, 1.0 + jitter * rng.unit(), b);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -267,11 +387,12 @@ fn scale_blocks(ty: GgmlType, f: f32, out: &mut [u8]) {
 /// Checks that every scaled tensor has a type [`scale_blocks`] handles.
 fn check_scalable(p: &Plan<'_>) -> Result<()> {
     for s in &p.sources {
-        if let Source::Scaled(t, _) = s
+        if let Source::Scaled(t, _) | Source::Experts { t, .. } = s
             && !matches!(t.ggml_type, GgmlType::F32 | GgmlType::F16 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
         {
             return Err(Error::model(format!(
-                "cannot rescale {} of type {} for gemma3's embedding scale (f32, f16, q4_0, q4_1, q8_0 only)",
+                "cannot rescale {} of type {} (gemma3's embedding scale, experts' jitter: f32, f16, q4_0, q4_1, q8_0 \
+                 only)",
                 t.name,
                 t.ggml_type.name()
             )));

@@ -1,5 +1,6 @@
 //! Other architectures against llama.cpp and against float64 math: the real Gemma 3 270M
-//! Q4_K_M file and qwen2/qwen3 models derived from the default model's real weights
+//! Q4_K_M file and qwen2/qwen3/qwen3moe/Mixtral models derived from the default model's real
+//! weights
 //! (`strata_model::derive`, default options), with reference data made by
 //! `scripts/make-arch-reference.py` (llama.cpp via llama-cpp-python: `NAME.json`; the float64
 //! oracle `scripts/f64-forward.py` on the same token ids: `f64_NAME.json`).
@@ -59,13 +60,13 @@ fn model_and_reference(name: &str, bytes: Vec<u8>, path: &std::path::Path) -> (A
     (Arc::new(model), doc)
 }
 
-/// A qwen2/qwen3 model derived from the default model with default options, or `None` when the
+/// A model derived from the default model with default options, or `None` when the
 /// default model is absent and the test is a counted skip.
 fn derived(arch: DeriveArch) -> Option<(Arc<Model>, serde_json::Value)> {
     let path = crate::support::model_path_or_skip()?;
     let src = GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let bytes = derive_bytes(&src, &DeriveOptions::new(arch)).expect("derive");
-    let name = format!("{}-derived", arch.name());
+    let name = format!("{}-derived", arch.label());
     Some(model_and_reference(&name, bytes, std::path::Path::new(&format!("{name}.gguf"))))
 }
 
@@ -181,4 +182,18 @@ fn qwen3_derived_matches_llama_cpp_and_float64() {
 fn gemma3_270m_matches_llama_cpp_and_float64() {
     let Some((model, doc)) = gemma3() else { return };
     check("gemma3-270m", &model, &doc);
+}
+
+#[test]
+fn qwen3moe_derived_matches_llama_cpp_and_float64() {
+    let Some((model, doc)) = derived(DeriveArch::Qwen3Moe) else { return };
+    assert_eq!((model.config.n_expert, model.config.n_expert_used), (4, 2));
+    check("qwen3moe-derived", &model, &doc);
+}
+
+#[test]
+fn mixtral_derived_matches_llama_cpp_and_float64() {
+    let Some((model, doc)) = derived(DeriveArch::Mixtral) else { return };
+    assert_eq!((model.config.arch.as_str(), model.config.n_expert, model.config.n_expert_used), ("llama", 4, 2));
+    check("mixtral-derived", &model, &doc);
 }

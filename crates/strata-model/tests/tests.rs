@@ -10,6 +10,9 @@
 //! - `engine`: the Engine against the session it wraps, its CPU path, its refusals;
 //! - `f64_oracle`: the exact CPU path against a float64 forward pass of the default model;
 //! - `gguf`: GGUF round trips, the default model, the ggml type table, inspect;
+//! - `moe`: qwen3moe and Mixtral models derived from the default model: identical experts give
+//!   the dense model, routing spreads tokens, the split forward API, whole-layer placements,
+//!   mixed expert types, a NaN router, malformed expert metadata and shapes;
 //! - `gguf_malformed`: malformed GGUF files and a mutation proptest. It installs a global
 //!   allocator for this binary that records the largest allocation per thread (a pass-through
 //!   to `System`), to show that absurd header counts are rejected without allocating;
@@ -32,6 +35,7 @@ mod f64_oracle;
 mod gguf;
 mod gguf_malformed;
 mod gpu;
+mod moe;
 mod offload;
 mod reference;
 mod safetensors;

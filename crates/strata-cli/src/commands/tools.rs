@@ -151,6 +151,10 @@ fn derive(a: &SynthArgs, arch: &str) -> Result<()> {
         bias: a.bias,
         norm_jitter: a.norm_jitter,
         window: a.window,
+        n_expert: a.experts.first().copied().unwrap_or(4),
+        n_expert_used: a.experts.get(1).copied().unwrap_or(2),
+        expert_jitter: a.expert_jitter,
+        router_amp: a.router_amp,
     };
     let started = std::time::Instant::now();
     let src = GgufFile::open(from)?;
@@ -158,7 +162,7 @@ fn derive(a: &SynthArgs, arch: &str) -> Result<()> {
     eprintln!(
         "wrote {} ({} derived from {}) in {:.1} s",
         a.out.display(),
-        opts.arch.name(),
+        opts.arch.label(),
         from.display(),
         started.elapsed().as_secs_f64()
     );
