@@ -8,7 +8,9 @@
 #   scripts/bench-cpu.sh [MODEL] [THREADS=2] [ROUNDS=3]
 #
 # MODEL: a .gguf path, or `default` (models/SmolLM2-135M-Instruct.Q4_1.gguf, the default), or
-# `gemma3-270m` (models/gemma-3-270m-q4_k_m.gguf); a missing named model is fetched with
+# `gemma3-270m` (models/gemma-3-270m-q4_k_m.gguf), or `qwen3moe` / `mixtral` (the
+# mixture-of-experts test models derived from the default model with `strata synth --derive`,
+# made in target/bench-models/ when missing); a missing named model is fetched with
 # scripts/fetch-model.sh. Environment: LLAMA_CPP_PYTHON=path (the python with llama-cpp-python;
 # default .venv-ref), PROMPT_REPS (repetitions of the prompt sentence, default 26: about 440
 # tokens with the default model's tokenizer), GEN_TOKENS (default 128).
@@ -35,8 +37,14 @@ reps=${PROMPT_REPS:-26}
 case $model_arg in
   default | smollm2) model=models/SmolLM2-135M-Instruct.Q4_1.gguf; fetch=smollm2 ;;
   gemma3-270m) model=models/gemma-3-270m-q4_k_m.gguf; fetch=gemma3-270m ;;
+  qwen3moe | mixtral) model=target/bench-models/$model_arg-derived.gguf; fetch="" ;;
   *) model=$model_arg; fetch="" ;;
 esac
+if [[ $model_arg == qwen3moe || $model_arg == mixtral ]] && [[ ! -f $model ]]; then
+  cargo build --release --quiet -p strata-cli
+  mkdir -p target/bench-models
+  target/release/strata synth --derive "$model_arg" --from models/SmolLM2-135M-Instruct.Q4_1.gguf -o "$model"
+fi
 if [[ ! -f $model ]]; then
   [[ -n $fetch ]] || { echo "bench-cpu: no model file $model" >&2; exit 1; }
   scripts/fetch-model.sh "$fetch"

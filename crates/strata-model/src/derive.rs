@@ -204,12 +204,13 @@ fn plan<'a>(src: &'a GgufFile, o: &DeriveOptions) -> Result<Plan<'a>> {
     let name = md.opt_str("general.name")?.unwrap_or("model");
     // Files of the architectures without experts keep the name (and so the bytes) they had
     // before experts existed: their reference data records the file's SHA-256.
-    let experts = match o.arch.has_experts() {
-        true => format!(
+    let experts = if o.arch.has_experts() {
+        format!(
             ", experts {}/{}, expert jitter {}, router amplitude {}",
             o.n_expert_used, o.n_expert, o.expert_jitter, o.router_amp
-        ),
-        false => String::new(),
+        )
+    } else {
+        String::new()
     };
     wm.set(
         "general.name",

@@ -40,6 +40,23 @@ pub struct Inspection {
     pub total_elements: u64,
     /// Largest share first.
     pub bytes_by_type: Vec<TypeTotal>,
+    /// The mixture-of-experts layout, for a file with experts.
+    pub experts: Option<ExpertSummary>,
+}
+
+/// What the experts of a mixture-of-experts file weigh.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExpertSummary {
+    /// Experts per layer (`{arch}.expert_count`).
+    pub count: u64,
+    /// Experts per token (`{arch}.expert_used_count`).
+    pub used: u64,
+    /// Bytes of all expert tensors (`ffn_{gate,up,down}_exps`).
+    pub bytes: u64,
+    /// Bytes of one expert of one layer (gate, up and down), averaged over the layers.
+    pub bytes_per_expert: u64,
+    /// Weight bytes one token reads: everything but the experts, plus `used` experts per layer.
+    pub active_bytes_per_token: u64,
 }
 
 /// One metadata key and a summary of its value.
@@ -150,6 +167,7 @@ pub fn inspect(file: &GgufFile, path: &Path) -> Inspection {
             offset: t.offset,
         });
     }
+    let experts = expert_summary(file, &tensors);
     let mut bytes_by_type: Vec<TypeTotal> = by_type.into_values().collect();
     bytes_by_type.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.ggml_type.cmp(&b.ggml_type)));
     Inspection {
@@ -166,7 +184,25 @@ pub fn inspect(file: &GgufFile, path: &Path) -> Inspection {
         layers: layers.into_values().collect(),
         non_layer,
         bytes_by_type,
+        experts,
     }
+}
+
+/// The expert summary of a file whose architecture has `expert_count` > 0.
+fn expert_summary(file: &GgufFile, tensors: &[TensorEntry]) -> Option<ExpertSummary> {
+    let md = file.metadata();
+    let arch = md.opt_str("general.architecture").ok()??;
+    let count = md.opt_u64(&format!("{arch}.expert_count")).ok()?.filter(|&n| n > 0)?;
+    let used = md.opt_u64(&format!("{arch}.expert_used_count")).ok()?.unwrap_or(0);
+    let is_expert = |n: &str| n.ends_with("_exps.weight");
+    let expert_tensors: Vec<&TensorEntry> = tensors.iter().filter(|t| is_expert(&t.name)).collect();
+    let bytes: u64 = expert_tensors.iter().map(|t| t.bytes).sum();
+    let layers =
+        expert_tensors.iter().filter_map(|t| layer_of(&t.name)).collect::<std::collections::BTreeSet<_>>().len();
+    let bytes_per_expert = bytes.checked_div(count * layers as u64).unwrap_or(0);
+    let total: u64 = tensors.iter().map(|t| t.bytes).sum();
+    let active_bytes_per_token = total - bytes + used.min(count) * bytes_per_expert * layers as u64;
+    Some(ExpertSummary { count, used, bytes, bytes_per_expert, active_bytes_per_token })
 }
 
 /// N of a tensor named `blk.N.…`.
@@ -196,6 +232,19 @@ impl Inspection {
             group_digits(self.total_elements)
         );
 
+        if let Some(x) = &self.experts {
+            let share = if self.total_bytes == 0 { 0.0 } else { 100.0 * x.bytes as f64 / self.total_bytes as f64 };
+            let _ = writeln!(
+                out,
+                "experts     {} per layer, {} per token: {} of expert tensors ({share:.1}% of the weights), {} per \
+                 expert per layer; a token reads {} of weights\n",
+                x.count,
+                x.used,
+                fmt_bytes(x.bytes),
+                fmt_bytes(x.bytes_per_expert),
+                fmt_bytes(x.active_bytes_per_token)
+            );
+        }
         let rows = self.metadata.iter().map(|m| vec![m.key.clone(), m.value_type.clone(), m.summary.clone()]);
         section(&mut out, "metadata", &["key", "type", "value"], "lll", rows);
 

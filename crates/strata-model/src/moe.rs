@@ -177,6 +177,9 @@ pub enum ExpertRef<'a> {
 }
 
 /// One expert's weights, borrowed or as views made for the call.
+// One lives on the stack per expert for the length of a call; boxing the views would only add
+// an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Mats<'a> {
     Owned(ExpertWeights),
     Borrowed(&'a ExpertWeights),

@@ -1,6 +1,8 @@
-//! Synthetic llama models: random weights in real shapes, written as GGUF (or built in
-//! memory), so offloading can be tested and benchmarked on models far larger than any GPU
-//! budget without downloading anything.
+//! Synthetic models: random weights in real shapes, written as GGUF (or built in memory), so
+//! offloading can be tested and benchmarked on models far larger than any GPU budget without
+//! downloading anything. Dense llama shapes, and mixture-of-experts shapes (Qwen3-30B-A3B as
+//! `qwen3moe`, Mixtral 8x7B as `llama` with experts) whose routers are f32 like the released
+//! files' and whose 3-D expert tensors use the chosen weight type.
 //!
 //! Weights are drawn directly in their storage format (random quantized blocks with a scale
 //! chosen for a standard deviation of about 1/sqrt(cols)), in parallel 1 MiB chunks, each
@@ -44,7 +46,38 @@ pub struct Preset {
     pub rms_eps: f32,
     /// No output.weight: the embedding is the output head.
     pub tied: bool,
+    /// The architecture written (`llama` or `qwen3moe`).
+    pub arch: &'static str,
+    /// Width of one attention head (0: n_embd / n_head).
+    pub head_dim: usize,
+    /// Experts per layer (0: dense).
+    pub n_expert: usize,
+    /// Experts per token.
+    pub n_expert_used: usize,
+    /// One expert's FFN width.
+    pub n_ff_exp: usize,
 }
+
+/// A dense llama shape's defaults (llama, head size n_embd / n_head, no experts), for
+/// `Preset { .., ..DENSE }` literals.
+pub const DENSE: Preset = Preset {
+    name: "",
+    n_layers: 0,
+    n_embd: 0,
+    n_ff: 0,
+    n_head: 1,
+    n_head_kv: 1,
+    n_vocab: 0,
+    n_ctx_train: 0,
+    rope_freq_base: 10000.0,
+    rms_eps: 1e-5,
+    tied: false,
+    arch: "llama",
+    head_dim: 0,
+    n_expert: 0,
+    n_expert_used: 0,
+    n_ff_exp: 0,
+};
 
 const PRESETS: &[Preset] = &[
     // For tests: every code path of the llama architecture in a few hundred KiB.
@@ -60,6 +93,7 @@ const PRESETS: &[Preset] = &[
         rope_freq_base: 10000.0,
         rms_eps: 1e-5,
         tied: false,
+        ..DENSE
     },
     Preset {
         name: "smollm2-135m",
@@ -73,6 +107,7 @@ const PRESETS: &[Preset] = &[
         rope_freq_base: 100000.0,
         rms_eps: 1e-5,
         tied: true,
+        ..DENSE
     },
     Preset {
         name: "llama-1b",
@@ -86,6 +121,7 @@ const PRESETS: &[Preset] = &[
         rope_freq_base: 500000.0,
         rms_eps: 1e-5,
         tied: true,
+        ..DENSE
     },
     Preset {
         name: "llama-7b",
@@ -99,6 +135,7 @@ const PRESETS: &[Preset] = &[
         rope_freq_base: 10000.0,
         rms_eps: 1e-5,
         tied: false,
+        ..DENSE
     },
     Preset {
         name: "llama-13b",
@@ -112,6 +149,7 @@ const PRESETS: &[Preset] = &[
         rope_freq_base: 10000.0,
         rms_eps: 1e-5,
         tied: false,
+        ..DENSE
     },
     Preset {
         name: "llama-70b",
@@ -125,6 +163,77 @@ const PRESETS: &[Preset] = &[
         rope_freq_base: 10000.0,
         rms_eps: 1e-5,
         tied: false,
+        ..DENSE
+    },
+    // For tests: a qwen3moe model (Q/K norms, head_dim 16, 8 experts, 2 per token).
+    Preset {
+        name: "tiny-moe",
+        n_layers: 2,
+        n_embd: 64,
+        n_ff: 160,
+        n_head: 4,
+        n_head_kv: 2,
+        n_vocab: 320,
+        n_ctx_train: 256,
+        arch: "qwen3moe",
+        head_dim: 16,
+        n_expert: 8,
+        n_expert_used: 2,
+        n_ff_exp: 32,
+        ..DENSE
+    },
+    // For tests: a Mixtral-layout model (llama with 4 experts, 2 per token).
+    Preset {
+        name: "tiny-mixtral",
+        n_layers: 2,
+        n_embd: 64,
+        n_ff: 64,
+        n_head: 4,
+        n_head_kv: 2,
+        n_vocab: 320,
+        n_ctx_train: 256,
+        n_expert: 4,
+        n_expert_used: 2,
+        n_ff_exp: 64,
+        ..DENSE
+    },
+    // Qwen3-30B-A3B (config.json: hidden 2048, 48 layers, 32 heads, 4 kv heads, head_dim 128,
+    // 128 experts, 8 per token, moe_intermediate_size 768, intermediate_size 6144, vocab
+    // 151936, rope_theta 1e6, rms_norm_eps 1e-6, untied).
+    Preset {
+        name: "qwen3-30b-a3b",
+        n_layers: 48,
+        n_embd: 2048,
+        n_ff: 6144,
+        n_head: 32,
+        n_head_kv: 4,
+        n_vocab: 151936,
+        n_ctx_train: 40960,
+        rope_freq_base: 1_000_000.0,
+        rms_eps: 1e-6,
+        arch: "qwen3moe",
+        head_dim: 128,
+        n_expert: 128,
+        n_expert_used: 8,
+        n_ff_exp: 768,
+        ..DENSE
+    },
+    // Mixtral 8x7B (config.json: hidden 4096, 32 layers, 32 heads, 8 kv heads, 8 experts, 2 per
+    // token, intermediate_size 14336, vocab 32000, rope_theta 1e6, untied).
+    Preset {
+        name: "mixtral-8x7b",
+        n_layers: 32,
+        n_embd: 4096,
+        n_ff: 14336,
+        n_head: 32,
+        n_head_kv: 8,
+        n_vocab: 32000,
+        n_ctx_train: 32768,
+        rope_freq_base: 1_000_000.0,
+        n_expert: 8,
+        n_expert_used: 2,
+        n_ff_exp: 14336,
+        ..DENSE
     },
 ];
 
@@ -137,7 +246,12 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
         "q8_0" => DType::Q8_0,
         "q4_0" => DType::Q4_0,
         "q4_1" => DType::Q4_1,
-        _ => return Err(Error::invalid(format!("weight type {s:?} is not one of f32, f16, bf16, q8_0, q4_0, q4_1"))),
+        "q4_k" => DType::Q4_K,
+        _ => {
+            return Err(Error::invalid(format!(
+                "weight type {s:?} is not one of f32, f16, bf16, q8_0, q4_0, q4_1, q4_k"
+            )));
+        }
     })
 }
 
@@ -145,7 +259,8 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
 struct Spec {
     name: String,
     dims: Vec<u64>,
-    ggml: GgmlType,
+    /// The storage type (f32 for norms and routers).
+    dt: DType,
     /// 1/sqrt(cols) for matrices; norms are drawn near 1.
     norm: bool,
 }
@@ -172,36 +287,42 @@ impl Preset {
         Ok(self)
     }
 
+    /// Width of one attention head.
+    fn head_size(&self) -> usize {
+        if self.head_dim > 0 { self.head_dim } else { self.n_embd / self.n_head }
+    }
+
     fn specs(&self, dtype: DType) -> Result<Vec<Spec>> {
-        let wt = GgmlType::from_dtype(dtype).ok_or_else(|| Error::invalid(format!("{dtype} cannot be stored")))?;
+        GgmlType::from_dtype(dtype).ok_or_else(|| Error::invalid(format!("{dtype} cannot be stored")))?;
         let (e, v) = (self.n_embd as u64, self.n_vocab as u64);
-        let kv_dim = self.n_head_kv * (self.n_embd / self.n_head);
-        let f32t = GgmlType::from_dtype(DType::F32).ok_or_else(|| Error::invalid("f32"))?;
-        let mut specs = vec![Spec { name: "token_embd.weight".into(), dims: vec![e, v], ggml: wt, norm: false }];
+        let hd = self.head_size();
+        let spec = crate::arch::by_name(self.arch)
+            .ok_or_else(|| Error::invalid(format!("preset {} has unknown architecture {}", self.name, self.arch)))?;
+        let roles = crate::config::layer_roles(spec, self.n_expert > 0, |_| false);
+        let matrix = |name: String, dims: Vec<u64>| Spec { name, dims, dt: dtype, norm: false };
+        let mut specs = vec![matrix("token_embd.weight".into(), vec![e, v])];
+        let dims = crate::arch::LayerDims {
+            n_embd: self.n_embd,
+            n_ff: self.n_ff,
+            q_dim: self.n_head * hd,
+            kv_dim: self.n_head_kv * hd,
+            head_dim: hd,
+            n_expert: self.n_expert,
+            n_ff_exp: self.n_ff_exp,
+        };
         for l in 0..self.n_layers {
-            let dims = crate::arch::LayerDims {
-                n_embd: self.n_embd,
-                n_ff: self.n_ff,
-                q_dim: self.n_embd,
-                kv_dim,
-                head_dim: self.n_embd / self.n_head,
-                n_expert: 0,
-                n_ff_exp: 0,
-            };
-            for r in crate::arch::by_name("llama").map_or(&[][..], |a| a.required) {
-                let dims = r.dims(&dims);
-                let norm = dims.len() == 1;
-                specs.push(Spec {
-                    name: format!("blk.{l}.{}", r.gguf_suffix()),
-                    dims,
-                    ggml: if norm { f32t } else { wt },
-                    norm,
+            for r in &roles {
+                let (name, dims) = (format!("blk.{l}.{}", r.gguf_suffix()), r.dims(&dims));
+                specs.push(match r {
+                    _ if r.is_vector() => Spec { name, dims, dt: DType::F32, norm: true },
+                    crate::arch::Role::GateInp => Spec { name, dims, dt: DType::F32, norm: false },
+                    _ => matrix(name, dims),
                 });
             }
         }
-        specs.push(Spec { name: "output_norm.weight".into(), dims: vec![e], ggml: f32t, norm: true });
+        specs.push(Spec { name: "output_norm.weight".into(), dims: vec![e], dt: DType::F32, norm: true });
         if !self.tied {
-            specs.push(Spec { name: "output.weight".into(), dims: vec![e, v], ggml: wt, norm: false });
+            specs.push(matrix("output.weight".into(), vec![e, v]));
         }
         Ok(specs)
     }
@@ -214,8 +335,7 @@ impl Preset {
                     .iter()
                     .map(|s| {
                         let rows: u64 = s.dims[1..].iter().product();
-                        let dt = if s.norm { DType::F32 } else { dtype };
-                        dt.bytes_for(&[rows as usize, s.dims[0] as usize]).map_or(0, |b| b as u64)
+                        s.dt.bytes_for(&[rows as usize, s.dims[0] as usize]).map_or(0, |b| b as u64)
                     })
                     .sum()
             })
@@ -225,7 +345,7 @@ impl Preset {
     fn writer(&self, dtype: DType, seed: u64) -> Result<(GgufWriter, Vec<Spec>)> {
         let mut w = GgufWriter::new();
         let md = w.metadata_mut();
-        let a = "llama";
+        let a = self.arch;
         let u32v = |v: usize| Value::U32(v as u32);
         md.set("general.architecture", Value::String(a.into()));
         md.set("general.name", Value::String(format!("strata synthetic {} {dtype} (seed {seed})", self.name)));
@@ -238,6 +358,18 @@ impl Preset {
         md.set(&format!("{a}.rope.freq_base"), Value::F32(self.rope_freq_base));
         md.set(&format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(self.rms_eps));
         md.set(&format!("{a}.vocab_size"), u32v(self.n_vocab));
+        if self.head_dim > 0 {
+            md.set(&format!("{a}.attention.key_length"), u32v(self.head_dim));
+            md.set(&format!("{a}.attention.value_length"), u32v(self.head_dim));
+        }
+        if self.n_expert > 0 {
+            md.set(&format!("{a}.expert_count"), u32v(self.n_expert));
+            md.set(&format!("{a}.expert_used_count"), u32v(self.n_expert_used));
+            match a {
+                "llama" => md.set(&format!("{a}.feed_forward_length"), u32v(self.n_ff_exp)),
+                _ => md.set(&format!("{a}.expert_feed_forward_length"), u32v(self.n_ff_exp)),
+            }
+        }
         let (tokens, types) = synth_vocab(self.n_vocab)?;
         md.set("tokenizer.ggml.model", Value::String("gpt2".into()));
         md.set("tokenizer.ggml.pre", Value::String("default".into()));
@@ -250,7 +382,9 @@ impl Preset {
         md.set("tokenizer.chat_template", Value::String(CHATML.into()));
         let specs = self.specs(dtype)?;
         for s in &specs {
-            w.add_tensor(&s.name, s.ggml, &s.dims)?;
+            let ggml =
+                GgmlType::from_dtype(s.dt).ok_or_else(|| Error::invalid(format!("{} cannot be stored", s.dt)))?;
+            w.add_tensor(&s.name, ggml, &s.dims)?;
         }
         Ok((w, specs))
     }
@@ -308,18 +442,19 @@ impl Mix {
 const CHUNK: usize = 1 << 20;
 
 /// Fills one tensor's bytes with random values of its type.
-fn fill_tensor(spec: &Spec, dtype: DType, seed: u64, index: usize, buf: &mut [u8]) {
+fn fill_tensor(spec: &Spec, seed: u64, index: usize, buf: &mut [u8]) {
     use rayon::prelude::*;
     let cols = spec.dims[0] as f32;
     // Uniform in [-a, a] has std a/sqrt(3); aim for std 1/sqrt(cols).
     let amp = 3f32.sqrt() / cols.sqrt();
-    let dt = if spec.norm { DType::F32 } else { dtype };
-    // Chunks must hold whole blocks (18, 20, 34 bytes) or elements: round 1 MiB down to a
+    let dt = spec.dt;
+    // Chunks must hold whole blocks (18, 20, 34, 144 bytes) or elements: round 1 MiB down to a
     // multiple of the unit.
     let unit = match dt {
         DType::Q4_0 => 18,
         DType::Q4_1 => 20,
         DType::Q8_0 => 34,
+        DType::Q4_K => 144,
         DType::F16 | DType::BF16 => 2,
         _ => 4,
     };
@@ -327,7 +462,7 @@ fn fill_tensor(spec: &Spec, dtype: DType, seed: u64, index: usize, buf: &mut [u8
     buf.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
         let mut rng = Mix(seed ^ ((index as u64) << 32) ^ (c as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
         match dt {
-            DType::Q4_0 | DType::Q4_1 | DType::Q8_0 => fill_blocks(dt, amp, &mut rng, out, unit),
+            DType::Q4_0 | DType::Q4_1 | DType::Q8_0 | DType::Q4_K => fill_blocks(dt, amp, &mut rng, out, unit),
             DType::F16 => {
                 out.chunks_exact_mut(2).for_each(|b| b.copy_from_slice(&f16::from_f32(amp * rng.unit()).to_le_bytes()))
             }
@@ -355,6 +490,22 @@ fn fill_blocks(dt: DType, amp: f32, rng: &mut Mix, out: &mut [u8], unit: usize) 
                 block[..2].copy_from_slice(&f16::from_f32(amp / 8.0).to_le_bytes());
                 block[2..].copy_from_slice(&bytes[..16]);
             }
+            // Q4_K: every sub-block's 6-bit scale and min are 32 (bytes 0..8 hold the low 6 bits
+            // and the high 2 of the later sub-blocks: 0b10_100000; bytes 8..12 the later low 4
+            // bits: 0), so a value is d·32·q - dmin·32 with q in 0..16: d = amp / 240,
+            // dmin = amp / 32 give [-amp, amp].
+            DType::Q4_K => {
+                block[..2].copy_from_slice(&f16::from_f32(amp / 240.0).to_le_bytes());
+                block[2..4].copy_from_slice(&f16::from_f32(amp / 32.0).to_le_bytes());
+                block[4..12].fill(0xA0);
+                block[12..16].fill(0);
+                for q in block[16..].chunks_exact_mut(32) {
+                    q.copy_from_slice(&bytes);
+                    for w in bytes.chunks_exact_mut(8) {
+                        w.copy_from_slice(&rng.next().to_le_bytes());
+                    }
+                }
+            }
             // q * d + m: d = amp / 7.5, m = -amp.
             DType::Q4_1 => {
                 block[..2].copy_from_slice(&f16::from_f32(amp / 7.5).to_le_bytes());
@@ -376,12 +527,12 @@ fn fill_blocks(dt: DType, amp: f32, rng: &mut Mix, out: &mut [u8], unit: usize) 
 /// An unknown type or an I/O error naming the file.
 pub fn write_gguf(preset: &Preset, dtype: DType, seed: u64, path: &Path, progress: impl Fn(u64) + Sync) -> Result<()> {
     let (w, specs) = preset.writer(dtype, seed)?;
-    w.write_file(path, |i, buf| fill_tensor(&specs[i], dtype, seed, i, buf), progress)?;
+    w.write_file(path, |i, buf| fill_tensor(&specs[i], seed, i, buf), progress)?;
     Ok(())
 }
 
 /// The same model as GGUF bytes in memory (tests).
 pub fn gguf_bytes(preset: &Preset, dtype: DType, seed: u64) -> Result<Vec<u8>> {
     let (w, specs) = preset.writer(dtype, seed)?;
-    Ok(w.to_bytes(|i, buf| fill_tensor(&specs[i], dtype, seed, i, buf))?)
+    Ok(w.to_bytes(|i, buf| fill_tensor(&specs[i], seed, i, buf))?)
 }

@@ -406,3 +406,44 @@ fn moe_derive_is_deterministic() {
     let other = DeriveOptions { seed: 1, ..o };
     assert!(derive_bytes(&src, &o).expect("derive") != derive_bytes(&src, &other).expect("derive"));
 }
+
+/// The MoE synth presets: the tiny ones load with the expert layout of their architecture and
+/// generate on the CPU with the exact path equal to the reference; the real shapes carry the
+/// published sizes (Qwen3-30B-A3B: 30.5B parameters; Mixtral 8x7B: 46.7B), and `inspect`
+/// reports the experts' share and the bytes a token reads.
+#[test]
+fn moe_synth_presets() {
+    use strata_model::synth::{Preset, gguf_bytes};
+    for (name, arch, roles) in [("tiny-moe", "qwen3moe", 12), ("tiny-mixtral", "llama", 10)] {
+        let preset = Preset::by_name(name).expect("preset");
+        let bytes = gguf_bytes(&preset, DType::Q4_0, 5).expect("synthetic");
+        let file = GgufFile::from_bytes(bytes.clone()).expect("parse");
+        let info = strata_model::inspect::inspect(&file, Path::new(name));
+        let x = info.experts.as_ref().expect("experts in inspect");
+        assert_eq!((x.count, x.used), (preset.n_expert as u64, preset.n_expert_used as u64));
+        assert!(x.active_bytes_per_token < info.total_bytes && x.bytes < info.total_bytes);
+        assert!(info.render_table().contains(&format!("experts     {} per layer", x.count)));
+        let model = load(bytes).expect("the preset loads");
+        assert_eq!((model.config.arch.as_str(), model.config.layer_roles.len()), (arch, roles));
+        let run = |path| {
+            strata_tensor::ops::with_cpu_path(path, || {
+                let mut s = Session::new(Arc::clone(&model), None, &opts()).expect("session");
+                s.forward(&[257, 72, 101, 108, 108, 111], true).expect("forward")
+            })
+        };
+        let (exact, reference) = (run(strata_tensor::ops::CpuPath::Exact), run(strata_tensor::ops::CpuPath::Reference));
+        assert!(exact.iter().all(|v| v.is_finite()));
+        let d = rel_diff(&exact, &reference);
+        assert!(d < SAME_FUNCTION, "{name}: exact vs reference {d}");
+    }
+    let params = |name: &str| {
+        let p = Preset::by_name(name).expect("preset");
+        p.file_bytes(DType::F32) / 4
+    };
+    let (qwen, mixtral) = (params("qwen3-30b-a3b"), params("mixtral-8x7b"));
+    println!("parameters: qwen3-30b-a3b {qwen}, mixtral-8x7b {mixtral}");
+    assert!((30_400_000_000..30_600_000_000).contains(&qwen), "qwen3-30b-a3b has {qwen} parameters");
+    assert!((46_600_000_000..46_800_000_000).contains(&mixtral), "mixtral-8x7b has {mixtral} parameters");
+    let q4k = Preset::by_name("qwen3-30b-a3b").expect("preset").file_bytes(DType::Q4_K);
+    assert!(q4k > 15 << 30 && q4k < 17 << 30, "qwen3-30b-a3b q4_k is {q4k} bytes");
+}

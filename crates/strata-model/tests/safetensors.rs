@@ -34,6 +34,7 @@ fn preset(tied: bool) -> Preset {
         rope_freq_base: 10000.0,
         rms_eps: 1e-5,
         tied,
+        ..synth::DENSE
     }
 }
 

@@ -394,3 +394,72 @@ fn attention_decode_next_cuda() {
         }
     });
 }
+
+/// The ops of a mixture-of-experts FFN: one expert's slice of a 3-D weight as a view
+/// (`Tensor::narrow`: same bytes, so the same products as the expert on its own, exactly), the
+/// gather of its tokens' rows (`embedding_gather` of an f32 table), and the scaled scatter-add
+/// of its outputs into their rows (`scatter_add_scaled`: one product and one sum per value,
+/// rounded like the CPU reference, so compared exactly), with odd widths.
+fn moe_body(s: &Stream) {
+    let (n_expert, rows, cols) = (3, 37, 96);
+    let experts: Vec<Vec<u8>> = (0..n_expert).map(|e| weights(K::Q4_1, rows, cols, 40 + e as u64).0).collect();
+    let stacked = on(s, Tensor::from_bytes(DType::Q4_1, &[n_expert, rows, cols], &experts.concat()).unwrap());
+    let x = on(s, f32t(&[2, cols], &uniform(41, 2 * cols, 1.0)));
+    for (e, bytes) in experts.iter().enumerate() {
+        let view = stacked.narrow(e..e + 1).unwrap().reshape(&[rows, cols]).unwrap();
+        let alone = on(s, Tensor::from_bytes(DType::Q4_1, &[rows, cols], bytes).unwrap());
+        let (mut a, mut b) = (poisoned(&[2, rows], s), poisoned(&[2, rows], s));
+        ops::matmul(&view, &x, &mut a, s).unwrap();
+        ops::matmul(&alone, &x, &mut b, s).unwrap();
+        assert_close(
+            &format!("expert {e} view"),
+            &a.to_vec_f32(s).unwrap(),
+            &b.to_vec_f32(s).unwrap(),
+            Tolerance::STRICT,
+        );
+    }
+    assert!(stacked.narrow(2..4).is_err(), "a slice past the experts");
+
+    let (t, width) = (13, 37);
+    let h = uniform(42, t * width, 3.0);
+    let picked = [7, 0, 3, 12, 5];
+    let mut gathered = poisoned(&[picked.len(), width], s);
+    ops::embedding_gather(&on(s, f32t(&[t, width], &h)), &on(s, i32t(&picked)), &mut gathered, s).unwrap();
+    let want: Vec<f32> =
+        picked.iter().flat_map(|&r| h[r as usize * width..(r as usize + 1) * width].to_vec()).collect();
+    assert_close("gather rows", &gathered.to_vec_f32(s).unwrap(), &want, Tolerance::STRICT);
+
+    let src = uniform(43, picked.len() * width, 2.0);
+    let w = [0.5, -1.25, 0.125, 3.0, 0.75];
+    let base = uniform(44, t * width, 1.0);
+    let mut want = base.clone();
+    for ((&r, &wt), row) in picked.iter().zip(&w).zip(src.chunks_exact(width)) {
+        for (o, &v) in want[r as usize * width..(r as usize + 1) * width].iter_mut().zip(row) {
+            *o += wt * v;
+        }
+    }
+    let mut out = on(s, f32t(&[t, width], &base));
+    let (srct, rowst, wt) = (on(s, f32t(&[picked.len(), width], &src)), on(s, i32t(&picked)), on(s, f32t(&[5], &w)));
+    ops::scatter_add_scaled(&srct, &rowst, &wt, &mut out, s).unwrap();
+    assert_close("scatter_add_scaled", &out.to_vec_f32(s).unwrap(), &want, Tolerance::STRICT);
+    assert!(ops::scatter_add_scaled(&srct, &on(s, i32t(&picked[..4])), &wt, &mut out, s).is_err(), "rows length");
+
+    out.fill_zero(s).unwrap();
+    assert!(out.to_vec_f32(s).unwrap().iter().all(|&v| v == 0.0), "fill_zero");
+}
+device_test!(moe, moe_body);
+
+/// On the host a repeated row or one outside `out` is an error (the CUDA kernel adds without
+/// atomics and cannot report a bad row without a synchronize).
+#[test]
+fn scatter_add_scaled_refuses_repeated_and_outside_rows() {
+    let s = Stream::Host;
+    let src = f32t(&[2, 3], &[1.0; 6]);
+    let w = f32t(&[2], &[1.0, 1.0]);
+    let mut out = f32t(&[4, 3], &[0.0; 12]);
+    for bad in [[1, 1], [0, 4], [-1, 0]] {
+        let err = ops::scatter_add_scaled(&src, &i32t(&bad), &w, &mut out, &s).expect_err("bad rows");
+        assert!(matches!(err, Error::Kernel(_)), "{bad:?}: {err}");
+    }
+    assert_eq!(out.as_f32().unwrap(), &[0.0; 12], "nothing written");
+}
