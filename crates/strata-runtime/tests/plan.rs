@@ -32,7 +32,8 @@ fn measured() -> Speeds {
 /// A Llama-2-7B-like model in Q4_0: 32 layers of ~113.6 MiB (202M weights at 4.5 bits), a
 /// 2048-token f16 KV cache (32 MiB per layer), a Q6_K head and a Q4_0 embedding table.
 fn seven_b() -> PlanRequest {
-    let layer = LayerSpec { weight_bytes: 119_144_448, kv_bytes: 32 * MIB, flops_per_token: 2 * 202_383_360 };
+    let layer =
+        LayerSpec { weight_bytes: 119_144_448, kv_bytes: 32 * MIB, flops_per_token: 2 * 202_383_360, experts: None };
     PlanRequest {
         layers: vec![layer; 32],
         head_bytes: 107_520_000,
@@ -50,6 +51,7 @@ fn seven_b() -> PlanRequest {
         prefill_tokens: 512,
         max_prefetch_depth: 2,
         context: 0,
+        experts: Default::default(),
     }
 }
 
@@ -220,6 +222,7 @@ fn any_layers() -> impl Strategy<Value = Vec<LayerSpec>> {
         weight_bytes: w,
         kv_bytes: kv,
         flops_per_token: w * per_byte,
+        experts: None,
     });
     prop_oneof![(layer.clone(), 1usize..40).prop_map(|(l, n)| vec![l; n]), prop::collection::vec(layer, 1..24),]
 }
@@ -281,6 +284,7 @@ prop_compose! {
             prefill_tokens: prefill,
             max_prefetch_depth: depth,
             context: 0,
+            experts: Default::default(),
         }
     }
 }
@@ -665,7 +669,8 @@ fn each_side_of_the_speeds_says_where_it_came_from() {
 /// predicted near the 295 tok/s decode measured there, and the 7B all resident near 101.
 #[test]
 fn assumed_gpu_speeds_match_the_measured_h200() {
-    let smol_layer = LayerSpec { weight_bytes: 2_433_024, kv_bytes: 3 * MIB, flops_per_token: 2 * 3_538_944 };
+    let smol_layer =
+        LayerSpec { weight_bytes: 2_433_024, kv_bytes: 3 * MIB, flops_per_token: 2 * 3_538_944, experts: None };
     let smol = PlanRequest {
         layers: vec![smol_layer; 30],
         head_bytes: 30 * MIB,
@@ -762,7 +767,7 @@ fn bad_input_is_an_error_not_a_panic() {
         source: SpeedSource::Measured,
         gpu_source: SpeedSource::Measured,
     };
-    let big = LayerSpec { weight_bytes: u64::MAX / 4, kv_bytes: 0, flops_per_token: u64::MAX };
+    let big = LayerSpec { weight_bytes: u64::MAX / 4, kv_bytes: 0, flops_per_token: u64::MAX, experts: None };
     let req = with(&seven_b(), |r| {
         r.layers = vec![big; 3];
         r.speeds = slow;
@@ -781,7 +786,7 @@ fn bad_input_is_an_error_not_a_panic() {
     }));
     assert_eq!(p.counts().2, 32);
     // Sizes at the edge of u64 do not overflow.
-    let huge = LayerSpec { weight_bytes: u64::MAX, kv_bytes: u64::MAX, flops_per_token: u64::MAX };
+    let huge = LayerSpec { weight_bytes: u64::MAX, kv_bytes: u64::MAX, flops_per_token: u64::MAX, experts: None };
     let req = with(&seven_b(), |r| {
         r.layers = vec![huge; 3];
         r.gpu_budget = Some(u64::MAX);
@@ -792,7 +797,7 @@ fn bad_input_is_an_error_not_a_panic() {
         check_invariants(&req, &p).unwrap();
     }
     // Zero-sized layers and speeds still give finite rates.
-    let zero = LayerSpec { weight_bytes: 0, kv_bytes: 0, flops_per_token: 0 };
+    let zero = LayerSpec { weight_bytes: 0, kv_bytes: 0, flops_per_token: 0, experts: None };
     let req = PlanRequest {
         layers: vec![zero; 4],
         gpu_budget: Some(0),

@@ -217,7 +217,7 @@ fn kv_advice(p: &Planner, best: &Candidate) -> Option<String> {
         for s in &mut r.layers {
             s.kv_bytes = (u128::from(s.kv_bytes) * context as u128 / req.context as u128) as u64;
         }
-        let c = Planner::new(&r).choose(Policy::Auto).ok()?.best;
+        let c = Planner::with_sides(&r, p.sides.clone()).choose(Policy::Auto).ok()?.best;
         Some((c.layout.resident, tps(&c.decode)))
     };
     let (most, _) = resident_at(0)?;

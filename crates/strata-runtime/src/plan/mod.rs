@@ -46,6 +46,32 @@
 //!   divided by T. The head is one matvec per batch (only the last position needs logits).
 //! - The bound is the largest of the GPU, PCIe and CPU busy times.
 //!
+//! # Experts
+//! A mixture-of-experts layer ([`LayerSpec::experts`]) is placed in two parts: its *attention
+//! part* (norms, Q/K/V/O, router: `weight_bytes - experts.bytes`) follows the layer's placement
+//! above, and its experts either follow it too (resident with a resident layer, copied with a
+//! streamed one: *streamed experts*) or stay in host memory and are computed on the CPU while the
+//! attention part runs on the GPU (`--cpu-moe`, `--n-cpu-moe N`), optionally with a GPU cache of
+//! the `k` hottest experts of the layer (`--expert-cache SIZE`, shared evenly by those layers). A
+//! cpu layer computes everything on the CPU.
+//! - Bytes a pass reads: a dense layer all its weights; a MoE layer its attention part and the
+//!   experts routed to: `n_used × bytes_per_expert` for one token, `E(T) × bytes_per_expert` for
+//!   a batch of T, where `E(T) = n × (1 - (1 - n_used/n)^T)` is the expected number of distinct
+//!   experts T tokens touch under uniform routing (512 tokens × 8 of 128: all 128).
+//! - Experts on the CPU, per token: the attention part on the GPU (`attention / gpu_bytes_per_s +
+//!   layer_overhead_s`), then, side by side, the cached share `h` of the routed experts on the
+//!   GPU (`h × active / gpu_bytes_per_s`) and the rest on the CPU (`(1 - h) × active /
+//!   cpu_bytes_per_s + cpu_handoff_s`): the layer takes the attention part plus the larger of
+//!   the two. `active = n_used × bytes_per_expert`; the predicted hit rate `h = k / n` assumes
+//!   uniform routing (real routers favour some experts, so the measured rate is usually higher;
+//!   `--stats` shows it). Prefill uses the same split with the roofline of the phase.
+//! - Memory: the GPU holds the attention part (or a slot for it when streamed) and the cache;
+//!   host memory holds the experts (counted under `cpu_experts`).
+//! - Choice: with no expert flag and a GPU, `auto` tries experts with their layers, experts of
+//!   every layer on the CPU, and that with caches of 1, 2, 4, ... experts per layer; each mode is
+//!   searched as above and the fastest decode wins. The flags fix the mode. A dense model, or no
+//!   GPU, has one mode and plans exactly as without experts (the flags add a note).
+//!
 //! # Choice
 //! Every layout `(r, q, streamed, d)` the policy allows is checked against the budgets and
 //! simulated; the one with the fastest predicted decode wins (prefill breaks ties). Because the
@@ -56,6 +82,7 @@
 //! streamed counts are tried in steps.
 
 mod advice;
+mod experts;
 mod predict;
 mod render;
 mod search;
@@ -114,12 +141,119 @@ impl SpeedSource {
 /// One transformer layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerSpec {
-    /// Exact, from the model file.
+    /// Exact, from the model file: every tensor of the layer, its experts included.
     pub weight_bytes: u64,
     /// This layer's K and V cache at the chosen context length.
     pub kv_bytes: u64,
-    /// About 2 × weight elements: the compute of one token through this layer.
+    /// About 2 × weight elements: the compute of one token through this layer. For a
+    /// mixture-of-experts layer, without the experts (their part is in [`ExpertSpec`]).
     pub flops_per_token: u64,
+    /// The experts of a mixture-of-experts layer; `None` for a dense layer.
+    #[serde(default)]
+    pub experts: Option<ExpertSpec>,
+}
+
+/// The experts of a mixture-of-experts layer (GGUF `ffn_{gate,up,down}_exps`). The rest of
+/// [`LayerSpec::weight_bytes`] is the layer's *attention part* (norms, Q/K/V/O, the router),
+/// which is placed like a dense layer; the experts may stay with it or be placed apart
+/// (see the module docs, "Experts").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpertSpec {
+    /// Bytes of all the layer's experts (at most [`LayerSpec::weight_bytes`]).
+    pub bytes: u64,
+    /// Experts in the layer.
+    pub n_expert: usize,
+    /// Experts each token is routed to.
+    pub n_expert_used: usize,
+    /// Bytes of one expert (its gate, up and down slices).
+    pub bytes_per_expert: u64,
+    /// Compute of one routed expert for one token (about 2 × its weight elements).
+    pub flops_per_token: u64,
+}
+
+impl ExpertSpec {
+    /// Bytes the routed experts of one token read: `n_expert_used × bytes_per_expert`.
+    pub fn active_bytes(&self) -> u64 {
+        (self.n_expert_used as u64).saturating_mul(self.bytes_per_expert)
+    }
+}
+
+/// Where the experts of mixture-of-experts layers go, as the user asked (`--cpu-moe`,
+/// `--n-cpu-moe N`, `--expert-cache SIZE`). Dense models ignore it (the plan says so).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpertPolicy {
+    /// Which layers' experts are computed on the CPU.
+    pub cpu: CpuExperts,
+    /// GPU memory for a cache of the hottest CPU-computed experts, shared evenly by the layers
+    /// whose experts are on the CPU. `None`: no cache with `--cpu-moe`/`--n-cpu-moe`, chosen by
+    /// predicted speed in `auto`.
+    pub cache_bytes: Option<u64>,
+}
+
+/// Which layers' experts are computed on the CPU while the layer's attention part runs on the
+/// GPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CpuExperts {
+    /// Chosen by predicted speed: with their layer, or on the CPU with or without a cache.
+    #[default]
+    Auto,
+    /// `--cpu-moe`: the experts of every layer.
+    All,
+    /// `--n-cpu-moe N`: the experts of the first N layers (llama.cpp's meaning); the other
+    /// layers' experts stay with their layer.
+    First(usize),
+}
+
+/// Where a layer's experts live and run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpertPlacement {
+    /// With a resident layer, in GPU memory.
+    Resident,
+    /// With a streamed layer: copied to the GPU with the layer's other tensors before use.
+    Streamed,
+    /// In host memory, computed on the CPU (the layer's own placement may be on the GPU).
+    Cpu,
+    /// In host memory and computed on the CPU, except the hottest experts, which a GPU cache
+    /// holds and the GPU computes.
+    Cached,
+}
+
+/// The experts of one mixture-of-experts layer in the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpertPlan {
+    /// Where the experts live and run.
+    pub placement: ExpertPlacement,
+    /// Bytes of all the layer's experts.
+    pub bytes: u64,
+    /// Experts held in the GPU cache ([`ExpertPlacement::Cached`]; 0 otherwise).
+    pub cached: usize,
+    /// Experts in the layer.
+    pub n_expert: usize,
+    /// Bytes of the GPU cache of this layer.
+    pub cached_bytes: u64,
+}
+
+/// The plan's experts at a glance (`None` in a plan of a dense model).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExpertSummary {
+    /// Expert bytes resident on the GPU with their layer.
+    pub resident_bytes: u64,
+    /// Expert bytes streamed with their layer.
+    pub streamed_bytes: u64,
+    /// Bytes of the GPU expert caches.
+    pub cached_bytes: u64,
+    /// Expert bytes computed on the CPU (in host memory; the cached ones included).
+    pub cpu_bytes: u64,
+    /// Bytes the routed experts of one token read, over all layers.
+    pub active_bytes_per_token: u64,
+    /// Predicted share of routed experts found in the GPU caches, over the cached layers
+    /// (uniform routing: cached / experts; real routing is skewed, so usually more). 0 without
+    /// a cache.
+    pub predicted_hit_rate: f64,
+    /// What was asked: "auto", "--cpu-moe", "--n-cpu-moe 4 --expert-cache 2.0 GiB", ...
+    pub policy: String,
 }
 
 /// How fast this machine moves and computes. Rates must be finite and at least 1 per second,
@@ -257,6 +391,9 @@ pub struct PlanRequest {
     /// cache pushes layers off the GPU says which `--context` would keep them.
     #[serde(default)]
     pub context: usize,
+    /// Where the experts of mixture-of-experts layers go (ignored for dense models).
+    #[serde(default)]
+    pub experts: ExpertPolicy,
 }
 
 impl Default for PlanRequest {
@@ -278,6 +415,7 @@ impl Default for PlanRequest {
             prefill_tokens: 512,
             max_prefetch_depth: 2,
             context: 0,
+            experts: ExpertPolicy::default(),
         }
     }
 }
@@ -295,6 +433,9 @@ pub struct LayerPlan {
     pub kv_bytes: u64,
     /// Where the layer's KV cache lives.
     pub kv_placement: KvPlacement,
+    /// The experts of a mixture-of-experts layer; `None` for a dense layer.
+    #[serde(default)]
+    pub experts: Option<ExpertPlan>,
 }
 
 /// Predicted speed of the plan (see the module docs for the model).
@@ -327,6 +468,9 @@ pub struct GpuBytes {
     pub kv: u64,
     /// slots × slot_bytes.
     pub slots: u64,
+    /// GPU caches of hot experts.
+    #[serde(default)]
+    pub expert_cache: u64,
 }
 
 /// What the planned host memory is made of; `total()` is [`Plan::host_bytes_planned`].
@@ -344,12 +488,15 @@ pub struct HostBytes {
     pub head_and_scratch: u64,
     /// The embedding table when the weights are not memory-mapped.
     pub embedding: u64,
+    /// Experts computed on the CPU for layers whose attention part runs on the GPU.
+    #[serde(default)]
+    pub cpu_experts: u64,
 }
 
 impl GpuBytes {
     /// The sum of the parts (saturating).
     pub fn total(&self) -> u64 {
-        [self.context_overhead, self.scratch, self.head, self.resident_weights, self.kv, self.slots]
+        [self.context_overhead, self.scratch, self.head, self.resident_weights, self.kv, self.slots, self.expert_cache]
             .iter()
             .fold(0u64, |a, b| a.saturating_add(*b))
     }
@@ -358,9 +505,17 @@ impl GpuBytes {
 impl HostBytes {
     /// The sum of the parts (saturating).
     pub fn total(&self) -> u64 {
-        [self.pinned, self.staged_weights, self.cpu_weights, self.kv, self.head_and_scratch, self.embedding]
-            .iter()
-            .fold(0u64, |a, b| a.saturating_add(*b))
+        [
+            self.pinned,
+            self.staged_weights,
+            self.cpu_weights,
+            self.kv,
+            self.head_and_scratch,
+            self.embedding,
+            self.cpu_experts,
+        ]
+        .iter()
+        .fold(0u64, |a, b| a.saturating_add(*b))
     }
 }
 
@@ -371,7 +526,8 @@ impl HostBytes {
 ///
 /// const GIB: u64 = 1 << 30;
 /// // 32 layers of 400 MiB on a 6 GiB card: some resident, the rest streamed or on the CPU.
-/// let layer = LayerSpec { weight_bytes: 400 << 20, kv_bytes: 16 << 20, flops_per_token: 2 * 200_000_000 };
+/// let layer =
+///     LayerSpec { weight_bytes: 400 << 20, kv_bytes: 16 << 20, flops_per_token: 2 * 200_000_000, experts: None };
 /// let req = PlanRequest {
 ///     layers: vec![layer; 32],
 ///     head_bytes: 250 << 20,
@@ -434,6 +590,9 @@ pub struct Plan {
     pub warnings: Vec<String>,
     /// What was asked, for display: "auto", "--gpu-layers 30", "--stream", ...
     pub policy: String,
+    /// The experts of a mixture-of-experts model; `None` for a dense model.
+    #[serde(default)]
+    pub experts: Option<ExpertSummary>,
 }
 
 impl Plan {
@@ -537,8 +696,33 @@ pub enum PlanError {
 /// the message names the numbers and the flag to change.
 pub fn plan(req: &PlanRequest) -> Result<Plan, PlanError> {
     search::validate(req)?;
-    let planner = search::Planner::new(req);
-    let chosen = planner.choose(req.policy)?;
-    let warnings = advice::warnings(&planner, &chosen);
+    // One search per expert mode (a dense model has one); the fastest decode wins, prefill
+    // breaks ties, and the first mode wins a full tie (experts with their layer, as before).
+    let mut best: Option<(search::Planner, search::Chosen)> = None;
+    let mut errors = Vec::new();
+    for sides in experts::modes(req) {
+        let planner = search::Planner::with_sides(req, sides);
+        match planner.choose(req.policy) {
+            Ok(c) => {
+                let better = best.as_ref().is_none_or(|(_, b)| {
+                    let (x, y) = (&c.best, &b.best);
+                    x.decode.seconds < y.decode.seconds
+                        || (x.decode.seconds == y.decode.seconds && x.prefill.seconds < y.prefill.seconds)
+                });
+                if better {
+                    best = Some((planner, c));
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    let Some((planner, chosen)) = best else {
+        // The mode that needs the least GPU memory (experts on the CPU, no cache) comes second
+        // in `auto`; its error names the smallest need.
+        let i = usize::from(errors.len() > 1);
+        return Err(errors.into_iter().nth(i).unwrap_or(PlanError::NoLayers));
+    };
+    let mut warnings = advice::warnings(&planner, &chosen);
+    warnings.extend(experts::warnings(req, &planner.sides));
     Ok(planner.build(&chosen, warnings))
 }

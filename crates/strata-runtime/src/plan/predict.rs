@@ -1,6 +1,7 @@
 //! The time model of the module docs: per-layer costs, and the copy/compute pipeline simulated
 //! over one token (decode) or one batch (prefill).
 
+use super::experts::{ExpertSide, hit_rate, moe, split, touched};
 use super::search::Layout;
 use super::{Placement, PlanRequest};
 
@@ -28,8 +29,15 @@ impl Timing {
 
 /// Per-layer costs of one phase, in seconds per pass (a token for decode, a batch for prefill).
 struct Phase {
+    /// The layer on the GPU: all of it, or its attention part when its experts are on the CPU.
     gpu: Vec<f64>,
+    /// The whole layer on the CPU.
     cpu: Vec<f64>,
+    /// Experts on the CPU of a layer on the GPU: the cached ones on the GPU and the others on
+    /// the CPU (with the activations' round trip), at the same time, after the attention part.
+    /// Both 0 when the experts follow their layer.
+    expert_gpu: Vec<f64>,
+    expert_cpu: Vec<f64>,
     head_gpu: f64,
     head_cpu: f64,
     /// Tokens per pass: the timing is divided by it.
@@ -50,37 +58,83 @@ pub(super) struct Costs {
 }
 
 impl Costs {
-    pub fn new(req: &PlanRequest) -> Costs {
+    pub fn new(req: &PlanRequest, sides: &[ExpertSide]) -> Costs {
         let s = &req.speeds;
         let batch = req.prefill_tokens.max(1) as f64;
         let w = |i: usize| req.layers[i].weight_bytes as f64;
         let flops = |i: usize| req.layers[i].flops_per_token as f64;
         let n = req.layers.len();
         let head = req.head_bytes as f64;
+        // Bytes a pass reads and flops per token of a layer computed in one place: a dense layer
+        // reads all its weights; a mixture-of-experts layer its attention part and the experts
+        // the pass routes to (one token: n_used of them; a batch: the distinct ones it touches).
+        let read = |i: usize, tokens: f64| match moe(&req.layers[i]) {
+            None => w(i),
+            Some(e) => {
+                let attention = (req.layers[i].weight_bytes - e.bytes.min(req.layers[i].weight_bytes)) as f64;
+                attention + touched(e, tokens) * e.bytes_per_expert as f64
+            }
+        };
+        let layer_flops = |i: usize| match moe(&req.layers[i]) {
+            None => flops(i),
+            Some(e) => flops(i) + e.n_expert_used as f64 * e.flops_per_token as f64,
+        };
+        // The attention part of a layer whose experts are on the CPU.
+        let attention = |i: usize| split(&req.layers[i], sides[i]).gpu as f64;
+        let experts_apart = |i: usize| moe(&req.layers[i]).is_some() && matches!(sides[i], ExpertSide::Cpu { .. });
         // Decode reads every weight once per token: memory bound on both sides.
+        let decode_gpu =
+            |i: usize| if experts_apart(i) { attention(i) } else { read(i, 1.0) } / s.gpu_bytes_per_s + s.layer_overhead_s;
+        // Prefill reads the weights once per batch and does `batch` tokens of compute: the slower
+        // of the two (a roofline), so a tiny batch is still memory bound.
+        let prefill_gpu = |i: usize| {
+            let (bytes, fl) =
+                if experts_apart(i) { (attention(i), flops(i)) } else { (read(i, batch), layer_flops(i)) };
+            (fl * batch / s.gpu_flops).max(bytes / s.gpu_bytes_per_s) + s.layer_overhead_s
+        };
+        // Experts on the CPU: a share `hit` of the routed experts is in the GPU cache and runs
+        // there, the rest on the CPU; a round trip of the activations unless all of them hit.
+        let experts = |i: usize, tokens: f64| -> (f64, f64) {
+            let (Some(e), ExpertSide::Cpu { cached }) = (moe(&req.layers[i]), sides[i]) else { return (0.0, 0.0) };
+            let hit = hit_rate(e, cached);
+            let bytes = touched(e, tokens) * e.bytes_per_expert as f64;
+            let fl = tokens * e.n_expert_used as f64 * e.flops_per_token as f64;
+            let gpu = if hit > 0.0 { (hit * fl / s.gpu_flops).max(hit * bytes / s.gpu_bytes_per_s) } else { 0.0 };
+            let miss = 1.0 - hit;
+            let cpu = if miss > 0.0 {
+                (miss * fl / s.cpu_flops).max(miss * bytes / s.cpu_bytes_per_s) + s.cpu_handoff_s
+            } else {
+                0.0
+            };
+            (gpu, cpu)
+        };
         let decode = Phase {
-            gpu: (0..n).map(|i| w(i) / s.gpu_bytes_per_s + s.layer_overhead_s).collect(),
-            cpu: (0..n).map(|i| w(i) / s.cpu_bytes_per_s).collect(),
+            gpu: (0..n).map(decode_gpu).collect(),
+            cpu: (0..n).map(|i| read(i, 1.0) / s.cpu_bytes_per_s).collect(),
+            expert_gpu: (0..n).map(|i| experts(i, 1.0).0).collect(),
+            expert_cpu: (0..n).map(|i| experts(i, 1.0).1).collect(),
             head_gpu: head / s.gpu_bytes_per_s + s.layer_overhead_s,
             head_cpu: head / s.cpu_bytes_per_s,
             tokens: 1.0,
         };
-        // Prefill reads the weights once per batch and does `batch` tokens of compute: the slower
-        // of the two (a roofline), so a tiny batch is still memory bound.
         let prefill = Phase {
-            gpu: (0..n)
-                .map(|i| (flops(i) * batch / s.gpu_flops).max(w(i) / s.gpu_bytes_per_s) + s.layer_overhead_s)
+            gpu: (0..n).map(prefill_gpu).collect(),
+            cpu: (0..n)
+                .map(|i| (layer_flops(i) * batch / s.cpu_flops).max(read(i, batch) / s.cpu_bytes_per_s))
                 .collect(),
-            cpu: (0..n).map(|i| (flops(i) * batch / s.cpu_flops).max(w(i) / s.cpu_bytes_per_s)).collect(),
+            expert_gpu: (0..n).map(|i| experts(i, batch).0).collect(),
+            expert_cpu: (0..n).map(|i| experts(i, batch).1).collect(),
             head_gpu: decode.head_gpu,
             head_cpu: decode.head_cpu,
             tokens: batch,
         };
+        // A streamed layer copies what it keeps on the GPU: all of it, or its attention part.
+        let copied = |i: usize| split(&req.layers[i], sides[i]).gpu as f64;
         Costs {
             decode,
             prefill,
-            copy: (0..n).map(|i| w(i) / s.h2d_bytes_per_s).collect(),
-            staged: (0..n).map(|i| w(i) / s.h2d_bytes_per_s + w(i) / s.cpu_bytes_per_s).collect(),
+            copy: (0..n).map(|i| copied(i) / s.h2d_bytes_per_s).collect(),
+            staged: (0..n).map(|i| copied(i) / s.h2d_bytes_per_s + copied(i) / s.cpu_bytes_per_s).collect(),
             kv_over_pcie: req.layers.iter().map(|l| l.kv_bytes as f64 / s.h2d_bytes_per_s).collect(),
             handoff: s.cpu_handoff_s,
         }
@@ -111,6 +165,7 @@ impl Costs {
                 Placement::Resident => {
                     now += phase.gpu[i];
                     t.gpu += phase.gpu[i];
+                    experts_apart(phase, i, &mut now, &mut t);
                 }
                 Placement::Cpu => {
                     now += phase.cpu[i] + handoff;
@@ -124,8 +179,9 @@ impl Costs {
                     copy_done = copy_done.max(slot_free[slot]) + copy;
                     let kv = if j < kv_gpu_streamed { 0.0 } else { self.kv_over_pcie[i] };
                     now = now.max(copy_done) + phase.gpu[i] + kv;
-                    slot_free[slot] = now;
                     t.gpu += phase.gpu[i];
+                    experts_apart(phase, i, &mut now, &mut t);
+                    slot_free[slot] = now;
                     t.pcie += copy + kv;
                     j += 1;
                 }
@@ -144,4 +200,17 @@ impl Costs {
         let per_token = |x: f64| x / phase.tokens;
         Timing { seconds: per_token(now), gpu: per_token(t.gpu), pcie: per_token(t.pcie), cpu: per_token(t.cpu) }
     }
+}
+
+/// Adds the experts of layer `i` that run apart from their layer: the cached ones on the GPU
+/// and the others on the CPU side by side, after the attention part. Nothing for a layer whose
+/// experts follow it (so dense plans are timed exactly as before).
+fn experts_apart(phase: &Phase, i: usize, now: &mut f64, t: &mut Timing) {
+    let (g, c) = (phase.expert_gpu[i], phase.expert_cpu[i]);
+    if g == 0.0 && c == 0.0 {
+        return;
+    }
+    *now += g.max(c);
+    t.gpu += g;
+    t.cpu += c;
 }

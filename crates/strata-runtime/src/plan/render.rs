@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::{KvPlacement, LayerPlan, Placement, Plan};
+use super::{ExpertPlacement, ExpertPlan, KvPlacement, LayerPlan, Placement, Plan};
 use crate::units::fmt_size;
 
 /// Up to this many layers the table has one row per layer; above, one row per run.
@@ -63,9 +63,25 @@ fn fmt_pair(used: u64, cap: u64) -> String {
     }
 }
 
-/// Consecutive layers with the same placement and KV placement.
+/// Consecutive layers with the same placement, KV placement and expert placement.
 fn runs(layers: &[LayerPlan]) -> Vec<&[LayerPlan]> {
-    layers.chunk_by(|a, b| a.placement == b.placement && a.kv_placement == b.kv_placement).collect()
+    let experts = |l: &LayerPlan| l.experts.map(|e| (e.placement, e.cached));
+    layers
+        .chunk_by(|a, b| a.placement == b.placement && a.kv_placement == b.kv_placement && experts(a) == experts(b))
+        .collect()
+}
+
+/// The experts column: "resident", "streamed", "cpu", "cached 16/128", or "-" for a dense layer.
+fn experts_name(e: Option<ExpertPlan>) -> String {
+    match e {
+        None => "-".to_string(),
+        Some(e) => match e.placement {
+            ExpertPlacement::Resident => "resident".to_string(),
+            ExpertPlacement::Streamed => "streamed".to_string(),
+            ExpertPlacement::Cpu => "cpu".to_string(),
+            ExpertPlacement::Cached => format!("cached {}/{}", e.cached, e.n_expert),
+        },
+    }
 }
 
 impl Plan {
@@ -85,9 +101,17 @@ impl Plan {
         } else {
             format!("GPU {}", fmt_pair(self.gpu_bytes_planned, self.gpu_budget_bytes))
         };
+        let experts = match &self.experts {
+            Some(x) if x.cached_bytes > 0 => {
+                format!("; experts {} on the CPU, {} cached", fmt_size(x.cpu_bytes), fmt_size(x.cached_bytes))
+            }
+            Some(x) if x.cpu_bytes > 0 => format!("; experts {} on the CPU", fmt_size(x.cpu_bytes)),
+            Some(_) => "; experts with their layers".to_string(),
+            None => String::new(),
+        };
         format!(
-            "plan: {resident} resident, {streamed} streamed{streaming}, {cpu} cpu; {gpu}; predicted {} tok/s decode, \
-             {} tok/s prefill at a batch of {} ({})",
+            "plan: {resident} resident, {streamed} streamed{streaming}, {cpu} cpu{experts}; {gpu}; predicted {} tok/s \
+             decode, {} tok/s prefill at a batch of {} ({})",
             fmt_tps(self.predicted.decode_tokens_per_second),
             fmt_tps(self.predicted.prefill_tokens_per_second),
             self.prefill_batch,
@@ -100,7 +124,11 @@ impl Plan {
         let mut s = String::new();
         // Writing into a String cannot fail; the results are ignored on purpose.
         let _ = writeln!(s, "plan ({}; {})", self.policy, sources(self));
-        let _ = writeln!(s, "{:<9} {:<9} {:>11} {:>11}  KV on", "layers", "placement", "weights", "KV cache");
+        // Dense plans print as they always have; a mixture-of-experts plan adds a column.
+        let moe = self.experts.is_some();
+        let experts_head = if moe { "  experts" } else { "" };
+        let _ =
+            writeln!(s, "{:<9} {:<9} {:>11} {:>11}  KV on{experts_head}", "layers", "placement", "weights", "KV cache");
         let rows: Vec<&[LayerPlan]> =
             if self.layers.len() <= ROW_PER_LAYER { self.layers.chunks(1).collect() } else { runs(&self.layers) };
         for run in rows {
@@ -112,21 +140,24 @@ impl Plan {
             };
             let weights = run.iter().map(|l| l.weight_bytes).fold(0, u64::saturating_add);
             let kv = run.iter().map(|l| l.kv_bytes).fold(0, u64::saturating_add);
+            let kv_on = kv_name(first.kv_placement);
+            let kv_on = if moe { format!("{kv_on:<5}  {}", experts_name(first.experts)) } else { kv_on.to_string() };
             let _ = writeln!(
                 s,
-                "{range:<9} {:<9} {:>11} {:>11}  {}",
+                "{range:<9} {:<9} {:>11} {:>11}  {kv_on}",
                 placement_name(first.placement),
                 fmt_size(weights),
                 fmt_size(kv),
-                kv_name(first.kv_placement)
             );
         }
         let g = &self.gpu_bytes;
+        let cache =
+            if g.expert_cache > 0 { format!(", {} expert cache", fmt_size(g.expert_cache)) } else { String::new() };
         if self.head_on_gpu {
             let _ = writeln!(
                 s,
                 "GPU memory   {} of {}: {} resident weights, {} KV cache, {} slots, {} head, {} scratch, {} CUDA \
-                 context",
+                 context{cache}",
                 fmt_size(self.gpu_bytes_planned),
                 fmt_budget(self.gpu_budget_bytes),
                 fmt_size(g.resident_weights),
@@ -142,11 +173,13 @@ impl Plan {
             let _ = writeln!(s, "GPU memory   no GPU");
         }
         let h = &self.host_bytes;
+        let cpu_experts =
+            if h.cpu_experts > 0 { format!(", {} cpu experts", fmt_size(h.cpu_experts)) } else { String::new() };
         let pinned_what = if self.staging { "pinned ring" } else { "pinned" };
         let _ = writeln!(
             s,
             "host memory  {} of {} usable: {} {pinned_what}, {} staged weights, {} cpu weights, {} KV cache, {} head \
-             and scratch, {} embedding",
+             and scratch, {} embedding{cpu_experts}",
             fmt_size(self.host_bytes_planned),
             fmt_budget(self.host_budget_bytes),
             fmt_size(h.pinned),
@@ -164,6 +197,24 @@ impl Plan {
                 fmt_size(self.slot_bytes),
                 self.prefetch_depth,
                 if self.staging { ", staged through pinned memory" } else { ", from pinned memory" }
+            );
+        }
+        if let Some(x) = &self.experts {
+            let hit = if x.cached_bytes > 0 {
+                format!(" (predicted hit rate {:.0}%)", 100.0 * x.predicted_hit_rate)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                s,
+                "experts      {}: {} resident, {} streamed, {} on the CPU, {} cached on the GPU{hit}; {} active per \
+                 token",
+                x.policy,
+                fmt_size(x.resident_bytes),
+                fmt_size(x.streamed_bytes),
+                fmt_size(x.cpu_bytes),
+                fmt_size(x.cached_bytes),
+                fmt_size(x.active_bytes_per_token),
             );
         }
         let p = &self.predicted;

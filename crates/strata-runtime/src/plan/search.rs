@@ -1,6 +1,7 @@
 //! Memory accounting of a layout, the candidate layouts a policy allows, and the choice among
 //! them (see the module docs of `plan`).
 
+use super::experts::{self, ExpertSide};
 use super::predict::{Costs, Timing};
 use super::{
     GpuBytes, HostBytes, KvPlacement, LayerPlan, Placement, Plan, PlanError, PlanRequest, Policy, Predicted, Rest,
@@ -140,35 +141,54 @@ pub(super) fn policy_flag(policy: Policy, rest: Rest) -> String {
 }
 
 /// Prefix sums over the layers, and the largest weight of every suffix (the slot size when the
-/// streamed band starts there).
+/// streamed band starts there). `sides` says where each layer's experts go when the layer is on
+/// the GPU; a layer on the GPU keeps (or streams) `on_gpu` bytes, its GPU expert cache holds
+/// `cache` bytes and `host_experts` stay in host memory.
 pub(super) struct Planner<'a> {
     pub req: &'a PlanRequest,
     pub costs: Costs,
+    pub sides: Vec<ExpertSide>,
     weights: Vec<u128>,
+    on_gpu: Vec<u128>,
+    cache: Vec<u128>,
+    host_experts: Vec<u128>,
     kv: Vec<u128>,
     largest_from: Vec<u64>,
+    /// Every layer has the same sizes (so interleaving keeps the band order's byte sums).
+    uniform: bool,
 }
 
 impl<'a> Planner<'a> {
-    pub fn new(req: &'a PlanRequest) -> Planner<'a> {
-        let prefix = |f: fn(&super::LayerSpec) -> u64| {
+    /// The planner of `req` with the experts of each layer on the GPU placed as `sides` says.
+    pub fn with_sides(req: &'a PlanRequest, sides: Vec<ExpertSide>) -> Planner<'a> {
+        let splits: Vec<experts::Split> = req.layers.iter().zip(&sides).map(|(l, s)| experts::split(l, *s)).collect();
+        let prefix = |v: &mut dyn Iterator<Item = u64>| {
             std::iter::once(0u128)
-                .chain(req.layers.iter().scan(0u128, move |sum, l| {
-                    *sum += f(l) as u128;
+                .chain(v.scan(0u128, move |sum, x| {
+                    *sum += x as u128;
                     Some(*sum)
                 }))
                 .collect::<Vec<_>>()
         };
         let mut largest_from = vec![0u64; req.layers.len() + 1];
-        for (i, l) in req.layers.iter().enumerate().rev() {
-            largest_from[i] = largest_from[i + 1].max(l.weight_bytes);
+        for (i, sp) in splits.iter().enumerate().rev() {
+            largest_from[i] = largest_from[i + 1].max(sp.gpu);
         }
+        let first = req.layers.first().zip(splits.first());
+        let uniform = req.layers.iter().zip(&splits).all(|(l, sp)| {
+            first.is_some_and(|(f, fs)| l.weight_bytes == f.weight_bytes && l.kv_bytes == f.kv_bytes && sp == fs)
+        });
         Planner {
             req,
-            costs: Costs::new(req),
-            weights: prefix(|l| l.weight_bytes),
-            kv: prefix(|l| l.kv_bytes),
+            costs: Costs::new(req, &sides),
+            weights: prefix(&mut req.layers.iter().map(|l| l.weight_bytes)),
+            on_gpu: prefix(&mut splits.iter().map(|s| s.gpu)),
+            cache: prefix(&mut splits.iter().map(|s| s.cache)),
+            host_experts: prefix(&mut splits.iter().map(|s| s.host)),
+            kv: prefix(&mut req.layers.iter().map(|l| l.kv_bytes)),
             largest_from,
+            uniform,
+            sides,
         }
     }
 
@@ -202,14 +222,17 @@ impl<'a> Planner<'a> {
         let slots = if l.streamed > 0 { l.depth + 1 } else { 0 };
         let slot_total = slots as u128 * slot_bytes as u128;
         let fixed = if l.gpu { self.gpu_fixed() } else { 0 };
-        let resident_w = sum(&self.weights, 0, r);
+        let resident_w = sum(&self.on_gpu, 0, r);
         let resident_kv = sum(&self.kv, 0, r);
-        let base = fixed + resident_w + resident_kv + slot_total;
+        // Expert caches and experts left on the host, of the layers on the GPU.
+        let expert_cache = sum(&self.cache, 0, r) + sum(&self.cache, s0, n);
+        let cpu_experts = sum(&self.host_experts, 0, r) + sum(&self.host_experts, s0, n);
+        let base = fixed + resident_w + resident_kv + slot_total + expert_cache;
         let kv_gpu_streamed = l.streamed;
         let streamed_kv_gpu = sum(&self.kv, s0, s0 + kv_gpu_streamed);
         let gpu_total = base + streamed_kv_gpu;
 
-        let streamed_weights = sum(&self.weights, s0, n);
+        let streamed_weights = sum(&self.on_gpu, s0, n);
         let staging = l.streamed > 0 && streamed_weights > req.pinned_budget as u128;
         let pinned = if staging { slot_total } else { streamed_weights };
         let staged = if staging { streamed_weights } else { 0 };
@@ -217,7 +240,7 @@ impl<'a> Planner<'a> {
         let host_kv = sum(&self.kv, r, r + q) + sum(&self.kv, s0 + kv_gpu_streamed, n);
         let head_and_scratch = if l.gpu { 0 } else { req.head_bytes as u128 + req.scratch_bytes as u128 };
         let embedding = if req.weights_mapped { 0 } else { req.embedding_bytes as u128 };
-        let host_total = pinned + staged + cpu_w + host_kv + head_and_scratch + embedding;
+        let host_total = pinned + staged + cpu_w + host_kv + head_and_scratch + embedding + cpu_experts;
 
         let b = |x: u128| u64::try_from(x).unwrap_or(u64::MAX);
         Accounting {
@@ -230,6 +253,7 @@ impl<'a> Planner<'a> {
                 resident_weights: b(resident_w),
                 kv: b(resident_kv + streamed_kv_gpu),
                 slots: b(slot_total),
+                expert_cache: b(expert_cache),
             },
             host: HostBytes {
                 pinned: b(pinned),
@@ -238,6 +262,7 @@ impl<'a> Planner<'a> {
                 kv: b(host_kv),
                 head_and_scratch: b(head_and_scratch),
                 embedding: b(embedding),
+                cpu_experts: b(cpu_experts),
             },
             kv_gpu_streamed,
             staging,
@@ -275,13 +300,7 @@ impl<'a> Planner<'a> {
         let no_gpu = Layout { gpu: false, resident: 0, cpu: n, streamed: 0, depth: 0, interleave: false };
         // Interleaving keeps every byte sum of the band order only when all layers are alike;
         // `--gpu-layers N` promises the first N layers resident.
-        let first = self.req.layers.first();
-        let uniform = self
-            .req
-            .layers
-            .iter()
-            .all(|l| first.is_some_and(|f| l.weight_bytes == f.weight_bytes && l.kv_bytes == f.kv_bytes));
-        let interleave = uniform && !matches!(policy, Policy::GpuLayers(_));
+        let interleave = self.uniform && !matches!(policy, Policy::GpuLayers(_));
         let mut out = Vec::new();
         let mut push = |r: usize, m: usize| {
             let depths = if m == 0 { 0..=0 } else { 1..=depth };
@@ -422,17 +441,26 @@ impl<'a> Planner<'a> {
         let c = &chosen.best;
         let l = &c.layout;
         let placements = l.placements();
-        let layers = req
+        let layers: Vec<LayerPlan> = req
             .layers
             .iter()
             .zip(placements)
+            .zip(&self.sides)
             .enumerate()
-            .map(|(index, (spec, placement))| {
+            .map(|(index, ((spec, placement), side))| {
                 // Streamed layers are computed on the GPU and keep their KV cache there.
                 let kv_placement = if placement == Placement::Cpu { KvPlacement::Host } else { KvPlacement::Gpu };
-                LayerPlan { index, placement, weight_bytes: spec.weight_bytes, kv_bytes: spec.kv_bytes, kv_placement }
+                LayerPlan {
+                    index,
+                    placement,
+                    weight_bytes: spec.weight_bytes,
+                    kv_bytes: spec.kv_bytes,
+                    kv_placement,
+                    experts: experts::layer_plan(spec, placement, *side),
+                }
             })
             .collect();
+        let expert_summary = experts::summary(req, &layers);
         let decode_s = c.decode.seconds.max(MIN_SECONDS);
         let prefill_s = c.prefill.seconds.max(MIN_SECONDS);
         Plan {
@@ -463,6 +491,7 @@ impl<'a> Planner<'a> {
             speeds: req.speeds,
             warnings,
             policy: policy_flag(req.policy, req.rest),
+            experts: expert_summary,
         }
     }
 }
@@ -504,6 +533,9 @@ fn gpu_parts(l: &Layout, acc: &Accounting) -> String {
     if acc.slots > 0 {
         parts.push(format!("{} for {} streaming slots of {}", fmt_size(g.slots), acc.slots, fmt_size(acc.slot_bytes)));
     }
+    if g.expert_cache > 0 {
+        parts.push(format!("{} for GPU expert caches", fmt_size(g.expert_cache)));
+    }
     parts.push(format!(
         "{} for the output head, scratch and CUDA context",
         fmt_size(g.head + g.scratch + g.context_overhead)
@@ -529,6 +561,9 @@ fn host_parts(l: &Layout, acc: &Accounting) -> String {
     }
     if l.cpu > 0 {
         parts.push(format!("{} of weights for {} cpu layers", fmt_size(h.cpu_weights), l.cpu));
+    }
+    if h.cpu_experts > 0 {
+        parts.push(format!("{} of experts computed on the CPU", fmt_size(h.cpu_experts)));
     }
     if h.kv > 0 {
         parts.push(format!("{} of KV cache", fmt_size(h.kv)));
