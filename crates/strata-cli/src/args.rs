@@ -178,6 +178,23 @@ pub struct OffloadArgs {
     /// of the available RAM].
     #[arg(long, value_name = "SIZE")]
     pub pinned_memory: Option<String>,
+    /// Mixture-of-experts models: keep every layer's experts in host memory and compute them on
+    /// the CPU, while the rest of each layer (attention, router) runs where the plan puts it
+    /// (llama.cpp's --cpu-moe). Without it the planner chooses by predicted speed. A dense
+    /// model, or a machine without a GPU, is unchanged (the plan notes it).
+    #[arg(long, conflicts_with = "n_cpu_moe")]
+    pub cpu_moe: bool,
+    /// Mixture-of-experts models: keep the experts of the first N layers in host memory and
+    /// compute them on the CPU (llama.cpp's --n-cpu-moe); the other layers' experts stay with
+    /// their layer.
+    #[arg(long, value_name = "N")]
+    pub n_cpu_moe: Option<usize>,
+    /// Mixture-of-experts models: GPU memory, e.g. 4GiB, for a cache of the most-used experts
+    /// of the layers whose experts are on the CPU (all of them, or the first N with
+    /// --n-cpu-moe), shared evenly; routed experts found in it run on the GPU, the others on the
+    /// CPU at the same time. The cache is refilled between tokens from the routing counts.
+    #[arg(long, value_name = "SIZE")]
+    pub expert_cache: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

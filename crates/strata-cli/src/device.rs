@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use strata_model::offload::OffloadOptions;
 use strata_model::{DeviceChoice, Engine, EngineOptions, KvType, Model, SessionOptions};
-use strata_runtime::plan::{Policy, Rest};
+use strata_runtime::plan::{CpuExperts, ExpertPolicy, Policy, Rest};
 use strata_runtime::units::parse_size;
 use strata_tensor::ops::CpuPath;
 use strata_tensor::{Gpu, GpuOptions};
@@ -52,10 +52,17 @@ pub fn offload_options(a: &SessionArgs) -> Result<OffloadOptions> {
         None if cpu => (Policy::AllCpu, Rest::Auto),
         None => (Policy::Auto, Rest::Auto),
     };
+    let cpu_experts = match (o.cpu_moe, o.n_cpu_moe) {
+        (true, _) => CpuExperts::All,
+        (false, Some(n)) => CpuExperts::First(n),
+        (false, None) => CpuExperts::Auto,
+    };
+    let cache_bytes = o.expert_cache.as_deref().map(parse_size).transpose().context("--expert-cache")?;
     Ok(OffloadOptions {
         policy,
         rest,
         pinned_budget: o.pinned_memory.as_deref().map(parse_size).transpose().context("--pinned-memory")?,
+        experts: ExpertPolicy { cpu: cpu_experts, cache_bytes },
         ..OffloadOptions::default()
     })
 }

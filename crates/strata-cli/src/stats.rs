@@ -17,6 +17,8 @@ fn summary(passes: &[&PassStats]) -> Value {
     let copy = passes.iter().map(|p| p.copy_s).fold(0.0, |a, b| a + b);
     let bytes: u64 = passes.iter().map(|p| p.copy_bytes).sum();
     let tokens: usize = passes.iter().map(|p| p.tokens).sum();
+    let routed: u64 = passes.iter().map(|p| p.experts.routed).sum();
+    let hits: u64 = passes.iter().map(|p| p.experts.hits).sum();
     json!({
         "passes": passes.len(),
         "tokens": tokens,
@@ -28,6 +30,11 @@ fn summary(passes: &[&PassStats]) -> Value {
         "overlap_efficiency": if wall > 0.0 { compute.max(copy) / wall } else { 0.0 },
         "copy_gb_per_s": if copy > 0.0 { bytes as f64 / copy / 1e9 } else { 0.0 },
         "tokens_per_second": if wall > 0.0 { tokens as f64 / wall } else { 0.0 },
+        "expert_routed": routed,
+        "expert_cache_hits": hits,
+        "expert_cache_hit_rate": if routed > 0 { hits as f64 / routed as f64 } else { 0.0 },
+        "cpu_expert_s": passes.iter().map(|p| p.experts.cpu_s).fold(0.0, |a, b| a + b),
+        "expert_refill_bytes": passes.iter().map(|p| p.experts.refill_bytes).sum::<u64>(),
     })
 }
 
@@ -66,6 +73,22 @@ pub fn render(stats: &[PassStats], dropped: usize) -> String {
             p["overlap_efficiency"].as_f64().unwrap_or(0.0),
             p["copy_gb_per_s"].as_f64().unwrap_or(0.0)
         );
+    }
+    for phase in ["prefill", "decode"] {
+        let p = &v[phase];
+        let routed = p["expert_routed"].as_u64().unwrap_or(0);
+        if routed > 0 {
+            let _ = writeln!(
+                out,
+                "{phase} experts on the CPU: {routed} routed, cache hit rate {:.1}% ({} hits), CPU side {:.1} ms \
+                 (of {:.1} ms wall), {:.1} MiB refilled into the caches",
+                100.0 * p["expert_cache_hit_rate"].as_f64().unwrap_or(0.0),
+                p["expert_cache_hits"],
+                p["cpu_expert_s"].as_f64().unwrap_or(0.0) * 1e3,
+                p["wall_s"].as_f64().unwrap_or(0.0) * 1e3,
+                p["expert_refill_bytes"].as_u64().unwrap_or(0) as f64 / (1u64 << 20) as f64,
+            );
+        }
     }
     // The summary counts generated tokens; the first of them is sampled from the prompt's
     // logits, so the table shows one decode pass fewer.

@@ -218,6 +218,26 @@ pub fn layer_forward(
     sc: &mut Scratch,
     s: &Stream,
 ) -> Result<()> {
+    layer_attention(cfg, layer, w, kv, x, positions, pos0, sc, s)?;
+    attention_output_and_ffn(cfg, w, x, sc, false, s)
+}
+
+/// [`layer_forward`] up to the attention output (in the scratch, for
+/// [`attention_output_and_ffn`] or [`attention_output_and_router`]): Q/K/V, the cache append
+/// and attention over the cache. A caller that places a layer's experts apart runs this, then
+/// the router, then the experts where they live.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_attention(
+    cfg: &LlamaConfig,
+    layer: usize,
+    w: LayerRef<'_>,
+    kv: &mut LayerKv,
+    x: &mut Tensor,
+    positions: &Tensor,
+    pos0: usize,
+    sc: &mut Scratch,
+    s: &Stream,
+) -> Result<()> {
     let t = sc.n_tokens;
     let (nh, hd) = (cfg.n_head, cfg.head_dim);
     attention_inputs(cfg, layer, w, x, positions, sc, false, s)?;
@@ -233,7 +253,7 @@ pub fn layer_forward(
         reshape(&mut sc.att, &[t, nh, hd])?;
         ops::attention_prefill(&sc.q, pos0, &kv.k, &kv.v, scale, window, &mut sc.att, s)?;
     }
-    attention_output_and_ffn(cfg, w, x, sc, false, s)
+    Ok(())
 }
 
 /// The first half of a layer, up to attention: RMSNorm → Q/K/V projections (+ biases) →

@@ -25,6 +25,7 @@ pub mod offload;
 pub mod safetensors;
 pub mod sample;
 pub mod session;
+pub mod session_experts;
 pub mod speculative;
 pub mod synth;
 pub mod tokenizer;

@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use strata_runtime::device::Accelerator;
 use strata_runtime::plan::{
-    LayerSpec, Placement, Plan, PlanRequest, Policy, Rest, SpeedSource, Speeds, assumed_speeds, plan,
+    ExpertPolicy, ExpertSpec, LayerSpec, Placement, Plan, PlanRequest, Policy, Rest, SpeedSource, Speeds,
+    assumed_speeds, plan,
 };
 use strata_tensor::hostmem::HostLimits;
 use strata_tensor::ops::{CpuPath, with_cpu_path};
@@ -32,6 +33,9 @@ pub struct OffloadOptions {
     pub h2d_bytes_per_s: Option<f64>,
     /// GPU memory of a hypothetical card when there is no GPU (`strata plan --gpu-memory`).
     pub hypothetical_gpu: Option<u64>,
+    /// Where the experts of a mixture-of-experts model go (`--cpu-moe`, `--n-cpu-moe N`,
+    /// `--expert-cache SIZE`); a dense model ignores it and its plan says so.
+    pub experts: ExpertPolicy,
 }
 
 /// Memory the CUDA context and the driver take that cuMemGetInfo still shows as free.
@@ -55,8 +59,29 @@ pub fn plan_request(
         .layers
         .iter()
         .map(|w| {
-            let params: u64 = w.tensors().iter().map(|t| t.numel() as u64).sum();
-            LayerSpec { weight_bytes: w.bytes(), kv_bytes, flops_per_token: 2 * params }
+            // A mixture-of-experts layer's experts are described apart: their flops are per
+            // routed expert, the layer's are its attention part's and the router's.
+            let roles = w.roles();
+            let params = |expert: bool| -> u64 {
+                roles
+                    .iter()
+                    .filter(|r| r.is_expert() == expert)
+                    .filter_map(|r| w.get(*r))
+                    .map(|t| t.numel() as u64)
+                    .sum()
+            };
+            let bytes = crate::session_experts::expert_bytes(w);
+            let experts = (cfg.is_moe() && bytes > 0).then(|| {
+                let n = cfg.n_expert.max(1) as u64;
+                ExpertSpec {
+                    bytes,
+                    n_expert: cfg.n_expert,
+                    n_expert_used: cfg.n_expert_used,
+                    bytes_per_expert: bytes / n,
+                    flops_per_token: 2 * params(true) / n,
+                }
+            });
+            LayerSpec { weight_bytes: w.bytes(), kv_bytes, flops_per_token: 2 * params(false), experts }
         })
         .collect();
     let host_available = mem_available().unwrap_or(8 << 30);
@@ -81,6 +106,7 @@ pub fn plan_request(
         prefill_tokens: session.batch.max(1),
         max_prefetch_depth: 2,
         context,
+        experts: o.experts,
     }
 }
 
@@ -180,9 +206,21 @@ pub fn measure_speeds(model: &Model, gpu: Option<&Gpu>, cpu_path: CpuPath) -> Re
 
 fn measure(model: &Model, gpu: Option<&Gpu>) -> Result<Speeds> {
     let mut s = assumed_speeds();
-    let layer_bytes = model.weights.layers[0].bytes() as f64;
-    let flops =
-        |t: usize| 2.0 * model.weights.layers[0].tensors().iter().map(|x| x.numel() as f64).sum::<f64>() * t as f64;
+    let w0 = &model.weights.layers[0];
+    // What one token through the probe layer reads and computes: all of a dense layer, the
+    // attention part and the routed experts of a mixture-of-experts layer (the others are
+    // not touched, so counting them would overstate the rates).
+    let experts = crate::session_experts::expert_bytes(w0) as f64;
+    let routed = if model.config.is_moe() && experts > 0.0 {
+        model.config.n_expert_used as f64 / model.config.n_expert.max(1) as f64
+    } else {
+        1.0
+    };
+    let layer_bytes = w0.bytes() as f64 - experts * (1.0 - routed);
+    let numel = |expert: bool| -> f64 {
+        w0.roles().iter().filter(|r| r.is_expert() == expert).filter_map(|r| w0.get(*r)).map(|t| t.numel() as f64).sum()
+    };
+    let flops = |t: usize| 2.0 * (numel(false) + routed * numel(true)) * t as f64;
     let host = Stream::Host;
     let host_w = model.weights.layers[0].as_ref();
     s.cpu_bytes_per_s = layer_bytes / time_layer(model, host_w, &host, 1, 2)?;
@@ -230,10 +268,11 @@ pub fn open_planned(
     let mut budget = gpu.map(|g| g.budget().available());
     for _attempt in 0..4 {
         let plan = plan(&plan_request(model, session, budget, speeds, o))?;
-        match crate::Session::with_layout_progress(
+        match crate::Session::with_layout_experts(
             Arc::clone(model),
             acc.as_ref(),
             &layout_of(&plan),
+            &crate::session_experts::expert_execs_of(&plan),
             session,
             progress,
         ) {

@@ -5,7 +5,11 @@
 //! - **streamed** layers: weights packed in (pinned) host memory, copied into a slot by the
 //!   runtime's [`WeightStream`] ahead of use, run on the compute stream;
 //! - **cpu** layers: weights read from the mapped file by the CPU reference, KV cache in RAM;
-//!   the activations move to the host and back around them.
+//!   the activations move to the host and back around them;
+//! - a mixture-of-experts layer on the accelerator whose **experts run on the CPU**
+//!   ([`crate::session_experts`]): only its attention part is resident or streamed; the routed
+//!   experts run on the host from the mapped file, or on the device when its expert cache
+//!   holds them.
 //!
 //! Each pass records a timeline (per-layer compute, copies, waits) for `--stats`.
 
@@ -19,8 +23,12 @@ use strata_runtime::plan::Placement;
 use strata_runtime::streamer::{CopyRecord, Epoch, GpuStreamer, HostStreamer, WeightStream};
 use strata_tensor::{DType, Device, Event, HostBuffer, PinnedKind, Reservation, Stream, Tensor, nvtx, ops};
 
+use crate::arch::Role;
 use crate::forward::{LayerKv, LayerRef, Scratch, head_forward, layer_forward};
 use crate::model::{Model, SessionOptions};
+use crate::session_experts::{
+    ExpertCache, ExpertExec, ExpertPassStats, attention_part, expert_bytes, layer_forward_cpu_experts,
+};
 use crate::weights::{HeadWeights, LayerWeights};
 use crate::{Error, Result};
 
@@ -80,6 +88,8 @@ pub struct PassStats {
     pub layers: Vec<LayerTiming>,
     /// One entry per weight copy.
     pub copies: Vec<CopyRecord>,
+    /// Experts computed on the CPU (and found in the device caches) in this pass.
+    pub experts: ExpertPassStats,
 }
 
 enum Weights {
@@ -96,6 +106,10 @@ struct Site {
     weights: Weights,
     kv: LayerKv,
     stream: Stream,
+    /// The layer's experts run on the CPU (with this device cache of hot ones), not with it.
+    experts: Option<ExpertCache>,
+    /// The roles of a streamed group when it is not the whole layer (experts left out).
+    roles: Option<Vec<Role>>,
     _res: Vec<Reservation>,
 }
 
@@ -195,6 +209,23 @@ impl Session {
         opts: &SessionOptions,
         progress: &dyn Fn(u64, u64),
     ) -> Result<Session> {
+        Session::with_layout_experts(model, acc, layout, &[], opts, progress)
+    }
+
+    /// [`Session::with_layout_progress`] with the experts of mixture-of-experts layers placed
+    /// as `experts` says (by layer; missing entries, dense layers and cpu layers:
+    /// [`ExpertExec::WithLayer`]).
+    ///
+    /// # Errors
+    /// As [`Session::with_layout`].
+    pub fn with_layout_experts(
+        model: Arc<Model>,
+        acc: Option<&Accelerator>,
+        layout: &Layout,
+        experts: &[ExpertExec],
+        opts: &SessionOptions,
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<Session> {
         let cfg = &model.config;
         let context = opts.context_for(cfg);
         if context == 0 || context > 1 << 20 {
@@ -246,13 +277,29 @@ impl Session {
         progress(0, to_load);
         for (l, (&placement, w)) in layout.placements.iter().zip(&model.weights.layers).enumerate() {
             let _r = nvtx::range(&format!("load layer {l}"));
+            // Experts apart from their layer only where the layer has experts and is on the
+            // accelerator (a cpu layer computes everything on the CPU anyway).
+            let apart = match experts.get(l) {
+                Some(ExpertExec::Cpu { cached })
+                    if cfg.is_moe() && placement != Placement::Cpu && expert_bytes(w) > 0 =>
+                {
+                    Some(*cached)
+                }
+                _ => None,
+            };
+            let on_acc_bytes = if apart.is_some() { w.bytes() - expert_bytes(w) } else { w.bytes() };
             let (weights, stream, mut res) = match placement {
                 Placement::Cpu => (Weights::Host, Stream::Host, Vec::new()),
-                Placement::Resident => match &acc_stream {
-                    Stream::Gpu(_) => {
+                Placement::Resident => match (&acc_stream, apart) {
+                    (Stream::Gpu(_), None) => {
                         (Weights::Owned(Box::new(w.to_device(&acc_stream, l)?)), acc_stream.clone(), Vec::new())
                     }
-                    Stream::Host => (Weights::Host, Stream::Host, reserve(acc, w.bytes(), &format!("layer {l}"))?),
+                    (Stream::Gpu(_), Some(_)) => {
+                        (Weights::Owned(Box::new(attention_part(w, &acc_stream, l)?)), acc_stream.clone(), Vec::new())
+                    }
+                    (Stream::Host, _) => {
+                        (Weights::Host, Stream::Host, reserve(acc, on_acc_bytes, &format!("layer {l}"))?)
+                    }
                 },
                 Placement::Streamed => {
                     streamed.push(l);
@@ -262,10 +309,23 @@ impl Session {
             if placement != Placement::Cpu {
                 res.extend(reserve(acc, kv_bytes, &format!("KV cache of layer {l}"))?);
             }
+            let cache = match apart {
+                Some(cached) => {
+                    let cached = cached.min(cfg.n_expert);
+                    let one = expert_bytes(w) / cfg.n_expert.max(1) as u64;
+                    res.extend(reserve(acc, one * cached as u64, &format!("expert cache of layer {l}"))?);
+                    Some(ExpertCache::new(cfg.n_expert, cached))
+                }
+                None => None,
+            };
+            let roles = match (placement, apart) {
+                (Placement::Streamed, Some(_)) => Some(w.roles().into_iter().filter(|r| !r.is_expert()).collect()),
+                _ => None,
+            };
             let kv = LayerKv::new(cfg, context, opts.kv_type.dtype(), &stream, l)?;
-            sites.push(Site { placement, weights, kv, stream, _res: res });
+            sites.push(Site { placement, weights, kv, stream, experts: cache, roles, _res: res });
             if placement == Placement::Resident {
-                loaded += w.bytes();
+                loaded += on_acc_bytes;
                 progress(loaded, to_load);
             }
         }
@@ -288,7 +348,8 @@ impl Session {
                         .iter()
                         .map(|&l| {
                             let w = &model.weights.layers[l];
-                            let packed = GpuStreamer::pack(g, &w.tensors(), &format!("packed layer {l}"));
+                            let t = group_tensors(w, sites[l].roles.as_deref());
+                            let packed = GpuStreamer::pack(g, &t, &format!("packed layer {l}"));
                             loaded += w.bytes();
                             progress(loaded, to_load);
                             packed.map_err(Error::from)
@@ -300,7 +361,7 @@ impl Session {
                     let groups: Vec<(GroupLayout, Vec<&Tensor>)> = streamed
                         .iter()
                         .map(|&l| {
-                            let t: Vec<&Tensor> = model.weights.layers[l].tensors().to_vec();
+                            let t = group_tensors(&model.weights.layers[l], sites[l].roles.as_deref());
                             (GroupLayout::of(&t), t)
                         })
                         .collect();
@@ -477,6 +538,7 @@ impl Session {
         let mut positions: Option<(Device, Tensor)> = None;
         let mut x_stream = Stream::Host;
         let mut marks: Vec<(usize, Mark, Mark, f64)> = Vec::with_capacity(self.sites.len());
+        let mut expert_stats = ExpertPassStats::default();
         for l in 0..self.sites.len() {
             let s = self.sites[l].stream.clone();
             x = move_to(x, &x_stream, &s)?;
@@ -498,11 +560,27 @@ impl Session {
                     let t0 = Instant::now();
                     let w = st.acquire(*g)?;
                     wait_s = t0.elapsed().as_secs_f64();
-                    LayerRef::from_slice(w, &cfg.layer_roles)?
+                    LayerRef::from_slice(w, site.roles.as_deref().unwrap_or(&cfg.layer_roles))?
                 }
             };
             let start = Mark::now(&s)?;
-            let r = layer_forward(cfg, l, weights, &mut site.kv, &mut x, pos, pos0, &mut scratch, &s);
+            let r = match site.experts.as_mut() {
+                None => layer_forward(cfg, l, weights, &mut site.kv, &mut x, pos, pos0, &mut scratch, &s),
+                Some(cache) => layer_forward_cpu_experts(
+                    cfg,
+                    l,
+                    weights,
+                    model.weights.layers[l].as_ref(),
+                    &mut site.kv,
+                    &mut x,
+                    pos,
+                    pos0,
+                    &mut scratch,
+                    &s,
+                    cache,
+                    &mut expert_stats,
+                ),
+            };
             if let (Weights::Streamed(g), Some(st)) = (&site.weights, streamer) {
                 st.release(*g)?;
             }
@@ -528,10 +606,17 @@ impl Session {
         // (about 4 ms per token on an H200 with 5 streamed 7B layers).
         drop(x);
         drop(positions);
+        // Between passes: the expert caches take the experts routed to most so far.
+        for (l, site) in self.sites.iter_mut().enumerate() {
+            if let Some(cache) = site.experts.as_mut() {
+                let _r = nvtx::range(&format!("refill expert cache {l}"));
+                expert_stats.refill_bytes += cache.refill(model.weights.layers[l].as_ref(), &site.stream, l)?;
+            }
+        }
         if let Some(st) = self.streamer.as_mut() {
             st.begin_next_pass()?;
         }
-        self.record_pass(t, clock, marks)?;
+        self.record_pass(t, clock, marks, expert_stats)?;
         Ok(logits)
     }
 
@@ -553,7 +638,13 @@ impl Session {
         Ok(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
     }
 
-    fn record_pass(&mut self, tokens: usize, clock: Clock, marks: Vec<(usize, Mark, Mark, f64)>) -> Result<()> {
+    fn record_pass(
+        &mut self,
+        tokens: usize,
+        clock: Clock,
+        marks: Vec<(usize, Mark, Mark, f64)>,
+        experts: ExpertPassStats,
+    ) -> Result<()> {
         let (epoch, wall_s, host0) = match clock {
             Clock::Host(t0) => (Epoch::Host(t0), t0.elapsed().as_secs_f64(), t0),
             Clock::Gpu(g, e0, host0) => {
@@ -602,6 +693,7 @@ impl Session {
             copy_gb_per_s: if copy_s > 0.0 { copy_bytes as f64 / copy_s / 1e9 } else { 0.0 },
             layers,
             copies,
+            experts,
         });
         Ok(())
     }
@@ -718,5 +810,14 @@ fn move_to(x: Tensor, from: &Stream, to: &Stream) -> Result<Tensor> {
     match to {
         Stream::Host => Ok(x.to_host(from)?),
         Stream::Gpu(_) => Ok(x.to_device(to, "activations")?),
+    }
+}
+
+/// The tensors of a streamed group: the whole layer, or the ones of `roles` (its attention
+/// part when its experts run on the CPU), in group order.
+fn group_tensors<'a>(w: &'a LayerWeights, roles: Option<&[Role]>) -> Vec<&'a Tensor> {
+    match roles {
+        None => w.tensors(),
+        Some(roles) => roles.iter().filter_map(|r| w.get(*r)).collect(),
     }
 }

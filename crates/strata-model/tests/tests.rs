@@ -13,6 +13,8 @@
 //! - `moe`: qwen3moe and Mixtral models derived from the default model: identical experts give
 //!   the dense model, routing spreads tokens, the split forward API, whole-layer placements,
 //!   mixed expert types, a NaN router, malformed expert metadata and shapes;
+//! - `offload_moe`: expert placements of a tiny MoE model on the host test device (experts with
+//!   their layer, on the CPU, cached) against the all-CPU tokens; the cache's hits and budget;
 //! - `gguf_malformed`: malformed GGUF files and a mutation proptest. It installs a global
 //!   allocator for this binary that records the largest allocation per thread (a pass-through
 //!   to `System`), to show that absurd header counts are rejected without allocating;
@@ -37,6 +39,7 @@ mod gguf_malformed;
 mod gpu;
 mod moe;
 mod offload;
+mod offload_moe;
 mod reference;
 mod safetensors;
 mod safetensors_qwen;
