@@ -207,3 +207,29 @@ fn serve_refuses_settings_it_cannot_honour_before_listening() {
     assert_clean_failure(&o, "--host");
     assert!(stderr(&o).contains("not an address to listen on"), "{}", stderr(&o));
 }
+
+/// The expert flags on a dense model: a documented no-op that the plan notes (llama.cpp ignores
+/// them silently); contradictory or unitless values are usage errors.
+#[test]
+fn expert_flags_on_a_dense_model_are_noted_not_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = tiny_model(dir.path());
+    let m = m.to_str().expect("p");
+    let plan = |extra: &[&str]| {
+        let mut args = vec!["plan", "-m", m, "--device", "cpu", "--gpu-memory", "1GiB"];
+        args.extend_from_slice(extra);
+        strata(&args)
+    };
+    let o = plan(&["--cpu-moe", "--expert-cache", "256MiB"]);
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("--cpu-moe --expert-cache 256.0 MiB: the model has no experts"), "{out}");
+    let o = plan(&["--n-cpu-moe", "1"]);
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(o.status.success() && out.contains("--n-cpu-moe 1: the model has no experts"), "{out}");
+    let o = plan(&["--cpu-moe", "--n-cpu-moe", "2"]);
+    assert_eq!(o.status.code(), Some(2), "a usage error: {}", stderr(&o));
+    let o = plan(&["--expert-cache", "12"]);
+    assert_clean_failure(&o, "--expert-cache 12");
+    assert!(stderr(&o).contains("--expert-cache"), "{}", stderr(&o));
+}
