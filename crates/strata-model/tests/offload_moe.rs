@@ -277,3 +277,32 @@ fn the_plan_of_a_moe_file_places_its_experts() {
     );
     assert!(p.render_table().contains("experts"), "{}", p.render_table());
 }
+
+/// qwen3moe and Mixtral derived from the default model's real weights (4 experts, 2 per token;
+/// `strata synth --derive`): experts on the CPU, cached or streamed with their layers give the
+/// all-CPU greedy tokens.
+#[test]
+fn derived_moe_models_give_the_cpu_tokens_in_every_expert_placement() {
+    use strata_model::derive::{DeriveArch, DeriveOptions, derive_bytes};
+    for arch in [DeriveArch::Qwen3Moe, DeriveArch::Mixtral] {
+        let Some(src) = crate::support::default_model_layers(3) else { return };
+        let bytes = derive_bytes(&src, &DeriveOptions::new(arch)).expect("derive");
+        let model = Arc::new(
+            Model::from_file(GgufFile::from_bytes(bytes).expect("parse"), "derived-moe.gguf".as_ref()).expect("load"),
+        );
+        let n = model.config.n_layers;
+        let (_, want, _) = run(Session::new(Arc::clone(&model), None, &opts()).expect("cpu"), 6);
+        use Placement::{Resident as R, Streamed as S};
+        let cases: Vec<(&str, Vec<Placement>, Vec<ExpertExec>)> = vec![
+            ("--cpu-moe", vec![R; n], vec![ExpertExec::Cpu { cached: 0 }; n]),
+            ("cache of 2 of 4", vec![R; n], vec![ExpertExec::Cpu { cached: 2 }; n]),
+            ("streamed attention, cache of 1", vec![S; n], vec![ExpertExec::Cpu { cached: 1 }; n]),
+            ("experts streamed with their layers", vec![S; n], vec![]),
+        ];
+        for (name, placements, experts) in cases {
+            let acc = Accelerator::Host(HostDevice::new(1 << 30));
+            let (_, got, _) = run(session(&model, &acc, placements, &experts), 6);
+            assert_eq!(got, want, "{arch:?} {name}: tokens differ from the all-CPU run");
+        }
+    }
+}

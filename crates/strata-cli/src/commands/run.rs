@@ -101,6 +101,9 @@ pub fn run(a: RunArgs, cpu_path: CpuPath) -> Result<()> {
         if a.stats {
             let (dropped, stats) = engine.with_session(|s| (s.stats_dropped(), s.take_stats()));
             eprint!("{}", crate::stats::render(&stats, dropped));
+            if let Some(p) = engine.plan() {
+                eprintln!("{}", crate::stats::predicted_vs_measured(p, &stats));
+            }
             if let Some(s) = &g.speculative {
                 eprintln!("{}", speculative_line(s));
             }
