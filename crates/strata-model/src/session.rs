@@ -733,6 +733,12 @@ impl Session {
             x_stream = s.clone();
             let _r = nvtx::range(&format!("layer {l}"));
             let site = &mut self.sites[l];
+            if site.experts.is_some() {
+                return Err(Error::invalid(format!(
+                    "layer {l}'s experts are placed on the CPU apart from the layer, which the batching scheduler \
+                     does not run yet; open the batch session with the experts with their layers"
+                )));
+            }
             let mut streamer = self.streamer.as_deref_mut();
             let weights = match &site.weights {
                 Weights::Host => model.weights.layers[l].as_ref(),
