@@ -395,7 +395,8 @@ pub struct InspectArgs {
 #[derive(Args, Debug)]
 pub struct SynthArgs {
     /// Model shape: smollm2-135m (the default model's), llama-1b, llama-7b, llama-13b, llama-70b,
-    /// or tiny (for tests). Not with --derive.
+    /// the mixture-of-experts shapes qwen3-30b-a3b and mixtral-8x7b, or tiny, tiny-moe and
+    /// tiny-mixtral (for tests). Not with --derive.
     #[arg(long, required_unless_present = "derive", conflicts_with = "derive")]
     pub preset: Option<String>,
     /// Derive a test model of another architecture (qwen2, qwen3, gemma3, qwen3moe, mixtral) from the real
@@ -423,7 +424,7 @@ pub struct SynthArgs {
     /// --derive qwen3moe/mixtral: router weights uniform in [-amp, amp].
     #[arg(long, default_value_t = 0.1)]
     pub router_amp: f32,
-    /// Weight type of the layer matrices: f32, f16, bf16, q8_0, q4_0, q4_1.
+    /// Weight type of the layer matrices: f32, f16, bf16, q8_0, q4_0, q4_1, q4_k.
     #[arg(long, default_value = "q4_0")]
     pub dtype: String,
     /// Output GGUF file.
