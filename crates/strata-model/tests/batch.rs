@@ -6,11 +6,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use strata_model::batch::{Event, FinishReason, Request, Scheduler, SchedulerOptions, SeqId};
+use strata_model::batch::{Event, FinishReason, Scheduler, SchedulerOptions, SeqId};
 use strata_model::gguf::GgufFile;
 use strata_model::synth::{Preset, gguf_bytes};
 use strata_model::{Error, GenerateOptions, KvType, Model, SamplerConfig, Session, SessionOptions, generate};
 use strata_tensor::DType;
+
+use crate::support::{BATCH_PROMPTS, drain, greedy_request};
 
 fn synthetic() -> Arc<Model> {
     let preset = Preset::by_name("tiny").expect("preset");
@@ -24,43 +26,13 @@ fn opts(kv_blocks: usize) -> SchedulerOptions {
     SchedulerOptions { context: 128, kv_blocks, block_size: 4, max_seqs: 8, step_tokens: 24, ..Default::default() }
 }
 
-fn greedy(prompt: &[u32], max_tokens: usize) -> Request {
-    Request { prompt: prompt.to_vec(), max_tokens, sampler: SamplerConfig::greedy(), ignore_eos: true }
-}
-
-const PROMPTS: [&[u32]; 4] = [
-    &[72, 101, 108, 108, 111, 32],
-    &[3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8, 4, 6, 2, 6, 4, 3, 3, 8, 3, 2, 7, 9, 5],
-    &[10],
-    &[200, 201, 202, 203, 204, 205, 206, 207, 208, 209, 210],
-];
-
-/// Runs until idle; the tokens of each sequence and how each ended.
-fn drain(s: &mut Scheduler) -> (HashMap<SeqId, Vec<u32>>, HashMap<SeqId, FinishReason>) {
-    let (mut toks, mut done) = (HashMap::new(), HashMap::new());
-    let mut steps = 0;
-    while !s.is_idle() {
-        for e in s.step().expect("step") {
-            match e {
-                Event::Token { id, token } => toks.entry(id).or_insert_with(Vec::new).push(token),
-                Event::Done { id, reason, .. } => {
-                    done.insert(id, reason);
-                }
-            }
-        }
-        steps += 1;
-        assert!(steps < 10_000, "the scheduler does not finish");
-    }
-    (toks, done)
-}
-
 /// Each prompt alone in a scheduler.
 fn alone(model: &Arc<Model>, o: &SchedulerOptions, n: usize) -> Vec<Vec<u32>> {
-    PROMPTS
+    BATCH_PROMPTS
         .iter()
         .map(|p| {
             let mut s = Scheduler::new(Arc::clone(model), o).expect("scheduler");
-            let id = s.submit(greedy(p, n)).expect("submit");
+            let id = s.submit(greedy_request(p, n)).expect("submit");
             drain(&mut s).0.remove(&id).expect("tokens")
         })
         .collect()
@@ -74,15 +46,18 @@ fn sequences_that_join_and_leave_get_the_tokens_they_get_alone() {
     let mut s = Scheduler::new(Arc::clone(&model), &o).expect("scheduler");
     // Two start together; the others join while those decode, with fewer tokens so they
     // leave at different steps.
-    let mut ids = vec![s.submit(greedy(PROMPTS[0], 12)).expect("a"), s.submit(greedy(PROMPTS[1], 12)).expect("b")];
+    let mut ids = vec![
+        s.submit(greedy_request(BATCH_PROMPTS[0], 12)).expect("a"),
+        s.submit(greedy_request(BATCH_PROMPTS[1], 12)).expect("b"),
+    ];
     let mut toks: HashMap<SeqId, Vec<u32>> = HashMap::new();
     let mut max_rows = 0;
     for step in 0.. {
         if step == 3 {
-            ids.push(s.submit(greedy(PROMPTS[2], 12)).expect("c"));
+            ids.push(s.submit(greedy_request(BATCH_PROMPTS[2], 12)).expect("c"));
         }
         if step == 5 {
-            ids.push(s.submit(greedy(PROMPTS[3], 12)).expect("d"));
+            ids.push(s.submit(greedy_request(BATCH_PROMPTS[3], 12)).expect("d"));
         }
         if s.is_idle() && step > 5 {
             break;
@@ -110,7 +85,7 @@ fn kv_blocks_run_out_then_come_back() {
     // fit at a time and the third waits.
     let o = opts(10);
     let mut s = Scheduler::new(Arc::clone(&model), &o).expect("scheduler");
-    let ids: Vec<SeqId> = (0..3).map(|_| s.submit(greedy(PROMPTS[0], 10)).expect("submit")).collect();
+    let ids: Vec<SeqId> = (0..3).map(|_| s.submit(greedy_request(BATCH_PROMPTS[0], 10)).expect("submit")).collect();
     let first = s.step().expect("step");
     let st = s.stats();
     assert_eq!((st.running, st.waiting, st.kv_blocks_used, st.kv_blocks_total), (2, 1, 8, 10));
@@ -122,10 +97,10 @@ fn kv_blocks_run_out_then_come_back() {
     }
     assert_eq!(s.stats().kv_blocks_used, 0);
     // A request larger than the whole pool can never run: refused, naming the pool.
-    let e = s.submit(greedy(&[1; 40], 10)).expect_err("larger than the pool");
+    let e = s.submit(greedy_request(&[1; 40], 10)).expect_err("larger than the pool");
     assert!(e.to_string().contains("the pool holds 10"), "{e}");
     // And the pool still serves after all that.
-    let id = s.submit(greedy(PROMPTS[2], 5)).expect("submit");
+    let id = s.submit(greedy_request(BATCH_PROMPTS[2], 5)).expect("submit");
     assert_eq!(drain(&mut s).0[&id].len(), 5);
 }
 
@@ -133,8 +108,8 @@ fn kv_blocks_run_out_then_come_back() {
 fn cancelling_frees_the_blocks_at_once() {
     let model = synthetic();
     let mut s = Scheduler::new(Arc::clone(&model), &opts(64)).expect("scheduler");
-    let a = s.submit(greedy(PROMPTS[1], 20)).expect("a");
-    let b = s.submit(greedy(PROMPTS[0], 20)).expect("b");
+    let a = s.submit(greedy_request(BATCH_PROMPTS[1], 20)).expect("a");
+    let b = s.submit(greedy_request(BATCH_PROMPTS[0], 20)).expect("b");
     let mut b_early = 0;
     for _ in 0..4 {
         b_early += s.step().expect("step").iter().filter(|e| matches!(e, Event::Token { id, .. } if *id == b)).count();
@@ -142,7 +117,7 @@ fn cancelling_frees_the_blocks_at_once() {
     let used = s.stats().kv_blocks_used;
     assert!(s.cancel(a));
     assert!(!s.cancel(a), "cancelled twice");
-    assert_eq!(s.stats().kv_blocks_used, used - s.pool().blocks_for(PROMPTS[1].len() + 20));
+    assert_eq!(s.stats().kv_blocks_used, used - s.pool().blocks_for(BATCH_PROMPTS[1].len() + 20));
     let (toks, _) = drain(&mut s);
     assert_eq!(b_early + toks[&b].len(), 20, "b lost tokens when a left");
     assert_eq!(s.stats().kv_blocks_used, 0);
@@ -153,7 +128,8 @@ fn admission_is_first_come_first_served_and_prefill_does_not_stall_decode() {
     let model = synthetic();
     let o = SchedulerOptions { max_seqs: 2, ..opts(64) };
     let mut s = Scheduler::new(Arc::clone(&model), &o).expect("scheduler");
-    let ids: Vec<SeqId> = (0..6).map(|i| s.submit(greedy(PROMPTS[i % 4], 3 + i)).expect("submit")).collect();
+    let ids: Vec<SeqId> =
+        (0..6).map(|i| s.submit(greedy_request(BATCH_PROMPTS[i % 4], 3 + i)).expect("submit")).collect();
     let mut first_token: Vec<SeqId> = Vec::new();
     while !s.is_idle() {
         assert!(s.stats().running <= 2);
@@ -176,10 +152,10 @@ fn admission_is_first_come_first_served_and_prefill_does_not_stall_decode() {
     // A long prompt (3 steps' worth of rows) joins a decoding sequence: the running one gets
     // a token in every step while the prompt is prefilled in chunks.
     let mut s = Scheduler::new(Arc::clone(&model), &o).expect("scheduler");
-    let running = s.submit(greedy(PROMPTS[0], 30)).expect("running");
+    let running = s.submit(greedy_request(BATCH_PROMPTS[0], 30)).expect("running");
     s.step().expect("prefill");
     let long: Vec<u32> = (0..60).map(|i| 100 + i).collect();
-    let joined = s.submit(greedy(&long, 4)).expect("long");
+    let joined = s.submit(greedy_request(&long, 4)).expect("long");
     let mut steps_until_joined_token = 0;
     loop {
         let ev = s.step().expect("step");
@@ -199,13 +175,13 @@ fn admission_is_first_come_first_served_and_prefill_does_not_stall_decode() {
 fn requests_that_cannot_run_are_refused_by_name() {
     let model = synthetic();
     let mut s = Scheduler::new(Arc::clone(&model), &opts(64)).expect("scheduler");
-    let e = s.submit(greedy(&[], 4)).expect_err("empty");
+    let e = s.submit(greedy_request(&[], 4)).expect_err("empty");
     assert!(e.to_string().contains("empty"), "{e}");
-    let e = s.submit(greedy(&[1], 0)).expect_err("no tokens");
+    let e = s.submit(greedy_request(&[1], 0)).expect_err("no tokens");
     assert!(e.to_string().contains("max_tokens"), "{e}");
-    let e = s.submit(greedy(&[u32::MAX], 4)).expect_err("bad id");
+    let e = s.submit(greedy_request(&[u32::MAX], 4)).expect_err("bad id");
     assert!(e.to_string().contains("outside the vocabulary"), "{e}");
-    match s.submit(greedy(&[1; 100], 29)) {
+    match s.submit(greedy_request(&[1; 100], 29)) {
         Err(Error::ContextFull { needed: 129, context: 128, .. }) => {}
         other => panic!("expected ContextFull, got {other:?}"),
     }
@@ -243,7 +219,7 @@ fn default_model_batched_greedy_equals_the_single_sequence_engine() {
         .collect();
     let o = SchedulerOptions { context: 256, kv_blocks: 64, ..SchedulerOptions::default() };
     let mut s = Scheduler::new(Arc::clone(&model), &o).expect("scheduler");
-    let ids: Vec<SeqId> = prompts.iter().map(|p| s.submit(greedy(p, n)).expect("submit")).collect();
+    let ids: Vec<SeqId> = prompts.iter().map(|p| s.submit(greedy_request(p, n)).expect("submit")).collect();
     let (toks, _) = drain(&mut s);
     for (i, id) in ids.iter().enumerate() {
         assert_eq!(

@@ -13,13 +13,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use strata_model::batch::{Event, FinishReason, Request, Scheduler, SchedulerOptions, SeqId};
+use strata_model::batch::{Event, FinishReason, Scheduler, SchedulerOptions, SeqId};
 use strata_model::gguf::GgufFile;
 use strata_model::synth::{Preset, gguf_bytes};
 use strata_model::{GenerateOptions, KvType, Layout, Model, SamplerConfig, Session, SessionOptions, generate};
 use strata_runtime::device::{Accelerator, HostDevice};
 use strata_runtime::plan::Placement;
 use strata_tensor::DType;
+
+use crate::support::{BATCH_PROMPTS, drain, greedy_request};
 
 /// The tiny preset with six layers, so a plan can mix all three placements twice.
 fn six_layers() -> Arc<Model> {
@@ -40,17 +42,6 @@ fn opts(kv_blocks: usize) -> SchedulerOptions {
     }
 }
 
-fn greedy(prompt: &[u32], max_tokens: usize) -> Request {
-    Request { prompt: prompt.to_vec(), max_tokens, sampler: SamplerConfig::greedy(), ignore_eos: true }
-}
-
-const PROMPTS: [&[u32]; 4] = [
-    &[72, 101, 108, 108, 111, 32],
-    &[3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8, 4, 6, 2, 6, 4, 3, 3, 8, 3, 2, 7, 9, 5],
-    &[10],
-    &[200, 201, 202, 203, 204, 205, 206, 207, 208, 209, 210],
-];
-
 fn plans(n: usize) -> Vec<(&'static str, Layout)> {
     use Placement::{Cpu, Resident as R, Streamed as S};
     let pattern =
@@ -58,28 +49,10 @@ fn plans(n: usize) -> Vec<(&'static str, Layout)> {
     vec![("all streamed, depth 2", pattern(&[S], 2)), ("resident/streamed/cpu", pattern(&[R, S, Cpu], 1))]
 }
 
-fn drain(s: &mut Scheduler) -> (HashMap<SeqId, Vec<u32>>, HashMap<SeqId, FinishReason>) {
-    let (mut toks, mut done) = (HashMap::new(), HashMap::new());
-    let mut steps = 0;
-    while !s.is_idle() {
-        for e in s.step().expect("step") {
-            match e {
-                Event::Token { id, token } => toks.entry(id).or_insert_with(Vec::new).push(token),
-                Event::Done { id, reason, .. } => {
-                    done.insert(id, reason);
-                }
-            }
-        }
-        steps += 1;
-        assert!(steps < 10_000, "the scheduler does not finish");
-    }
-    (toks, done)
-}
-
 /// Each prompt alone through a single-sequence session on the same plan.
 fn alone_in_a_session(model: &Arc<Model>, layout: &Layout, n: usize) -> Vec<Vec<u32>> {
     let so = SessionOptions { context: 96, kv_type: KvType::F16, ..SessionOptions::default() };
-    PROMPTS
+    BATCH_PROMPTS
         .iter()
         .map(|p| {
             let acc = Accelerator::Host(HostDevice::new(1 << 30));
@@ -100,11 +73,11 @@ fn concurrent_sequences_on_streamed_and_mixed_plans_get_their_tokens_alone() {
     let model = six_layers();
     let n = 10;
     // Alone in a scheduler with every layer on the CPU: the reference of the batched pass.
-    let cpu_alone: Vec<Vec<u32>> = PROMPTS
+    let cpu_alone: Vec<Vec<u32>> = BATCH_PROMPTS
         .iter()
         .map(|p| {
             let mut s = Scheduler::new(Arc::clone(&model), &opts(64)).expect("scheduler");
-            let id = s.submit(greedy(p, n)).expect("submit");
+            let id = s.submit(greedy_request(p, n)).expect("submit");
             drain(&mut s).0.remove(&id).expect("tokens")
         })
         .collect();
@@ -115,15 +88,18 @@ fn concurrent_sequences_on_streamed_and_mixed_plans_get_their_tokens_alone() {
         assert!(s.session().stream_slots().is_some(), "{name}: no layer is streamed");
         // Two start together, the others join while those decode; with fewer tokens each
         // leaves at a different step.
-        let mut ids = vec![s.submit(greedy(PROMPTS[0], n)).expect("a"), s.submit(greedy(PROMPTS[1], n)).expect("b")];
+        let mut ids = vec![
+            s.submit(greedy_request(BATCH_PROMPTS[0], n)).expect("a"),
+            s.submit(greedy_request(BATCH_PROMPTS[1], n)).expect("b"),
+        ];
         let mut toks: HashMap<SeqId, Vec<u32>> = HashMap::new();
         let mut most = 0;
         for step in 0.. {
             if step == 2 {
-                ids.push(s.submit(greedy(PROMPTS[2], n - 3)).expect("c"));
+                ids.push(s.submit(greedy_request(BATCH_PROMPTS[2], n - 3)).expect("c"));
             }
             if step == 4 {
-                ids.push(s.submit(greedy(PROMPTS[3], n - 5)).expect("d"));
+                ids.push(s.submit(greedy_request(BATCH_PROMPTS[3], n - 5)).expect("d"));
             }
             if s.is_idle() && step > 4 {
                 break;
@@ -155,14 +131,14 @@ fn kv_blocks_run_out_and_come_back_on_a_mixed_plan() {
     // 10 blocks of 4 positions; each request needs 6 + 10 = 16 positions = 4 blocks: two run,
     // the third waits until one finishes.
     let mut s = Scheduler::with_layout(Arc::clone(&model), Some(&acc), &layout, &opts(10)).expect("scheduler");
-    let ids: Vec<SeqId> = (0..3).map(|_| s.submit(greedy(PROMPTS[0], 10)).expect("submit")).collect();
+    let ids: Vec<SeqId> = (0..3).map(|_| s.submit(greedy_request(BATCH_PROMPTS[0], 10)).expect("submit")).collect();
     let first = s.step().expect("step");
     let st = s.stats();
     assert_eq!((st.running, st.waiting, st.kv_blocks_used, st.kv_blocks_total), (2, 1, 8, 10));
     let (toks, done) = drain(&mut s);
     let alone = {
         let mut one = Scheduler::new(Arc::clone(&model), &opts(10)).expect("scheduler");
-        let id = one.submit(greedy(PROMPTS[0], 10)).expect("submit");
+        let id = one.submit(greedy_request(BATCH_PROMPTS[0], 10)).expect("submit");
         drain(&mut one).0.remove(&id).expect("tokens")
     };
     for id in &ids {
@@ -174,12 +150,12 @@ fn kv_blocks_run_out_and_come_back_on_a_mixed_plan() {
     }
     assert_eq!(s.stats().kv_blocks_used, 0);
     // Cancelling a running sequence returns its blocks at once; the pool serves after it.
-    let a = s.submit(greedy(PROMPTS[1], 8)).expect("a");
+    let a = s.submit(greedy_request(BATCH_PROMPTS[1], 8)).expect("a");
     s.step().expect("step");
     assert_eq!(s.stats().kv_blocks_used, 10);
     assert!(s.cancel(a));
     assert_eq!(s.stats().kv_blocks_used, 0);
-    let b = s.submit(greedy(PROMPTS[2], 5)).expect("b");
+    let b = s.submit(greedy_request(BATCH_PROMPTS[2], 5)).expect("b");
     assert_eq!(drain(&mut s).0[&b].len(), 5);
 }
 

@@ -105,3 +105,47 @@ pub fn default_model_layers(layers: usize) -> Option<strata_model::gguf::GgufFil
     let bytes = w.to_bytes(|i, buf| buf.copy_from_slice(src.tensor_data(kept[i]))).expect("write");
     Some(GgufFile::from_bytes(bytes).expect("parse"))
 }
+
+/// The scheduler tests' prompts: short, long, one token, a run of ids.
+pub const BATCH_PROMPTS: [&[u32]; 4] = [
+    &[72, 101, 108, 108, 111, 32],
+    &[3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8, 4, 6, 2, 6, 4, 3, 3, 8, 3, 2, 7, 9, 5],
+    &[10],
+    &[200, 201, 202, 203, 204, 205, 206, 207, 208, 209, 210],
+];
+
+/// A greedy request for `max_tokens` tokens that ignores end-of-generation.
+pub fn greedy_request(prompt: &[u32], max_tokens: usize) -> strata_model::batch::Request {
+    strata_model::batch::Request {
+        prompt: prompt.to_vec(),
+        max_tokens,
+        sampler: strata_model::SamplerConfig::greedy(),
+        ignore_eos: true,
+    }
+}
+
+/// The tokens of each sequence and how each ended, after running the scheduler until idle.
+pub type Drained = (
+    std::collections::HashMap<strata_model::batch::SeqId, Vec<u32>>,
+    std::collections::HashMap<strata_model::batch::SeqId, strata_model::batch::FinishReason>,
+);
+
+/// Runs the scheduler until idle, collecting every sequence's tokens and finish reason.
+pub fn drain(s: &mut strata_model::batch::Scheduler) -> Drained {
+    use strata_model::batch::Event;
+    let (mut toks, mut done): Drained = Default::default();
+    let mut steps = 0;
+    while !s.is_idle() {
+        for e in s.step().expect("step") {
+            match e {
+                Event::Token { id, token } => toks.entry(id).or_insert_with(Vec::new).push(token),
+                Event::Done { id, reason, .. } => {
+                    done.insert(id, reason);
+                }
+            }
+        }
+        steps += 1;
+        assert!(steps < 10_000, "the scheduler does not finish");
+    }
+    (toks, done)
+}
