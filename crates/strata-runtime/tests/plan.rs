@@ -8,26 +8,7 @@ use strata_runtime::plan::{
     plan,
 };
 
-use crate::support::config;
-
-const MIB: u64 = 1 << 20;
-const GIB: u64 = 1 << 30;
-
-/// A measured machine: a PCIe 4.0 desktop with a fast card (fixed numbers, so the expectations
-/// below do not move when the assumed speeds are recalibrated).
-fn measured() -> Speeds {
-    Speeds {
-        h2d_bytes_per_s: 25e9,
-        gpu_bytes_per_s: 750e9,
-        gpu_flops: 40e12,
-        cpu_bytes_per_s: 20e9,
-        cpu_flops: 300e9,
-        layer_overhead_s: 30e-6,
-        cpu_handoff_s: 50e-6,
-        source: SpeedSource::Measured,
-        gpu_source: SpeedSource::Measured,
-    }
-}
+use crate::support::{GIB, MIB, config, measured, ok, with};
 
 /// A Llama-2-7B-like model in Q4_0: 32 layers of ~113.6 MiB (202M weights at 4.5 bits), a
 /// 2048-token f16 KV cache (32 MiB per layer), a Q6_K head and a Q4_0 embedding table.
@@ -53,16 +34,6 @@ fn seven_b() -> PlanRequest {
         context: 0,
         experts: Default::default(),
     }
-}
-
-fn with(req: &PlanRequest, f: impl FnOnce(&mut PlanRequest)) -> PlanRequest {
-    let mut r = req.clone();
-    f(&mut r);
-    r
-}
-
-fn ok(req: &PlanRequest) -> Plan {
-    plan(req).unwrap_or_else(|e| panic!("plan failed: {e}\nrequest: {req:?}"))
 }
 
 /// Every structural promise of a plan, recomputed from the request and the per-layer placements

@@ -4,28 +4,10 @@
 
 use proptest::prelude::*;
 use strata_runtime::plan::{
-    CpuExperts, ExpertPlacement, ExpertPolicy, ExpertSpec, LayerSpec, Placement, Plan, PlanRequest, Policy,
-    SpeedSource, Speeds, plan,
+    CpuExperts, ExpertPlacement, ExpertPolicy, ExpertSpec, LayerSpec, Placement, Plan, PlanRequest, Policy, plan,
 };
 
-use crate::support::config;
-
-const MIB: u64 = 1 << 20;
-const GIB: u64 = 1 << 30;
-
-fn measured() -> Speeds {
-    Speeds {
-        h2d_bytes_per_s: 25e9,
-        gpu_bytes_per_s: 750e9,
-        gpu_flops: 40e12,
-        cpu_bytes_per_s: 20e9,
-        cpu_flops: 300e9,
-        layer_overhead_s: 30e-6,
-        cpu_handoff_s: 50e-6,
-        source: SpeedSource::Measured,
-        gpu_source: SpeedSource::Measured,
-    }
-}
+use crate::support::{GIB, MIB, config, measured, ok, with};
 
 /// Bytes of one Qwen3-30B-A3B expert in Q4_K: gate, up and down of 2048 × 768 at 4.5 bits.
 const EXPERT: u64 = 3 * 2048 * 768 * 9 / 16;
@@ -62,16 +44,6 @@ fn qwen3_30b() -> PlanRequest {
         speeds: measured(),
         ..PlanRequest::default()
     }
-}
-
-fn with(req: &PlanRequest, f: impl FnOnce(&mut PlanRequest)) -> PlanRequest {
-    let mut r = req.clone();
-    f(&mut r);
-    r
-}
-
-fn ok(req: &PlanRequest) -> Plan {
-    plan(req).unwrap_or_else(|e| panic!("plan failed: {e}"))
 }
 
 fn experts(p: &Plan) -> Vec<(Placement, ExpertPlacement, usize)> {
