@@ -12,6 +12,7 @@ use strata_runtime::device::{Accelerator, HostDevice};
 use strata_runtime::plan::Placement;
 
 use crate::model_or_skip;
+use crate::support::logits_then_greedy;
 
 const PROMPT: [u32; 6] = [504, 3947, 1834, 314, 216, 34];
 
@@ -25,16 +26,7 @@ fn run(model: &Arc<Model>, acc: Option<&Accelerator>, layout: Option<&Layout>, n
         Some(l) => Session::with_layout(Arc::clone(model), acc, l, &opts()).expect("session"),
         None => Session::new(Arc::clone(model), None, &opts()).expect("session"),
     };
-    let logits = s.forward(&PROMPT, true).expect("prefill");
-    s.reset();
-    let g = generate(
-        &mut s,
-        &PROMPT,
-        &GenerateOptions { max_tokens: n, ignore_eos: true, sampler: SamplerConfig::greedy(), ..Default::default() },
-        |_| {},
-    )
-    .expect("generate");
-    (logits, g.generated_ids)
+    logits_then_greedy(&mut s, &PROMPT, n)
 }
 
 fn layout(pattern: &[Placement], n_layers: usize, depth: usize) -> Layout {

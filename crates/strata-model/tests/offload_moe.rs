@@ -14,9 +14,11 @@ use strata_model::gguf::{GgmlType, GgufFile, GgufWriter, Value};
 use strata_model::offload::{OffloadOptions, make_plan};
 use strata_model::session_experts::{ExpertExec, expert_execs_of};
 use strata_model::synth::{Preset, gguf_bytes};
-use strata_model::{GenerateOptions, Layout, Model, PassStats, SamplerConfig, Session, SessionOptions, generate};
+use strata_model::{Layout, Model, PassStats, Session, SessionOptions};
 use strata_runtime::device::{Accelerator, HostDevice};
 use strata_runtime::plan::{CpuExperts, ExpertPlacement, ExpertPolicy, Placement, assumed_speeds};
+
+use crate::support::logits_then_greedy;
 
 const N_EXPERT: usize = 8;
 const N_USED: usize = 2;
@@ -104,17 +106,8 @@ fn opts() -> SessionOptions {
 
 /// Greedy tokens, the prompt's logits and the pass stats of a session.
 fn run(mut s: Session, n: usize) -> (Vec<f32>, Vec<u32>, Vec<PassStats>) {
-    let logits = s.forward(&PROMPT, true).expect("prefill");
-    s.reset();
-    s.take_stats();
-    let g = generate(
-        &mut s,
-        &PROMPT,
-        &GenerateOptions { max_tokens: n, ignore_eos: true, sampler: SamplerConfig::greedy(), ..Default::default() },
-        |_| {},
-    )
-    .expect("generate");
-    (logits, g.generated_ids, s.take_stats())
+    let (logits, tokens) = logits_then_greedy(&mut s, &PROMPT, n);
+    (logits, tokens, s.take_stats())
 }
 
 fn session(model: &Arc<Model>, acc: &Accelerator, placements: Vec<Placement>, experts: &[ExpertExec]) -> Session {

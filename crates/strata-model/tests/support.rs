@@ -149,3 +149,19 @@ pub fn drain(s: &mut strata_model::batch::Scheduler) -> Drained {
     }
     (toks, done)
 }
+
+/// The prompt's logits from one forward pass, then (after a reset) `n` greedy tokens that
+/// ignore end-of-generation: what the placement tests compare with the all-CPU run.
+pub fn logits_then_greedy(s: &mut strata_model::Session, prompt: &[u32], n: usize) -> (Vec<f32>, Vec<u32>) {
+    let logits = s.forward(prompt, true).expect("prefill");
+    s.reset();
+    s.take_stats();
+    let g = strata_model::GenerateOptions {
+        max_tokens: n,
+        ignore_eos: true,
+        sampler: strata_model::SamplerConfig::greedy(),
+        ..Default::default()
+    };
+    let out = strata_model::generate(s, prompt, &g, |_| {}).expect("generate");
+    (logits, out.generated_ids)
+}
