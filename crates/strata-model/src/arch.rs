@@ -241,22 +241,49 @@ pub struct MoeSpec {
     pub always: bool,
 }
 
-const BASE: &[Role] =
-    &[Role::AttnNorm, Role::Q, Role::K, Role::V, Role::O, Role::FfnNorm, Role::Gate, Role::Up, Role::Down];
+/// `a` then `b`, in a constant (a length that is not `A + B` fails to compile).
+const fn concat<const A: usize, const B: usize, const C: usize>(a: [Role; A], b: [Role; B]) -> [Role; C] {
+    assert!(A + B == C, "concat: C must be A + B");
+    let mut out = [Role::AttnNorm; C];
+    let mut i = 0;
+    while i < A {
+        out[i] = a[i];
+        i += 1;
+    }
+    while i < C {
+        out[i] = b[i - A];
+        i += 1;
+    }
+    out
+}
 
+/// The attention part of a llama layer, up to the FFN's norm.
+const LLAMA_ATTENTION: [Role; 6] = [Role::AttnNorm, Role::Q, Role::K, Role::V, Role::O, Role::FfnNorm];
+/// qwen3's: llama's with per-head Q and K norms.
+const QWEN3_ATTENTION: [Role; 8] =
+    [Role::AttnNorm, Role::Q, Role::K, Role::V, Role::QNorm, Role::KNorm, Role::O, Role::FfnNorm];
+/// A dense SiLU/GELU-gated FFN.
+const DENSE_FFN: [Role; 3] = [Role::Gate, Role::Up, Role::Down];
+/// A mixture-of-experts FFN: the router, then the experts (the layer's expert part comes last).
+const MOE_FFN: [Role; 4] = [Role::GateInp, Role::GateExps, Role::UpExps, Role::DownExps];
+
+const BASE: &[Role] = &concat::<6, 3, 9>(LLAMA_ATTENTION, DENSE_FFN);
 /// The layer of a llama-layout model with experts (Mixtral).
-const LLAMA_MOE: &[Role] = &[
-    Role::AttnNorm,
-    Role::Q,
-    Role::K,
-    Role::V,
-    Role::O,
-    Role::FfnNorm,
-    Role::GateInp,
-    Role::GateExps,
-    Role::UpExps,
-    Role::DownExps,
-];
+const LLAMA_MOE: &[Role] = &concat::<6, 4, 10>(LLAMA_ATTENTION, MOE_FFN);
+/// A qwen3 layer.
+const QWEN3: &[Role] = &concat::<8, 3, 11>(QWEN3_ATTENTION, DENSE_FFN);
+/// A qwen3moe layer: qwen3's attention, a router and the experts.
+const QWEN3_MOE: &[Role] = &concat::<8, 4, 12>(QWEN3_ATTENTION, MOE_FFN);
+/// A qwen2 layer: llama's with Q, K and V biases.
+const QWEN2: &[Role] = &concat::<9, 3, 12>(
+    [Role::AttnNorm, Role::Q, Role::QBias, Role::K, Role::KBias, Role::V, Role::VBias, Role::O, Role::FfnNorm],
+    DENSE_FFN,
+);
+/// A gemma3 layer: qwen3's attention with a post-attention norm, and a post-FFN norm.
+const GEMMA3: &[Role] = &concat::<9, 4, 13>(
+    [Role::AttnNorm, Role::Q, Role::K, Role::V, Role::QNorm, Role::KNorm, Role::O, Role::PostAttnNorm, Role::FfnNorm],
+    [Role::Gate, Role::Up, Role::Down, Role::PostFfnNorm],
+);
 
 const LLAMA: ArchSpec = ArchSpec {
     name: "llama",
@@ -280,62 +307,11 @@ const LLAMA: ArchSpec = ArchSpec {
 pub const ARCHS: &[ArchSpec] = &[
     LLAMA,
     ArchSpec { name: "mistral", ..LLAMA },
-    ArchSpec {
-        name: "qwen2",
-        required: &[
-            Role::AttnNorm,
-            Role::Q,
-            Role::QBias,
-            Role::K,
-            Role::KBias,
-            Role::V,
-            Role::VBias,
-            Role::O,
-            Role::FfnNorm,
-            Role::Gate,
-            Role::Up,
-            Role::Down,
-        ],
-        rope_layout: RopeLayout::HalfSplit,
-        moe: None,
-        ..LLAMA
-    },
-    ArchSpec {
-        name: "qwen3",
-        required: &[
-            Role::AttnNorm,
-            Role::Q,
-            Role::K,
-            Role::V,
-            Role::QNorm,
-            Role::KNorm,
-            Role::O,
-            Role::FfnNorm,
-            Role::Gate,
-            Role::Up,
-            Role::Down,
-        ],
-        rope_layout: RopeLayout::HalfSplit,
-        moe: None,
-        ..LLAMA
-    },
+    ArchSpec { name: "qwen2", required: QWEN2, rope_layout: RopeLayout::HalfSplit, moe: None, ..LLAMA },
+    ArchSpec { name: "qwen3", required: QWEN3, rope_layout: RopeLayout::HalfSplit, moe: None, ..LLAMA },
     ArchSpec {
         name: "gemma3",
-        required: &[
-            Role::AttnNorm,
-            Role::Q,
-            Role::K,
-            Role::V,
-            Role::QNorm,
-            Role::KNorm,
-            Role::O,
-            Role::PostAttnNorm,
-            Role::FfnNorm,
-            Role::Gate,
-            Role::Up,
-            Role::Down,
-            Role::PostFfnNorm,
-        ],
+        required: GEMMA3,
         rope_layout: RopeLayout::HalfSplit,
         activation: Activation::GeluTanh,
         embed_scale: true,
@@ -356,22 +332,6 @@ pub const ARCHS: &[ArchSpec] = &[
         }),
         ..LLAMA
     },
-];
-
-/// A qwen3moe layer: qwen3's attention, a router and the experts.
-const QWEN3_MOE: &[Role] = &[
-    Role::AttnNorm,
-    Role::Q,
-    Role::K,
-    Role::V,
-    Role::QNorm,
-    Role::KNorm,
-    Role::O,
-    Role::FfnNorm,
-    Role::GateInp,
-    Role::GateExps,
-    Role::UpExps,
-    Role::DownExps,
 ];
 
 /// The architectures that run, for messages.
