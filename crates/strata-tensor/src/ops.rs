@@ -438,6 +438,42 @@ fn check_caches(
     Ok((dt, rows, n_kv_heads))
 }
 
+/// What [`check_queries`] found: q [n_tokens, n_heads, head_dim] over caches of `cache_rows`
+/// rows of `n_kv_heads` heads.
+struct QueryShape {
+    n_tokens: usize,
+    n_heads: usize,
+    head_dim: usize,
+    cache: strata_kernels::DType,
+    cache_rows: usize,
+    n_kv_heads: usize,
+}
+
+/// The checks every multi-row attention op makes: all tensors (and `extra`) on `s`'s device,
+/// q f32 [n_tokens, n_heads, head_dim], out f32 shaped like q, caches that fit q's heads, a
+/// window that sees something.
+fn check_queries(
+    op: &'static str,
+    s: &Stream,
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    extra: &[&Tensor],
+    window: Option<usize>,
+    out: &Tensor,
+) -> Result<QueryShape> {
+    let mut all = vec![q, k_cache, v_cache, out];
+    all.extend_from_slice(extra);
+    check_devices(op, s, &all)?;
+    expect_dtype(op, "q", q, &[DType::F32], "f32")?;
+    let (n_tokens, n_heads, head_dim) = dims3(op, "q", q)?;
+    f32_out(op, out)?;
+    expect_shape(op, "out", out, q.shape())?;
+    let (cache, cache_rows, n_kv_heads) = check_caches(op, k_cache, v_cache, n_heads, head_dim)?;
+    check_window(op, window)?;
+    Ok(QueryShape { n_tokens, n_heads, head_dim, cache, cache_rows, n_kv_heads })
+}
+
 /// Decode attention: q [n_heads, head_dim] (the query at position n_kv - 1) over cache rows
 /// 0..n_kv, or with a sliding window only the last `window` of them (llama.cpp's standard
 /// window: a key at k is masked for a query at p when p - k >= window); out like q.
@@ -511,19 +547,14 @@ pub fn attention_prefill(
     s: &Stream,
 ) -> Result<()> {
     const OP: &str = "attention_prefill";
-    check_devices(OP, s, &[q, k_cache, v_cache, out])?;
-    expect_dtype(OP, "q", q, &[DType::F32], "f32")?;
-    let (n_tokens, n_heads, head_dim) = dims3(OP, "q", q)?;
-    f32_out(OP, out)?;
-    expect_shape(OP, "out", out, q.shape())?;
-    let (cache, rows, n_kv_heads) = check_caches(OP, k_cache, v_cache, n_heads, head_dim)?;
+    let QueryShape { n_tokens, n_heads, head_dim, cache, cache_rows: rows, n_kv_heads } =
+        check_queries(OP, s, q, k_cache, v_cache, &[], window, out)?;
     if pos0.checked_add(n_tokens).is_none_or(|end| end > rows) {
         return Err(Error::shape(
             OP,
             format!("positions {pos0}..{} exceed the cache of {rows} rows", pos0.saturating_add(n_tokens)),
         ));
     }
-    check_window(OP, window)?;
     match gpu_stream(s) {
         None => {
             Ok((if cpu_path() == CpuPath::Reference { cpu::attention_prefill } else { cpu::fast::attention_prefill })(

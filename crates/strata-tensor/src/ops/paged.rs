@@ -3,9 +3,7 @@
 
 use strata_kernels::cpu::{self, PagedShape};
 
-use super::{
-    cache_ref, check_caches, check_devices, check_window, dev, dims3, expect_dtype, expect_shape, f32_out, gpu_stream,
-};
+use super::{QueryShape, cache_ref, check_queries, dev, expect_dtype, expect_shape, gpu_stream};
 use crate::kernel_call::KernelCall;
 use crate::tensor::Stream;
 use crate::{DType, Error, Result, Tensor, gpu};
@@ -41,12 +39,8 @@ pub fn paged_attention(
     s: &Stream,
 ) -> Result<()> {
     const OP: &str = "paged_attention";
-    check_devices(OP, s, &[q, k_cache, v_cache, index.tables, index.table_start, index.positions, out])?;
-    expect_dtype(OP, "q", q, &[DType::F32], "f32")?;
-    let (n_rows, n_heads, head_dim) = dims3(OP, "q", q)?;
-    f32_out(OP, out)?;
-    expect_shape(OP, "out", out, q.shape())?;
-    let (cache, cache_rows, n_kv_heads) = check_caches(OP, k_cache, v_cache, n_heads, head_dim)?;
+    let QueryShape { n_tokens: n_rows, n_heads, head_dim, cache, cache_rows, n_kv_heads } =
+        check_queries(OP, s, q, k_cache, v_cache, &[index.tables, index.table_start, index.positions], window, out)?;
     for (name, t) in [("tables", index.tables), ("table_start", index.table_start), ("positions", index.positions)] {
         expect_dtype(OP, name, t, &[DType::I32], "i32")?;
     }
@@ -56,7 +50,6 @@ pub fn paged_attention(
     if index.block_size == 0 {
         return Err(Error::shape(OP, "a block of 0 cache rows holds nothing"));
     }
-    check_window(OP, window)?;
     let shape = PagedShape { n_rows, n_heads, n_kv_heads, head_dim, block_size: index.block_size };
     match gpu_stream(s) {
         None => Ok(cpu::paged_attention(
