@@ -254,6 +254,15 @@ strata_status strata_matmul_f32(strata_dtype dtype, const void *w, int64_t rows,
                                 const float *x, int64_t n_tokens, float *y,
                                 cudaStream_t stream);
 
+/* ---- matmul_tc.cu (the "next" kernel set, STRATA_GPU_KERNELS=next) --------------------- */
+
+/* Prefill like strata_matmul_f32 on tensor cores: the weights dequantized as there, both
+ * inputs rounded to TF32 (10 mantissa bits), f32 accumulation. Needs compute capability 8.0
+ * (STRATA_ERR_INVALID_VALUE below it). */
+strata_status strata_matmul_tc_f32(strata_dtype dtype, const void *w, int64_t rows, int64_t cols,
+                                   const float *x, int64_t n_tokens, float *y,
+                                   cudaStream_t stream);
+
 /* ---- rmsnorm.cu ------------------------------------------------------------------------ */
 
 /* For each of n_rows rows of `dim` values: out = (x * (1 / sqrt(mean(x^2) + eps))) * weight.

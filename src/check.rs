@@ -35,6 +35,10 @@ impl Tolerance {
     pub const F32_ACCUMULATION: Tolerance = Tolerance { name: "f32 accumulation", abs: 1e-6, rel: 1e-4 };
     /// Values that went through binary16 storage once (2^-11 relative rounding) on one side.
     pub const FP16: Tolerance = Tolerance { name: "fp16", abs: 1e-6, rel: 1e-3 };
+    /// A product on TF32 tensor cores (the `next` prefill matmul): both inputs rounded to 10
+    /// mantissa bits (2^-11 relative each), so the error of a sum is about 2^-10.5 of its RMS
+    /// times a few for the largest of many outputs.
+    pub const TF32: Tolerance = Tolerance { name: "tf32 inputs", abs: 1e-5, rel: 4e-3 };
     /// A product whose activations were rounded to 8-bit blocks on one side (the fast CPU
     /// path, as llama.cpp does): each x becomes `round(x / d) * d` with `d = max|x| / 127` over
     /// its block of 32, an error uniform in ±d/2 (standard deviation `d / sqrt(12)`), and `d`

@@ -71,7 +71,7 @@ fn out_len(op: &Op) -> usize {
         Op::Dequantize { rows, cols, .. } => rows * cols,
         Op::Gather { dim, n_ids, .. } => dim * n_ids,
         Op::Matvec { rows, .. } | Op::MatvecQ8 { rows, .. } => rows,
-        Op::Matmul { rows, tokens, .. } => rows * tokens,
+        Op::Matmul { rows, tokens, .. } | Op::MatmulTc { rows, tokens, .. } => rows * tokens,
         Op::Rmsnorm { rows, dim } => rows * dim,
         Op::Rope { tokens, heads, head_dim } => tokens * heads * head_dim,
         Op::AttentionDecode { heads, head_dim, .. } => heads * head_dim,
@@ -141,6 +141,7 @@ impl Gpu {
                 Op::MatvecQ8 { dt, rows, cols } => cuda::quantize_act_q8(dt, x, cols, x2, s)
                     .and_then(|()| cuda::matvec_q8(dt, w, rows, cols, x2, out, s)),
                 Op::Matmul { dt, rows, cols, tokens } => cuda::matmul_f32(dt, w, rows, cols, x, tokens, out, s),
+                Op::MatmulTc { dt, rows, cols, tokens } => cuda::matmul_tc_f32(dt, w, rows, cols, x, tokens, out, s),
                 Op::Rmsnorm { rows, dim } => cuda::rmsnorm_f32(x, x2, rows, dim, 1e-5, out, s),
                 Op::Rope { tokens, heads, head_dim } => {
                     // In place: copy x to out first so that repeated launches see the same data.

@@ -58,6 +58,13 @@ pub enum Op {
         cols: usize,
         tokens: usize,
     },
+    /// The `next` kernel set's prefill matmul (`STRATA_GPU_KERNELS=next`): TF32 tensor cores.
+    MatmulTc {
+        dt: DType,
+        rows: usize,
+        cols: usize,
+        tokens: usize,
+    },
     Rmsnorm {
         rows: usize,
         dim: usize,
@@ -193,6 +200,7 @@ impl Op {
             Op::Matvec { .. } => "matvec",
             Op::MatvecQ8 { .. } => "matvec_q8",
             Op::Matmul { .. } => "matmul",
+            Op::MatmulTc { .. } => "matmul_tc",
             Op::Rmsnorm { .. } => "rmsnorm",
             Op::Rope { .. } => "rope",
             Op::AttentionDecode { .. } => "attention_decode",
@@ -214,7 +222,8 @@ impl Op {
             | Op::Gather { dt, .. }
             | Op::Matvec { dt, .. }
             | Op::MatvecQ8 { dt, .. }
-            | Op::Matmul { dt, .. } => dt.name().to_string(),
+            | Op::Matmul { dt, .. }
+            | Op::MatmulTc { dt, .. } => dt.name().to_string(),
             Op::AttentionDecode { cache, .. } | Op::AttentionPrefill { cache, .. } | Op::KvAppend { cache, .. } => {
                 format!("{cache} kv")
             }
@@ -228,7 +237,9 @@ impl Op {
                 format!("{rows}x{cols}")
             }
             Op::Gather { vocab, dim, n_ids, .. } => format!("{n_ids} of {vocab}x{dim}"),
-            Op::Matmul { rows, cols, tokens, .. } => format!("{rows}x{cols} T={tokens}"),
+            Op::Matmul { rows, cols, tokens, .. } | Op::MatmulTc { rows, cols, tokens, .. } => {
+                format!("{rows}x{cols} T={tokens}")
+            }
             Op::Rmsnorm { rows, dim } | Op::Softmax { rows, cols: dim } | Op::Argmax { rows, cols: dim } => {
                 format!("{rows}x{dim}")
             }
@@ -257,7 +268,9 @@ impl Op {
             Op::Matvec { dt, rows, cols } | Op::MatvecQ8 { dt, rows, cols } => {
                 dt.matrix_bytes(rows, cols).unwrap() + (rows + cols) * 4
             }
-            Op::Matmul { dt, rows, cols, tokens } => dt.matrix_bytes(rows, cols).unwrap() + tokens * (rows + cols) * 4,
+            Op::Matmul { dt, rows, cols, tokens } | Op::MatmulTc { dt, rows, cols, tokens } => {
+                dt.matrix_bytes(rows, cols).unwrap() + tokens * (rows + cols) * 4
+            }
             Op::Rmsnorm { rows, dim } => 2 * rows * dim * 4 + dim * 4,
             Op::Rope { tokens, heads, head_dim } => 2 * tokens * heads * head_dim * 4 + tokens * 4,
             Op::AttentionDecode { cache, heads, kv_heads, head_dim, n_kv } => {
@@ -280,7 +293,7 @@ impl Op {
     pub fn flops(&self) -> u64 {
         let f = match *self {
             Op::Matvec { rows, cols, .. } | Op::MatvecQ8 { rows, cols, .. } => 2 * rows * cols,
-            Op::Matmul { rows, cols, tokens, .. } => 2 * rows * cols * tokens,
+            Op::Matmul { rows, cols, tokens, .. } | Op::MatmulTc { rows, cols, tokens, .. } => 2 * rows * cols * tokens,
             Op::AttentionDecode { heads, head_dim, n_kv, .. } => 4 * heads * head_dim * n_kv,
             Op::AttentionPrefill { heads, head_dim, tokens, .. } => 4 * heads * head_dim * tokens * (tokens + 1) / 2,
             _ => 0,
@@ -295,6 +308,7 @@ impl Op {
                 Tolerance::STRICT
             }
             Op::Argmax { .. } => Tolerance::STRICT,
+            Op::MatmulTc { .. } => Tolerance::TF32,
             Op::SiluMul { .. } | Op::GeluMul { .. } | Op::Rope { .. } => Tolerance::F32_ROUNDING,
             _ => Tolerance::F32_ACCUMULATION,
         }
@@ -307,7 +321,8 @@ impl Op {
             Op::Dequantize { dt, rows, cols }
             | Op::Matvec { dt, rows, cols }
             | Op::MatvecQ8 { dt, rows, cols }
-            | Op::Matmul { dt, rows, cols, .. } => dt.matrix_bytes(rows, cols).unwrap(),
+            | Op::Matmul { dt, rows, cols, .. }
+            | Op::MatmulTc { dt, rows, cols, .. } => dt.matrix_bytes(rows, cols).unwrap(),
             _ => 0,
         }
     }
@@ -316,9 +331,15 @@ impl Op {
         let mut r = ChaCha8Rng::seed_from_u64(seed);
         let mut i = Inputs::default();
         match *self {
-            Op::Dequantize { dt, rows, cols } | Op::Matvec { dt, rows, cols } | Op::Matmul { dt, rows, cols, .. } => {
+            Op::Dequantize { dt, rows, cols }
+            | Op::Matvec { dt, rows, cols }
+            | Op::Matmul { dt, rows, cols, .. }
+            | Op::MatmulTc { dt, rows, cols, .. } => {
                 i.w = weights(dt, rows, cols, &mut r);
-                let tokens = if let Op::Matmul { tokens, .. } = *self { tokens } else { 1 };
+                let tokens = match *self {
+                    Op::Matmul { tokens, .. } | Op::MatmulTc { tokens, .. } => tokens,
+                    _ => 1,
+                };
                 i.x = uniform(&mut r, tokens * cols, 1.0);
             }
             Op::MatvecQ8 { dt, rows, cols } => {
@@ -388,7 +409,7 @@ impl Op {
                 cpu::fast::matvec(dt, &i.w, rows, cols, &i.x, &mut o).unwrap();
                 Output::F32(o)
             }
-            Op::Matmul { dt, rows, cols, tokens } => {
+            Op::Matmul { dt, rows, cols, tokens } | Op::MatmulTc { dt, rows, cols, tokens } => {
                 let mut o = vec![0.0; rows * tokens];
                 cpu::matmul(dt, &i.w, rows, cols, &i.x, tokens, &mut o).unwrap();
                 Output::F32(o)
@@ -582,6 +603,12 @@ pub fn cuda_cases() -> Vec<Op> {
         v.push(Op::Dequantize { dt, rows: b.ffn, cols: b.hidden });
     }
     v.push(Op::Matmul { dt: DType::Q4_1, rows: m.ffn, cols: m.hidden, tokens: 64 });
+    // The `next` prefill matmul at the 7B shapes of pp512, beside the proven one above.
+    for dt in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
+        for (rows, cols) in [(b.hidden, b.hidden), (b.ffn, b.hidden), (b.hidden, b.ffn)] {
+            v.push(Op::MatmulTc { dt, rows, cols, tokens: 512 });
+        }
+    }
     // The `next` decode matvec at the 7B shapes the GPU-speed issue names, every quantized type.
     for dt in DType::QUANTIZED {
         for (rows, cols) in [(b.hidden, b.hidden), (b.ffn, b.hidden), (b.hidden, b.ffn), (b.vocab, b.hidden)] {

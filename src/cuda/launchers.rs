@@ -156,6 +156,31 @@ launchers! {
         check(OP, unsafe { ffi::strata_matmul_f32(wt, ptr(w), r, c, ptr(x), t, ptr_mut(y), stream(s)) })
     }
 
+    /// Y = X W^T like [`matmul_f32`] on tensor cores (the `next` kernel set): both inputs
+    /// rounded to TF32, f32 sums; compute capability 8.0 or newer.
+    ///
+    /// # Safety
+    /// As [`matmul_f32`].
+    ///
+    /// # Errors
+    /// Argument errors (including a device older than 8.0) and the launch status.
+    pub unsafe fn matmul_tc_f32(
+        dt: DType,
+        w: DevicePtr,
+        rows: usize,
+        cols: usize,
+        x: DevicePtr,
+        n_tokens: usize,
+        y: DevicePtr,
+        s: Stream,
+    ) -> Result<()> {
+        const OP: &str = "matmul_tc";
+        let wt = weight_dtype(OP, dt)?;
+        let (r, c, t) = (i64_of(OP, "rows", rows)?, i64_of(OP, "cols", cols)?, i64_of(OP, "n_tokens", n_tokens)?);
+        // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+        check(OP, unsafe { ffi::strata_matmul_tc_f32(wt, ptr(w), r, c, ptr(x), t, ptr_mut(y), stream(s)) })
+    }
+
     /// RMS norm of `n_rows` rows of `dim` values (`out` may equal `x`).
     ///
     /// # Safety

@@ -353,6 +353,45 @@ fn matvec_next_cuda() {
     });
 }
 
+/// The `next` kernel set's prefill matmul (TF32 tensor cores) against the CPU reference for
+/// every weight type, with tails in rows, tokens and columns. TF32 rounds both inputs to 10
+/// mantissa bits, so each product may be off by about 2^-10 of its size: the bound per output
+/// is `1.5 * 2^-10 * sum_k |x_k w_k|` (plus f32 summation), not the proven kernel's f32
+/// tolerance. It can fail: a wrong tile, a dropped chunk or a transposed fragment is off by
+/// whole products. A GPU-only test.
+#[test]
+fn matmul_next_cuda() {
+    crate::support::on_cuda("ops::matmul_next_cuda", |s| {
+        let shapes = [(K::Q4_0, 64, 4096, 128), (K::Q4_1, 70, 96, 131), (K::F32, 17, 45, 3), (K::F16, 130, 64, 200)];
+        let quantized = K::QUANTIZED.iter().map(|&dt| (dt, 67, 512, 129));
+        for (dt, rows, cols, tokens) in shapes.into_iter().chain(quantized) {
+            let bytes = quant::quantize_matrix(dt, &uniform(31, rows * cols, 1.0), rows, cols)
+                .unwrap_or_else(|_| quant::random_blocks(dt, rows * cols / dt.block_values(), 31));
+            let w = Tensor::from_bytes(dt.into(), &[rows, cols], &bytes).unwrap();
+            let x = uniform(32, tokens * cols, 2.0);
+            let mut want = vec![0.0; tokens * rows];
+            cpu::matmul(dt, &bytes, rows, cols, &x, tokens, &mut want).unwrap();
+            let mut wf = vec![0.0; rows * cols];
+            cpu::dequantize_rows(dt, &bytes, rows, cols, &mut wf).unwrap();
+            let (w, xt) = (on(s, w), on(s, f32t(&[tokens, cols], &x)));
+            let mut y = poisoned(&[tokens, rows], s);
+            ops::with_gpu_kernels(ops::GpuKernels::Next, || ops::matmul(&w, &xt, &mut y, s)).unwrap();
+            let got = y.to_vec_f32(s).unwrap();
+            for t in 0..tokens {
+                for r in 0..rows {
+                    let mag: f64 = (0..cols).map(|k| f64::from((x[t * cols + k] * wf[r * cols + k]).abs())).sum();
+                    let bound = 1.5 * mag / 1024.0 + 1e-6 * mag.max(1.0);
+                    let (g, e) = (f64::from(got[t * rows + r]), f64::from(want[t * rows + r]));
+                    assert!(
+                        (g - e).abs() <= bound,
+                        "matmul next {dt} {rows}x{cols} T={tokens}: y[{t}][{r}] = {g}, reference {e}, bound {bound}"
+                    );
+                }
+            }
+        }
+    });
+}
+
 #[test]
 fn gpu_kernel_sets_parse() {
     assert_eq!(ops::GpuKernels::parse("proven").unwrap(), ops::GpuKernels::Proven);

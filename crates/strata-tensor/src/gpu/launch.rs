@@ -146,10 +146,10 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
         ptr.push(b.ptr_for(s)?);
     }
     // The `next` kernel set runs quantized decode matvecs on 8-bit activations and decode
-    // attention as flash-decoding, both with scratch memory of the stream; every other launch
-    // is the proven kernel's.
+    // attention as flash-decoding, both with scratch memory of the stream, and prefill
+    // matmuls on TF32 tensor cores; every other launch is the proven kernel's.
     let next = match &call {
-        K::Matvec { .. } | K::Attention { n_tokens: 1, .. } => {
+        K::Matvec { .. } | K::Attention { n_tokens: 1, .. } | K::Matmul { .. } => {
             crate::ops::gpu_kernels()? == crate::ops::GpuKernels::Next
         }
         _ => false,
@@ -166,6 +166,7 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
     let _range = crate::nvtx::range(match (&call, &scratch) {
         (K::Matvec { .. }, Some(_)) => "matvec_q8",
         (K::Attention { .. }, Some(_)) => "attention_decode_split",
+        (K::Matmul { .. }, _) if next => "matmul_tc",
         _ => op,
     });
     // SAFETY: every pointer is the start of a live DeviceBuffer of this stream's GPU holding
@@ -184,6 +185,9 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
                     .and_then(|()| cuda::matvec_q8(dt, ptr[0], rows, cols, act.ptr, ptr[2], raw)),
                 None => cuda::matvec_f32(dt, ptr[0], rows, cols, ptr[1], ptr[2], raw),
             },
+            K::Matmul { dt, rows, cols, n_tokens, .. } if next => {
+                cuda::matmul_tc_f32(dt, ptr[0], rows, cols, ptr[1], n_tokens, ptr[2], raw)
+            }
             K::Matmul { dt, rows, cols, n_tokens, .. } => {
                 cuda::matmul_f32(dt, ptr[0], rows, cols, ptr[1], n_tokens, ptr[2], raw)
             }
