@@ -17,19 +17,12 @@
 // n_seen = min(n_kv, window)
 // (query heads of one group re-read the same rows, mostly from L2). Decode is memory-bound
 // on the cache; prefill re-reads K/V per token from L2 ("correct first": no tiling yet).
-#include "common.cuh"
+#include "attention_common.cuh"
 
 using namespace strata;
 
 static constexpr int kWarps = 4;
 static constexpr int kThreads = kWarps * kWarp;
-
-template <typename C>
-static __device__ __forceinline__ float to_f32(C v);
-template <>
-__device__ __forceinline__ float to_f32<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
 
 // q . k for one cache row `k` of head_dim values, q in shared memory.
 template <typename C, bool kVec>
@@ -41,10 +34,10 @@ static __device__ __forceinline__ float dot_row(const float *q_s, const C *k, in
             const uint4 raw = *reinterpret_cast<const uint4 *>(k + d);
             const C *v = reinterpret_cast<const C *>(&raw);
 #pragma unroll
-            for (int j = 0; j < kPer; ++j) s += q_s[d + j] * to_f32<C>(v[j]);
+            for (int j = 0; j < kPer; ++j) s += q_s[d + j] * cache_to_f32<C>(v[j]);
         }
     } else {
-        for (int d = 0; d < head_dim; ++d) s += q_s[d] * to_f32<C>(k[d]);
+        for (int d = 0; d < head_dim; ++d) s += q_s[d] * cache_to_f32<C>(k[d]);
     }
     return s;
 }
@@ -82,13 +75,7 @@ static __device__ __forceinline__ void attention_body(const float *q, int64_t n_
             const int64_t p = base + lane;
             const float s = p < n_kv ? dot_row<C, kVec>(q_s, k_head + p * row_stride, head_dim) * scale
                                      : -INFINITY;
-            const float m_new = fmaxf(m, warp_max(s));
-            const float corr = expf(m - m_new);  // 0 on the first chunk (m = -inf)
-            const float e = p < n_kv ? expf(s - m_new) : 0.0f;
-            l = l * corr + warp_sum(e);
-            m = m_new;
-#pragma unroll
-            for (int i = 0; i < kPerLane; ++i) acc[i] *= corr;
+            const float e = softmax_step<kPerLane, false>(s, p < n_kv, m, l, acc);
             const int n_here = (int)min((int64_t)kWarp, n_kv - base);
             for (int j = 0; j < n_here; ++j) {
                 const float pj = __shfl_sync(0xffffffffu, e, j);
@@ -96,34 +83,13 @@ static __device__ __forceinline__ void attention_body(const float *q, int64_t n_
 #pragma unroll
                 for (int i = 0; i < kPerLane; ++i) {
                     const int d = lane + i * kWarp;
-                    if (d < head_dim) acc[i] += pj * to_f32<C>(v_row[d]);
+                    if (d < head_dim) acc[i] += pj * cache_to_f32<C>(v_row[d]);
                 }
             }
         }
 
-        // Merge the warps' (m, l, acc).
-        if (lane == 0) m_s[warp] = m, l_s[warp] = l;
-#pragma unroll
-        for (int i = 0; i < kPerLane; ++i) {
-            const int d = lane + i * kWarp;
-            if (d < head_dim) acc_s[warp][d] = acc[i];
-        }
-        __syncthreads();
-        float m_all = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < kWarps; ++w) m_all = fmaxf(m_all, m_s[w]);
-        float l_all = 0.0f, f[kWarps];
-#pragma unroll
-        for (int w = 0; w < kWarps; ++w) {
-            f[w] = expf(m_s[w] - m_all);  // 0 for a warp that saw no position
-            l_all += l_s[w] * f[w];
-        }
-        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-            float v = 0.0f;
-#pragma unroll
-            for (int w = 0; w < kWarps; ++w) v += acc_s[w][d] * f[w];
-            out[item * head_dim + d] = v / l_all;
-        }
+        merge_warps<kWarps, kMaxHeadDim, kPerLane, false>(m, l, acc, m_s, l_s, acc_s, head_dim, false,
+                                                           out + item * head_dim);
     }
 }
 

@@ -17,7 +17,7 @@
 //
 // The kernels written while the switch exists keep their helpers here rather than share
 // attention.cu's, so the proven kernels stay byte-for-byte what the last GPU run validated.
-#include "common.cuh"
+#include "attention_common.cuh"
 
 using namespace strata;
 
@@ -27,13 +27,6 @@ constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * kWarp;
 constexpr int64_t kSplitRows = 256;  // cache positions per block
 constexpr int kMaxGroup = 8;         // most query heads of one kv head handled by one block
-
-template <typename C>
-__device__ __forceinline__ float to_f32(C v);
-template <>
-__device__ __forceinline__ float to_f32<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
 
 __host__ __device__ inline int64_t first_row(int64_t n_kv, int64_t window) {
     return window > 0 && n_kv > window ? n_kv - window : 0;
@@ -97,7 +90,7 @@ __global__ void __launch_bounds__(kThreads)
             if (p < end) {
                 const C *k = k_head + p * row_stride;
                 for (int d = 0; d < head_dim; ++d) {
-                    const float kv = to_f32<C>(k[d]);
+                    const float kv = cache_to_f32<C>(k[d]);
 #pragma unroll
                     for (int g = 0; g < kG; ++g) dot[g] += q_s[g][d] * kv;
                 }
@@ -120,7 +113,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
                 for (int i = 0; i < kPerLane; ++i) {
                     const int d = lane + i * kWarp;
-                    vv[i] = d < head_dim ? to_f32<C>(v_row[d]) : 0.0f;
+                    vv[i] = d < head_dim ? cache_to_f32<C>(v_row[d]) : 0.0f;
                 }
 #pragma unroll
                 for (int g = 0; g < kG; ++g) {

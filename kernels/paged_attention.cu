@@ -19,19 +19,12 @@
 // n_seen / block_size table entries, n_seen = min(positions[r] + 1, window). Decode rows are
 // memory-bound on the cache like attention_decode; the query heads of a group re-read the same
 // rows, mostly from L2.
-#include "common.cuh"
+#include "attention_common.cuh"
 
 using namespace strata;
 
 static constexpr int kWarps = 4;
 static constexpr int kThreads = kWarps * kWarp;
-
-template <typename C>
-static __device__ __forceinline__ float paged_to_f32(C v);
-template <>
-__device__ __forceinline__ float paged_to_f32<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ float paged_to_f32<__half>(__half v) { return __half2float(v); }
 
 // The cache row of logical position p of a row whose table starts at `table`, or -1 when the
 // table entry or the block is out of range.
@@ -86,17 +79,10 @@ static __device__ __forceinline__ void paged_attention_body(
             if (cr >= 0) {
                 const C *k = k_head + cr * row_stride;
                 s = 0.0f;
-                for (int d = 0; d < head_dim; ++d) s += q_s[d] * paged_to_f32<C>(k[d]);
+                for (int d = 0; d < head_dim; ++d) s += q_s[d] * cache_to_f32<C>(k[d]);
                 s *= scale;
             }
-            const float m_new = fmaxf(m, warp_max(s));
-            // A chunk whose every position is invalid leaves m at -inf: keep the state as is.
-            const float corr = m_new == -INFINITY ? 1.0f : expf(m - m_new);
-            const float e = cr >= 0 ? expf(s - m_new) : 0.0f;
-            l = l * corr + warp_sum(e);
-            m = m_new;
-#pragma unroll
-            for (int i = 0; i < kPerLane; ++i) acc[i] *= corr;
+            const float e = softmax_step<kPerLane, true>(s, cr >= 0, m, l, acc);
             const int n_here = (int)min((int64_t)kWarp, n_kv - base);
             for (int j = 0; j < n_here; ++j) {
                 const float pj = __shfl_sync(0xffffffffu, e, j);
@@ -106,35 +92,14 @@ static __device__ __forceinline__ void paged_attention_body(
 #pragma unroll
                 for (int i = 0; i < kPerLane; ++i) {
                     const int d = lane + i * kWarp;
-                    if (d < head_dim) acc[i] += pj * paged_to_f32<C>(v_row[d]);
+                    if (d < head_dim) acc[i] += pj * cache_to_f32<C>(v_row[d]);
                 }
             }
         }
         if (bad) atomicOr(&bad_s, 1);
 
-        if (lane == 0) m_s[warp] = m, l_s[warp] = l;
-#pragma unroll
-        for (int i = 0; i < kPerLane; ++i) {
-            const int d = lane + i * kWarp;
-            if (d < head_dim) acc_s[warp][d] = acc[i];
-        }
-        __syncthreads();
-        float m_all = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < kWarps; ++w) m_all = fmaxf(m_all, m_s[w]);
-        float l_all = 0.0f, f[kWarps];
-#pragma unroll
-        for (int w = 0; w < kWarps; ++w) {
-            f[w] = m_s[w] == -INFINITY ? 0.0f : expf(m_s[w] - m_all);  // a warp that saw nothing
-            l_all += l_s[w] * f[w];
-        }
-        const bool poisoned = bad_s != 0;
-        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-            float v = 0.0f;
-#pragma unroll
-            for (int w = 0; w < kWarps; ++w) v += acc_s[w][d] * f[w];
-            out[item * head_dim + d] = poisoned ? NAN : v / l_all;
-        }
+        merge_warps<kWarps, kMaxHeadDim, kPerLane, true>(m, l, acc, m_s, l_s, acc_s, head_dim, bad_s != 0,
+                                                          out + item * head_dim);
     }
 }
 

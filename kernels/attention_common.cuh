@@ -1,0 +1,74 @@
+// attention_common.cuh — the pieces attention.cu and paged_attention.cu (and, for the cache
+// element, attention_split.cu) share: reading a cache element as f32, one step of a warp's
+// online softmax over a chunk of 32 positions, and the merge of a block's warps at the end.
+//
+// `kMayBeEmpty` is for kernels where a chunk, or a whole warp's walk, can hold no valid
+// position (paged_attention.cu: a bad block-table entry): the running max then stays -inf and
+// the state is kept as it is. Without it (attention.cu, where every chunk a warp walks holds at
+// least one position), the code is exactly the unguarded arithmetic.
+#pragma once
+
+#include "common.cuh"
+
+namespace strata {
+
+template <typename C>
+__device__ __forceinline__ float cache_to_f32(C v);
+template <>
+__device__ __forceinline__ float cache_to_f32<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ float cache_to_f32<__half>(__half v) { return __half2float(v); }
+
+// One chunk of a warp's online softmax: `s` is this lane's score (-inf when the lane has no
+// valid position), (m, l, acc) the warp's running max, sum and per-lane V accumulators. Rescales
+// the state to the new max and returns this lane's weight exp(s - m), 0 when not `valid`.
+template <int kPerLane, bool kMayBeEmpty>
+__device__ __forceinline__ float softmax_step(float s, bool valid, float &m, float &l,
+                                              float (&acc)[kPerLane]) {
+    const float m_new = fmaxf(m, warp_max(s));
+    // 0 on the first chunk (m = -inf); with kMayBeEmpty a chunk with no valid position leaves
+    // m at -inf and the state unchanged.
+    const float corr = kMayBeEmpty && m_new == -INFINITY ? 1.0f : expf(m - m_new);
+    const float e = valid ? expf(s - m_new) : 0.0f;
+    l = l * corr + warp_sum(e);
+    m = m_new;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) acc[i] *= corr;
+    return e;
+}
+
+// Merges the (m, l, acc) of a block's kWarps warps and writes out[d] = sum / l for d <
+// head_dim (NaN everywhere when `poisoned`). Every thread of the block must call it; it
+// synchronizes the block once. The shared arrays belong to the caller.
+template <int kWarps, int kMaxHeadDim, int kPerLane, bool kMayBeEmpty>
+__device__ __forceinline__ void merge_warps(float m, float l, const float (&acc)[kPerLane],
+                                            float (&m_s)[kWarps], float (&l_s)[kWarps],
+                                            float (&acc_s)[kWarps][kMaxHeadDim], int head_dim,
+                                            bool poisoned, float *out) {
+    const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+    if (lane == 0) m_s[warp] = m, l_s[warp] = l;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+        const int d = lane + i * kWarp;
+        if (d < head_dim) acc_s[warp][d] = acc[i];
+    }
+    __syncthreads();
+    float m_all = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) m_all = fmaxf(m_all, m_s[w]);
+    float l_all = 0.0f, f[kWarps];
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+        // 0 for a warp that saw no position.
+        f[w] = kMayBeEmpty && m_s[w] == -INFINITY ? 0.0f : expf(m_s[w] - m_all);
+        l_all += l_s[w] * f[w];
+    }
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float v = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) v += acc_s[w][d] * f[w];
+        out[d] = poisoned ? NAN : v / l_all;
+    }
+}
+
+} // namespace strata
