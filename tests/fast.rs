@@ -545,8 +545,8 @@ fn f32_activation_new_types_bad_arguments_are_errors() {
 /// type of `dq_types()` are.
 fn scale_offsets(dt: DType) -> &'static [usize] {
     match dt {
-        DType::Q5_0 | DType::IQ4_NL | DType::IQ4_XS => &[0],
-        DType::Q5_1 | DType::Q4_K | DType::Q5_K => &[0, 2],
+        DType::Q4_0 | DType::Q8_0 | DType::Q5_0 | DType::IQ4_NL | DType::IQ4_XS => &[0],
+        DType::Q4_1 | DType::Q5_1 | DType::Q4_K | DType::Q5_K => &[0, 2],
         DType::Q2_K => &[80, 82],
         DType::Q3_K => &[108],
         DType::Q6_K => &[208],
@@ -584,7 +584,7 @@ fn check_decoders(label: &str, dt: DType, row: &[u8]) {
     }
 }
 
-/// The exact path's per-type block decoders return `quant::dequantize_row`'s values bit for
+/// The exact path's per-type block decoders (the tiled types' too) return `quant::dequantize_row`'s values bit for
 /// bit: on random blocks (every quant and sub-block scale pattern over many blocks), on blocks
 /// whose quants are all zeros or all ones, and with extreme binary16 scales (the largest and
 /// smallest normal, subnormals, zeros of both signs, infinities and NaN).
@@ -602,7 +602,7 @@ fn exact_decoders_equal_dequantize_row_bit_for_bit() {
         0x7E00, // NaN
         0x7C01, // a signalling NaN's bits
     ];
-    for dt in dq_types() {
+    for dt in QTYPES.into_iter().chain(dq_types()) {
         for seed in 0..4 {
             let row = quant::random_blocks(dt, 64, seed * 977 + dt.ggml_type() as u64);
             check_decoders("random blocks", dt, &row);
@@ -635,7 +635,7 @@ fn exact_decoders_equal_dequantize_row_bit_for_bit() {
 /// The comparison above can fail: one changed quant bit changes a decoded value.
 #[test]
 fn exact_decoders_check_catches_a_changed_bit() {
-    for dt in dq_types() {
+    for dt in QTYPES.into_iter().chain(dq_types()) {
         let row = quant::random_blocks(dt, 2, 9);
         let mut want = vec![0.0f32; 2 * dt.block_values()];
         quant::dequantize_row(dt, &row, &mut want).expect("reference dequantize_row");
@@ -651,5 +651,5 @@ fn exact_decoders_check_catches_a_changed_bit() {
         );
     }
     let mut out = [0.0f32; 32];
-    assert!(fast::dequantize_row_exact(Isa::best(), DType::Q4_0, &[0u8; 18], &mut out).is_err(), "q4_0 is not here");
+    assert!(fast::dequantize_row_exact(Isa::best(), DType::F16, &[0u8; 64], &mut out).is_err(), "f16 is not here");
 }

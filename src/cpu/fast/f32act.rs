@@ -1,8 +1,8 @@
 //! Quantized products with f32 activations: the reference's arithmetic ([`crate::cpu::matvec`],
 //! [`crate::cpu::matmul`]), vectorized.
 //!
-//! Each weight is dequantized exactly as the reference does it (`q * d + m`, two roundings, no
-//! FMA) and multiplied with the unrounded activation; only the order of the f32 sums differs
+//! Each weight is dequantized to the reference's bits (`q * d + m` with two roundings, which
+//! for Q4_1 one FMA reproduces: the product is exact) and multiplied with the unrounded activation; only the order of the f32 sums differs
 //! (16 or 8 lanes, then a horizontal sum, where the reference adds in column order). So the
 //! results are the reference's up to f32 accumulation error, about 1e-6 relative, and the
 //! model's tokens are the reference's — which equal llama.cpp's on the reference cases (see
@@ -120,7 +120,7 @@ fn scalar_gemm(dtype: DType, w: &[u8], rb: usize, cols: usize, x: &[f32], n: usi
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use x86::decode_q5_0_row;
+pub(super) use x86::{decode_row256, decode_row512};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -377,12 +377,10 @@ mod x86 {
                     )
                 }
                 _ => {
-                    let qs = _mm_loadu_si128(p.add(if TY == Q4_1 { 4 } else { 2 }).cast());
-                    let mask = _mm_set1_epi8(0x0F);
-                    (
-                        _mm512_cvtepu8_epi32(_mm_and_si128(qs, mask)),
-                        _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16::<4>(qs), mask)),
-                    )
+                    // The 16 bytes widened once; low nibbles (values 0..16) masked out, high
+                    // nibbles (16..32) shifted down, in 32-bit lanes (see `dequant256`).
+                    let qs = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(if TY == Q4_1 { 4 } else { 2 }).cast()));
+                    (_mm512_and_si512(qs, _mm512_set1_epi32(0x0F)), _mm512_srli_epi32::<4>(qs))
                 }
             };
             let (mut f0, mut f1) = (_mm512_cvtepi32_ps(q0), _mm512_cvtepi32_ps(q1));
@@ -390,12 +388,12 @@ mod x86 {
                 let eight = _mm512_set1_ps(8.0);
                 (f0, f1) = (_mm512_sub_ps(f0, eight), _mm512_sub_ps(f1, eight));
             }
-            let (mut w0, mut w1) = (_mm512_mul_ps(f0, d), _mm512_mul_ps(f1, d));
             if TY == Q4_1 {
+                // One FMA is the reference's `q * d + m`: see `dequant256`.
                 let m = _mm512_broadcastss_ps(f16_at(p.add(2)));
-                (w0, w1) = (_mm512_add_ps(w0, m), _mm512_add_ps(w1, m));
+                return [_mm512_fmadd_ps(f0, d, m), _mm512_fmadd_ps(f1, d, m)];
             }
-            [w0, w1]
+            [_mm512_mul_ps(f0, d), _mm512_mul_ps(f1, d)]
         }
     }
 
@@ -474,15 +472,19 @@ mod x86 {
                     ]
                 }
                 _ => {
-                    let qs = _mm_loadu_si128(p.add(if TY == Q4_1 { 4 } else { 2 }).cast());
-                    let mask = _mm_set1_epi8(0x0F);
-                    let lo = _mm_and_si128(qs, mask);
-                    let hi = _mm_and_si128(_mm_srli_epi16::<4>(qs), mask);
+                    // Bytes 0..8 and 8..16 widened straight from memory (two shuffles, where
+                    // masking the 16 bytes first needed four and two more to move upper
+                    // halves down); each gives its low nibbles (values 0..8, 8..16) masked
+                    // and its high nibbles (16..24, 24..32) shifted down, in 32-bit lanes.
+                    let at = p.add(if TY == Q4_1 { 4 } else { 2 });
+                    let b0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(at.cast()));
+                    let b1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(at.add(8).cast()));
+                    let mask = _mm256_set1_epi32(0x0F);
                     [
-                        _mm256_cvtepu8_epi32(lo),
-                        _mm256_cvtepu8_epi32(_mm_srli_si128::<8>(lo)),
-                        _mm256_cvtepu8_epi32(hi),
-                        _mm256_cvtepu8_epi32(_mm_srli_si128::<8>(hi)),
+                        _mm256_and_si256(b0, mask),
+                        _mm256_and_si256(b1, mask),
+                        _mm256_srli_epi32::<4>(b0),
+                        _mm256_srli_epi32::<4>(b1),
                     ]
                 }
             };
@@ -493,27 +495,67 @@ mod x86 {
                 if TY == Q4_0 {
                     f = _mm256_sub_ps(f, _mm256_set1_ps(8.0));
                 }
-                w[k] = _mm256_mul_ps(f, d);
-                if TY == Q4_1 {
-                    w[k] = _mm256_add_ps(w[k], m);
-                }
+                w[k] = if TY == Q4_1 {
+                    // The reference's `q * d + m` rounds twice; one FMA rounds once, and gives
+                    // the same bits because the product is exact: q < 16 has 4 significant
+                    // bits and d, a widened binary16, at most 11, so q * d fits f32's 24 (no
+                    // overflow: 15 * 65504 is finite; binary16 subnormals are f32 normals, so
+                    // no product underflows). Then round(q * d + m) is the reference's second
+                    // rounding alone. Zeros, infinities and NaN scales give the same values
+                    // (up to NaN payloads). `exact_decoders_equal_dequantize_row_bit_for_bit`
+                    // checks it, extreme scales included.
+                    _mm256_fmadd_ps(f, d, m)
+                } else {
+                    _mm256_mul_ps(f, d)
+                };
             }
             w
         }
     }
 
-    /// Every block of the Q5_0 `row` through [`dequant256`] into `out` (whole blocks, checked
-    /// by the caller): the values the AVX2 kernels multiply, for the tests to compare with the
-    /// reference.
+    /// Every block of `row` (Q4_0, Q4_1, Q8_0 or Q5_0: whole blocks, checked by the caller)
+    /// through [`dequant256`] into `out`: the values the AVX2 kernels multiply, for the tests
+    /// to compare with the reference.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(in crate::cpu::fast) fn decode_q5_0_row(row: &[u8], out: &mut [f32]) {
-        for (b, o) in row.chunks_exact(block_bytes(Q5_0)).zip(out.chunks_exact_mut(QK)) {
-            // SAFETY: `b` is one whole 22-byte block (chunks_exact).
-            let w = unsafe { dequant256::<Q5_0>(b.as_ptr()) };
-            for (k, v) in w.iter().enumerate() {
-                // SAFETY: `o` holds 32 values; 8 k + 8 <= 32.
-                unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * k), *v) };
+    pub(in crate::cpu::fast) fn decode_row256(ty: WType, row: &[u8], out: &mut [f32]) {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn each<const TY: u8>(row: &[u8], out: &mut [f32]) {
+            for (b, o) in row.chunks_exact(block_bytes(TY)).zip(out.chunks_exact_mut(QK)) {
+                // SAFETY: `b` is one whole block of TY (chunks_exact).
+                let w = unsafe { dequant256::<TY>(b.as_ptr()) };
+                for (k, v) in w.iter().enumerate() {
+                    // SAFETY: `o` holds 32 values; 8 k + 8 <= 32.
+                    unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * k), *v) };
+                }
             }
+        }
+        match code(ty) {
+            Q4_0 => each::<Q4_0>(row, out),
+            Q4_1 => each::<Q4_1>(row, out),
+            Q5_0 => each::<Q5_0>(row, out),
+            _ => each::<Q8_0>(row, out),
+        }
+    }
+
+    /// As [`decode_row256`], through [`dequant512`]: the values the AVX-512 kernels multiply.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(in crate::cpu::fast) fn decode_row512(ty: WType, row: &[u8], out: &mut [f32]) {
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+        fn each<const TY: u8>(row: &[u8], out: &mut [f32]) {
+            for (b, o) in row.chunks_exact(block_bytes(TY)).zip(out.chunks_exact_mut(QK)) {
+                // SAFETY: `b` is one whole block of TY (chunks_exact).
+                let w = unsafe { dequant512::<TY>(b.as_ptr()) };
+                for (k, v) in w.iter().enumerate() {
+                    // SAFETY: `o` holds 32 values; 16 k + 16 <= 32.
+                    unsafe { _mm512_storeu_ps(o.as_mut_ptr().add(16 * k), *v) };
+                }
+            }
+        }
+        match code(ty) {
+            Q4_0 => each::<Q4_0>(row, out),
+            Q4_1 => each::<Q4_1>(row, out),
+            Q5_0 => each::<Q5_0>(row, out),
+            _ => each::<Q8_0>(row, out),
         }
     }
 

@@ -135,7 +135,10 @@ fn pass<const FMA: bool, const BB: usize, const BV: usize, const T: usize, const
 
 /// Dequantizes `row` (whole blocks of `dtype`, `out.len()` values) with the exact path's block
 /// decoders compiled for `isa`: the values [`crate::quant::dequantize_row`] returns, bit for
-/// bit (what `tests/fast.rs` checks). For Q5_0, Q5_1, the K-quants, IQ4_NL and IQ4_XS.
+/// bit (what `tests/fast.rs` checks). For every quantized type but the ternary ones: the tiled
+/// Q4_0, Q4_1, Q8_0 and Q5_0 through their tiles' decoders (the reference itself on
+/// [`Isa::Scalar`], whose tiles are the reference's loop), Q5_1, the K-quants, IQ4_NL and
+/// IQ4_XS through theirs.
 ///
 /// # Errors
 /// If this CPU cannot run `isa`, `dtype` is not one of those types, or the lengths do not
@@ -147,7 +150,10 @@ pub fn dequantize_row_exact(isa: Isa, dtype: DType, row: &[u8], out: &mut [f32])
     }
     if !matches!(
         dtype,
-        DType::Q5_0
+        DType::Q4_0
+            | DType::Q4_1
+            | DType::Q8_0
+            | DType::Q5_0
             | DType::Q5_1
             | DType::IQ4_NL
             | DType::Q2_K
@@ -157,7 +163,11 @@ pub fn dequantize_row_exact(isa: Isa, dtype: DType, row: &[u8], out: &mut [f32])
             | DType::Q6_K
             | DType::IQ4_XS
     ) {
-        return Err(Error::UnsupportedDtype { op: OP, dtype, expected: "q5_0, q5_1, iq4_nl, a K-quant or iq4_xs" });
+        return Err(Error::UnsupportedDtype {
+            op: OP,
+            dtype,
+            expected: "q4_0, q4_1, q8_0, q5_0, q5_1, iq4_nl, a K-quant or iq4_xs",
+        });
     }
     let want = dtype.row_bytes(out.len())?;
     if row.len() != want {
@@ -172,11 +182,20 @@ pub fn dequantize_row_exact(isa: Isa, dtype: DType, row: &[u8], out: &mut [f32])
             unsafe { super::f32act_k::decode_row(dtype, row, out) };
             return Ok(());
         }
-        if dtype == DType::Q5_0 {
-            // SAFETY: as above, for `decode_q5_0_row`.
-            unsafe { super::f32act::decode_q5_0_row(row, out) };
+        if let Some(ty) = super::WType::of(dtype).filter(|t| t.has_f32_tiles()) {
+            match isa {
+                // SAFETY: as above: this CPU has AVX-512 F/BW/VL, AVX2, FMA and F16C, the
+                // features of `decode_row512`.
+                Isa::Avx512Vnni => unsafe { super::f32act::decode_row512(ty, row, out) },
+                // SAFETY: as above, for `decode_row256` (AVX2, FMA, F16C).
+                _ => unsafe { super::f32act::decode_row256(ty, row, out) },
+            }
             return Ok(());
         }
+    }
+    if matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q8_0) {
+        // The portable tiles of these types are the reference's row loop.
+        return crate::quant::dequantize_row(dtype, row, out);
     }
     match isa {
         #[cfg(target_arch = "x86_64")]
