@@ -140,8 +140,11 @@ impl Sampler {
     /// the argmax. Speculative decoding reads the target model's distribution here, so the
     /// plain and the speculative paths define it in one place.
     pub fn probs(&self, logits: &[f32]) -> Vec<(u32, f64)> {
-        let mut logits = logits.to_vec();
-        if self.cfg.repeat_penalty != 1.0 {
+        // A copy only when the penalty changes some logits (it is a vocabulary's worth, per
+        // token).
+        let mut logits = std::borrow::Cow::Borrowed(logits);
+        if self.cfg.repeat_penalty != 1.0 && !self.recent.is_empty() {
+            let logits = logits.to_mut();
             let mut seen = self.recent.iter().copied().collect::<Vec<_>>();
             seen.sort_unstable();
             seen.dedup();
@@ -160,10 +163,14 @@ impl Sampler {
         if cand.is_empty() {
             return vec![(0, 1.0)];
         }
-        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if self.cfg.top_k > 0 {
+        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if self.cfg.top_k > 0 && self.cfg.top_k < cand.len() {
+            // The k first in that (total) order, then only they are sorted: the same list as
+            // sorting the whole vocabulary and truncating, without sorting it per token.
+            cand.select_nth_unstable_by(self.cfg.top_k - 1, order);
             cand.truncate(self.cfg.top_k);
         }
+        cand.sort_unstable_by(order);
         let probs = softmax(&cand, 1.0);
         if self.cfg.top_p < 1.0 {
             let mut acc = 0.0;
