@@ -204,40 +204,40 @@ fn norm_in_place(x: &mut Tensor, w: Option<&Tensor>, eps: f32, tmp: &mut Tensor,
     Ok(())
 }
 
-/// Runs layer `layer` on the stream's device: every tensor (weights, cache, x, positions,
-/// scratch) must be there. `positions` holds pos0..pos0+T as i32.
-#[allow(clippy::too_many_arguments)]
-pub fn layer_forward(
-    cfg: &LlamaConfig,
-    layer: usize,
-    w: LayerRef<'_>,
-    kv: &mut LayerKv,
-    x: &mut Tensor,
-    positions: &Tensor,
-    pos0: usize,
-    sc: &mut Scratch,
-    s: &Stream,
-) -> Result<()> {
-    layer_attention(cfg, layer, w, kv, x, positions, pos0, sc, s)?;
-    attention_output_and_ffn(cfg, w, x, sc, false, s)
+/// What the steps of one layer's pass share: the model's config, the layer, its KV cache, the
+/// pass's positions (pos0..pos0+T as i32, on the stream's device), the scratch and the stream
+/// everything runs on. Every tensor in it must be on the stream's device.
+pub struct LayerCtx<'a> {
+    /// The model's config.
+    pub cfg: &'a LlamaConfig,
+    /// Layer index (its RoPE base and attention window).
+    pub layer: usize,
+    /// The layer's K and V cache.
+    pub kv: &'a mut LayerKv,
+    /// Positions pos0..pos0+T as i32.
+    pub positions: &'a Tensor,
+    /// Position of the pass's first token.
+    pub pos0: usize,
+    /// Activation buffers for the pass's T tokens.
+    pub sc: &'a mut Scratch,
+    /// The stream the layer runs on.
+    pub s: &'a Stream,
+}
+
+/// Runs the layer of `cx` with weights `w` on the residual `x` [T, n_embd], all on the
+/// context's stream.
+pub fn layer_forward(cx: &mut LayerCtx<'_>, w: LayerRef<'_>, x: &mut Tensor) -> Result<()> {
+    layer_attention(cx, w, x)?;
+    attention_output_and_ffn(cx.cfg, w, x, cx.sc, false, cx.s)
 }
 
 /// [`layer_forward`] up to the attention output (in the scratch, for
 /// [`attention_output_and_ffn`] or [`attention_output_and_router`]): Q/K/V, the cache append
 /// and attention over the cache. A caller that places a layer's experts apart runs this, then
 /// the router, then the experts where they live.
-#[allow(clippy::too_many_arguments)]
-pub fn layer_attention(
-    cfg: &LlamaConfig,
-    layer: usize,
-    w: LayerRef<'_>,
-    kv: &mut LayerKv,
-    x: &mut Tensor,
-    positions: &Tensor,
-    pos0: usize,
-    sc: &mut Scratch,
-    s: &Stream,
-) -> Result<()> {
+pub fn layer_attention(cx: &mut LayerCtx<'_>, w: LayerRef<'_>, x: &mut Tensor) -> Result<()> {
+    let LayerCtx { cfg, layer, kv, positions, pos0, sc, s } = cx;
+    let (cfg, layer, pos0, s) = (*cfg, *layer, *pos0, *s);
     let t = sc.n_tokens;
     let (nh, hd) = (cfg.n_head, cfg.head_dim);
     attention_inputs(cfg, layer, w, x, positions, sc, false, s)?;

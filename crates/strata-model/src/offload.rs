@@ -15,7 +15,7 @@ use strata_tensor::hostmem::HostLimits;
 use strata_tensor::ops::{CpuPath, with_cpu_path};
 use strata_tensor::{Gpu, HostBuffer, PinnedKind, Stream, Tensor, fmt_bytes, mem_available};
 
-use crate::forward::{LayerKv, LayerRef, Scratch, layer_forward};
+use crate::forward::{LayerCtx, LayerKv, LayerRef, Scratch, layer_forward};
 use crate::model::{Model, SessionOptions};
 use crate::session::Layout;
 use crate::{Error, Result};
@@ -186,7 +186,8 @@ fn time_layer(model: &Model, w: LayerRef<'_>, s: &Stream, t: usize, reps: usize)
     let mut x = Tensor::from_f32(&[t, cfg.n_embd], vec![0.01; t * cfg.n_embd])?.to_device(s, "x")?;
     let pos = Tensor::from_i32(&[t], (0..t as i32).collect())?.to_device(s, "positions")?;
     best_of(reps, || {
-        layer_forward(cfg, 0, w, &mut kv, &mut x, &pos, 0, &mut sc, s)?;
+        let mut cx = LayerCtx { cfg, layer: 0, kv: &mut kv, positions: &pos, pos0: 0, sc: &mut sc, s };
+        layer_forward(&mut cx, w, &mut x)?;
         s.synchronize()?;
         Ok(())
     })

@@ -24,7 +24,7 @@ use strata_runtime::streamer::{CopyRecord, Epoch, GpuStreamer, HostStreamer, Wei
 use strata_tensor::{DType, Device, Event, HostBuffer, PinnedKind, Reservation, Stream, Tensor, nvtx, ops};
 
 use crate::arch::Role;
-use crate::forward::{LayerKv, LayerRef, Scratch, head_forward, layer_forward};
+use crate::forward::{LayerCtx, LayerKv, LayerRef, Scratch, head_forward, layer_forward};
 use crate::model::{Model, SessionOptions};
 use crate::session_experts::{
     ExpertCache, ExpertExec, ExpertPassStats, attention_part, expert_bytes, layer_forward_cpu_experts,
@@ -564,19 +564,14 @@ impl Session {
                 }
             };
             let start = Mark::now(&s)?;
+            let mut cx = LayerCtx { cfg, layer: l, kv: &mut site.kv, positions: pos, pos0, sc: &mut scratch, s: &s };
             let r = match site.experts.as_mut() {
-                None => layer_forward(cfg, l, weights, &mut site.kv, &mut x, pos, pos0, &mut scratch, &s),
+                None => layer_forward(&mut cx, weights, &mut x),
                 Some(cache) => layer_forward_cpu_experts(
-                    cfg,
-                    l,
+                    &mut cx,
                     weights,
                     model.weights.layers[l].as_ref(),
-                    &mut site.kv,
                     &mut x,
-                    pos,
-                    pos0,
-                    &mut scratch,
-                    &s,
                     cache,
                     &mut expert_stats,
                 ),

@@ -16,9 +16,8 @@ use strata_runtime::plan::{ExpertPlacement, Plan};
 use strata_tensor::{DType, Stream, Tensor, ops};
 
 use crate::arch::Role;
-use crate::config::LlamaConfig;
 use crate::forward::{
-    ExpertRef, ExpertWeights, LayerKv, LayerRef, Routing, Scratch, attention_output_and_router, ffn_input_and_out,
+    ExpertRef, ExpertWeights, LayerCtx, LayerRef, Routing, attention_output_and_router, ffn_input_and_out,
     ffn_residual, layer_attention, moe_experts,
 };
 use crate::weights::LayerWeights;
@@ -148,22 +147,16 @@ impl ExpertCache {
 /// One layer whose experts run on the CPU: attention and router on `s` with the attention
 /// part `attn`, the routed experts the cache holds on `s`, the others on the host from
 /// `host` (the model's mapped layer), then the sum and the residual on `s`.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn layer_forward_cpu_experts(
-    cfg: &LlamaConfig,
-    layer: usize,
+    cx: &mut LayerCtx<'_>,
     attn: LayerRef<'_>,
     host: LayerRef<'_>,
-    kv: &mut LayerKv,
     x: &mut Tensor,
-    positions: &Tensor,
-    pos0: usize,
-    sc: &mut Scratch,
-    s: &Stream,
     cache: &mut ExpertCache,
     stats: &mut ExpertPassStats,
 ) -> Result<()> {
-    layer_attention(cfg, layer, attn, kv, x, positions, pos0, sc, s)?;
+    layer_attention(cx, attn, x)?;
+    let (cfg, sc, s) = (cx.cfg, &mut *cx.sc, cx.s);
     let Some(routing) = attention_output_and_router(cfg, attn, x, sc, false, s)? else {
         return Ok(()); // a dense layer: nothing to place apart
     };
