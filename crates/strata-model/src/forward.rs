@@ -149,6 +149,21 @@ impl<'a> LayerRef<'a> {
         Ok(LayerRef { tensors })
     }
 
+    /// This layer with the tensors of `roles` taken from `t` (in `roles` order) instead: a
+    /// resident attention part with its experts from a streamer's slot.
+    ///
+    /// # Errors
+    /// If the counts differ.
+    pub fn with_slice(mut self, t: &'a [Tensor], roles: &[Role]) -> Result<LayerRef<'a>> {
+        if t.len() != roles.len() {
+            return Err(Error::invalid(format!("a weight group has {} tensors, got {}", roles.len(), t.len())));
+        }
+        for (t, r) in t.iter().zip(roles) {
+            self.tensors[r.index()] = Some(t);
+        }
+        Ok(self)
+    }
+
     /// The tensor of `role`, if the layer has one.
     pub fn get(&self, role: Role) -> Option<&'a Tensor> {
         self.tensors[role.index()]

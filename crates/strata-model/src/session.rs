@@ -99,6 +99,19 @@ enum Weights {
     Owned(Box<LayerWeights>),
     /// Group `g` of the streamer.
     Streamed(usize),
+    /// A resident layer whose experts are group `g` of the streamer: its attention part on
+    /// the accelerator (None: the model's host weights, on the host test device).
+    ExpertsStreamed(Option<Box<LayerWeights>>, usize),
+}
+
+impl Weights {
+    /// The streamer group the layer acquires each pass, if any.
+    fn group(&self) -> Option<usize> {
+        match self {
+            Weights::Streamed(g) | Weights::ExpertsStreamed(_, g) => Some(*g),
+            Weights::Host | Weights::Owned(_) => None,
+        }
+    }
 }
 
 struct Site {
@@ -108,7 +121,8 @@ struct Site {
     stream: Stream,
     /// The layer's experts run on the CPU (with this device cache of hot ones), not with it.
     experts: Option<ExpertCache>,
-    /// The roles of a streamed group when it is not the whole layer (experts left out).
+    /// The roles of a streamed group when it is not the whole layer (experts left out, or
+    /// only the experts).
     roles: Option<Vec<Role>>,
     _res: Vec<Reservation>,
 }
@@ -287,9 +301,29 @@ impl Session {
                 }
                 _ => None,
             };
-            let on_acc_bytes = if apart.is_some() { w.bytes() - expert_bytes(w) } else { w.bytes() };
+            let stream_experts = matches!(experts.get(l), Some(ExpertExec::Streamed))
+                && cfg.is_moe()
+                && placement == Placement::Resident
+                && expert_bytes(w) > 0;
+            let on_acc_bytes = if apart.is_some() || stream_experts { w.bytes() - expert_bytes(w) } else { w.bytes() };
             let (weights, stream, mut res) = match placement {
                 Placement::Cpu => (Weights::Host, Stream::Host, Vec::new()),
+                Placement::Resident if stream_experts => {
+                    streamed.push(l);
+                    let g = streamed.len() - 1;
+                    match &acc_stream {
+                        Stream::Gpu(_) => (
+                            Weights::ExpertsStreamed(Some(Box::new(attention_part(w, &acc_stream, l)?)), g),
+                            acc_stream.clone(),
+                            Vec::new(),
+                        ),
+                        Stream::Host => (
+                            Weights::ExpertsStreamed(None, g),
+                            Stream::Host,
+                            reserve(acc, on_acc_bytes, &format!("attention part of layer {l}"))?,
+                        ),
+                    }
+                }
                 Placement::Resident => match (&acc_stream, apart) {
                     (Stream::Gpu(_), None) => {
                         (Weights::Owned(Box::new(w.to_device(&acc_stream, l)?)), acc_stream.clone(), Vec::new())
@@ -320,6 +354,9 @@ impl Session {
             };
             let roles = match (placement, apart) {
                 (Placement::Streamed, Some(_)) => Some(w.roles().into_iter().filter(|r| !r.is_expert()).collect()),
+                (Placement::Resident, None) if stream_experts => {
+                    Some(w.roles().into_iter().filter(|r| r.is_expert()).collect())
+                }
                 _ => None,
             };
             let kv = LayerKv::new(cfg, context, opts.kv_type.dtype(), &stream, l)?;
@@ -350,7 +387,7 @@ impl Session {
                             let w = &model.weights.layers[l];
                             let t = group_tensors(w, sites[l].roles.as_deref());
                             let packed = GpuStreamer::pack(g, &t, &format!("packed layer {l}"));
-                            loaded += w.bytes();
+                            loaded += t.iter().map(|t| t.len_bytes() as u64).sum::<u64>();
                             progress(loaded, to_load);
                             packed.map_err(Error::from)
                         })
@@ -562,6 +599,14 @@ impl Session {
                     wait_s = t0.elapsed().as_secs_f64();
                     LayerRef::from_slice(w, site.roles.as_deref().unwrap_or(&cfg.layer_roles))?
                 }
+                Weights::ExpertsStreamed(attn, g) => {
+                    let st = streamer.as_deref_mut().ok_or_else(|| Error::invalid("no streamer"))?;
+                    let t0 = Instant::now();
+                    let w = st.acquire(*g)?;
+                    wait_s = t0.elapsed().as_secs_f64();
+                    let attn = attn.as_deref().map_or(model.weights.layers[l].as_ref(), LayerWeights::as_ref);
+                    attn.with_slice(w, site.roles.as_deref().unwrap_or(&[]))?
+                }
             };
             let start = Mark::now(&s)?;
             let mut cx = LayerCtx { cfg, layer: l, kv: &mut site.kv, positions: pos, pos0, sc: &mut scratch, s: &s };
@@ -576,8 +621,8 @@ impl Session {
                     &mut expert_stats,
                 ),
             };
-            if let (Weights::Streamed(g), Some(st)) = (&site.weights, streamer) {
-                st.release(*g)?;
+            if let (Some(g), Some(st)) = (site.weights.group(), streamer) {
+                st.release(g)?;
             }
             let end = Mark::now(&s)?;
             self.scratch.push((s.clone(), scratch));
@@ -740,12 +785,17 @@ impl Session {
                 Weights::Owned(w) => LayerWeights::as_ref(w),
                 Weights::Streamed(g) => {
                     let st = streamer.as_deref_mut().ok_or_else(|| Error::invalid("no streamer"))?;
-                    LayerRef::from_slice(st.acquire(*g)?, &cfg.layer_roles)?
+                    LayerRef::from_slice(st.acquire(*g)?, site.roles.as_deref().unwrap_or(&cfg.layer_roles))?
+                }
+                Weights::ExpertsStreamed(attn, g) => {
+                    let st = streamer.as_deref_mut().ok_or_else(|| Error::invalid("no streamer"))?;
+                    let attn = attn.as_deref().map_or(model.weights.layers[l].as_ref(), LayerWeights::as_ref);
+                    attn.with_slice(st.acquire(*g)?, site.roles.as_deref().unwrap_or(&[]))?
                 }
             };
             let r = f(l, weights, &mut site.kv, &mut x, &s);
-            if let (Weights::Streamed(g), Some(st)) = (&site.weights, streamer) {
-                st.release(*g)?;
+            if let (Some(g), Some(st)) = (site.weights.group(), streamer) {
+                st.release(g)?;
             }
             r?;
         }

@@ -35,9 +35,15 @@ pub enum ExpertExec {
         /// Experts the device cache holds.
         cached: usize,
     },
+    /// A resident layer's attention part stays on its device and its expert tensors are
+    /// streamed through the streamer's slots each pass, like a streamed layer's weights but
+    /// only the expert group (prefill, or a budget that holds attention but not experts). On
+    /// a streamed or cpu layer this is [`ExpertExec::WithLayer`].
+    Streamed,
 }
 
-/// The expert placement of each layer of `p` (WithLayer for dense layers and cpu layers).
+/// The expert placement of each layer of `p` (WithLayer for dense layers and cpu layers;
+/// Streamed for a resident layer whose experts the plan streams).
 pub fn expert_execs_of(p: &Plan) -> Vec<ExpertExec> {
     p.layers
         .iter()
@@ -46,6 +52,9 @@ pub fn expert_execs_of(p: &Plan) -> Vec<ExpertExec> {
                 ExpertExec::Cpu { cached: 0 }
             }
             Some((ExpertPlacement::Cached, k)) => ExpertExec::Cpu { cached: k },
+            Some((ExpertPlacement::Streamed, _)) if l.placement == strata_runtime::plan::Placement::Resident => {
+                ExpertExec::Streamed
+            }
             _ => ExpertExec::WithLayer,
         })
         .collect()

@@ -142,6 +142,14 @@ fn every_expert_placement_gives_the_cpu_tokens() {
         ("cache of 3 experts", vec![R; n], all(ExpertExec::Cpu { cached: 3 }), false),
         ("cache of every expert", vec![R; n], all(ExpertExec::Cpu { cached: N_EXPERT }), false),
         ("cache of 5, streamed attention", vec![S, R, S, R], all(ExpertExec::Cpu { cached: 5 }), false),
+        ("resident attention, streamed experts", vec![R; n], all(ExpertExec::Streamed), true),
+        ("streamed experts, resident/streamed/cpu layers", vec![R, S, Cpu, R], all(ExpertExec::Streamed), true),
+        (
+            "streamed experts beside --cpu-moe and a cache",
+            vec![R, R, R, S],
+            vec![ExpertExec::Streamed, cpu_moe, ExpertExec::Cpu { cached: 2 }, ExpertExec::Streamed],
+            false,
+        ),
     ];
     for (name, placements, experts, exact) in cases {
         let acc = Accelerator::Host(HostDevice::new(1 << 30));
@@ -241,6 +249,36 @@ fn expert_placement_is_counted_against_the_device_budget() {
     assert!(h.budget.peak() <= h.budget.cap());
 }
 
+/// Resident attention with streamed experts: each pass copies exactly the expert tensors of
+/// those layers through the streamer's slots (nothing else), and a budget that holds the
+/// attention parts and two expert-sized slots but not the whole layers is enough.
+#[test]
+fn streamed_experts_copy_only_the_expert_group_each_pass() {
+    let model = model();
+    let experts = strata_model::session_experts::expert_bytes(&model.weights.layers[0]);
+    let layout = Layout { placements: vec![Placement::Resident; N_LAYERS], prefetch_depth: 1 };
+    let streamed = [ExpertExec::Streamed; N_LAYERS];
+    let roomy = Accelerator::Host(HostDevice::new(1 << 30));
+    let s = Session::with_layout_experts(Arc::clone(&model), Some(&roomy), &layout, &streamed, &opts(), &|_, _| {})
+        .expect("session");
+    assert_eq!(s.stream_slots(), Some((2, experts as usize)), "two slots of one layer's experts");
+    let (_, _, stats) = run(s, 3);
+    assert!(!stats.is_empty());
+    for p in &stats {
+        assert_eq!(p.copy_bytes, N_LAYERS as u64 * experts, "a pass copies every layer's experts once");
+        assert_eq!(p.copies.len(), N_LAYERS);
+    }
+    // What this placement takes, then the same with whole layers resident: it must not fit.
+    let Accelerator::Host(h) = &roomy else { unreachable!("a host device") };
+    let budget = h.budget.peak();
+    let acc = Accelerator::Host(HostDevice::new(budget));
+    let whole = Session::with_layout(Arc::clone(&model), Some(&acc), &layout, &opts());
+    assert!(whole.is_err(), "whole layers must not fit {budget} bytes");
+    let acc = Accelerator::Host(HostDevice::new(budget));
+    let s = Session::with_layout_experts(Arc::clone(&model), Some(&acc), &layout, &streamed, &opts(), &|_, _| {});
+    assert!(s.is_ok(), "attention parts and expert slots fit {budget} bytes: {:?}", s.err());
+}
+
 /// The planner sees the file's experts: their bytes and counts, and the flags place them.
 #[test]
 fn the_plan_of_a_moe_file_places_its_experts() {
@@ -269,6 +307,16 @@ fn the_plan_of_a_moe_file_places_its_experts() {
             .all(|l| l.experts.is_some_and(|e| e.placement != ExpertPlacement::Cpu) || l.placement == Placement::Cpu)
     );
     assert!(p.render_table().contains("experts"), "{}", p.render_table());
+    // Streamed experts of a resident layer run as such; of a streamed layer, with the layer.
+    let mut q = p.clone();
+    for l in &mut q.layers {
+        l.experts = l.experts.map(|e| strata_runtime::plan::ExpertPlan { placement: ExpertPlacement::Streamed, ..e });
+    }
+    q.layers[0].placement = Placement::Resident;
+    q.layers[1].placement = Placement::Streamed;
+    let execs = expert_execs_of(&q);
+    assert_eq!(execs[0], ExpertExec::Streamed);
+    assert_eq!(execs[1], ExpertExec::WithLayer);
 }
 
 /// qwen3moe and Mixtral derived from the default model's real weights (4 experts, 2 per token;

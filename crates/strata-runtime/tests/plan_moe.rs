@@ -327,3 +327,57 @@ proptest! {
         }
     }
 }
+
+/// A model whose attention parts are as large as its experts (16 layers of 256 MiB attention
+/// and 8 experts of 32 MiB, 2 routed), on a budget that holds every attention part and two
+/// slots of one layer's experts but not the whole layers, with a slow CPU: `auto` keeps the
+/// attention parts resident and streams the experts through expert-sized slots, which copies
+/// less per token than streaming whole layers through whole-layer slots, and beats experts on
+/// the CPU. The plan shows it and counts the slots.
+#[test]
+fn auto_streams_the_experts_of_resident_layers_when_only_attention_fits() {
+    const ATT: u64 = 256 * MIB;
+    const EXP: u64 = 32 * MIB;
+    const KV: u64 = 16 * MIB;
+    let e =
+        ExpertSpec { bytes: 8 * EXP, n_expert: 8, n_expert_used: 2, bytes_per_expert: EXP, flops_per_token: 2 * EXP };
+    let layer = LayerSpec { weight_bytes: ATT + e.bytes, kv_bytes: KV, flops_per_token: 2 * ATT, experts: Some(e) };
+    let fixed = 300 * MIB + 64 * MIB + 64 * MIB;
+    let req = PlanRequest {
+        layers: vec![layer; 16],
+        head_bytes: 64 * MIB,
+        embedding_bytes: 64 * MIB,
+        scratch_bytes: 64 * MIB,
+        context_overhead_bytes: 300 * MIB,
+        gpu_budget: Some(fixed + 16 * (ATT + KV) + 2 * 8 * EXP + 16 * MIB),
+        host_available: 64 * GIB,
+        host_margin: 2 * GIB,
+        pinned_budget: 32 * GIB,
+        speeds: Speeds { cpu_bytes_per_s: 1e9, cpu_flops: 10e9, ..measured() },
+        ..PlanRequest::default()
+    };
+    let p = ok(&req);
+    println!("{}\n{}", p.summary_line(), p.render_table());
+    assert_eq!(p.counts(), (16, 0, 0), "{}", p.render_table());
+    assert!(experts(&p).iter().all(|x| x.1 == ExpertPlacement::Streamed), "{}", p.render_table());
+    assert_eq!(p.gpu_bytes.resident_weights, 16 * ATT);
+    assert_eq!((p.slots, p.gpu_bytes.slots), (2, 2 * 8 * EXP), "two slots of one layer's experts");
+    let x = p.experts.as_ref().expect("summary");
+    assert_eq!((x.streamed_bytes, x.resident_bytes, x.cpu_bytes), (16 * 8 * EXP, 0, 0));
+    assert!(p.gpu_bytes_planned <= req.gpu_budget.unwrap_or(0));
+    // Decode is the copy of every layer's experts: PCIe bound, at most that plus the GPU time.
+    let s = measured();
+    let copy = (16 * 8 * EXP) as f64 / s.h2d_bytes_per_s;
+    let got = p.predicted.decode_seconds_per_token;
+    assert!(got >= copy && got <= 1.2 * copy, "{got} vs a copy of {copy}");
+    assert_eq!(p.predicted.bound, "PCIe transfer");
+    assert!(p.render_table().contains("streamed"), "{}", p.render_table());
+    assert!(p.summary_line().contains("experts of 16 resident layers streamed"), "{}", p.summary_line());
+    assert!(p.summary_line().contains("2 slots"), "{}", p.summary_line());
+    // Each alternative it was chosen over predicts a slower decode.
+    let whole = ok(&with(&req, |r| r.experts.cpu = CpuExperts::First(0)));
+    assert!(whole.layers.iter().all(|l| l.experts.is_some_and(|x| x.placement != ExpertPlacement::Cpu)));
+    assert!(decode(&p) > decode(&whole), "{} vs whole layers' {}", decode(&p), decode(&whole));
+    let cpu = ok(&with(&req, |r| r.experts.cpu = CpuExperts::All));
+    assert!(decode(&p) > 2.0 * decode(&cpu), "{} vs CPU experts' {}", decode(&p), decode(&cpu));
+}

@@ -16,6 +16,10 @@ pub(super) enum ExpertSide {
     Follow,
     /// In host memory, computed on the CPU; the `cached` hottest of them also in a GPU cache.
     Cpu { cached: usize },
+    /// Copied to the GPU through the streamer's slots each pass: a resident layer keeps only
+    /// its attention part and streams its experts; a streamed layer streams them with itself
+    /// (as [`ExpertSide::Follow`]).
+    Stream,
 }
 
 /// The experts of `spec`, if it is a mixture-of-experts layer with experts to place.
@@ -59,7 +63,9 @@ pub(super) fn modes(req: &PlanRequest) -> Vec<Vec<ExpertSide>> {
             vec![with_cache(&|e| (share / e.bytes_per_expert.max(1)).min(e.n_expert as u64) as usize)]
         }
         (CpuExperts::Auto, None) => {
-            let mut out = vec![follow, with_cache(&|_| 0)];
+            let stream =
+                req.layers.iter().map(|l| if moe(l).is_some() { ExpertSide::Stream } else { ExpertSide::Follow });
+            let mut out = vec![follow, stream.collect(), with_cache(&|_| 0)];
             out.extend(auto_cache_sizes(req).into_iter().map(|k| with_cache(&move |_| k)));
             out
         }
@@ -76,6 +82,9 @@ pub(super) struct Split {
     pub cache: u64,
     /// Expert bytes that stay in host memory (computed on the CPU).
     pub host: u64,
+    /// Expert bytes copied through the slots each pass besides `gpu` ([`ExpertSide::Stream`]):
+    /// a resident layer copies these, a streamed one `gpu + experts_streamed`.
+    pub experts_streamed: u64,
 }
 
 /// The split of layer `spec` under `side`.
@@ -87,9 +96,14 @@ pub(super) fn split(spec: &super::LayerSpec, side: ExpertSide) -> Split {
                 gpu: spec.weight_bytes - host,
                 cache: (cached as u64).saturating_mul(e.bytes_per_expert).min(host),
                 host,
+                experts_streamed: 0,
             }
         }
-        _ => Split { gpu: spec.weight_bytes, cache: 0, host: 0 },
+        (Some(e), ExpertSide::Stream) => {
+            let streamed = e.bytes.min(spec.weight_bytes);
+            Split { gpu: spec.weight_bytes - streamed, cache: 0, host: 0, experts_streamed: streamed }
+        }
+        _ => Split { gpu: spec.weight_bytes, cache: 0, host: 0, experts_streamed: 0 },
     }
 }
 
@@ -115,7 +129,7 @@ pub(super) fn layer_plan(spec: &super::LayerSpec, placement: Placement, side: Ex
         (_, ExpertSide::Cpu { cached: 0 }) => (ExpertPlacement::Cpu, 0),
         (_, ExpertSide::Cpu { cached }) => (ExpertPlacement::Cached, cached),
         (Placement::Resident, ExpertSide::Follow) => (ExpertPlacement::Resident, 0),
-        (Placement::Streamed, ExpertSide::Follow) => (ExpertPlacement::Streamed, 0),
+        (_, ExpertSide::Stream) | (Placement::Streamed, ExpertSide::Follow) => (ExpertPlacement::Streamed, 0),
     };
     let cached_bytes = split(spec, ExpertSide::Cpu { cached }).cache;
     Some(ExpertPlan { placement, bytes: e.bytes, cached, n_expert: e.n_expert, cached_bytes })

@@ -52,8 +52,11 @@
 //! above, and its experts either follow it too (resident with a resident layer, copied with a
 //! streamed one: *streamed experts*) or stay in host memory and are computed on the CPU while the
 //! attention part runs on the GPU (`--cpu-moe`, `--n-cpu-moe N`), optionally with a GPU cache of
-//! the `k` hottest experts of the layer (`--expert-cache SIZE`, shared evenly by those layers). A
-//! cpu layer computes everything on the CPU.
+//! the `k` hottest experts of the layer (`--expert-cache SIZE`, shared evenly by those layers), or
+//! a resident layer keeps only its attention part and *streams its experts*: they are copied
+//! through the streamer's slots each pass like a streamed layer's weights (slots are then sized
+//! for the larger of the streamed layers and these expert groups). A cpu layer computes
+//! everything on the CPU.
 //! - Bytes a pass reads: a dense layer all its weights; a MoE layer its attention part and the
 //!   experts routed to: `n_used × bytes_per_expert` for one token, `E(T) × bytes_per_expert` for
 //!   a batch of T, where `E(T) = n × (1 - (1 - n_used/n)^T)` is the expected number of distinct
@@ -65,12 +68,19 @@
 //!   the two. `active = n_used × bytes_per_expert`; the predicted hit rate `h = k / n` assumes
 //!   uniform routing (real routers favour some experts, so the measured rate is usually higher;
 //!   `--stats` shows it). Prefill uses the same split with the roofline of the phase.
+//! - Streamed experts of a resident layer: the copy of all its expert bytes enters the copy/compute
+//!   pipeline like a streamed layer's (`experts.bytes / h2d_bytes_per_s`, or staged), then the
+//!   layer computes as if resident (attention part and the routed experts). Decode copies every
+//!   expert for the `n_used` it runs, so this pays where the alternatives are worse: prefill, a
+//!   slow CPU, or a budget that holds the attention parts and expert-sized slots but not
+//!   whole-layer slots.
 //! - Memory: the GPU holds the attention part (or a slot for it when streamed) and the cache;
-//!   host memory holds the experts (counted under `cpu_experts`).
-//! - Choice: with no expert flag and a GPU, `auto` tries experts with their layers, experts of
-//!   every layer on the CPU, and that with caches of 1, 2, 4, ... experts per layer; each mode is
-//!   searched as above and the fastest decode wins. The flags fix the mode. A dense model, or no
-//!   GPU, has one mode and plans exactly as without experts (the flags add a note).
+//!   host memory holds the experts (counted under `cpu_experts`; streamed experts are pinned).
+//! - Choice: with no expert flag and a GPU, `auto` tries experts with their layers, the experts of
+//!   every resident layer streamed, experts of every layer on the CPU, and that with caches of 1,
+//!   2, 4, ... experts per layer; each mode is searched as above and the fastest decode wins.
+//!   The flags fix the mode. A dense model, or no GPU, has one mode and plans exactly as without
+//!   experts (the flags add a note).
 //!
 //! # Choice
 //! Every layout `(r, q, streamed, d)` the policy allows is checked against the budgets and

@@ -52,6 +52,10 @@ pub(super) struct Costs {
     copy: Vec<f64>,
     /// Staged copy: memcpy into the pinned ring, then the DMA, in series (conservative).
     staged: Vec<f64>,
+    /// Pinned and staged copy of the experts a resident layer streams ([`ExpertSide::Stream`]);
+    /// 0 for every other layer.
+    expert_copy: Vec<f64>,
+    expert_staged: Vec<f64>,
     /// Reading a layer's KV cache over PCIe when it is on the host but the layer runs on the GPU.
     kv_over_pcie: Vec<f64>,
     handoff: f64,
@@ -128,13 +132,21 @@ impl Costs {
             head_cpu: decode.head_cpu,
             tokens: batch,
         };
-        // A streamed layer copies what it keeps on the GPU: all of it, or its attention part.
-        let copied = |i: usize| split(&req.layers[i], sides[i]).gpu as f64;
+        // A streamed layer copies what it keeps on the GPU: all of it, or its attention part; a
+        // resident one whose experts are streamed copies them.
+        let copied = |i: usize| {
+            let sp = split(&req.layers[i], sides[i]);
+            (sp.gpu + sp.experts_streamed) as f64
+        };
+        let experts_copied = |i: usize| split(&req.layers[i], sides[i]).experts_streamed as f64;
+        let staged = |bytes: f64| bytes / s.h2d_bytes_per_s + bytes / s.cpu_bytes_per_s;
         Costs {
             decode,
             prefill,
             copy: (0..n).map(|i| copied(i) / s.h2d_bytes_per_s).collect(),
-            staged: (0..n).map(|i| copied(i) / s.h2d_bytes_per_s + copied(i) / s.cpu_bytes_per_s).collect(),
+            staged: (0..n).map(|i| staged(copied(i))).collect(),
+            expert_copy: (0..n).map(|i| experts_copied(i) / s.h2d_bytes_per_s).collect(),
+            expert_staged: (0..n).map(|i| staged(experts_copied(i))).collect(),
             kv_over_pcie: req.layers.iter().map(|l| l.kv_bytes as f64 / s.h2d_bytes_per_s).collect(),
             handoff: s.cpu_handoff_s,
         }
@@ -150,18 +162,30 @@ impl Costs {
         self.simulate(&self.prefill, l, kv_gpu_streamed, staging)
     }
 
-    /// One pass through the layers of `l` in order. Streamed layers go through a two-stream
-    /// pipeline with `depth + 1` slots, all empty when the pass starts.
+    /// One pass through the layers of `l` in order. Streamed layers, and the experts of resident
+    /// layers that stream them, go through a two-stream pipeline with `depth + 1` slots, all
+    /// empty when the pass starts.
     fn simulate(&self, phase: &Phase, l: &Layout, kv_gpu_streamed: usize, staging: bool) -> Timing {
         let mut t = Timing::default();
         // Without a GPU nothing has to cross PCIe around a cpu layer.
         let handoff = if l.gpu { self.handoff } else { 0.0 };
         let mut now = 0.0f64;
-        let mut slot_free = vec![0.0f64; l.depth + 1];
+        let mut slot_free = vec![0.0f64; l.depth.max(1) + 1];
         let mut copy_done = 0.0f64;
-        let mut j = 0;
+        // Copies issued (the slot ring), and streamed layers so far (their KV placement).
+        let (mut j, mut k) = (0, 0);
         for (i, p) in l.placements().into_iter().enumerate() {
             match p {
+                Placement::Resident if self.expert_copy[i] > 0.0 => {
+                    let slot = j % slot_free.len();
+                    let copy = if staging { self.expert_staged[i] } else { self.expert_copy[i] };
+                    copy_done = copy_done.max(slot_free[slot]) + copy;
+                    now = now.max(copy_done) + phase.gpu[i];
+                    t.gpu += phase.gpu[i];
+                    slot_free[slot] = now;
+                    t.pcie += copy;
+                    j += 1;
+                }
                 Placement::Resident => {
                     now += phase.gpu[i];
                     t.gpu += phase.gpu[i];
@@ -177,13 +201,14 @@ impl Costs {
                     // The copy stream runs ahead from the start of the pass, as far as free
                     // slots allow.
                     copy_done = copy_done.max(slot_free[slot]) + copy;
-                    let kv = if j < kv_gpu_streamed { 0.0 } else { self.kv_over_pcie[i] };
+                    let kv = if k < kv_gpu_streamed { 0.0 } else { self.kv_over_pcie[i] };
                     now = now.max(copy_done) + phase.gpu[i] + kv;
                     t.gpu += phase.gpu[i];
                     experts_apart(phase, i, &mut now, &mut t);
                     slot_free[slot] = now;
                     t.pcie += copy + kv;
                     j += 1;
+                    k += 1;
                 }
             }
         }

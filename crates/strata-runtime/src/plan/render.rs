@@ -88,7 +88,8 @@ impl Plan {
     /// One line: counts, slots, GPU use, predicted speeds and where the speeds came from.
     pub fn summary_line(&self) -> String {
         let (resident, streamed, cpu) = self.counts();
-        let streaming = if streamed > 0 {
+        // Resident layers that stream their experts use the slots too.
+        let streaming = if streamed > 0 || self.slots > 0 {
             let staged = if self.staging { ", staged" } else { "" };
             format!(" ({} slots, prefetch {}{staged})", self.slots, self.prefetch_depth)
         } else {
@@ -101,11 +102,22 @@ impl Plan {
         } else {
             format!("GPU {}", fmt_pair(self.gpu_bytes_planned, self.gpu_budget_bytes))
         };
+        let resident_streaming_experts = self
+            .layers
+            .iter()
+            .filter(|l| {
+                l.placement == Placement::Resident
+                    && l.experts.is_some_and(|e| e.placement == ExpertPlacement::Streamed)
+            })
+            .count();
         let experts = match &self.experts {
             Some(x) if x.cached_bytes > 0 => {
                 format!("; experts {} on the CPU, {} cached", fmt_size(x.cpu_bytes), fmt_size(x.cached_bytes))
             }
             Some(x) if x.cpu_bytes > 0 => format!("; experts {} on the CPU", fmt_size(x.cpu_bytes)),
+            Some(_) if resident_streaming_experts > 0 => {
+                format!("; experts of {resident_streaming_experts} resident layers streamed")
+            }
             Some(_) => "; experts with their layers".to_string(),
             None => String::new(),
         };

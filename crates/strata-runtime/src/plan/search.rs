@@ -152,8 +152,12 @@ pub(super) struct Planner<'a> {
     on_gpu: Vec<u128>,
     cache: Vec<u128>,
     host_experts: Vec<u128>,
+    /// Expert bytes each layer copies through the slots besides `on_gpu` ([`ExpertSide::Stream`]).
+    experts_streamed: Vec<u128>,
     kv: Vec<u128>,
     largest_from: Vec<u64>,
+    /// The largest expert group streamed by one of the first `i` layers when resident.
+    largest_experts_upto: Vec<u64>,
     /// Every layer has the same sizes (so interleaving keeps the band order's byte sums).
     uniform: bool,
 }
@@ -172,7 +176,11 @@ impl<'a> Planner<'a> {
         };
         let mut largest_from = vec![0u64; req.layers.len() + 1];
         for (i, sp) in splits.iter().enumerate().rev() {
-            largest_from[i] = largest_from[i + 1].max(sp.gpu);
+            largest_from[i] = largest_from[i + 1].max(sp.gpu + sp.experts_streamed);
+        }
+        let mut largest_experts_upto = vec![0u64; req.layers.len() + 1];
+        for (i, sp) in splits.iter().enumerate() {
+            largest_experts_upto[i + 1] = largest_experts_upto[i].max(sp.experts_streamed);
         }
         let first = req.layers.first().zip(splits.first());
         let uniform = req.layers.iter().zip(&splits).all(|(l, sp)| {
@@ -185,8 +193,10 @@ impl<'a> Planner<'a> {
             on_gpu: prefix(&mut splits.iter().map(|s| s.gpu)),
             cache: prefix(&mut splits.iter().map(|s| s.cache)),
             host_experts: prefix(&mut splits.iter().map(|s| s.host)),
+            experts_streamed: prefix(&mut splits.iter().map(|s| s.experts_streamed)),
             kv: prefix(&mut req.layers.iter().map(|l| l.kv_bytes)),
             largest_from,
+            largest_experts_upto,
             uniform,
             sides,
         }
@@ -218,8 +228,11 @@ impl<'a> Planner<'a> {
         let (r, q) = (l.resident, l.cpu);
         let s0 = n - l.streamed;
         let sum = |v: &[u128], a: usize, b: usize| v[b] - v[a];
-        let slot_bytes = if l.streamed > 0 { self.largest_from[s0] } else { 0 };
-        let slots = if l.streamed > 0 { l.depth + 1 } else { 0 };
+        // Resident layers that stream their experts use the slots too.
+        let resident_experts_streamed = sum(&self.experts_streamed, 0, r);
+        let streams = l.streamed > 0 || resident_experts_streamed > 0;
+        let slot_bytes = if streams { self.largest_from[s0].max(self.largest_experts_upto[r]) } else { 0 };
+        let slots = if streams { l.depth.max(1) + 1 } else { 0 };
         let slot_total = slots as u128 * slot_bytes as u128;
         let fixed = if l.gpu { self.gpu_fixed() } else { 0 };
         let resident_w = sum(&self.on_gpu, 0, r);
@@ -232,8 +245,9 @@ impl<'a> Planner<'a> {
         let streamed_kv_gpu = sum(&self.kv, s0, s0 + kv_gpu_streamed);
         let gpu_total = base + streamed_kv_gpu;
 
-        let streamed_weights = sum(&self.on_gpu, s0, n);
-        let staging = l.streamed > 0 && streamed_weights > req.pinned_budget as u128;
+        let streamed_weights =
+            sum(&self.on_gpu, s0, n) + sum(&self.experts_streamed, s0, n) + resident_experts_streamed;
+        let staging = streams && streamed_weights > req.pinned_budget as u128;
         let pinned = if staging { slot_total } else { streamed_weights };
         let staged = if staging { streamed_weights } else { 0 };
         let cpu_w = sum(&self.weights, r, r + q);
@@ -301,9 +315,12 @@ impl<'a> Planner<'a> {
         // Interleaving keeps every byte sum of the band order only when all layers are alike;
         // `--gpu-layers N` promises the first N layers resident.
         let interleave = self.uniform && !matches!(policy, Policy::GpuLayers(_));
+        // Resident layers that stream their experts need a prefetch depth even with no
+        // streamed layer.
+        let experts_stream = self.sides.contains(&ExpertSide::Stream);
         let mut out = Vec::new();
         let mut push = |r: usize, m: usize| {
-            let depths = if m == 0 { 0..=0 } else { 1..=depth };
+            let depths = if m == 0 && !(experts_stream && r > 0) { 0..=0 } else { 1..=depth };
             for d in depths {
                 out.push(Layout { gpu: true, resident: r, cpu: n - r - m, streamed: m, depth: d, interleave });
             }
