@@ -9,7 +9,10 @@
 //! - a mixture-of-experts layer on the accelerator whose **experts run on the CPU**
 //!   ([`crate::session_experts`]): only its attention part is resident or streamed; the routed
 //!   experts run on the host from the mapped file, or on the device when its expert cache
-//!   holds them.
+//!   holds them (refilled between passes on a copy stream of its own);
+//! - a resident mixture-of-experts layer whose **experts are streamed**: its attention part is
+//!   resident and its expert tensors are a streamer group of their own, copied into a slot
+//!   ahead of use each pass.
 //!
 //! Each pass records a timeline (per-layer compute, copies, waits) for `--stats`.
 
@@ -177,6 +180,8 @@ pub struct Session {
     streamed_layers: Vec<usize>,
     /// Pinned host memory the logits are downloaded into (GPU sessions).
     logits_host: Option<HostBuffer>,
+    /// The GPU stream the expert caches are refilled on (GPU sessions with a cache).
+    expert_copy: Option<Stream>,
     _res: Vec<Reservation>,
 }
 
@@ -409,6 +414,12 @@ impl Session {
         };
         // Counted on the host test device only (`reserve` is a no-op elsewhere).
         res.extend(reserve(acc, Scratch::bytes(cfg, opts.batch.min(context)), "activations")?);
+        let expert_copy = match acc {
+            Some(Accelerator::Gpu(g)) if sites.iter().any(|s| s.experts.is_some()) => {
+                Some(Stream::Gpu(g.stream("expert cache copies")?))
+            }
+            _ => None,
+        };
         let device = if on_acc { acc_stream.device() } else { Device::Cpu };
         Ok(Session {
             model,
@@ -425,6 +436,7 @@ impl Session {
             stats_dropped: 0,
             streamed_layers: streamed,
             logits_host: None,
+            expert_copy,
             _res: res,
         })
     }
@@ -646,11 +658,12 @@ impl Session {
         // (about 4 ms per token on an H200 with 5 streamed 7B layers).
         drop(x);
         drop(positions);
-        // Between passes: the expert caches take the experts routed to most so far.
+        // Between passes: the expert caches take the experts routed to most lately.
+        let copy = self.expert_copy.as_ref();
         for (l, site) in self.sites.iter_mut().enumerate() {
             if let Some(cache) = site.experts.as_mut() {
                 let _r = nvtx::range(&format!("refill expert cache {l}"));
-                expert_stats.refill_bytes += cache.refill(model.weights.layers[l].as_ref(), &site.stream, l)?;
+                expert_stats.refill_bytes += cache.refill(model.weights.layers[l].as_ref(), &site.stream, copy, l)?;
             }
         }
         if let Some(st) = self.streamer.as_mut() {

@@ -6,9 +6,13 @@
 //! between passes from the routing counts; in a pass the routed experts it holds run on the
 //! device and the others on the CPU, and the two sums are added.
 //!
-//! On a GPU the cache is filled on the compute stream between passes (not yet on the copy
-//! stream, so a refill is not hidden behind compute); on the host test device a "copy" is a
-//! plain host copy counted against the device's budget.
+//! The routing counts decay with a half-life of [`COUNT_HALF_LIFE_TOKENS`] tokens, so the cache
+//! follows a conversation whose routing shifts instead of keeping the experts of its first
+//! prompt. On a GPU the cache is refilled between passes on a copy stream of its own, and the
+//! compute stream waits for an event recorded after the copies, so compute never reads a
+//! half-written expert while the copies overlap the end of the pass; on the host test device a
+//! "copy" is a plain host copy (done before the call returns, so ordered by construction)
+//! counted against the device's budget.
 
 use std::time::Instant;
 
@@ -79,13 +83,18 @@ pub fn expert_bytes(w: &LayerWeights) -> u64 {
     w.roles().iter().filter(|r| r.is_expert()).filter_map(|r| w.get(*r)).map(|t| t.len_bytes() as u64).sum()
 }
 
+/// Tokens after which a routing count has lost half its weight: the expert cache ranks experts
+/// by counts that decay exponentially with this half-life, so a shift in routing moves the
+/// cache within about a half-life (a prompt's worth of tokens) whatever came before.
+pub const COUNT_HALF_LIFE_TOKENS: f64 = 64.0;
+
 /// Copies of a layer's hottest experts on a device, and the routing counts that choose them.
 pub(crate) struct ExpertCache {
     capacity: usize,
     /// Expert e's copy, if held.
     held: Vec<Option<ExpertWeights>>,
-    /// Tokens routed to each expert since the session started.
-    counts: Vec<u64>,
+    /// Tokens routed to each expert, decayed with a half-life of [`COUNT_HALF_LIFE_TOKENS`].
+    counts: Vec<f64>,
 }
 
 /// What the experts of one pass did, for `--stats`.
@@ -113,7 +122,7 @@ impl ExpertCache {
         ExpertCache {
             capacity: capacity.min(n_expert),
             held: (0..n_expert).map(|_| None).collect(),
-            counts: vec![0; n_expert],
+            counts: vec![0.0; n_expert],
         }
     }
 
@@ -121,33 +130,49 @@ impl ExpertCache {
         self.held.get(e).is_some_and(|w| w.is_some())
     }
 
-    /// Refills the cache with the `capacity` experts routed to most so far (ties: the lower
-    /// index), copying in those it lacks from the layer's mapped weights `host` and dropping
-    /// the others. Returns the bytes copied.
-    pub(crate) fn refill(&mut self, host: LayerRef<'_>, s: &Stream, layer: usize) -> Result<u64> {
+    /// Refills the cache with the `capacity` experts of the highest decayed routing counts
+    /// (ties: the lower index), copying in those it lacks from the layer's mapped weights
+    /// `host` and dropping the others. The copies run on `copy` when given (a GPU stream beside
+    /// the compute stream `s`, which then waits for them), on `s` otherwise. Returns the bytes
+    /// copied.
+    pub(crate) fn refill(
+        &mut self,
+        host: LayerRef<'_>,
+        s: &Stream,
+        copy: Option<&Stream>,
+        layer: usize,
+    ) -> Result<u64> {
         if self.capacity == 0 {
             return Ok(0);
         }
-        let mut order: Vec<usize> = (0..self.counts.len()).filter(|&e| self.counts[e] > 0).collect();
-        order.sort_by(|&a, &b| self.counts[b].cmp(&self.counts[a]).then(a.cmp(&b)));
+        let mut order: Vec<usize> = (0..self.counts.len()).filter(|&e| self.counts[e] > 0.0).collect();
+        order.sort_by(|&a, &b| self.counts[b].total_cmp(&self.counts[a]).then(a.cmp(&b)));
         order.truncate(self.capacity);
         let mut want = vec![false; self.held.len()];
         for &e in &order {
             want[e] = true;
         }
         let (gate, up, down) = (host.req(Role::GateExps)?, host.req(Role::UpExps)?, host.req(Role::DownExps)?);
+        let up_stream = copy.unwrap_or(s);
         let mut copied = 0;
         for (e, slot) in self.held.iter_mut().enumerate() {
             match (want[e], slot.is_some()) {
                 (true, false) => {
                     let w = ExpertWeights::from_stacked(gate, up, down, e)?
-                        .to_device(s, &format!("blk.{layer} cached expert {e}"))?;
+                        .to_device(up_stream, &format!("blk.{layer} cached expert {e}"))?;
                     copied += w.bytes();
                     *slot = Some(w);
                 }
                 (false, true) => *slot = None,
                 _ => {}
             }
+        }
+        // The next pass's compute (on `s`) must not read an expert before its copy is done.
+        if copied > 0
+            && let (Stream::Gpu(c), Stream::Gpu(g)) = (up_stream, s)
+            && c != g
+        {
+            g.wait(&c.record()?)?;
         }
         Ok(copied)
     }
@@ -190,15 +215,82 @@ pub(crate) fn layer_forward_cpu_experts(
     ffn_residual(attn, x, sc, cfg, s)
 }
 
-/// Adds the pass's routing to the cache's counts and the stats' hit counters.
+/// Decays the cache's counts by the pass's tokens, adds the pass's routing to them and to the
+/// stats' hit counters.
 fn count(cache: &mut ExpertCache, routing: &Routing, stats: &mut ExpertPassStats) -> Result<()> {
+    let decay = 0.5f64.powf(routing.n_tokens() as f64 / COUNT_HALF_LIFE_TOKENS);
+    cache.counts.iter_mut().for_each(|c| *c *= decay);
     for &e in &routing.experts {
         let c = cache.counts.get_mut(e).ok_or_else(|| Error::invalid(format!("routed to expert {e}")))?;
-        *c += 1;
+        *c += 1.0;
         stats.routed += 1;
         if cache.holds(e) {
             stats.hits += 1;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::N_ROLES;
+
+    const N: usize = 8;
+
+    /// Stacked f32 experts [N, 2, 4] / [N, 4, 2]: only their shapes matter to the cache.
+    fn stacked() -> (Tensor, Tensor, Tensor) {
+        let t = |shape: [usize; 3]| Tensor::from_f32(&shape, vec![0.5; shape.iter().product()]).expect("tensor");
+        (t([N, 2, 4]), t([N, 2, 4]), t([N, 4, 2]))
+    }
+
+    fn held(cache: &ExpertCache) -> Vec<usize> {
+        (0..N).filter(|&e| cache.holds(e)).collect()
+    }
+
+    /// One decode pass routed to `experts` (one token).
+    fn pass(cache: &mut ExpertCache, experts: [usize; 2], stats: &mut ExpertPassStats) {
+        let routing = Routing { n_expert: N, k: 2, experts: experts.to_vec(), weights: vec![0.5, 0.5] };
+        count(cache, &routing, stats).expect("count");
+    }
+
+    /// After 100 tokens routed to experts 0 and 1, the routing shifts to 5 and 6: with decayed
+    /// counts the cache of 2 holds 5 and 6 within a half-life (with d = 2^(-1/h) the old count
+    /// is (1 - d^100)/(1 - d)·d^k after k new tokens and the new one (1 - d^k)/(1 - d); they
+    /// cross where d^k = 1/(2 - d^100): k = 47 for h = 64), long before the 101 tokens undecayed
+    /// counts would need, and the hits follow.
+    #[test]
+    fn the_cache_follows_a_shift_in_routing() {
+        let (gate, up, down) = stacked();
+        let mut table = [None; N_ROLES];
+        table[Role::GateExps.index()] = Some(&gate);
+        table[Role::UpExps.index()] = Some(&up);
+        table[Role::DownExps.index()] = Some(&down);
+        let host = LayerRef::from_table(table);
+        let mut cache = ExpertCache::new(N, 2);
+        let mut stats = ExpertPassStats::default();
+        for _ in 0..100 {
+            pass(&mut cache, [0, 1], &mut stats);
+            cache.refill(host, &Stream::Host, None, 0).expect("refill");
+        }
+        assert_eq!(held(&cache), [0, 1]);
+        let mut switched: Option<usize> = None;
+        for k in 1..=100 {
+            pass(&mut cache, [5, 6], &mut stats);
+            cache.refill(host, &Stream::Host, None, 0).expect("refill");
+            if switched.is_none() && held(&cache) == [5, 6] {
+                switched = Some(k);
+            }
+        }
+        let k = switched.expect("the cache never took the new experts");
+        let h = COUNT_HALF_LIFE_TOKENS;
+        // The first k where the new count passes the old: d^k < 1/(2 - d^100), d^k = 2^(-k/h).
+        let want = (-(1.0 / (2.0 - 0.5f64.powf(100.0 / h))).log2() * h).ceil() as usize;
+        assert!(k.abs_diff(want) <= 1, "switched after {k} tokens, the arithmetic says {want}");
+        assert!(k < 100, "decay must beat plain counts (101 tokens)");
+        // The last pass hit both experts.
+        let before = stats;
+        pass(&mut cache, [5, 6], &mut stats);
+        assert_eq!((stats.routed - before.routed, stats.hits - before.hits), (2, 2));
+    }
 }

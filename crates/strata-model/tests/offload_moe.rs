@@ -199,7 +199,11 @@ fn the_expert_cache_counts_hits_and_fills_with_the_hottest() {
     // Uniform routing would hit 3/8 of the time; the hottest experts are hit more often.
     assert!(some >= 3.0 / 8.0 - 0.15, "3 of 8 cached hit only {some}");
     assert!(full > 0.9, "every expert cached hit {full}");
-    assert!(refill_some > 0 && refill_full >= refill_some);
+    // A cache of every expert never evicts, so it copies each expert at most once; a smaller one
+    // follows the (decayed) routing counts and may copy an expert again after evicting it.
+    let all_experts: u64 = model.weights.layers.iter().map(|w| strata_model::session_experts::expert_bytes(w)).sum();
+    assert!(refill_some > 0 && refill_full > 0);
+    assert!(refill_full <= all_experts, "a full cache copied {refill_full} of {all_experts} expert bytes");
 }
 
 /// The host test device's budget holds what each placement puts on it: a budget too small for
