@@ -201,7 +201,7 @@ fn the_expert_cache_counts_hits_and_fills_with_the_hottest() {
     assert!(full > 0.9, "every expert cached hit {full}");
     // A cache of every expert never evicts, so it copies each expert at most once; a smaller one
     // follows the (decayed) routing counts and may copy an expert again after evicting it.
-    let all_experts: u64 = model.weights.layers.iter().map(|w| strata_model::session_experts::expert_bytes(w)).sum();
+    let all_experts: u64 = model.weights.layers.iter().map(strata_model::session_experts::expert_bytes).sum();
     assert!(refill_some > 0 && refill_full > 0);
     assert!(refill_full <= all_experts, "a full cache copied {refill_full} of {all_experts} expert bytes");
 }
