@@ -30,7 +30,7 @@ use crate::arch::Role;
 use crate::forward::{LayerCtx, LayerKv, LayerRef, Scratch, head_forward, layer_forward};
 use crate::model::{Model, SessionOptions};
 use crate::session_experts::{
-    ExpertCache, ExpertExec, ExpertPassStats, attention_part, expert_bytes, layer_forward_cpu_experts,
+    ApartExperts, ExpertCache, ExpertExec, ExpertPassStats, attention_part, expert_bytes, layer_forward_cpu_experts,
 };
 use crate::weights::{HeadWeights, LayerWeights};
 use crate::{Error, Result};
@@ -182,6 +182,9 @@ pub struct Session {
     logits_host: Option<HostBuffer>,
     /// The GPU stream the expert caches are refilled on (GPU sessions with a cache).
     expert_copy: Option<Stream>,
+    /// The experts of the batch scheduler's passes since the session opened (its passes are
+    /// not in [`Session::take_stats`]).
+    batch_expert_stats: ExpertPassStats,
     _res: Vec<Reservation>,
 }
 
@@ -437,6 +440,7 @@ impl Session {
             streamed_layers: streamed,
             logits_host: None,
             expert_copy,
+            batch_expert_stats: ExpertPassStats::default(),
             _res: res,
         })
     }
@@ -659,18 +663,26 @@ impl Session {
         drop(x);
         drop(positions);
         // Between passes: the expert caches take the experts routed to most lately.
-        let copy = self.expert_copy.as_ref();
-        for (l, site) in self.sites.iter_mut().enumerate() {
-            if let Some(cache) = site.experts.as_mut() {
-                let _r = nvtx::range(&format!("refill expert cache {l}"));
-                expert_stats.refill_bytes += cache.refill(model.weights.layers[l].as_ref(), &site.stream, copy, l)?;
-            }
-        }
+        expert_stats.refill_bytes += self.refill_expert_caches()?;
         if let Some(st) = self.streamer.as_mut() {
             st.begin_next_pass()?;
         }
         self.record_pass(t, clock, marks, expert_stats)?;
         Ok(logits)
+    }
+
+    /// Refills every layer's expert cache from the routing counts (between passes); returns
+    /// the bytes copied.
+    fn refill_expert_caches(&mut self) -> Result<u64> {
+        let copy = self.expert_copy.as_ref();
+        let mut bytes = 0;
+        for (l, site) in self.sites.iter_mut().enumerate() {
+            if let Some(cache) = site.experts.as_mut() {
+                let _r = nvtx::range(&format!("refill expert cache {l}"));
+                bytes += cache.refill(self.model.weights.layers[l].as_ref(), &site.stream, copy, l)?;
+            }
+        }
+        Ok(bytes)
     }
 
     /// The logits on the host. From a GPU they come through a pinned buffer: a download to
@@ -752,17 +764,21 @@ impl Session {
     }
 }
 
-/// What [`Session::run_layers`] runs on each layer: `(layer, weights, cache, x, stream)`.
-pub(crate) type LayerFn<'a> = dyn FnMut(usize, LayerRef<'_>, &mut LayerKv, &mut Tensor, &Stream) -> Result<()> + 'a;
+/// What [`Session::run_layers`] runs on each layer: `(layer, weights, cache, x, stream,
+/// experts)`, where `experts` is where the layer's experts run when they are placed apart from
+/// it (None: with the layer, from `weights`).
+pub(crate) type LayerFn<'a> =
+    dyn FnMut(usize, LayerRef<'_>, &mut LayerKv, &mut Tensor, &Stream, Option<ApartExperts<'_>>) -> Result<()> + 'a;
 
 /// The layer walk of a pass, for the batch scheduler ([`crate::batch`]), which computes its
 /// own attention over paged KV blocks held in this session's caches.
 impl Session {
-    /// Runs `f(layer, weights, cache, x, stream)` on every layer in order, where the plan put
-    /// it: `x` moved to the layer's device first, a streamed layer's weights acquired from the
-    /// streamer before and released after. Returns `x` and the stream it ended on. On an error
-    /// the streamer is put back at the start of a pass. Passes run this way are not in
-    /// [`Session::take_stats`]; call [`Session::end_batch_pass`] after the head.
+    /// Runs `f(layer, weights, cache, x, stream, experts)` on every layer in order, where the
+    /// plan put it: `x` moved to the layer's device first, a streamed layer's weights acquired
+    /// from the streamer before and released after, a layer whose experts run apart handed
+    /// them. Returns `x` and the stream it ended on. On an error the streamer is put back at
+    /// the start of a pass. Passes run this way are not in [`Session::take_stats`]; call
+    /// [`Session::end_batch_pass`] after the head.
     ///
     /// # Errors
     /// `f`'s, the streamer's and the copies'.
@@ -786,12 +802,6 @@ impl Session {
             x_stream = s.clone();
             let _r = nvtx::range(&format!("layer {l}"));
             let site = &mut self.sites[l];
-            if site.experts.is_some() {
-                return Err(Error::invalid(format!(
-                    "layer {l}'s experts are placed on the CPU apart from the layer, which the batching scheduler \
-                     does not run yet; open the batch session with the experts with their layers"
-                )));
-            }
             let mut streamer = self.streamer.as_deref_mut();
             let weights = match &site.weights {
                 Weights::Host => model.weights.layers[l].as_ref(),
@@ -806,7 +816,12 @@ impl Session {
                     attn.with_slice(st.acquire(*g)?, site.roles.as_deref().unwrap_or(&[]))?
                 }
             };
-            let r = f(l, weights, &mut site.kv, &mut x, &s);
+            let apart = site.experts.as_mut().map(|cache| ApartExperts {
+                host: model.weights.layers[l].as_ref(),
+                cache,
+                stats: &mut self.batch_expert_stats,
+            });
+            let r = f(l, weights, &mut site.kv, &mut x, &s, apart);
             if let (Some(g), Some(st)) = (site.weights.group(), streamer) {
                 st.release(g)?;
             }
@@ -825,9 +840,10 @@ impl Session {
         move_to(x, from, &self.head_stream)
     }
 
-    /// After a [`Session::run_layers`] pass and its head: lets the streamer start the next
-    /// pass's copies.
+    /// After a [`Session::run_layers`] pass and its head: refills the expert caches and lets
+    /// the streamer start the next pass's copies.
     pub(crate) fn end_batch_pass(&mut self) -> Result<()> {
+        self.batch_expert_stats.refill_bytes += self.refill_expert_caches()?;
         if let Some(st) = self.streamer.as_mut() {
             st.begin_next_pass()?;
         }

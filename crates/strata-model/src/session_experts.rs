@@ -21,7 +21,7 @@ use strata_tensor::{DType, Stream, Tensor, ops};
 
 use crate::arch::Role;
 use crate::forward::{
-    ExpertRef, ExpertWeights, LayerCtx, LayerRef, Routing, attention_output_and_router, ffn_input_and_out,
+    ExpertRef, ExpertWeights, LayerCtx, LayerRef, Routing, Scratch, attention_output_and_router, ffn_input_and_out,
     ffn_residual, layer_attention, moe_experts,
 };
 use crate::weights::LayerWeights;
@@ -194,17 +194,44 @@ pub(crate) fn layer_forward_cpu_experts(
     let Some(routing) = attention_output_and_router(cfg, attn, x, sc, false, s)? else {
         return Ok(()); // a dense layer: nothing to place apart
     };
-    count(cache, &routing, stats)?;
+    experts_apart(cfg, &routing, sc, ApartExperts { host, cache, stats }, s)?;
+    ffn_residual(attn, x, sc, cfg, s)
+}
+
+/// Where a layer's experts run when they are apart from it, for a caller that runs the rest of
+/// the layer itself (the batch scheduler): the model's mapped layer, the device cache and the
+/// pass's counters.
+pub(crate) struct ApartExperts<'a> {
+    /// The model's mapped layer (its expert tensors run on the host).
+    pub host: LayerRef<'a>,
+    /// The layer's device cache of hot experts.
+    pub cache: &'a mut ExpertCache,
+    /// The pass's counters.
+    pub stats: &'a mut ExpertPassStats,
+}
+
+/// The routed experts of a layer placed apart, after [`attention_output_and_router`] left the
+/// FFN input in the scratch: counts the routing, runs the cached experts on `s` and the others
+/// on the host, and leaves their sum in the scratch for [`ffn_residual`].
+pub(crate) fn experts_apart(
+    cfg: &crate::config::LlamaConfig,
+    routing: &Routing,
+    sc: &mut Scratch,
+    apart: ApartExperts<'_>,
+    s: &Stream,
+) -> Result<()> {
+    let ApartExperts { host, cache, stats } = apart;
+    count(cache, routing, stats)?;
     let (h, out) = ffn_input_and_out(sc);
     let t0 = Instant::now();
     let on_host = matches!(s, Stream::Host);
     let h_host = if on_host { None } else { Some(h.to_host(s)?) };
     // The cached experts first: on a GPU they run while the CPU computes the others.
     let held = |e: usize| cache.holds(e);
-    moe_experts(cfg, ExpertRef::PerExpert(&cache.held), h, &routing, &held, out, s)?;
+    moe_experts(cfg, ExpertRef::PerExpert(&cache.held), h, routing, &held, out, s)?;
     let mut cpu_out = Tensor::zeros(DType::F32, out.shape(), &Stream::Host, "cpu expert sum")?;
     let h_cpu = h_host.as_ref().unwrap_or(h);
-    moe_experts(cfg, ExpertRef::from_layer(host)?, h_cpu, &routing, &|e| !held(e), &mut cpu_out, &Stream::Host)?;
+    moe_experts(cfg, ExpertRef::from_layer(host)?, h_cpu, routing, &|e| !held(e), &mut cpu_out, &Stream::Host)?;
     if on_host {
         ops::add_inplace(out, &cpu_out, s)?;
     } else {
@@ -212,7 +239,7 @@ pub(crate) fn layer_forward_cpu_experts(
         ops::add_inplace(out, &back, s)?;
     }
     stats.cpu_s += t0.elapsed().as_secs_f64();
-    ffn_residual(attn, x, sc, cfg, s)
+    Ok(())
 }
 
 /// Decays the cache's counts by the pass's tokens, adds the pass's routing to them and to the

@@ -3,7 +3,8 @@
 //! through the host streamer's slots, and every byte is counted against its budget): a
 //! streamed plan and a mixed plan (resident + streamed + cpu). Several concurrent sequences that
 //! join and leave get the greedy tokens each gets alone; KV blocks run out and come back; the
-//! pool's blocks are counted against the device budget.
+//! pool's blocks are counted against the device budget; a mixture-of-experts model whose
+//! experts run apart from their layers (or are streamed) batches like alone.
 //!
 //! Tolerance: greedy tokens equal. On the host device every placement runs the same host
 //! kernels, so the batched logits of a row do not depend on the placement at all; against a
@@ -189,5 +190,71 @@ fn the_pool_is_counted_against_the_device_budget() {
     match Scheduler::with_layout(Arc::clone(&model), Some(&tight), &layout, &opts(65536)) {
         Err(e) => assert!(e.is_out_of_memory() && e.to_string().contains("KV"), "{e}"),
         Ok(_) => panic!("a pool over the budget was allocated"),
+    }
+}
+
+/// A mixture-of-experts model whose experts run apart from their layers (`--cpu-moe`, an
+/// expert cache, on resident, streamed and cpu layers) or are streamed beside a resident
+/// attention part: several sequences batched together get the greedy tokens each gets alone,
+/// in a CPU scheduler and in a single-sequence session on the same placement.
+#[test]
+fn experts_apart_from_their_layers_batch_like_alone() {
+    use Placement::{Cpu, Resident as R, Streamed as S};
+    use strata_model::session_experts::ExpertExec;
+    let model = crate::offload_moe::model();
+    let n_layers = model.config.n_layers;
+    let n = 8;
+    let cpu_alone: Vec<Vec<u32>> = PROMPTS
+        .iter()
+        .map(|p| {
+            let mut s = Scheduler::new(Arc::clone(&model), &opts(64)).expect("scheduler");
+            let id = s.submit(greedy(p, n)).expect("submit");
+            drain(&mut s).0.remove(&id).expect("tokens")
+        })
+        .collect();
+    let cpu_moe = ExpertExec::Cpu { cached: 0 };
+    let cases: Vec<(&str, Vec<Placement>, Vec<ExpertExec>)> = vec![
+        ("--cpu-moe", vec![R; n_layers], vec![cpu_moe; n_layers]),
+        ("cache of 3, resident/streamed/cpu", vec![R, S, Cpu, R], vec![ExpertExec::Cpu { cached: 3 }; n_layers]),
+        ("--n-cpu-moe 2, streamed attention", vec![S; n_layers], vec![cpu_moe, cpu_moe]),
+        ("streamed experts beside --cpu-moe", vec![R; n_layers], vec![ExpertExec::Streamed, cpu_moe]),
+    ];
+    let so = SessionOptions { context: 96, kv_type: KvType::F16, ..SessionOptions::default() };
+    for (name, placements, experts) in cases {
+        let layout = Layout { placements, prefetch_depth: 1 };
+        let open = |acc: &Accelerator| {
+            Session::with_layout_experts(Arc::clone(&model), Some(acc), &layout, &experts, &so, &|_, _| {})
+                .expect("session")
+        };
+        for (i, p) in PROMPTS.iter().enumerate() {
+            let acc = Accelerator::Host(HostDevice::new(1 << 30));
+            let g = GenerateOptions {
+                max_tokens: n,
+                ignore_eos: true,
+                sampler: SamplerConfig::greedy(),
+                ..Default::default()
+            };
+            let alone = generate(&mut open(&acc), p, &g, |_| {}).expect("generate").generated_ids;
+            assert_eq!(alone, cpu_alone[i], "{name}: prompt {i} in a session differs from the CPU scheduler");
+        }
+        let acc = Accelerator::Host(HostDevice::new(1 << 30));
+        let mut s = Scheduler::from_session(open(&acc), &opts(64)).expect("scheduler");
+        let ids: Vec<SeqId> = PROMPTS.iter().map(|p| s.submit(greedy(p, n)).expect("submit")).collect();
+        let (mut toks, mut most) = (HashMap::<SeqId, Vec<u32>>::new(), 0);
+        while !s.is_idle() {
+            for e in s.step().expect("step") {
+                if let Event::Token { id, token } = e {
+                    toks.entry(id).or_default().push(token);
+                }
+            }
+            most = most.max(s.stats().last_batch_seqs);
+        }
+        assert!(most >= 3, "{name}: at most {most} sequences shared a pass");
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(toks[id], cpu_alone[i], "{name}: prompt {i} batched differs from alone");
+        }
+        if let Accelerator::Host(h) = &acc {
+            assert!(h.budget.peak() <= h.budget.cap(), "{name}: peak {} over budget", h.budget.peak());
+        }
     }
 }

@@ -95,7 +95,7 @@ fn moe_bytes() -> Vec<u8> {
     .expect("write")
 }
 
-fn model() -> Arc<Model> {
+pub(crate) fn model() -> Arc<Model> {
     let file = GgufFile::from_bytes(moe_bytes()).expect("parse");
     Arc::new(Model::from_file(file, "tiny-moe.gguf".as_ref()).expect("the MoE model loads"))
 }

@@ -5,7 +5,8 @@
 //! - `batch`: the continuous-batching scheduler: join/leave, KV block exhaustion and recovery,
 //!   cancellation, first-come-first-served admission, chunked prefill that does not stall
 //!   decoding, and batched greedy tokens equal to the single-sequence engine's;
-//! - `batch_placed`: the scheduler on a streamed and a mixed plan of the host test device;
+//! - `batch_placed`: the scheduler on a streamed and a mixed plan of the host test device, and
+//!   on a MoE model whose experts run apart from their layers;
 //! - `chat`: chat templates (the model's, ChatML) and their errors;
 //! - `engine`: the Engine against the session it wraps, its CPU path, its refusals;
 //! - `f64_oracle`: the exact CPU path against a float64 forward pass of the default model;

@@ -66,10 +66,13 @@ use strata_runtime::plan::Placement;
 use strata_tensor::ops::{self, CpuPath, PagedIndex, with_cpu_path};
 use strata_tensor::{DType, Device, Stream, Tensor};
 
-use crate::forward::{Scratch, attention_inputs, attention_output_and_ffn, head_forward};
+use crate::forward::{
+    Scratch, attention_inputs, attention_output_and_ffn, attention_output_and_router, ffn_residual, head_forward,
+};
 use crate::model::{KvType, Model, SessionOptions};
 use crate::sample::{Sampler, SamplerConfig};
 use crate::session::{Layout, Session};
+use crate::session_experts::experts_apart;
 use crate::{Error, Result};
 use kv::KvPool;
 
@@ -534,7 +537,7 @@ impl Scheduler {
         let mut on_device: Option<(Device, [Tensor; 4])> = None;
         let scratch = &mut self.scratch;
         let block_size = self.pool.block_size();
-        let (x, x_stream) = self.session.run_layers(x, &mut |l, w, kv, x, s| {
+        let (x, x_stream) = self.session.run_layers(x, &mut |l, w, kv, x, s, apart| {
             if on_device.as_ref().is_none_or(|(d, _)| *d != s.device()) {
                 let moved = host_index.iter().map(|t| t.to_device(s, "batch index")).collect::<Result<Vec<_>, _>>()?;
                 let arr: [Tensor; 4] = moved.try_into().map_err(|_| Error::invalid("batch index tensors"))?;
@@ -556,7 +559,14 @@ impl Scheduler {
                 let (q, att) = sc.q_and_att_mut();
                 let index = PagedIndex { tables, table_start: starts, positions, block_size };
                 ops::paged_attention(q, &kv.k, &kv.v, &index, cfg.attn_scale, cfg.layer_window(l), att, s)?;
-                attention_output_and_ffn(cfg, w, x, &mut sc, true, s)
+                let Some(apart) = apart else { return attention_output_and_ffn(cfg, w, x, &mut sc, true, s) };
+                // Experts placed apart (`--cpu-moe`, an expert cache): the rows go to the host
+                // for the experts the device does not hold, and their sum comes back.
+                if let Some(routing) = attention_output_and_router(cfg, w, x, &mut sc, true, s)? {
+                    experts_apart(cfg, &routing, &mut sc, apart, s)?;
+                    ffn_residual(w, x, &mut sc, cfg, s)?;
+                }
+                Ok(())
             })();
             scratch.push((s.clone(), sc));
             res
