@@ -228,6 +228,37 @@ fn project(w: &Tensor, x: &Tensor, y: &mut Tensor, s: &Stream) -> Result<()> {
     Ok(())
 }
 
+/// The device temporaries of one [`moe_experts`] call on a GPU: every expert's rows and weights
+/// (concatenated in expert order) and buffers for the most rows one expert takes.
+struct GpuTemps {
+    rows: Tensor,
+    weights: Tensor,
+    input: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    act: Tensor,
+    output: Tensor,
+}
+
+impl GpuTemps {
+    fn new(chosen: &[(usize, Vec<i32>, Vec<f32>)], e_dim: usize, ff: usize, s: &Stream) -> Result<GpuTemps> {
+        let total: usize = chosen.iter().map(|(_, r, _)| r.len()).sum();
+        let most = chosen.iter().map(|(_, r, _)| r.len()).max().unwrap_or(0);
+        let rows: Vec<i32> = chosen.iter().flat_map(|(_, r, _)| r.iter().copied()).collect();
+        let weights: Vec<f32> = chosen.iter().flat_map(|(_, _, w)| w.iter().copied()).collect();
+        let z = |cols: usize, what: &str| Tensor::zeros(DType::F32, &[most, cols], s, what);
+        Ok(GpuTemps {
+            rows: Tensor::from_i32(&[total], rows)?.to_device(s, "expert rows")?,
+            weights: Tensor::from_f32(&[total], weights)?.to_device(s, "expert weights")?,
+            input: z(e_dim, "expert input rows")?,
+            gate: z(ff, "expert gate")?,
+            up: z(ff, "expert up")?,
+            act: z(ff, "expert act")?,
+            output: z(e_dim, "expert output")?,
+        })
+    }
+}
+
 /// out = Σ over the routed (token, expert) pairs whose expert passes `which`: weight ·
 /// down(act(gate·h) ⊙ up·h), for h and out [T, n_embd] f32 and the experts' weights, all on
 /// the stream's device. Experts run in ascending order, each on all its tokens at once.
@@ -260,35 +291,58 @@ pub fn moe_experts(
         )));
     }
     out.fill_zero(s)?;
-    for e in (0..cfg.n_expert).filter(|&e| which(e)) {
-        let (rows, weights) = routing.tokens_of(e);
-        if rows.is_empty() {
-            continue;
-        }
+    let chosen: Vec<(usize, Vec<i32>, Vec<f32>)> = (0..cfg.n_expert)
+        .filter(|&e| which(e))
+        .map(|e| {
+            let (rows, weights) = routing.tokens_of(e);
+            (e, rows, weights)
+        })
+        .filter(|(_, rows, _)| !rows.is_empty())
+        .collect();
+    // On a GPU: the row lists and weights of every expert in one upload each, and one set of
+    // temporaries for the most rows an expert takes, which each expert uses a view of (the
+    // same stream orders the experts). On the host each expert allocates its own, as before.
+    let gpu = match s {
+        Stream::Gpu(_) if !chosen.is_empty() => Some(GpuTemps::new(&chosen, e_dim, ff, s)?),
+        _ => None,
+    };
+    let mut offset = 0;
+    for (e, rows, weights) in chosen {
         let n = rows.len();
         let mats = experts.expert(e)?;
         let m = mats.get();
-        let rows_t = Tensor::from_i32(&[n], rows)?.to_device(s, "expert rows")?;
-        let weights_t = Tensor::from_f32(&[n], weights)?.to_device(s, "expert weights")?;
+        let (rows_t, weights_t) = match &gpu {
+            Some(g) => (g.rows.narrow(offset..offset + n)?, g.weights.narrow(offset..offset + n)?),
+            None => (Tensor::from_i32(&[n], rows)?, Tensor::from_f32(&[n], weights)?),
+        };
+        offset += n;
+        // The first n rows of a GPU buffer, or a new host tensor.
+        let temp = |buf: Option<&Tensor>, what: &str, cols: usize| -> Result<Tensor> {
+            match buf {
+                Some(b) => Ok(b.narrow(0..n)?),
+                None => Ok(Tensor::zeros(DType::F32, &[n, cols], s, what)?),
+            }
+        };
+        let g = gpu.as_ref();
         let gathered;
         let x = if n == t && t == 1 {
             h
         } else {
-            let mut g = Tensor::zeros(DType::F32, &[n, e_dim], s, "expert input rows")?;
-            ops::embedding_gather(h, &rows_t, &mut g, s)?;
-            gathered = g;
+            let mut rows_in = temp(g.map(|g| &g.input), "expert input rows", e_dim)?;
+            ops::embedding_gather(h, &rows_t, &mut rows_in, s)?;
+            gathered = rows_in;
             &gathered
         };
-        let z = |shape: &[usize], what: &str| Tensor::zeros(DType::F32, shape, s, what);
-        let (mut gate, mut up, mut act) =
-            (z(&[n, ff], "expert gate")?, z(&[n, ff], "expert up")?, z(&[n, ff], "expert act")?);
+        let mut gate = temp(g.map(|g| &g.gate), "expert gate", ff)?;
+        let mut up = temp(g.map(|g| &g.up), "expert up", ff)?;
+        let mut act = temp(g.map(|g| &g.act), "expert act", ff)?;
         project(&m.gate, x, &mut gate, s)?;
         project(&m.up, x, &mut up, s)?;
         match cfg.activation {
             Activation::Silu => ops::silu_mul(&gate, &up, &mut act, s)?,
             Activation::GeluTanh => ops::gelu_mul(&gate, &up, &mut act, s)?,
         }
-        let mut y = z(&[n, e_dim], "expert output")?;
+        let mut y = temp(g.map(|g| &g.output), "expert output", e_dim)?;
         project(&m.down, &act, &mut y, s)?;
         ops::scatter_add_scaled(&y, &rows_t, &weights_t, out, s)?;
     }
