@@ -4,7 +4,8 @@
 
 use proptest::prelude::*;
 use strata_runtime::plan::{
-    CpuExperts, ExpertPlacement, ExpertPolicy, ExpertSpec, LayerSpec, Placement, Plan, PlanRequest, Policy, plan,
+    CpuExperts, ExpertPlacement, ExpertPolicy, ExpertSpec, LayerSpec, Placement, Plan, PlanRequest, Policy, Speeds,
+    plan,
 };
 
 use crate::support::{GIB, MIB, config, measured, ok, with};
