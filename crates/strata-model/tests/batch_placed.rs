@@ -204,11 +204,11 @@ fn experts_apart_from_their_layers_batch_like_alone() {
     let model = crate::offload_moe::model();
     let n_layers = model.config.n_layers;
     let n = 8;
-    let cpu_alone: Vec<Vec<u32>> = PROMPTS
+    let cpu_alone: Vec<Vec<u32>> = BATCH_PROMPTS
         .iter()
         .map(|p| {
             let mut s = Scheduler::new(Arc::clone(&model), &opts(64)).expect("scheduler");
-            let id = s.submit(greedy(p, n)).expect("submit");
+            let id = s.submit(greedy_request(p, n)).expect("submit");
             drain(&mut s).0.remove(&id).expect("tokens")
         })
         .collect();
@@ -226,7 +226,7 @@ fn experts_apart_from_their_layers_batch_like_alone() {
             Session::with_layout_experts(Arc::clone(&model), Some(acc), &layout, &experts, &so, &|_, _| {})
                 .expect("session")
         };
-        for (i, p) in PROMPTS.iter().enumerate() {
+        for (i, p) in BATCH_PROMPTS.iter().enumerate() {
             let acc = Accelerator::Host(HostDevice::new(1 << 30));
             let g = GenerateOptions {
                 max_tokens: n,
@@ -239,7 +239,7 @@ fn experts_apart_from_their_layers_batch_like_alone() {
         }
         let acc = Accelerator::Host(HostDevice::new(1 << 30));
         let mut s = Scheduler::from_session(open(&acc), &opts(64)).expect("scheduler");
-        let ids: Vec<SeqId> = PROMPTS.iter().map(|p| s.submit(greedy(p, n)).expect("submit")).collect();
+        let ids: Vec<SeqId> = BATCH_PROMPTS.iter().map(|p| s.submit(greedy_request(p, n)).expect("submit")).collect();
         let (mut toks, mut most) = (HashMap::<SeqId, Vec<u32>>::new(), 0);
         while !s.is_idle() {
             for e in s.step().expect("step") {
