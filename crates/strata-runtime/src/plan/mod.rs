@@ -12,6 +12,12 @@
 //! `r+q..n`. Resident layers come first so that `--gpu-layers N` means the first N, as in
 //! llama.cpp. Streamed layers come last because every token starts with empty slots: the copy
 //! stream fills them while the resident and cpu layers compute, which hides the first copies.
+//! A **hybrid** layout (both cpu and streamed layers) may instead spread the streamed layers
+//! evenly among the cpu layers after the resident band, each streamed layer first or last in
+//! its stretch of cpu layers: the executor issues copies before every cpu layer as far as free
+//! slots allow, so the copies of the next streamed layers run while the CPU computes and the two
+//! bandwidths add up, where in band order the copies beyond the first K wait for the cpu band to
+//! end. The search tries all three orders and keeps the fastest (bands win ties).
 //!
 //! # Memory
 //! - GPU: context overhead + scratch + output head + Σ resident (weights + KV) + Σ KV of the
@@ -35,16 +41,31 @@
 //!   ring and the DMA in series).
 //! - The copy stream and the compute run in parallel: copy j starts when copy j-1 is done and its
 //!   slot has been released by streamed layer j-K; layer j starts when both the previous layer and
-//!   its copy are done. Every token starts with empty slots (no prefetch across tokens, which is
-//!   conservative), and the executor is expected to issue the first K copies when the token
-//!   starts, so they overlap the resident and cpu layers. In steady state the streamed band costs
-//!   max(Σ copy, Σ compute) plus the first copy not hidden behind the resident and cpu layers.
+//!   its copy are done. The copies of a token's first streamed layers start when the previous
+//!   token's cpu layers after its last streamed layer start (the executor issues them there), or
+//!   else when the token starts (the previous head, sampling and logits download are not counted
+//!   as overlap, which is conservative); they overlap the resident and cpu layers. In steady
+//!   state the streamed band costs max(Σ copy, Σ compute) plus the first copy not hidden behind
+//!   the resident and cpu layers.
 //!   Weight copies and host-KV reads share the bus, so a pass never ends before the bus has moved
 //!   all of them. Not modelled: DMA and CPU layers competing for host memory bandwidth.
 //! - Prefill of a batch of T tokens uses the same pipeline with compute `max(flops·T / flops_rate,
 //!   w / bytes_rate)` per layer (weights are read once per batch, which is where streaming pays),
 //!   divided by T. The head is one matvec per batch (only the last position needs logits).
 //! - The bound is the largest of the GPU, PCIe and CPU busy times.
+//!
+//! # Hybrid efficiency
+//! When a GPU is used and some layers are not resident, the CPU's memory bus and the copy engine
+//! can move the non-resident weights at the same time. The fastest decode that allows, for the
+//! plan's resident layers, is `1 / (B / (cpu_bytes_per_s + h2d_bytes_per_s) + R + H)`: `B` the
+//! bytes one token moves for the non-resident layers (a streamed layer's copy, a cpu layer's
+//! weights), `R` the resident layers' compute and `H` the head's. The split that reaches it has
+//! `B_cpu / cpu_bytes_per_s = B_streamed / h2d_bytes_per_s`. **Hybrid efficiency** = decode tok/s
+//! ÷ that rate ([`Predicted::hybrid_efficiency`]; `--stats` divides the measured rate by the same
+//! bound). It says how well the two bandwidths overlap; it can be below 1 because of hand-offs,
+//! a split the GPU budget does not allow (streamed layers keep their KV cache and slots on the
+//! GPU), or copies not hidden; and above 1 when copies also hide behind resident layers, which
+//! the bound does not count on.
 //!
 //! # Experts
 //! A mixture-of-experts layer ([`LayerSpec::experts`]) is placed in two parts: its *attention
@@ -461,6 +482,25 @@ pub struct Predicted {
     pub prefill_seconds_per_token: f64,
     /// What limits decode: "gpu memory bandwidth", "PCIe transfer" or "CPU".
     pub bound: String,
+    /// The decode rate the bandwidths allow for this plan's resident set (see the module docs,
+    /// "Hybrid"): 1 / (non-resident bytes / (CPU B/s + H2D B/s) + resident compute + head).
+    /// `None` when every layer is resident or the GPU is unused.
+    #[serde(default)]
+    pub hybrid_bound_tokens_per_second: Option<f64>,
+    /// Hybrid efficiency: `decode_tokens_per_second / hybrid_bound_tokens_per_second` (1.0 means
+    /// the CPU and the copy engine never wait for each other). `None` with the bound.
+    #[serde(default)]
+    pub hybrid_efficiency: Option<f64>,
+}
+
+impl Predicted {
+    /// Hybrid efficiency of a measured decode rate against this plan's bound (`None` when the
+    /// plan has no bound or the rate is not a positive number).
+    pub fn measured_hybrid_efficiency(&self, decode_tokens_per_second: f64) -> Option<f64> {
+        let bound = self.hybrid_bound_tokens_per_second?;
+        (decode_tokens_per_second.is_finite() && decode_tokens_per_second > 0.0 && bound > 0.0)
+            .then(|| decode_tokens_per_second / bound)
+    }
 }
 
 /// What the planned GPU memory is made of; `total()` is [`Plan::gpu_bytes_planned`].

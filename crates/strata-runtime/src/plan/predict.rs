@@ -59,6 +59,12 @@ pub(super) struct Costs {
     /// Reading a layer's KV cache over PCIe when it is on the host but the layer runs on the GPU.
     kv_over_pcie: Vec<f64>,
     handoff: f64,
+    /// Bytes one decoded token moves for a layer that is not resident: its copy when streamed,
+    /// what the CPU reads when it computes the layer.
+    copied_bytes: Vec<f64>,
+    cpu_read_bytes: Vec<f64>,
+    /// Both bandwidths together: `cpu_bytes_per_s + h2d_bytes_per_s`.
+    both_bytes_per_s: f64,
 }
 
 impl Costs {
@@ -149,7 +155,32 @@ impl Costs {
             expert_staged: (0..n).map(|i| staged(experts_copied(i))).collect(),
             kv_over_pcie: req.layers.iter().map(|l| l.kv_bytes as f64 / s.h2d_bytes_per_s).collect(),
             handoff: s.cpu_handoff_s,
+            copied_bytes: (0..n).map(copied).collect(),
+            cpu_read_bytes: (0..n).map(|i| read(i, 1.0)).collect(),
+            both_bytes_per_s: s.cpu_bytes_per_s + s.h2d_bytes_per_s,
         }
+    }
+
+    /// The hybrid bound of `l` in seconds per decoded token: the non-resident bytes moved
+    /// through both bandwidths at once, `bytes / (cpu_bytes_per_s + h2d_bytes_per_s)`, plus the
+    /// resident layers' compute and the head. No plan that keeps the same layers resident can
+    /// decode faster, whatever the split between streamed and cpu layers (compute of the
+    /// streamed layers on the GPU is taken as free). `None` when every layer is resident or no
+    /// GPU is used: there is nothing to split.
+    pub fn hybrid_bound(&self, l: &Layout) -> Option<f64> {
+        if !l.gpu || l.cpu + l.streamed == 0 {
+            return None;
+        }
+        let phase = &self.decode;
+        let (mut bytes, mut resident) = (0.0f64, 0.0f64);
+        for (i, p) in l.placements().into_iter().enumerate() {
+            match p {
+                Placement::Resident => resident += phase.gpu[i] + phase.expert_gpu[i].max(phase.expert_cpu[i]),
+                Placement::Streamed => bytes += self.copied_bytes[i],
+                Placement::Cpu => bytes += self.cpu_read_bytes[i],
+            }
+        }
+        Some(bytes / self.both_bytes_per_s + resident + phase.head_gpu)
     }
 
     /// Seconds per decoded token.
@@ -169,12 +200,28 @@ impl Costs {
         let mut t = Timing::default();
         // Without a GPU nothing has to cross PCIe around a cpu layer.
         let handoff = if l.gpu { self.handoff } else { 0.0 };
+        let placements = l.placements();
+        // The executor issues the next pass's first copies before the cpu layers that end a
+        // pass (after its last streamed layer, or resident layer streaming its experts, has
+        // released its slot), so in steady state the
+        // copy stream starts that much before the pass does. Nothing else crosses passes: the
+        // previous head, sampling and the logits' download are not counted as overlap.
+        let uses_slots = |i: usize| {
+            placements[i] == Placement::Streamed || (placements[i] == Placement::Resident && self.expert_copy[i] > 0.0)
+        };
+        let lead = match (0..placements.len()).rposition(uses_slots) {
+            Some(last) => (last + 1..placements.len())
+                .filter(|&i| placements[i] == Placement::Cpu)
+                .map(|i| phase.cpu[i] + handoff)
+                .sum(),
+            None => 0.0,
+        };
         let mut now = 0.0f64;
-        let mut slot_free = vec![0.0f64; l.depth.max(1) + 1];
-        let mut copy_done = 0.0f64;
+        let mut slot_free = vec![-lead; l.depth.max(1) + 1];
+        let mut copy_done = -lead;
         // Copies issued (the slot ring), and streamed layers so far (their KV placement).
         let (mut j, mut k) = (0, 0);
-        for (i, p) in l.placements().into_iter().enumerate() {
+        for (i, p) in placements.into_iter().enumerate() {
             match p {
                 Placement::Resident if self.expert_copy[i] > 0.0 => {
                     let slot = j % slot_free.len();
@@ -214,7 +261,7 @@ impl Costs {
         }
         // The copies and the KV reads share one bus: the pass cannot end before it has moved
         // everything, however the two interleave.
-        now = now.max(t.pcie);
+        now = now.max(t.pcie - lead);
         if l.gpu {
             now += phase.head_gpu;
             t.gpu += phase.head_gpu;

@@ -84,6 +84,19 @@ fn experts_name(e: Option<ExpertPlan>) -> String {
     }
 }
 
+/// Where the hybrid band starts: the first non-resident layer, when the cpu and streamed layers
+/// after it alternate (the cpu layers are not one run). `None` for any other plan.
+fn hybrid_start(layers: &[LayerPlan]) -> Option<usize> {
+    let start = layers.iter().position(|l| l.placement != Placement::Resident)?;
+    let band = &layers[start..];
+    let cpu_runs = band
+        .chunk_by(|a, b| a.placement == b.placement)
+        .filter(|r| r.first().is_some_and(|l| l.placement == Placement::Cpu))
+        .count();
+    let only_band = band.iter().all(|l| l.placement != Placement::Resident);
+    (only_band && cpu_runs > 1).then_some(start)
+}
+
 impl Plan {
     /// One line: counts, slots, GPU use, predicted speeds and where the speeds came from.
     pub fn summary_line(&self) -> String {
@@ -141,10 +154,38 @@ impl Plan {
         let experts_head = if moe { "  experts" } else { "" };
         let _ =
             writeln!(s, "{:<9} {:<9} {:>11} {:>11}  KV on{experts_head}", "layers", "placement", "weights", "KV cache");
-        let rows: Vec<&[LayerPlan]> =
+        let mut rows: Vec<&[LayerPlan]> =
             if self.layers.len() <= ROW_PER_LAYER { self.layers.chunks(1).collect() } else { runs(&self.layers) };
+        // A hybrid band (streamed layers spread among cpu layers) of many layers is one row, and
+        // a line after the table names its streamed layers.
+        let mut hybrid_band: Option<usize> = None;
+        if rows.len() > ROW_PER_LAYER / 2
+            && let Some(start) = hybrid_start(&self.layers)
+            && let Some(k) = rows.iter().position(|r| r.first().is_some_and(|l| l.index == start))
+        {
+            rows.truncate(k);
+            rows.push(&self.layers[start..]);
+            hybrid_band = Some(start);
+        }
         for run in rows {
             let (Some(first), Some(last)) = (run.first(), run.last()) else { continue };
+            if hybrid_band == Some(first.index) {
+                let (cpu, streamed) = run.iter().fold((0, 0), |(c, st), l| match l.placement {
+                    Placement::Cpu => (c + 1, st),
+                    _ => (c, st + 1),
+                });
+                let weights = run.iter().map(|l| l.weight_bytes).fold(0, u64::saturating_add);
+                let kv = run.iter().map(|l| l.kv_bytes).fold(0, u64::saturating_add);
+                let range = format!("{}-{}", first.index, last.index);
+                let _ = writeln!(
+                    s,
+                    "{range:<9} {:<9} {:>11} {:>11}  host (cpu), gpu (streamed): {cpu} cpu, {streamed} streamed",
+                    "hybrid",
+                    fmt_size(weights),
+                    fmt_size(kv),
+                );
+                continue;
+            }
             let range = if first.index == last.index {
                 first.index.to_string()
             } else {
@@ -201,6 +242,14 @@ impl Plan {
             fmt_size(h.head_and_scratch),
             fmt_size(h.embedding),
         );
+        if let Some(start) = hybrid_band {
+            let at: Vec<String> = self.layers[start..]
+                .iter()
+                .filter(|l| l.placement == Placement::Streamed)
+                .map(|l| l.index.to_string())
+                .collect();
+            let _ = writeln!(s, "hybrid band  streamed layers {} among cpu layers", at.join(", "));
+        }
         if self.slots > 0 {
             let _ = writeln!(
                 s,
@@ -238,6 +287,13 @@ impl Plan {
             fmt_tps(p.prefill_tokens_per_second),
             self.prefill_batch
         );
+        if let (Some(bound), Some(eff)) = (p.hybrid_bound_tokens_per_second, p.hybrid_efficiency) {
+            let _ = writeln!(
+                s,
+                "hybrid       efficiency {eff:.2} of the {} tok/s decode the CPU and H2D bandwidths allow together",
+                fmt_tps(bound),
+            );
+        }
         for w in &self.warnings {
             let _ = writeln!(s, "warning: {w}");
         }

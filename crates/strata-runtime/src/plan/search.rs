@@ -22,7 +22,10 @@ const MIN_SECONDS: f64 = 1e-9;
 /// order): the streamed layers spread evenly among the GPU layers, so that each copy hides
 /// behind the resident layers before it instead of waiting for slots at the end of the pass
 /// (measured on an H200: 27 resident + 5 streamed 7B layers as bands reached an overlap of
-/// only 0.76), and the cpu layers last.
+/// only 0.76), and the cpu layers last. Hybrid (`mix`, when both cpu and streamed layers are
+/// placed): the resident band first, then the streamed layers spread evenly among the cpu
+/// layers, so that the copies of the next streamed layers run while the CPU computes (see
+/// [`Mix`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Layout {
     /// The GPU is used (the head is on it). `false` means every layer is cpu.
@@ -33,12 +36,46 @@ pub(super) struct Layout {
     /// Prefetch depth: 0 exactly when nothing is streamed.
     pub depth: usize,
     pub interleave: bool,
+    /// How cpu and streamed layers are ordered after the resident band.
+    pub mix: Mix,
+}
+
+/// The order of the cpu and streamed layers of a hybrid layout. The band of `cpu + streamed`
+/// layers after the resident ones is cut into `streamed` equal stretches, each holding one
+/// streamed layer and the cpu layers around it. Each cpu stretch then covers the copy of a
+/// later streamed layer (the executor issues copies before every cpu layer as far as free
+/// slots allow), so the CPU's memory bus and the copy engine work at the same time instead of
+/// taking turns, as they do in band order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Mix {
+    /// Resident, then cpu, then streamed (or `interleave`).
+    Bands,
+    /// Each stretch starts with its streamed layer: the pass ends with cpu layers, during
+    /// which the copies of the next token's first streamed layers run.
+    StreamedFirst,
+    /// Each stretch ends with its streamed layer: the first copies hide behind the first cpu
+    /// layers of the same pass.
+    CpuFirst,
 }
 
 impl Layout {
     /// The placement of each layer, in layer order.
     pub fn placements(&self) -> Vec<Placement> {
         let (r, q, m) = (self.resident, self.cpu, self.streamed);
+        if self.mix != Mix::Bands && q > 0 && m > 0 {
+            let g = q + m;
+            let mut v = vec![Placement::Resident; r];
+            let mut band = vec![Placement::Cpu; g];
+            for k in 0..m {
+                let at = match self.mix {
+                    Mix::StreamedFirst => k * g / m,
+                    _ => (k + 1) * g / m - 1,
+                };
+                band[at] = Placement::Streamed;
+            }
+            v.extend(band);
+            return v;
+        }
         if !self.interleave || m == 0 || r == 0 {
             let mut v = vec![Placement::Resident; r];
             v.extend(std::iter::repeat_n(Placement::Cpu, q));
@@ -155,9 +192,6 @@ pub(super) struct Planner<'a> {
     /// Expert bytes each layer copies through the slots besides `on_gpu` ([`ExpertSide::Stream`]).
     experts_streamed: Vec<u128>,
     kv: Vec<u128>,
-    largest_from: Vec<u64>,
-    /// The largest expert group streamed by one of the first `i` layers when resident.
-    largest_experts_upto: Vec<u64>,
     /// Every layer has the same sizes (so interleaving keeps the band order's byte sums).
     uniform: bool,
 }
@@ -174,14 +208,6 @@ impl<'a> Planner<'a> {
                 }))
                 .collect::<Vec<_>>()
         };
-        let mut largest_from = vec![0u64; req.layers.len() + 1];
-        for (i, sp) in splits.iter().enumerate().rev() {
-            largest_from[i] = largest_from[i + 1].max(sp.gpu + sp.experts_streamed);
-        }
-        let mut largest_experts_upto = vec![0u64; req.layers.len() + 1];
-        for (i, sp) in splits.iter().enumerate() {
-            largest_experts_upto[i + 1] = largest_experts_upto[i].max(sp.experts_streamed);
-        }
         let first = req.layers.first().zip(splits.first());
         let uniform = req.layers.iter().zip(&splits).all(|(l, sp)| {
             first.is_some_and(|(f, fs)| l.weight_bytes == f.weight_bytes && l.kv_bytes == f.kv_bytes && sp == fs)
@@ -195,8 +221,6 @@ impl<'a> Planner<'a> {
             host_experts: prefix(&mut splits.iter().map(|s| s.host)),
             experts_streamed: prefix(&mut splits.iter().map(|s| s.experts_streamed)),
             kv: prefix(&mut req.layers.iter().map(|l| l.kv_bytes)),
-            largest_from,
-            largest_experts_upto,
             uniform,
             sides,
         }
@@ -222,36 +246,57 @@ impl<'a> Planner<'a> {
 
     /// The memory `l` takes. Streamed layers are computed on the GPU, so their KV caches live
     /// there too (the executor has no path for attention over a host cache from the GPU).
+    /// Summed layer by layer over the layout's placements, so any order is counted exactly.
     pub fn account(&self, l: &Layout) -> Accounting {
         let req = self.req;
-        let n = self.n();
-        let (r, q) = (l.resident, l.cpu);
-        let s0 = n - l.streamed;
-        let sum = |v: &[u128], a: usize, b: usize| v[b] - v[a];
+        let one = |v: &[u128], i: usize| v[i + 1] - v[i];
+        let (mut resident_w, mut resident_kv, mut streamed_kv_gpu, mut streamed_weights) = (0u128, 0u128, 0u128, 0);
+        let (mut expert_cache, mut cpu_experts, mut cpu_w, mut host_kv) = (0u128, 0u128, 0u128, 0u128);
         // Resident layers that stream their experts use the slots too.
-        let resident_experts_streamed = sum(&self.experts_streamed, 0, r);
+        let mut resident_experts_streamed = 0u128;
+        let mut slot_bytes = 0u64;
+        let b64 = |x: u128| u64::try_from(x).unwrap_or(u64::MAX);
+        for (i, p) in l.placements().into_iter().enumerate() {
+            match p {
+                Placement::Resident => {
+                    resident_w += one(&self.on_gpu, i);
+                    resident_kv += one(&self.kv, i);
+                    let e = one(&self.experts_streamed, i);
+                    resident_experts_streamed += e;
+                    slot_bytes = slot_bytes.max(b64(e));
+                }
+                Placement::Streamed => {
+                    let w = one(&self.on_gpu, i) + one(&self.experts_streamed, i);
+                    streamed_weights += w;
+                    streamed_kv_gpu += one(&self.kv, i);
+                    slot_bytes = slot_bytes.max(b64(w));
+                }
+                Placement::Cpu => {
+                    cpu_w += one(&self.weights, i);
+                    host_kv += one(&self.kv, i);
+                }
+            }
+            // Expert caches and experts left on the host, of the layers on the GPU.
+            if p != Placement::Cpu {
+                expert_cache += one(&self.cache, i);
+                cpu_experts += one(&self.host_experts, i);
+            }
+        }
         let streams = l.streamed > 0 || resident_experts_streamed > 0;
-        let slot_bytes = if streams { self.largest_from[s0].max(self.largest_experts_upto[r]) } else { 0 };
+        if !streams {
+            slot_bytes = 0;
+        }
+        streamed_weights += resident_experts_streamed;
         let slots = if streams { l.depth.max(1) + 1 } else { 0 };
         let slot_total = slots as u128 * slot_bytes as u128;
         let fixed = if l.gpu { self.gpu_fixed() } else { 0 };
-        let resident_w = sum(&self.on_gpu, 0, r);
-        let resident_kv = sum(&self.kv, 0, r);
-        // Expert caches and experts left on the host, of the layers on the GPU.
-        let expert_cache = sum(&self.cache, 0, r) + sum(&self.cache, s0, n);
-        let cpu_experts = sum(&self.host_experts, 0, r) + sum(&self.host_experts, s0, n);
         let base = fixed + resident_w + resident_kv + slot_total + expert_cache;
         let kv_gpu_streamed = l.streamed;
-        let streamed_kv_gpu = sum(&self.kv, s0, s0 + kv_gpu_streamed);
         let gpu_total = base + streamed_kv_gpu;
 
-        let streamed_weights =
-            sum(&self.on_gpu, s0, n) + sum(&self.experts_streamed, s0, n) + resident_experts_streamed;
         let staging = streams && streamed_weights > req.pinned_budget as u128;
         let pinned = if staging { slot_total } else { streamed_weights };
         let staged = if staging { streamed_weights } else { 0 };
-        let cpu_w = sum(&self.weights, r, r + q);
-        let host_kv = sum(&self.kv, r, r + q) + sum(&self.kv, s0 + kv_gpu_streamed, n);
         let head_and_scratch = if l.gpu { 0 } else { req.head_bytes as u128 + req.scratch_bytes as u128 };
         let embedding = if req.weights_mapped { 0 } else { req.embedding_bytes as u128 };
         let host_total = pinned + staged + cpu_w + host_kv + head_and_scratch + embedding + cpu_experts;
@@ -311,7 +356,8 @@ impl<'a> Planner<'a> {
         let step = n.div_ceil(FULL_SEARCH_LAYERS).max(1);
         let depth = self.req.max_prefetch_depth.clamp(1, DEPTH_LIMIT);
         let gpu = self.req.gpu_budget.is_some();
-        let no_gpu = Layout { gpu: false, resident: 0, cpu: n, streamed: 0, depth: 0, interleave: false };
+        let no_gpu =
+            Layout { gpu: false, resident: 0, cpu: n, streamed: 0, depth: 0, interleave: false, mix: Mix::Bands };
         // Interleaving keeps every byte sum of the band order only when all layers are alike;
         // `--gpu-layers N` promises the first N layers resident.
         let interleave = self.uniform && !matches!(policy, Policy::GpuLayers(_));
@@ -322,7 +368,22 @@ impl<'a> Planner<'a> {
         let mut push = |r: usize, m: usize| {
             let depths = if m == 0 && !(experts_stream && r > 0) { 0..=0 } else { 1..=depth };
             for d in depths {
-                out.push(Layout { gpu: true, resident: r, cpu: n - r - m, streamed: m, depth: d, interleave });
+                let l = Layout {
+                    gpu: true,
+                    resident: r,
+                    cpu: n - r - m,
+                    streamed: m,
+                    depth: d,
+                    interleave,
+                    mix: Mix::Bands,
+                };
+                out.push(l);
+                // Hybrid orders after the band order, so that a tie keeps the bands.
+                if l.cpu > 0 && m > 0 {
+                    for mix in [Mix::CpuFirst, Mix::StreamedFirst] {
+                        out.push(Layout { interleave: false, mix, ..l });
+                    }
+                }
             }
         };
         match policy {
@@ -433,7 +494,15 @@ impl<'a> Planner<'a> {
         // Every candidate uses the GPU here (the GPU-free layout always fits the GPU budget), so
         // a GPU misfit was recorded; the fallback only guards against a future change.
         let (need, l, acc) = closest[Misfit::Gpu as usize].unwrap_or_else(|| {
-            let l = Layout { gpu: true, resident: 0, cpu: self.n(), streamed: 0, depth: 0, interleave: false };
+            let l = Layout {
+                gpu: true,
+                resident: 0,
+                cpu: self.n(),
+                streamed: 0,
+                depth: 0,
+                interleave: false,
+                mix: Mix::Bands,
+            };
             let acc = self.account(&l);
             (acc.gpu_total, l, acc)
         });
@@ -480,6 +549,7 @@ impl<'a> Planner<'a> {
         let expert_summary = experts::summary(req, &layers);
         let decode_s = c.decode.seconds.max(MIN_SECONDS);
         let prefill_s = c.prefill.seconds.max(MIN_SECONDS);
+        let bound_s = self.costs.hybrid_bound(l).map(|b| b.max(MIN_SECONDS));
         Plan {
             layers,
             gpu_budget_bytes: req.gpu_budget.unwrap_or(0),
@@ -500,6 +570,8 @@ impl<'a> Planner<'a> {
                 decode_seconds_per_token: decode_s,
                 prefill_seconds_per_token: prefill_s,
                 bound: c.decode.bound().to_string(),
+                hybrid_bound_tokens_per_second: bound_s.map(|b| 1.0 / b),
+                hybrid_efficiency: bound_s.map(|b| b / decode_s),
             },
             prefill_batch: req.prefill_tokens.max(1),
             speeds_source: req.speeds.source_for(req.gpu_budget.is_some()),
@@ -595,4 +667,53 @@ fn host_parts(l: &Layout, acc: &Accounting) -> String {
         parts.push("nothing but the margin".to_string());
     }
     parts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{LayerSpec, assumed_speeds};
+
+    /// At the same split (4 resident, 8 cpu, 4 streamed, prefetch 1), spreading the streamed
+    /// layers among the cpu layers lets the copies run while the CPU computes: faster than the
+    /// bands, where the copies beyond the first slots wait for the cpu band to end. Both
+    /// hybrid orders count the same memory as the bands.
+    #[test]
+    fn hybrid_order_beats_bands_at_the_same_split() {
+        let layer =
+            LayerSpec { weight_bytes: 100 << 20, kv_bytes: 1 << 20, flops_per_token: 400_000_000, experts: None };
+        let mut speeds = assumed_speeds();
+        speeds.h2d_bytes_per_s = 20e9;
+        speeds.cpu_bytes_per_s = 20e9;
+        let req = PlanRequest {
+            layers: vec![layer; 16],
+            gpu_budget: Some(64 << 30),
+            host_available: 64 << 30,
+            pinned_budget: 32 << 30,
+            speeds,
+            ..PlanRequest::default()
+        };
+        let p = Planner::with_sides(&req, vec![ExpertSide::Follow; 16]);
+        let bands =
+            Layout { gpu: true, resident: 4, cpu: 8, streamed: 4, depth: 1, interleave: false, mix: Mix::Bands };
+        let decode = |l: &Layout| match p.evaluate(l) {
+            Outcome::Fits(c) => (c.decode.seconds, c.acc.gpu_total, c.acc.host_total),
+            Outcome::Misses(..) => panic!("{l:?} does not fit"),
+        };
+        let (band_s, gpu, host) = decode(&bands);
+        for mix in [Mix::CpuFirst, Mix::StreamedFirst] {
+            let l = Layout { mix, ..bands };
+            let placements = l.placements();
+            assert_eq!(placements.iter().filter(|x| **x == Placement::Streamed).count(), 4, "{placements:?}");
+            let (s, g, h) = decode(&l);
+            assert!(s < 0.9 * band_s, "{mix:?}: {s} vs bands {band_s}");
+            assert_eq!((g, h), (gpu, host), "{mix:?}");
+        }
+        // The order each mix gives.
+        use Placement::{Cpu as C, Resident as R, Streamed as S};
+        let first = Layout { mix: Mix::StreamedFirst, ..bands }.placements();
+        assert_eq!(first, [R, R, R, R, S, C, C, S, C, C, S, C, C, S, C, C]);
+        let last = Layout { mix: Mix::CpuFirst, ..bands }.placements();
+        assert_eq!(last, [R, R, R, R, C, C, S, C, C, S, C, C, S, C, C, S]);
+    }
 }
