@@ -72,6 +72,10 @@ pub struct LayerTiming {
 pub struct PassStats {
     /// Tokens in the pass.
     pub tokens: usize,
+    /// When the pass started, seconds since the session was created (host clock): the times
+    /// below are relative to the pass's start, and this puts consecutive passes on one
+    /// timeline (a copy issued during the previous pass has a negative `issued_s`).
+    pub epoch_s: f64,
     /// Wall time of the pass, seconds.
     pub wall_s: f64,
     /// Compute time summed over the layers, seconds.
@@ -185,6 +189,8 @@ pub struct Session {
     /// The experts of the batch scheduler's passes since the session opened (its passes are
     /// not in [`Session::take_stats`]).
     batch_expert_stats: ExpertPassStats,
+    /// When the session was created: the origin of [`PassStats::epoch_s`].
+    created: Instant,
     _res: Vec<Reservation>,
 }
 
@@ -441,6 +447,7 @@ impl Session {
             logits_host: None,
             expert_copy,
             batch_expert_stats: ExpertPassStats::default(),
+            created: Instant::now(),
             _res: res,
         })
     }
@@ -602,6 +609,7 @@ impl Session {
             let pos = &positions.as_ref().ok_or_else(|| Error::invalid("positions missing"))?.1;
             let mut scratch = self.take_scratch(&s, t)?;
             let _r = nvtx::range(&format!("layer {l}"));
+            self.copies_during_cpu_layer(l)?;
             let site = &mut self.sites[l];
             let mut wait_s = 0.0;
             let mut streamer = self.streamer.as_deref_mut();
@@ -685,6 +693,20 @@ impl Session {
         Ok(bytes)
     }
 
+    /// Before a cpu layer (its activations already on the host): every free weight slot gets
+    /// its next copy, so the copy stream runs while the CPU computes (hybrid decode) instead of
+    /// waiting for the next streamed layer's `acquire`. After the pass's last streamed layer
+    /// these are the next pass's first copies. Issued after the activations' download, which
+    /// on a GPU would otherwise queue behind them.
+    fn copies_during_cpu_layer(&mut self, l: usize) -> Result<()> {
+        if self.sites[l].placement == Placement::Cpu
+            && let Some(st) = self.streamer.as_mut()
+        {
+            st.prefetch_ahead()?;
+        }
+        Ok(())
+    }
+
     /// The logits on the host. From a GPU they come through a pinned buffer: a download to
     /// pageable memory is staged by the driver and queues behind the weight copies in flight
     /// on the copy engine (measured on an H200: ~4 ms per token behind the next token's
@@ -747,8 +769,10 @@ impl Session {
             self.stats.pop_front();
             self.stats_dropped += 1;
         }
+        let epoch_s = host0.saturating_duration_since(self.created).as_secs_f64();
         self.stats.push_back(PassStats {
             tokens,
+            epoch_s,
             wall_s,
             compute_s,
             copy_s,
@@ -801,6 +825,7 @@ impl Session {
             x = move_to(x, &x_stream, &s)?;
             x_stream = s.clone();
             let _r = nvtx::range(&format!("layer {l}"));
+            self.copies_during_cpu_layer(l)?;
             let site = &mut self.sites[l];
             let mut streamer = self.streamer.as_deref_mut();
             let weights = match &site.weights {

@@ -16,6 +16,9 @@
 //!   mixed expert types, a NaN router, malformed expert metadata and shapes;
 //! - `offload_moe`: expert placements of a tiny MoE model on the host test device (experts with
 //!   their layer, on the CPU, cached) against the all-CPU tokens; the cache's hits and budget;
+//! - `hybrid`: hybrid layouts (streamed layers among cpu layers) on the host test device: the
+//!   all-CPU tokens for several splits, and copies of later streamed layers in flight during
+//!   every cpu layer (the order of events);
 //! - `gguf_malformed`: malformed GGUF files and a mutation proptest. It installs a global
 //!   allocator for this binary that records the largest allocation per thread (a pass-through
 //!   to `System`), to show that absurd header counts are rejected without allocating;
@@ -38,6 +41,7 @@ mod f64_oracle;
 mod gguf;
 mod gguf_malformed;
 mod gpu;
+mod hybrid;
 mod moe;
 mod offload;
 mod offload_moe;

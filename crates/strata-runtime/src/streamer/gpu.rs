@@ -162,6 +162,13 @@ impl WeightStream for GpuStreamer {
         }
     }
 
+    fn prefetch_ahead(&mut self) -> Result<()> {
+        match self.sched.ahead_target() {
+            Some(upto) => self.prefetch(upto),
+            None => Ok(()),
+        }
+    }
+
     fn restart(&mut self) -> Result<()> {
         self.copy.synchronize()?;
         self.compute.synchronize()?;

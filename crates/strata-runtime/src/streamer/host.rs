@@ -215,6 +215,13 @@ impl WeightStream for HostStreamer {
         }
     }
 
+    fn prefetch_ahead(&mut self) -> Result<()> {
+        match self.sched.ahead_target() {
+            Some(upto) => self.prefetch(upto),
+            None => Ok(()),
+        }
+    }
+
     fn restart(&mut self) -> Result<()> {
         // Collect every copy in flight and return all memory to the slots. A group acquired and
         // not released (its pass failed) has already arrived: its memory is in its slot.

@@ -67,6 +67,12 @@ pub trait WeightStream: Send {
     /// results are on the host: copies issued earlier would delay that download, which on a
     /// GPU queues behind the host-to-device copies in flight (measured on an H200).
     fn begin_next_pass(&mut self) -> Result<()>;
+    /// Fills every free slot: issues the copies of the next groups in cyclic order as far as
+    /// the slots allow (the next pass's first groups once this pass's last group has been
+    /// released). The executor calls it before computing a layer on the CPU, so that the
+    /// copy stream keeps running while the CPU works (hybrid decode) instead of waiting for
+    /// the next `acquire`. Does nothing while a group is held.
+    fn prefetch_ahead(&mut self) -> Result<()>;
 }
 
 /// The cyclic copy/compute order shared by the implementations.
@@ -113,6 +119,14 @@ impl Schedule {
     fn next_pass_target(&self) -> Option<u64> {
         let first = self.next_acquire;
         (self.held.is_none() && first.is_multiple_of(self.n_groups as u64)).then(|| first + self.depth as u64 - 1)
+    }
+
+    /// What to have in flight before the compute does something other than a streamed layer:
+    /// a copy in every slot, up to d beyond the next acquire (K = d + 1 copies), within the pass
+    /// of the next acquire. None while a group is held (its slot is not free).
+    fn ahead_target(&self) -> Option<u64> {
+        let next = self.next_acquire;
+        self.held.is_none().then(|| (next + self.depth as u64).min(self.pass_end(next)))
     }
 
     /// Sequence numbers to prefetch now so that `upto` is in flight (never more than d ahead
