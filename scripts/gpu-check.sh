@@ -174,6 +174,10 @@ stream() {
   TAIL=2 step smol-cpu 120 sh -c "'$S' run -m '$tmp/smol.gguf' --device cpu ${common[*]} -p '$p32' > '$out/stream/smol-cpu.json'"
   TAIL=2 step smol-cuda 60 sh -c "'$S' run -m '$tmp/smol.gguf' --device cuda ${common[*]} -p '$p32' > '$out/stream/smol-cuda.json'"
   [[ $quick == 1 ]] || TAIL=2 step l7b-cpu 200 sh -c "'$S' run -m '$tmp/l7b.gguf' --device cpu --context 640 ${common[*]} -p '$p32' > '$out/stream/l7b-cpu.json'"
+  # Hybrid decode (issue 15): at each cap, `auto` is the planner's choice (now a hybrid split,
+  # streamed layers among cpu layers, where the bandwidths favour it), `stream` pure streaming,
+  # `cpu` pure cpu layers, side by side. Each JSON line has the plan (predicted
+  # `hybrid_efficiency`) and `stats.decode.hybrid_efficiency` (measured).
   local mem mode flag prompt
   for mem in unlimited 4GiB 2GiB 1GiB; do
     for mode in auto stream cpu; do

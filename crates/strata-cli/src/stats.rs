@@ -132,6 +132,8 @@ pub fn render(stats: &[PassStats], dropped: usize) -> String {
 }
 
 /// "predicted 29.1 tok/s decode, 141 tok/s prefill; measured 27.0 and 150 tok/s", with the
+/// hybrid efficiency (decode tok/s ÷ the plan's hybrid bound, see `strata_runtime::plan`)
+/// predicted and measured when the plan has cpu or streamed layers beside the GPU, and the
 /// expert cache's predicted and measured hit rates for a mixture-of-experts plan.
 pub fn predicted_vs_measured(plan: &Plan, stats: &[PassStats]) -> String {
     let v = json(stats);
@@ -144,6 +146,9 @@ pub fn predicted_vs_measured(plan: &Plan, stats: &[PassStats]) -> String {
         rate("decode"),
         rate("prefill"),
     );
+    if let (Some(predicted), Some(measured)) = (p.hybrid_efficiency, p.measured_hybrid_efficiency(rate("decode"))) {
+        let _ = write!(line, "; hybrid efficiency predicted {predicted:.2}, measured {measured:.2}");
+    }
     if let Some(x) = &plan.experts
         && x.cached_bytes > 0
     {

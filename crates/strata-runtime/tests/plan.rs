@@ -890,6 +890,12 @@ fn hybrid_split_adds_the_two_bandwidths() {
     assert!(eff >= 0.85, "hybrid efficiency {eff}\n{}", auto.render_table());
     let bound = auto.predicted.hybrid_bound_tokens_per_second.expect("and a bound");
     assert!((tps(&auto) / bound - eff).abs() < 1e-9);
+    // `--stats` divides a measured rate by the same bound.
+    let half = auto.predicted.measured_hybrid_efficiency(bound / 2.0).expect("a measured efficiency");
+    assert!((half - 0.5).abs() < 1e-12, "{half}");
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        assert_eq!(auto.predicted.measured_hybrid_efficiency(bad), None, "{bad}");
+    }
     assert!(auto.render_table().contains(&format!("hybrid       efficiency {eff:.2}")), "{}", auto.render_table());
     // The order: resident layers first, then every streamed layer with cpu layers around it.
     let band: Vec<Placement> = auto.layers[resident..].iter().map(|l| l.placement).collect();

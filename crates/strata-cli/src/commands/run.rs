@@ -94,7 +94,12 @@ pub fn run(a: RunArgs, cpu_path: CpuPath) -> Result<()> {
         v["model"] = serde_json::Value::String(model.path.display().to_string());
         v["sampler"] = serde_json::to_value(&opts.sampler)?;
         v["plan"] = serde_json::to_value(engine.plan())?;
-        v["stats"] = crate::stats::json(&engine.with_session(Session::take_stats));
+        let stats = engine.with_session(Session::take_stats);
+        v["stats"] = crate::stats::json(&stats);
+        // Measured decode tok/s over the plan's hybrid bound (null without cpu/streamed layers).
+        let decode = v["stats"]["decode"]["tokens_per_second"].as_f64().unwrap_or(0.0);
+        v["stats"]["decode"]["hybrid_efficiency"] =
+            serde_json::to_value(engine.plan().and_then(|p| p.predicted.measured_hybrid_efficiency(decode)))?;
         outln!("{}", serde_json::to_string(&v)?);
     } else {
         eprintln!("{}", summary(&g, &device, opts.sampler.seed, opts.sampler.temperature == 0.0));
