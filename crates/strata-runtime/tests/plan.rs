@@ -149,7 +149,14 @@ fn check_invariants(req: &PlanRequest, p: &Plan) -> Result<(), TestCaseError> {
     // resident layers first, then the streamed layers spread evenly among the cpu layers.
     let cpu_at: Vec<usize> = p.layers.iter().filter(|l| l.placement == Placement::Cpu).map(|l| l.index).collect();
     let one_band = cpu_at.windows(2).all(|w| w[1] == w[0] + 1);
-    if !one_band {
+    // Hybrid: a cpu layer after a streamed one and a streamed layer after a cpu one.
+    let first = |x: Placement| p.layers.iter().position(|l| l.placement == x);
+    let last = |x: Placement| p.layers.iter().rposition(|l| l.placement == x);
+    let hybrid = matches!((first(Placement::Streamed), last(Placement::Cpu)), (Some(a), Some(b)) if a < b)
+        && matches!((first(Placement::Cpu), last(Placement::Streamed)), (Some(a), Some(b)) if a < b);
+    if !hybrid {
+        prop_assert!(one_band, "cpu layers {:?} are not one band", cpu_at);
+    } else {
         prop_assert!(streamed > 0, "cpu layers {:?} are split without streamed layers between them", cpu_at);
         prop_assert!(p.layers[..resident].iter().all(|l| l.placement == Placement::Resident), "hybrid: resident first");
         let band: Vec<Placement> = p.layers[resident..].iter().map(|l| l.placement).collect();
@@ -170,7 +177,7 @@ fn check_invariants(req: &PlanRequest, p: &Plan) -> Result<(), TestCaseError> {
     // Uniform layers (all alike) outside --gpu-layers and hybrid plans: streamed layers are
     // spread among the GPU layers, never two in a row while resident layers could separate them.
     let uniform = req.layers.windows(2).all(|w| w[0] == w[1]);
-    if one_band && uniform && !matches!(req.policy, Policy::GpuLayers(_)) && streamed > 0 && resident >= streamed {
+    if !hybrid && uniform && !matches!(req.policy, Policy::GpuLayers(_)) && streamed > 0 && resident >= streamed {
         let on_gpu: Vec<Placement> = p.layers.iter().map(|l| l.placement).filter(|&x| x != Placement::Cpu).collect();
         prop_assert!(
             on_gpu.windows(2).all(|w| !(w[0] == Placement::Streamed && w[1] == Placement::Streamed)),
