@@ -12,7 +12,7 @@ use strata_model::synth::{Preset, gguf_bytes};
 use strata_model::{Error, GenerateOptions, KvType, Model, SamplerConfig, Session, SessionOptions, generate};
 use strata_tensor::DType;
 
-use crate::support::{BATCH_PROMPTS, drain, greedy_request};
+use crate::support::{BATCH_PROMPTS, alone_in_scheduler, drain, greedy_request};
 
 fn synthetic() -> Arc<Model> {
     let preset = Preset::by_name("tiny").expect("preset");
@@ -26,23 +26,11 @@ fn opts(kv_blocks: usize) -> SchedulerOptions {
     SchedulerOptions { context: 128, kv_blocks, block_size: 4, max_seqs: 8, step_tokens: 24, ..Default::default() }
 }
 
-/// Each prompt alone in a scheduler.
-fn alone(model: &Arc<Model>, o: &SchedulerOptions, n: usize) -> Vec<Vec<u32>> {
-    BATCH_PROMPTS
-        .iter()
-        .map(|p| {
-            let mut s = Scheduler::new(Arc::clone(model), o).expect("scheduler");
-            let id = s.submit(greedy_request(p, n)).expect("submit");
-            drain(&mut s).0.remove(&id).expect("tokens")
-        })
-        .collect()
-}
-
 #[test]
 fn sequences_that_join_and_leave_get_the_tokens_they_get_alone() {
     let model = synthetic();
     let o = opts(64);
-    let want = alone(&model, &o, 12);
+    let want = alone_in_scheduler(&model, &o, 12);
     let mut s = Scheduler::new(Arc::clone(&model), &o).expect("scheduler");
     // Two start together; the others join while those decode, with fewer tokens so they
     // leave at different steps.

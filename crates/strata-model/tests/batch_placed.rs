@@ -22,7 +22,7 @@ use strata_runtime::device::{Accelerator, HostDevice};
 use strata_runtime::plan::Placement;
 use strata_tensor::DType;
 
-use crate::support::{BATCH_PROMPTS, drain, greedy_request};
+use crate::support::{BATCH_PROMPTS, alone_in_scheduler, drain, greedy_request};
 
 /// The tiny preset with six layers, so a plan can mix all three placements twice.
 fn six_layers() -> Arc<Model> {
@@ -74,14 +74,7 @@ fn concurrent_sequences_on_streamed_and_mixed_plans_get_their_tokens_alone() {
     let model = six_layers();
     let n = 10;
     // Alone in a scheduler with every layer on the CPU: the reference of the batched pass.
-    let cpu_alone: Vec<Vec<u32>> = BATCH_PROMPTS
-        .iter()
-        .map(|p| {
-            let mut s = Scheduler::new(Arc::clone(&model), &opts(64)).expect("scheduler");
-            let id = s.submit(greedy_request(p, n)).expect("submit");
-            drain(&mut s).0.remove(&id).expect("tokens")
-        })
-        .collect();
+    let cpu_alone = alone_in_scheduler(&model, &opts(64), n);
     for (name, layout) in plans(model.config.n_layers) {
         assert_eq!(alone_in_a_session(&model, &layout, n), cpu_alone, "{name}: a session's tokens differ");
         let acc = Accelerator::Host(HostDevice::new(1 << 30));
@@ -204,14 +197,7 @@ fn experts_apart_from_their_layers_batch_like_alone() {
     let model = crate::offload_moe::model();
     let n_layers = model.config.n_layers;
     let n = 8;
-    let cpu_alone: Vec<Vec<u32>> = BATCH_PROMPTS
-        .iter()
-        .map(|p| {
-            let mut s = Scheduler::new(Arc::clone(&model), &opts(64)).expect("scheduler");
-            let id = s.submit(greedy_request(p, n)).expect("submit");
-            drain(&mut s).0.remove(&id).expect("tokens")
-        })
-        .collect();
+    let cpu_alone = alone_in_scheduler(&model, &opts(64), n);
     let cpu_moe = ExpertExec::Cpu { cached: 0 };
     let cases: Vec<(&str, Vec<Placement>, Vec<ExpertExec>)> = vec![
         ("--cpu-moe", vec![R; n_layers], vec![cpu_moe; n_layers]),

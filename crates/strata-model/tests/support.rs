@@ -165,3 +165,16 @@ pub fn logits_then_greedy(s: &mut strata_model::Session, prompt: &[u32], n: usiz
     let out = strata_model::generate(s, prompt, &g, |_| {}).expect("generate");
     (logits, out.generated_ids)
 }
+
+/// Each of [`BATCH_PROMPTS`] alone in a scheduler with options `o`: its `n` greedy tokens, the
+/// reference the batched runs are compared with.
+pub fn alone_in_scheduler(model: &Arc<Model>, o: &strata_model::batch::SchedulerOptions, n: usize) -> Vec<Vec<u32>> {
+    BATCH_PROMPTS
+        .iter()
+        .map(|p| {
+            let mut s = strata_model::batch::Scheduler::new(Arc::clone(model), o).expect("scheduler");
+            let id = s.submit(greedy_request(p, n)).expect("submit");
+            drain(&mut s).0.remove(&id).expect("tokens")
+        })
+        .collect()
+}
