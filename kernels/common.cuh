@@ -38,6 +38,30 @@ __host__ inline unsigned grid_for(int64_t work_items, int items_per_block) {
         if (!(cond)) return STRATA_ERR_INVALID_VALUE;                                          \
     } while (0)
 
+// The quantized weight types, X(suffix, dtype) each, in one order: every kernel family is
+// instantiated from this list (kernel names end in the suffix, as Nsight shows them) and its
+// launcher's switch is built from it, so a new type is added here once.
+#define STRATA_QUANT_DTYPES(X)                                                                 \
+    X(q8_0, STRATA_DTYPE_Q8_0)                                                                 \
+    X(q4_0, STRATA_DTYPE_Q4_0)                                                                 \
+    X(q4_1, STRATA_DTYPE_Q4_1)                                                                 \
+    X(q5_0, STRATA_DTYPE_Q5_0)                                                                 \
+    X(q5_1, STRATA_DTYPE_Q5_1)                                                                 \
+    X(iq4_nl, STRATA_DTYPE_IQ4_NL)                                                             \
+    X(q2_k, STRATA_DTYPE_Q2_K)                                                                 \
+    X(q3_k, STRATA_DTYPE_Q3_K)                                                                 \
+    X(q4_k, STRATA_DTYPE_Q4_K)                                                                 \
+    X(q5_k, STRATA_DTYPE_Q5_K)                                                                 \
+    X(q6_k, STRATA_DTYPE_Q6_K)                                                                 \
+    X(iq4_xs, STRATA_DTYPE_IQ4_XS)
+
+// Every weight type: the plain float ones, then the quantized ones.
+#define STRATA_WEIGHT_DTYPES(X)                                                                \
+    X(f32, STRATA_DTYPE_F32)                                                                   \
+    X(f16, STRATA_DTYPE_F16)                                                                   \
+    X(bf16, STRATA_DTYPE_BF16)                                                                 \
+    STRATA_QUANT_DTYPES(X)
+
 __host__ __device__ constexpr bool is_k_quant(strata_dtype t) {
     return t == STRATA_DTYPE_Q2_K || t == STRATA_DTYPE_Q3_K || t == STRATA_DTYPE_Q4_K ||
            t == STRATA_DTYPE_Q5_K || t == STRATA_DTYPE_Q6_K || t == STRATA_DTYPE_IQ4_XS;

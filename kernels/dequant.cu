@@ -52,36 +52,12 @@ static __device__ __forceinline__ void dequantize_rows_body(const uint8_t *w, in
     }
 
 // Kernel names say the weight type and the output type, as Nsight shows them.
-STRATA_DEQUANT_KERNEL(strata_dequantize_rows_f32_f32, STRATA_DTYPE_F32)
-STRATA_DEQUANT_KERNEL(strata_dequantize_rows_f16_f32, STRATA_DTYPE_F16)
-STRATA_DEQUANT_KERNEL(strata_dequantize_rows_bf16_f32, STRATA_DTYPE_BF16)
-STRATA_DEQUANT_KERNEL(strata_dequantize_rows_q8_0_f32, STRATA_DTYPE_Q8_0)
-STRATA_DEQUANT_KERNEL(strata_dequantize_rows_q4_0_f32, STRATA_DTYPE_Q4_0)
-STRATA_DEQUANT_KERNEL(strata_dequantize_rows_q4_1_f32, STRATA_DTYPE_Q4_1)
-STRATA_DEQUANT_KERNEL(strata_dequantize_rows_q5_0_f32, STRATA_DTYPE_Q5_0)
-STRATA_DEQUANT_KERNEL(strata_dequantize_rows_q5_1_f32, STRATA_DTYPE_Q5_1)
-STRATA_DEQUANT_KERNEL(strata_dequantize_rows_iq4_nl_f32, STRATA_DTYPE_IQ4_NL)
-STRATA_DEQUANT_KERNEL(strata_dequantize_rows_q2_k_f32, STRATA_DTYPE_Q2_K)
-STRATA_DEQUANT_KERNEL(strata_dequantize_rows_q3_k_f32, STRATA_DTYPE_Q3_K)
-STRATA_DEQUANT_KERNEL(strata_dequantize_rows_q4_k_f32, STRATA_DTYPE_Q4_K)
-STRATA_DEQUANT_KERNEL(strata_dequantize_rows_q5_k_f32, STRATA_DTYPE_Q5_K)
-STRATA_DEQUANT_KERNEL(strata_dequantize_rows_q6_k_f32, STRATA_DTYPE_Q6_K)
-STRATA_DEQUANT_KERNEL(strata_dequantize_rows_iq4_xs_f32, STRATA_DTYPE_IQ4_XS)
-STRATA_DEQUANT_KERNEL(strata_embedding_gather_f32_f32, STRATA_DTYPE_F32)
-STRATA_DEQUANT_KERNEL(strata_embedding_gather_f16_f32, STRATA_DTYPE_F16)
-STRATA_DEQUANT_KERNEL(strata_embedding_gather_bf16_f32, STRATA_DTYPE_BF16)
-STRATA_DEQUANT_KERNEL(strata_embedding_gather_q8_0_f32, STRATA_DTYPE_Q8_0)
-STRATA_DEQUANT_KERNEL(strata_embedding_gather_q4_0_f32, STRATA_DTYPE_Q4_0)
-STRATA_DEQUANT_KERNEL(strata_embedding_gather_q4_1_f32, STRATA_DTYPE_Q4_1)
-STRATA_DEQUANT_KERNEL(strata_embedding_gather_q5_0_f32, STRATA_DTYPE_Q5_0)
-STRATA_DEQUANT_KERNEL(strata_embedding_gather_q5_1_f32, STRATA_DTYPE_Q5_1)
-STRATA_DEQUANT_KERNEL(strata_embedding_gather_iq4_nl_f32, STRATA_DTYPE_IQ4_NL)
-STRATA_DEQUANT_KERNEL(strata_embedding_gather_q2_k_f32, STRATA_DTYPE_Q2_K)
-STRATA_DEQUANT_KERNEL(strata_embedding_gather_q3_k_f32, STRATA_DTYPE_Q3_K)
-STRATA_DEQUANT_KERNEL(strata_embedding_gather_q4_k_f32, STRATA_DTYPE_Q4_K)
-STRATA_DEQUANT_KERNEL(strata_embedding_gather_q5_k_f32, STRATA_DTYPE_Q5_K)
-STRATA_DEQUANT_KERNEL(strata_embedding_gather_q6_k_f32, STRATA_DTYPE_Q6_K)
-STRATA_DEQUANT_KERNEL(strata_embedding_gather_iq4_xs_f32, STRATA_DTYPE_IQ4_XS)
+#define STRATA_DEQUANT_TYPED(sfx, T) STRATA_DEQUANT_KERNEL(strata_dequantize_rows_##sfx##_f32, T)
+STRATA_WEIGHT_DTYPES(STRATA_DEQUANT_TYPED)
+#undef STRATA_DEQUANT_TYPED
+#define STRATA_GATHER_TYPED(sfx, T) STRATA_DEQUANT_KERNEL(strata_embedding_gather_##sfx##_f32, T)
+STRATA_WEIGHT_DTYPES(STRATA_GATHER_TYPED)
+#undef STRATA_GATHER_TYPED
 
 using DequantKernel = void (*)(const uint8_t *, int64_t, const int32_t *, int64_t, int64_t,
                                int64_t, float *);
@@ -106,21 +82,9 @@ extern "C" strata_status strata_dequantize_rows_f32(strata_dtype dtype, const vo
     STRATA_CHECK_ARG(w && out);
     DequantKernel k = nullptr;
     switch (dtype) {
-    case STRATA_DTYPE_F32: k = strata_dequantize_rows_f32_f32; break;
-    case STRATA_DTYPE_F16: k = strata_dequantize_rows_f16_f32; break;
-    case STRATA_DTYPE_BF16: k = strata_dequantize_rows_bf16_f32; break;
-    case STRATA_DTYPE_Q8_0: k = strata_dequantize_rows_q8_0_f32; break;
-    case STRATA_DTYPE_Q4_0: k = strata_dequantize_rows_q4_0_f32; break;
-    case STRATA_DTYPE_Q4_1: k = strata_dequantize_rows_q4_1_f32; break;
-    case STRATA_DTYPE_Q5_0: k = strata_dequantize_rows_q5_0_f32; break;
-    case STRATA_DTYPE_Q5_1: k = strata_dequantize_rows_q5_1_f32; break;
-    case STRATA_DTYPE_IQ4_NL: k = strata_dequantize_rows_iq4_nl_f32; break;
-    case STRATA_DTYPE_Q2_K: k = strata_dequantize_rows_q2_k_f32; break;
-    case STRATA_DTYPE_Q3_K: k = strata_dequantize_rows_q3_k_f32; break;
-    case STRATA_DTYPE_Q4_K: k = strata_dequantize_rows_q4_k_f32; break;
-    case STRATA_DTYPE_Q5_K: k = strata_dequantize_rows_q5_k_f32; break;
-    case STRATA_DTYPE_Q6_K: k = strata_dequantize_rows_q6_k_f32; break;
-    case STRATA_DTYPE_IQ4_XS: k = strata_dequantize_rows_iq4_xs_f32; break;
+#define STRATA_DEQUANT_CASE(sfx, T) case T: k = strata_dequantize_rows_##sfx##_f32; break;
+        STRATA_WEIGHT_DTYPES(STRATA_DEQUANT_CASE)
+#undef STRATA_DEQUANT_CASE
     default: break; // not a weight type: is_weight_dtype() refused it above
     }
     return launch_dequantize(k, dtype, w, nullptr, rows, rows, cols, out, stream);
@@ -136,21 +100,9 @@ extern "C" strata_status strata_embedding_gather_f32(strata_dtype dtype, const v
     STRATA_CHECK_ARG(table && ids && out);
     DequantKernel k = nullptr;
     switch (dtype) {
-    case STRATA_DTYPE_F32: k = strata_embedding_gather_f32_f32; break;
-    case STRATA_DTYPE_F16: k = strata_embedding_gather_f16_f32; break;
-    case STRATA_DTYPE_BF16: k = strata_embedding_gather_bf16_f32; break;
-    case STRATA_DTYPE_Q8_0: k = strata_embedding_gather_q8_0_f32; break;
-    case STRATA_DTYPE_Q4_0: k = strata_embedding_gather_q4_0_f32; break;
-    case STRATA_DTYPE_Q4_1: k = strata_embedding_gather_q4_1_f32; break;
-    case STRATA_DTYPE_Q5_0: k = strata_embedding_gather_q5_0_f32; break;
-    case STRATA_DTYPE_Q5_1: k = strata_embedding_gather_q5_1_f32; break;
-    case STRATA_DTYPE_IQ4_NL: k = strata_embedding_gather_iq4_nl_f32; break;
-    case STRATA_DTYPE_Q2_K: k = strata_embedding_gather_q2_k_f32; break;
-    case STRATA_DTYPE_Q3_K: k = strata_embedding_gather_q3_k_f32; break;
-    case STRATA_DTYPE_Q4_K: k = strata_embedding_gather_q4_k_f32; break;
-    case STRATA_DTYPE_Q5_K: k = strata_embedding_gather_q5_k_f32; break;
-    case STRATA_DTYPE_Q6_K: k = strata_embedding_gather_q6_k_f32; break;
-    case STRATA_DTYPE_IQ4_XS: k = strata_embedding_gather_iq4_xs_f32; break;
+#define STRATA_GATHER_CASE(sfx, T) case T: k = strata_embedding_gather_##sfx##_f32; break;
+        STRATA_WEIGHT_DTYPES(STRATA_GATHER_CASE)
+#undef STRATA_GATHER_CASE
     default: break; // not a weight type: is_weight_dtype() refused it above
     }
     return launch_dequantize(k, dtype, table, ids, n_vocab, n_ids, dim, out, stream);

@@ -92,21 +92,9 @@ static __device__ __forceinline__ void matmul_body(const uint8_t *w, int64_t rby
         matmul_body<T>(w, rbytes, rows, cols, x, n_tokens, y);                                 \
     }
 
-STRATA_MATMUL_KERNEL(strata_matmul_f32_f32, STRATA_DTYPE_F32)
-STRATA_MATMUL_KERNEL(strata_matmul_f16_f32, STRATA_DTYPE_F16)
-STRATA_MATMUL_KERNEL(strata_matmul_bf16_f32, STRATA_DTYPE_BF16)
-STRATA_MATMUL_KERNEL(strata_matmul_q8_0_f32, STRATA_DTYPE_Q8_0)
-STRATA_MATMUL_KERNEL(strata_matmul_q4_0_f32, STRATA_DTYPE_Q4_0)
-STRATA_MATMUL_KERNEL(strata_matmul_q4_1_f32, STRATA_DTYPE_Q4_1)
-STRATA_MATMUL_KERNEL(strata_matmul_q5_0_f32, STRATA_DTYPE_Q5_0)
-STRATA_MATMUL_KERNEL(strata_matmul_q5_1_f32, STRATA_DTYPE_Q5_1)
-STRATA_MATMUL_KERNEL(strata_matmul_iq4_nl_f32, STRATA_DTYPE_IQ4_NL)
-STRATA_MATMUL_KERNEL(strata_matmul_q2_k_f32, STRATA_DTYPE_Q2_K)
-STRATA_MATMUL_KERNEL(strata_matmul_q3_k_f32, STRATA_DTYPE_Q3_K)
-STRATA_MATMUL_KERNEL(strata_matmul_q4_k_f32, STRATA_DTYPE_Q4_K)
-STRATA_MATMUL_KERNEL(strata_matmul_q5_k_f32, STRATA_DTYPE_Q5_K)
-STRATA_MATMUL_KERNEL(strata_matmul_q6_k_f32, STRATA_DTYPE_Q6_K)
-STRATA_MATMUL_KERNEL(strata_matmul_iq4_xs_f32, STRATA_DTYPE_IQ4_XS)
+#define STRATA_MATMUL_TYPED(sfx, T) STRATA_MATMUL_KERNEL(strata_matmul_##sfx##_f32, T)
+STRATA_WEIGHT_DTYPES(STRATA_MATMUL_TYPED)
+#undef STRATA_MATMUL_TYPED
 
 using MatmulKernel = void (*)(const uint8_t *, int64_t, int64_t, int64_t, const float *,
                               int64_t, float *);
@@ -134,21 +122,9 @@ extern "C" strata_status strata_matmul_f32(strata_dtype dtype, const void *w, in
     STRATA_CHECK_ARG(w && x);
     MatmulKernel k = nullptr;
     switch (dtype) {
-    case STRATA_DTYPE_F32: k = strata_matmul_f32_f32; break;
-    case STRATA_DTYPE_F16: k = strata_matmul_f16_f32; break;
-    case STRATA_DTYPE_BF16: k = strata_matmul_bf16_f32; break;
-    case STRATA_DTYPE_Q8_0: k = strata_matmul_q8_0_f32; break;
-    case STRATA_DTYPE_Q4_0: k = strata_matmul_q4_0_f32; break;
-    case STRATA_DTYPE_Q4_1: k = strata_matmul_q4_1_f32; break;
-    case STRATA_DTYPE_Q5_0: k = strata_matmul_q5_0_f32; break;
-    case STRATA_DTYPE_Q5_1: k = strata_matmul_q5_1_f32; break;
-    case STRATA_DTYPE_IQ4_NL: k = strata_matmul_iq4_nl_f32; break;
-    case STRATA_DTYPE_Q2_K: k = strata_matmul_q2_k_f32; break;
-    case STRATA_DTYPE_Q3_K: k = strata_matmul_q3_k_f32; break;
-    case STRATA_DTYPE_Q4_K: k = strata_matmul_q4_k_f32; break;
-    case STRATA_DTYPE_Q5_K: k = strata_matmul_q5_k_f32; break;
-    case STRATA_DTYPE_Q6_K: k = strata_matmul_q6_k_f32; break;
-    case STRATA_DTYPE_IQ4_XS: k = strata_matmul_iq4_xs_f32; break;
+#define STRATA_MATMUL_CASE(sfx, T) case T: k = strata_matmul_##sfx##_f32; break;
+        STRATA_WEIGHT_DTYPES(STRATA_MATMUL_CASE)
+#undef STRATA_MATMUL_CASE
     default: break; // not a weight type: is_weight_dtype() refused it above
     }
     return launch_matmul(k, dtype, w, rows, cols, x, n_tokens, y, stream);

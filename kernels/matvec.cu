@@ -109,21 +109,9 @@ static __device__ __forceinline__ void matvec_body(const uint8_t *w, int64_t rby
         matvec_body<T>(w, rbytes, rows, cols, x, x_vec, y);                                    \
     }
 
-STRATA_MATVEC_KERNEL(strata_matvec_f32_f32, STRATA_DTYPE_F32)
-STRATA_MATVEC_KERNEL(strata_matvec_f16_f32, STRATA_DTYPE_F16)
-STRATA_MATVEC_KERNEL(strata_matvec_bf16_f32, STRATA_DTYPE_BF16)
-STRATA_MATVEC_KERNEL(strata_matvec_q8_0_f32, STRATA_DTYPE_Q8_0)
-STRATA_MATVEC_KERNEL(strata_matvec_q4_0_f32, STRATA_DTYPE_Q4_0)
-STRATA_MATVEC_KERNEL(strata_matvec_q4_1_f32, STRATA_DTYPE_Q4_1)
-STRATA_MATVEC_KERNEL(strata_matvec_q5_0_f32, STRATA_DTYPE_Q5_0)
-STRATA_MATVEC_KERNEL(strata_matvec_q5_1_f32, STRATA_DTYPE_Q5_1)
-STRATA_MATVEC_KERNEL(strata_matvec_iq4_nl_f32, STRATA_DTYPE_IQ4_NL)
-STRATA_MATVEC_KERNEL(strata_matvec_q2_k_f32, STRATA_DTYPE_Q2_K)
-STRATA_MATVEC_KERNEL(strata_matvec_q3_k_f32, STRATA_DTYPE_Q3_K)
-STRATA_MATVEC_KERNEL(strata_matvec_q4_k_f32, STRATA_DTYPE_Q4_K)
-STRATA_MATVEC_KERNEL(strata_matvec_q5_k_f32, STRATA_DTYPE_Q5_K)
-STRATA_MATVEC_KERNEL(strata_matvec_q6_k_f32, STRATA_DTYPE_Q6_K)
-STRATA_MATVEC_KERNEL(strata_matvec_iq4_xs_f32, STRATA_DTYPE_IQ4_XS)
+#define STRATA_MATVEC_TYPED(sfx, T) STRATA_MATVEC_KERNEL(strata_matvec_##sfx##_f32, T)
+STRATA_WEIGHT_DTYPES(STRATA_MATVEC_TYPED)
+#undef STRATA_MATVEC_TYPED
 
 using MatvecKernel = void (*)(const uint8_t *, int64_t, int64_t, int64_t, const float *, bool,
                               float *);
@@ -149,21 +137,9 @@ extern "C" strata_status strata_matvec_f32(strata_dtype dtype, const void *w, in
     STRATA_CHECK_ARG(w && x);
     MatvecKernel k = nullptr;
     switch (dtype) {
-    case STRATA_DTYPE_F32: k = strata_matvec_f32_f32; break;
-    case STRATA_DTYPE_F16: k = strata_matvec_f16_f32; break;
-    case STRATA_DTYPE_BF16: k = strata_matvec_bf16_f32; break;
-    case STRATA_DTYPE_Q8_0: k = strata_matvec_q8_0_f32; break;
-    case STRATA_DTYPE_Q4_0: k = strata_matvec_q4_0_f32; break;
-    case STRATA_DTYPE_Q4_1: k = strata_matvec_q4_1_f32; break;
-    case STRATA_DTYPE_Q5_0: k = strata_matvec_q5_0_f32; break;
-    case STRATA_DTYPE_Q5_1: k = strata_matvec_q5_1_f32; break;
-    case STRATA_DTYPE_IQ4_NL: k = strata_matvec_iq4_nl_f32; break;
-    case STRATA_DTYPE_Q2_K: k = strata_matvec_q2_k_f32; break;
-    case STRATA_DTYPE_Q3_K: k = strata_matvec_q3_k_f32; break;
-    case STRATA_DTYPE_Q4_K: k = strata_matvec_q4_k_f32; break;
-    case STRATA_DTYPE_Q5_K: k = strata_matvec_q5_k_f32; break;
-    case STRATA_DTYPE_Q6_K: k = strata_matvec_q6_k_f32; break;
-    case STRATA_DTYPE_IQ4_XS: k = strata_matvec_iq4_xs_f32; break;
+#define STRATA_MATVEC_CASE(sfx, T) case T: k = strata_matvec_##sfx##_f32; break;
+        STRATA_WEIGHT_DTYPES(STRATA_MATVEC_CASE)
+#undef STRATA_MATVEC_CASE
     default: break; // not a weight type: is_weight_dtype() refused it above
     }
     return launch_matvec(k, dtype, w, rows, cols, x, y, stream);

@@ -550,18 +550,9 @@ static __device__ __forceinline__ void matvec_q8_body(const uint8_t *w, int64_t 
         matvec_q8_body<T>(w, rbytes, rows, chunks, act, l, y);                                  \
     }
 
-STRATA_MATVEC_Q8_KERNEL(strata_matvec_q8_q8_0, STRATA_DTYPE_Q8_0)
-STRATA_MATVEC_Q8_KERNEL(strata_matvec_q8_q4_0, STRATA_DTYPE_Q4_0)
-STRATA_MATVEC_Q8_KERNEL(strata_matvec_q8_q4_1, STRATA_DTYPE_Q4_1)
-STRATA_MATVEC_Q8_KERNEL(strata_matvec_q8_q5_0, STRATA_DTYPE_Q5_0)
-STRATA_MATVEC_Q8_KERNEL(strata_matvec_q8_q5_1, STRATA_DTYPE_Q5_1)
-STRATA_MATVEC_Q8_KERNEL(strata_matvec_q8_iq4_nl, STRATA_DTYPE_IQ4_NL)
-STRATA_MATVEC_Q8_KERNEL(strata_matvec_q8_q2_k, STRATA_DTYPE_Q2_K)
-STRATA_MATVEC_Q8_KERNEL(strata_matvec_q8_q3_k, STRATA_DTYPE_Q3_K)
-STRATA_MATVEC_Q8_KERNEL(strata_matvec_q8_q4_k, STRATA_DTYPE_Q4_K)
-STRATA_MATVEC_Q8_KERNEL(strata_matvec_q8_q5_k, STRATA_DTYPE_Q5_K)
-STRATA_MATVEC_Q8_KERNEL(strata_matvec_q8_q6_k, STRATA_DTYPE_Q6_K)
-STRATA_MATVEC_Q8_KERNEL(strata_matvec_q8_iq4_xs, STRATA_DTYPE_IQ4_XS)
+#define STRATA_MATVEC_Q8_TYPED(sfx, T) STRATA_MATVEC_Q8_KERNEL(strata_matvec_q8_##sfx, T)
+STRATA_QUANT_DTYPES(STRATA_MATVEC_Q8_TYPED)
+#undef STRATA_MATVEC_Q8_TYPED
 
 using MatvecQ8Kernel = void (*)(const uint8_t *, int64_t, int64_t, int64_t, const uint8_t *, ActLayout, float *);
 
@@ -588,18 +579,9 @@ struct Q8Kernels {
 // The kernels of a quantized type; {nullptr, nullptr} for the plain float types.
 __host__ Q8Kernels q8_kernels(strata_dtype t) {
     switch (t) {
-    case STRATA_DTYPE_Q8_0: return {strata_matvec_q8_q8_0, matvec_q8_host<STRATA_DTYPE_Q8_0>};
-    case STRATA_DTYPE_Q4_0: return {strata_matvec_q8_q4_0, matvec_q8_host<STRATA_DTYPE_Q4_0>};
-    case STRATA_DTYPE_Q4_1: return {strata_matvec_q8_q4_1, matvec_q8_host<STRATA_DTYPE_Q4_1>};
-    case STRATA_DTYPE_Q5_0: return {strata_matvec_q8_q5_0, matvec_q8_host<STRATA_DTYPE_Q5_0>};
-    case STRATA_DTYPE_Q5_1: return {strata_matvec_q8_q5_1, matvec_q8_host<STRATA_DTYPE_Q5_1>};
-    case STRATA_DTYPE_IQ4_NL: return {strata_matvec_q8_iq4_nl, matvec_q8_host<STRATA_DTYPE_IQ4_NL>};
-    case STRATA_DTYPE_Q2_K: return {strata_matvec_q8_q2_k, matvec_q8_host<STRATA_DTYPE_Q2_K>};
-    case STRATA_DTYPE_Q3_K: return {strata_matvec_q8_q3_k, matvec_q8_host<STRATA_DTYPE_Q3_K>};
-    case STRATA_DTYPE_Q4_K: return {strata_matvec_q8_q4_k, matvec_q8_host<STRATA_DTYPE_Q4_K>};
-    case STRATA_DTYPE_Q5_K: return {strata_matvec_q8_q5_k, matvec_q8_host<STRATA_DTYPE_Q5_K>};
-    case STRATA_DTYPE_Q6_K: return {strata_matvec_q8_q6_k, matvec_q8_host<STRATA_DTYPE_Q6_K>};
-    case STRATA_DTYPE_IQ4_XS: return {strata_matvec_q8_iq4_xs, matvec_q8_host<STRATA_DTYPE_IQ4_XS>};
+#define STRATA_MATVEC_Q8_CASE(sfx, T) case T: return {strata_matvec_q8_##sfx, matvec_q8_host<T>};
+        STRATA_QUANT_DTYPES(STRATA_MATVEC_Q8_CASE)
+#undef STRATA_MATVEC_Q8_CASE
     default: return {nullptr, nullptr};
     }
 }
