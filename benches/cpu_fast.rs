@@ -67,7 +67,7 @@ fn cases() -> Vec<Op> {
     for n_kv in [256, 1024] {
         v.push(Op::AttentionDecode { cache: DType::F16, heads, kv_heads, head_dim, n_kv });
     }
-    v.push(Op::AttentionPrefill { cache: DType::F16, heads, kv_heads, head_dim, tokens: 256 });
+    v.push(Op::AttentionPrefill { cache: DType::F16, heads, kv_heads, head_dim, tokens: 256, tiled: false });
     v
 }
 

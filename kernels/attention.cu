@@ -143,13 +143,6 @@ STRATA_PICK(PickDecodeF16, strata_attention_decode_f32_f16kv, __half)
 STRATA_PICK(PickPrefillF32, strata_attention_prefill_f32_f32kv, float)
 STRATA_PICK(PickPrefillF16, strata_attention_prefill_f32_f16kv, __half)
 
-static bool attention_args_ok(strata_dtype cache_dtype, int64_t n_heads, int64_t n_kv_heads,
-                              int64_t head_dim) {
-    return (cache_dtype == STRATA_DTYPE_F32 || cache_dtype == STRATA_DTYPE_F16) &&
-           n_heads >= 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0 && head_dim > 0 &&
-           head_dim <= 256;
-}
-
 extern "C" strata_status strata_attention_decode_f32(const float *q, strata_dtype cache_dtype,
                                                      const void *k_cache, const void *v_cache,
                                                      int64_t n_heads, int64_t n_kv_heads,

@@ -1,9 +1,11 @@
-// attention_common.cuh — the pieces attention.cu and paged_attention.cu (and, for the cache
-// element, attention_split.cu) share: reading a cache element as f32, one step of a warp's
-// online softmax over a chunk of 32 positions, and the merge of a block's warps at the end.
+// attention_common.cuh — the pieces attention.cu, attention_tiled.cu and paged_attention.cu
+// (and, for the cache element, attention_split.cu) share: the launchers' argument checks,
+// reading a cache element as f32, one step of a warp's online softmax over a chunk of 32
+// positions, and the merge of a block's warps at the end.
 //
 // `kMayBeEmpty` is for kernels where a chunk, or a whole warp's walk, can hold no valid
-// position (paged_attention.cu: a bad block-table entry): the running max then stays -inf and
+// position (paged_attention.cu: a bad block-table entry; attention_tiled.cu: a tile past a
+// query's position or before its window): the running max then stays -inf and
 // the state is kept as it is. Without it (attention.cu, where every chunk a warp walks holds at
 // least one position), the code is exactly the unguarded arithmetic.
 #pragma once
@@ -18,6 +20,16 @@ template <>
 __device__ __forceinline__ float cache_to_f32<float>(float v) { return v; }
 template <>
 __device__ __forceinline__ float cache_to_f32<__half>(__half v) { return __half2float(v); }
+
+// The argument checks the contiguous-cache attention launchers share (attention.cu,
+// attention_tiled.cu): an f32 or f16 cache, query heads a multiple of the kv heads, head_dim in
+// 1..=256.
+__host__ inline bool attention_args_ok(strata_dtype cache_dtype, int64_t n_heads,
+                                       int64_t n_kv_heads, int64_t head_dim) {
+    return (cache_dtype == STRATA_DTYPE_F32 || cache_dtype == STRATA_DTYPE_F16) &&
+           n_heads >= 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0 && head_dim > 0 &&
+           head_dim <= 256;
+}
 
 // One chunk of a warp's online softmax: `s` is this lane's score (-inf when the lane has no
 // valid position), (m, l, acc) the warp's running max, sum and per-lane V accumulators. Rescales

@@ -320,6 +320,19 @@ strata_status strata_attention_prefill_f32(const float *q, int64_t n_tokens, int
                                            int64_t n_kv_heads, int64_t head_dim, float scale,
                                            int64_t window, float *out, cudaStream_t stream);
 
+/* ---- attention_tiled.cu ------------------------------------------------------------------ */
+
+/* The `next` kernel set's prefill attention: the same contract as
+ * strata_attention_prefill_f32, computed in tiles of 16 tokens of one head that share each
+ * 32-row K/V tile in shared memory (raises the kernel's dynamic shared-memory limit to 82 KiB
+ * for head_dim > 128, within every sm_80+ device's). */
+strata_status strata_attention_prefill_tiled_f32(const float *q, int64_t n_tokens, int64_t pos0,
+                                                 strata_dtype cache_dtype, const void *k_cache,
+                                                 const void *v_cache, int64_t n_heads,
+                                                 int64_t n_kv_heads, int64_t head_dim,
+                                                 float scale, int64_t window, float *out,
+                                                 cudaStream_t stream);
+
 /* ---- paged_attention.cu ---------------------------------------------------------------- */
 
 /* Attention for a batch of sequences of different lengths over a paged KV cache (one

@@ -209,15 +209,15 @@ next() {
   TAIL=12 step next-model 120 env STRATA_GPU_KERNELS=next "$bin/model" --test-threads 4 gpu:: --nocapture
   if command -v compute-sanitizer >/dev/null; then
     TAIL=6 step next-memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/tensor" --test-threads 4 _next_cuda
-    TAIL=6 step next-racecheck 120 compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/tensor" --test-threads 4 attention_decode_next_cuda matmul_next_cuda
+    TAIL=6 step next-racecheck 120 compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/tensor" --test-threads 4 attention_decode_next_cuda attention_prefill_next_cuda matmul_next_cuda
   else
     summary+=("sanitizer: skipped: compute-sanitizer not on PATH")
   fi
   if [[ -x $bin/copy_bandwidth ]]; then TAIL=12 step copy 60 "$bin/copy_bandwidth" --json "$out/copy.json"; fi
-  # Both sets' decode matvecs and the next prefill matmul (TF32 tensor cores) at the 7B shapes:
-  # criterion prints GB/s (the matvecs against the copy bandwidth above); the matmul's flops
-  # are 2 x rows x cols x 512 per call.
-  TAIL=120 step next-bench 240 "$bin/cuda_ops" --bench "(matvec.*|matmul_tc) (q4_0|q4_K|q6_K|q8_0) (4096x4096|11008x4096|4096x11008|32000x4096)"
+  # Both sets' decode matvecs, the next prefill matmul (TF32 tensor cores) and both prefill
+  # attentions (proven, tiled) at the 7B shapes: criterion prints GB/s (the matvecs against the
+  # copy bandwidth above); the matmul's flops are 2 x rows x cols x 512 per call.
+  TAIL=120 step next-bench 240 "$bin/cuda_ops" --bench "((matvec.*|matmul_tc) (q4_0|q4_K|q6_K|q8_0) (4096x4096|11008x4096|4096x11008|32000x4096)|attention_prefill(_tiled)? f16 kv 32/32x128 T=512)"
   TAIL=3 step synth-7b 120 "$S" synth --preset llama-7b --dtype q4_0 --seed 1 --out "$tmp/l7b.gguf"
   local set mem cap
   for set in proven next; do

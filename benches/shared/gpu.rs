@@ -177,21 +177,24 @@ impl Gpu {
                     out,
                     s,
                 ),
-                Op::AttentionPrefill { cache, heads, kv_heads, head_dim, tokens } => cuda::attention_prefill_f32(
-                    x,
-                    tokens,
-                    0,
-                    cache,
-                    k,
-                    v,
-                    heads,
-                    kv_heads,
-                    head_dim,
-                    scale(head_dim),
-                    None,
-                    out,
-                    s,
-                ),
+                Op::AttentionPrefill { cache, heads, kv_heads, head_dim, tokens, tiled } => {
+                    cuda::attention_prefill_f32(
+                        x,
+                        tokens,
+                        0,
+                        cache,
+                        k,
+                        v,
+                        heads,
+                        kv_heads,
+                        head_dim,
+                        scale(head_dim),
+                        None,
+                        out,
+                        tiled,
+                        s,
+                    )
+                }
                 Op::KvAppend { cache, tokens, row_len } => {
                     cuda::kv_append_f32(x, tokens, row_len, ids, cache, k, 2 * tokens, s)
                 }

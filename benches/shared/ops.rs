@@ -81,12 +81,15 @@ pub enum Op {
         head_dim: usize,
         n_kv: usize,
     },
+    /// `tiled`: the `next` kernel set's tiled prefill attention (`STRATA_GPU_KERNELS=next`) on
+    /// a GPU; the CPU has one prefill attention and ignores it.
     AttentionPrefill {
         cache: DType,
         heads: usize,
         kv_heads: usize,
         head_dim: usize,
         tokens: usize,
+        tiled: bool,
     },
     KvAppend {
         cache: DType,
@@ -204,7 +207,8 @@ impl Op {
             Op::Rmsnorm { .. } => "rmsnorm",
             Op::Rope { .. } => "rope",
             Op::AttentionDecode { .. } => "attention_decode",
-            Op::AttentionPrefill { .. } => "attention_prefill",
+            Op::AttentionPrefill { tiled: false, .. } => "attention_prefill",
+            Op::AttentionPrefill { tiled: true, .. } => "attention_prefill_tiled",
             Op::KvAppend { .. } => "kv_append",
             Op::SiluMul { .. } => "silu_mul",
             Op::GeluMul { .. } => "gelu_mul",
@@ -276,7 +280,7 @@ impl Op {
             Op::AttentionDecode { cache, heads, kv_heads, head_dim, n_kv } => {
                 2 * n_kv * kv_heads * head_dim * cache.block_bytes() + 2 * heads * head_dim * 4
             }
-            Op::AttentionPrefill { cache, heads, kv_heads, head_dim, tokens } => {
+            Op::AttentionPrefill { cache, heads, kv_heads, head_dim, tokens, .. } => {
                 2 * tokens * kv_heads * head_dim * cache.block_bytes() + 2 * tokens * heads * head_dim * 4
             }
             Op::KvAppend { cache, tokens, row_len } => tokens * row_len * (4 + cache.block_bytes()) + tokens * 4,
@@ -365,7 +369,7 @@ impl Op {
                 i.k = Cache::new(cache, &uniform(&mut r, n_kv * kv_heads * head_dim, 1.0));
                 i.v = Cache::new(cache, &uniform(&mut r, n_kv * kv_heads * head_dim, 1.0));
             }
-            Op::AttentionPrefill { cache, heads, kv_heads, head_dim, tokens } => {
+            Op::AttentionPrefill { cache, heads, kv_heads, head_dim, tokens, .. } => {
                 i.x = uniform(&mut r, tokens * heads * head_dim, 1.0);
                 i.k = Cache::new(cache, &uniform(&mut r, tokens * kv_heads * head_dim, 1.0));
                 i.v = Cache::new(cache, &uniform(&mut r, tokens * kv_heads * head_dim, 1.0));
@@ -562,6 +566,7 @@ pub fn common_cases() -> Vec<Op> {
             kv_heads: d.kv_heads,
             head_dim: d.head_dim,
             tokens: 128,
+            tiled: false,
         });
         v.push(Op::KvAppend { cache: DType::F16, tokens: 1, row_len: d.kv_heads * d.head_dim });
         v.push(Op::KvAppend { cache: DType::F16, tokens: 64, row_len: d.kv_heads * d.head_dim });
@@ -608,6 +613,17 @@ pub fn cuda_cases() -> Vec<Op> {
         for (rows, cols) in [(b.hidden, b.hidden), (b.ffn, b.hidden), (b.hidden, b.ffn)] {
             v.push(Op::MatmulTc { dt, rows, cols, tokens: 512 });
         }
+    }
+    // The `next` prefill attention at pp512 of a 7B, beside the proven kernel on the same shape.
+    for tiled in [false, true] {
+        v.push(Op::AttentionPrefill {
+            cache: DType::F16,
+            heads: b.heads,
+            kv_heads: b.kv_heads,
+            head_dim: b.head_dim,
+            tokens: 512,
+            tiled,
+        });
     }
     // The `next` decode matvec at the 7B shapes the GPU-speed issue names, every quantized type.
     for dt in DType::QUANTIZED {

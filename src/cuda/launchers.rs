@@ -355,6 +355,9 @@ launchers! {
     }
 
     /// Prefill attention: token t attends cache rows 0..=pos0+t, or the last `window` of them.
+    /// `tiled` picks the `next` kernel set's tiled kernel (`attention_tiled.cu`: a block of 16
+    /// tokens shares each K/V tile in shared memory) over the proven one (`attention.cu`: one
+    /// block per token and head); both give the CPU reference's results up to f32 rounding.
     ///
     /// # Safety
     /// `q` and `out` must address `n_tokens * n_heads * head_dim` f32; `k_cache` and `v_cache` at
@@ -376,6 +379,7 @@ launchers! {
         scale: f32,
         window: Option<usize>,
         out: DevicePtr,
+        tiled: bool,
         s: Stream,
     ) -> Result<()> {
         const OP: &str = "attention_prefill";
@@ -389,7 +393,8 @@ launchers! {
         );
         // SAFETY: the caller guarantees the buffers and stream (see # Safety).
         check(OP, unsafe {
-            ffi::strata_attention_prefill_f32(
+            let launch = if tiled { ffi::strata_attention_prefill_tiled_f32 } else { ffi::strata_attention_prefill_f32 };
+            launch(
                 ptr(q),
                 t,
                 p,

@@ -243,6 +243,7 @@ impl Backend for Gpu {
                 scale,
                 window,
                 self.ptr(&out),
+                false,
                 self.raw_stream(),
             )
         });
