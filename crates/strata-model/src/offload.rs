@@ -122,7 +122,7 @@ pub fn make_plan(
     o: &OffloadOptions,
 ) -> Result<Plan> {
     let budget = match gpu {
-        Some(g) => Some(g.budget().available()),
+        Some(g) => Some(g.available_memory()),
         None => o.hypothetical_gpu,
     };
     Ok(plan(&plan_request(model, session, budget, speeds, o))?)
@@ -266,7 +266,7 @@ pub fn open_planned(
     progress: &dyn Fn(u64, u64),
 ) -> Result<(Plan, crate::Session)> {
     let acc = gpu.map(|g| Accelerator::Gpu(g.clone()));
-    let mut budget = gpu.map(|g| g.budget().available());
+    let mut budget = gpu.map(|g| g.available_memory());
     for _attempt in 0..4 {
         let plan = plan(&plan_request(model, session, budget, speeds, o))?;
         match crate::Session::with_layout_experts(

@@ -131,3 +131,42 @@ fn no_pinned_child() {
     back.copy_from_device(0..data.len(), &d, 0, s).unwrap();
     assert!(back.as_slice().unwrap() == &data[..]);
 }
+
+/// The `next` kernel set keeps freed device blocks for reuse (the session's temporaries are
+/// allocated once, not once per op): a block of the same size comes back with nothing new
+/// reserved, its new owner's stream is ordered after the previous owner's last user without the
+/// host waiting at the free (the bytes read back are the new owner's, not the old owner's
+/// late fill), and a request the budget refuses while blocks are kept empties the pool and
+/// succeeds. It can fail: a freed block handed out while its old stream still writes it, kept
+/// blocks that never go back under pressure (an out-of-memory error), or no reuse at all.
+#[test]
+fn next_set_reuses_freed_blocks_and_trims_them_under_pressure() {
+    if let Err(why) = gpu() {
+        return skip("memory::next_set_pool", &why);
+    }
+    let options = GpuOptions { memory_cap: Some(16 << 20), pinned_cap: Some(1 << 20) };
+    let g = strata_tensor::ops::with_gpu_kernels(strata_tensor::ops::GpuKernels::Next, || {
+        strata_tensor::open_gpu(0, &options)
+    })
+    .unwrap();
+    let (a, b) = (g.stream("old owner").unwrap(), g.stream("new owner").unwrap());
+    let n = 6 << 20;
+    let data = pattern(n, 3);
+    {
+        let mut d = g.alloc(n, "first owner").unwrap();
+        d.upload(0, &data, &a).unwrap();
+        d.fill(0xab, &a).unwrap(); // still queued on `a` when the buffer drops
+    }
+    assert_eq!(g.budget().used(), n as u64, "a freed block is kept and stays counted");
+    {
+        let mut d = g.alloc(n, "second owner").unwrap();
+        assert_eq!(g.budget().used(), n as u64, "the kept block came back: nothing new reserved");
+        d.upload(0, &data, &b).unwrap();
+        let mut back = vec![0u8; n];
+        d.download(0, &mut back, &b).unwrap();
+        assert!(back == data, "the new owner's bytes, written after the old owner's fill");
+    }
+    // 12 MiB with 6 MiB kept on a 16 MiB budget: the pool gives its block back first.
+    let _big = g.alloc(12 << 20, "larger block").unwrap();
+    assert_eq!(g.budget().used(), 12 << 20, "the kept block went back to the driver");
+}

@@ -41,6 +41,10 @@ impl Gpu {
     pub fn budget(&self) -> &MemoryBudget {
         match self.0 {}
     }
+    /// The budget's room for new work, after returning blocks kept for reuse to the driver.
+    pub fn available_memory(&self) -> u64 {
+        match self.0 {}
+    }
     /// The pinned host-memory budget every [`PinnedBuffer`] is counted against.
     pub fn pinned_budget(&self) -> &MemoryBudget {
         match self.0 {}

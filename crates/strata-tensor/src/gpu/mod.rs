@@ -13,6 +13,15 @@
 //! host reads or frees it, it waits for that stream's work. So a weight slot filled on the copy
 //! stream is read by the compute stream only after the copy, and refilled only after the
 //! compute, with no global synchronize.
+//!
+//! Reuse of temporaries (the `next` kernel set, `STRATA_GPU_KERNELS=next`, read when the device
+//! is opened): a freed allocation goes back to the device's [`Pool`] instead of to the driver,
+//! so a pass's activations, which have the same sizes token after token, are allocated once
+//! per session instead of once per op (cuMemAlloc, and cuMemFree, which synchronizes the whole
+//! device). Freeing then waits for nothing on the host: each view's last user records an event,
+//! and the block's next owner orders its first stream after those events. The pooled blocks stay
+//! counted against the budget; an allocation the budget or the driver refuses empties the pool
+//! and is tried once more, so the pool never turns into an out-of-memory error.
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
@@ -65,6 +74,76 @@ struct GpuInner {
     info: DeviceInfo,
     budget: MemoryBudget,
     pinned: MemoryBudget,
+    /// Freed blocks kept for reuse; `None` with the proven kernel set (every free goes to the
+    /// driver, as before).
+    pool: Option<Pool>,
+}
+
+/// Freed device blocks of one GPU, by exact size (see the module doc).
+struct Pool {
+    free: Mutex<Vec<Pooled>>,
+}
+
+/// At most this many freed blocks are kept; the oldest goes to the driver beyond it.
+const POOL_BLOCKS: usize = 512;
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Pooled>> {
+        self.free.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A kept block of exactly `bytes`, if any (the most recently freed: likeliest in cache).
+    fn take(&self, bytes: usize) -> Option<Pooled> {
+        let mut free = self.lock();
+        let i = free.iter().rposition(|p| p.bytes == bytes)?;
+        Some(free.remove(i))
+    }
+
+    fn put(&self, p: Pooled) {
+        let evicted = {
+            let mut free = self.lock();
+            free.push(p);
+            (free.len() > POOL_BLOCKS).then(|| free.remove(0))
+        };
+        // Freed outside the lock (it may wait for its last users).
+        evicted.into_iter().for_each(Pooled::release);
+    }
+
+    /// Returns every kept block to the driver; true if there was any.
+    fn trim(&self) -> bool {
+        let all = std::mem::take(&mut *self.lock());
+        let any = !all.is_empty();
+        all.into_iter().for_each(Pooled::release);
+        any
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.trim();
+    }
+}
+
+/// A freed block waiting for reuse: its reservation is still held, and `after` are the events
+/// its last users recorded (its next owner's first stream waits for them).
+struct Pooled {
+    ptr: sys::CUdeviceptr,
+    bytes: usize,
+    res: Reservation,
+    after: Vec<Event>,
+    ctx: Arc<CudaContext>,
+}
+
+impl Pooled {
+    /// Back to the driver (its reservation with it): its last users must be done first. A
+    /// failed wait or free leaks the block rather than crash.
+    fn release(self) {
+        if self.after.iter().all(|e| e.synchronize().is_ok()) && self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: allocated by cuMemAlloc in this context; no work pending on it (waited
+            // above); owned by this entry alone (taken out of the pool), freed once.
+            let _ = unsafe { result::free_sync(self.ptr) };
+        }
+    }
 }
 
 /// An opened CUDA device (cheap to clone): its primary context, properties and budgets.
@@ -116,11 +195,14 @@ impl Gpu {
         let cap = options.memory_cap.map_or(free as u64, |c| c.min(free as u64));
         let pinned_cap =
             options.pinned_cap.unwrap_or_else(|| crate::device::mem_available().map_or(8 << 30, |a| a / 2));
+        let pool = matches!(crate::ops::gpu_kernels(), Ok(crate::ops::GpuKernels::Next))
+            .then(|| Pool { free: Mutex::new(Vec::new()) });
         Ok(Gpu(Arc::new(GpuInner {
             ctx,
             budget: MemoryBudget::new(&format!("GPU {ordinal}"), cap),
             pinned: MemoryBudget::new("pinned host", pinned_cap),
             info,
+            pool,
         })))
     }
 
@@ -132,6 +214,16 @@ impl Gpu {
     /// The device-memory budget every [`DeviceBuffer`] is counted against.
     pub fn budget(&self) -> &MemoryBudget {
         &self.0.budget
+    }
+
+    /// The budget's room for new work (what a plan may use): blocks the `next` kernel set
+    /// keeps for reuse are returned to the driver first, so a session planned after another
+    /// one sees the memory that one freed.
+    pub fn available_memory(&self) -> u64 {
+        if let Some(pool) = &self.0.pool {
+            pool.trim();
+        }
+        self.0.budget.available()
     }
 
     /// The pinned host-memory budget every [`PinnedBuffer`] is counted against.
@@ -161,21 +253,40 @@ impl Gpu {
         Ok(GpuStream(Arc::new(StreamInner { gpu: self.clone(), s, name: name.to_string(), scratch: Mutex::new(None) })))
     }
 
-    /// Allocates `bytes` of device memory for `what`, counted against the budget.
+    /// Allocates `bytes` of device memory for `what`, counted against the budget (with the
+    /// `next` kernel set, a kept block of the same size when there is one: see the module doc).
     ///
     /// # Errors
     /// [`Error::OutOfMemory`] if the budget or the device has no room (nothing leaks).
     pub fn alloc(&self, bytes: usize, what: &str) -> Result<DeviceBuffer> {
+        let Some(pool) = &self.0.pool else { return self.alloc_new(bytes, what) };
+        if bytes > 0
+            && let Some(Pooled { ptr, res, after, .. }) = pool.take(bytes)
+        {
+            return Ok(self.buffer(ptr, bytes, res, after));
+        }
+        match self.alloc_new(bytes, what) {
+            Err(Error::OutOfMemory { .. }) if pool.trim() => self.alloc_new(bytes, what),
+            r => r,
+        }
+    }
+
+    fn alloc_new(&self, bytes: usize, what: &str) -> Result<DeviceBuffer> {
         let res = self.0.budget.reserve(bytes as u64, what)?;
         self.bind()?;
         let ptr = if bytes == 0 {
             0
         } else {
-            // SAFETY: plain allocation in the bound context; freed exactly once in Drop.
+            // SAFETY: plain allocation in the bound context; freed exactly once (Allocation's
+            // or Pooled's Drop).
             unsafe { result::malloc_sync(bytes) }.map_err(|e| oom_detail(driver(what, e), &res))?
         };
-        let alloc = Arc::new(Allocation { ptr, gpu: self.clone(), _res: res });
-        Ok(DeviceBuffer { alloc, offset: 0, bytes, gpu: self.clone(), last: LastUse::default() })
+        Ok(self.buffer(ptr, bytes, res, Vec::new()))
+    }
+
+    fn buffer(&self, ptr: sys::CUdeviceptr, bytes: usize, res: Reservation, after: Vec<Event>) -> DeviceBuffer {
+        let alloc = Arc::new(Allocation { ptr, bytes, gpu: self.clone(), res: Some(res), after: Mutex::new(after) });
+        DeviceBuffer { alloc, offset: 0, bytes, gpu: self.clone(), last: LastUse::default() }
     }
 
     /// Allocates `bytes` of page-locked host memory of `kind`, counted against the pinned
@@ -303,7 +414,10 @@ impl GpuStream {
             }
             *slot = None;
             let size = bytes.max(MIN).next_multiple_of(4096);
-            *slot = Some(self.0.gpu.alloc(size, &format!("scratch of stream `{}`", self.0.name))?);
+            let b = self.0.gpu.alloc(size, &format!("scratch of stream `{}`", self.0.name))?;
+            // A block from the pool: this stream waits for its previous owner's users once.
+            b.ptr_for(self)?;
+            *slot = Some(b);
         }
         match slot.as_ref() {
             Some(b) => Ok(Scratch { ptr: b.alloc.ptr + b.offset as u64, _slot: slot }),
@@ -379,11 +493,23 @@ impl LastUse {
     }
 }
 
-/// One cuMemAlloc block, freed when the last buffer viewing it is dropped.
+/// One cuMemAlloc block, freed (or, with a pool, kept for reuse) when the last buffer viewing
+/// it is dropped.
 struct Allocation {
     ptr: sys::CUdeviceptr,
+    bytes: usize,
     gpu: Gpu,
-    _res: Reservation,
+    /// Taken by the pool when the block is kept.
+    res: Option<Reservation>,
+    /// With a pool: events the block's first stream must wait for (its previous owner's last
+    /// users, until the first use; then the views' last users, recorded as they drop).
+    after: Mutex<Vec<Event>>,
+}
+
+impl Allocation {
+    fn after(&self) -> std::sync::MutexGuard<'_, Vec<Event>> {
+        self.after.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Drop for Allocation {
@@ -391,9 +517,17 @@ impl Drop for Allocation {
         if self.ptr == 0 {
             return;
         }
-        // Every view waited for its own last use when it was dropped. Errors cannot be
-        // returned from drop; a failed free leaks the block rather than crash.
-        if self.gpu.bind().is_ok() {
+        let after = std::mem::take(&mut *self.after());
+        if let Some(pool) = &self.gpu.0.pool
+            && let Some(res) = self.res.take()
+        {
+            let ctx = self.gpu.0.ctx.clone();
+            pool.put(Pooled { ptr: self.ptr, bytes: self.bytes, res, after, ctx });
+            return;
+        }
+        // Without a pool every view waited for its own last use when it was dropped. Errors
+        // cannot be returned from drop; a failed wait or free leaks the block rather than crash.
+        if after.iter().all(|e| e.synchronize().is_ok()) && self.gpu.bind().is_ok() {
             // SAFETY: allocated by cuMemAlloc in this context, freed once (last Arc), no work
             // pending on any view.
             let _ = unsafe { result::free_sync(self.ptr) };
@@ -438,6 +572,11 @@ impl DeviceBuffer {
     /// The device address for work on `s`, after ordering `s` behind the previous user.
     /// Call [`DeviceBuffer::used_by`] once the work is enqueued.
     pub(crate) fn ptr_for(&self, s: &GpuStream) -> Result<u64> {
+        // A reused block: its previous owner's last users first (once).
+        let pending = std::mem::take(&mut *self.alloc.after());
+        for e in &pending {
+            s.wait(e)?;
+        }
         self.last.before(s)?;
         Ok(self.alloc.ptr + self.offset as u64)
     }
@@ -612,7 +751,20 @@ impl DeviceBuffer {
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
         // Work still reading or writing this memory must finish before it can be freed or
-        // reused by another view's owner.
+        // reused by another view's owner. With a pool the host does not wait: the last user
+        // records an event that the block's next owner's stream waits for.
+        if self.gpu.0.pool.is_some() {
+            let prev = self.last.lock().take();
+            match prev.map(|s| s.record()) {
+                Some(Ok(e)) => self.alloc.after().push(e),
+                Some(Err(_)) => {
+                    // No event: wait here instead (the proven path).
+                    let _ = self.gpu.synchronize();
+                }
+                None => {}
+            }
+            return;
+        }
         let _ = self.last.host_wait();
     }
 }
