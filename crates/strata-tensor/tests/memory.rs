@@ -140,9 +140,9 @@ fn no_pinned_child() {
 /// succeeds. It can fail: a freed block handed out while its old stream still writes it, kept
 /// blocks that never go back under pressure (an out-of-memory error), or no reuse at all.
 #[test]
-fn next_set_reuses_freed_blocks_and_trims_them_under_pressure() {
+fn pool_reuse_and_trim_next_cuda() {
     if let Err(why) = gpu() {
-        return skip("memory::next_set_pool", &why);
+        return skip("memory::pool_reuse_and_trim_next_cuda", &why);
     }
     let options = GpuOptions { memory_cap: Some(16 << 20), pinned_cap: Some(1 << 20) };
     let g = strata_tensor::ops::with_gpu_kernels(strata_tensor::ops::GpuKernels::Next, || {
