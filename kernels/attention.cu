@@ -162,6 +162,20 @@ extern "C" strata_status strata_attention_decode_f32(const float *q, strata_dtyp
                                                   stream);
 }
 
+// The prefill family of each cache element type.
+template <typename C>
+struct PickPrefill;
+template <>
+struct PickPrefill<float> {
+    template <int kMaxHeadDim, bool kVec>
+    using Of = PickPrefillF32<kMaxHeadDim, kVec>;
+};
+template <>
+struct PickPrefill<__half> {
+    template <int kMaxHeadDim, bool kVec>
+    using Of = PickPrefillF16<kMaxHeadDim, kVec>;
+};
+
 extern "C" strata_status strata_attention_prefill_f32(const float *q, int64_t n_tokens,
                                                       int64_t pos0, strata_dtype cache_dtype,
                                                       const void *k_cache, const void *v_cache,
@@ -169,15 +183,11 @@ extern "C" strata_status strata_attention_prefill_f32(const float *q, int64_t n_
                                                       int64_t head_dim, float scale,
                                                       int64_t window, float *out,
                                                       cudaStream_t stream) {
-    STRATA_CHECK_ARG(attention_args_ok(cache_dtype, n_heads, n_kv_heads, head_dim));
-    STRATA_CHECK_ARG(n_tokens >= 0 && pos0 >= 0 && window >= 0);
-    if (n_heads == 0 || n_tokens == 0) return STRATA_OK;
-    STRATA_CHECK_ARG(q && k_cache && v_cache && out);
-    if (cache_dtype == STRATA_DTYPE_F16)
-        return launch_attention<__half, PickPrefillF16>(q, n_tokens, pos0, k_cache, v_cache,
-                                                        n_heads, n_kv_heads, head_dim, scale,
-                                                        window, out, stream);
-    return launch_attention<float, PickPrefillF32>(q, n_tokens, pos0, k_cache, v_cache, n_heads,
-                                                   n_kv_heads, head_dim, scale, window, out,
-                                                   stream);
+    return checked_prefill(q, n_tokens, pos0, cache_dtype, k_cache, v_cache, n_heads, n_kv_heads,
+                           head_dim, window, out, [&](auto tag) {
+                               using C = decltype(tag);
+                               return launch_attention<C, PickPrefill<C>::template Of>(
+                                   q, n_tokens, pos0, k_cache, v_cache, n_heads, n_kv_heads,
+                                   head_dim, scale, window, out, stream);
+                           });
 }

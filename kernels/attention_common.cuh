@@ -31,6 +31,22 @@ __host__ inline bool attention_args_ok(strata_dtype cache_dtype, int64_t n_heads
            head_dim <= 256;
 }
 
+// The prefill launchers' front (attention.cu, attention_tiled.cu): the argument checks, nothing
+// to do for no heads or tokens, then `launch(C{})` with the cache element type C (float or
+// __half) as a tag.
+template <typename Launch>
+__host__ inline strata_status checked_prefill(const float *q, int64_t n_tokens, int64_t pos0,
+                                              strata_dtype cache_dtype, const void *k_cache,
+                                              const void *v_cache, int64_t n_heads,
+                                              int64_t n_kv_heads, int64_t head_dim,
+                                              int64_t window, const float *out, Launch launch) {
+    STRATA_CHECK_ARG(attention_args_ok(cache_dtype, n_heads, n_kv_heads, head_dim));
+    STRATA_CHECK_ARG(n_tokens >= 0 && pos0 >= 0 && window >= 0);
+    if (n_heads == 0 || n_tokens == 0) return STRATA_OK;
+    STRATA_CHECK_ARG(q && k_cache && v_cache && out);
+    return cache_dtype == STRATA_DTYPE_F16 ? launch(__half{}) : launch(float{});
+}
+
 // One chunk of a warp's online softmax: `s` is this lane's score (-inf when the lane has no
 // valid position), (m, l, acc) the warp's running max, sum and per-lane V accumulators. Rescales
 // the state to the new max and returns this lane's weight exp(s - m), 0 when not `valid`.

@@ -161,11 +161,26 @@ template <typename C>
 using TiledKernel = void (*)(const float *, int64_t, int64_t, const C *, const C *, int64_t,
                              int64_t, int, float, int64_t, float *);
 
+// The tiled family of each cache element type.
+template <typename C>
+struct Tiled;
+template <>
+struct Tiled<float> {
+    template <int kMaxHeadDim>
+    static TiledKernel<float> get() { return strata_attention_prefill_tiled_f32_f32kv<kMaxHeadDim>; }
+};
+template <>
+struct Tiled<__half> {
+    template <int kMaxHeadDim>
+    static TiledKernel<__half> get() { return strata_attention_prefill_tiled_f32_f16kv<kMaxHeadDim>; }
+};
+
 template <typename C, int kMaxHeadDim>
-static strata_status launch_tiled(TiledKernel<C> k, const float *q, int64_t n_tokens,
-                                  int64_t pos0, const void *k_cache, const void *v_cache,
-                                  int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
-                                  float scale, int64_t window, float *out, cudaStream_t stream) {
+static strata_status launch_tiled(const float *q, int64_t n_tokens, int64_t pos0,
+                                  const void *k_cache, const void *v_cache, int64_t n_heads,
+                                  int64_t n_kv_heads, int64_t head_dim, float scale,
+                                  int64_t window, float *out, cudaStream_t stream) {
+    const TiledKernel<C> k = Tiled<C>::template get<kMaxHeadDim>();
     constexpr size_t smem = smem_bytes<kMaxHeadDim>();
     if (smem > 48 * 1024) {
         const cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void *>(k),
@@ -181,30 +196,21 @@ static strata_status launch_tiled(TiledKernel<C> k, const float *q, int64_t n_to
 }
 
 // Picks the instance for head_dim (64, 128 or 256 at most).
-template <typename C, template <int> class K>
+template <typename C>
 static strata_status launch_for_head_dim(const float *q, int64_t n_tokens, int64_t pos0,
                                          const void *k_cache, const void *v_cache,
                                          int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
                                          float scale, int64_t window, float *out,
                                          cudaStream_t stream) {
     if (head_dim <= 64)
-        return launch_tiled<C, 64>(K<64>::get(), q, n_tokens, pos0, k_cache, v_cache, n_heads,
+        return launch_tiled<C, 64>(q, n_tokens, pos0, k_cache, v_cache, n_heads,
                                    n_kv_heads, head_dim, scale, window, out, stream);
     if (head_dim <= 128)
-        return launch_tiled<C, 128>(K<128>::get(), q, n_tokens, pos0, k_cache, v_cache, n_heads,
+        return launch_tiled<C, 128>(q, n_tokens, pos0, k_cache, v_cache, n_heads,
                                     n_kv_heads, head_dim, scale, window, out, stream);
-    return launch_tiled<C, 256>(K<256>::get(), q, n_tokens, pos0, k_cache, v_cache, n_heads,
+    return launch_tiled<C, 256>(q, n_tokens, pos0, k_cache, v_cache, n_heads,
                                 n_kv_heads, head_dim, scale, window, out, stream);
 }
-
-template <int kMaxHeadDim>
-struct TiledF32 {
-    static TiledKernel<float> get() { return strata_attention_prefill_tiled_f32_f32kv<kMaxHeadDim>; }
-};
-template <int kMaxHeadDim>
-struct TiledF16 {
-    static TiledKernel<__half> get() { return strata_attention_prefill_tiled_f32_f16kv<kMaxHeadDim>; }
-};
 
 extern "C" strata_status strata_attention_prefill_tiled_f32(const float *q, int64_t n_tokens,
                                                             int64_t pos0,
@@ -215,15 +221,11 @@ extern "C" strata_status strata_attention_prefill_tiled_f32(const float *q, int6
                                                             int64_t head_dim, float scale,
                                                             int64_t window, float *out,
                                                             cudaStream_t stream) {
-    STRATA_CHECK_ARG(attention_args_ok(cache_dtype, n_heads, n_kv_heads, head_dim));
-    STRATA_CHECK_ARG(n_tokens >= 0 && pos0 >= 0 && window >= 0);
-    if (n_heads == 0 || n_tokens == 0) return STRATA_OK;
-    STRATA_CHECK_ARG(q && k_cache && v_cache && out);
-    if (cache_dtype == STRATA_DTYPE_F16)
-        return launch_for_head_dim<__half, TiledF16>(q, n_tokens, pos0, k_cache, v_cache,
-                                                     n_heads, n_kv_heads, head_dim, scale,
-                                                     window, out, stream);
-    return launch_for_head_dim<float, TiledF32>(q, n_tokens, pos0, k_cache, v_cache, n_heads,
-                                                n_kv_heads, head_dim, scale, window, out,
-                                                stream);
+    return checked_prefill(q, n_tokens, pos0, cache_dtype, k_cache, v_cache, n_heads, n_kv_heads,
+                           head_dim, window, out, [&](auto tag) {
+                               using C = decltype(tag);
+                               return launch_for_head_dim<C>(q, n_tokens, pos0, k_cache, v_cache,
+                                                             n_heads, n_kv_heads, head_dim, scale,
+                                                             window, out, stream);
+                           });
 }
