@@ -611,27 +611,9 @@ impl Session {
             let _r = nvtx::range(&format!("layer {l}"));
             self.copies_during_cpu_layer(l)?;
             let site = &mut self.sites[l];
-            let mut wait_s = 0.0;
             let mut streamer = self.streamer.as_deref_mut();
-            let weights = match &site.weights {
-                Weights::Host => model.weights.layers[l].as_ref(),
-                Weights::Owned(w) => LayerWeights::as_ref(w),
-                Weights::Streamed(g) => {
-                    let st = streamer.as_deref_mut().ok_or_else(|| Error::invalid("no streamer"))?;
-                    let t0 = Instant::now();
-                    let w = st.acquire(*g)?;
-                    wait_s = t0.elapsed().as_secs_f64();
-                    LayerRef::from_slice(w, site.roles.as_deref().unwrap_or(&cfg.layer_roles))?
-                }
-                Weights::ExpertsStreamed(attn, g) => {
-                    let st = streamer.as_deref_mut().ok_or_else(|| Error::invalid("no streamer"))?;
-                    let t0 = Instant::now();
-                    let w = st.acquire(*g)?;
-                    wait_s = t0.elapsed().as_secs_f64();
-                    let attn = attn.as_deref().map_or(model.weights.layers[l].as_ref(), LayerWeights::as_ref);
-                    attn.with_slice(w, site.roles.as_deref().unwrap_or(&[]))?
-                }
-            };
+            let (weights, wait_s) =
+                acquire_layer(&site.weights, site.roles.as_deref(), model, l, streamer.as_deref_mut())?;
             let start = Mark::now(&s)?;
             let mut cx = LayerCtx { cfg, layer: l, kv: &mut site.kv, positions: pos, pos0, sc: &mut scratch, s: &s };
             let r = match site.experts.as_mut() {
@@ -818,7 +800,6 @@ impl Session {
 
     fn run_layers_inner(&mut self, mut x: Tensor, f: &mut LayerFn<'_>) -> Result<(Tensor, Stream)> {
         let model = Arc::clone(&self.model);
-        let cfg = &model.config;
         let mut x_stream = Stream::Host;
         for l in 0..self.sites.len() {
             let s = self.sites[l].stream.clone();
@@ -828,19 +809,8 @@ impl Session {
             self.copies_during_cpu_layer(l)?;
             let site = &mut self.sites[l];
             let mut streamer = self.streamer.as_deref_mut();
-            let weights = match &site.weights {
-                Weights::Host => model.weights.layers[l].as_ref(),
-                Weights::Owned(w) => LayerWeights::as_ref(w),
-                Weights::Streamed(g) => {
-                    let st = streamer.as_deref_mut().ok_or_else(|| Error::invalid("no streamer"))?;
-                    LayerRef::from_slice(st.acquire(*g)?, site.roles.as_deref().unwrap_or(&cfg.layer_roles))?
-                }
-                Weights::ExpertsStreamed(attn, g) => {
-                    let st = streamer.as_deref_mut().ok_or_else(|| Error::invalid("no streamer"))?;
-                    let attn = attn.as_deref().map_or(model.weights.layers[l].as_ref(), LayerWeights::as_ref);
-                    attn.with_slice(st.acquire(*g)?, site.roles.as_deref().unwrap_or(&[]))?
-                }
-            };
+            let (weights, _wait_s) =
+                acquire_layer(&site.weights, site.roles.as_deref(), &model, l, streamer.as_deref_mut())?;
             let apart = site.experts.as_mut().map(|cache| ApartExperts {
                 host: model.weights.layers[l].as_ref(),
                 cache,
@@ -874,6 +844,39 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// The weights layer `l` runs with in this pass, and the seconds the caller waited for them:
+/// the model's host weights, the accelerator's copy, or a streamer slot (acquired here, so the
+/// caller releases the group after computing the layer). `roles` are the tensors of a streamed
+/// group when it is not the whole layer.
+fn acquire_layer<'a, 's>(
+    weights: &'a Weights,
+    roles: Option<&[Role]>,
+    model: &'a Model,
+    l: usize,
+    streamer: Option<&'a mut (dyn WeightStream + 's)>,
+) -> Result<(LayerRef<'a>, f64)> {
+    let host = || model.weights.layers[l].as_ref();
+    let acquire = |g: usize| -> Result<(&'a [Tensor], f64)> {
+        let st = streamer.ok_or_else(|| Error::invalid("no streamer"))?;
+        let t0 = Instant::now();
+        let w = st.acquire(g)?;
+        Ok((w, t0.elapsed().as_secs_f64()))
+    };
+    Ok(match weights {
+        Weights::Host => (host(), 0.0),
+        Weights::Owned(w) => (LayerWeights::as_ref(w), 0.0),
+        Weights::Streamed(g) => {
+            let (w, wait) = acquire(*g)?;
+            (LayerRef::from_slice(w, roles.unwrap_or(&model.config.layer_roles))?, wait)
+        }
+        Weights::ExpertsStreamed(attn, g) => {
+            let (w, wait) = acquire(*g)?;
+            let attn = attn.as_deref().map_or_else(host, LayerWeights::as_ref);
+            (attn.with_slice(w, roles.unwrap_or(&[]))?, wait)
+        }
+    })
 }
 
 /// A point on a stream's timeline: an instant on the host, an event on a GPU.
