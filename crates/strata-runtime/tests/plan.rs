@@ -4,8 +4,8 @@
 
 use proptest::prelude::*;
 use strata_runtime::plan::{
-    KvPlacement, LayerSpec, Placement, Plan, PlanError, PlanRequest, Policy, Rest, SpeedSource, Speeds, assumed_speeds,
-    plan,
+    KvPlacement, LayerSpec, Placement, Plan, PlanError, PlanRequest, Policy, PrefillStream, Rest, SpeedSource, Speeds,
+    assumed_speeds, plan,
 };
 
 use crate::support::{GIB, MIB, config, measured, ok, with};
@@ -33,6 +33,7 @@ fn seven_b() -> PlanRequest {
         max_prefetch_depth: 2,
         context: 0,
         experts: Default::default(),
+        prefill_stream: Default::default(),
     }
 }
 
@@ -79,7 +80,8 @@ fn check_invariants(req: &PlanRequest, p: &Plan) -> Result<(), TestCaseError> {
             + req.head_bytes
             + sum(&is(Placement::Resident), &|l| l.weight_bytes)
             + gpu_kv
-            + p.slots as u64 * p.slot_bytes;
+            + p.slots as u64 * p.slot_bytes
+            + p.gpu_bytes.prefill_extra;
         prop_assert_eq!(p.gpu_bytes_planned, want);
         prop_assert!(req.gpu_budget.is_some());
     } else {
@@ -105,8 +107,34 @@ fn check_invariants(req: &PlanRequest, p: &Plan) -> Result<(), TestCaseError> {
         + sum(&is(Placement::Cpu), &|l| l.weight_bytes)
         + host_kv
         + if p.head_on_gpu { 0 } else { req.head_bytes + req.scratch_bytes }
-        + if req.weights_mapped { 0 } else { req.embedding_bytes };
+        + if req.weights_mapped { 0 } else { req.embedding_bytes }
+        + p.host_bytes.prefill_weights;
     prop_assert_eq!(p.host_bytes_planned, host);
+    // The prefill placement: only beside cpu layers on the GPU, the decode plan's resident
+    // layers and every other layer streamed, its memory exactly the packed cpu layers (host)
+    // and the slot growth plus one cpu layer's KV cache (GPU).
+    match &p.prefill_placement {
+        None => prop_assert_eq!((p.gpu_bytes.prefill_extra, p.host_bytes.prefill_weights), (0, 0)),
+        Some(pf) => {
+            prop_assert!(p.head_on_gpu && cpu > 0 && req.prefill_stream != PrefillStream::Off);
+            for (lp, f) in p.layers.iter().zip(&pf.placements) {
+                let want = if lp.placement == Placement::Resident { Placement::Resident } else { Placement::Streamed };
+                prop_assert_eq!(*f, want);
+            }
+            prop_assert_eq!(pf.cpu_layers_streamed, cpu);
+            prop_assert_eq!(pf.extra_host_bytes, sum(&is(Placement::Cpu), &|l| l.weight_bytes));
+            let largest = pf.placements.iter().zip(&req.layers).filter(|(x, _)| **x == Placement::Streamed);
+            prop_assert_eq!(Some(pf.slot_bytes), largest.map(|(_, s)| s.weight_bytes).max());
+            prop_assert_eq!(pf.slots, pf.prefetch_depth + 1);
+            let kv = p.layers.iter().filter(|l| l.placement == Placement::Cpu).map(|l| l.kv_bytes).max();
+            let growth = (pf.slots as u64 * pf.slot_bytes).saturating_sub(p.slots as u64 * p.slot_bytes);
+            prop_assert_eq!(pf.extra_gpu_bytes, growth + kv.unwrap_or(0));
+            prop_assert!(pf.min_tokens >= 1);
+            let applies = req.prefill_tokens.max(1) >= pf.min_tokens;
+            let want = if applies { pf.tokens_per_second } else { pf.decode_placement_tokens_per_second };
+            prop_assert_eq!(p.predicted.prefill_tokens_per_second, want);
+        }
+    }
     prop_assert_eq!(p.host_bytes_planned, p.host_bytes.total());
     prop_assert!(p.host_bytes_planned <= req.host_available.saturating_sub(req.host_margin));
 
@@ -257,6 +285,11 @@ prop_compose! {
         (policy, rest) in any_policy(),
         prefill in 0usize..2048,
         depth in 0usize..5,
+        prefill_stream in prop_oneof![
+            Just(PrefillStream::Auto),
+            Just(PrefillStream::Off),
+            (0usize..1024).prop_map(PrefillStream::MinTokens),
+        ],
     ) -> PlanRequest {
         let weights: u64 = layers.iter().map(|l| l.weight_bytes).sum();
         let kv: u64 = layers.iter().map(|l| l.kv_bytes).sum();
@@ -282,6 +315,7 @@ prop_compose! {
             max_prefetch_depth: depth,
             context: 0,
             experts: Default::default(),
+            prefill_stream,
         }
     }
 }

@@ -373,6 +373,48 @@ impl Tensor {
         }
     }
 
+    /// Copies rows `rows` of the first dimension of `src` into the same rows of this tensor
+    /// (same type and shape, any pair of devices), on stream `s`. A download has finished when
+    /// this returns, as with [`Tensor::copy_from`]. Used to move part of a KV cache.
+    ///
+    /// # Errors
+    /// Different types or shapes, a range outside the tensors, block-quantized rows, or a GPU
+    /// side without a GPU stream.
+    pub fn copy_rows_from(&mut self, src: &Tensor, rows: std::ops::Range<usize>, s: &Stream) -> Result<()> {
+        if src.dtype != self.dtype || src.shape != self.shape {
+            return Err(Error::shape(
+                "copy_rows_from",
+                format!("{} {:?} into {} {:?}", src.dtype, src.shape, self.dtype, self.shape),
+            ));
+        }
+        let n = *self.shape.first().ok_or_else(|| Error::shape("copy_rows_from", "tensor has no dimensions"))?;
+        if rows.start > rows.end || rows.end > n {
+            return Err(Error::shape("copy_rows_from", format!("rows {rows:?} of a tensor with {n}")));
+        }
+        let row_bytes = self.dtype.bytes_for(&self.shape[1..])?;
+        let bytes = rows.start * row_bytes..rows.end * row_bytes;
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let stream_of = |op| match s {
+            Stream::Gpu(g) => Ok(g),
+            Stream::Host => Err(Error::Device { op, what: "a copy to or from a GPU needs a GPU stream".into() }),
+        };
+        match (&mut self.storage, &src.storage) {
+            (Storage::Host(_), Storage::Host(h)) => {
+                self.host_bytes_mut()?[bytes.clone()].copy_from_slice(&h.bytes()[bytes]);
+                Ok(())
+            }
+            (Storage::Cuda(d), Storage::Host(h)) => d.upload(bytes.start, &h.bytes()[bytes], stream_of("upload")?),
+            (Storage::Host(_), Storage::Cuda(d)) => {
+                let g = stream_of("download")?;
+                let start = bytes.start;
+                d.download(start, &mut self.host_bytes_mut()?[bytes], g)
+            }
+            (Storage::Cuda(d), Storage::Cuda(from)) => d.copy_from(bytes.start, from, bytes, stream_of("copy")?),
+        }
+    }
+
     /// A new tensor on the same device holding rows `rows` of the first dimension (any
     /// unquantized type).
     ///

@@ -1,6 +1,7 @@
 //! The plan's warnings: plain words about what limits it and what the user might change.
 
 use super::predict::Timing;
+use super::prefill::{self, NoPrefill, Prefill};
 use super::render::fmt_tps;
 use super::search::{Candidate, Chosen, Layout, Misfit, Outcome, Planner, policy_flag};
 use super::{Policy, Rest, SpeedSource};
@@ -19,7 +20,7 @@ fn tps(t: &Timing) -> f64 {
 }
 
 /// Every warning for the chosen plan, most important first.
-pub(super) fn warnings(p: &Planner, chosen: &Chosen) -> Vec<String> {
+pub(super) fn warnings(p: &Planner, chosen: &Chosen, pf: Option<&Prefill>) -> Vec<String> {
     let req = p.req;
     let best = &chosen.best;
     let l = best.layout;
@@ -101,7 +102,7 @@ pub(super) fn warnings(p: &Planner, chosen: &Chosen) -> Vec<String> {
         }
         None => false,
     };
-    if let Some(text) = prefill_advice(p, chosen) {
+    if let Some(text) = prefill_advice(p, chosen, pf) {
         out.push(text);
     }
     if req.policy != Policy::Auto
@@ -176,14 +177,16 @@ fn compare(head: String, what: &str, now: f64, alt: f64, flag: &str) -> (String,
     }
 }
 
-/// When the planner chose the streamed/cpu split for decode and prefill would prefer another.
-fn prefill_advice(p: &Planner, chosen: &Chosen) -> Option<String> {
+/// When the planner chose the streamed/cpu split for decode and prefill would prefer another
+/// that the prefill placement (which streams every non-resident layer) does not already beat.
+fn prefill_advice(p: &Planner, chosen: &Chosen, pf: Option<&Prefill>) -> Option<String> {
     let split_is_ours = matches!((p.req.policy, p.req.rest), (Policy::Auto, _) | (Policy::GpuLayers(_), Rest::Auto));
     let (best, alt) = (&chosen.best, &chosen.best_prefill_same_resident);
     if !split_is_ours || alt.layout.streamed == best.layout.streamed {
         return None;
     }
-    let (now, better) = (tps(&best.prefill), tps(&alt.prefill));
+    let now = tps(&prefill::prompt_timing(pf, p.req, best));
+    let better = tps(&alt.prefill);
     let flag = if alt.layout.cpu == 0 { " (--stream)" } else { "" };
     (better >= WORTHWHILE * now).then(|| {
         format!(
@@ -258,4 +261,28 @@ fn kv_advice(p: &Planner, best: &Candidate) -> Option<String> {
         format!("{}, instead of {} tok/s now", options.join("; "), fmt_tps(tps(&best.decode)))
     };
     Some(format!("{what}; {fix}"))
+}
+
+/// Why a plan with cpu layers beside the GPU has no prefill placement, when that is news.
+pub(super) fn prefill_placement_note(pf: &Result<Prefill, NoPrefill>) -> Option<String> {
+    let what = "prompt passes run the cpu layers on the CPU as decode does";
+    match pf {
+        Ok(_) | Err(NoPrefill::Quiet) => None,
+        Err(NoPrefill::NeverFaster) => Some(format!(
+            "{what}: streaming them is not predicted faster at any batch up to {} tokens (--prefill-stream-min N \
+             forces it)",
+            prefill::AUTO_LIMIT
+        )),
+        Err(NoPrefill::Gpu(need, left)) => Some(format!(
+            "{what}: streaming them needs {} more GPU memory (slots and one layer's KV cache), {} is left; raise \
+             --gpu-memory",
+            fmt_size(*need),
+            fmt_size(*left)
+        )),
+        Err(NoPrefill::Host(need, left)) => Some(format!(
+            "{what}: streaming them needs a {} packed copy in host memory, {} is left",
+            fmt_size(*need),
+            fmt_size(*left)
+        )),
+    }
 }

@@ -103,6 +103,33 @@
 //!   The flags fix the mode. A dense model, or no GPU, has one mode and plans exactly as without
 //!   experts (the flags add a note).
 //!
+//! # Prefill placement
+//! Decode reads every weight once per token, so the planner may compute some non-resident layers
+//! on the CPU (the hybrid split above). A prompt pass of T tokens reads each weight once for T
+//! tokens: a streamed layer costs one copy `w / h2d` however large T is, while a cpu layer's
+//! compute grows as `flops·T / cpu_flops`. So a plan with cpu layers gets a second placement,
+//! [`PrefillPlacement`]: the same resident layers, and every other layer streamed through the
+//! same slots (`d + 1` slots of the largest layer, depth at least 1). A pass of at least
+//! `min_tokens` tokens uses it; decode and shorter passes keep the decode split.
+//! - Threshold (`--prefill-stream-min auto`, the default): the smallest batch T ≥ 2 at which the
+//!   time model above predicts the streamed pass faster than the decode split's pass at the same
+//!   T (both simulated; found by halving, up to 65536 tokens; none: no prefill placement). With
+//!   the measured speeds of a PCIe 4.0 desktop (25 GB/s, a CPU at 20 GB/s and 300 GFLOP/s) a
+//!   70B Q4_0 layer (~0.5 GB, ~1.7 GFLOP a token) costs 20 ms to copy and max(24 ms, 5.7 ms·T)
+//!   on the CPU, so a batch of a few tokens already pays; llama.cpp's op offload uses a fixed
+//!   32. `--prefill-stream-min N` sets it, `off` (or 0) disables it.
+//! - Memory over the decode plan: GPU: larger or new slots (cpu layers may be the largest) and
+//!   one layer's KV cache, in which a cpu layer's attention runs during such a pass (its cache
+//!   stays in host memory for decode: the executor copies the earlier positions in and the new
+//!   ones back) — [`GpuBytes::prefill_extra`]; host: a packed copy of the cpu layers' weights
+//!   for the copy engine ([`HostBytes::prefill_weights`]), pinned when the pinned budget holds it
+//!   beside the streamed layers, else pageable (the driver stages it; the copies are timed as
+//!   staged). If either does not fit, the plan has no prefill placement and says why.
+//! - Time: the pipeline above with the prefill placement at the request's batch; the KV copies
+//!   of the cpu layers (none for a prompt's first pass) are not modelled.
+//!   [`Predicted::prefill_tokens_per_second`] is the rate of a prompt pass at the plan's batch,
+//!   with the placement that pass uses. Mixture-of-experts models have no prefill placement yet.
+//!
 //! # Choice
 //! Every layout `(r, q, streamed, d)` the policy allows is checked against the budgets and
 //! simulated; the one with the fastest predicted decode wins (prefill breaks ties). Because the
@@ -115,6 +142,7 @@
 mod advice;
 mod experts;
 mod predict;
+mod prefill;
 mod render;
 mod search;
 
@@ -353,6 +381,38 @@ pub fn assumed_speeds() -> Speeds {
     }
 }
 
+/// When a prompt pass streams every non-resident layer, the cpu layers of the decode plan
+/// included (`--prefill-stream-min`; see the module docs, "Prefill placement").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrefillStream {
+    /// From the batch at which the time model predicts streaming faster than the decode split.
+    #[default]
+    Auto,
+    /// From this many tokens a pass (`--prefill-stream-min N`; 0 is read as 1).
+    MinTokens(usize),
+    /// Never: prompt passes use the decode placement (`--prefill-stream-min off`).
+    Off,
+}
+
+impl std::str::FromStr for PrefillStream {
+    type Err = String;
+
+    /// `auto`, `off` (or `0`), or a token count.
+    fn from_str(s: &str) -> Result<PrefillStream, String> {
+        match s.trim() {
+            "auto" => Ok(PrefillStream::Auto),
+            "off" | "0" => Ok(PrefillStream::Off),
+            t => match t.parse::<usize>() {
+                Ok(n) => Ok(PrefillStream::MinTokens(n)),
+                Err(_) => Err(format!(
+                    "`{s}` is not a token count: give a number of prompt tokens (e.g. 32), `auto` or `off`"
+                )),
+            },
+        }
+    }
+}
+
 /// What the user asked for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -425,6 +485,9 @@ pub struct PlanRequest {
     /// Where the experts of mixture-of-experts layers go (ignored for dense models).
     #[serde(default)]
     pub experts: ExpertPolicy,
+    /// When a prompt pass streams the cpu layers too (`--prefill-stream-min`).
+    #[serde(default)]
+    pub prefill_stream: PrefillStream,
 }
 
 impl Default for PlanRequest {
@@ -447,6 +510,7 @@ impl Default for PlanRequest {
             max_prefetch_depth: 2,
             context: 0,
             experts: ExpertPolicy::default(),
+            prefill_stream: PrefillStream::Auto,
         }
     }
 }
@@ -474,7 +538,8 @@ pub struct LayerPlan {
 pub struct Predicted {
     /// Generated tokens per second.
     pub decode_tokens_per_second: f64,
-    /// Prompt tokens per second at the plan's prefill batch size.
+    /// Prompt tokens per second at the plan's prefill batch size, with the placement a pass of
+    /// that size uses (the [`PrefillPlacement`] when there is one and the batch reaches it).
     pub prefill_tokens_per_second: f64,
     /// Seconds per generated token (the inverse of `decode_tokens_per_second`).
     pub decode_seconds_per_token: f64,
@@ -521,6 +586,9 @@ pub struct GpuBytes {
     /// GPU caches of hot experts.
     #[serde(default)]
     pub expert_cache: u64,
+    /// What the prefill placement adds: larger or new slots and one layer's KV cache.
+    #[serde(default)]
+    pub prefill_extra: u64,
 }
 
 /// What the planned host memory is made of; `total()` is [`Plan::host_bytes_planned`].
@@ -541,14 +609,26 @@ pub struct HostBytes {
     /// Experts computed on the CPU for layers whose attention part runs on the GPU.
     #[serde(default)]
     pub cpu_experts: u64,
+    /// The packed copy of the cpu layers' weights that the prefill placement streams.
+    #[serde(default)]
+    pub prefill_weights: u64,
 }
 
 impl GpuBytes {
     /// The sum of the parts (saturating).
     pub fn total(&self) -> u64 {
-        [self.context_overhead, self.scratch, self.head, self.resident_weights, self.kv, self.slots, self.expert_cache]
-            .iter()
-            .fold(0u64, |a, b| a.saturating_add(*b))
+        [
+            self.context_overhead,
+            self.scratch,
+            self.head,
+            self.resident_weights,
+            self.kv,
+            self.slots,
+            self.expert_cache,
+            self.prefill_extra,
+        ]
+        .iter()
+        .fold(0u64, |a, b| a.saturating_add(*b))
     }
 }
 
@@ -563,10 +643,42 @@ impl HostBytes {
             self.head_and_scratch,
             self.embedding,
             self.cpu_experts,
+            self.prefill_weights,
         ]
         .iter()
         .fold(0u64, |a, b| a.saturating_add(*b))
     }
+}
+
+/// Where a prompt pass of at least `min_tokens` tokens runs each layer (see the module docs,
+/// "Prefill placement"): the decode plan's resident layers, and every other layer streamed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PrefillPlacement {
+    /// Passes of at least this many tokens use this placement; shorter ones (decode) the
+    /// plan's `layers`.
+    pub min_tokens: usize,
+    /// Where `min_tokens` came from: "auto" (the time model) or "--prefill-stream-min".
+    pub threshold_from: String,
+    /// Where each layer runs in such a pass, by layer.
+    pub placements: Vec<Placement>,
+    /// Layers streamed in such a pass that decode computes on the CPU.
+    pub cpu_layers_streamed: usize,
+    /// Slots, bytes per slot and prefetch depth in such a pass (the same slots serve decode).
+    pub slots: usize,
+    /// Bytes of each slot.
+    pub slot_bytes: u64,
+    /// Prefetch depth.
+    pub prefetch_depth: usize,
+    /// GPU bytes over the decode plan's own (counted in [`Plan::gpu_bytes_planned`]).
+    pub extra_gpu_bytes: u64,
+    /// Host bytes of the packed cpu layers (counted in [`Plan::host_bytes_planned`]).
+    pub extra_host_bytes: u64,
+    /// The packed cpu layers fit the pinned budget (else pageable, staged by the driver).
+    pub pinned: bool,
+    /// Predicted prompt tok/s at the plan's prefill batch with this placement.
+    pub tokens_per_second: f64,
+    /// Predicted prompt tok/s at the same batch with the decode placement, for comparison.
+    pub decode_placement_tokens_per_second: f64,
 }
 
 /// The placement of every layer, the memory it takes and the speed it is predicted to reach.
@@ -643,6 +755,10 @@ pub struct Plan {
     /// The experts of a mixture-of-experts model; `None` for a dense model.
     #[serde(default)]
     pub experts: Option<ExpertSummary>,
+    /// Where prompt passes of at least its `min_tokens` run; `None` when they run as decode
+    /// does (no cpu layer beside the GPU, `--prefill-stream-min off`, or it does not fit).
+    #[serde(default)]
+    pub prefill_placement: Option<PrefillPlacement>,
 }
 
 impl Plan {
@@ -772,7 +888,11 @@ pub fn plan(req: &PlanRequest) -> Result<Plan, PlanError> {
         let i = usize::from(errors.len() > 1);
         return Err(errors.into_iter().nth(i).unwrap_or(PlanError::NoLayers));
     };
-    let mut warnings = advice::warnings(&planner, &chosen);
+    let pf = prefill::prefill_placement(&planner, &chosen);
+    let mut warnings = advice::warnings(&planner, &chosen, pf.as_ref().ok());
     warnings.extend(experts::warnings(req, &planner.sides));
-    Ok(planner.build(&chosen, warnings))
+    if let Some(w) = advice::prefill_placement_note(&pf) {
+        warnings.push(w);
+    }
+    Ok(planner.build(&chosen, warnings, pf.ok()))
 }

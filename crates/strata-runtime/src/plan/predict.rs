@@ -193,14 +193,37 @@ impl Costs {
         self.simulate(&self.prefill, l, kv_gpu_streamed, staging)
     }
 
+    /// Seconds per prompt token at the request's batch size with explicit `placements` on the
+    /// GPU (the prefill placement: the decode plan with its cpu layers streamed).
+    pub fn prefill_placements(
+        &self,
+        placements: &[Placement],
+        depth: usize,
+        kv_gpu_streamed: usize,
+        staging: bool,
+    ) -> Timing {
+        self.simulate_placements(&self.prefill, true, placements.to_vec(), depth, kv_gpu_streamed, staging)
+    }
+
     /// One pass through the layers of `l` in order. Streamed layers, and the experts of resident
     /// layers that stream them, go through a two-stream pipeline with `depth + 1` slots, all
     /// empty when the pass starts.
     fn simulate(&self, phase: &Phase, l: &Layout, kv_gpu_streamed: usize, staging: bool) -> Timing {
+        self.simulate_placements(phase, l.gpu, l.placements(), l.depth, kv_gpu_streamed, staging)
+    }
+
+    fn simulate_placements(
+        &self,
+        phase: &Phase,
+        gpu: bool,
+        placements: Vec<Placement>,
+        depth: usize,
+        kv_gpu_streamed: usize,
+        staging: bool,
+    ) -> Timing {
         let mut t = Timing::default();
         // Without a GPU nothing has to cross PCIe around a cpu layer.
-        let handoff = if l.gpu { self.handoff } else { 0.0 };
-        let placements = l.placements();
+        let handoff = if gpu { self.handoff } else { 0.0 };
         // The executor issues the next pass's first copies before the cpu layers that end a
         // pass (after its last streamed layer, or resident layer streaming its experts, has
         // released its slot), so in steady state the
@@ -217,7 +240,7 @@ impl Costs {
             None => 0.0,
         };
         let mut now = 0.0f64;
-        let mut slot_free = vec![-lead; l.depth.max(1) + 1];
+        let mut slot_free = vec![-lead; depth.max(1) + 1];
         let mut copy_done = -lead;
         // Copies issued (the slot ring), and streamed layers so far (their KV placement).
         let (mut j, mut k) = (0, 0);
@@ -262,7 +285,7 @@ impl Costs {
         // The copies and the KV reads share one bus: the pass cannot end before it has moved
         // everything, however the two interleave.
         now = now.max(t.pcie - lead);
-        if l.gpu {
+        if gpu {
             now += phase.head_gpu;
             t.gpu += phase.head_gpu;
         } else {

@@ -287,6 +287,33 @@ impl Plan {
             fmt_tps(p.prefill_tokens_per_second),
             self.prefill_batch
         );
+        if let Some(pf) = &self.prefill_placement {
+            let (resident, streamed, _) = self.counts();
+            let pinned = if pf.pinned { "pinned" } else { "pageable, staged by the driver" };
+            let _ = writeln!(
+                s,
+                "prefill      passes of {}+ tokens ({}): {resident} resident, {} streamed ({} of them cpu in \
+                 decode), {} slots of {}; {} tok/s at a batch of {} ({} with the decode placement); +{} GPU, +{} \
+                 host ({pinned})",
+                pf.min_tokens,
+                pf.threshold_from,
+                streamed + pf.cpu_layers_streamed,
+                pf.cpu_layers_streamed,
+                pf.slots,
+                fmt_size(pf.slot_bytes),
+                fmt_tps(pf.tokens_per_second),
+                self.prefill_batch,
+                fmt_tps(pf.decode_placement_tokens_per_second),
+                fmt_size(pf.extra_gpu_bytes),
+                fmt_size(pf.extra_host_bytes),
+            );
+            let (_, _, cpu) = self.counts();
+            let _ = writeln!(
+                s,
+                "decode       shorter passes: {resident} resident, {streamed} streamed, {cpu} cpu; {} tok/s decode",
+                fmt_tps(p.decode_tokens_per_second),
+            );
+        }
         if let (Some(bound), Some(eff)) = (p.hybrid_bound_tokens_per_second, p.hybrid_efficiency) {
             let _ = writeln!(
                 s,

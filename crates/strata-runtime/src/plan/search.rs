@@ -4,7 +4,8 @@
 use super::experts::{self, ExpertSide};
 use super::predict::{Costs, Timing};
 use super::{
-    GpuBytes, HostBytes, KvPlacement, LayerPlan, Placement, Plan, PlanError, PlanRequest, Policy, Predicted, Rest,
+    GpuBytes, HostBytes, KvPlacement, LayerPlan, Placement, Plan, PlanError, PlanRequest, Policy, Predicted,
+    PrefillPlacement, Rest, prefill,
 };
 use crate::units::fmt_size;
 
@@ -313,6 +314,7 @@ impl<'a> Planner<'a> {
                 kv: b(resident_kv + streamed_kv_gpu),
                 slots: b(slot_total),
                 expert_cache: b(expert_cache),
+                prefill_extra: 0,
             },
             host: HostBytes {
                 pinned: b(pinned),
@@ -322,6 +324,7 @@ impl<'a> Planner<'a> {
                 head_and_scratch: b(head_and_scratch),
                 embedding: b(embedding),
                 cpu_experts: b(cpu_experts),
+                prefill_weights: 0,
             },
             kv_gpu_streamed,
             staging,
@@ -522,7 +525,7 @@ impl<'a> Planner<'a> {
     }
 
     /// The plan of a chosen candidate.
-    pub fn build(&self, chosen: &Chosen, warnings: Vec<String>) -> Plan {
+    pub fn build(&self, chosen: &Chosen, warnings: Vec<String>, pf: Option<prefill::Prefill>) -> Plan {
         let req = self.req;
         let c = &chosen.best;
         let l = &c.layout;
@@ -548,17 +551,35 @@ impl<'a> Planner<'a> {
             .collect();
         let expert_summary = experts::summary(req, &layers);
         let decode_s = c.decode.seconds.max(MIN_SECONDS);
-        let prefill_s = c.prefill.seconds.max(MIN_SECONDS);
+        let prefill_s = prefill::prompt_timing(pf.as_ref(), req, c).seconds.max(MIN_SECONDS);
+        let (mut gpu_bytes, mut host_bytes) = (c.acc.gpu, c.acc.host);
+        if let Some(pf) = &pf {
+            prefill::add_memory(pf, &mut gpu_bytes, &mut host_bytes);
+        }
+        let prefill_placement = pf.map(|pf| PrefillPlacement {
+            min_tokens: pf.min_tokens,
+            threshold_from: if pf.from_flag { "--prefill-stream-min" } else { "auto" }.to_string(),
+            cpu_layers_streamed: pf.cpu_layers_streamed,
+            slots: pf.slots,
+            slot_bytes: pf.slot_bytes,
+            prefetch_depth: pf.depth,
+            extra_gpu_bytes: pf.extra_gpu,
+            extra_host_bytes: pf.extra_host,
+            pinned: pf.pinned,
+            tokens_per_second: 1.0 / pf.timing.seconds.max(MIN_SECONDS),
+            decode_placement_tokens_per_second: 1.0 / c.prefill.seconds.max(MIN_SECONDS),
+            placements: pf.placements,
+        });
         let bound_s = self.costs.hybrid_bound(l).map(|b| b.max(MIN_SECONDS));
         Plan {
             layers,
             gpu_budget_bytes: req.gpu_budget.unwrap_or(0),
-            gpu_bytes_planned: c.acc.gpu.total(),
-            gpu_bytes: c.acc.gpu,
+            gpu_bytes_planned: gpu_bytes.total(),
+            gpu_bytes,
             host_pinned_bytes_planned: c.acc.host.pinned,
             host_budget_bytes: req.host_available.saturating_sub(req.host_margin),
-            host_bytes_planned: c.acc.host.total(),
-            host_bytes: c.acc.host,
+            host_bytes_planned: host_bytes.total(),
+            host_bytes,
             head_on_gpu: l.gpu,
             slots: c.acc.slots,
             slot_bytes: c.acc.slot_bytes,
@@ -581,6 +602,7 @@ impl<'a> Planner<'a> {
             warnings,
             policy: policy_flag(req.policy, req.rest),
             experts: expert_summary,
+            prefill_placement,
         }
     }
 }

@@ -169,6 +169,11 @@ impl WeightStream for GpuStreamer {
         }
     }
 
+    fn set_pass_groups(&mut self, groups: &[usize]) -> Result<()> {
+        self.restart()?;
+        self.sched.set_order(groups)
+    }
+
     fn restart(&mut self) -> Result<()> {
         self.copy.synchronize()?;
         self.compute.synchronize()?;

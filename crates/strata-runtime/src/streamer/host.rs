@@ -222,6 +222,11 @@ impl WeightStream for HostStreamer {
         }
     }
 
+    fn set_pass_groups(&mut self, groups: &[usize]) -> Result<()> {
+        self.restart()?;
+        self.sched.set_order(groups)
+    }
+
     fn restart(&mut self) -> Result<()> {
         // Collect every copy in flight and return all memory to the slots. A group acquired and
         // not released (its pass failed) has already arrived: its memory is in its slot.

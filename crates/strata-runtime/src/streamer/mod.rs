@@ -9,6 +9,10 @@
 //! compute that used the slot's previous contents (seq − K) to be done; before compute uses a
 //! slot, the compute stream waits for its copy. So the copy of group i+d overlaps the compute
 //! of group i.
+//!
+//! A pass may acquire only some of the groups ([`WeightStream::set_pass_groups`]): the session
+//! streams the layers decode computes on the CPU only in prompt passes (the prefill placement),
+//! so it switches between two orders through the same slots.
 
 mod gpu;
 mod host;
@@ -73,12 +77,21 @@ pub trait WeightStream: Send {
     /// copy stream keeps running while the CPU works (hybrid decode) instead of waiting for
     /// the next `acquire`. Does nothing while a group is held.
     fn prefetch_ahead(&mut self) -> Result<()>;
+    /// Sets the groups each pass acquires, in order (initially all, `0..n_groups`), and
+    /// restarts the cycle at the first of them: waits for the copies in flight as
+    /// [`WeightStream::restart`] does (they were for the old order).
+    ///
+    /// # Errors
+    /// An empty list, a group out of range or listed twice; the old order is kept.
+    fn set_pass_groups(&mut self, groups: &[usize]) -> Result<()>;
 }
 
 /// The cyclic copy/compute order shared by the implementations.
 #[derive(Debug, Clone)]
 struct Schedule {
     n_groups: usize,
+    /// The groups of one pass, in acquire order (all of them unless set otherwise).
+    order: Vec<usize>,
     n_slots: usize,
     depth: usize,
     next_prefetch: u64,
@@ -92,11 +105,43 @@ impl Schedule {
         if n_groups == 0 || depth == 0 {
             return Err(Error::Stream(format!("{n_groups} streamed groups with prefetch depth {depth}")));
         }
-        Ok(Schedule { n_groups, n_slots: depth + 1, depth, next_prefetch: 0, next_acquire: 0, held: None })
+        Ok(Schedule {
+            n_groups,
+            order: (0..n_groups).collect(),
+            n_slots: depth + 1,
+            depth,
+            next_prefetch: 0,
+            next_acquire: 0,
+            held: None,
+        })
+    }
+
+    /// Groups per pass.
+    fn per_pass(&self) -> u64 {
+        self.order.len() as u64
     }
 
     fn group(&self, seq: u64) -> usize {
-        (seq % self.n_groups as u64) as usize
+        self.order[(seq % self.per_pass()) as usize]
+    }
+
+    /// Checks and sets the groups of a pass, and restarts the cycle (the caller has collected
+    /// the copies in flight).
+    fn set_order(&mut self, groups: &[usize]) -> Result<()> {
+        let mut seen = vec![false; self.n_groups];
+        for &g in groups {
+            match seen.get_mut(g) {
+                Some(s) if !*s => *s = true,
+                Some(_) => return Err(Error::Stream(format!("group {g} is listed twice in a pass"))),
+                None => return Err(Error::Stream(format!("group {g} of {} in a pass", self.n_groups))),
+            }
+        }
+        if groups.is_empty() {
+            return Err(Error::Stream("a pass must acquire at least one group".into()));
+        }
+        self.order = groups.to_vec();
+        self.restart();
+        Ok(())
     }
 
     fn slot(&self, seq: u64) -> usize {
@@ -105,7 +150,7 @@ impl Schedule {
 
     /// The last sequence number of the pass that `seq` belongs to.
     fn pass_end(&self, seq: u64) -> u64 {
-        (seq / self.n_groups as u64 + 1) * self.n_groups as u64 - 1
+        (seq / self.per_pass() + 1) * self.per_pass() - 1
     }
 
     /// What to have in flight when copy `seq` is acquired: d copies beyond it, within its pass
@@ -118,7 +163,7 @@ impl Schedule {
     /// first acquire adds the next); None in the middle of a pass.
     fn next_pass_target(&self) -> Option<u64> {
         let first = self.next_acquire;
-        (self.held.is_none() && first.is_multiple_of(self.n_groups as u64)).then(|| first + self.depth as u64 - 1)
+        (self.held.is_none() && first.is_multiple_of(self.per_pass())).then(|| first + self.depth as u64 - 1)
     }
 
     /// What to have in flight before the compute does something other than a streamed layer:
