@@ -191,6 +191,17 @@ stream() {
       TAIL=3 step "l7b-$mem-$mode" 150 sh -c "'$S' run -m '$tmp/l7b.gguf' --device cuda $cap $flag --context 640 --batch 256 ${common[*]} -p '$prompt' > '$out/stream/l7b-$mem-$mode.json'"
     done
   done
+  # Prefill placement (issue 15): the cpu-layer plans with prompt passes that stream the cpu
+  # layers (a 512-token prompt, --prefill-stream-min 32) and that do not (`off`, a 64-token
+  # prompt: on the CPU a 512-token one takes minutes); compare stats.prefill.tokens_per_second.
+  local pf
+  for mem in 2GiB 1GiB; do
+    for pf in 32 off; do
+      prompt=$p512
+      [[ $pf == off ]] && prompt=${p512:0:64}
+      TAIL=3 step "l7b-$mem-cpu-prefill-$pf" 150 sh -c "'$S' run -m '$tmp/l7b.gguf' --device cuda --gpu-memory $mem --cpu-layers --prefill-stream-min $pf --context 640 --batch 256 ${common[*]} -p '$prompt' > '$out/stream/l7b-$mem-cpu-prefill-$pf.json'"
+    done
+  done
   if command -v nsys >/dev/null; then
     TAIL=5 step nsys 120 nsys profile --trace=cuda,nvtx --force-overwrite=true -o "$out/stream-decode" \
       "$S" run -m "$tmp/l7b.gguf" --device cuda --gpu-memory 2GiB --stream --context 640 -t 0 -n 4 --ignore-eos -p "$p32"

@@ -195,6 +195,13 @@ pub struct OffloadArgs {
     /// CPU at the same time. The cache is refilled between tokens from the routing counts.
     #[arg(long, value_name = "SIZE")]
     pub expert_cache: Option<String>,
+    /// Prompt passes of at least N tokens stream every non-resident layer to the GPU, the ones
+    /// decode computes on the CPU included (a batch reuses each copied weight for all its
+    /// tokens); decode keeps the plan's split. `auto` (default): from the batch at which the
+    /// plan's time model, with the measured speeds, predicts streaming faster; `off` or 0:
+    /// never. Costs a packed copy of the cpu layers in host memory (`strata plan` shows it).
+    #[arg(long, value_name = "N|auto|off")]
+    pub prefill_stream_min: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use strata_model::offload::OffloadOptions;
 use strata_model::{DeviceChoice, Engine, EngineOptions, KvType, Model, SessionOptions};
-use strata_runtime::plan::{CpuExperts, ExpertPolicy, Policy, Rest};
+use strata_runtime::plan::{CpuExperts, ExpertPolicy, Policy, PrefillStream, Rest};
 use strata_runtime::units::parse_size;
 use strata_tensor::ops::CpuPath;
 use strata_tensor::{Gpu, GpuOptions};
@@ -21,6 +21,8 @@ pub fn session_options(a: &SessionArgs) -> SessionOptions {
             KvArg::F32 => KvType::F32,
         },
         batch: a.batch,
+        // Set from the plan (its prefill placement) when the session is opened.
+        prefill_stream_min: None,
     }
 }
 
@@ -63,6 +65,13 @@ pub fn offload_options(a: &SessionArgs) -> Result<OffloadOptions> {
         rest,
         pinned_budget: o.pinned_memory.as_deref().map(parse_size).transpose().context("--pinned-memory")?,
         experts: ExpertPolicy { cpu: cpu_experts, cache_bytes },
+        prefill_stream: o
+            .prefill_stream_min
+            .as_deref()
+            .map(str::parse::<PrefillStream>)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--prefill-stream-min {e}"))?
+            .unwrap_or_default(),
         ..OffloadOptions::default()
     })
 }

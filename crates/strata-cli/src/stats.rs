@@ -131,7 +131,8 @@ pub fn render(stats: &[PassStats], dropped: usize) -> String {
     out
 }
 
-/// "predicted 29.1 tok/s decode, 141 tok/s prefill; measured 27.0 and 150 tok/s", with the
+/// "predicted 29.1 tok/s decode, 141 tok/s prefill; measured 27.0 and 150 tok/s" (the prefill
+/// prediction naming the prefill placement when the plan has one), with the
 /// hybrid efficiency (decode tok/s ÷ the plan's hybrid bound, see `strata_runtime::plan`)
 /// predicted and measured when the plan has cpu or streamed layers beside the GPU, and the
 /// expert cache's predicted and measured hit rates for a mixture-of-experts plan.
@@ -139,8 +140,16 @@ pub fn predicted_vs_measured(plan: &Plan, stats: &[PassStats]) -> String {
     let v = json(stats);
     let rate = |phase: &str| v[phase]["tokens_per_second"].as_f64().unwrap_or(0.0);
     let p = &plan.predicted;
+    // With a prefill placement, say which placement each prediction is for.
+    let prefill_how = match &plan.prefill_placement {
+        Some(pf) if plan.prefill_batch >= pf.min_tokens => format!(
+            " (batch {}, {} cpu layers streamed in passes of {}+ tokens)",
+            plan.prefill_batch, pf.cpu_layers_streamed, pf.min_tokens
+        ),
+        _ => String::new(),
+    };
     let mut line = format!(
-        "plan predicted {:.1} tok/s decode, {:.1} tok/s prefill; measured {:.1} and {:.1} tok/s",
+        "plan predicted {:.1} tok/s decode, {:.1} tok/s prefill{prefill_how}; measured {:.1} and {:.1} tok/s",
         p.decode_tokens_per_second,
         p.prefill_tokens_per_second,
         rate("decode"),

@@ -222,3 +222,23 @@ fn a_prompt_that_does_not_fit_the_context_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("exceed the context of 16") && stderr.contains("--context"), "{stderr}");
 }
+
+/// `--prefill-stream-min` takes a token count, `auto` or `off`; anything else is one clear line.
+#[test]
+fn prefill_stream_min_garbage_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = tiny_model(dir.path());
+    let m = m.to_str().expect("p");
+    let base = ["plan", "-m", m, "--gpu-memory", "1GiB", "--device", "cpu", "--json"];
+    for bad in ["garbage", "-3", "1.5"] {
+        let flag = format!("--prefill-stream-min={bad}");
+        let o = strata(&[&base[..], &[flag.as_str()]].concat());
+        assert_clean_failure(&o, bad);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(stderr.contains(&format!("--prefill-stream-min `{bad}` is not a token count")), "{stderr}");
+    }
+    for good in ["32", "auto", "off", "0"] {
+        let v = last_json(&strata(&[&base[..], &["--prefill-stream-min", good]].concat()));
+        assert!(v.get("prefill_placement").is_some(), "{good}: {v}");
+    }
+}

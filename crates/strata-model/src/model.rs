@@ -226,11 +226,15 @@ pub struct SessionOptions {
     pub kv_type: KvType,
     /// Most prompt tokens run through the layers at once.
     pub batch: usize,
+    /// Passes of at least this many tokens stream the cpu layers to the accelerator and compute
+    /// them there (the plan's prefill placement, `--prefill-stream-min`); None: never. Ignored
+    /// without an accelerator.
+    pub prefill_stream_min: Option<usize>,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { context: 0, kv_type: KvType::F16, batch: 512 }
+        SessionOptions { context: 0, kv_type: KvType::F16, batch: 512, prefill_stream_min: None }
     }
 }
 

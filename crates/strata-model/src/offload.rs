@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use strata_runtime::device::Accelerator;
 use strata_runtime::plan::{
-    ExpertPolicy, ExpertSpec, LayerSpec, Placement, Plan, PlanRequest, Policy, Rest, SpeedSource, Speeds,
-    assumed_speeds, plan,
+    ExpertPolicy, ExpertSpec, LayerSpec, Placement, Plan, PlanRequest, Policy, PrefillStream, Rest, SpeedSource,
+    Speeds, assumed_speeds, plan,
 };
 use strata_tensor::hostmem::HostLimits;
 use strata_tensor::ops::{CpuPath, with_cpu_path};
@@ -36,6 +36,9 @@ pub struct OffloadOptions {
     /// Where the experts of a mixture-of-experts model go (`--cpu-moe`, `--n-cpu-moe N`,
     /// `--expert-cache SIZE`); a dense model ignores it and its plan says so.
     pub experts: ExpertPolicy,
+    /// When a prompt pass streams the layers decode computes on the CPU
+    /// (`--prefill-stream-min`).
+    pub prefill_stream: PrefillStream,
 }
 
 /// Memory the CUDA context and the driver take that cuMemGetInfo still shows as free.
@@ -107,6 +110,7 @@ pub fn plan_request(
         max_prefetch_depth: 2,
         context,
         experts: o.experts,
+        prefill_stream: o.prefill_stream,
     }
 }
 
@@ -131,6 +135,12 @@ pub fn make_plan(
 /// The session layout a plan describes.
 pub fn layout_of(p: &Plan) -> Layout {
     Layout { placements: p.layers.iter().map(|l| l.placement).collect(), prefetch_depth: p.prefetch_depth.max(1) }
+}
+
+/// `session` with the plan's prefill placement: passes from its threshold on stream the cpu
+/// layers (none without a prefill placement).
+pub fn session_options_of(p: &Plan, session: &SessionOptions) -> SessionOptions {
+    SessionOptions { prefill_stream_min: p.prefill_placement.as_ref().map(|pf| pf.min_tokens), ..session.clone() }
 }
 
 fn cache_path(gpu: Option<&Gpu>, cpu_path: CpuPath) -> Option<PathBuf> {
@@ -274,7 +284,7 @@ pub fn open_planned(
             acc.as_ref(),
             &layout_of(&plan),
             &crate::session_experts::expert_execs_of(&plan),
-            session,
+            &session_options_of(&plan, session),
             progress,
         ) {
             Ok(s) => return Ok((plan, s)),

@@ -14,6 +14,12 @@
 //!   resident and its expert tensors are a streamer group of their own, copied into a slot
 //!   ahead of use each pass.
 //!
+//! A session opened with [`SessionOptions::prefill_stream_min`] also packs its cpu layers for
+//! the streamer: a pass of at least that many tokens (a prompt) streams them to the accelerator
+//! through the same slots and computes them there (the plan's prefill placement), with their
+//! attention in a KV cache on the accelerator that the host cache's rows are copied into and
+//! back out of; shorter passes (decode) compute them on the CPU as planned.
+//!
 //! Each pass records a timeline (per-layer compute, copies, waits) for `--stats`.
 
 use std::collections::VecDeque;
@@ -124,6 +130,8 @@ impl Weights {
 struct Site {
     placement: Placement,
     weights: Weights,
+    /// The streamer group of a cpu layer that prompt passes stream (the prefill placement).
+    prefill_group: Option<usize>,
     kv: LayerKv,
     stream: Stream,
     /// The layer's experts run on the CPU (with this device cache of hot ones), not with it.
@@ -191,6 +199,17 @@ pub struct Session {
     batch_expert_stats: ExpertPassStats,
     /// When the session was created: the origin of [`PassStats::epoch_s`].
     created: Instant,
+    /// Passes of at least this many tokens use the prefill order (None: never).
+    prefill_min: Option<usize>,
+    /// The streamer groups of a decode pass and of a prefill pass, in layer order.
+    decode_groups: Vec<usize>,
+    prefill_groups: Vec<usize>,
+    /// The streamer is in the prefill order.
+    prefill_phase: bool,
+    /// The accelerator's compute stream (the stream of streamed layers).
+    acc_stream: Stream,
+    /// A GPU session's KV cache in which a cpu layer's attention runs in a prefill pass.
+    prefill_kv: Option<LayerKv>,
     _res: Vec<Reservation>,
 }
 
@@ -294,11 +313,13 @@ impl Session {
         )?;
         let mut sites = Vec::with_capacity(cfg.n_layers);
         let mut streamed = Vec::new();
+        // The prefill placement needs an accelerator and a layer on it (the head goes there).
+        let prefill_min = opts.prefill_stream_min.filter(|_| acc.is_some() && on_acc);
         let to_load: u64 = layout
             .placements
             .iter()
             .zip(&model.weights.layers)
-            .filter(|(p, _)| **p != Placement::Cpu)
+            .filter(|(p, _)| **p != Placement::Cpu || prefill_min.is_some())
             .map(|(_, w)| w.bytes())
             .sum();
         let mut loaded = 0u64;
@@ -354,6 +375,11 @@ impl Session {
                     (Weights::Streamed(streamed.len() - 1), acc_stream.clone(), Vec::new())
                 }
             };
+            // Groups in layer order, so a prefill pass acquires them in the order it runs them.
+            let prefill_group = (placement == Placement::Cpu && prefill_min.is_some()).then(|| {
+                streamed.push(l);
+                streamed.len() - 1
+            });
             if placement != Placement::Cpu {
                 res.extend(reserve(acc, kv_bytes, &format!("KV cache of layer {l}"))?);
             }
@@ -374,7 +400,7 @@ impl Session {
                 _ => None,
             };
             let kv = LayerKv::new(cfg, context, opts.kv_type.dtype(), &stream, l)?;
-            sites.push(Site { placement, weights, kv, stream, experts: cache, roles, _res: res });
+            sites.push(Site { placement, weights, prefill_group, kv, stream, experts: cache, roles, _res: res });
             if placement == Placement::Resident {
                 loaded += on_acc_bytes;
                 progress(loaded, to_load);
@@ -389,7 +415,7 @@ impl Session {
             }
             _ => (None, Stream::Host, Vec::new()),
         };
-        let streamer: Option<Box<dyn WeightStream>> = if streamed.is_empty() {
+        let mut streamer: Option<Box<dyn WeightStream>> = if streamed.is_empty() {
             None
         } else {
             let depth = layout.prefetch_depth.max(1);
@@ -429,6 +455,20 @@ impl Session {
             }
             _ => None,
         };
+        let decode_groups: Vec<usize> =
+            sites.iter().filter(|s| s.prefill_group.is_none()).filter_map(|s| s.weights.group()).collect();
+        let prefill_groups: Vec<usize> = (0..streamed.len()).collect();
+        let mut prefill_kv = None;
+        if let Some(first) = sites.iter().position(|s| s.prefill_group.is_some()) {
+            if let Some(st) = streamer.as_mut()
+                && !decode_groups.is_empty()
+            {
+                st.set_pass_groups(&decode_groups)?;
+            }
+            if let Stream::Gpu(_) = &acc_stream {
+                prefill_kv = Some(LayerKv::new(cfg, context, opts.kv_type.dtype(), &acc_stream, first)?);
+            }
+        }
         let device = if on_acc { acc_stream.device() } else { Device::Cpu };
         Ok(Session {
             model,
@@ -448,6 +488,12 @@ impl Session {
             expert_copy,
             batch_expert_stats: ExpertPassStats::default(),
             created: Instant::now(),
+            prefill_min,
+            decode_groups,
+            prefill_groups,
+            prefill_phase: false,
+            acc_stream,
+            prefill_kv,
             _res: res,
         })
     }
@@ -597,10 +643,13 @@ impl Session {
         let positions_host = Tensor::from_i32(&[t], (pos0..pos0 + t).map(|p| p as i32).collect())?;
         let mut positions: Option<(Device, Tensor)> = None;
         let mut x_stream = Stream::Host;
-        let mut marks: Vec<(usize, Mark, Mark, f64)> = Vec::with_capacity(self.sites.len());
+        let mut marks: Vec<(usize, Placement, Mark, Mark, f64)> = Vec::with_capacity(self.sites.len());
         let mut expert_stats = ExpertPassStats::default();
+        self.set_phase(self.prefill_min.is_some_and(|m| t >= m))?;
         for l in 0..self.sites.len() {
-            let s = self.sites[l].stream.clone();
+            // A cpu layer that this (prompt) pass streams runs on the accelerator.
+            let as_group = if self.prefill_phase { self.sites[l].prefill_group } else { None };
+            let s = if as_group.is_some() { self.acc_stream.clone() } else { self.sites[l].stream.clone() };
             x = move_to(x, &x_stream, &s)?;
             x_stream = s.clone();
             if positions.as_ref().is_none_or(|(d, _)| *d != s.device()) {
@@ -609,13 +658,25 @@ impl Session {
             let pos = &positions.as_ref().ok_or_else(|| Error::invalid("positions missing"))?.1;
             let mut scratch = self.take_scratch(&s, t)?;
             let _r = nvtx::range(&format!("layer {l}"));
-            self.copies_during_cpu_layer(l)?;
+            if as_group.is_none() {
+                self.copies_during_cpu_layer(l)?;
+            }
             let site = &mut self.sites[l];
             let mut streamer = self.streamer.as_deref_mut();
             let (weights, wait_s) =
-                acquire_layer(&site.weights, site.roles.as_deref(), model, l, streamer.as_deref_mut())?;
+                acquire_layer(&site.weights, site.roles.as_deref(), as_group, model, l, streamer.as_deref_mut())?;
+            // The attention of a streamed cpu layer on a GPU runs in the device cache, which
+            // gets the earlier positions first and gives the new ones back after.
+            let kv = match (as_group, self.prefill_kv.as_mut()) {
+                (Some(_), Some(dev)) => {
+                    dev.k.copy_rows_from(&site.kv.k, 0..pos0, &s)?;
+                    dev.v.copy_rows_from(&site.kv.v, 0..pos0, &s)?;
+                    dev
+                }
+                _ => &mut site.kv,
+            };
             let start = Mark::now(&s)?;
-            let mut cx = LayerCtx { cfg, layer: l, kv: &mut site.kv, positions: pos, pos0, sc: &mut scratch, s: &s };
+            let mut cx = LayerCtx { cfg, layer: l, kv, positions: pos, pos0, sc: &mut scratch, s: &s };
             let r = match site.experts.as_mut() {
                 None => layer_forward(&mut cx, weights, &mut x),
                 Some(cache) => layer_forward_cpu_experts(
@@ -627,13 +688,18 @@ impl Session {
                     &mut expert_stats,
                 ),
             };
-            if let (Some(g), Some(st)) = (site.weights.group(), streamer) {
+            if let (Some(g), Some(st)) = (as_group.or(site.weights.group()), streamer) {
                 st.release(g)?;
             }
             let end = Mark::now(&s)?;
             self.scratch.push((s.clone(), scratch));
             r?;
-            marks.push((l, start, end, wait_s));
+            if let (Some(_), Some(dev)) = (as_group, self.prefill_kv.as_ref()) {
+                site.kv.k.copy_rows_from(&dev.k, pos0..pos0 + t, &s)?;
+                site.kv.v.copy_rows_from(&dev.v, pos0..pos0 + t, &s)?;
+            }
+            let placement = if as_group.is_some() { Placement::Streamed } else { site.placement };
+            marks.push((l, placement, start, end, wait_s));
         }
         self.n_past += t;
         let logits = if want_logits {
@@ -654,7 +720,8 @@ impl Session {
         drop(positions);
         // Between passes: the expert caches take the experts routed to most lately.
         expert_stats.refill_bytes += self.refill_expert_caches()?;
-        if let Some(st) = self.streamer.as_mut() {
+        let streaming = self.streaming();
+        if let Some(st) = self.streamer.as_mut().filter(|_| streaming) {
             st.begin_next_pass()?;
         }
         self.record_pass(t, clock, marks, expert_stats)?;
@@ -681,12 +748,45 @@ impl Session {
     /// these are the next pass's first copies. Issued after the activations' download, which
     /// on a GPU would otherwise queue behind them.
     fn copies_during_cpu_layer(&mut self, l: usize) -> Result<()> {
+        let streaming = self.streaming();
         if self.sites[l].placement == Placement::Cpu
+            && streaming
             && let Some(st) = self.streamer.as_mut()
         {
             st.prefetch_ahead()?;
         }
         Ok(())
+    }
+
+    /// Whether this phase's passes acquire any streamer group (a plan whose non-resident
+    /// layers all run on the CPU in decode streams only in prompt passes).
+    fn streaming(&self) -> bool {
+        self.streamer.is_some()
+            && !if self.prefill_phase { &self.prefill_groups } else { &self.decode_groups }.is_empty()
+    }
+
+    /// Puts the streamer in the order of a prefill pass (every cpu layer streamed too) or of a
+    /// decode pass. A switch collects the copies in flight for the other order first: the
+    /// first copies of the new order are not hidden behind the previous pass.
+    fn set_phase(&mut self, prefill: bool) -> Result<()> {
+        if self.prefill_phase == prefill || self.prefill_groups.len() == self.decode_groups.len() {
+            return Ok(());
+        }
+        if let Some(st) = self.streamer.as_mut() {
+            let groups = if prefill { &self.prefill_groups } else { &self.decode_groups };
+            if groups.is_empty() { st.restart()? } else { st.set_pass_groups(groups)? }
+        }
+        self.prefill_phase = prefill;
+        Ok(())
+    }
+
+    /// Layers a pass of `tokens` tokens streams to the accelerator that decode computes on the
+    /// CPU (0 below the prefill threshold, or without a prefill placement).
+    pub fn prefill_streamed_layers(&self, tokens: usize) -> usize {
+        match self.prefill_min {
+            Some(m) if tokens >= m => self.prefill_groups.len() - self.decode_groups.len(),
+            _ => 0,
+        }
     }
 
     /// The logits on the host. From a GPU they come through a pinned buffer: a download to
@@ -711,7 +811,7 @@ impl Session {
         &mut self,
         tokens: usize,
         clock: Clock,
-        marks: Vec<(usize, Mark, Mark, f64)>,
+        marks: Vec<(usize, Placement, Mark, Mark, f64)>,
         experts: ExpertPassStats,
     ) -> Result<()> {
         let (epoch, wall_s, host0) = match clock {
@@ -725,9 +825,8 @@ impl Session {
         };
         let mut layers = Vec::with_capacity(marks.len());
         let mut prev_end: Option<f64> = None;
-        for (l, start, end, host_wait) in marks {
+        for (l, placement, start, end, host_wait) in marks {
             let (s, e) = (start.secs(&epoch, host0)?, end.secs(&epoch, host0)?);
-            let placement = self.sites[l].placement;
             // On a GPU the wait shows as the gap between the previous layer's end and this start.
             let wait_s = match (&start, placement) {
                 (Mark::Gpu(_), Placement::Streamed) => prev_end.map_or(0.0, |p| (s - p).max(0.0)),
@@ -800,6 +899,8 @@ impl Session {
 
     fn run_layers_inner(&mut self, mut x: Tensor, f: &mut LayerFn<'_>) -> Result<(Tensor, Stream)> {
         let model = Arc::clone(&self.model);
+        // The batch scheduler's steps run as decode does.
+        self.set_phase(false)?;
         let mut x_stream = Stream::Host;
         for l in 0..self.sites.len() {
             let s = self.sites[l].stream.clone();
@@ -810,7 +911,7 @@ impl Session {
             let site = &mut self.sites[l];
             let mut streamer = self.streamer.as_deref_mut();
             let (weights, _wait_s) =
-                acquire_layer(&site.weights, site.roles.as_deref(), &model, l, streamer.as_deref_mut())?;
+                acquire_layer(&site.weights, site.roles.as_deref(), None, &model, l, streamer.as_deref_mut())?;
             let apart = site.experts.as_mut().map(|cache| ApartExperts {
                 host: model.weights.layers[l].as_ref(),
                 cache,
@@ -839,7 +940,8 @@ impl Session {
     /// the streamer start the next pass's copies.
     pub(crate) fn end_batch_pass(&mut self) -> Result<()> {
         self.batch_expert_stats.refill_bytes += self.refill_expert_caches()?;
-        if let Some(st) = self.streamer.as_mut() {
+        let streaming = self.streaming();
+        if let Some(st) = self.streamer.as_mut().filter(|_| streaming) {
             st.begin_next_pass()?;
         }
         Ok(())
@@ -849,10 +951,12 @@ impl Session {
 /// The weights layer `l` runs with in this pass, and the seconds the caller waited for them:
 /// the model's host weights, the accelerator's copy, or a streamer slot (acquired here, so the
 /// caller releases the group after computing the layer). `roles` are the tensors of a streamed
-/// group when it is not the whole layer.
+/// group when it is not the whole layer; `as_group` is the group of a cpu layer that this pass
+/// streams (the whole layer).
 fn acquire_layer<'a, 's>(
     weights: &'a Weights,
     roles: Option<&[Role]>,
+    as_group: Option<usize>,
     model: &'a Model,
     l: usize,
     streamer: Option<&'a mut (dyn WeightStream + 's)>,
@@ -864,6 +968,10 @@ fn acquire_layer<'a, 's>(
         let w = st.acquire(g)?;
         Ok((w, t0.elapsed().as_secs_f64()))
     };
+    if let Some(g) = as_group {
+        let (w, wait) = acquire(g)?;
+        return Ok((LayerRef::from_slice(w, &model.config.layer_roles)?, wait));
+    }
     Ok(match weights {
         Weights::Host => (host(), 0.0),
         Weights::Owned(w) => (LayerWeights::as_ref(w), 0.0),

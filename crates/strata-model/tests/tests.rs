@@ -19,6 +19,9 @@
 //! - `hybrid`: hybrid layouts (streamed layers among cpu layers) on the host test device: the
 //!   all-CPU tokens for several splits, and copies of later streamed layers in flight during
 //!   every cpu layer (the order of events);
+//! - `prefill_placed`: the prefill placement on the host test device: prompt passes stream the
+//!   cpu layers (in the copy records), decode passes do not, and every pass gives the all-CPU
+//!   logits;
 //! - `gguf_malformed`: malformed GGUF files and a mutation proptest. It installs a global
 //!   allocator for this binary that records the largest allocation per thread (a pass-through
 //!   to `System`), to show that absurd header counts are rejected without allocating;
@@ -45,6 +48,7 @@ mod hybrid;
 mod moe;
 mod offload;
 mod offload_moe;
+mod prefill_placed;
 mod reference;
 mod safetensors;
 mod safetensors_qwen;

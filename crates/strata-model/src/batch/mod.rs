@@ -284,7 +284,8 @@ impl Scheduler {
                 opts.kv_blocks, opts.block_size
             ))
         })?;
-        let so = SessionOptions { context: rows, kv_type: opts.kv_type, batch: opts.step_tokens };
+        let so =
+            SessionOptions { context: rows, kv_type: opts.kv_type, batch: opts.step_tokens, prefill_stream_min: None };
         let session = with_cpu_path(opts.cpu_path, || Session::with_layout(model, acc, layout, &so))?;
         Scheduler::from_session(session, opts)
     }
