@@ -23,7 +23,7 @@ fn layout(n: usize, resident: usize, every: usize) -> Layout {
     let placements = (0..n)
         .map(|i| match i {
             i if i < resident => Placement::Resident,
-            i if every > 0 && (i - resident) % every == 0 => Placement::Streamed,
+            i if every > 0 && (i - resident).is_multiple_of(every) => Placement::Streamed,
             _ => Placement::Cpu,
         })
         .collect();
