@@ -116,8 +116,9 @@
 //!   T (both simulated; found by halving, up to 65536 tokens; none: no prefill placement). With
 //!   the measured speeds of a PCIe 4.0 desktop (25 GB/s, a CPU at 20 GB/s and 300 GFLOP/s) a
 //!   70B Q4_0 layer (~0.5 GB, ~1.7 GFLOP a token) costs 20 ms to copy and max(24 ms, 5.7 ms·T)
-//!   on the CPU, so a batch of a few tokens already pays; llama.cpp's op offload uses a fixed
-//!   32. `--prefill-stream-min N` sets it, `off` (or 0) disables it.
+//!   on the CPU, so a batch of a few tokens already pays (8 for the hybrid plan of such a model
+//!   on a 24 GiB card, `tests/plan_prefill.rs`, where the whole pass is simulated); llama.cpp's
+//!   op offload uses a fixed 32. `--prefill-stream-min N` sets it, `off` (or 0) disables it.
 //! - Memory over the decode plan: GPU: larger or new slots (cpu layers may be the largest) and
 //!   one layer's KV cache, in which a cpu layer's attention runs during such a pass (its cache
 //!   stays in host memory for decode: the executor copies the earlier positions in and the new
