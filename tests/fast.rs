@@ -295,6 +295,102 @@ proptest! {
     }
 }
 
+/// The 32-value block types, whose small batches (up to 8 tokens) the AVX2 kernels compute in
+/// one pass over the weights.
+const BLOCK32: [DType; 6] = [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q5_0, DType::Q5_1, DType::IQ4_NL];
+
+/// The tokens of `x` (n rows of `cols`) one at a time through `one`, outputs as [token][row].
+fn one_at_a_time(rows: usize, cols: usize, x: &[f32], one: impl Fn(&[f32], &mut [f32])) -> Vec<f32> {
+    let mut y = vec![f32::NAN; x.len() / cols * rows];
+    for (xt, yt) in x.chunks_exact(cols).zip(y.chunks_exact_mut(rows)) {
+        one(xt, yt);
+    }
+    y
+}
+
+/// Where `got` and `want` first differ in bits, as a message; None if nowhere.
+fn first_bit_difference(got: &[f32], want: &[f32], rows: usize) -> Option<String> {
+    let i = (0..want.len()).find(|&i| !same_bits(got[i], want[i]))?;
+    // Tokens and rows are counted from the start of the slices given.
+    Some(format!(
+        "token {} row {}: {:e} ({:#010x}), one at a time {:e} ({:#010x})",
+        i / rows,
+        i % rows,
+        got[i],
+        got[i].to_bits(),
+        want[i],
+        want[i].to_bits()
+    ))
+}
+
+/// A pass of 1 to 12 tokens (the verification pass of `--lookup`, and the last tokens of a
+/// prefill, which the AVX2 kernels compute in one pass over the weights) gives each token the
+/// sums of a one-token pass, bit for bit, with 8-bit activations: every tile keeps one
+/// accumulator per (row, token) and adds the blocks in order. Checked on the portable and AVX2
+/// kernel sets (the AVX-512 ones tile otherwise), on odd row counts.
+#[test]
+fn fast_small_batches_equal_one_token_passes_bit_for_bit() {
+    for isa in [Isa::Scalar, Isa::Avx2] {
+        if !isa.is_available() {
+            skip(
+                &format!("fast::fast_small_batches_equal_one_token_passes_bit_for_bit[{}]", isa.name()),
+                "this CPU lacks the features",
+            );
+            continue;
+        }
+        for dt in BLOCK32 {
+            for (k, (rows, cols)) in [(67, 160), (193, 576)].into_iter().enumerate() {
+                let w = quant::random_blocks(dt, rows * cols / QK, k as u64 + 11);
+                for n in 1..=12 {
+                    let x = uniform(&mut rng(n as u64 * 3 + k as u64), n * cols, 1.0);
+                    let got = fast_with(isa, dt, &w, rows, cols, &x, n);
+                    let want = one_at_a_time(rows, cols, &x, |xt, yt| {
+                        fast::matvec_with(isa, dt, &w, rows, cols, xt, yt).expect("fast matvec")
+                    });
+                    if let Some(m) = first_bit_difference(&got, &want, rows) {
+                        panic!("fast {} {dt} {rows}x{cols} T={n}: {m}", isa.name());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// With f32 activations, 1 to 12 tokens within the rigorous bound of [`check_f32act`] (the
+/// small-batch tiles of 2 to 8 tokens and the tails after the prefill tiles); two tokens keep
+/// the one-token tile's four accumulators per (row, token), so a pass of 2 tokens gives both a
+/// one-token pass's bits, and so does a pass of 9 or 10 to its last 1 or 2 tokens, after an
+/// 8-token tile (Q8_0's prefill tiles are of 4 tokens: 9 is 4 + 5 there, not checked so).
+#[test]
+fn f32_activation_small_batches() {
+    let isa = Isa::Avx2;
+    if !isa.is_available() {
+        skip("fast::f32_activation_small_batches", "this CPU lacks AVX2, FMA or F16C");
+        return;
+    }
+    for dt in [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q5_0] {
+        for (k, (rows, cols)) in [(67, 160), (193, 576)].into_iter().enumerate() {
+            let w = quant::random_blocks(dt, rows * cols / QK, k as u64 + 5);
+            for n in 1..=12 {
+                let x = uniform(&mut rng(n as u64 * 13 + k as u64), n * cols, 2.0);
+                check_f32act(isa, dt, &w, rows, cols, &x, n);
+                let tails = matches!(n, 9 | 10) && dt != DType::Q8_0;
+                if !(n <= 2 || tails) {
+                    continue;
+                }
+                let got = f32act_with(isa, dt, &w, rows, cols, &x, n);
+                let want = one_at_a_time(rows, cols, &x, |xt, yt| {
+                    fast::matmul_f32_with(isa, dt, &w, rows, cols, xt, 1, yt).expect("f32 matvec")
+                });
+                let from = if n > 8 { 8 * rows } else { 0 };
+                if let Some(m) = first_bit_difference(&got[from..], &want[from..], rows) {
+                    panic!("f32act avx2 {dt} {rows}x{cols} T={n} (from token {}): {m}", from / rows);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn f32_activation_bad_arguments_are_errors() {
     let w = matrix(1, DType::Q4_0, 4, 64);

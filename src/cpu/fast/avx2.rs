@@ -68,13 +68,25 @@ pub(super) fn gemm(ty: WType, w: &[u8], rb: usize, acts: &Acts, out: &mut [f32])
 fn gemm_ty<const TY: u8>(w: &[u8], rb: usize, acts: &Acts, out: &mut [f32]) {
     let n = acts.n;
     let mut t0 = 0;
-    while t0 + T_MANY <= n {
+    while n - t0 > 8 {
         rows_loop::<TY, R_MANY, T_MANY>(w, rb, acts, out, t0);
         t0 += T_MANY;
     }
-    while t0 < n {
-        rows_loop::<TY, R_ONE, 1>(w, rb, acts, out, t0);
-        t0 += 1;
+    // The last 1 to 8 tokens in one pass over the weights, so a verification pass of a few
+    // drafted tokens (`--lookup`) reads and unpacks each weight block once (before, 2 and 3
+    // tokens were that many one-token passes, 5 to 7 a 4-token tile and one-token passes).
+    // Every tile keeps one accumulator per (row, token) and adds the blocks in order, so the
+    // sums are the same bits whatever the tile.
+    match n - t0 {
+        0 => {}
+        1 => rows_loop::<TY, R_ONE, 1>(w, rb, acts, out, t0),
+        2 => rows_loop::<TY, R_MANY, 2>(w, rb, acts, out, t0),
+        3 => rows_loop::<TY, R_MANY, 3>(w, rb, acts, out, t0),
+        4 => rows_loop::<TY, R_MANY, T_MANY>(w, rb, acts, out, t0),
+        5 => rows_loop::<TY, 1, 5>(w, rb, acts, out, t0),
+        6 => rows_loop::<TY, 1, 6>(w, rb, acts, out, t0),
+        7 => rows_loop::<TY, 1, 7>(w, rb, acts, out, t0),
+        _ => rows_loop::<TY, 1, 8>(w, rb, acts, out, t0),
     }
 }
 

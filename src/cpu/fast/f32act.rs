@@ -96,9 +96,6 @@ pub fn matmul_f32_with(
         Isa::Avx512Vnni => unsafe { x86::gemm512(ty, wc, rb, nb, x, n_tokens, o) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above: this CPU has AVX2, FMA and F16C, the features of `x86::gemm256`.
-        Isa::Avx2 if ty == WType::Q8_0 => unsafe { x86::gemm256_q8_0(ty, wc, rb, nb, x, n_tokens, o) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
         Isa::Avx2 => unsafe { x86::gemm256(ty, wc, rb, nb, x, n_tokens, o) },
         _ => scalar_gemm(dtype, wc, rb, cols, x, n_tokens, o),
     });
@@ -140,12 +137,10 @@ mod x86 {
     const R512_ONE: usize = 2;
     /// With AVX2 (16 registers): one row's four registers of weights and 8 accumulators (the
     /// tiles decode one row at a time, the activations are memory operands), so a block's
-    /// decoding is shared by 8 tokens; 4 tokens for the last 4 to 7. Measured against 2 rows ×
-    /// 4 tokens on the K-quant tiles of `f32act_k` (same scheme): 20-30% less CPU time for a
-    /// 64-token 640 × 2048 product.
+    /// decoding is shared by 8 tokens. Measured against 2 rows × 4 tokens on the K-quant tiles
+    /// of `f32act_k` (same scheme): 20-30% less CPU time for a 64-token 640 × 2048 product.
     const R256: usize = 1;
     const T256: usize = 8;
-    const T256_FEW: usize = 4;
     /// Q8_0's blocks decode in few instructions, so its multiply-adds dominate and 2 rows × 4
     /// tokens (each activation register used twice) measured 25% faster than 1 × 8.
     const R256_Q8_0: usize = 2;
@@ -280,8 +275,93 @@ mod x86 {
     }
 
     gemm_fn!(gemm512, tile512, "avx512f,avx512bw,avx512vl,avx2,fma,f16c", R512, T512, T512, R512_ONE, A512_ONE);
-    gemm_fn!(gemm256, tile256, "avx2,fma,f16c", R256, T256, T256_FEW, R256_ONE, A256_ONE);
-    gemm_fn!(gemm256_q8_0, tile256, "avx2,fma,f16c", R256_Q8_0, T256_Q8_0, T256_Q8_0, R256_ONE, A256_ONE);
+
+    /// out[r][t] = row r of `w` · token t of `x` ([n][nb * 32]); `out` is [rows][n]. The AVX2
+    /// kernels: tiles of [`R256`] × [`T256`] ([`R256_Q8_0`] × [`T256_Q8_0`] for Q8_0) while at
+    /// least that many tokens are left, then the last 1 to 8 tokens in one pass over the
+    /// weights ([`few_tokens`]).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn gemm256(ty: WType, w: &[u8], rb: usize, nb: usize, x: &[f32], n: usize, out: &mut [f32]) {
+        match code(ty) {
+            Q4_0 => tokens256::<Q4_0, R256, T256>(w, rb, nb, x, n, out),
+            Q4_1 => tokens256::<Q4_1, R256, T256>(w, rb, nb, x, n, out),
+            Q5_0 => tokens256::<Q5_0, R256, T256>(w, rb, nb, x, n, out),
+            _ => tokens256::<Q8_0, R256_Q8_0, T256_Q8_0>(w, rb, nb, x, n, out),
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn tokens256<const TY: u8, const R: usize, const T: usize>(
+        w: &[u8],
+        rb: usize,
+        nb: usize,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) {
+        let mut t0 = 0;
+        while n - t0 > T.max(8) {
+            pass256::<TY, R, T, 1>(w, rb, nb, x, n, t0, out);
+            t0 += T;
+        }
+        few_tokens::<TY>(w, rb, nb, x, n, t0, out);
+    }
+
+    /// Tokens t0..n (1 to 8 of them; none: nothing) in one pass over the weights, so a
+    /// verification pass of a few drafted tokens (`--lookup`) reads and decodes each weight
+    /// block once, as a one-token pass does, instead of once per token (before, 2 and 3 tokens
+    /// were that many one-token passes, 5 to 7 a 4-token tile and one-token passes). The tile
+    /// keeps one row's decoded block in four registers and multiplies it into every token's
+    /// accumulators. Two tokens keep four accumulators per (row, token), one per register of
+    /// the block, as the one-token tile does, so their sums are the one-token pass's bit for
+    /// bit; three keep two (twelve spilled to the stack: 190 µs against 146 µs for two, a
+    /// 1536 × 576 Q4_1 product, 1 thread); four or more one each (as many independent chains
+    /// as tokens), the 4- and 8-token sums of the prefill tiles. Only the order of the f32 sums
+    /// differs between these (the `exact` path's promise).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn few_tokens<const TY: u8>(w: &[u8], rb: usize, nb: usize, x: &[f32], n: usize, t0: usize, out: &mut [f32]) {
+        match n.saturating_sub(t0) {
+            0 => {}
+            1 => pass256::<TY, R256_ONE, 1, A256_ONE>(w, rb, nb, x, n, t0, out),
+            2 => pass256::<TY, 1, 2, A256_ONE>(w, rb, nb, x, n, t0, out),
+            3 => pass256::<TY, 1, 3, 2>(w, rb, nb, x, n, t0, out),
+            4 => pass256::<TY, 2, 4, 1>(w, rb, nb, x, n, t0, out),
+            5 => pass256::<TY, 1, 5, 1>(w, rb, nb, x, n, t0, out),
+            6 => pass256::<TY, 1, 6, 1>(w, rb, nb, x, n, t0, out),
+            7 => pass256::<TY, 1, 7, 1>(w, rb, nb, x, n, t0, out),
+            _ => pass256::<TY, 1, 8, 1>(w, rb, nb, x, n, t0, out),
+        }
+    }
+
+    /// Tokens t0..t0 + T against every row: R rows per tile, the last rows one at a time.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn pass256<const TY: u8, const R: usize, const T: usize, const A: usize>(
+        w: &[u8],
+        rb: usize,
+        nb: usize,
+        x: &[f32],
+        n: usize,
+        t0: usize,
+        out: &mut [f32],
+    ) {
+        let rows = w.len() / rb;
+        let cols = nb * QK;
+        let xs: [&[f32]; T] = std::array::from_fn(|j| &x[(t0 + j) * cols..][..cols]);
+        let mut r0 = 0;
+        while r0 < rows {
+            prefetch(w, (r0 + PREFETCH_TILES * R) * rb, R * rb);
+            if r0 + R <= rows {
+                let s = tile256::<TY, R, T, A>(std::array::from_fn(|i| &w[(r0 + i) * rb..][..rb]), xs, nb);
+                store(&s, out, n, r0, t0);
+                r0 += R;
+            } else {
+                let s = tile256::<TY, 1, T, A>([&w[r0 * rb..][..rb]], xs, nb);
+                store(&s, out, n, r0, t0);
+                r0 += 1;
+            }
+        }
+    }
 
     /// Whether every row holds `nb` blocks and every token `nb * 32` values, so that the block
     /// loops may load without bounds checks (true by construction of the callers).
