@@ -3,20 +3,24 @@
 //! Gemma 3's Q4_K_M files use, replacing decode-to-memory-then-multiply (`f32act_dq`) there.
 //!
 //! A tile is R rows × T tokens. For each 256-value super-block, each row's sub-block scales are
-//! computed once (eight f32 products per vector multiply), exactly as the reference computes them (`dl = d * sc` and
-//! `ml = dmin * m` for Q4_K, `dl = d * sc` with a signed scale for Q6_K); then each 32-value
-//! chunk of the super-block is decoded into four registers of eight f32 per row, with the
-//! reference's operations in its order (`dl * q - ml`, two roundings, for Q4_K; `dl * (q - 32)`
-//! with the offset subtracted in integers for Q6_K; see [`crate::quant::dequantize_row`]), and
+//! computed once (eight f32 products per vector multiply), exactly as the reference computes
+//! them (`dl = d * sc` and `ml = dmin * m` for Q4_K, `dl = d * sc` with a signed scale for
+//! Q6_K); then each 64-value unit of the super-block (two 32-value sub-blocks of Q4_K that
+//! share their quant bytes, two 32-value chunks of Q6_K that share their high bits) is decoded
+//! eight values at a time into a register, with the reference's values (`dl * q - ml` for
+//! Q4_K, by one fused multiply-subtract whose product is exact; `dl * (q - 32)` with the offset
+//! subtracted in integers for Q6_K; see [`crate::quant::dequantize_row`] and [`Unit`]), and
 //! multiplied with the T tokens' unrounded activations. So every weight is the reference's bit
 //! for bit (`tests/fast.rs` checks [`dequantize_row_exact`](super::dequantize_row_exact), which
-//! runs the same chunk decoders), and only the order of the f32 sums differs.
+//! runs the same unit decoders), and only the order of the f32 sums differs.
 //!
-//! Q4_K's quants are widened eight at a time straight from memory (`vpmovzxbd` with a memory
-//! operand); Q6_K's are assembled as 32 bytes (low nibbles, high bits, minus 32) and then
-//! widened. Per weight this is still about four vector instructions per eight values (widen,
-//! convert, scale, multiply-add; Q4_K also subtracts), against about one per 32 in the 8-bit
-//! kernels: for one token these stay about 3× the 8-bit kernels' time (`docs/cpu-bench.md`).
+//! Q4_K's quant bytes are widened eight at a time straight from memory (`vpmovzxbd` with a
+//! memory operand), once for both of their nibbles: a mask gives one sub-block's eight values
+//! and an immediate shift the other's, so eight weights cost a half widening, a mask or shift,
+//! a conversion and a fused multiply-subtract. Q6_K's are assembled as 32 bytes per chunk (low
+//! or high nibbles, high bits, minus 32; immediate shifts) and then widened, converted and
+//! scaled. Against about one instruction per 32 values in the 8-bit kernels, one token stays
+//! about 2.5-3× the 8-bit kernels' CPU time (`docs/cpu-bench.md`).
 
 use std::arch::x86_64::*;
 
@@ -25,12 +29,12 @@ use super::x86::{prefetch, store};
 use crate::quant::k4_scale_min;
 use crate::{DType, QK_K};
 
-/// Tokens per tile for prefill, one row at a time: eight accumulators and the row's four
-/// registers of weights (the activations are read as memory operands of the multiply-adds),
-/// so a chunk's decoding is shared by 8 tokens; 4 for the last 4 to 7 tokens.
+/// Tokens per tile for prefill, one row at a time: eight accumulators and the row's decoded
+/// register (the activations are read as memory operands of the multiply-adds), so a value's
+/// decoding is shared by 8 tokens; 4 for the last 4 to 7 tokens.
 const T_MANY: usize = 8;
 const T_FEW: usize = 4;
-/// Rows per tile for one token (decode), each with four accumulators so that a chunk's four
+/// Rows per tile for one token (decode), each with four accumulators so that a unit's eight
 /// multiply-adds per row do not wait on each other.
 const R_ONE: usize = 2;
 const A_ONE: usize = 4;
@@ -154,48 +158,108 @@ fn scales<const TY: u8>(b: &[u8]) -> Scales {
     s
 }
 
-/// Values 32 c .. 32 c + 32 of the super-block at `p` as f32, in four registers of eight, bit
-/// for bit the reference's, with the super-block's scales `s` (from [`scales`]).
+/// Values 64 u .. 64 u + 64 of a super-block (u < 4), ready to be decoded eight at a time by
+/// [`Unit::get`]: what the eight registers of one unit share, loaded once.
 ///
-/// # Safety
-/// `p` must point to one whole readable super-block of `TY` (any alignment), `c < 8`, and the
-/// CPU must support AVX2, FMA and F16C.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn chunk<const TY: u8>(p: *const u8, c: usize, s: &Scales) -> [__m256; 4] {
-    // SAFETY: the caller guarantees a whole super-block at p and c < 8: every offset below is
-    // inside its 144 (Q4_K: quants at 16..144) or 210 (Q6_K: ql 0..128, qh 128..192) bytes.
-    unsafe {
-        let mut w = [_mm256_setzero_ps(); 4];
-        if TY == Q4_K {
-            // Sub-block c: the low (c even) or high (c odd) nibbles of qs[32 (c / 2)..][..32].
-            let qs = p.add(16 + 32 * (c / 2));
-            let shift = _mm_cvtsi32_si128(4 * (c % 2) as i32);
-            let mask = _mm256_set1_epi32(0x0F);
-            let (dl, ml) = (_mm256_set1_ps(s.dl[c]), _mm256_set1_ps(s.ml[c]));
-            for (g, o) in w.iter_mut().enumerate() {
-                let q = _mm256_cvtepu8_epi32(_mm_loadl_epi64(qs.add(8 * g).cast()));
-                let q = _mm256_and_si256(_mm256_srl_epi32(q, shift), mask);
-                *o = _mm256_sub_ps(_mm256_mul_ps(dl, _mm256_cvtepi32_ps(q)), ml);
-            }
-        } else {
-            // Value 128 h + 32 k + l: nibble k / 2 of ql[64 h + 32 (k % 2) + l], bits 2k..2k+2
-            // of qh[32 h + l] above it; sub-blocks of 16.
-            let (h, k) = (c / 4, c % 4);
-            let ql = _mm256_loadu_si256(p.add(64 * h + 32 * (k % 2)).cast());
-            let qh = _mm256_loadu_si256(p.add(128 + 32 * h).cast());
-            let low =
-                _mm256_and_si256(_mm256_srl_epi16(ql, _mm_cvtsi32_si128(4 * (k / 2) as i32)), _mm256_set1_epi8(0x0F));
-            let high = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)), _mm256_set1_epi8(3));
-            let q = _mm256_sub_epi8(_mm256_or_si256(low, _mm256_slli_epi16::<4>(high)), _mm256_set1_epi8(32));
-            let (lo, hi) = (_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
-            let qi = [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)];
-            for (g, o) in w.iter_mut().enumerate() {
-                let dl = _mm256_set1_ps(s.dl[2 * c + g / 2]);
-                *o = _mm256_mul_ps(dl, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(qi[g])));
+/// Q4_K: sub-blocks 2u (low nibbles) and 2u + 1 (high nibbles) of the same 32 bytes
+/// `qs[32 u..][..32]`; each eight bytes are widened once (`vpmovzxbd` from memory) and give
+/// eight values of each sub-block, by a mask and by an immediate shift, and the weight is
+/// `dl * q - ml` by one fused multiply-subtract: the product is exact in f32 (`dl = d * sc`
+/// has at most 11 + 6 significant bits and q at most 4), so the one rounding of the fused
+/// operation is the reference's second one and the bits are the reference's (checked, extreme
+/// and non-finite scales included, in `tests/fast.rs`).
+///
+/// Q6_K: values 128 h + 32 k + l with h = u / 2 and k = 2 (u % 2), 2 (u % 2) + 1: the two
+/// 32-byte runs of `ql` (low nibbles for u even, high for u odd) and the run of `qh` they share
+/// (bits 4 (u % 2) .. + 4), assembled into the two chunks' 32 signed `q - 32` bytes with
+/// immediate shifts; the weight is `dl * (q - 32)` (one rounding, as the reference).
+struct Unit {
+    /// Q4_K: the first of the 32 quant bytes; Q6_K: unused.
+    qs: *const u8,
+    /// Q6_K: the two chunks' `q - 32` bytes; Q4_K: unused.
+    q6: [__m256i; 2],
+    /// Q4_K: dl, ml of sub-block 2u, then of 2u + 1; Q6_K: dl of its four 16-value sub-blocks.
+    s: [__m256; 4],
+}
+
+impl Unit {
+    /// The unit `u` of the super-block at `p` with its scales `s` (from [`scales`]).
+    ///
+    /// # Safety
+    /// `p` must point to one whole readable super-block of `TY` (any alignment), `u < 4`, and
+    /// the CPU must support AVX2, FMA and F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn new<const TY: u8>(p: *const u8, u: usize, s: &Scales) -> Unit {
+        // SAFETY: the caller guarantees a whole super-block at p and u < 4: every offset below
+        // is inside its 144 (Q4_K: quants at 16..144) or 210 (Q6_K: ql 0..128, qh 128..192)
+        // bytes.
+        unsafe {
+            if TY == Q4_K {
+                let sv = [
+                    _mm256_set1_ps(s.dl[2 * u]),
+                    _mm256_set1_ps(s.ml[2 * u]),
+                    _mm256_set1_ps(s.dl[2 * u + 1]),
+                    _mm256_set1_ps(s.ml[2 * u + 1]),
+                ];
+                Unit { qs: p.add(16 + 32 * u), q6: [_mm256_setzero_si256(); 2], s: sv }
+            } else {
+                let h = u / 2;
+                let ql0 = _mm256_loadu_si256(p.add(64 * h).cast());
+                let ql1 = _mm256_loadu_si256(p.add(64 * h + 32).cast());
+                let qh = _mm256_loadu_si256(p.add(128 + 32 * h).cast());
+                let m4 = _mm256_set1_epi8(0x0F);
+                let m2 = _mm256_set1_epi8(0x30);
+                // Low nibbles with qh bits 0..2 (k = 0) and 2..4 (k = 1) above them; high
+                // nibbles with bits 4..6 (k = 2) and 6..8 (k = 3). Shifts of 16-bit lanes
+                // whose crossed-over bits the masks drop.
+                let (l0, l1, h0, h1) = if u % 2 == 0 {
+                    (
+                        _mm256_and_si256(ql0, m4),
+                        _mm256_and_si256(ql1, m4),
+                        _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m2),
+                        _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m2),
+                    )
+                } else {
+                    (
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                        _mm256_and_si256(qh, m2),
+                        _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m2),
+                    )
+                };
+                let off = _mm256_set1_epi8(32);
+                let q6 = [_mm256_sub_epi8(_mm256_or_si256(l0, h0), off), _mm256_sub_epi8(_mm256_or_si256(l1, h1), off)];
+                // Values 64 u .. 64 u + 64 are the 16-value sub-blocks 4 u .. 4 u + 4.
+                let sv = std::array::from_fn(|i| _mm256_set1_ps(s.dl[4 * u + i]));
+                Unit { qs: p, q6, s: sv }
             }
         }
-        w
+    }
+
+    /// Values 64 u + 8 g .. + 8 (g < 8) as f32, bit for bit the reference's.
+    ///
+    /// # Safety
+    /// `self` from [`Unit::new`] of the same `TY` on a live super-block, `g < 8`, and the CPU
+    /// must support AVX2, FMA and F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn get<const TY: u8>(&self, g: usize) -> __m256 {
+        if TY == Q4_K {
+            // SAFETY: qs[8 (g % 4)..][..8] is inside the unit's 32 bytes (Unit::new's caller).
+            let q = unsafe { _mm256_cvtepu8_epi32(_mm_loadl_epi64(self.qs.add(8 * (g % 4)).cast())) };
+            let (q, dl, ml) = if g < 4 {
+                (_mm256_and_si256(q, _mm256_set1_epi32(0x0F)), self.s[0], self.s[1])
+            } else {
+                (_mm256_srli_epi32::<4>(q), self.s[2], self.s[3])
+            };
+            _mm256_fmsub_ps(dl, _mm256_cvtepi32_ps(q), ml)
+        } else {
+            let v = self.q6[g / 4];
+            let half = if g % 4 < 2 { _mm256_castsi256_si128(v) } else { _mm256_extracti128_si256::<1>(v) };
+            let bytes = if g % 2 == 0 { half } else { _mm_srli_si128::<8>(half) };
+            _mm256_mul_ps(self.s[g / 2], _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)))
+        }
     }
 }
 
@@ -214,18 +278,21 @@ fn tile<const TY: u8, const R: usize, const T: usize, const A: usize>(
     let mut acc = [[[_mm256_setzero_ps(); A]; T]; R];
     for sb in 0..nsb {
         let sc: [Scales; R] = std::array::from_fn(|i| scales::<TY>(&rows[i][sb * bytes..][..bytes]));
-        for c in 0..QK_K / 32 {
-            // Row by row, so that one row's four registers of weights live at a time; the
-            // activations are memory operands of the multiply-adds (from L1).
+        for u in 0..QK_K / 64 {
+            // Row by row, so that one row's unit lives at a time; each decoded register is
+            // used for the T tokens at once, whose activations are memory operands of the
+            // multiply-adds (from L1).
             for i in 0..R {
-                // SAFETY: super-block sb < nsb is inside rows[i] (checked above), c < 8.
-                let wv = unsafe { chunk::<TY>(rows[i].as_ptr().add(sb * bytes), c, &sc[i]) };
-                for j in 0..T {
-                    for g in 0..4 {
+                // SAFETY: super-block sb < nsb is inside rows[i] (checked above), u < 4.
+                let unit = unsafe { Unit::new::<TY>(rows[i].as_ptr().add(sb * bytes), u, &sc[i]) };
+                for g in 0..8 {
+                    // SAFETY: `unit` is of this TY on a live super-block, g < 8.
+                    let wv = unsafe { unit.get::<TY>(g) };
+                    for j in 0..T {
                         // SAFETY: xs[j] holds nsb * 256 values (checked above); values
-                        // 256 sb + 32 c + 8 g .. + 8 are inside.
-                        let xg = unsafe { _mm256_loadu_ps(xs[j].as_ptr().add(sb * QK_K + 32 * c + 8 * g)) };
-                        acc[i][j][g % A] = _mm256_fmadd_ps(wv[g], xg, acc[i][j][g % A]);
+                        // 256 sb + 64 u + 8 g .. + 8 are inside.
+                        let xg = unsafe { _mm256_loadu_ps(xs[j].as_ptr().add(sb * QK_K + 64 * u + 8 * g)) };
+                        acc[i][j][g % A] = _mm256_fmadd_ps(wv, xg, acc[i][j][g % A]);
                     }
                 }
             }
@@ -241,7 +308,7 @@ fn tile<const TY: u8, const R: usize, const T: usize, const A: usize>(
     sums
 }
 
-/// Every super-block of `row` through the chunk decoders (the tests' window on them): the
+/// Every super-block of `row` through the unit decoders (the tests' window on them): the
 /// values `out` gets are the ones the kernels multiply. Lengths are checked by the caller.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn decode_row(dtype: DType, row: &[u8], out: &mut [f32]) {
@@ -249,13 +316,18 @@ pub(super) fn decode_row(dtype: DType, row: &[u8], out: &mut [f32]) {
     let bytes = block_bytes(ty);
     for (b, o) in row.chunks_exact(bytes).zip(out.chunks_exact_mut(QK_K)) {
         let s = if ty == Q4_K { scales::<Q4_K>(b) } else { scales::<Q6_K>(b) };
-        for c in 0..QK_K / 32 {
-            // SAFETY: `b` is one whole super-block (chunks_exact), c < 8.
-            let w =
-                unsafe { if ty == Q4_K { chunk::<Q4_K>(b.as_ptr(), c, &s) } else { chunk::<Q6_K>(b.as_ptr(), c, &s) } };
-            for (g, v) in w.iter().enumerate() {
-                // SAFETY: o holds 256 values; 32 c + 8 g + 8 <= 256.
-                unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(32 * c + 8 * g), *v) };
+        for u in 0..QK_K / 64 {
+            for g in 0..8 {
+                // SAFETY: `b` is one whole super-block (chunks_exact), u < 4, g < 8.
+                let w = unsafe {
+                    if ty == Q4_K {
+                        Unit::new::<Q4_K>(b.as_ptr(), u, &s).get::<Q4_K>(g)
+                    } else {
+                        Unit::new::<Q6_K>(b.as_ptr(), u, &s).get::<Q6_K>(g)
+                    }
+                };
+                // SAFETY: o holds 256 values; 64 u + 8 g + 8 <= 256.
+                unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(64 * u + 8 * g), w) };
             }
         }
     }
