@@ -17,7 +17,7 @@ pub fn rmsnorm(x: &[f32], weight: &[f32], n_rows: usize, dim: usize, eps: f32, o
     if dim == 0 {
         return Ok(());
     }
-    out.par_chunks_mut(dim).zip(x.par_chunks(dim)).for_each(|(o, xr)| {
+    let row = |(o, xr): (&mut [f32], &[f32])| {
         let mut ss = 0.0f32;
         for v in xr {
             ss += v * v;
@@ -26,6 +26,18 @@ pub fn rmsnorm(x: &[f32], weight: &[f32], n_rows: usize, dim: usize, eps: f32, o
         for ((o, &v), &w) in o.iter_mut().zip(xr).zip(weight) {
             *o = (v * scale) * w;
         }
-    });
+    };
+    if x.len() <= SERIAL_MAX {
+        // A decode step's norms (a 640-wide row, or Gemma 3's per-head Q norm of 4 × 256) take
+        // a microsecond or two: on the calling thread, not split over the pool. Same rows, same
+        // operations.
+        out.chunks_mut(dim).zip(x.chunks(dim)).for_each(row);
+    } else {
+        out.par_chunks_mut(dim).zip(x.par_chunks(dim)).for_each(row);
+    }
     Ok(())
 }
+
+/// Most values normalized on the calling thread (below, the work is worth less than handing
+/// rows to other threads).
+const SERIAL_MAX: usize = 8192;
