@@ -94,15 +94,31 @@ pub struct Sampler {
     recent: VecDeque<u32>,
 }
 
-/// Index of the largest value (ties: the lowest index); NaN never wins.
+/// Index of the largest value (ties: the lowest index); NaN never wins (all NaN: the last
+/// index; empty: 0).
+///
+/// Greedy decoding runs this over the whole vocabulary every token (262144 logits for Gemma
+/// 3), so it is two passes that vectorize instead of one with a compare-and-branch per value:
+/// the largest non-NaN value in eight lanes (`f32::max` ignores NaN), then the first index
+/// holding it. The same index as the one-pass scan (`tests/sample.rs` checks it against that
+/// scan with ties, NaNs, signed zeros and infinities).
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0usize;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] || logits[best].is_nan() {
-            best = i;
+    const LANES: usize = 8;
+    let mut lanes = [f32::NAN; LANES];
+    let chunks = logits.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = m.max(v);
         }
     }
-    best as u32
+    let best = lanes.iter().chain(tail).fold(f32::NAN, |m, &v| m.max(v));
+    if best.is_nan() {
+        // Nothing but NaN: the scan's answer, the last index.
+        return logits.len().saturating_sub(1) as u32;
+    }
+    // -0.0 == 0.0, so among signed zeros the first one wins, as in the scan.
+    logits.iter().position(|&v| v == best).unwrap_or(0) as u32
 }
 
 impl Sampler {

@@ -322,3 +322,48 @@ fn sampler_top_k_keeps_the_sorted_prefix() {
         assert_eq!(ids, sorted[..k.min(sorted.len())], "top-k {k}");
     }
 }
+
+/// `argmax` (two vectorizable passes) gives the index of the plain one-pass scan it replaced:
+/// on random logits with many ties, NaNs, signed zeros and infinities, lengths around the
+/// lane count, and the edge cases (empty, all NaN, a NaN first).
+#[test]
+fn argmax_equals_the_one_pass_scan() {
+    fn scan(l: &[f32]) -> u32 {
+        let mut best = 0usize;
+        for (i, &v) in l.iter().enumerate() {
+            if v > l[best] || l[best].is_nan() {
+                best = i;
+            }
+        }
+        best as u32
+    }
+    let specials = [f32::NAN, 0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, 1.0, -1.0];
+    let mut r = ChaCha8Rng::seed_from_u64(31);
+    for len in [0usize, 1, 2, 7, 8, 9, 15, 16, 17, 63, 64, 65, 1000, 4099] {
+        for round in 0..40 {
+            let l: Vec<f32> = (0..len)
+                .map(|_| match round % 4 {
+                    0 => r.random_range(0..5u32) as f32 - 2.0,
+                    1 => specials[r.random_range(0..specials.len())],
+                    2 => r.random_range(-1000.0..1000.0f32),
+                    _ => {
+                        if r.random_range(0..4u32) == 0 {
+                            f32::NAN
+                        } else {
+                            r.random_range(0..3u32) as f32
+                        }
+                    }
+                })
+                .collect();
+            assert_eq!(argmax(&l), scan(&l), "length {len}, round {round}: {l:?}");
+        }
+        let nan = vec![f32::NAN; len];
+        assert_eq!(argmax(&nan), scan(&nan), "all NaN, length {len}");
+        if len > 1 {
+            let mut first_nan = vec![-3.0f32; len];
+            first_nan[0] = f32::NAN;
+            first_nan[len - 1] = -2.0;
+            assert_eq!(argmax(&first_nan), (len - 1) as u32, "a NaN first, length {len}");
+        }
+    }
+}
