@@ -213,7 +213,7 @@ impl Unit {
                 // Low nibbles with qh bits 0..2 (k = 0) and 2..4 (k = 1) above them; high
                 // nibbles with bits 4..6 (k = 2) and 6..8 (k = 3). Shifts of 16-bit lanes
                 // whose crossed-over bits the masks drop.
-                let (l0, l1, h0, h1) = if u % 2 == 0 {
+                let (l0, l1, h0, h1) = if u.is_multiple_of(2) {
                     (
                         _mm256_and_si256(ql0, m4),
                         _mm256_and_si256(ql1, m4),
@@ -257,7 +257,7 @@ impl Unit {
         } else {
             let v = self.q6[g / 4];
             let half = if g % 4 < 2 { _mm256_castsi256_si128(v) } else { _mm256_extracti128_si256::<1>(v) };
-            let bytes = if g % 2 == 0 { half } else { _mm_srli_si128::<8>(half) };
+            let bytes = if g.is_multiple_of(2) { half } else { _mm_srli_si128::<8>(half) };
             _mm256_mul_ps(self.s[g / 2], _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)))
         }
     }
