@@ -382,3 +382,46 @@ fn auto_streams_the_experts_of_resident_layers_when_only_attention_fits() {
     let cpu = ok(&with(&req, |r| r.experts.cpu = CpuExperts::All));
     assert!(decode(&p) > 2.0 * decode(&cpu), "{} vs CPU experts' {}", decode(&p), decode(&cpu));
 }
+
+/// At 14 GiB most of Qwen3-30B-A3B's 15 GiB of experts fit beside the attention parts, but not
+/// all: `auto` keeps most layers whole and resident and sends only the first layers' experts to
+/// the CPU
+/// (what `--n-cpu-moe k` asks), which reads fewer expert bytes on the CPU per token than any
+/// cache of 1, 2, 4, ... experts per layer (64 of 128 is the largest that fits) and hands off
+/// fewer layers. The plan names the mode, and `--n-cpu-moe k` plans the same decode.
+#[test]
+fn auto_mixes_whole_resident_layers_with_cpu_experts_when_most_fit() {
+    let req = with(&qwen3_30b(), |r| r.gpu_budget = Some(14 * GIB));
+    let p = ok(&req);
+    println!("{}\n{}", p.summary_line(), p.render_table());
+    let e = experts(&p);
+    let k = e.iter().take_while(|x| x.1 == ExpertPlacement::Cpu).count();
+    assert!(k > 0 && k < 24, "k = {k}\n{}", p.render_table());
+    // The rest: whole layers, resident with their experts (most of them), or whole cpu layers.
+    let whole = (Placement::Resident, ExpertPlacement::Resident, 0);
+    assert!(
+        e[k..].iter().all(|x| x == &whole || x == &(Placement::Cpu, ExpertPlacement::Cpu, 0)),
+        "{}",
+        p.render_table()
+    );
+    assert!(e[k..].iter().filter(|x| **x == whole).count() >= 36, "{}", p.render_table());
+    assert!(e[..k].iter().all(|x| x.0 == Placement::Resident && x.2 == 0), "{}", p.render_table());
+    let x = p.experts.as_ref().expect("summary");
+    assert_eq!(x.policy, format!("auto (as --n-cpu-moe {k})"));
+    let on_cpu = e.iter().filter(|x| x.1 == ExpertPlacement::Cpu).count() as u64;
+    assert_eq!(x.cpu_bytes, on_cpu * 128 * EXPERT, "the first {k} layers' experts and the cpu layers'");
+    assert!(p.render_table().contains(&format!("auto (as --n-cpu-moe {k})")), "{}", p.render_table());
+    let same = ok(&with(&req, |r| r.experts.cpu = CpuExperts::First(k)));
+    assert!((decode(&same) - decode(&p)).abs() <= 1e-9 * decode(&p), "{} vs {}", decode(&same), decode(&p));
+    // Faster than every pure mode: whole layers, every layer's experts on the CPU with or
+    // without a cache.
+    for experts in [
+        ExpertPolicy { cpu: CpuExperts::First(0), cache_bytes: None },
+        ExpertPolicy { cpu: CpuExperts::All, cache_bytes: None },
+        ExpertPolicy { cpu: CpuExperts::All, cache_bytes: Some(4 * GIB) },
+        ExpertPolicy { cpu: CpuExperts::All, cache_bytes: Some(8 * GIB) },
+    ] {
+        let other = ok(&with(&req, |r| r.experts = experts));
+        assert!(decode(&p) > decode(&other), "{experts:?}: {} >= auto's {}", decode(&other), decode(&p));
+    }
+}

@@ -33,6 +33,30 @@ fn auto_cache_sizes(req: &PlanRequest) -> Vec<usize> {
     std::iter::successors(Some(1usize), |k| k.checked_mul(2)).take_while(|&k| k < most).collect()
 }
 
+/// How many first layers the mixed modes of `auto` send their experts away: eighths of the
+/// model (every count for a model of at most 8 layers), none of them 0 or `n` (the pure modes).
+fn prefix_counts(n: usize) -> Vec<usize> {
+    let mut out: Vec<usize> = (1..8).map(|j| (n * j).div_ceil(8)).filter(|&k| k > 0 && k < n).collect();
+    out.dedup();
+    out
+}
+
+/// The mode `sides` as the flag a user would type for it, when `auto` chose a mixed mode: the
+/// first k layers' experts on the CPU (`--n-cpu-moe k`) or streamed; `None` for the others.
+pub(super) fn mixed_as_flag(req: &PlanRequest, sides: &[ExpertSide]) -> Option<String> {
+    let moe_layers: Vec<usize> = (0..req.layers.len()).filter(|&i| moe(&req.layers[i]).is_some()).collect();
+    let away = |s: &ExpertSide| !matches!(s, ExpertSide::Follow);
+    let k = sides.iter().take_while(|s| away(s)).count();
+    if k == 0 || sides[k..].iter().any(away) || moe_layers.iter().all(|&i| i < k) {
+        return None;
+    }
+    match sides[0] {
+        ExpertSide::Cpu { cached: 0 } => Some(format!("as --n-cpu-moe {k}")),
+        ExpertSide::Stream => Some(format!("experts of the first {k} layers streamed")),
+        _ => None,
+    }
+}
+
 /// The expert modes the request allows, one side per layer each. A dense model, or no GPU,
 /// has one mode: every side [`ExpertSide::Follow`].
 pub(super) fn modes(req: &PlanRequest) -> Vec<Vec<ExpertSide>> {
@@ -67,6 +91,19 @@ pub(super) fn modes(req: &PlanRequest) -> Vec<Vec<ExpertSide>> {
                 req.layers.iter().map(|l| if moe(l).is_some() { ExpertSide::Stream } else { ExpertSide::Follow });
             let mut out = vec![follow, stream.collect(), with_cache(&|_| 0)];
             out.extend(auto_cache_sizes(req).into_iter().map(|k| with_cache(&move |_| k)));
+            // Mixed modes: the experts of the first k layers away (on the CPU, as `--n-cpu-moe
+            // k`, or streamed), the other layers' with them. Where most but not all experts fit
+            // beside the attention parts, these keep the rest whole on the GPU: no hand-off and
+            // no copy for those layers.
+            for k in prefix_counts(n) {
+                let first = |side: ExpertSide| -> Vec<ExpertSide> {
+                    (0..n)
+                        .map(|i| if i < k && moe(&req.layers[i]).is_some() { side } else { ExpertSide::Follow })
+                        .collect()
+                };
+                out.push(first(ExpertSide::Cpu { cached: 0 }));
+                out.push(first(ExpertSide::Stream));
+            }
             out
         }
         (CpuExperts::All | CpuExperts::First(_), None) => vec![with_cache(&|_| 0)],
@@ -149,7 +186,7 @@ pub(super) fn policy_flag(p: &ExpertPolicy) -> String {
 }
 
 /// The plan's expert summary; `None` for a dense model.
-pub(super) fn summary(req: &PlanRequest, layers: &[LayerPlan]) -> Option<ExpertSummary> {
+pub(super) fn summary(req: &PlanRequest, layers: &[LayerPlan], sides: &[ExpertSide]) -> Option<ExpertSummary> {
     if !req.layers.iter().any(|l| moe(l).is_some()) {
         return None;
     }
@@ -160,7 +197,10 @@ pub(super) fn summary(req: &PlanRequest, layers: &[LayerPlan]) -> Option<ExpertS
         cpu_bytes: 0,
         active_bytes_per_token: 0,
         predicted_hit_rate: 0.0,
-        policy: policy_flag(&req.experts),
+        policy: match mixed_as_flag(req, sides) {
+            Some(mixed) if req.experts == ExpertPolicy::default() => format!("auto ({mixed})"),
+            _ => policy_flag(&req.experts),
+        },
     };
     let (mut hits, mut cached_layers) = (0.0, 0usize);
     for (spec, lp) in req.layers.iter().zip(layers) {

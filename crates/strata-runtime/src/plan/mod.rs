@@ -99,7 +99,10 @@
 //!   host memory holds the experts (counted under `cpu_experts`; streamed experts are pinned).
 //! - Choice: with no expert flag and a GPU, `auto` tries experts with their layers, the experts of
 //!   every resident layer streamed, experts of every layer on the CPU, and that with caches of 1,
-//!   2, 4, ... experts per layer; each mode is searched as above and the fastest decode wins.
+//!   2, 4, ... experts per layer, and mixed modes: the experts of the first k layers on the CPU
+//!   (what `--n-cpu-moe k` asks) or streamed, the others with their layers, for k in eighths of
+//!   the model. Each mode is searched as above and the fastest decode wins; a mixed choice is
+//!   named in the plan's experts line (`auto (as --n-cpu-moe 12)`).
 //!   The flags fix the mode. A dense model, or no GPU, has one mode and plans exactly as without
 //!   experts (the flags add a note).
 //!

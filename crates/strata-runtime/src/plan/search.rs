@@ -549,7 +549,7 @@ impl<'a> Planner<'a> {
                 }
             })
             .collect();
-        let expert_summary = experts::summary(req, &layers);
+        let expert_summary = experts::summary(req, &layers, &self.sides);
         let decode_s = c.decode.seconds.max(MIN_SECONDS);
         let prefill_s = prefill::prompt_timing(pf.as_ref(), req, c).seconds.max(MIN_SECONDS);
         let (mut gpu_bytes, mut host_bytes) = (c.acc.gpu, c.acc.host);
