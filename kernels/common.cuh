@@ -121,6 +121,27 @@ __host__ inline int64_t row_bytes(strata_dtype t, int64_t cols) {
 
 __host__ inline strata_status launch_status() { return (strata_status)cudaGetLastError(); }
 
+// ---- gated activations (the FFN's act(gate) * up) ----------------------------------------
+
+// silu(g) * u = g / (1 + expf(-g)) * u (as llama.cpp writes it), and gelu_tanh(g) * u = 0.5 g (1 +
+// tanhf(sqrt(2/pi) g (1 + 0.044715 g^2))) * u: each product rounded on its own (_rn intrinsics,
+// no contraction to fma) in the CPU reference's order (src/cpu/elementwise.rs), so only expf /
+// tanhf differ from libm. Shared by elementwise.cu and the fused gate/up matvec (fused_q8.cu),
+// which therefore give the same bits for the same gate and up.
+__device__ __forceinline__ float silu_times(float g, float u) {
+    return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
+}
+
+// The constants of the CPU reference, as f32.
+constexpr float kGeluSqrt2OverPi = 0.7978846f;
+constexpr float kGeluCoefA = 0.044715f;
+
+__device__ __forceinline__ float gelu_tanh_times(float g, float u) {
+    const float cube = __fadd_rn(1.0f, __fmul_rn(__fmul_rn(kGeluCoefA, g), g));
+    const float t = tanhf(__fmul_rn(__fmul_rn(kGeluSqrt2OverPi, g), cube));
+    return __fmul_rn(__fmul_rn(__fmul_rn(0.5f, g), __fadd_rn(1.0f, t)), u);
+}
+
 // ---- reductions ------------------------------------------------------------------------
 
 __device__ __forceinline__ float warp_sum(float v) {

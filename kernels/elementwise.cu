@@ -4,11 +4,9 @@
 // Layout: flat arrays of n values; out may alias the inputs. One thread per value in a
 // grid-stride loop. Bytes moved: 3n*4 (silu_mul, gelu_mul, add) or 2n*4 (scale, add_bias: the
 // bias row stays in cache): memory-bound.
-// silu(g) = g / (1 + expf(-g)) (as llama.cpp writes it); gelu_tanh(g) = 0.5 g (1 + tanhf(
-// sqrt(2/pi) g (1 + 0.044715 g^2))). The products are rounded one at a time (_rn intrinsics,
-// no contraction to fma) in the CPU reference's order, so only expf / tanhf differ from libm,
-// by a couple of ulp: silu_mul and gelu_mul are compared with a tolerance, add and scale
-// exactly.
+// silu(g) * u and gelu_tanh(g) * u are common.cuh's silu_times / gelu_tanh_times (the CPU
+// reference's operations; only expf / tanhf differ from libm, by a couple of ulp): silu_mul and
+// gelu_mul are compared with a tolerance, add and scale exactly.
 #include "common.cuh"
 
 using namespace strata;
@@ -19,23 +17,15 @@ static __global__ void __launch_bounds__(kThreads)
     strata_silu_mul_f32_kernel(const float *gate, const float *up, int64_t n, float *out) {
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        const float g = gate[i];
-        out[i] = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), up[i]);
+        out[i] = silu_times(gate[i], up[i]);
     }
 }
-
-// The constants of the CPU reference (src/cpu/elementwise.rs), as f32.
-static constexpr float kGeluSqrt2OverPi = 0.7978846f;
-static constexpr float kGeluCoefA = 0.044715f;
 
 static __global__ void __launch_bounds__(kThreads)
     strata_gelu_tanh_mul_f32_kernel(const float *gate, const float *up, int64_t n, float *out) {
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        const float g = gate[i];
-        const float cube = __fadd_rn(1.0f, __fmul_rn(__fmul_rn(kGeluCoefA, g), g));
-        const float t = tanhf(__fmul_rn(__fmul_rn(kGeluSqrt2OverPi, g), cube));
-        out[i] = __fmul_rn(__fmul_rn(__fmul_rn(0.5f, g), __fadd_rn(1.0f, t)), up[i]);
+        out[i] = gelu_tanh_times(gate[i], up[i]);
     }
 }
 

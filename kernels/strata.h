@@ -239,12 +239,33 @@ strata_status strata_quantize_act_q8(strata_dtype dtype, const float *x, int64_t
 strata_status strata_matvec_q8(strata_dtype dtype, const void *w, int64_t rows, int64_t cols,
                                const void *act, float *y, cudaStream_t stream);
 
+/* strata_matvec_q8 with the residual add in its epilogue: y[r] = add[r] + sum_c w[r][c] * x'[c];
+ * `add` (not null) may be `y` itself. */
+strata_status strata_matvec_q8_add(strata_dtype dtype, const void *w, int64_t rows, int64_t cols,
+                                   const void *act, const float *add, float *y, cudaStream_t stream);
+
 /* Host twins of the two above: the same per-block arithmetic on the CPU (no GPU needed), for
  * the tests that check every type's decoding against the CPU fast path. Host pointers. */
 strata_status strata_quantize_act_q8_host(strata_dtype dtype, const float *x, int64_t cols,
                                           void *act);
 strata_status strata_matvec_q8_host(strata_dtype dtype, const void *w, int64_t rows, int64_t cols,
                                     const void *act, float *y);
+
+/* ---- fused_q8.cu (the "next" kernel set's fused decode ops) ----------------------------- */
+
+/* RMSNorm of one row and its 8-bit activations in one launch: out = strata_rmsnorm_f32 of x
+ * (bit for bit) and act = strata_quantize_act_q8(dtype, out) (byte for byte); `act` 16-byte
+ * aligned, strata_act_q8_bytes(dtype, cols) long. */
+strata_status strata_rmsnorm_quantize_q8(strata_dtype dtype, const float *x, const float *weight,
+                                         int64_t cols, float eps, float *out, void *act,
+                                         cudaStream_t stream);
+
+/* The FFN's gate and up matvecs and the gated activation in one launch: out[r] = act(g_r) * u_r
+ * with g = W_gate x', u = W_up x' (both `dtype`, [rows][cols], on the activations `act` of
+ * strata_quantize_act_q8) and act SiLU (gelu = 0) or GELU with the tanh approximation (1). */
+strata_status strata_matvec_q8_glu(strata_dtype dtype, const void *w_gate, const void *w_up,
+                                   int64_t rows, int64_t cols, const void *act, int32_t gelu,
+                                   float *out, cudaStream_t stream);
 
 /* ---- matmul.cu ------------------------------------------------------------------------- */
 

@@ -130,6 +130,112 @@ launchers! {
         })
     }
 
+    /// y = add + W x' ([`matvec_q8`] with the residual add in its epilogue); `add` may be `y`.
+    ///
+    /// # Safety
+    /// As [`matvec_q8`], and `add` must address `rows` f32 of device memory (it may be `y`).
+    ///
+    /// # Errors
+    /// Argument errors and the launch status.
+    pub unsafe fn matvec_q8_add(
+        dt: DType,
+        w: DevicePtr,
+        rows: usize,
+        cols: usize,
+        act: DevicePtr,
+        add: DevicePtr,
+        y: DevicePtr,
+        s: Stream,
+    ) -> Result<()> {
+        const OP: &str = "matvec_q8_add";
+        let wt = weight_dtype(OP, dt)?;
+        let (r, c) = (i64_of(OP, "rows", rows)?, i64_of(OP, "cols", cols)?);
+        // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+        check(OP, unsafe {
+            ffi::strata_matvec_q8_add(wt, ptr(w), r, c, ptr::<std::ffi::c_void>(act), ptr(add), ptr_mut(y), stream(s))
+        })
+    }
+
+    /// RMSNorm of one row of `cols` f32 at `x` with `weight` into `out` (as [`rmsnorm_f32`],
+    /// bit for bit) and the 8-bit activations of the result into `act` (as [`quantize_act_q8`]
+    /// of `out` for weights of `dt`), in one launch.
+    ///
+    /// # Safety
+    /// `x`, `weight` and `out` must address `cols` f32 and `act` [`act_q8_bytes`]`(dt, cols)`
+    /// bytes (16-byte aligned) of device memory, alive until the work on stream `s` completes;
+    /// `out` must not overlap `x`.
+    ///
+    /// # Errors
+    /// Argument errors (a type that is not quantized, `cols` not whole blocks) and the launch
+    /// status.
+    pub unsafe fn rmsnorm_quantize_q8(
+        dt: DType,
+        x: DevicePtr,
+        weight: DevicePtr,
+        cols: usize,
+        eps: f32,
+        out: DevicePtr,
+        act: DevicePtr,
+        s: Stream,
+    ) -> Result<()> {
+        const OP: &str = "rmsnorm_quantize_q8";
+        let wt = weight_dtype(OP, dt)?;
+        let c = i64_of(OP, "cols", cols)?;
+        // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+        check(OP, unsafe {
+            ffi::strata_rmsnorm_quantize_q8(
+                wt,
+                ptr(x),
+                ptr(weight),
+                c,
+                eps,
+                ptr_mut(out),
+                ptr_mut::<std::ffi::c_void>(act),
+                stream(s),
+            )
+        })
+    }
+
+    /// out[r] = act(W_gate x')[r] * (W_up x')[r] on the 8-bit activations `act` (the FFN's
+    /// gate and up products and SiLU or, with `gelu`, GELU-tanh, in one launch).
+    ///
+    /// # Safety
+    /// `w_gate` and `w_up` must each address `rows * dt.row_bytes(cols)` bytes, `act`
+    /// [`act_q8_bytes`]`(dt, cols)` bytes (16-byte aligned) and `out` `rows` f32 of device
+    /// memory, alive until the work on stream `s` completes.
+    ///
+    /// # Errors
+    /// Argument errors and the launch status.
+    pub unsafe fn matvec_q8_glu(
+        dt: DType,
+        w_gate: DevicePtr,
+        w_up: DevicePtr,
+        rows: usize,
+        cols: usize,
+        act: DevicePtr,
+        gelu: bool,
+        out: DevicePtr,
+        s: Stream,
+    ) -> Result<()> {
+        const OP: &str = "matvec_q8_glu";
+        let wt = weight_dtype(OP, dt)?;
+        let (r, c) = (i64_of(OP, "rows", rows)?, i64_of(OP, "cols", cols)?);
+        // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+        check(OP, unsafe {
+            ffi::strata_matvec_q8_glu(
+                wt,
+                ptr(w_gate),
+                ptr(w_up),
+                r,
+                c,
+                ptr::<std::ffi::c_void>(act),
+                i32::from(gelu),
+                ptr_mut(out),
+                stream(s),
+            )
+        })
+    }
+
     /// Y = X W^T for `n_tokens` rows of X.
     ///
     /// # Safety
