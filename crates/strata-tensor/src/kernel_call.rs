@@ -43,6 +43,47 @@ pub(crate) enum KernelCall<'a> {
         n_tokens: usize,
         y: &'a DeviceBuffer,
     },
+    /// The `next` set's fused decode ops (`ops::fused`): RMSNorm of one row and its 8-bit
+    /// activations for weights of `dt` into `act`.
+    RmsnormQ8 {
+        dt: DType,
+        x: &'a DeviceBuffer,
+        weight: &'a DeviceBuffer,
+        dim: usize,
+        eps: f32,
+        out: &'a DeviceBuffer,
+        act: &'a DeviceBuffer,
+    },
+    /// y = W x' on activations `act` already quantized (by `RmsnormQ8`).
+    MatvecQ8 {
+        dt: DType,
+        w: &'a DeviceBuffer,
+        rows: usize,
+        cols: usize,
+        act: &'a DeviceBuffer,
+        y: &'a DeviceBuffer,
+    },
+    /// y += W x: x quantized into the stream's scratch, the residual add in the matvec's
+    /// epilogue.
+    MatvecAdd {
+        dt: DType,
+        w: &'a DeviceBuffer,
+        rows: usize,
+        cols: usize,
+        x: &'a DeviceBuffer,
+        y: &'a DeviceBuffer,
+    },
+    /// out = act(W_gate x') * (W_up x') on activations `act` already quantized.
+    GluQ8 {
+        dt: DType,
+        gate: &'a DeviceBuffer,
+        up: &'a DeviceBuffer,
+        rows: usize,
+        cols: usize,
+        act: &'a DeviceBuffer,
+        gelu: bool,
+        out: &'a DeviceBuffer,
+    },
     Rmsnorm {
         x: &'a DeviceBuffer,
         weight: &'a DeviceBuffer,
@@ -164,6 +205,10 @@ impl KernelCall<'_> {
             KernelCall::Matvec { .. } => "matvec",
             KernelCall::Matmul { .. } => "matmul",
             KernelCall::Rmsnorm { .. } => "rmsnorm",
+            KernelCall::RmsnormQ8 { .. } => "rmsnorm_quantize_q8",
+            KernelCall::MatvecQ8 { .. } => "matvec_q8",
+            KernelCall::MatvecAdd { .. } => "matvec_q8_add",
+            KernelCall::GluQ8 { .. } => "matvec_q8_glu",
             KernelCall::Rope { .. } => "rope",
             KernelCall::Attention { n_tokens: 1, .. } => "attention_decode",
             KernelCall::Attention { .. } => "attention_prefill",

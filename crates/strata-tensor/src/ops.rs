@@ -25,8 +25,10 @@
 
 #![allow(clippy::too_many_arguments)]
 
+mod fused;
 mod paged;
 
+pub use fused::{Glu, QuantizedActs, glu_fuses, matvec_add, matvec_glu, matvec_quantized, rmsnorm_quantize};
 pub use paged::{PagedIndex, paged_attention};
 
 use strata_kernels::RopeLayout;

@@ -1,6 +1,8 @@
 //! strata-tensor tests, one binary with a module per area:
 //! - `ops`: every op through tensors, on the CPU and on CUDA (`device_test!` fans each body
 //!   out to `<op>::cpu` and `<op>::cuda`), against the kernel crate's CPU reference;
+//! - `fused`: the `next` kernel set's fused decode ops (composition on the host, kernels on
+//!   CUDA);
 //! - `paged`: paged attention for a batch of sequences of different lengths (cpu and cuda);
 //! - `budget`: the memory accountant (property tests, CPU only);
 //! - `device`: discovery without a driver, and CPU work without a GPU;
@@ -11,6 +13,7 @@ mod support;
 
 mod budget;
 mod device;
+mod fused;
 mod memory;
 mod ops;
 mod paged;

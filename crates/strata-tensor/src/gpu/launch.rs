@@ -62,6 +62,32 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
             fits(op, "output", out, prod(&[*n_rows, *dim, 4]))?;
             bufs.extend([*x, *weight, *out]);
         }
+        K::RmsnormQ8 { dt, x, weight, dim, out, act, .. } => {
+            fits(op, "x", x, bytes(*dim, 4))?;
+            fits(op, "weight", weight, bytes(*dim, 4))?;
+            fits(op, "output", out, bytes(*dim, 4))?;
+            fits(op, "activations", act, cuda::act_q8_bytes(*dt, *dim))?;
+            bufs.extend([*x, *weight, *out, *act]);
+        }
+        K::MatvecQ8 { dt, w, rows, cols, act, y } => {
+            fits(op, "weight", w, dt.matrix_bytes(*rows, *cols).ok())?;
+            fits(op, "activations", act, cuda::act_q8_bytes(*dt, *cols))?;
+            fits(op, "y", y, bytes(*rows, 4))?;
+            bufs.extend([*w, *act, *y]);
+        }
+        K::MatvecAdd { dt, w, rows, cols, x, y } => {
+            fits(op, "weight", w, dt.matrix_bytes(*rows, *cols).ok())?;
+            fits(op, "x", x, bytes(*cols, 4))?;
+            fits(op, "y", y, bytes(*rows, 4))?;
+            bufs.extend([*w, *x, *y]);
+        }
+        K::GluQ8 { dt, gate, up, rows, cols, act, out, .. } => {
+            fits(op, "gate weight", gate, dt.matrix_bytes(*rows, *cols).ok())?;
+            fits(op, "up weight", up, dt.matrix_bytes(*rows, *cols).ok())?;
+            fits(op, "activations", act, cuda::act_q8_bytes(*dt, *cols))?;
+            fits(op, "output", out, bytes(*rows, 4))?;
+            bufs.extend([*gate, *up, *act, *out]);
+        }
         K::Rope { x, n_tokens, n_heads, head_dim, positions, n_rot, freq_factors, .. } => {
             fits(op, "x", x, prod(&[*n_tokens, *n_heads, *head_dim, 4]))?;
             fits(op, "positions", positions, bytes(*n_tokens, 4))?;
@@ -155,8 +181,11 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
         }
         _ => false,
     };
+    // The fused decode ops (`ops::fused`) are the `next` set's by construction: `ops` issues
+    // them only for it.
     let scratch_bytes = match &call {
         K::Matvec { dt, cols, .. } if next => cuda::act_q8_bytes(*dt, *cols),
+        K::MatvecAdd { dt, cols, .. } => cuda::act_q8_bytes(*dt, *cols),
         K::Attention { n_tokens: 1, pos0, n_heads, head_dim, window, .. } if next => {
             cuda::attention_split_bytes(*n_heads, *head_dim, pos0 + 1, *window)
         }
@@ -194,6 +223,23 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
                 cuda::matmul_f32(dt, ptr[0], rows, cols, ptr[1], n_tokens, ptr[2], raw)
             }
             K::Rmsnorm { n_rows, dim, eps, .. } => cuda::rmsnorm_f32(ptr[0], ptr[1], n_rows, dim, eps, ptr[2], raw),
+            K::RmsnormQ8 { dt, dim, eps, .. } => {
+                cuda::rmsnorm_quantize_q8(dt, ptr[0], ptr[1], dim, eps, ptr[2], ptr[3], raw)
+            }
+            K::MatvecQ8 { dt, rows, cols, .. } => cuda::matvec_q8(dt, ptr[0], rows, cols, ptr[1], ptr[2], raw),
+            K::MatvecAdd { dt, rows, cols, .. } => match &scratch {
+                // `act` is this stream's scratch of at least act_q8_bytes(dt, cols), used only
+                // by these two launches on this stream; y is both the residual and the output.
+                Some(act) => cuda::quantize_act_q8(dt, ptr[1], cols, act.ptr, raw)
+                    .and_then(|()| cuda::matvec_q8_add(dt, ptr[0], rows, cols, act.ptr, ptr[2], ptr[2], raw)),
+                None => Err(strata_kernels::Error::invalid(
+                    "matvec_add",
+                    format!("{dt} weights of {cols} columns have no 8-bit activation layout"),
+                )),
+            },
+            K::GluQ8 { dt, rows, cols, gelu, .. } => {
+                cuda::matvec_q8_glu(dt, ptr[0], ptr[1], rows, cols, ptr[2], gelu, ptr[3], raw)
+            }
             K::Rope { n_tokens, n_heads, head_dim, n_rot, freq_base, freq_scale, layout, .. } => {
                 // ptr[2], when present, is freq_factors (pushed last above).
                 let ff = ptr.get(2).copied();
