@@ -64,6 +64,8 @@ pub struct Scratch {
     act: Tensor,
     /// Router logits [T, n_expert] (models with experts; [T, 1] unused otherwise).
     router: Tensor,
+    /// The 8-bit activations of the last norm (the `next` kernel set's fused decode step).
+    acts: ops::QuantizedActs,
     /// The model's RoPE frequency divisors on this stream's device, if it has any.
     rope_factors: Option<Tensor>,
 }
@@ -86,6 +88,7 @@ impl Scratch {
             up: z(&[t, cfg.n_ff], "ffn up")?,
             act: z(&[t, cfg.n_ff], "ffn activation")?,
             router: z(&[t, cfg.n_expert.max(1)], "router logits")?,
+            acts: ops::QuantizedActs::new(cfg.n_embd, s)?,
             rope_factors: match &cfg.rope_freq_factors {
                 Some(f) => Some(Tensor::from_f32(&[f.len()], f.clone())?.to_device(s, "rope frequency factors")?),
                 None => None,
@@ -117,7 +120,9 @@ impl Scratch {
 
     /// Bytes of activation scratch for `n_tokens` tokens (for memory planning).
     pub fn bytes(cfg: &LlamaConfig, n_tokens: usize) -> u64 {
-        (n_tokens * 4 * (3 * cfg.n_embd + 2 * cfg.q_dim + 3 * cfg.kv_dim() + 3 * cfg.n_ff + cfg.n_expert.max(1))) as u64
+        // The 8-bit activations: at most 2 bytes per value in either layout, whatever T.
+        (n_tokens * 4 * (3 * cfg.n_embd + 2 * cfg.q_dim + 3 * cfg.kv_dim() + 3 * cfg.n_ff + cfg.n_expert.max(1))
+            + 2 * cfg.n_embd) as u64
     }
 }
 
@@ -208,6 +213,15 @@ fn bias(x: &mut Tensor, b: Option<&Tensor>, s: &Stream) -> Result<()> {
     Ok(())
 }
 
+/// Whether a pass of `t` tokens runs the `next` kernel set's fused decode ops
+/// ([`ops::rmsnorm_quantize`], [`ops::matvec_glu`], [`ops::matvec_add`]): one token, projections
+/// as matvecs, and `STRATA_GPU_KERNELS=next` (or [`ops::with_gpu_kernels`]). On the host the
+/// fused ops compute exactly the unfused ones, so only the kernels on a GPU change; under
+/// `proven` nothing does.
+fn fused_decode(t: usize, matmul: bool) -> Result<bool> {
+    Ok(t == 1 && !matmul && ops::gpu_kernels()? == ops::GpuKernels::Next)
+}
+
 /// RMSNorm of `x` into `tmp` with `w`, then the result back in `x` (by swapping the buffers),
 /// when `w` is given; nothing otherwise.
 fn norm_in_place(x: &mut Tensor, w: Option<&Tensor>, eps: f32, tmp: &mut Tensor, s: &Stream) -> Result<()> {
@@ -295,10 +309,19 @@ pub fn attention_inputs(
     }
     let (nh, nkv, hd) = (cfg.n_head, cfg.n_head_kv, cfg.head_dim);
     let project = if matmul { project_matmul } else { project };
-    ops::rmsnorm(x, w.req(Role::AttnNorm)?, cfg.rms_eps, &mut sc.h, s)?;
-    project(w.req(Role::Q)?, &sc.h, &mut sc.q, s)?;
-    project(w.req(Role::K)?, &sc.h, &mut sc.k, s)?;
-    project(w.req(Role::V)?, &sc.h, &mut sc.v, s)?;
+    if fused_decode(t, matmul)? {
+        // One launch for the norm and the 8-bit activations the three matvecs share.
+        let wq = w.req(Role::Q)?;
+        ops::rmsnorm_quantize(x, w.req(Role::AttnNorm)?, cfg.rms_eps, wq.dtype(), &mut sc.h, &mut sc.acts, s)?;
+        ops::matvec_quantized(wq, &sc.h, &sc.acts, &mut sc.q, s)?;
+        ops::matvec_quantized(w.req(Role::K)?, &sc.h, &sc.acts, &mut sc.k, s)?;
+        ops::matvec_quantized(w.req(Role::V)?, &sc.h, &sc.acts, &mut sc.v, s)?;
+    } else {
+        ops::rmsnorm(x, w.req(Role::AttnNorm)?, cfg.rms_eps, &mut sc.h, s)?;
+        project(w.req(Role::Q)?, &sc.h, &mut sc.q, s)?;
+        project(w.req(Role::K)?, &sc.h, &mut sc.k, s)?;
+        project(w.req(Role::V)?, &sc.h, &mut sc.v, s)?;
+    }
     bias(&mut sc.q, w.get(Role::QBias), s)?;
     bias(&mut sc.k, w.get(Role::KBias), s)?;
     bias(&mut sc.v, w.get(Role::VBias), s)?;
@@ -355,19 +378,42 @@ pub fn attention_output_and_router(
     reshape(&mut sc.q, &[t, cfg.q_dim])?;
     reshape(&mut sc.k, &[t, cfg.kv_dim()])?;
     reshape(&mut sc.att, &[t, cfg.q_dim])?;
-    project(w.req(Role::O)?, &sc.att, &mut sc.o, s)?;
-    norm_in_place(&mut sc.o, w.get(Role::PostAttnNorm), cfg.rms_eps, &mut sc.h, s)?;
-    ops::add_inplace(x, &sc.o, s)?;
+    let fused = fused_decode(t, matmul)?;
+    if fused && w.get(Role::PostAttnNorm).is_none() {
+        // The residual add in the output projection's epilogue.
+        ops::matvec_add(w.req(Role::O)?, &sc.att, x, s)?;
+    } else {
+        project(w.req(Role::O)?, &sc.att, &mut sc.o, s)?;
+        norm_in_place(&mut sc.o, w.get(Role::PostAttnNorm), cfg.rms_eps, &mut sc.h, s)?;
+        ops::add_inplace(x, &sc.o, s)?;
+    }
 
-    ops::rmsnorm(x, w.req(Role::FfnNorm)?, cfg.rms_eps, &mut sc.h, s)?;
     if cfg.is_moe() {
+        ops::rmsnorm(x, w.req(Role::FfnNorm)?, cfg.rms_eps, &mut sc.h, s)?;
         return Ok(Some(route(cfg, w, sc, matmul, s)?));
     }
-    project(w.req(Role::Gate)?, &sc.h, &mut sc.gate, s)?;
-    project(w.req(Role::Up)?, &sc.h, &mut sc.up, s)?;
-    match cfg.activation {
-        Activation::Silu => ops::silu_mul(&sc.gate, &sc.up, &mut sc.act, s)?,
-        Activation::GeluTanh => ops::gelu_mul(&sc.gate, &sc.up, &mut sc.act, s)?,
+    if fused {
+        // Norm and activations in one launch, gate and up and act(gate)·up in another, the down
+        // projection with the residual add in its epilogue where no post-FFN norm comes between.
+        let (wg, wu) = (w.req(Role::Gate)?, w.req(Role::Up)?);
+        ops::rmsnorm_quantize(x, w.req(Role::FfnNorm)?, cfg.rms_eps, wg.dtype(), &mut sc.h, &mut sc.acts, s)?;
+        let glu = match cfg.activation {
+            Activation::Silu => ops::Glu::Silu,
+            Activation::GeluTanh => ops::Glu::GeluTanh,
+        };
+        ops::matvec_glu(wg, wu, &sc.h, &sc.acts, glu, &mut sc.act, s)?;
+        if w.get(Role::PostFfnNorm).is_none() {
+            ops::matvec_add(w.req(Role::Down)?, &sc.act, x, s)?;
+            return Ok(None);
+        }
+    } else {
+        ops::rmsnorm(x, w.req(Role::FfnNorm)?, cfg.rms_eps, &mut sc.h, s)?;
+        project(w.req(Role::Gate)?, &sc.h, &mut sc.gate, s)?;
+        project(w.req(Role::Up)?, &sc.h, &mut sc.up, s)?;
+        match cfg.activation {
+            Activation::Silu => ops::silu_mul(&sc.gate, &sc.up, &mut sc.act, s)?,
+            Activation::GeluTanh => ops::gelu_mul(&sc.gate, &sc.up, &mut sc.act, s)?,
+        }
     }
     project(w.req(Role::Down)?, &sc.act, &mut sc.o, s)?;
     ffn_residual(w, x, sc, cfg, s)?;

@@ -117,3 +117,37 @@ fn rope_frequency_factors_apply_and_are_checked() {
         assert!(err.to_string().contains("rope_freqs.weight") && err.to_string().contains(what), "{err}");
     }
 }
+
+/// The `next` GPU kernel set's decode step is wired through fused ops
+/// (`forward::attention_inputs` and `attention_output_and_router` under
+/// `STRATA_GPU_KERNELS=next`: norm + activation quantization, gate/up + SiLU, the residual add
+/// in the output projections). On the host each fused op is its composition, so the whole
+/// pass must give the proven path's logits bit for bit: a wrong wiring (a skipped residual add,
+/// a norm applied twice, the wrong buffer) shows here without a GPU. A dense llama model and a
+/// MoE model (whose FFN keeps the unfused router path).
+#[test]
+fn next_kernel_set_wiring_gives_the_same_logits_on_the_cpu() {
+    use strata_tensor::ops::{GpuKernels, with_gpu_kernels};
+    for (name, layers) in [("smollm2-135m", 2), ("tiny-moe", 2)] {
+        let preset = Preset::by_name(name).and_then(|p| p.with_layers(layers)).expect("preset");
+        let bytes = gguf_bytes(&preset, DType::Q4_1, 11).expect("synthetic model");
+        let model = Arc::new(
+            Model::from_file(GgufFile::from_bytes(bytes).expect("parse"), std::path::Path::new(name)).expect("model"),
+        );
+        let pass = |k: GpuKernels| {
+            with_gpu_kernels(k, || {
+                let mut s = Session::new(Arc::clone(&model), None, &opts()).expect("session");
+                let mut logits = vec![s.forward(&PROMPT, true).expect("prefill")];
+                for t in [65, 66, 67] {
+                    logits.push(s.forward(&[t], false).expect("decode"));
+                }
+                logits
+            })
+        };
+        let (proven, next) = (pass(GpuKernels::Proven), pass(GpuKernels::Next));
+        for (step, (a, b)) in proven.iter().zip(&next).enumerate() {
+            let same = a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "{name}: step {step}: the next set's wiring changed the CPU logits");
+        }
+    }
+}
