@@ -6,9 +6,13 @@
 // 64-row x 128-token tile of Y, stepping through `cols` one 32-value chunk at a time:
 //   1. the 64 weight chunks are dequantized exactly as matmul.cu does (decode_part and
 //      dequant_value: the CPU reference's f32 weights), rounded to TF32 and stored k-major;
-//   2. the 128 x 32 X tile is rounded to TF32 and stored k-major;
+//   2. the 128 x 32 X tile is copied raw into shared memory (token-major) with cp.async;
 //   3. warp w multiplies its 16 tokens by the 64 rows: 4 k-steps of 8, 4 mma each
-//      (wmma m16n16k8, precision::tf32), accumulating in f32 fragments;
+//      (wmma m16n16k8, precision::tf32; the X fragment rounded to TF32 after its load),
+//      accumulating in f32 fragments;
+// with both tiles double-buffered: chunk c + 1's X copy and weight decode are issued before
+// chunk c's products, into the other stage, and one barrier per chunk separates the stages
+// (cp.async cannot dequantize, so the weights go through registers; X does not).
 // and at the end each warp stages its fragments through shared memory to write Y with bounds
 // checks (Y's rows need not be a multiple of 4, as wmma's direct store would require).
 //
@@ -20,8 +24,9 @@
 //
 // Work: 2 * rows * cols * n_tokens flops; each weight chunk is decoded once per 128 tokens.
 // The roofline is the device's dense TF32 tensor-core rate (H100 SXM: ~495 TFLOP/s), about 7x
-// its f32 FMA rate. Not yet tuned (no cp.async double buffering, no swizzled shared layout):
-// a first cut for correctness, to be measured with Nsight on a GPU.
+// its f32 FMA rate. Shared memory: 62,464 bytes per block (dynamic; three blocks per SM on
+// sm_90). Not yet tuned beyond the double buffering (no swizzled layout, weights decoded once
+// per 128 tokens): to be measured with Nsight on a GPU.
 #include "common.cuh"
 
 #include <mma.h>
@@ -35,17 +40,74 @@ constexpr int kTokens = 128;      // tokens per block: 16 per warp
 constexpr int kThreads = 256;     // 8 warps
 constexpr int kChunk = 32;        // values of `cols` per step (one quant chunk)
 constexpr int kLdW = kRows + 4;   // 68 floats: a multiple of 4, as wmma requires for tf32
-constexpr int kLdX = kTokens + 4; // 132 floats: likewise; 8 rows of it are 32-byte aligned
+constexpr int kLdX = kChunk + 4;  // 36 floats: likewise; 16 rows of it are 32-byte aligned
 
 static_assert(kThreads == 4 * kRows, "one thread per quarter weight chunk");
 static_assert(kThreads == 2 * kTokens, "two threads per token's X chunk");
 static_assert(kTokens == 16 * (kThreads / 32), "16 tokens per warp");
 
+// Dynamic shared memory, two stages of each tile plus the store staging (every offset a
+// multiple of 128 bytes; wmma needs 32-byte aligned tile pointers):
+//   xs[stage][token][k]  2 x 128 x 36 f32 = 36,864 bytes (raw f32, filled by cp.async)
+//   ws[stage][k][row]    2 x 32 x 68 f32  = 17,408 bytes (dequantized, TF32-rounded)
+//   stage[warp][16x16]   8 x 256 f32      =  8,192 bytes
+constexpr int kXsFloats = kTokens * kLdX;
+constexpr int kWsFloats = kChunk * kLdW;
+constexpr size_t kSmemBytes = (2 * kXsFloats + 2 * kWsFloats + (kThreads / 32) * 256) * sizeof(float);
+static_assert((kXsFloats * sizeof(float)) % 128 == 0 && (kWsFloats * sizeof(float)) % 128 == 0,
+              "stage offsets stay 128-byte aligned");
+
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 using namespace nvcuda;
-using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major>;
+using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major>;
 using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major>;
 using FragC = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
+
+// 16 bytes global -> shared without passing through registers (sm_80's cp.async; .cg: L2 only,
+// X is read once per block). Both addresses 16-byte aligned.
+__device__ __forceinline__ void cp_async16(float *dst, const float *src) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+// Thread (load_t, load_h) fills xs[load_t][16 load_h .. +16] with X[n0 + load_t][c*32 + ...]:
+// four 16-byte cp.async where the piece is inside X and aligned (cols a multiple of 4, so every
+// row starts 16-byte aligned), else plain loads with zeros past the ends (tails, odd widths).
+__device__ __forceinline__ void load_x_chunk(float *xs, const float *x, int64_t n_tokens, int64_t cols,
+                                             int64_t n0, int64_t c, int load_t, int load_h) {
+    const int64_t t = n0 + load_t;
+    const int64_t i0 = c * kChunk + 16 * load_h;
+    float *dst = xs + load_t * kLdX + 16 * load_h;
+    const bool aligned = cols % 4 == 0 && (reinterpret_cast<uintptr_t>(x) & 15) == 0;
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+        const int64_t i = i0 + 4 * p;
+        if (aligned && t < n_tokens && i + 4 <= cols) {
+            cp_async16(dst + 4 * p, x + t * cols + i);
+        } else {
+#pragma unroll
+            for (int k = 0; k < 4; ++k)
+                dst[4 * p + k] = t < n_tokens && i + k < cols ? __ldg(x + t * cols + i + k) : 0.0f;
+        }
+    }
+}
+
+// Thread (load_i, load_p) dequantizes its quarter of row m0 + load_i's chunk c into ws (k-major),
+// exactly as matmul.cu does (the CPU reference's f32 weights), rounded to TF32.
+template <strata_dtype T>
+__device__ __forceinline__ void load_w_chunk(float *ws, const uint8_t *w, int64_t rbytes, int64_t rows,
+                                             int64_t cols, int64_t m0, int64_t c, int load_i, int load_p) {
+    const int64_t r = m0 + load_i;
+    float q[8] = {}, scale = 0.0f, offset = 0.0f;
+    if (r < rows) decode_part<T>(w + r * rbytes, c, load_p, cols, q, scale, offset);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        const float v = r < rows ? dequant_value(q[k], scale, offset, has_offset(T)) : 0.0f;
+        ws[part_index(T, load_p, k) * kLdW + load_i] = wmma::__float_to_tf32(v);
+    }
+}
 #endif
 
 template <strata_dtype T>
@@ -53,16 +115,18 @@ __device__ __forceinline__ void matmul_tc_body(const uint8_t *w, int64_t rbytes,
                                                int64_t cols, const float *x, int64_t n_tokens,
                                                float *y) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    // ws[k][row] is B = W^T (k x rows, row-major); xs[k][token] is A = X (tokens x k,
-    // column-major). 32-byte alignment: wmma loads need it at every 8th k and 16th column.
-    __shared__ __align__(32) float ws[kChunk][kLdW];
-    __shared__ __align__(32) float xs[kChunk][kLdX];
-    __shared__ __align__(32) float stage[kThreads / 32][16 * 16];
+    // xs[token][k] is A = X (tokens x k, row-major); ws[k][row] is B = W^T (k x rows,
+    // row-major).
+    extern __shared__ __align__(128) float smem[];
+    // Stage s of each tile (computed, not a pointer array: that would live in local memory).
+    auto xs = [&](int s) { return smem + s * kXsFloats; };
+    auto ws = [&](int s) { return smem + 2 * kXsFloats + s * kWsFloats; };
 
     const int tid = threadIdx.x;
     const int warp = tid / 32, lane = tid % 32;
     const int load_i = tid / 4, load_p = tid % 4;      // weight row and quarter
     const int load_t = tid / 2, load_h = tid % 2;      // X token and half chunk
+    float *st = smem + 2 * kXsFloats + 2 * kWsFloats + warp * 256;
     const int64_t chunks = (cols + kChunk - 1) / kChunk;
     const int64_t tiles_m = (rows + kRows - 1) / kRows;
     const int64_t tiles_n = (n_tokens + kTokens - 1) / kTokens;
@@ -74,42 +138,40 @@ __device__ __forceinline__ void matmul_tc_body(const uint8_t *w, int64_t rbytes,
 #pragma unroll
         for (int j = 0; j < kRows / 16; ++j) wmma::fill_fragment(acc[j], 0.0f);
 
+        // Two stages: while the warps multiply chunk c from one stage, chunk c + 1's X is in
+        // flight (cp.async) and its weights are being dequantized into the other. One barrier
+        // per chunk: after it, stage c % 2 is free and stage (c + 1) % 2 is complete.
+        load_x_chunk(xs(0), x, n_tokens, cols, n0, 0, load_t, load_h);
+        cp_async_commit();
+        load_w_chunk<T>(ws(0), w, rbytes, rows, cols, m0, 0, load_i, load_p);
+        cp_async_wait_all();
+        __syncthreads();
         for (int64_t c = 0; c < chunks; ++c) {
-            {
-                const int64_t r = m0 + load_i;
-                float q[8] = {}, scale = 0.0f, offset = 0.0f;
-                if (r < rows) decode_part<T>(w + r * rbytes, c, load_p, cols, q, scale, offset);
-#pragma unroll
-                for (int k = 0; k < 8; ++k) {
-                    const float v = r < rows ? dequant_value(q[k], scale, offset, has_offset(T)) : 0.0f;
-                    ws[part_index(T, load_p, k)][load_i] = wmma::__float_to_tf32(v);
-                }
+            const int cur = (int)(c & 1);
+            if (c + 1 < chunks) {
+                load_x_chunk(xs(cur ^ 1), x, n_tokens, cols, n0, c + 1, load_t, load_h);
+                cp_async_commit();
+                load_w_chunk<T>(ws(cur ^ 1), w, rbytes, rows, cols, m0, c + 1, load_i, load_p);
             }
-            {
-                const int64_t t = n0 + load_t;
-                const int64_t i0 = c * kChunk + 16 * load_h;
-#pragma unroll
-                for (int k = 0; k < 16; ++k) {
-                    const float v = t < n_tokens && i0 + k < cols ? __ldg(x + t * cols + i0 + k) : 0.0f;
-                    xs[16 * load_h + k][load_t] = wmma::__float_to_tf32(v);
-                }
-            }
-            __syncthreads();
 #pragma unroll
             for (int k8 = 0; k8 < kChunk; k8 += 8) {
                 FragA a;
-                wmma::load_matrix_sync(a, &xs[k8][16 * warp], kLdX);
+                wmma::load_matrix_sync(a, xs(cur) + 16 * warp * kLdX + k8, kLdX);
+                // X is staged raw; rounding each element of the fragment to TF32 is the same
+                // rounding the first cut applied on the way into shared memory.
+#pragma unroll
+                for (int e = 0; e < a.num_elements; ++e) a.x[e] = wmma::__float_to_tf32(a.x[e]);
 #pragma unroll
                 for (int j = 0; j < kRows / 16; ++j) {
                     FragB b;
-                    wmma::load_matrix_sync(b, &ws[k8][16 * j], kLdW);
+                    wmma::load_matrix_sync(b, ws(cur) + k8 * kLdW + 16 * j, kLdW);
                     wmma::mma_sync(acc[j], a, b, acc[j]);
                 }
             }
+            cp_async_wait_all();
             __syncthreads();
         }
         // Fragment j holds tokens n0 + 16 warp .. +16 by rows m0 + 16 j .. +16.
-        float *st = stage[warp];
 #pragma unroll
         for (int j = 0; j < kRows / 16; ++j) {
             wmma::store_matrix_sync(st, acc[j], 16, wmma::mem_row_major);
@@ -169,8 +231,12 @@ extern "C" strata_status strata_matmul_tc_f32(strata_dtype dtype, const void *w,
 #undef STRATA_MATMUL_TC_CASE
     default: break; // not a weight type: is_weight_dtype() refused it above
     }
+    // Above the 48 KiB a kernel gets without asking.
+    e = cudaFuncSetAttribute(reinterpret_cast<const void *>(k), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)kSmemBytes);
+    if (e != cudaSuccess) return (strata_status)e;
     const int64_t tiles = ((rows + kRows - 1) / kRows) * ((n_tokens + kTokens - 1) / kTokens);
-    k<<<grid_for(tiles, 1), kThreads, 0, stream>>>(static_cast<const uint8_t *>(w),
+    k<<<grid_for(tiles, 1), kThreads, kSmemBytes, stream>>>(static_cast<const uint8_t *>(w),
                                                     row_bytes(dtype, cols), rows, cols, x,
                                                     n_tokens, y);
     return launch_status();
