@@ -17,7 +17,8 @@
 #                                # $OUT/stream.tgz. About 5 minutes on an H100/H200.
 #   scripts/gpu-check.sh next    # there: the `next` kernel set (STRATA_GPU_KERNELS=next) against
 #                                # the proven one (decode matvec on 8-bit activations, flash-
-#                                # decoding attention): parity tests (kernels, tensor API, model
+#                                # decoding attention, tensor-core prefill, fused decode ops):
+#                                # parity tests (kernels, tensor API, model
 #                                # tokens vs the CPU), memcheck on it, the matvec benches of both
 #                                # sets at 7B shapes, and `strata bench -p 512 -n 128` on a
 #                                # synthetic 7B Q4_0 all resident and at 4 GiB / 2 GiB with each
@@ -203,8 +204,9 @@ stream() {
     done
   done
   if command -v nsys >/dev/null; then
+    # STRATA_NVTX=1: ranges are recorded only when asked for or when nsys injects NVTX.
     TAIL=5 step nsys 120 nsys profile --trace=cuda,nvtx --force-overwrite=true -o "$out/stream-decode" \
-      "$S" run -m "$tmp/l7b.gguf" --device cuda --gpu-memory 2GiB --stream --context 640 -t 0 -n 4 --ignore-eos -p "$p32"
+      env STRATA_NVTX=1 "$S" run -m "$tmp/l7b.gguf" --device cuda --gpu-memory 2GiB --stream --context 640 -t 0 -n 4 --ignore-eos -p "$p32"
   else
     summary+=("nsys: skipped: nsys not on PATH")
   fi
@@ -220,15 +222,17 @@ next() {
   TAIL=12 step next-model 120 env STRATA_GPU_KERNELS=next "$bin/model" --test-threads 4 gpu:: --nocapture
   if command -v compute-sanitizer >/dev/null; then
     TAIL=6 step next-memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/tensor" --test-threads 4 _next_cuda
-    TAIL=6 step next-racecheck 120 compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/tensor" --test-threads 4 attention_decode_next_cuda attention_prefill_next_cuda matmul_next_cuda
+    TAIL=6 step next-racecheck 120 compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/tensor" --test-threads 4 attention_decode_next_cuda attention_prefill_next_cuda matmul_next_cuda fused_decode_next_cuda
   else
     summary+=("sanitizer: skipped: compute-sanitizer not on PATH")
   fi
   if [[ -x $bin/copy_bandwidth ]]; then TAIL=12 step copy 60 "$bin/copy_bandwidth" --json "$out/copy.json"; fi
   # Both sets' decode matvecs, the next prefill matmul (TF32 tensor cores) and both prefill
   # attentions (proven, tiled) at the 7B shapes: criterion prints GB/s (the matvecs against the
-  # copy bandwidth above); the matmul's flops are 2 x rows x cols x 512 per call.
-  TAIL=120 step next-bench 240 "$bin/cuda_ops" --bench "((matvec.*|matmul_tc) (q4_0|q4_K|q6_K|q8_0) (4096x4096|11008x4096|4096x11008|32000x4096)|attention_prefill(_tiled)? f16 kv 32/32x128 T=512)"
+  # copy bandwidth above); the matmul's flops are 2 x rows x cols x 512 per call. The fused
+  # decode ops (matvec_q8_add, matvec_q8_glu, rmsnorm_quantize_q8) beside what they replace
+  # (matvec_q8 of the same shapes, silu_mul 11008, rmsnorm 1x4096).
+  TAIL=150 step next-bench 300 "$bin/cuda_ops" --bench "((matvec.*|matmul_tc) (q4_0|q4_K|q6_K|q8_0) (4096x4096|11008x4096|4096x11008|32000x4096)|attention_prefill(_tiled)? f16 kv 32/32x128 T=512|matvec_q8_glu (silu|gelu) .*|rmsnorm_quantize_q8 .*|rmsnorm f32 1x4096|silu_mul f32 11008$)"
   TAIL=3 step synth-7b 120 "$S" synth --preset llama-7b --dtype q4_0 --seed 1 --out "$tmp/l7b.gguf"
   local set mem cap
   for set in proven next; do

@@ -70,7 +70,10 @@ fn out_len(op: &Op) -> usize {
     match *op {
         Op::Dequantize { rows, cols, .. } => rows * cols,
         Op::Gather { dim, n_ids, .. } => dim * n_ids,
-        Op::Matvec { rows, .. } | Op::MatvecQ8 { rows, .. } => rows,
+        Op::Matvec { rows, .. } | Op::MatvecQ8 { rows, .. } | Op::MatvecQ8Add { rows, .. } | Op::GluQ8 { rows, .. } => {
+            rows
+        }
+        Op::RmsnormQ8 { dim, .. } => dim,
         Op::Matmul { rows, tokens, .. } | Op::MatmulTc { rows, tokens, .. } => rows * tokens,
         Op::Rmsnorm { rows, dim } => rows * dim,
         Op::Rope { tokens, heads, head_dim } => tokens * heads * head_dim,
@@ -140,6 +143,17 @@ impl Gpu {
                 // x2 holds act_q8_bytes(dt, cols) (Op::inputs): the activations' scratch.
                 Op::MatvecQ8 { dt, rows, cols } => cuda::quantize_act_q8(dt, x, cols, x2, s)
                     .and_then(|()| cuda::matvec_q8(dt, w, rows, cols, x2, out, s)),
+                // v holds the residual (f32, rows), x2 the activations' scratch.
+                Op::MatvecQ8Add { dt, rows, cols } => cuda::quantize_act_q8(dt, x, cols, x2, s)
+                    .and_then(|()| cuda::matvec_q8_add(dt, w, rows, cols, x2, v, out, s)),
+                // w holds the gate rows, then the up rows.
+                Op::GluQ8 { dt, rows, cols, gelu } => {
+                    let up = w + dt.matrix_bytes(rows, cols).unwrap_or(0) as u64;
+                    cuda::quantize_act_q8(dt, x, cols, x2, s)
+                        .and_then(|()| cuda::matvec_q8_glu(dt, w, up, rows, cols, x2, gelu, out, s))
+                }
+                // x2 is the norm's weight, k the activations.
+                Op::RmsnormQ8 { dt, dim } => cuda::rmsnorm_quantize_q8(dt, x, x2, dim, 1e-5, out, k, s),
                 Op::Matmul { dt, rows, cols, tokens } => cuda::matmul_f32(dt, w, rows, cols, x, tokens, out, s),
                 Op::MatmulTc { dt, rows, cols, tokens } => cuda::matmul_tc_f32(dt, w, rows, cols, x, tokens, out, s),
                 Op::Rmsnorm { rows, dim } => cuda::rmsnorm_f32(x, x2, rows, dim, 1e-5, out, s),

@@ -52,6 +52,30 @@ pub enum Op {
         rows: usize,
         cols: usize,
     },
+    /// The `next` set's decode matvec with the residual add in its epilogue (y = r + W x):
+    /// quantization and matvec, two launches timed together; the residual is a separate buffer
+    /// so that repeated launches see the same data.
+    MatvecQ8Add {
+        dt: DType,
+        rows: usize,
+        cols: usize,
+    },
+    /// The `next` set's fused FFN product: act(W_gate x) * (W_up x) in one kernel, on
+    /// activations quantized by a first launch (timed together). Compare with two `matvec_q8`
+    /// and one `silu_mul` / `gelu_mul` of the same shape.
+    GluQ8 {
+        dt: DType,
+        rows: usize,
+        cols: usize,
+        gelu: bool,
+    },
+    /// The `next` set's fused RMSNorm of one row and its 8-bit activations for weights of
+    /// `dt`, one launch. Compare with `rmsnorm 1x<dim>` plus the quantization inside
+    /// `matvec_q8`.
+    RmsnormQ8 {
+        dt: DType,
+        dim: usize,
+    },
     Matmul {
         dt: DType,
         rows: usize,
@@ -202,6 +226,10 @@ impl Op {
             Op::Gather { .. } => "embedding_gather",
             Op::Matvec { .. } => "matvec",
             Op::MatvecQ8 { .. } => "matvec_q8",
+            Op::MatvecQ8Add { .. } => "matvec_q8_add",
+            Op::GluQ8 { gelu: false, .. } => "matvec_q8_glu silu",
+            Op::GluQ8 { gelu: true, .. } => "matvec_q8_glu gelu",
+            Op::RmsnormQ8 { .. } => "rmsnorm_quantize_q8",
             Op::Matmul { .. } => "matmul",
             Op::MatmulTc { .. } => "matmul_tc",
             Op::Rmsnorm { .. } => "rmsnorm",
@@ -226,6 +254,9 @@ impl Op {
             | Op::Gather { dt, .. }
             | Op::Matvec { dt, .. }
             | Op::MatvecQ8 { dt, .. }
+            | Op::MatvecQ8Add { dt, .. }
+            | Op::GluQ8 { dt, .. }
+            | Op::RmsnormQ8 { dt, .. }
             | Op::Matmul { dt, .. }
             | Op::MatmulTc { dt, .. } => dt.name().to_string(),
             Op::AttentionDecode { cache, .. } | Op::AttentionPrefill { cache, .. } | Op::KvAppend { cache, .. } => {
@@ -237,9 +268,12 @@ impl Op {
 
     pub fn shape(&self) -> String {
         match *self {
-            Op::Dequantize { rows, cols, .. } | Op::Matvec { rows, cols, .. } | Op::MatvecQ8 { rows, cols, .. } => {
-                format!("{rows}x{cols}")
-            }
+            Op::Dequantize { rows, cols, .. }
+            | Op::Matvec { rows, cols, .. }
+            | Op::MatvecQ8 { rows, cols, .. }
+            | Op::MatvecQ8Add { rows, cols, .. } => format!("{rows}x{cols}"),
+            Op::GluQ8 { rows, cols, .. } => format!("2x{rows}x{cols}"),
+            Op::RmsnormQ8 { dim, .. } => format!("1x{dim}"),
             Op::Gather { vocab, dim, n_ids, .. } => format!("{n_ids} of {vocab}x{dim}"),
             Op::Matmul { rows, cols, tokens, .. } | Op::MatmulTc { rows, cols, tokens, .. } => {
                 format!("{rows}x{cols} T={tokens}")
@@ -272,6 +306,12 @@ impl Op {
             Op::Matvec { dt, rows, cols } | Op::MatvecQ8 { dt, rows, cols } => {
                 dt.matrix_bytes(rows, cols).unwrap() + (rows + cols) * 4
             }
+            // The residual is read and the output written.
+            Op::MatvecQ8Add { dt, rows, cols } => dt.matrix_bytes(rows, cols).unwrap() + (2 * rows + cols) * 4,
+            // Both matrices, x, and the gated output (no gate or up vectors in memory).
+            Op::GluQ8 { dt, rows, cols, .. } => 2 * dt.matrix_bytes(rows, cols).unwrap() + (rows + cols) * 4,
+            // x read, the norm written (f32) and the activations written; the weight is read once.
+            Op::RmsnormQ8 { dt, dim } => 3 * dim * 4 + strata_kernels::cuda::act_q8_bytes(dt, dim).unwrap_or(0),
             Op::Matmul { dt, rows, cols, tokens } | Op::MatmulTc { dt, rows, cols, tokens } => {
                 dt.matrix_bytes(rows, cols).unwrap() + tokens * (rows + cols) * 4
             }
@@ -296,7 +336,10 @@ impl Op {
     /// movement.
     pub fn flops(&self) -> u64 {
         let f = match *self {
-            Op::Matvec { rows, cols, .. } | Op::MatvecQ8 { rows, cols, .. } => 2 * rows * cols,
+            Op::Matvec { rows, cols, .. } | Op::MatvecQ8 { rows, cols, .. } | Op::MatvecQ8Add { rows, cols, .. } => {
+                2 * rows * cols
+            }
+            Op::GluQ8 { rows, cols, .. } => 4 * rows * cols,
             Op::Matmul { rows, cols, tokens, .. } | Op::MatmulTc { rows, cols, tokens, .. } => 2 * rows * cols * tokens,
             Op::AttentionDecode { heads, head_dim, n_kv, .. } => 4 * heads * head_dim * n_kv,
             Op::AttentionPrefill { heads, head_dim, tokens, .. } => 4 * heads * head_dim * tokens * (tokens + 1) / 2,
@@ -325,8 +368,10 @@ impl Op {
             Op::Dequantize { dt, rows, cols }
             | Op::Matvec { dt, rows, cols }
             | Op::MatvecQ8 { dt, rows, cols }
+            | Op::MatvecQ8Add { dt, rows, cols }
             | Op::Matmul { dt, rows, cols, .. }
             | Op::MatmulTc { dt, rows, cols, .. } => dt.matrix_bytes(rows, cols).unwrap(),
+            Op::GluQ8 { dt, rows, cols, .. } => 2 * dt.matrix_bytes(rows, cols).unwrap(),
             _ => 0,
         }
     }
@@ -351,6 +396,25 @@ impl Op {
                 i.x = uniform(&mut r, cols, 1.0);
                 // x2 is the 8-bit activation buffer (written by the first launch): its bytes.
                 i.x2 = vec![0.0; strata_kernels::cuda::act_q8_bytes(dt, cols).unwrap_or(0).div_ceil(4)];
+            }
+            Op::MatvecQ8Add { dt, rows, cols } => {
+                i.w = weights(dt, rows, cols, &mut r);
+                i.x = uniform(&mut r, cols, 1.0);
+                i.x2 = vec![0.0; strata_kernels::cuda::act_q8_bytes(dt, cols).unwrap_or(0).div_ceil(4)];
+                // The residual, in the V buffer (f32).
+                i.v = Cache::F32(uniform(&mut r, rows, 4.0));
+            }
+            Op::GluQ8 { dt, rows, cols, .. } => {
+                // Gate rows, then up rows: one buffer of 2 x rows.
+                i.w = weights(dt, 2 * rows, cols, &mut r);
+                i.x = uniform(&mut r, cols, 1.0);
+                i.x2 = vec![0.0; strata_kernels::cuda::act_q8_bytes(dt, cols).unwrap_or(0).div_ceil(4)];
+            }
+            Op::RmsnormQ8 { dt, dim } => {
+                i.x = uniform(&mut r, dim, 3.0);
+                i.x2 = uniform(&mut r, dim, 1.0);
+                // The activations, in the K buffer.
+                i.k = Cache::F32(vec![0.0; strata_kernels::cuda::act_q8_bytes(dt, dim).unwrap_or(0).div_ceil(4)]);
             }
             Op::Gather { dt, vocab, dim, n_ids } => {
                 i.w = weights(dt, vocab, dim, &mut r);
@@ -411,6 +475,27 @@ impl Op {
             Op::MatvecQ8 { dt, rows, cols } => {
                 let mut o = vec![0.0; rows];
                 cpu::fast::matvec(dt, &i.w, rows, cols, &i.x, &mut o).unwrap();
+                Output::F32(o)
+            }
+            Op::MatvecQ8Add { dt, rows, cols } => {
+                let mut o = vec![0.0; rows];
+                cpu::fast::matvec(dt, &i.w, rows, cols, &i.x, &mut o).unwrap();
+                let Cache::F32(res) = &i.v else { unreachable!("MatvecQ8Add's residual is f32") };
+                let mut y = vec![0.0; rows];
+                cpu::add(res, &o, &mut y).unwrap();
+                Output::F32(y)
+            }
+            Op::GluQ8 { dt, rows, cols, gelu } => {
+                let mut gu = vec![0.0; 2 * rows];
+                cpu::fast::matvec(dt, &i.w, 2 * rows, cols, &i.x, &mut gu).unwrap();
+                let mut o = vec![0.0; rows];
+                let f = if gelu { cpu::gelu_mul } else { cpu::silu_mul };
+                f(&gu[..rows], &gu[rows..], &mut o).unwrap();
+                Output::F32(o)
+            }
+            Op::RmsnormQ8 { dim, .. } => {
+                let mut o = vec![0.0; dim];
+                cpu::rmsnorm(&i.x, &i.x2, 1, dim, 1e-5, &mut o).unwrap();
                 Output::F32(o)
             }
             Op::Matmul { dt, rows, cols, tokens } | Op::MatmulTc { dt, rows, cols, tokens } => {
@@ -633,6 +718,18 @@ pub fn cuda_cases() -> Vec<Op> {
             }
         }
     }
+    // The `next` set's fused decode ops at 7B shapes (issue 13, section 4): the residual add in
+    // the output projections' epilogue (attention output 4096x4096, FFN down 4096x11008), the
+    // FFN's gate and up with SiLU (and Gemma's GELU) in one kernel, and RMSNorm with the
+    // activation quantization. Beside them above: matvec_q8 of the same shapes, silu_mul and
+    // rmsnorm 1x4096.
+    for dt in [DType::Q4_0, DType::Q4_K, DType::Q6_K, DType::Q8_0] {
+        v.push(Op::MatvecQ8Add { dt, rows: b.hidden, cols: b.hidden });
+        v.push(Op::MatvecQ8Add { dt, rows: b.hidden, cols: b.ffn });
+        v.push(Op::GluQ8 { dt, rows: b.ffn, cols: b.hidden, gelu: false });
+        v.push(Op::RmsnormQ8 { dt, dim: b.hidden });
+    }
+    v.push(Op::GluQ8 { dt: DType::Q4_K, rows: b.ffn, cols: b.hidden, gelu: true });
     // The output projection of a 7B model: large enough that launch overhead does not hide
     // the kernel's own bandwidth.
     for dt in [DType::Q4_0, DType::Q8_0] {
