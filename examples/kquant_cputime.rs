@@ -2,7 +2,11 @@
 //! time, `CLOCK_PROCESS_CPUTIME_ID`, of calls on a 1-thread rayon pool repeated for about 1.5 s),
 //! which a loaded machine disturbs less than wall time. A measuring tool, not a test.
 //!
-//!   cargo run --release --example kquant_cputime [SECONDS]
+//!   cargo run --release --example kquant_cputime [SECONDS] [best]
+//!
+//! With `best`, the kernels are this CPU's best set (`Isa::best`, AVX-512 where present) instead
+//! of the AVX2 ones, and Gemma 3's 32-value block products are timed too (Q5_0 gate/up 2048 ×
+//! 640, Q8_0 head rows 16384 × 640).
 
 use strata_kernels::cpu::fast::{self, Isa};
 use strata_kernels::{DType, quant};
@@ -16,16 +20,22 @@ fn cpu_seconds() -> f64 {
 
 fn main() {
     let secs: f64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1.5);
+    let best = std::env::args().nth(2).is_some_and(|a| a == "best");
+    let isa = if best { Isa::best() } else { Isa::Avx2 };
     let Ok(pool) = rayon::ThreadPoolBuilder::new().num_threads(1).build() else {
         eprintln!("kquant_cputime: no rayon pool");
         return;
     };
-    let cases = [
+    let mut cases = vec![
         (DType::Q4_K, 640, 2048, 1),
         (DType::Q6_K, 640, 2048, 1),
         (DType::Q4_K, 640, 2048, 64),
         (DType::Q6_K, 640, 2048, 64),
     ];
+    if best {
+        cases.extend([(DType::Q5_0, 2048, 640, 1), (DType::Q5_0, 2048, 640, 64), (DType::Q8_0, 16384, 640, 1)]);
+    }
+    println!("kernels: {}", isa.name());
     for (dt, rows, cols, n) in cases {
         let w = quant::random_blocks(dt, rows * cols / dt.block_values(), 7);
         let x: Vec<f32> = (0..n * cols).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 300.0).collect();
@@ -33,9 +43,9 @@ fn main() {
         for (name, exact) in [("exact", true), ("fast", false)] {
             let call = |y: &mut [f32]| {
                 let r = if exact {
-                    fast::matmul_f32_with(Isa::Avx2, dt, &w, rows, cols, &x, n, y)
+                    fast::matmul_f32_with(isa, dt, &w, rows, cols, &x, n, y)
                 } else {
-                    fast::matmul_with(Isa::Avx2, dt, &w, rows, cols, &x, n, y)
+                    fast::matmul_with(isa, dt, &w, rows, cols, &x, n, y)
                 };
                 if let Err(e) = r {
                     eprintln!("{e}");
