@@ -24,7 +24,7 @@ pub(super) const ROUND_MAGIC: f32 = 12_582_912.0;
 pub(crate) enum Layout {
     /// Blocks in order; each per-block scalar `lanes` times in a row.
     Natural { lanes: usize },
-    /// For the AVX-512 Q4 kernels, which unpack the nibbles of two blocks b0, b1 as
+    /// For the AVX-512 Q4 and Q5_0 kernels, which unpack the nibbles of two blocks b0, b1 as
     /// [b0 low nibbles, b1 low, b0 high, b1 high] (values b0[0..16], b1[0..16], b0[16..32],
     /// b1[16..32]: fewer shuffles than putting them in order): each pair's 64 values in that
     /// order, and its 16 per-lane scalars as [b0 x4, b1 x4, b0 x4, b1 x4] to match the

@@ -1,13 +1,14 @@
 //! AVX-512 VNNI kernels: two 32-value blocks per 512-bit register.
 //!
 //! Per pair of blocks, for each (row, token) of a tile: one `vpdpbusd` multiplies 64 unsigned
-//! weight bytes (Q4 nibbles, or |q| for Q8_0 with the activation's sign flipped to match) with
-//! 64 signed activation bytes into sixteen 32-bit sums, lanes 0..8 from the first block and
-//! 8..16 from the second; one FMA adds them scaled by `d_w * d_x` (a vector holding each
-//! block's scale in its eight lanes) to the tile's accumulator, and for Q4 one more FMA adds the
-//! offset term `m_w * s_x`. The activations' per-block scalars are stored eight times each
-//! (`Acts::lanes`), so a pair's scales are one load; the activations are padded to an even
-//! number of blocks, and a row's odd last block is paired with zeros (masked loads).
+//! weight bytes (Q4 nibbles, Q5_0 nibbles with their fifth bit, or |q| for Q8_0 with the
+//! activation's sign flipped to match) with 64 signed activation bytes into sixteen 32-bit
+//! sums, lanes 0..8 from the first block and 8..16 from the second; one FMA adds them scaled by
+//! `d_w * d_x` (a vector holding each block's scale in its eight lanes) to the tile's
+//! accumulator, and for Q4 and Q5_0 one more FMA adds the offset term `m_w * s_x`. The
+//! activations' per-block scalars are stored eight times each (`Acts::lanes`), so a pair's
+//! scales are one load; the activations are padded to an even number of blocks, and a row's
+//! odd last block is paired with zeros (masked loads).
 //!
 //! The block loops load through raw pointers, with the lengths checked once per tile, rather
 //! than through bounds-checked slices: the checks and the registers they hold cost as much as
@@ -40,9 +41,10 @@ pub(super) fn gemm(ty: WType, w: &[u8], rb: usize, acts: &Acts, out: &mut [f32])
         WType::Q4_0 => gemm_ty::<Q4_0>(w, rb, acts, out),
         WType::Q4_1 => gemm_ty::<Q4_1>(w, rb, acts, out),
         WType::Q8_0 => gemm_ty::<Q8_0>(w, rb, acts, out),
+        WType::Q5_0 => gemm_ty::<Q5_0>(w, rb, acts, out),
         // No 512-bit kernels for these yet: the AVX2 ones (their activations come in the
         // layout AVX2 reads, see `Isa::layout`; this CPU has AVX2, FMA and F16C).
-        WType::Q5_0 | WType::Q5_1 | WType::IQ4_NL => super::avx2::gemm(ty, w, rb, acts, out),
+        WType::Q5_1 | WType::IQ4_NL => super::avx2::gemm(ty, w, rb, acts, out),
     }
 }
 
@@ -50,6 +52,7 @@ pub(super) fn gemm(ty: WType, w: &[u8], rb: usize, acts: &Acts, out: &mut [f32])
 const Q4_0: u8 = 0;
 const Q4_1: u8 = 1;
 const Q8_0: u8 = 2;
+const Q5_0: u8 = 3;
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn gemm_ty<const TY: u8>(w: &[u8], rb: usize, acts: &Acts, out: &mut [f32]) {
@@ -120,12 +123,13 @@ fn tile<const TY: u8, const R: usize, const T: usize>(
     let bytes = match TY {
         Q4_0 => 18,
         Q4_1 => 20,
+        Q5_0 => 22,
         _ => 34,
     };
     if !lengths_ok(&rows, toks, nb, bytes) {
         return [[f32::NAN; T]; R];
     }
-    let acc = if TY == Q8_0 { tile_q8::<R, T>(&rows, toks, nb) } else { tile_q4::<R, T>(TY == Q4_1, &rows, toks, nb) };
+    let acc = if TY == Q8_0 { tile_q8::<R, T>(&rows, toks, nb) } else { tile_q4::<TY, R, T>(&rows, toks, nb) };
     let mut sums = [[0.0f32; T]; R];
     for i in 0..R {
         for j in 0..T {
@@ -164,17 +168,20 @@ fn act_pair(a: &ActRow<'_>, b: usize) -> (__m512i, __m512, __m512) {
     }
 }
 
-/// Q4_0 (`q41 = false`: offset `-8 d`) or Q4_1 (offset `m`) rows; activations in
-/// `Layout::Q4Pairs` order.
+/// Q4_0 (offset `-8 d`), Q4_1 (offset `m`) or Q5_0 (offset `-16 d`, the fifth bits added to
+/// the nibbles under a mask) rows; activations in `Layout::Q4Pairs` order.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn tile_q4<const R: usize, const T: usize>(
-    q41: bool,
+fn tile_q4<const TY: u8, const R: usize, const T: usize>(
     rows: &[&[u8]; R],
     toks: &[ActRow<'_>; T],
     nb: usize,
 ) -> [[__m512; T]; R] {
-    let (bytes, off) = if q41 { (20, 4) } else { (18, 2) };
+    let (bytes, off) = match TY {
+        Q4_1 => (20, 4),
+        Q5_0 => (22, 6),
+        _ => (18, 2),
+    };
     // Lane k of a product belongs to block (k / 4) % 2 of the pair: see `Layout::Q4Pairs`.
     let pick_d = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 0, 0, 0, 0, 2, 2, 2, 2);
     let pick_m = _mm512_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3, 1, 1, 1, 1, 3, 3, 3, 3);
@@ -201,10 +208,26 @@ fn tile_q4<const R: usize, const T: usize>(
                 )
             };
             wq[i] = nibbles_pair(_mm256_inserti128_si256::<1>(_mm256_castsi128_si256(q0), q1));
+            if TY == Q5_0 {
+                // The fifth bits (4 bytes after d; bit j for value j) in the pair's byte order
+                // (see `nibbles_pair`), as a mask of the bytes that get 16 added.
+                // SAFETY: as above: qh lies inside block b, and inside block b + 1, which is
+                // read only when it exists.
+                let (qh0, qh1) = unsafe {
+                    let qh = |p: *const u8| u64::from(u32::from_le(p.add(2).cast::<u32>().read_unaligned()));
+                    (qh(p0), if b + 1 < nb { qh(p1) } else { 0 })
+                };
+                let k = (qh0 & 0xFFFF) | (qh1 & 0xFFFF) << 16 | (qh0 >> 16) << 32 | (qh1 >> 16) << 48;
+                wq[i] = _mm512_mask_add_epi8(wq[i], k, wq[i], _mm512_set1_epi8(16));
+            }
             // [d0, m0, d1, m1] as binary16 (Q4_0 has no m: those lanes hold nibbles, unused).
             let f = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_unpacklo_epi32(h0, h1)));
             dw[i] = _mm512_permutexvar_ps(pick_d, f);
-            mw[i] = if q41 { _mm512_permutexvar_ps(pick_m, f) } else { _mm512_mul_ps(dw[i], _mm512_set1_ps(-8.0)) };
+            mw[i] = match TY {
+                Q4_1 => _mm512_permutexvar_ps(pick_m, f),
+                Q5_0 => _mm512_mul_ps(dw[i], _mm512_set1_ps(-16.0)),
+                _ => _mm512_mul_ps(dw[i], _mm512_set1_ps(-8.0)),
+            };
         }
         for j in 0..T {
             let (xq, dx, sx) = act_pair(&toks[j], b);

@@ -7,7 +7,7 @@
 //! (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL) with activations in blocks of 32 (`act`, kernels
 //! `scalar`, `avx2`, `avx512`), the 256-value super-block types (Q2_K … Q6_K, IQ4_XS) with
 //! activations in blocks of 256 plus 16-value partial sums (`act_k`, kernels `scalar_k`,
-//! `avx2_k`; AVX-512 machines run the AVX2 ones, as they do for Q5_0, Q5_1 and IQ4_NL). The
+//! `avx2_k`; AVX-512 machines run the AVX2 ones, as they do for Q5_1 and IQ4_NL). The
 //! reference in [`crate::cpu`] stays the oracle; every function here is tested against it.
 //!
 //! Two kinds of products: [`matvec_f32`] / [`matmul_f32`] (module `f32act`, the default
@@ -132,7 +132,7 @@ impl Isa {
     fn layout(self, ty: WType) -> act::Layout {
         match (self, ty) {
             (Isa::Scalar, _) => act::Layout::Natural { lanes: 1 },
-            (Isa::Avx512Vnni, WType::Q4_0 | WType::Q4_1) => act::Layout::Q4Pairs,
+            (Isa::Avx512Vnni, WType::Q4_0 | WType::Q4_1 | WType::Q5_0) => act::Layout::Q4Pairs,
             (Isa::Avx2 | Isa::Avx512Vnni, _) => act::Layout::Natural { lanes: 8 },
         }
     }
