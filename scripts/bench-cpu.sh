@@ -13,7 +13,10 @@
 # made in target/bench-models/ when missing); a missing named model is fetched with
 # scripts/fetch-model.sh. Environment: LLAMA_CPP_PYTHON=path (the python with llama-cpp-python;
 # default .venv-ref), PROMPT_REPS (repetitions of the prompt sentence, default 26: about 440
-# tokens with the default model's tokenizer), GEN_TOKENS (default 128).
+# tokens with the default model's tokenizer), GEN_TOKENS (default 128), STRATA_BASE=path (another
+# strata binary, e.g. a copy built from main before a change: its exact and fast paths run in
+# the same rounds as `base-exact` and `base-fast`, so a change is measured against its base
+# under the same load).
 #
 # strata runs `strata run --json` on the prompt text (greedy, --ignore-eos, --warmup: one
 # untimed pass first so the weights are in the caches); llama.cpp runs scripts/llama-cpp-bench.py
@@ -85,12 +88,14 @@ for ((r = 1; r <= rounds; r++)); do
   else
     failed llama.cpp "$r" "$out"
   fi
-  for k in exact fast; do
-    if out=$(RAYON_NUM_THREADS=$threads target/release/strata --cpu-kernels $k run -m "$model" --device cpu --warmup \
+  for k in exact fast ${STRATA_BASE:+base-exact base-fast}; do
+    bin=target/release/strata name=strata-$k
+    if [[ $k == base-* ]]; then bin=$STRATA_BASE name=$k; fi
+    if out=$(RAYON_NUM_THREADS=$threads "$bin" --cpu-kernels "${k#base-}" run -m "$model" --device cpu --warmup \
       -p "$prompt" -t 0 -n "$gen" --ignore-eos --json 2>&1 | tail -n1) && [[ $out == \{* ]]; then
-      row "strata-$k" "$r" "$out"
+      row "$name" "$r" "$out"
     else
-      failed "strata-$k" "$r" "$out"
+      failed "$name" "$r" "$out"
     fi
   done
 done
@@ -101,9 +106,11 @@ python3 - "$results" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 print(f"{'engine':<14} {'prompt tok/s':>24}  {'gen tok/s':>24}")
-for engine in ("llama.cpp", "strata-exact", "strata-fast"):
+for engine in ("llama.cpp", "strata-exact", "strata-fast", "base-exact", "base-fast"):
     rs = [r for r in rows if r["engine"] == engine]
     if not rs:
+        if engine.startswith("base-"):
+            continue
         print(f"{engine:<14} {'(no successful run)':>24}")
         continue
     pp, tg = [r["pp"] for r in rs], [r["tg"] for r in rs]
