@@ -27,6 +27,9 @@ const SMOL_COLS: usize = 576;
 /// One of the default model's Q4_1 products (gate or up: 1536 rows of 576 values).
 const FFN_ROWS: usize = 1536;
 
+/// One product to time: label, weight type, weights, rows, columns, activations, exact path.
+type Product<'a> = (&'a str, DType, &'a [u8], usize, usize, &'a [f32], bool);
+
 /// Sums the bytes of `buf` as 64-bit lanes (the value is only there so the loads are used).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
@@ -106,7 +109,7 @@ fn main() {
                 mb / 1e3 / best,
                 mb / 1e3 / med
             );
-            let products: [(&str, DType, &[u8], usize, usize, &[f32], bool); 6] = [
+            let products: [Product<'_>; 6] = [
                 ("Gemma head Q8_0 262144x640 exact", DType::Q8_0, &head, HEAD_ROWS, HEAD_COLS, &x, true),
                 ("Gemma head Q8_0 262144x640 fast ", DType::Q8_0, &head, HEAD_ROWS, HEAD_COLS, &x, false),
                 ("SmolLM2 head Q8_0 49152x576 exact", DType::Q8_0, &smol, SMOL_ROWS, SMOL_COLS, &xs, true),
