@@ -391,6 +391,47 @@ fn f32_activation_small_batches() {
     }
 }
 
+/// The AVX-512 f32-activation kernels on 1 to 12 tokens: within the rigorous bound of
+/// [`check_f32act`]; 2 to 4 tokens (tiles that keep the one-token tile's two accumulators per
+/// (row, token)) give each token a one-token pass's bits; 5 to 12 tokens (one accumulator per
+/// (row, token): the 4 × 4 prefill tile, then the last 5 to 8 tokens in one pass) give each
+/// token the bits of an 8-token pass. The `--lookup` verification passes run on these.
+#[test]
+fn f32_activation_small_batches_avx512() {
+    let isa = Isa::Avx512Vnni;
+    if !isa.is_available() {
+        skip("fast::f32_activation_small_batches_avx512", "this CPU lacks AVX-512 F/BW/VL or VNNI");
+        return;
+    }
+    for dt in [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q5_0] {
+        for (k, (rows, cols)) in [(67, 160), (193, 576)].into_iter().enumerate() {
+            let w = quant::random_blocks(dt, rows * cols / QK, k as u64 + 7);
+            for n in 1..=12 {
+                let x = uniform(&mut rng(n as u64 * 17 + k as u64), n * cols, 2.0);
+                check_f32act(isa, dt, &w, rows, cols, &x, n);
+                if n == 1 {
+                    continue;
+                }
+                let got = f32act_with(isa, dt, &w, rows, cols, &x, n);
+                let want = one_at_a_time(rows, cols, &x, |xt, yt| {
+                    if n <= 4 {
+                        fast::matmul_f32_with(isa, dt, &w, rows, cols, xt, 1, yt).expect("f32 matvec");
+                    } else {
+                        let mut eight = vec![f32::NAN; 8 * rows];
+                        fast::matmul_f32_with(isa, dt, &w, rows, cols, &xt.repeat(8), 8, &mut eight)
+                            .expect("f32 matmul");
+                        yt.copy_from_slice(&eight[..rows]);
+                    }
+                });
+                if let Some(m) = first_bit_difference(&got, &want, rows) {
+                    let of = if n <= 4 { "one-token passes" } else { "8-token passes" };
+                    panic!("f32act avx512 {dt} {rows}x{cols} T={n} against {of}: {m}");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn f32_activation_bad_arguments_are_errors() {
     let w = matrix(1, DType::Q4_0, 4, 64);

@@ -183,98 +183,84 @@ mod x86 {
         }
     }
 
-    macro_rules! gemm_fn {
-        ($name:ident, $tile:ident, $feat:literal, $r:expr, $t:expr, $t2:expr, $r1:expr, $a1:expr) => {
-            /// out[r][t] = row r of `w` · token t of `x` ([n][nb * 32]); `out` is [rows][n].
-            #[target_feature(enable = $feat)]
-            pub(super) fn $name(ty: WType, w: &[u8], rb: usize, nb: usize, x: &[f32], n: usize, out: &mut [f32]) {
-                match code(ty) {
-                    Q4_0 => rows_tokens::<Q4_0>(w, rb, nb, x, n, out),
-                    Q4_1 => rows_tokens::<Q4_1>(w, rb, nb, x, n, out),
-                    Q5_0 => rows_tokens::<Q5_0>(w, rb, nb, x, n, out),
-                    _ => rows_tokens::<Q8_0>(w, rb, nb, x, n, out),
-                }
-                #[target_feature(enable = $feat)]
-                fn rows_tokens<const TY: u8>(w: &[u8], rb: usize, nb: usize, x: &[f32], n: usize, out: &mut [f32]) {
-                    let rows = w.len() / rb;
-                    let cols = nb * QK;
-                    let token = |t: usize| &x[t * cols..][..cols];
-                    let mut t0 = 0;
-                    while t0 < n {
-                        let left = n - t0;
-                        let tn = if left >= $t {
-                            $t
-                        } else if left >= $t2 {
-                            $t2
-                        } else {
-                            1
-                        };
-                        let mut r0 = 0;
-                        let r = if tn == 1 { $r1 } else { $r };
-                        while r0 < rows {
-                            prefetch(w, (r0 + PREFETCH_TILES * r) * rb, r * rb);
-                            let full = r0 + r <= rows;
-                            match (full, tn) {
-                                (true, 1) => {
-                                    let s = $tile::<TY, { $r1 }, 1, { $a1 }>(
-                                        std::array::from_fn(|i| &w[(r0 + i) * rb..][..rb]),
-                                        [token(t0)],
-                                        nb,
-                                    );
-                                    store(&s, out, n, r0, t0);
-                                    r0 += $r1;
-                                }
-                                (true, t) if t == $t => {
-                                    let s = $tile::<TY, { $r }, { $t }, 1>(
-                                        std::array::from_fn(|i| &w[(r0 + i) * rb..][..rb]),
-                                        std::array::from_fn(|j| token(t0 + j)),
-                                        nb,
-                                    );
-                                    store(&s, out, n, r0, t0);
-                                    r0 += $r;
-                                }
-                                (true, _) => {
-                                    let s = $tile::<TY, { $r }, { $t2 }, 1>(
-                                        std::array::from_fn(|i| &w[(r0 + i) * rb..][..rb]),
-                                        std::array::from_fn(|j| token(t0 + j)),
-                                        nb,
-                                    );
-                                    store(&s, out, n, r0, t0);
-                                    r0 += $r;
-                                }
-                                (false, 1) => {
-                                    let s = $tile::<TY, 1, 1, { $a1 }>([&w[r0 * rb..][..rb]], [token(t0)], nb);
-                                    store(&s, out, n, r0, t0);
-                                    r0 += 1;
-                                }
-                                (false, t) if t == $t => {
-                                    let s = $tile::<TY, 1, { $t }, 1>(
-                                        [&w[r0 * rb..][..rb]],
-                                        std::array::from_fn(|j| token(t0 + j)),
-                                        nb,
-                                    );
-                                    store(&s, out, n, r0, t0);
-                                    r0 += 1;
-                                }
-                                (false, _) => {
-                                    let s = $tile::<TY, 1, { $t2 }, 1>(
-                                        [&w[r0 * rb..][..rb]],
-                                        std::array::from_fn(|j| token(t0 + j)),
-                                        nb,
-                                    );
-                                    store(&s, out, n, r0, t0);
-                                    r0 += 1;
-                                }
-                            }
-                        }
-                        t0 += tn;
-                    }
-                }
-            }
-        };
+    /// out[r][t] = row r of `w` · token t of `x` ([n][nb * 32]); `out` is [rows][n]. The AVX-512
+    /// kernels: tiles of [`R512`] × [`T512`] while more than 8 tokens are left, then the last 1
+    /// to 8 tokens in one pass over the weights ([`few_tokens512`]).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) fn gemm512(ty: WType, w: &[u8], rb: usize, nb: usize, x: &[f32], n: usize, out: &mut [f32]) {
+        match code(ty) {
+            Q4_0 => tokens512::<Q4_0>(w, rb, nb, x, n, out),
+            Q4_1 => tokens512::<Q4_1>(w, rb, nb, x, n, out),
+            Q5_0 => tokens512::<Q5_0>(w, rb, nb, x, n, out),
+            _ => tokens512::<Q8_0>(w, rb, nb, x, n, out),
+        }
     }
 
-    gemm_fn!(gemm512, tile512, "avx512f,avx512bw,avx512vl,avx2,fma,f16c", R512, T512, T512, R512_ONE, A512_ONE);
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    fn tokens512<const TY: u8>(w: &[u8], rb: usize, nb: usize, x: &[f32], n: usize, out: &mut [f32]) {
+        let mut t0 = 0;
+        while n - t0 > 8 {
+            pass512::<TY, R512, T512, 1>(w, rb, nb, x, n, t0, out);
+            t0 += T512;
+        }
+        few_tokens512::<TY>(w, rb, nb, x, n, t0, out);
+    }
+
+    /// Tokens t0..n (1 to 8 of them; none: nothing) in one pass over the weights, as
+    /// [`few_tokens`] does with AVX2: a `--lookup` verification pass of 2, 3 or 5 to 8 tokens
+    /// was that many one-token passes, or a 4-token tile and one-token passes, each reading and
+    /// decoding every weight block again. Two to four tokens keep the one-token tile's two
+    /// accumulators per (row, token), so their sums are the one-token pass's bit for bit (4 × 2,
+    /// 2 × 3 and 2 × 4 tiles: at most 16 accumulators); five to eight keep one each, two rows at
+    /// a time (at most 16 accumulators and 4 registers of weights), whose sums are the 4 × 4
+    /// prefill tile's bit for bit (one accumulator adds a row's blocks in order whatever the
+    /// tile's shape). Four tokens as 2 × 4 rather than the 4 × 4 prefill tile: 1.45 against
+    /// 1.61 one-token passes of the default model (interleaved `strata bench -p 4`, loaded VM).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    fn few_tokens512<const TY: u8>(w: &[u8], rb: usize, nb: usize, x: &[f32], n: usize, t0: usize, out: &mut [f32]) {
+        match n.saturating_sub(t0) {
+            0 => {}
+            1 => pass512::<TY, R512_ONE, 1, A512_ONE>(w, rb, nb, x, n, t0, out),
+            2 => pass512::<TY, 4, 2, A512_ONE>(w, rb, nb, x, n, t0, out),
+            3 => pass512::<TY, 2, 3, A512_ONE>(w, rb, nb, x, n, t0, out),
+            4 => pass512::<TY, 2, 4, A512_ONE>(w, rb, nb, x, n, t0, out),
+            5 => pass512::<TY, 2, 5, 1>(w, rb, nb, x, n, t0, out),
+            6 => pass512::<TY, 2, 6, 1>(w, rb, nb, x, n, t0, out),
+            7 => pass512::<TY, 2, 7, 1>(w, rb, nb, x, n, t0, out),
+            _ => pass512::<TY, 2, 8, 1>(w, rb, nb, x, n, t0, out),
+        }
+    }
+
+    /// Tokens t0..t0 + T against every row with 512-bit registers: R rows per tile, the last
+    /// rows one at a time.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    fn pass512<const TY: u8, const R: usize, const T: usize, const A: usize>(
+        w: &[u8],
+        rb: usize,
+        nb: usize,
+        x: &[f32],
+        n: usize,
+        t0: usize,
+        out: &mut [f32],
+    ) {
+        let rows = w.len() / rb;
+        let cols = nb * QK;
+        let xs: [&[f32]; T] = std::array::from_fn(|j| &x[(t0 + j) * cols..][..cols]);
+        let mut r0 = 0;
+        while r0 < rows {
+            prefetch(w, (r0 + PREFETCH_TILES * R) * rb, R * rb);
+            if r0 + R <= rows {
+                let s = tile512::<TY, R, T, A>(std::array::from_fn(|i| &w[(r0 + i) * rb..][..rb]), xs, nb);
+                store(&s, out, n, r0, t0);
+                r0 += R;
+            } else {
+                let s = tile512::<TY, 1, T, A>([&w[r0 * rb..][..rb]], xs, nb);
+                store(&s, out, n, r0, t0);
+                r0 += 1;
+            }
+        }
+    }
 
     /// out[r][t] = row r of `w` · token t of `x` ([n][nb * 32]); `out` is [rows][n]. The AVX2
     /// kernels: tiles of [`R256`] × [`T256`] ([`R256_Q8_0`] × [`T256_Q8_0`] for Q8_0) while at
