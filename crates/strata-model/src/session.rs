@@ -547,6 +547,12 @@ impl Session {
         self.stats_dropped
     }
 
+    /// The timeline of the latest pass (None before the first, or right after
+    /// [`Session::take_stats`]).
+    pub fn last_pass(&self) -> Option<&PassStats> {
+        self.stats.back()
+    }
+
     /// Runs `tokens` at positions n_past.. and returns the logits of the last token, or of
     /// every token when `all` (row-major [tokens, n_vocab]).
     ///

@@ -7,7 +7,9 @@
 //! - **prompt lookup** ([`Drafter::Lookup`]`(n)`): find the most recent earlier occurrence of
 //!   the last `n` tokens of the prompt and text so far, and propose the tokens that followed it.
 //!   No second model; it pays off where the output copies from the input (code editing,
-//!   extraction, summaries that quote).
+//!   extraction, summaries that quote). [`Drafter::LookupLongest`] (the `--lookup` default)
+//!   matches the longest suffix it can, from `max` tokens down to `min`, so a longer context
+//!   picks among the places a short one matches.
 //! - **a draft model** ([`Drafter::Model`]): a small model with the same vocabulary runs ahead
 //!   one token at a time; its KV cache is kept in step with the accepted text and rolled back
 //!   with the target's.
@@ -24,7 +26,9 @@
 //!
 //! K adapts to the acceptance: it grows by 2 after a round whose drafts were all kept, falls to
 //! one more than the kept count after a partial round, halves after a round that kept none, and
-//! stays in 1..=[`Speculative::draft_max`].
+//! stays in 2..=[`Speculative::draft_max`] with prompt lookup (a drafted token costs a lookup
+//! and a little of a pass that reads the weights once for all its tokens), 1..= with a draft
+//! model (each drafted token costs a pass of the draft model).
 
 use std::time::Instant;
 
@@ -42,6 +46,15 @@ pub enum Drafter {
     /// Prompt lookup: match the last `n` tokens (the n-gram length, ≥ 1) against the prompt and
     /// the text generated so far, and propose what followed the most recent earlier match.
     Lookup(usize),
+    /// Prompt lookup by the longest match: the most recent earlier occurrence of the longest
+    /// suffix of the prompt and text so far, of `max` tokens at most and `min` at least
+    /// (1 ≤ min ≤ max), and what followed it. `Lookup(n)` is `LookupLongest { max: n, min: n }`.
+    LookupLongest {
+        /// The longest suffix tried.
+        max: usize,
+        /// The shortest suffix accepted (shorter matches draft nothing).
+        min: usize,
+    },
     /// A draft model whose session is passed to [`generate_speculative`] (the [`crate::Engine`]
     /// passes the one opened with [`crate::Engine::open_draft`]).
     Model,
@@ -59,10 +72,20 @@ pub struct Speculative {
 /// The default `draft_max`.
 pub const DEFAULT_DRAFT_MAX: usize = 8;
 
+/// The `draft_max` of [`Speculative::lookup_default`].
+pub const LOOKUP_DEFAULT_DRAFT_MAX: usize = 6;
+
 impl Speculative {
     /// Prompt lookup with n-grams of `n` tokens and the default `draft_max`.
     pub fn lookup(n: usize) -> Speculative {
         Speculative { drafter: Drafter::Lookup(n), draft_max: DEFAULT_DRAFT_MAX }
+    }
+
+    /// The setting of `--lookup` with no N: the longest match of 4 down to 2 tokens, at most
+    /// [`LOOKUP_DEFAULT_DRAFT_MAX`] drafted tokens per round. Chosen by measurement on the
+    /// default model (`scripts/bench-lookup.py`, see `docs/cpu-bench.md`).
+    pub fn lookup_default() -> Speculative {
+        Speculative { drafter: Drafter::LookupLongest { max: 4, min: 2 }, draft_max: LOOKUP_DEFAULT_DRAFT_MAX }
     }
 
     /// A draft model with the default `draft_max`.
@@ -80,6 +103,13 @@ impl Speculative {
         }
         if self.drafter == Drafter::Lookup(0) {
             return Err(Error::invalid("--lookup 0 is invalid: the n-gram to match is at least 1 token long"));
+        }
+        if let Drafter::LookupLongest { max, min } = self.drafter
+            && (min == 0 || min > max)
+        {
+            return Err(Error::invalid(format!(
+                "a longest-match lookup of {max} down to {min} tokens is invalid: it needs 1 <= min <= max"
+            )));
         }
         Ok(())
     }
@@ -107,6 +137,33 @@ pub struct SpeculativeStats {
     pub draft_seconds: f64,
     /// Time in the target's verification passes, seconds.
     pub verify_seconds: f64,
+    /// Target passes that checked no drafted token (the lookup found no match, or one token
+    /// was left to generate).
+    pub rounds_without_draft: usize,
+    /// Rounds by tokens drafted: entry k counts the passes that checked k drafted tokens.
+    pub draft_lengths: Vec<usize>,
+    /// Draft rounds by drafted tokens kept: entry a counts the rounds that kept a of them.
+    pub accepted_lengths: Vec<usize>,
+    /// Target passes by tokens run: entry t counts the passes of t tokens (the pending token
+    /// and t − 1 drafted ones).
+    pub pass_tokens: Vec<usize>,
+    /// Wall time of those passes (the forward pass only), seconds: entry t sums the passes of
+    /// t tokens, so `pass_seconds[t] / pass_tokens[t]` is one such pass.
+    pub pass_seconds: Vec<f64>,
+    /// Of `pass_seconds`, the time in the layers (entry t sums the passes of t tokens); the rest
+    /// is the embedding, the final norm and output head, and the logits' copy.
+    pub pass_layer_seconds: Vec<f64>,
+    /// Time choosing and checking the tokens from the passes' logits (sampling, argmax), and
+    /// emitting them, seconds.
+    pub check_seconds: f64,
+}
+
+/// Adds `v` at `i` of a histogram, growing it as needed.
+fn bump<T: Copy + Default + std::ops::AddAssign>(hist: &mut Vec<T>, i: usize, v: T) {
+    if hist.len() <= i {
+        hist.resize(i + 1, T::default());
+    }
+    hist[i] += v;
 }
 
 /// Refuses a draft model whose vocabulary differs from the target's: a different size or a
@@ -151,20 +208,41 @@ pub fn check_draft_vocab(target: &Model, draft: &Model) -> Result<()> {
 /// The tokens that followed the most recent earlier occurrence of the last `n` tokens of
 /// `history`, at most `k` of them (empty when there is no match).
 pub fn lookup_draft(history: &[u32], n: usize, k: usize) -> Vec<u32> {
-    let len = history.len();
-    if n == 0 || k == 0 || len <= n {
-        return Vec::new();
-    }
-    let tail = &history[len - n..];
-    (0..len - n)
-        .rev()
-        .find(|&start| &history[start..start + n] == tail)
-        .map(|start| history[start + n..(start + n + k).min(len)].to_vec())
-        .unwrap_or_default()
+    lookup_longest(history, n, n, k)
 }
 
-/// The next K from this round's: see the module doc.
-fn adapt(k: usize, drafted: usize, accepted: usize, max: usize) -> usize {
+/// The tokens that followed the most recent earlier occurrence of the longest suffix of
+/// `history` that occurs earlier, of at most `max` tokens and at least `min` (≥ 1), at most `k`
+/// of them (empty when no suffix of `min` tokens occurs earlier). An occurrence may overlap the
+/// suffix (in `1 1 1` the last `1 1` occurs at 0, followed by 1).
+pub fn lookup_longest(history: &[u32], max: usize, min: usize, k: usize) -> Vec<u32> {
+    let len = history.len();
+    let min = min.max(1);
+    if k == 0 || max < min || len <= min {
+        return Vec::new();
+    }
+    // `start`: where the continuation of an occurrence begins (the occurrence ends before it);
+    // its length is how many tokens before `start` equal the last ones of the history.
+    let matched = |start: usize| (1..=max.min(start)).take_while(|&i| history[start - i] == history[len - i]).count();
+    let mut best = (0, 0);
+    for start in (min..len).rev() {
+        let m = matched(start);
+        if m > best.1 {
+            best = (start, m);
+            if m == max {
+                break;
+            }
+        }
+    }
+    let (start, m) = best;
+    if m < min {
+        return Vec::new();
+    }
+    history[start..(start + k).min(len)].to_vec()
+}
+
+/// The next K from this round's (see the module doc), in `floor..=max` (floor ≤ max).
+fn adapt(k: usize, drafted: usize, accepted: usize, floor: usize, max: usize) -> usize {
     let next = if drafted == 0 {
         k
     } else if accepted == drafted {
@@ -174,7 +252,7 @@ fn adapt(k: usize, drafted: usize, accepted: usize, max: usize) -> usize {
     } else {
         accepted + 1
     };
-    next.clamp(1, max)
+    next.clamp(floor.clamp(1, max), max)
 }
 
 /// A distribution of [`Sampler::probs`]: `(id, probability)` pairs.
@@ -336,7 +414,7 @@ pub fn generate_speculative(
     let mut sampler = Sampler::new(opts.sampler.clone())?;
     let greedy = opts.sampler.temperature == 0.0;
     let mut drafter = match (spec.drafter, draft) {
-        (Drafter::Lookup(_), _) => None,
+        (Drafter::Lookup(_) | Drafter::LookupLongest { .. }, _) => None,
         (Drafter::Model, None) => {
             return Err(Error::invalid("speculative decoding with a draft model needs the draft model's session"));
         }
@@ -376,6 +454,7 @@ pub fn generate_speculative(
     let mut stats = SpeculativeStats {
         drafter: match spec.drafter {
             Drafter::Lookup(n) => format!("lookup {n}"),
+            Drafter::LookupLongest { max, min } => format!("lookup longest {max}..{min}"),
             Drafter::Model => "draft model".into(),
         },
         ..SpeculativeStats::default()
@@ -383,6 +462,8 @@ pub fn generate_speculative(
     let mut history = prompt.to_vec();
     let mut emitted_by_passes = 0usize;
     let mut k = spec.draft_max;
+    // See the module doc: a lookup drafts at least 2 tokens when it matches.
+    let floor = if spec.drafter == Drafter::Model { 1 } else { 2 };
     let mut going = if opts.max_tokens == 0 {
         em.reason = Some(StopReason::MaxTokens);
         false
@@ -399,6 +480,9 @@ pub fn generate_speculative(
         let drafts: Vec<Draft> = match (spec.drafter, drafter.as_mut()) {
             _ if want == 0 => Vec::new(),
             (Drafter::Lookup(n), _) => lookup_draft(&history, n, want).into_iter().map(|d| (d, Vec::new())).collect(),
+            (Drafter::LookupLongest { max, min }, _) => {
+                lookup_longest(&history, max, min, want).into_iter().map(|d| (d, Vec::new())).collect()
+            }
             (Drafter::Model, Some(dm)) => dm.draft(&history, want, &sampler)?,
             (Drafter::Model, None) => Vec::new(),
         };
@@ -410,12 +494,20 @@ pub fn generate_speculative(
         run.push(*history.last().ok_or_else(|| Error::invalid("no token to continue from"))?);
         run.extend(drafts.iter().map(|d| d.0));
         let rows = target.forward(&run, true)?;
-        stats.verify_seconds += tv.elapsed().as_secs_f64();
+        let pass_seconds = tv.elapsed().as_secs_f64();
+        stats.verify_seconds += pass_seconds;
         stats.target_passes += 1;
-        if !drafts.is_empty() {
+        bump(&mut stats.pass_tokens, run.len(), 1);
+        bump(&mut stats.pass_seconds, run.len(), pass_seconds);
+        bump(&mut stats.pass_layer_seconds, run.len(), target.last_pass().map_or(0.0, |p| p.compute_s));
+        bump(&mut stats.draft_lengths, drafts.len(), 1);
+        if drafts.is_empty() {
+            stats.rounds_without_draft += 1;
+        } else {
             stats.draft_rounds += 1;
             stats.drafted_tokens += drafts.len();
         }
+        let tc = Instant::now();
         let n_vocab = model.config.n_vocab;
         let mut accepted = 0;
         let emitted_before = em.generated.len();
@@ -439,9 +531,13 @@ pub fn generate_speculative(
         }
         emitted_by_passes += em.generated.len() - emitted_before;
         stats.accepted_tokens += accepted;
+        if !drafts.is_empty() {
+            bump(&mut stats.accepted_lengths, accepted, 1);
+        }
+        stats.check_seconds += tc.elapsed().as_secs_f64();
         // Keep the pending token and the kept drafts; forget the rejected ones.
         target.truncate(before + 1 + accepted);
-        k = adapt(k, drafts.len(), accepted, spec.draft_max);
+        k = adapt(k, drafts.len(), accepted, floor, spec.draft_max);
     }
     // As plain decoding leaves it: at most the prompt and the generated tokens.
     target.truncate(base + prompt.len() + em.generated.len());
@@ -467,7 +563,7 @@ pub fn generate_speculative(
 
 #[cfg(test)]
 mod tests {
-    use super::{adapt, lookup_draft, verify};
+    use super::{adapt, lookup_draft, lookup_longest, verify};
     use crate::sample::{Sampler, SamplerConfig};
 
     /// Output frequencies of one speculative step, drafting from `q` (empty: always `fixed`)
@@ -537,13 +633,79 @@ mod tests {
         assert!(lookup_draft(&[1, 1, 1], 1, 0).is_empty());
     }
 
+    /// The longest match wins over a more recent shorter one; equal lengths go to the most
+    /// recent; shorter suffixes are tried down to `min`, not below; the draft stops at `k` and at
+    /// the end of the history.
+    #[test]
+    fn longest_lookup_prefers_the_longest_then_the_most_recent_match() {
+        // "1 2 3" occurs at 0 (followed by 9); only "2 3" occurs later, at 5 (followed by 7).
+        let h = [1, 2, 3, 9, 5, 2, 3, 7, 1, 2, 3];
+        assert_eq!(lookup_longest(&h, 3, 2, 3), vec![9, 5, 2]);
+        assert_eq!(lookup_longest(&h, 4, 1, 2), vec![9, 5], "a 4-token suffix is not there: 3 is the longest");
+        assert_eq!(lookup_longest(&h, 2, 2, 3), vec![7, 1, 2], "n = 2: the most recent '2 3'");
+        assert_eq!(lookup_draft(&h, 2, 3), vec![7, 1, 2]);
+        // Two occurrences of the longest suffix "5 6": the later one, followed by 8.
+        let h = [5, 6, 7, 4, 5, 6, 8, 0, 5, 6];
+        assert_eq!(lookup_longest(&h, 4, 2, 2), vec![8, 0]);
+        // No "1 5 6" or "0 1 5 6" earlier: falls back to "5 6" (at 1), followed by 7 1 5 6.
+        let h = [4, 5, 6, 7, 1, 5, 6];
+        assert_eq!(lookup_longest(&h, 3, 2, 8), vec![7, 1, 5, 6]);
+        // Only "3" occurs earlier: nothing with min = 2, the token after it with min = 1.
+        let h = [1, 2, 3, 4, 3];
+        assert!(lookup_longest(&h, 3, 2, 4).is_empty());
+        assert_eq!(lookup_longest(&h, 3, 1, 4), vec![4, 3]);
+        // Overlapping occurrences: in 1 1 1 the suffix "1 1" occurs at 0, followed by 1.
+        assert_eq!(lookup_longest(&[1, 1, 1], 2, 2, 4), vec![1]);
+        assert!(lookup_longest(&[1, 2], 2, 2, 4).is_empty(), "history no longer than min");
+        assert!(lookup_longest(&[1, 1, 1], 2, 1, 0).is_empty(), "k = 0");
+        assert!(lookup_longest(&[1, 1, 1], 1, 2, 4).is_empty(), "min above max");
+    }
+
+    /// `lookup_draft(h, n, k)` (the longest-match search with max = min = n) is the plain
+    /// search for the most recent earlier occurrence of the last n tokens, on random histories
+    /// over small alphabets (many repeats).
+    #[test]
+    fn lookup_draft_is_the_most_recent_n_gram_match() {
+        fn naive(h: &[u32], n: usize, k: usize) -> Vec<u32> {
+            let len = h.len();
+            if n == 0 || k == 0 || len <= n {
+                return Vec::new();
+            }
+            (0..len - n)
+                .rev()
+                .find(|&s| h[s..s + n] == h[len - n..])
+                .map(|s| h[s + n..(s + n + k).min(len)].to_vec())
+                .unwrap_or_default()
+        }
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for case in 0..2000 {
+            let alphabet = 2 + case % 4;
+            let len = case % 40;
+            let h: Vec<u32> = (0..len)
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    ((state >> 33) % alphabet as u64) as u32
+                })
+                .collect();
+            for n in 1..=4 {
+                for k in [1, 3, 8] {
+                    assert_eq!(lookup_draft(&h, n, k), naive(&h, n, k), "history {h:?}, n {n}, k {k}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn draft_length_adapts_within_bounds() {
-        assert_eq!(adapt(4, 4, 4, 8), 6, "all kept: grow by 2");
-        assert_eq!(adapt(8, 8, 8, 8), 8, "bounded by draft_max");
-        assert_eq!(adapt(6, 6, 0, 8), 3, "none kept: halve");
-        assert_eq!(adapt(1, 1, 0, 8), 1, "never below 1");
-        assert_eq!(adapt(6, 6, 2, 8), 3, "partial: one more than kept");
-        assert_eq!(adapt(5, 0, 0, 8), 5, "nothing drafted: unchanged");
+        assert_eq!(adapt(4, 4, 4, 1, 8), 6, "all kept: grow by 2");
+        assert_eq!(adapt(8, 8, 8, 1, 8), 8, "bounded by draft_max");
+        assert_eq!(adapt(6, 6, 0, 1, 8), 3, "none kept: halve");
+        assert_eq!(adapt(1, 1, 0, 1, 8), 1, "never below 1");
+        assert_eq!(adapt(6, 6, 2, 1, 8), 3, "partial: one more than kept");
+        assert_eq!(adapt(5, 0, 0, 1, 8), 5, "nothing drafted: unchanged");
+        assert_eq!(adapt(2, 2, 0, 2, 8), 2, "the lookup's floor of 2");
+        assert_eq!(adapt(3, 3, 0, 2, 8), 2, "halved to the floor");
+        assert_eq!(adapt(5, 5, 0, 2, 8), 2);
+        assert_eq!(adapt(1, 1, 1, 2, 1), 1, "a floor above draft_max gives draft_max");
     }
 }

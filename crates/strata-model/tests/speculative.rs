@@ -69,7 +69,11 @@ fn greedy_lookup_and_draft_model_equal_plain_greedy_on_the_cpu() {
     for text in PROMPTS {
         let prompt = encode(&model, text);
         let want = plain(&model, &prompt, n);
-        for spec in [Speculative::lookup(2), Speculative { draft_max: 3, ..Speculative::lookup(1) }] {
+        for spec in [
+            Speculative::lookup(2),
+            Speculative { draft_max: 3, ..Speculative::lookup(1) },
+            Speculative::lookup_default(),
+        ] {
             let mut s = Session::new(Arc::clone(&model), None, &opts(512)).expect("session");
             let mut streamed = String::new();
             let g =
@@ -398,7 +402,9 @@ fn sampled_speculation_keeps_the_target_distribution() {
             // Drafts happened; planting moves the distribution, so the drafted tokens are often
             // outside the top-k and rejected: then a rule that kept them would put mass outside
             // the support, which the pooled cell counts.
-            Some(Drafter::Lookup(_)) => assert!(drafted > n / 10, "lookup: only {drafted} tokens drafted in {n} runs"),
+            Some(Drafter::Lookup(_) | Drafter::LookupLongest { .. }) => {
+                assert!(drafted > n / 10, "lookup: only {drafted} tokens drafted in {n} runs")
+            }
             // The general rule was exercised both ways, not just run.
             Some(Drafter::Model) => {
                 assert!(drafted > n / 2, "draft model: only {drafted} tokens drafted in {n} runs");
@@ -420,6 +426,8 @@ fn zero_values_and_a_missing_draft_model_are_errors() {
         (Speculative { drafter: Drafter::Lookup(0), draft_max: 4 }, "--lookup 0"),
         (Speculative { drafter: Drafter::Lookup(2), draft_max: 0 }, "--draft-max 0"),
         (Speculative { drafter: Drafter::Model, draft_max: 0 }, "--draft-max 0"),
+        (Speculative { drafter: Drafter::LookupLongest { max: 2, min: 3 }, draft_max: 4 }, "1 <= min <= max"),
+        (Speculative { drafter: Drafter::LookupLongest { max: 2, min: 0 }, draft_max: 4 }, "1 <= min <= max"),
         (Speculative::draft_model(), "draft model"),
     ];
     for (spec, want) in cases {
