@@ -245,16 +245,18 @@ pub struct SpecArgs {
     /// occurrence of the last N tokens (N = the n-gram length to match, e.g. 2 or 3) in the prompt
     /// and the text so far, draft the tokens that followed it, and check them in one pass. Pays off
     /// when the output repeats the input (code editing, extraction). Greedy output is unchanged;
-    /// sampled output keeps the same distribution.
-    #[arg(long, value_name = "N")]
-    pub lookup: Option<usize>,
+    /// sampled output keeps the same distribution. Without N: the longest match of 4 down to 2
+    /// tokens, at most 6 drafted tokens per round unless --draft-max says otherwise (the fastest
+    /// setting measured on the default model, docs/cpu-bench.md).
+    #[arg(long, value_name = "N", num_args = 0..=1)]
+    pub lookup: Option<Option<usize>>,
     /// Speculative decoding with a draft model: a small model with the same vocabulary and
     /// tokenizer (checked at load) drafts tokens for the model to check. On a GPU it is placed in
     /// the memory left, like any model.
     #[arg(long, value_name = "FILE", conflicts_with = "lookup")]
     pub draft_model: Option<PathBuf>,
-    /// Most tokens drafted per round with --lookup or --draft-model [default: 8]; the round's
-    /// length adapts below it to how many drafted tokens the model keeps.
+    /// Most tokens drafted per round with --lookup or --draft-model [default: 8; 6 with --lookup
+    /// without N]; the round's length adapts below it to how many drafted tokens the model keeps.
     #[arg(long, value_name = "K")]
     pub draft_max: Option<usize>,
 }

@@ -163,9 +163,14 @@ fn speculative_flags_refuse_zero_values_and_report_in_json() {
         assert_clean_failure(&o, want);
         assert!(stderr(&o).contains(want), "{extra:?}: {}", stderr(&o));
     }
-    // The model as its own draft, and prompt lookup: the plain greedy tokens, with the counts.
+    // The model as its own draft, and prompt lookup (with N, and the default without): the plain
+    // greedy tokens, with the counts.
     let plain = last_json(&run(&["--json"]));
-    for (extra, drafter) in [(&["--lookup", "1"][..], "lookup 1"), (&["--draft-model", m][..], "draft model")] {
+    for (extra, drafter) in [
+        (&["--lookup", "1"][..], "lookup 1"),
+        (&["--lookup"][..], "lookup longest 4..2"),
+        (&["--draft-model", m][..], "draft model"),
+    ] {
         let mut args = extra.to_vec();
         args.push("--json");
         let v = last_json(&run(&args));
@@ -182,6 +187,14 @@ fn speculative_flags_refuse_zero_values_and_report_in_json() {
         ] {
             assert!(s[key].is_number(), "{key} missing: {s}");
         }
+        for key in ["draft_lengths", "accepted_lengths", "pass_tokens", "pass_seconds"] {
+            assert!(s[key].is_array(), "{key} missing: {s}");
+        }
+        // Every target pass is counted once by its draft length and once by its size.
+        let sum = |key: &str| s[key].as_array().map_or(0, |a| a.iter().filter_map(|v| v.as_u64()).sum::<u64>());
+        assert_eq!(sum("draft_lengths"), s["target_passes"].as_u64().unwrap_or(0), "{s}");
+        assert_eq!(sum("pass_tokens"), s["target_passes"].as_u64().unwrap_or(0), "{s}");
+        assert_eq!(sum("accepted_lengths"), s["draft_rounds"].as_u64().unwrap_or(0), "{s}");
     }
     assert!(plain.get("speculative").is_none(), "plain decoding reports no speculative counts");
 }

@@ -75,7 +75,8 @@ fn rand_seed() -> u64 {
 /// decoding). Zero values are refused by [`Speculative::validate`].
 fn speculative(a: &SpecArgs) -> Result<Option<Speculative>> {
     let mut spec = match (a.lookup, &a.draft_model) {
-        (Some(n), None) => Speculative::lookup(n),
+        (Some(Some(n)), None) => Speculative::lookup(n),
+        (Some(None), None) => Speculative::lookup_default(),
         (None, Some(_)) => Speculative::draft_model(),
         (Some(_), Some(_)) => anyhow::bail!("--lookup and --draft-model are two drafters; give one"),
         (None, None) => {
