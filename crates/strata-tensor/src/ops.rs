@@ -279,17 +279,24 @@ pub fn embedding_gather(table: &Tensor, ids: &Tensor, out: &mut Tensor, s: &Stre
     }
 }
 
-/// y = W x; w [rows, cols], x with cols f32 values, y with rows f32 values.
-pub fn matvec(w: &Tensor, x: &Tensor, y: &mut Tensor, s: &Stream) -> Result<()> {
-    const OP: &str = "matvec";
-    check_devices(OP, s, &[w, x, y])?;
-    let dt = weight_type(OP, w)?;
-    let (rows, cols) = dims2(OP, "w", w)?;
-    expect_dtype(OP, "x", x, &[DType::F32], "f32")?;
-    f32_out(OP, y)?;
+/// The checks of a matrix-vector product y = W x (or y += W x) named `op`: one device, a weight
+/// type, w [rows, cols], x with cols f32 values, y with rows f32 values. Returns (type, rows,
+/// cols).
+pub(crate) fn check_matvec(
+    op: &'static str,
+    w: &Tensor,
+    x: &Tensor,
+    y: &Tensor,
+    s: &Stream,
+) -> Result<(strata_kernels::DType, usize, usize)> {
+    check_devices(op, s, &[w, x, y])?;
+    let dt = weight_type(op, w)?;
+    let (rows, cols) = dims2(op, "w", w)?;
+    expect_dtype(op, "x", x, &[DType::F32], "f32")?;
+    f32_out(op, y)?;
     if x.numel() != cols || y.numel() != rows {
         return Err(Error::shape(
-            OP,
+            op,
             format!(
                 "w {:?} needs x of {cols} and y of {rows} values, got {:?} and {:?}",
                 w.shape(),
@@ -298,6 +305,12 @@ pub fn matvec(w: &Tensor, x: &Tensor, y: &mut Tensor, s: &Stream) -> Result<()> 
             ),
         ));
     }
+    Ok((dt, rows, cols))
+}
+
+/// y = W x; w [rows, cols], x with cols f32 values, y with rows f32 values.
+pub fn matvec(w: &Tensor, x: &Tensor, y: &mut Tensor, s: &Stream) -> Result<()> {
+    let (dt, rows, cols) = check_matvec("matvec", w, x, y, s)?;
     match gpu_stream(s) {
         None => {
             let f = match product_path(dt) {

@@ -166,23 +166,7 @@ pub fn matvec_quantized(w: &Tensor, x: &Tensor, acts: &QuantizedActs, y: &mut Te
 /// # Errors
 /// As [`super::matvec`] and [`super::add_inplace`].
 pub fn matvec_add(w: &Tensor, x: &Tensor, y: &mut Tensor, s: &Stream) -> Result<()> {
-    const OP: &str = "matvec_add";
-    check_devices(OP, s, &[w, x, y])?;
-    let dt = weight_type(OP, w)?;
-    let (rows, cols) = dims2(OP, "w", w)?;
-    expect_dtype(OP, "x", x, &[DType::F32], "f32")?;
-    f32_out(OP, y)?;
-    if x.numel() != cols || y.numel() != rows {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "w {:?} needs x of {cols} and y of {rows} values, got {:?} and {:?}",
-                w.shape(),
-                x.shape(),
-                y.shape()
-            ),
-        ));
-    }
+    let (dt, rows, cols) = super::check_matvec("matvec_add", w, x, y, s)?;
     let fused =
         dt.is_quantized() && cuda::act_q8_bytes(dt, cols).is_some() && super::gpu_kernels()? == super::GpuKernels::Next;
     match gpu_stream(s) {
