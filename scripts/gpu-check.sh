@@ -23,6 +23,10 @@
 #                                # sets at 7B shapes, and `strata bench -p 512 -n 128` on a
 #                                # synthetic 7B Q4_0 all resident and at 4 GiB / 2 GiB with each
 #                                # set. About 6 minutes on an H100/H200.
+#   scripts/gpu-check.sh spec    # there: speculative decoding over streamed weights: the
+#                                # synthetic 7B at 2 GiB, plain vs --lookup vs a 2-layer draft
+#                                # model; tokens per target pass, tok/s, ids equal plain's.
+#                                # About 3 minutes.
 #
 # Set STRATA_CUDA_ARCHS to build for other GPUs (default here: 90).
 set -euo pipefail
@@ -245,10 +249,46 @@ next() {
   finish next
 }
 
+# Speculative decoding over streamed weights (issue 15 section 2): the synthetic 7B Q4_0 at
+# --gpu-memory 2GiB, plain greedy, `--lookup` (its default setting) and `--draft-model` with the
+# same shape and seed cut to 2 layers (resident beside it), 64 tokens each, one JSON line per
+# run with `speculative` (tokens per target pass, acceptance, draft and verify time) and the
+# decode tok/s. Random weights: the 2-layer draft agrees with the 32-layer target only by
+# chance, so its line measures the cost of a round more than the gain; random models fall into
+# cycles that `--lookup` can follow. Every run must give plain greedy's ids (checked below).
+spec() {
+  local bin S tmp
+  prepare spec
+  TAIL=3 step synth-7b 120 "$S" synth --preset llama-7b --dtype q4_0 --seed 1 --out "$tmp/l7b.gguf"
+  TAIL=3 step synth-7b-2l 60 "$S" synth --preset llama-7b --dtype q4_0 --seed 1 --layers 2 --out "$tmp/l7b-2l.gguf"
+  local p32 common name flag
+  p32=$(printf 'The quick brown fox jumps over.')
+  common=(--device cuda --gpu-memory 2GiB --context 640 -t 0 -n 64 --ignore-eos --stats --json)
+  for name in plain lookup draft; do
+    case $name in plain) flag="" ;; lookup) flag="--lookup" ;; draft) flag="--draft-model '$tmp/l7b-2l.gguf'" ;; esac
+    TAIL=3 step "spec-2GiB-$name" 200 sh -c "'$S' run -m '$tmp/l7b.gguf' ${common[*]} $flag -p '$p32' > '$out/spec/spec-2GiB-$name.json'"
+  done
+  TAIL=6 step spec-same-ids 10 python3 - "$out/spec" <<'PY'
+import json, os, sys
+d = sys.argv[1]
+runs = {n: json.load(open(os.path.join(d, f"spec-2GiB-{n}.json"))) for n in ("plain", "lookup", "draft")}
+ok = True
+for n, r in runs.items():
+    s = r.get("speculative") or {}
+    tps = r.get("stats", {}).get("decode", {}).get("tokens_per_second")
+    same = r["generated_ids"] == runs["plain"]["generated_ids"]
+    ok &= same
+    print(f"{n:7} decode {tps} tok/s, {s.get('tokens_per_target_pass', 1.0)} tokens/pass, ids equal plain: {same}")
+sys.exit(0 if ok else 1)
+PY
+  finish spec
+}
+
 case ${1:-} in
   build) build ;;
   run) run ;;
   stream) stream ;;
   next) next ;;
-  *) echo "usage: scripts/gpu-check.sh build|run|stream|next (see the comment at the top)" >&2; exit 2 ;;
+  spec) spec ;;
+  *) echo "usage: scripts/gpu-check.sh build|run|stream|next|spec (see the comment at the top)" >&2; exit 2 ;;
 esac
