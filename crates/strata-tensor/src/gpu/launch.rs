@@ -44,7 +44,8 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
             fits(op, "output", out, prod(&[*n_ids, *dim, 4]))?;
             bufs.extend([*table, *ids, *out]);
         }
-        K::Matvec { dt, w, rows, cols, x, y } => {
+        // The fused residual add reads and writes the same buffers as the plain matvec.
+        K::Matvec { dt, w, rows, cols, x, y } | K::MatvecAdd { dt, w, rows, cols, x, y } => {
             fits(op, "weight", w, dt.matrix_bytes(*rows, *cols).ok())?;
             fits(op, "x", x, bytes(*cols, 4))?;
             fits(op, "y", y, bytes(*rows, 4))?;
@@ -74,12 +75,6 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
             fits(op, "activations", act, cuda::act_q8_bytes(*dt, *cols))?;
             fits(op, "y", y, bytes(*rows, 4))?;
             bufs.extend([*w, *act, *y]);
-        }
-        K::MatvecAdd { dt, w, rows, cols, x, y } => {
-            fits(op, "weight", w, dt.matrix_bytes(*rows, *cols).ok())?;
-            fits(op, "x", x, bytes(*cols, 4))?;
-            fits(op, "y", y, bytes(*rows, 4))?;
-            bufs.extend([*w, *x, *y]);
         }
         K::GluQ8 { dt, gate, up, rows, cols, act, out, .. } => {
             fits(op, "gate weight", gate, dt.matrix_bytes(*rows, *cols).ok())?;
