@@ -22,3 +22,4 @@ mod model;
 mod ops;
 mod oracle;
 mod quant;
+mod team;

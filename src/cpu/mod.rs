@@ -21,6 +21,7 @@ mod matvec;
 mod norm;
 mod paged;
 mod rope;
+pub mod team;
 
 pub(crate) use attention::check_attention;
 pub use attention::{CacheMut, CacheRef, attention_decode, attention_prefill, first_visible, kv_append};

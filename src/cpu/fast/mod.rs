@@ -39,9 +39,10 @@
 //! AVX2 + FMA + F16C, and portable Rust ([`Isa::Scalar`], also the oracle of the SIMD ones). The
 //! model reaches this module through `strata_tensor::ops` for host tensors;
 //! `strata_tensor::ops::with_cpu_path` chooses between these and the reference per thread, and
-//! `STRATA_CPU_REFERENCE=1` forces the reference. Parallel work goes to rayon's global pool; a
-//! caller on one of its threads (as the `strata` binary's main thread is) saves a hand-over per
-//! call.
+//! `STRATA_CPU_REFERENCE=1` forces the reference. Products of up to 8 tokens (decode, small
+//! batches) and decode attention run on [`crate::cpu::team`], whose threads spin between the
+//! step's few hundred short ops; longer work goes to rayon's global pool, where a caller on
+//! one of its threads (as the `strata` binary's main thread is) saves a hand-over per call.
 
 use std::sync::OnceLock;
 
@@ -426,14 +427,25 @@ fn by_rows(w: &[u8], rb: usize, rows: usize, n: usize, y: &mut [f32], task: impl
         return;
     }
     let per = rows_per_task(rows, n);
+    // Decode and small batches (`--lookup` verification) are a few hundred short products per
+    // step: the spinning team hands them over without waking a sleeping thread. Prefill's
+    // long products stay on rayon.
+    let w_chunk = |i: usize| &w[i * per * rb..((i + 1) * per).min(rows) * rb];
     if n == 1 {
-        y.par_chunks_mut(per).zip(w.par_chunks(per * rb)).for_each(|(o, wc)| task(wc, o));
+        crate::cpu::team::for_each_chunk_mut(y, per, |i, o| task(w_chunk(i), o));
         return;
     }
     let mut yt = vec![0.0f32; rows * n];
-    yt.par_chunks_mut(per * n).zip(w.par_chunks(per * rb)).for_each(|(o, wc)| task(wc, o));
+    if n <= TEAM_TOKENS {
+        crate::cpu::team::for_each_chunk_mut(&mut yt, per * n, |i, o| task(w_chunk(i), o));
+    } else {
+        yt.par_chunks_mut(per * n).zip(w.par_chunks(per * rb)).for_each(|(o, wc)| task(wc, o));
+    }
     transpose(&yt, n, y);
 }
+
+/// Most tokens a product runs on the spinning team ([`crate::cpu::team`]); longer ones use rayon.
+const TEAM_TOKENS: usize = 8;
 
 /// Tokens per block of the transpose: each task reads TB contiguous values of a row of `yt` and
 /// writes one value to each of TB rows of `y`, so both sides stream.
