@@ -1,7 +1,8 @@
-// attention_common.cuh — the pieces attention.cu, attention_tiled.cu and paged_attention.cu
-// (and, for the cache element, attention_split.cu) share: the launchers' argument checks,
-// reading a cache element as f32, one step of a warp's online softmax over a chunk of 32
-// positions, and the merge of a block's warps at the end.
+// attention_common.cuh — the pieces attention.cu, attention_tiled.cu, attention_mma.cu and
+// paged_attention.cu (and, for the cache element, attention_split.cu) share: the launchers'
+// argument checks, the first row a windowed query sees, reading a cache element as f32, one
+// step of a warp's online softmax over a chunk of 32 positions, and the merge of a block's
+// warps at the end.
 //
 // `kMayBeEmpty` is for kernels where a chunk, or a whole warp's walk, can hold no valid
 // position (paged_attention.cu: a bad block-table entry; attention_tiled.cu: a tile past a
@@ -13,6 +14,12 @@
 #include "common.cuh"
 
 namespace strata {
+
+// The first cache row a query at position p sees with a sliding window (0: none): llama.cpp's
+// standard window, the query sees p+1-window..=p (the CPU reference's `first_visible`).
+__host__ __device__ __forceinline__ int64_t first_visible_row(int64_t p, int64_t window) {
+    return window > 0 && p + 1 > window ? p + 1 - window : 0;
+}
 
 template <typename C>
 __device__ __forceinline__ float cache_to_f32(C v);

@@ -38,11 +38,6 @@ constexpr size_t smem_bytes() {
     return sizeof(float) * (kQ * kMaxHeadDim + kKV * (kMaxHeadDim + 1) + kKV * kMaxHeadDim);
 }
 
-// First cache row the query at position p sees.
-__device__ __forceinline__ int64_t first_row(int64_t p, int64_t window) {
-    return window > 0 && p + 1 > window ? p + 1 - window : 0;
-}
-
 template <typename C, int kMaxHeadDim>
 __device__ __forceinline__ void attention_tiled_body(const float *q, int64_t n_tokens,
                                                      int64_t pos0, const C *k_cache,
@@ -67,7 +62,7 @@ __device__ __forceinline__ void attention_tiled_body(const float *q, int64_t n_t
         const int n_q = (int)min((int64_t)kQ, n_tokens - t0);
         // The rows any query of the tile sees: from the first query's window start to the
         // last query's position.
-        const int64_t lo = first_row(pos0 + t0, window), hi = pos0 + t0 + n_q;
+        const int64_t lo = first_visible_row(pos0 + t0, window), hi = pos0 + t0 + n_q;
         const C *k_head = k_cache + (h / group) * head_dim;
         const C *v_head = v_cache + (h / group) * head_dim;
 
@@ -102,7 +97,7 @@ __device__ __forceinline__ void attention_tiled_body(const float *q, int64_t n_t
             for (int qq = 0; qq < kQPerWarp; ++qq) {
                 const int qi = warp * kQPerWarp + qq;
                 const int64_t pq = pos0 + t0 + qi;
-                const bool valid = qi < n_q && p <= pq && p >= first_row(pq, window);
+                const bool valid = qi < n_q && p <= pq && p >= first_visible_row(pq, window);
                 const float *qrow = q_s + qi * kMaxHeadDim;
                 const float *krow = k_s + lane * kKStride;
                 float dot = 0.0f;
