@@ -354,6 +354,20 @@ strata_status strata_attention_prefill_tiled_f32(const float *q, int64_t n_token
                                                  float scale, int64_t window, float *out,
                                                  cudaStream_t stream);
 
+/* ---- attention_mma.cu ------------------------------------------------------------------- */
+
+/* The `next` kernel set's prefill attention on tensor cores: the same contract as
+ * strata_attention_prefill_f32, computed flash-attention style with mma.sync (Q and the softmax
+ * weights rounded to f16, f32 accumulation and softmax) in blocks of 64 query rows of one kv
+ * head's GQA group. Covers an F16 cache with head_dim 64, 128 or 256 on compute capability 8.0+
+ * (16-byte aligned caches, 8-byte aligned q and out); every other case runs
+ * strata_attention_prefill_tiled_f32. */
+strata_status strata_attention_prefill_mma_f32(const float *q, int64_t n_tokens, int64_t pos0,
+                                               strata_dtype cache_dtype, const void *k_cache,
+                                               const void *v_cache, int64_t n_heads,
+                                               int64_t n_kv_heads, int64_t head_dim, float scale,
+                                               int64_t window, float *out, cudaStream_t stream);
+
 /* ---- paged_attention.cu ---------------------------------------------------------------- */
 
 /* Attention for a batch of sequences of different lengths over a paged KV cache (one

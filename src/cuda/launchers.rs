@@ -10,6 +10,22 @@ use super::*;
 #[allow(unused_imports)]
 use crate::{DType, Error, Result, RopeLayout};
 
+/// Which prefill attention kernel [`attention_prefill_f32`] launches. All give the CPU
+/// reference's result within their tolerance: `Proven` and `Tiled` compute in f32, `Mma` rounds
+/// Q and the softmax weights to f16 (see `check::attention_mma_bounds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefillKernel {
+    /// `attention.cu`: one block per token and head.
+    Proven,
+    /// `attention_tiled.cu` (the `next` set's CUDA-core kernel): a block of 16 tokens of one
+    /// head shares each K/V tile in shared memory.
+    Tiled,
+    /// `attention_mma.cu` (the `next` set's kernel): flash attention on f16 tensor cores, 64
+    /// query rows of a GQA group per block; f32 caches, head sizes other than 64/128/256 and
+    /// devices below compute capability 8.0 run `Tiled`.
+    Mma,
+}
+
 launchers! {
     /// Dequantizes `rows` rows of `cols` values of `dt` at `w` into f32 at `out`.
     ///
@@ -460,10 +476,8 @@ launchers! {
         })
     }
 
-    /// Prefill attention: token t attends cache rows 0..=pos0+t, or the last `window` of them.
-    /// `tiled` picks the `next` kernel set's tiled kernel (`attention_tiled.cu`: a block of 16
-    /// tokens shares each K/V tile in shared memory) over the proven one (`attention.cu`: one
-    /// block per token and head); both give the CPU reference's results up to f32 rounding.
+    /// Prefill attention: token t attends cache rows 0..=pos0+t, or the last `window` of them,
+    /// with the kernel `kernel` names ([`PrefillKernel`]).
     ///
     /// # Safety
     /// `q` and `out` must address `n_tokens * n_heads * head_dim` f32; `k_cache` and `v_cache` at
@@ -485,7 +499,7 @@ launchers! {
         scale: f32,
         window: Option<usize>,
         out: DevicePtr,
-        tiled: bool,
+        kernel: PrefillKernel,
         s: Stream,
     ) -> Result<()> {
         const OP: &str = "attention_prefill";
@@ -499,7 +513,11 @@ launchers! {
         );
         // SAFETY: the caller guarantees the buffers and stream (see # Safety).
         check(OP, unsafe {
-            let launch = if tiled { ffi::strata_attention_prefill_tiled_f32 } else { ffi::strata_attention_prefill_f32 };
+            let launch = match kernel {
+                PrefillKernel::Proven => ffi::strata_attention_prefill_f32,
+                PrefillKernel::Tiled => ffi::strata_attention_prefill_tiled_f32,
+                PrefillKernel::Mma => ffi::strata_attention_prefill_mma_f32,
+            };
             launch(
                 ptr(q),
                 t,

@@ -243,7 +243,7 @@ impl Backend for Gpu {
                 scale,
                 window,
                 self.ptr(&out),
-                false,
+                cuda::PrefillKernel::Proven,
                 self.raw_stream(),
             )
         });

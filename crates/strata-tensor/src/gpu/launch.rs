@@ -168,8 +168,9 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
     }
     // The `next` kernel set runs quantized decode matvecs on 8-bit activations and decode
     // attention as flash-decoding, both with scratch memory of the stream, prefill matmuls on
-    // TF32 tensor cores and prefill attention in tiles of 16 tokens; every other launch is the
-    // proven kernel's.
+    // TF32 tensor cores and prefill attention on f16 tensor cores (`attention_mma.cu`, which
+    // sends f32 caches and other head sizes to its CUDA-core tiled kernel); every other launch
+    // is the proven kernel's.
     let next = match &call {
         K::Matvec { .. } | K::Attention { .. } | K::Matmul { .. } => {
             crate::ops::gpu_kernels()? == crate::ops::GpuKernels::Next
@@ -191,7 +192,7 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
     let _range = crate::nvtx::range(match (&call, &scratch) {
         (K::Matvec { .. }, Some(_)) => "matvec_q8",
         (K::Attention { .. }, Some(_)) => "attention_decode_split",
-        (K::Attention { n_tokens, .. }, None) if next && *n_tokens > 1 => "attention_prefill_tiled",
+        (K::Attention { n_tokens, .. }, None) if next && *n_tokens > 1 => "attention_prefill_mma",
         (K::Matmul { .. }, _) if next => "matmul_tc",
         _ => op,
     });
@@ -255,9 +256,10 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
                 }
             }
             K::Attention { n_tokens, pos0, cache, n_heads, n_kv_heads, head_dim, scale, window, .. } => {
+                let kernel = if next { cuda::PrefillKernel::Mma } else { cuda::PrefillKernel::Proven };
                 cuda::attention_prefill_f32(
                     ptr[0], n_tokens, pos0, cache, ptr[1], ptr[2], n_heads, n_kv_heads, head_dim, scale, window,
-                    ptr[3], next, raw,
+                    ptr[3], kernel, raw,
                 )
             }
             K::PagedAttention { shape, n_table, cache, cache_rows, scale, window, .. } => cuda::paged_attention_f32(
