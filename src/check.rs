@@ -48,6 +48,17 @@ impl Tolerance {
     /// = k / 440`: 0.4% for uniform inputs (k = sqrt(3)), 0.6% for Gaussian blocks (k ≈ 2.5).
     /// `rel = 3e-2` is 5 to 7.5 deviations of that, so it holds on every element of large tests.
     pub const Q8_ACTIVATIONS: Tolerance = Tolerance { name: "q8 activations", abs: 1e-5, rel: 3e-2 };
+    /// Attention on f16 tensor cores (the `next` prefill attention, `attention_mma.cu`) against
+    /// the CPU reference on the unrounded queries, for the benches' check (|q|, |k|, |v| <= 1):
+    /// Q is rounded to f16, which moves each score by up to `2^-11 * scale * sum_d |q_d k_d|`
+    /// (at most 1.4e-3 of a logit at head_dim 128, about a tenth of that typically), and the
+    /// softmax weights are rounded to f16 (2^-11 each); an output moves by that fraction of the
+    /// |v| it averages, while the outputs' RMS can be far below |v| (a flat softmax averages
+    /// out), hence the absolute part. The host model of the kernel (`tests/attention_mma.rs`,
+    /// the same roundings) is off by at most 1.6e-4 absolute and 1.5e-3 relative to the RMS on
+    /// 256 tokens x 8 heads x 128; `abs = 1e-3`, `rel = 1e-2` leave six times that. Tests use
+    /// the per-output bound of [`attention_mma_bounds`] instead.
+    pub const F16_ATTENTION: Tolerance = Tolerance { name: "f16 attention", abs: 1e-3, rel: 1e-2 };
 
     pub fn is_strict(&self) -> bool {
         self.abs == 0.0 && self.rel == 0.0
@@ -255,4 +266,129 @@ pub fn skip(test: &str, why: &str) {
         Some((_, n)) => *n += 1,
         None => list.push((why.to_string(), 1)),
     }
+}
+
+/// `x` rounded to binary16 and back (round to nearest even, as the CUDA kernels' `__float2half_rn`
+/// and the `half` crate do): the queries the f16 tensor-core attention multiplies.
+pub fn round_f16(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect()
+}
+
+/// Per-output error bounds for prefill attention on f16 tensor cores (`attention_mma.cu`)
+/// against the CPU reference (`cpu::attention_prefill`) run on the same f16-rounded queries
+/// `q16` ([`round_f16`]), with the same caches and arguments; `[n_tokens][n_heads][head_dim]`
+/// like the output.
+///
+/// Both sides then multiply the same values; what differs, for a query row that sees `n` keys,
+/// with `S = scale * max_j sum_d |q_d k_jd|` over its visible keys and `u = 2^-24`:
+/// - each score is an f32 sum of head_dim products, on the CPU in order and on tensor cores in
+///   another order with possibly truncating adds: both within `head_dim * 4u * S` of exact
+///   (4u per add covers truncation with a margin of two), plus the scale's rounding, so the
+///   scores differ by at most `delta = (2 * head_dim * 4u + 2u) * S`, which moves each softmax
+///   weight by a factor within `exp(+-2 delta)`;
+/// - the kernel rounds each weight to f16 (2^-11 relative; below 2^-14 absolute 2^-25) and
+///   sums the rounded ones, so its weights are off by a further factor within `1 +- 2^-10`,
+///   plus `2^-25` each; `expf` against libm adds a few ulp (`8u`);
+/// - the weighted sums of `n` values of V: f32, within `n * 4u` of exact on each side.
+///
+/// The weights sum to 1, so the output's error is at most `max_j |v_jd|` times
+/// `exp(2 delta) (1 + 2^-10)(1 + 8u) - 1 + 2 n 4u + n 2^-25`, the bound returned (plus
+/// `1e-30`). It still catches the indexing errors it is meant to: a key dropped, added or
+/// misplaced, a row read for another head or token, is off by a whole weight (1/n of a flat
+/// softmax, far more for the peaked ones of random tests and for short windows).
+// The arguments mirror `cpu::attention_prefill`'s.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_mma_bounds(
+    q16: &[f32],
+    k: crate::cpu::CacheRef,
+    v: crate::cpu::CacheRef,
+    n_tokens: usize,
+    pos0: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    scale: f32,
+    window: Option<usize>,
+) -> Vec<f64> {
+    const U: f64 = 1.0 / (1u64 << 24) as f64;
+    let kv = |c: &crate::cpu::CacheRef, i: usize| -> f64 {
+        match c {
+            crate::cpu::CacheRef::F32(x) => f64::from(x[i]),
+            crate::cpu::CacheRef::F16(x) => f64::from(x[i].to_f32()),
+        }
+    };
+    let group = n_heads / n_kv_heads.max(1);
+    let row = n_kv_heads * head_dim;
+    let mut bounds = vec![0.0; n_tokens * n_heads * head_dim];
+    for t in 0..n_tokens {
+        let p = pos0 + t;
+        let keys = crate::cpu::first_visible(p, window)..p + 1;
+        let n = keys.len() as f64;
+        for h in 0..n_heads {
+            let kv_off = (h / group) * head_dim;
+            let q = &q16[(t * n_heads + h) * head_dim..][..head_dim];
+            let s_max = keys
+                .clone()
+                .map(|j| {
+                    q.iter().enumerate().map(|(d, &qd)| (f64::from(qd) * kv(&k, j * row + kv_off + d)).abs()).sum()
+                })
+                .fold(0.0f64, f64::max)
+                * f64::from(scale);
+            let delta = (2.0 * head_dim as f64 * 4.0 * U + 2.0 * U) * s_max;
+            let factor = (2.0 * delta).exp() * (1.0 + 1.0 / 1024.0) * (1.0 + 8.0 * U) - 1.0
+                + 2.0 * n * 4.0 * U
+                + n / (1u64 << 25) as f64;
+            for d in 0..head_dim {
+                let v_max = keys.clone().map(|j| kv(&v, j * row + kv_off + d).abs()).fold(0.0f64, f64::max);
+                bounds[(t * n_heads + h) * head_dim + d] = factor * v_max + 1e-30;
+            }
+        }
+    }
+    bounds
+}
+
+/// Panics unless `|got_i - want_i| <= bounds_i` for every i (NaN never passes), with the
+/// worst element (error, bound, where) and the first few offenders.
+#[track_caller]
+pub fn assert_within_bounds(label: &str, got: &[f32], want: &[f32], bounds: &[f64]) {
+    assert!(
+        got.len() == want.len() && want.len() == bounds.len(),
+        "{label}: lengths differ: got {}, want {}, bounds {}",
+        got.len(),
+        want.len(),
+        bounds.len()
+    );
+    let mut bad = Vec::new();
+    let (mut worst, mut worst_at) = (0.0f64, 0);
+    for (i, ((&g, &w), &b)) in got.iter().zip(want).zip(bounds).enumerate() {
+        let err = (f64::from(g) - f64::from(w)).abs();
+        let err = if err.is_nan() { f64::INFINITY } else { err };
+        if err / b > worst {
+            (worst, worst_at) = (err / b, i);
+        }
+        if err > b {
+            bad.push((i, g, w, b));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{label}: {} of {} values outside their bounds; worst at [{worst_at}]: error {:.3e} = {worst:.2} x its bound; first: {:?}",
+        bad.len(),
+        got.len(),
+        (f64::from(got[worst_at]) - f64::from(want[worst_at])).abs(),
+        &bad[..bad.len().min(5)]
+    );
+}
+
+/// The largest `|got_i - want_i| / bounds_i` (how much of the bound is used; NaN counts as
+/// infinite), for tests that check a bound is not loose beyond use.
+pub fn bound_used(got: &[f32], want: &[f32], bounds: &[f64]) -> f64 {
+    got.iter()
+        .zip(want)
+        .zip(bounds)
+        .map(|((&g, &w), &b)| {
+            let e = (f64::from(g) - f64::from(w)).abs() / b;
+            if e.is_nan() { f64::INFINITY } else { e }
+        })
+        .fold(0.0, f64::max)
 }

@@ -7,6 +7,8 @@
 //! - `fast`: the fast CPU path (quantized activations, SIMD) against the reference;
 //! - `fast_types`: the same for the 8-bit kernels of Q5_0, Q5_1, IQ4_NL, the K-quants, IQ4_XS;
 //! - `matvec_q8`: the `next` GPU matvec's arithmetic through its host twins (no GPU needed);
+//! - `attention_mma`: a host model of the `next` tensor-core prefill attention's tiles and
+//!   fragments against the CPU reference (no GPU needed);
 //! - `model`: the dequantizer against known values of the real default model.
 //!
 //! CUDA tests that cannot run print `skipped: ...` and pass; the binary prints how many were
@@ -14,6 +16,7 @@
 
 mod support;
 
+mod attention_mma;
 mod dequant;
 mod fast;
 mod fast_types;
