@@ -22,6 +22,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ops::{Inputs, MODEL, Op};
 use strata_kernels::DType;
 use strata_kernels::cpu::fast::{self, Isa};
+use strata_kernels::cuda::PrefillKernel;
 
 fn cases() -> Vec<Op> {
     let m = MODEL;
@@ -67,7 +68,14 @@ fn cases() -> Vec<Op> {
     for n_kv in [256, 1024] {
         v.push(Op::AttentionDecode { cache: DType::F16, heads, kv_heads, head_dim, n_kv });
     }
-    v.push(Op::AttentionPrefill { cache: DType::F16, heads, kv_heads, head_dim, tokens: 256, tiled: false });
+    v.push(Op::AttentionPrefill {
+        cache: DType::F16,
+        heads,
+        kv_heads,
+        head_dim,
+        tokens: 256,
+        kernel: PrefillKernel::Proven,
+    });
     v
 }
 

@@ -17,7 +17,8 @@
 #                                # $OUT/stream.tgz. About 5 minutes on an H100/H200.
 #   scripts/gpu-check.sh next    # there: the `next` kernel set (STRATA_GPU_KERNELS=next) against
 #                                # the proven one (decode matvec on 8-bit activations, flash-
-#                                # decoding attention, tensor-core prefill, fused decode ops):
+#                                # decoding attention, tensor-core prefill matmul and
+#                                # attention, fused decode ops):
 #                                # parity tests (kernels, tensor API, model
 #                                # tokens vs the CPU), memcheck on it, the matvec benches of both
 #                                # sets at 7B shapes, and `strata bench -p 512 -n 128` on a
@@ -221,7 +222,7 @@ stream() {
 next() {
   local bin S tmp
   prepare next
-  TAIL=8 step next-kernels 60 "$bin/kernels" --test-threads 8 matvec_q8
+  TAIL=8 step next-kernels 60 "$bin/kernels" --test-threads 8 matvec_q8 attention_mma
   TAIL=8 step next-tensor 60 "$bin/tensor" --test-threads 8 _next_cuda
   TAIL=12 step next-model 120 env STRATA_GPU_KERNELS=next "$bin/model" --test-threads 4 gpu:: --nocapture
   if command -v compute-sanitizer >/dev/null; then
@@ -231,12 +232,14 @@ next() {
     summary+=("sanitizer: skipped: compute-sanitizer not on PATH")
   fi
   if [[ -x $bin/copy_bandwidth ]]; then TAIL=12 step copy 60 "$bin/copy_bandwidth" --json "$out/copy.json"; fi
-  # Both sets' decode matvecs, the next prefill matmul (TF32 tensor cores) and both prefill
-  # attentions (proven, tiled) at the 7B shapes: criterion prints GB/s (the matvecs against the
-  # copy bandwidth above); the matmul's flops are 2 x rows x cols x 512 per call. The fused
+  # Both sets' decode matvecs, the next prefill matmul (TF32 tensor cores) and the prefill
+  # attentions (proven, tiled on CUDA cores, mma on f16 tensor cores) at the 7B shapes:
+  # criterion prints GB/s (the matvecs against the copy bandwidth above); the matmul's flops
+  # are 2 x rows x cols x 512 per call, the attention's 4 x 32 x 128 x 512 x 513 / 2 = 4.3
+  # GFLOP per call (against ~990 TFLOP/s dense f16 for mma). The fused
   # decode ops (matvec_q8_add, matvec_q8_glu, rmsnorm_quantize_q8) beside what they replace
   # (matvec_q8 of the same shapes, silu_mul 11008, rmsnorm 1x4096).
-  TAIL=150 step next-bench 300 "$bin/cuda_ops" --bench "((matvec.*|matmul_tc) (q4_0|q4_K|q6_K|q8_0) (4096x4096|11008x4096|4096x11008|32000x4096)|attention_prefill(_tiled)? f16 kv 32/32x128 T=512|matvec_q8_glu (silu|gelu) .*|rmsnorm_quantize_q8 .*|rmsnorm f32 1x4096|silu_mul f32 11008$)"
+  TAIL=150 step next-bench 300 "$bin/cuda_ops" --bench "((matvec.*|matmul_tc) (q4_0|q4_K|q6_K|q8_0) (4096x4096|11008x4096|4096x11008|32000x4096)|attention_prefill(_tiled|_mma)? f16 kv 32/32x128 T=512|matvec_q8_glu (silu|gelu) .*|rmsnorm_quantize_q8 .*|rmsnorm f32 1x4096|silu_mul f32 11008$)"
   TAIL=3 step synth-7b 120 "$S" synth --preset llama-7b --dtype q4_0 --seed 1 --out "$tmp/l7b.gguf"
   local set mem cap
   for set in proven next; do

@@ -191,7 +191,7 @@ impl Gpu {
                     out,
                     s,
                 ),
-                Op::AttentionPrefill { cache, heads, kv_heads, head_dim, tokens, tiled } => {
+                Op::AttentionPrefill { cache, heads, kv_heads, head_dim, tokens, kernel } => {
                     cuda::attention_prefill_f32(
                         x,
                         tokens,
@@ -205,7 +205,7 @@ impl Gpu {
                         scale(head_dim),
                         None,
                         out,
-                        tiled,
+                        kernel,
                         s,
                     )
                 }

@@ -9,6 +9,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use strata_kernels::check::Tolerance;
 use strata_kernels::cpu::{self, CacheMut, CacheRef};
+use strata_kernels::cuda::PrefillKernel;
 use strata_kernels::{DType, RopeLayout, quant};
 
 /// SmolLM2-135M (the default model): hidden 576, FFN 1536, 9 heads / 3 KV heads of 64,
@@ -105,15 +106,19 @@ pub enum Op {
         head_dim: usize,
         n_kv: usize,
     },
-    /// `tiled`: the `next` kernel set's tiled prefill attention (`STRATA_GPU_KERNELS=next`) on
-    /// a GPU; the CPU has one prefill attention and ignores it.
+    /// `kernel`: on a GPU, the proven kernel or one of the `next` set's (`Tiled`: CUDA cores;
+    /// `Mma`: f16 tensor cores, what `STRATA_GPU_KERNELS=next` runs); the CPU has one prefill
+    /// attention and ignores it. Causal prefill is compute-bound (`flops`: 4 x heads x head_dim
+    /// x T (T + 1) / 2 against `bytes`: the caches and q/out once): its roofline is the f32 FMA
+    /// rate for `Proven` and `Tiled` (H100 SXM: ~67 TFLOP/s) and the dense f16 tensor-core rate
+    /// for `Mma` (~990 TFLOP/s).
     AttentionPrefill {
         cache: DType,
         heads: usize,
         kv_heads: usize,
         head_dim: usize,
         tokens: usize,
-        tiled: bool,
+        kernel: PrefillKernel,
     },
     KvAppend {
         cache: DType,
@@ -235,8 +240,9 @@ impl Op {
             Op::Rmsnorm { .. } => "rmsnorm",
             Op::Rope { .. } => "rope",
             Op::AttentionDecode { .. } => "attention_decode",
-            Op::AttentionPrefill { tiled: false, .. } => "attention_prefill",
-            Op::AttentionPrefill { tiled: true, .. } => "attention_prefill_tiled",
+            Op::AttentionPrefill { kernel: PrefillKernel::Proven, .. } => "attention_prefill",
+            Op::AttentionPrefill { kernel: PrefillKernel::Tiled, .. } => "attention_prefill_tiled",
+            Op::AttentionPrefill { kernel: PrefillKernel::Mma, .. } => "attention_prefill_mma",
             Op::KvAppend { .. } => "kv_append",
             Op::SiluMul { .. } => "silu_mul",
             Op::GeluMul { .. } => "gelu_mul",
@@ -356,6 +362,7 @@ impl Op {
             }
             Op::Argmax { .. } => Tolerance::STRICT,
             Op::MatmulTc { .. } => Tolerance::TF32,
+            Op::AttentionPrefill { kernel: PrefillKernel::Mma, cache: DType::F16, .. } => Tolerance::F16_ATTENTION,
             Op::SiluMul { .. } | Op::GeluMul { .. } | Op::Rope { .. } => Tolerance::F32_ROUNDING,
             _ => Tolerance::F32_ACCUMULATION,
         }
@@ -651,7 +658,7 @@ pub fn common_cases() -> Vec<Op> {
             kv_heads: d.kv_heads,
             head_dim: d.head_dim,
             tokens: 128,
-            tiled: false,
+            kernel: PrefillKernel::Proven,
         });
         v.push(Op::KvAppend { cache: DType::F16, tokens: 1, row_len: d.kv_heads * d.head_dim });
         v.push(Op::KvAppend { cache: DType::F16, tokens: 64, row_len: d.kv_heads * d.head_dim });
@@ -699,15 +706,16 @@ pub fn cuda_cases() -> Vec<Op> {
             v.push(Op::MatmulTc { dt, rows, cols, tokens: 512 });
         }
     }
-    // The `next` prefill attention at pp512 of a 7B, beside the proven kernel on the same shape.
-    for tiled in [false, true] {
+    // The `next` prefill attentions (CUDA-core tiles, tensor cores) at pp512 of a 7B, beside the
+    // proven kernel on the same shape.
+    for kernel in [PrefillKernel::Proven, PrefillKernel::Tiled, PrefillKernel::Mma] {
         v.push(Op::AttentionPrefill {
             cache: DType::F16,
             heads: b.heads,
             kv_heads: b.kv_heads,
             head_dim: b.head_dim,
             tokens: 512,
-            tiled,
+            kernel,
         });
     }
     // The `next` decode matvec at the 7B shapes the GPU-speed issue names, every quantized type.

@@ -434,35 +434,57 @@ fn attention_decode_next_cuda() {
     });
 }
 
-/// The `next` kernel set's prefill attention (tiles of 16 tokens of one head sharing each
-/// 32-row K/V tile in shared memory) against the CPU reference: group sizes (MHA, GQA 3/4/8),
-/// head dims 64/80/128/256 (the 256 instance needs 82 KiB of dynamic shared memory), token
-/// counts with a partial last tile, a prompt after cached rows (pos0 > 0: the tile's range then
-/// starts before its first token) and sliding windows shorter than a tile and than the prompt.
-/// It can fail: a query reading another tile's rows, a row past its position or before its
-/// window, or a dropped last tile is off by whole softmax weights. A GPU-only test.
+/// The `next` kernel set's prefill attention against the CPU reference: on f16 tensor cores
+/// (`attention_mma.cu`) for an f16 cache with head_dim 64, 128 or 256, else its CUDA-core
+/// tiled fallback (`attention_tiled.cu`: f32 caches, head_dim 80). Group sizes MHA and GQA
+/// 3/4/8 (a 64-row tile of a GQA 3 group splits a token's heads), token counts with partial
+/// row and key tiles (70 tokens x 3 heads = 3.3 row tiles; 130 keys = 2 tiles of 64 and a
+/// tail), a prompt after cached rows (pos0 > 0, chunked prefill: keys 0..pos0 + n) and sliding
+/// windows shorter than a key tile and than the prompt.
+///
+/// The tensor-core kernel rounds Q and the softmax weights to f16, so it is held to the CPU
+/// reference run on the f16-rounded Q, per output within `check::attention_mma_bounds`
+/// (derived there from f16 and f32 rounding; the host model of the kernel in the kernel
+/// crate's `attention_mma` tests uses at most an eighth of it, while an off-by-one window, a
+/// wrong GQA row mapping or a dropped key tile exceed it 60 to 30,000 times); the tiled
+/// fallback computes in f32 and keeps `Tolerance::F32_ACCUMULATION`. A GPU-only test.
 #[test]
 fn attention_prefill_next_cuda() {
     crate::support::on_cuda("ops::attention_prefill_next_cuda", |s| {
         for (h, kvh, d) in [(9, 3, 64), (32, 32, 128), (32, 8, 128), (8, 1, 256), (6, 2, 80)] {
             for cache_dt in [DType::F16, DType::F32] {
-                for (tokens, pos0) in [(1, 0), (17, 0), (70, 0), (33, 300)] {
+                // What the launcher picks on an sm_80+ device (the build's only targets).
+                let mma = cache_dt == DType::F16 && matches!(d, 64 | 128 | 256);
+                for (tokens, pos0) in [(1, 0), (17, 0), (70, 0), (130, 0), (33, 300)] {
                     let cache = TestCache::new(s, cache_dt, [pos0 + tokens, kvh, d], 23);
                     let ((kt, vt), (kr, vr)) = ((&cache.k, &cache.v), cache.refs());
                     let q = uniform(29, tokens * h * d, 2.0);
                     let qt = on(s, f32t(&[tokens, h, d], &q));
+                    let q16 = strata_kernels::check::round_f16(&q);
                     let scale = 1.0 / (d as f32).sqrt();
                     for window in [None, Some(5), Some(40)] {
-                        let mut want = vec![0.0; tokens * h * d];
-                        cpu::attention_prefill(&q, tokens, pos0, kr, vr, h, kvh, d, scale, window, &mut want).unwrap();
                         let mut out = poisoned(&[tokens, h, d], s);
                         ops::with_gpu_kernels(ops::GpuKernels::Next, || {
                             ops::attention_prefill(&qt, pos0, kt, vt, scale, window, &mut out, s)
                         })
                         .unwrap();
-                        let label =
-                            format!("next prefill {h}/{kvh}x{d} {cache_dt} T={tokens} pos0={pos0} window={window:?}");
-                        assert_close(&label, &out.to_vec_f32(s).unwrap(), &want, Tolerance::F32_ACCUMULATION);
+                        let got = out.to_vec_f32(s).unwrap();
+                        let label = format!(
+                            "next prefill {} {h}/{kvh}x{d} {cache_dt} T={tokens} pos0={pos0} window={window:?}",
+                            if mma { "mma" } else { "tiled" }
+                        );
+                        let mut want = vec![0.0; tokens * h * d];
+                        let q_in = if mma { &q16 } else { &q };
+                        cpu::attention_prefill(q_in, tokens, pos0, kr, vr, h, kvh, d, scale, window, &mut want)
+                            .unwrap();
+                        if mma {
+                            let bounds = strata_kernels::check::attention_mma_bounds(
+                                &q16, kr, vr, tokens, pos0, h, kvh, d, scale, window,
+                            );
+                            strata_kernels::check::assert_within_bounds(&label, &got, &want, &bounds);
+                        } else {
+                            assert_close(&label, &got, &want, Tolerance::F32_ACCUMULATION);
+                        }
                     }
                 }
             }
