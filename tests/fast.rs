@@ -661,6 +661,49 @@ fn f32_activation_new_types_catch_a_changed_weight() {
     }
 }
 
+/// The K-quant prefill tiles (AVX-512: 4 rows × 4 tokens, the last `n % 4` tokens on the AVX2
+/// tiles; AVX2: 1 row × 8 or 4 tokens): token counts around the tile sizes and a 33-token
+/// prefill, row counts with every tail of a 4-row tile, within the rigorous bound of
+/// [`check_f32act`] on every kernel set; and one changed weight in the last row of a whole
+/// tile moves only that row's sums, for every token of the tile.
+#[test]
+fn f32_activation_k_quant_prefill_tiles() {
+    for isa in Isa::available() {
+        for dt in [DType::Q4_K, DType::Q6_K] {
+            for (k, rows) in [4usize, 9, 14, 67].into_iter().enumerate() {
+                let cols = 3 * 256;
+                let w = blocks_matrix(k as u64 * 13 + 1, dt, rows, cols);
+                for n in [3, 4, 6, 8, 11, 12, 16, 33] {
+                    let x = uniform(&mut rng(k as u64 * 11 + n as u64), n * cols, 2.0);
+                    check_f32act(isa, dt, &w, rows, cols, &x, n);
+                }
+            }
+            let (rows, cols, n) = (8, 2 * 256, 8);
+            let w = blocks_matrix(3, dt, rows, cols);
+            let x = vec![1.0f32; n * cols];
+            let mut bad = w.clone();
+            let rb = w.len() / rows;
+            // Row 3 (the last of the first 4-row tile), first super-block, past the scales.
+            bad[3 * rb + dt.block_bytes() / 2 + 4] ^= 0xFF;
+            let (good, got) =
+                (f32act_with(isa, dt, &w, rows, cols, &x, n), f32act_with(isa, dt, &bad, rows, cols, &x, n));
+            let want = reference(dt, &bad, rows, cols, &x, n);
+            for t in 0..n {
+                for r in 0..rows {
+                    let i = t * rows + r;
+                    let changed = (got[i] - good[i]).abs() > 1e-3;
+                    assert_eq!(changed, r == 3, "{dt} {}: token {t} row {r}: {} vs {}", isa.name(), got[i], good[i]);
+                    assert!(
+                        (got[i] - want[i]).abs() <= 1e-3 * want[i].abs().max(1.0),
+                        "{dt} {}: token {t} row {r}",
+                        isa.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn f32_activation_new_types_bad_arguments_are_errors() {
     let w = blocks_matrix(1, DType::Q4_K, 2, 512);

@@ -76,10 +76,13 @@ pub fn matmul_f32_with(
         if isa != Isa::Scalar && super::f32act_k::handles(dtype) {
             // Q4_K and Q6_K: decoded into registers, tiles of rows × tokens (`f32act_k`).
             let nsb = cols / crate::QK_K;
-            // SAFETY: `check_shapes` returned Ok only if `isa.is_available()`; both x86 kernel
-            // sets include AVX2, FMA and F16C, the features of `f32act_k::gemm`.
-            by_rows(w, rb, rows, n_tokens, y, |wc, o| unsafe {
-                super::f32act_k::gemm(dtype, wc, rb, nsb, x, n_tokens, o)
+            by_rows(w, rb, rows, n_tokens, y, |wc, o| match isa {
+                // SAFETY: `check_shapes` returned Ok only if `isa.is_available()`: this CPU has
+                // AVX-512 F/BW/VL, AVX2, FMA and F16C, the features of `f32act_k512::gemm`.
+                Isa::Avx512Vnni => unsafe { super::f32act_k512::gemm(dtype, wc, rb, nsb, x, n_tokens, o) },
+                // SAFETY: as above: both x86 kernel sets include AVX2, FMA and F16C, the
+                // features of `f32act_k::gemm`.
+                _ => unsafe { super::f32act_k::gemm(dtype, wc, rb, nsb, x, n_tokens, o) },
             });
             return Ok(());
         }

@@ -177,9 +177,14 @@ pub fn dequantize_row_exact(isa: Isa, dtype: DType, row: &[u8], out: &mut [f32])
     if isa != Isa::Scalar {
         // The types whose x86 kernels decode into registers: their decoders, not these.
         if super::f32act_k::handles(dtype) {
-            // SAFETY: `isa.is_available()` was checked above; both x86 kernel sets include
-            // AVX2, FMA and F16C, the features of `f32act_k::decode_row`.
-            unsafe { super::f32act_k::decode_row(dtype, row, out) };
+            match isa {
+                // SAFETY: `isa.is_available()` was checked above: this CPU has AVX-512
+                // F/BW/VL, AVX2, FMA and F16C, the features of `f32act_k512::decode_row`.
+                Isa::Avx512Vnni => unsafe { super::f32act_k512::decode_row(dtype, row, out) },
+                // SAFETY: as above; both x86 kernel sets include AVX2, FMA and F16C, the
+                // features of `f32act_k::decode_row`.
+                _ => unsafe { super::f32act_k::decode_row(dtype, row, out) },
+            }
             return Ok(());
         }
         if let Some(ty) = super::WType::of(dtype).filter(|t| t.has_f32_tiles()) {

@@ -41,10 +41,10 @@ const A_ONE: usize = 4;
 /// Row tiles ahead to prefetch.
 const PREFETCH_TILES: usize = 2;
 
-const Q4_K: u8 = 0;
-const Q6_K: u8 = 1;
+pub(super) const Q4_K: u8 = 0;
+pub(super) const Q6_K: u8 = 1;
 
-const fn block_bytes(ty: u8) -> usize {
+pub(super) const fn block_bytes(ty: u8) -> usize {
     if ty == Q4_K { 144 } else { 210 }
 }
 
@@ -58,19 +58,29 @@ pub(super) fn handles(dtype: DType) -> bool {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn gemm(dtype: DType, w: &[u8], rb: usize, nsb: usize, x: &[f32], n: usize, out: &mut [f32]) {
     match dtype {
-        DType::Q4_K => rows_tokens::<Q4_K>(w, rb, nsb, x, n, out),
-        DType::Q6_K => rows_tokens::<Q6_K>(w, rb, nsb, x, n, out),
+        DType::Q4_K => rows_tokens::<Q4_K>(w, rb, nsb, x, n, 0, out),
+        DType::Q6_K => rows_tokens::<Q6_K>(w, rb, nsb, x, n, 0, out),
         _ => out.fill(f32::NAN),
     }
 }
 
+/// Tokens `from..n` against every row (the AVX-512 kernels send their last tokens here).
 #[target_feature(enable = "avx2,fma,f16c")]
-fn rows_tokens<const TY: u8>(w: &[u8], rb: usize, nsb: usize, x: &[f32], n: usize, out: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+pub(super) fn rows_tokens<const TY: u8>(
+    w: &[u8],
+    rb: usize,
+    nsb: usize,
+    x: &[f32],
+    n: usize,
+    from: usize,
+    out: &mut [f32],
+) {
     let rows = w.len() / rb.max(1);
     let cols = nsb * QK_K;
     let token = |t: usize| &x[t * cols..][..cols];
     let row = |r: usize| &w[r * rb..][..rb];
-    let mut t0 = 0;
+    let mut t0 = from;
     while t0 < n {
         let left = n - t0;
         let tn = if left >= T_MANY {
@@ -109,9 +119,9 @@ fn rows_tokens<const TY: u8>(w: &[u8], rb: usize, nsb: usize, x: &[f32], n: usiz
 
 /// A super-block's sub-block scales: `dl` per 32 values and `ml` (Q4_K), or `dl` per 16 values
 /// (Q6_K), as the reference computes them.
-struct Scales {
-    dl: [f32; 16],
-    ml: [f32; 8],
+pub(super) struct Scales {
+    pub(super) dl: [f32; 16],
+    pub(super) ml: [f32; 8],
 }
 
 /// The scales of the super-block `b` (a whole one: the caller slices it), with the reference's
@@ -121,7 +131,7 @@ struct Scales {
 /// multiply instead of one at a time.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn scales<const TY: u8>(b: &[u8]) -> Scales {
+pub(super) fn scales<const TY: u8>(b: &[u8]) -> Scales {
     let mut s = Scales { dl: [0.0; 16], ml: [0.0; 8] };
     let word = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
     let scaled = |d: __m256, q: __m256i| _mm256_mul_ps(d, _mm256_cvtepi32_ps(q));

@@ -69,6 +69,8 @@ mod f32act;
 mod f32act_dq;
 #[cfg(target_arch = "x86_64")]
 mod f32act_k;
+#[cfg(target_arch = "x86_64")]
+mod f32act_k512;
 mod scalar;
 mod scalar_k;
 #[cfg(target_arch = "x86_64")]
