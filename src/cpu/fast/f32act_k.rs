@@ -124,6 +124,10 @@ pub(super) struct Scales {
     pub(super) ml: [f32; 8],
 }
 
+impl Scales {
+    pub(super) const ZERO: Scales = Scales { dl: [0.0; 16], ml: [0.0; 8] };
+}
+
 /// The scales of the super-block `b` (a whole one: the caller slices it), with the reference's
 /// arithmetic: the integer scales as the reference unpacks them ([`k4_scale_min`]: checked
 /// against it in `tests/fast.rs` through the decoded values), widened exactly, times `d` (or
@@ -241,7 +245,13 @@ impl Unit {
                 let off = _mm256_set1_epi8(32);
                 let q6 = [_mm256_sub_epi8(_mm256_or_si256(l0, h0), off), _mm256_sub_epi8(_mm256_or_si256(l1, h1), off)];
                 // Values 64 u .. 64 u + 64 are the 16-value sub-blocks 4 u .. 4 u + 4.
-                let sv = std::array::from_fn(|i| _mm256_set1_ps(s.dl[4 * u + i]));
+                // Not `array::from_fn`: its closure could not be inlined (see `tile`).
+                let sv = [
+                    _mm256_set1_ps(s.dl[4 * u]),
+                    _mm256_set1_ps(s.dl[4 * u + 1]),
+                    _mm256_set1_ps(s.dl[4 * u + 2]),
+                    _mm256_set1_ps(s.dl[4 * u + 3]),
+                ];
                 Unit { qs: p, q6, s: sv }
             }
         }
@@ -287,7 +297,14 @@ fn tile<const TY: u8, const R: usize, const T: usize, const A: usize>(
     }
     let mut acc = [[[_mm256_setzero_ps(); A]; T]; R];
     for sb in 0..nsb {
-        let sc: [Scales; R] = std::array::from_fn(|i| scales::<TY>(&rows[i][sb * bytes..][..bytes]));
+        // A loop rather than `array::from_fn`: a closure here has this function's target
+        // features, so it cannot be inlined into `from_fn` (which has none); it was a call
+        // per super-block and row, around which the accumulators were spilled (the one-token
+        // tile took 35-40% less CPU time without it: `examples/kquant_cputime.rs`).
+        let mut sc = [Scales::ZERO; R];
+        for i in 0..R {
+            sc[i] = scales::<TY>(&rows[i][sb * bytes..][..bytes]);
+        }
         for u in 0..QK_K / 64 {
             // Row by row, so that one row's unit lives at a time; each decoded register is
             // used for the T tokens at once, whose activations are memory operands of the

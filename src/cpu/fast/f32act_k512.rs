@@ -150,17 +150,34 @@ fn tile<const TY: u8, const RR: usize>(rows: [&[u8]; RR], xs: [&[f32]; T], nsb: 
     }
     let mut acc = [[_mm512_setzero_ps(); T]; RR];
     for sb in 0..nsb {
-        let sc: [Scales; RR] = std::array::from_fn(|i| scales::<TY>(&rows[i][sb * bytes..][..bytes]));
-        // SAFETY (every block below): super-block sb < nsb is inside rows[i] and values
-        // 256 sb .. 256 sb + 256 inside xs[j] (both checked above); u < 4, h < 2.
-        let at = |i: usize| unsafe { rows[i].as_ptr().add(sb * bytes) };
+        // Plain loops rather than `array::from_fn`: a closure here has this function's target
+        // features, so it cannot be inlined into `from_fn` (which has none) and stays a call,
+        // which spilled the tile's 16 accumulators around it (the first version of this tile
+        // was slower than the AVX2 one for that).
+        let mut sc = [Scales::ZERO; RR];
+        let mut blocks = [std::ptr::null::<u8>(); RR];
+        for i in 0..RR {
+            sc[i] = scales::<TY>(&rows[i][sb * bytes..][..bytes]);
+            blocks[i] = rows[i][sb * bytes..].as_ptr();
+        }
         for u in 0..QK_K / 64 {
-            let q6: [__m512i; RR] =
-                std::array::from_fn(|i| if TY == Q6_K { unsafe { q6_unit(at(i), u) } } else { _mm512_setzero_si512() });
+            let mut q6 = [_mm512_setzero_si512(); RR];
+            if TY == Q6_K {
+                for i in 0..RR {
+                    // SAFETY: blocks[i] is a whole super-block of rows[i] (lengths checked
+                    // above), u < 4.
+                    q6[i] = unsafe { q6_unit(blocks[i], u) };
+                }
+            }
             for h in 0..2 {
-                let wv: [[__m512; 2]; RR] =
-                    std::array::from_fn(|i| unsafe { decode16::<TY>(at(i), u, h, &sc[i], q6[i]) });
+                let mut wv = [[_mm512_setzero_ps(); 2]; RR];
+                for i in 0..RR {
+                    // SAFETY: as above, h < 2.
+                    wv[i] = unsafe { decode16::<TY>(blocks[i], u, h, &sc[i], q6[i]) };
+                }
                 for j in 0..T {
+                    // SAFETY: xs[j] holds nsb * 256 values (checked above); values
+                    // 256 sb + 64 u + 16 h .. + 16 and 32 further are inside.
                     let (x0, x1) = unsafe {
                         let p = xs[j].as_ptr().add(sb * QK_K + 64 * u + 16 * h);
                         (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(32)))
