@@ -172,6 +172,34 @@ fn new_types_simd_kernels_match_the_portable_ones() {
     }
 }
 
+/// Q4_K and Q6_K, which have AVX-512 VNNI kernels, on prefill-sized batches (every tile of
+/// 8, 4 and 1 tokens, 1- and 2-row tiles) and Gemma 3's 2048-wide rows with activations up to
+/// 300 (large integer sums): every SIMD kernel set against the portable one, and the AVX-512
+/// kernels against the AVX2 ones (the same exact integer sums, converted and added in another
+/// order).
+#[test]
+fn k_quant_prefill_kernels_agree_across_isas() {
+    for dt in [DType::Q4_K, DType::Q6_K] {
+        for (k, (rows, cols, n)) in [(19, 2048, 33), (6, 512, 64), (5, 768, 13)].into_iter().enumerate() {
+            let w = matrix(k as u64 + 40, dt, rows, cols);
+            let x = uniform(&mut rng(k as u64 + 41), n * cols, 300.0);
+            let want = fast_with(Isa::Scalar, dt, &w, rows, cols, &x, n);
+            for isa in Isa::available().into_iter().filter(|&i| i != Isa::Scalar) {
+                let got = fast_with(isa, dt, &w, rows, cols, &x, n);
+                let label = format!("{} vs scalar {dt} {rows}x{cols} T={n}", isa.name());
+                assert_close(&label, &got, &want, Tolerance::F32_ACCUMULATION);
+                if isa == Isa::Avx512Vnni {
+                    let avx2 = fast_with(Isa::Avx2, dt, &w, rows, cols, &x, n);
+                    assert_close(&format!("avx512-vnni vs avx2 {dt} T={n}"), &got, &avx2, Tolerance::F32_ACCUMULATION);
+                }
+            }
+        }
+    }
+    if !Isa::Avx512Vnni.is_available() {
+        skip("fast_types::k_quant_prefill_kernels_agree_across_isas[avx512-vnni]", "this CPU lacks AVX-512 VNNI");
+    }
+}
+
 /// Splitting the rows over 1, 2 or 3 threads gives the same bits: each task computes whole
 /// rows with the same tiles, so only the split changes.
 #[test]

@@ -45,12 +45,12 @@ const PREFETCH_TILES: usize = 2;
 /// The weight type as a const parameter, so each kernel is compiled for one layout.
 const Q2_K: u8 = 0;
 const Q3_K: u8 = 1;
-const Q4_K: u8 = 2;
+pub(super) const Q4_K: u8 = 2;
 const Q5_K: u8 = 3;
-const Q6_K: u8 = 4;
+pub(super) const Q6_K: u8 = 4;
 const IQ4_XS: u8 = 5;
 
-const fn block_bytes(ty: u8) -> usize {
+pub(super) const fn block_bytes(ty: u8) -> usize {
     match ty {
         Q2_K => 84,
         Q3_K => 110,
@@ -167,7 +167,7 @@ fn rows_loop<const TY: u8, const R: usize, const T: usize>(
 /// Whether every row holds `nb` super-blocks of `bytes` and every token `nb` activation
 /// blocks: checked once per tile so the block loops need no bounds checks. Both hold by
 /// construction (`super::by_rows` slices whole rows, `ActsK` has `nb` blocks per token).
-fn lengths_ok<const R: usize, const T: usize>(
+pub(super) fn lengths_ok<const R: usize, const T: usize>(
     rows: &[&[u8]; R],
     toks: &[ActRowK<'_>; T],
     nb: usize,
@@ -179,13 +179,13 @@ fn lengths_ok<const R: usize, const T: usize>(
 
 /// What a super-block's chunks share: its scales.
 #[derive(Clone, Copy)]
-struct Head {
-    d: f32,
-    dmin: f32,
+pub(super) struct Head {
+    pub(super) d: f32,
+    pub(super) dmin: f32,
     /// The signed scale of each group of 16 values.
-    g8: __m128i,
+    pub(super) g8: __m128i,
     /// The minimum of each group of 16 values (zero for the types without).
-    m16: __m256i,
+    pub(super) m16: __m256i,
 }
 
 /// The binary16 at `p`, widened.
@@ -224,7 +224,7 @@ fn dup8(v: u64) -> __m128i {
 /// `p` must point to a whole super-block of `TY` (`block_bytes(TY)` readable bytes).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn head<const TY: u8>(p: *const u8) -> Head {
+pub(super) unsafe fn head<const TY: u8>(p: *const u8) -> Head {
     let zero = _mm256_setzero_si256();
     // SAFETY (all reads below): the offsets are those of the block layouts in `crate::dtype`,
     // inside the block the caller guarantees.
@@ -405,7 +405,7 @@ fn tile<const TY: u8, const R: usize, const T: usize>(
 /// The sum of the 8 lanes.
 #[inline]
 #[target_feature(enable = "avx")]
-fn hsum(v: __m256) -> f32 {
+pub(super) fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))

@@ -7,7 +7,8 @@
 //! (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL) with activations in blocks of 32 (`act`, kernels
 //! `scalar`, `avx2`, `avx512`), the 256-value super-block types (Q2_K … Q6_K, IQ4_XS) with
 //! activations in blocks of 256 plus 16-value partial sums (`act_k`, kernels `scalar_k`,
-//! `avx2_k`; AVX-512 machines run the AVX2 ones, as they do for Q5_1 and IQ4_NL). The
+//! `avx2_k`, and `avx512_k` for Q4_K and Q6_K; AVX-512 machines run the AVX2 ones for the other
+//! K-quants, as they do for Q5_1 and IQ4_NL). The
 //! reference in [`crate::cpu`] stays the oracle; every function here is tested against it.
 //!
 //! Two kinds of products: [`matvec_f32`] / [`matmul_f32`] (module `f32act`, the default
@@ -64,6 +65,8 @@ mod avx2;
 mod avx2_k;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512_k;
 mod dq_decode;
 mod f32act;
 mod f32act_dq;
@@ -505,11 +508,15 @@ fn kernel(isa: Isa, ty: WType, w: &[u8], rb: usize, acts: &act::Acts, out: &mut 
     }
 }
 
-/// One task's rows of a super-block type, on the chosen kernels. The AVX-512 machines run the
-/// AVX2 kernels (no 512-bit ones for these types yet).
+/// One task's rows of a super-block type, on the chosen kernels. The AVX-512 machines run
+/// VNNI kernels for Q4_K and Q6_K (`avx512_k`) and the AVX2 ones for the other types.
 fn kernel_k(isa: Isa, ty: KType, w: &[u8], rb: usize, acts: &act_k::ActsK, out: &mut [f32]) {
     match isa {
         Isa::Scalar => scalar_k::gemm(ty, w, rb, acts, out),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `check_shapes` returned Ok only if `isa.is_available()`: this CPU has
+        // AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C, the features of `avx512_k::gemm`.
+        Isa::Avx512Vnni if avx512_k::handles(ty) => unsafe { avx512_k::gemm(ty, w, rb, acts, out) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `check_shapes` returned Ok only if `isa.is_available()`; both x86 kernel sets
         // include AVX2, FMA and F16C, the features `avx2_k::gemm` is compiled for.
