@@ -64,6 +64,12 @@ fn cases() -> Vec<Op> {
         v.push(Op::Matvec { dt, rows, cols });
         v.push(Op::Matmul { dt, rows, cols, tokens: 64 });
     }
+    // The K-quants' small batches (a `--lookup` verification pass, the end of a prefill): on
+    // AVX-512 two 4-token tiles of `f32act_k512` (exact) and one 8-token tile of `avx512_k`
+    // (fast), on AVX2 one 8-token tile of each.
+    for dt in [DType::Q4_K, DType::Q6_K] {
+        v.push(Op::Matmul { dt, rows: 640, cols: 2048, tokens: 8 });
+    }
     let (heads, kv_heads, head_dim) = (m.heads, m.kv_heads, m.head_dim);
     for n_kv in [256, 1024] {
         v.push(Op::AttentionDecode { cache: DType::F16, heads, kv_heads, head_dim, n_kv });

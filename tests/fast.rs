@@ -661,8 +661,9 @@ fn f32_activation_new_types_catch_a_changed_weight() {
     }
 }
 
-/// The K-quant prefill tiles (AVX-512: 4 rows × 4 tokens, the last `n % 4` tokens on the AVX2
-/// tiles; AVX2: 1 row × 8 or 4 tokens): token counts around the tile sizes and a 33-token
+/// The K-quant tiles (AVX-512: 4 rows × 4 tokens, then one pass of 4 rows × the last 1 to 3
+/// tokens; AVX2: 1 row × 8 or 4 tokens, then one-token tiles): token counts around the tile
+/// sizes and a 33-token
 /// prefill, row counts with every tail of a 4-row tile, within the rigorous bound of
 /// [`check_f32act`] on every kernel set; and one changed weight in the last row of a whole
 /// tile moves only that row's sums, for every token of the tile.

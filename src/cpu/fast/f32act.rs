@@ -11,7 +11,8 @@
 //! `fast` path.
 //!
 //! Tiled here: Q4_0, Q4_1, Q8_0 and Q5_0. On x86, Q4_K and Q6_K have tiles of their own
-//! (`f32act_k`, the same scheme per 256-value super-block); Q5_1, the other K-quants and the
+//! (`f32act_k`, the same scheme per 256-value super-block, and its AVX-512 prefill tiles in
+//! `f32act_k512`); Q5_1, the other K-quants and the
 //! IQ4 types go through `f32act_dq` (each block decoded by a per-type decoder that returns the
 //! reference's values bit for bit, then vector multiply-adds). All with the same guarantee.
 //!

@@ -1,5 +1,6 @@
 //! f32-activation products for Q4_K and Q6_K with the decoded weights kept in registers (AVX2,
-//! FMA, F16C; AVX-512 machines run them too): the `exact` path's kernels for the K-quants
+//! FMA, F16C; AVX-512 machines run `f32act_k512`'s 16-lane tiles instead, which share
+//! [`scales`]): the `exact` path's kernels for the K-quants
 //! Gemma 3's Q4_K_M files use, replacing decode-to-memory-then-multiply (`f32act_dq`) there.
 //!
 //! A tile is R rows × T tokens. For each 256-value super-block, each row's sub-block scales are
@@ -58,29 +59,19 @@ pub(super) fn handles(dtype: DType) -> bool {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn gemm(dtype: DType, w: &[u8], rb: usize, nsb: usize, x: &[f32], n: usize, out: &mut [f32]) {
     match dtype {
-        DType::Q4_K => rows_tokens::<Q4_K>(w, rb, nsb, x, n, 0, out),
-        DType::Q6_K => rows_tokens::<Q6_K>(w, rb, nsb, x, n, 0, out),
+        DType::Q4_K => rows_tokens::<Q4_K>(w, rb, nsb, x, n, out),
+        DType::Q6_K => rows_tokens::<Q6_K>(w, rb, nsb, x, n, out),
         _ => out.fill(f32::NAN),
     }
 }
 
-/// Tokens `from..n` against every row (the AVX-512 kernels send their last tokens here).
 #[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-pub(super) fn rows_tokens<const TY: u8>(
-    w: &[u8],
-    rb: usize,
-    nsb: usize,
-    x: &[f32],
-    n: usize,
-    from: usize,
-    out: &mut [f32],
-) {
+fn rows_tokens<const TY: u8>(w: &[u8], rb: usize, nsb: usize, x: &[f32], n: usize, out: &mut [f32]) {
     let rows = w.len() / rb.max(1);
     let cols = nsb * QK_K;
     let token = |t: usize| &x[t * cols..][..cols];
     let row = |r: usize| &w[r * rb..][..rb];
-    let mut t0 = from;
+    let mut t0 = 0;
     while t0 < n {
         let left = n - t0;
         let tn = if left >= T_MANY {

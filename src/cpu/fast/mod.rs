@@ -1,7 +1,7 @@
 //! The vectorized CPU kernels the model runs on: matrix–vector and matrix–matrix products for
 //! quantized weights and attention (`attention`). Both kinds of products handle every quantized
 //! type ([`supports`], [`supports_8bit`]). The f32-activation products are hand-tiled for Q4_0,
-//! Q4_1, Q8_0, Q5_0 (`f32act`) and, on x86, Q4_K and Q6_K (`f32act_k`), with the weights decoded
+//! Q4_1, Q8_0, Q5_0 (`f32act`) and, on x86, Q4_K and Q6_K (`f32act_k`, `f32act_k512`), with the weights decoded
 //! in registers; decode-then-multiply (`f32act_dq` with the bit-exact decoders of `dq_decode`)
 //! for Q5_1, Q2_K, Q3_K, Q5_K and the IQ4 types. The 8-bit products have integer kernels for all of them: the 32-value block types
 //! (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL) with activations in blocks of 32 (`act`, kernels
