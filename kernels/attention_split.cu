@@ -15,6 +15,11 @@
 // (f32 or f16), query head h reads kv head h / (n_heads / n_kv_heads). The partials are
 // [n_heads][n_splits][head_dim + 2] f32 (acc, then m and l).
 //
+// The `_at` form (CUDA graphs of the decode step): the row count is read on the device from
+// the query's position (n_kv = position[0] + 1, at most the cache's rows), so one captured
+// launch serves every token; the grid is sized for the whole cache and blocks past the live
+// splits exit at once. The launch itself never changes, only the device value.
+//
 // The kernels written while the switch exists keep their helpers here rather than share
 // attention.cu's, so the proven kernels stay byte-for-byte what the last GPU run validated.
 #include "attention_common.cuh"
@@ -36,6 +41,13 @@ __host__ __device__ inline int64_t n_splits(int64_t n_kv, int64_t window) {
     return (n_kv - first_row(n_kv, window) + kSplitRows - 1) / kSplitRows;
 }
 
+// The rows a query at *position attends, within 1..=cache_rows (a position outside the cache,
+// which the host never writes, reads the rows there are instead of past them).
+__device__ inline int64_t live_rows(const int32_t *position, int64_t cache_rows) {
+    const int64_t p = (int64_t)*position;
+    return p < 0 ? 1 : min(p + 1, cache_rows);
+}
+
 // One block per (kv head, chunk of at most kG of its query heads, split). Each warp takes
 // chunks of 32 positions of the split; lane l reads K row base + l once and scores it against
 // every query head of the chunk (q in shared memory), then the warp accumulates V rows with
@@ -45,14 +57,15 @@ __host__ __device__ inline int64_t n_splits(int64_t n_kv, int64_t window) {
 template <typename C, int kMaxHeadDim, int kG>
 __global__ void __launch_bounds__(kThreads)
     attention_split_partials(const float *q, const C *k_cache, const C *v_cache, int64_t n_heads,
-                             int64_t n_kv_heads, int head_dim, int64_t n_kv, float scale,
-                             int64_t window, float *part) {
+                             int64_t n_kv_heads, int head_dim, int64_t n_kv, const int32_t *position,
+                             float scale, int64_t window, float *part) {
     constexpr int kPerLane = kMaxHeadDim / kWarp;
     __shared__ float q_s[kG][kMaxHeadDim];
     __shared__ float acc_s[kWarps][kG][kMaxHeadDim];
     __shared__ float m_s[kWarps][kG], l_s[kWarps][kG];
 
     const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+    if (position) n_kv = live_rows(position, n_kv);
     const int64_t group = n_heads / n_kv_heads;
     const int64_t chunks_per_kv = (group + kG - 1) / kG;
     const int64_t splits = n_splits(n_kv, window);
@@ -161,7 +174,9 @@ __global__ void __launch_bounds__(kThreads)
 
 // One block per query head: out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M).
 __global__ void __launch_bounds__(kThreads)
-    attention_split_combine(const float *part, int64_t n_heads, int head_dim, int64_t splits, float *out) {
+    attention_split_combine(const float *part, int64_t n_heads, int head_dim, int64_t n_kv,
+                            const int32_t *position, int64_t window, float *out) {
+    const int64_t splits = n_splits(position ? live_rows(position, n_kv) : n_kv, window);
     for (int64_t h = blockIdx.x; h < n_heads; h += gridDim.x) {
         const float *ph = part + h * splits * (head_dim + 2);
         float m_all = -INFINITY;
@@ -184,23 +199,25 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename C, int kG>
 void launch_partials(unsigned grid, const float *q, const C *k, const C *v, int64_t n_heads, int64_t n_kv_heads,
-                     int64_t head_dim, int64_t n_kv, float scale, int64_t window, float *part, cudaStream_t stream) {
+                     int64_t head_dim, int64_t n_kv, const int32_t *pos, float scale, int64_t window, float *part,
+                     cudaStream_t stream) {
     const int hd = (int)head_dim;
     if (head_dim <= 64)
         attention_split_partials<C, 64, kG>
-            <<<grid, kThreads, 0, stream>>>(q, k, v, n_heads, n_kv_heads, hd, n_kv, scale, window, part);
+            <<<grid, kThreads, 0, stream>>>(q, k, v, n_heads, n_kv_heads, hd, n_kv, pos, scale, window, part);
     else if (head_dim <= 128)
         attention_split_partials<C, 128, kG>
-            <<<grid, kThreads, 0, stream>>>(q, k, v, n_heads, n_kv_heads, hd, n_kv, scale, window, part);
+            <<<grid, kThreads, 0, stream>>>(q, k, v, n_heads, n_kv_heads, hd, n_kv, pos, scale, window, part);
     else
         attention_split_partials<C, 256, kG>
-            <<<grid, kThreads, 0, stream>>>(q, k, v, n_heads, n_kv_heads, hd, n_kv, scale, window, part);
+            <<<grid, kThreads, 0, stream>>>(q, k, v, n_heads, n_kv_heads, hd, n_kv, pos, scale, window, part);
 }
 
 template <typename C>
 strata_status launch_split(const float *q, const void *k_cache, const void *v_cache, int64_t n_heads,
-                           int64_t n_kv_heads, int64_t head_dim, int64_t n_kv, float scale, int64_t window,
-                           float *part, float *out, cudaStream_t stream) {
+                           int64_t n_kv_heads, int64_t head_dim, int64_t n_kv, const int32_t *pos, float scale,
+                           int64_t window, float *part, float *out, cudaStream_t stream) {
+    // With `pos`, n_kv is the cache's rows: the grid covers every split the cache can have.
     const int64_t group = n_heads / n_kv_heads;
     int g = 1;  // the group size rounded up to a power of two, at most kMaxGroup
     while (g < group && g < kMaxGroup) g *= 2;
@@ -209,15 +226,15 @@ strata_status launch_split(const float *q, const void *k_cache, const void *v_ca
     const C *v = static_cast<const C *>(v_cache);
     const unsigned grid = grid_for(items, 1);
     switch (g) {
-    case 1: launch_partials<C, 1>(grid, q, k, v, n_heads, n_kv_heads, head_dim, n_kv, scale, window, part, stream); break;
-    case 2: launch_partials<C, 2>(grid, q, k, v, n_heads, n_kv_heads, head_dim, n_kv, scale, window, part, stream); break;
-    case 4: launch_partials<C, 4>(grid, q, k, v, n_heads, n_kv_heads, head_dim, n_kv, scale, window, part, stream); break;
-    default: launch_partials<C, 8>(grid, q, k, v, n_heads, n_kv_heads, head_dim, n_kv, scale, window, part, stream); break;
+    case 1: launch_partials<C, 1>(grid, q, k, v, n_heads, n_kv_heads, head_dim, n_kv, pos, scale, window, part, stream); break;
+    case 2: launch_partials<C, 2>(grid, q, k, v, n_heads, n_kv_heads, head_dim, n_kv, pos, scale, window, part, stream); break;
+    case 4: launch_partials<C, 4>(grid, q, k, v, n_heads, n_kv_heads, head_dim, n_kv, pos, scale, window, part, stream); break;
+    default: launch_partials<C, 8>(grid, q, k, v, n_heads, n_kv_heads, head_dim, n_kv, pos, scale, window, part, stream); break;
     }
     const strata_status st = launch_status();
     if (st != STRATA_OK) return st;
-    attention_split_combine<<<grid_for(n_heads, 1), kThreads, 0, stream>>>(part, n_heads, (int)head_dim,
-                                                                           n_splits(n_kv, window), out);
+    attention_split_combine<<<grid_for(n_heads, 1), kThreads, 0, stream>>>(part, n_heads, (int)head_dim, n_kv, pos,
+                                                                           window, out);
     return launch_status();
 }
 
@@ -240,8 +257,27 @@ extern "C" strata_status strata_attention_decode_split_f32(const float *q, strat
     STRATA_CHECK_ARG(q && k_cache && v_cache && scratch && out);
     float *part = static_cast<float *>(scratch);
     if (cache_dtype == STRATA_DTYPE_F16)
-        return launch_split<__half>(q, k_cache, v_cache, n_heads, n_kv_heads, head_dim, n_kv, scale, window, part, out,
-                                    stream);
-    return launch_split<float>(q, k_cache, v_cache, n_heads, n_kv_heads, head_dim, n_kv, scale, window, part, out,
-                               stream);
+        return launch_split<__half>(q, k_cache, v_cache, n_heads, n_kv_heads, head_dim, n_kv, nullptr, scale, window,
+                                    part, out, stream);
+    return launch_split<float>(q, k_cache, v_cache, n_heads, n_kv_heads, head_dim, n_kv, nullptr, scale, window, part,
+                               out, stream);
+}
+
+extern "C" strata_status strata_attention_decode_split_at_f32(const float *q, strata_dtype cache_dtype,
+                                                              const void *k_cache, const void *v_cache,
+                                                              int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
+                                                              const int32_t *position, int64_t cache_rows, float scale,
+                                                              int64_t window, void *scratch, float *out,
+                                                              cudaStream_t stream) {
+    STRATA_CHECK_ARG(cache_dtype == STRATA_DTYPE_F32 || cache_dtype == STRATA_DTYPE_F16);
+    STRATA_CHECK_ARG(n_heads >= 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0);
+    STRATA_CHECK_ARG(head_dim > 0 && head_dim <= 256 && cache_rows >= 1 && window >= 0);
+    if (n_heads == 0) return STRATA_OK;
+    STRATA_CHECK_ARG(q && k_cache && v_cache && position && scratch && out);
+    float *part = static_cast<float *>(scratch);
+    if (cache_dtype == STRATA_DTYPE_F16)
+        return launch_split<__half>(q, k_cache, v_cache, n_heads, n_kv_heads, head_dim, cache_rows, position, scale,
+                                    window, part, out, stream);
+    return launch_split<float>(q, k_cache, v_cache, n_heads, n_kv_heads, head_dim, cache_rows, position, scale, window,
+                               part, out, stream);
 }

@@ -333,6 +333,17 @@ strata_status strata_attention_decode_split_f32(const float *q, strata_dtype cac
                                                 int64_t window, void *scratch, float *out,
                                                 cudaStream_t stream);
 
+/* The same, for a CUDA graph of the decode step: the query's position is read on the device
+ * from position[0] (one int32), and it attends rows 0..=position[0] (at most cache_rows), so a
+ * captured launch stays valid as the position moves. `scratch` holds
+ * strata_attention_split_bytes(n_heads, head_dim, cache_rows, window) bytes. */
+strata_status strata_attention_decode_split_at_f32(const float *q, strata_dtype cache_dtype,
+                                                   const void *k_cache, const void *v_cache,
+                                                   int64_t n_heads, int64_t n_kv_heads,
+                                                   int64_t head_dim, const int32_t *position,
+                                                   int64_t cache_rows, float scale, int64_t window,
+                                                   void *scratch, float *out, cudaStream_t stream);
+
 /* Prefill: q and out are [n_tokens][n_heads][head_dim]; token t is at position pos0 + t and
  * attends cache positions 0..=pos0+t (causal). The cache must already hold those rows. */
 strata_status strata_attention_prefill_f32(const float *q, int64_t n_tokens, int64_t pos0,

@@ -426,6 +426,62 @@ launchers! {
         })
     }
 
+    /// [`attention_decode_split_f32`] with the query's position read on the device from
+    /// `position` (one i32): it attends rows 0..=position (at most `cache_rows`), so a captured
+    /// CUDA graph replays it for every token.
+    ///
+    /// # Safety
+    /// As [`attention_decode_split_f32`] with `n_kv = cache_rows` (the caches hold that many
+    /// rows, `scratch` addresses [`attention_split_bytes`]`(n_heads, head_dim, cache_rows,
+    /// window)` bytes), and `position` must address one i32 of device memory.
+    ///
+    /// # Errors
+    /// Argument errors and the launch status.
+    pub unsafe fn attention_decode_split_at_f32(
+        q: DevicePtr,
+        cache: DType,
+        k_cache: DevicePtr,
+        v_cache: DevicePtr,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        position: DevicePtr,
+        cache_rows: usize,
+        scale: f32,
+        window: Option<usize>,
+        scratch: DevicePtr,
+        out: DevicePtr,
+        s: Stream,
+    ) -> Result<()> {
+        const OP: &str = "attention_decode_split_at";
+        let (h, kvh, d, n, w) = (
+            i64_of(OP, "n_heads", n_heads)?,
+            i64_of(OP, "n_kv_heads", n_kv_heads)?,
+            i64_of(OP, "head_dim", head_dim)?,
+            i64_of(OP, "cache_rows", cache_rows)?,
+            window_arg(OP, window)?,
+        );
+        // SAFETY: the caller guarantees the buffers and stream (see # Safety).
+        check(OP, unsafe {
+            ffi::strata_attention_decode_split_at_f32(
+                ptr(q),
+                dtype(cache),
+                ptr(k_cache),
+                ptr(v_cache),
+                h,
+                kvh,
+                d,
+                ptr(position),
+                n,
+                scale,
+                w,
+                ptr_mut::<std::ffi::c_void>(scratch),
+                ptr_mut(out),
+                stream(s),
+            )
+        })
+    }
+
     /// Decode attention over cache rows 0..n_kv, or the last `window` of them.
     ///
     /// # Safety
