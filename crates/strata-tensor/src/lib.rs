@@ -7,7 +7,8 @@
 //! - [`DeviceBuffer`], [`PinnedBuffer`] (write-combined or normal) and [`HostBuffer`] (pinned,
 //!   or pageable as the fallback) carry the stream that last used them, so cross-stream order
 //!   and host reads need no global synchronize.
-//! - [`GpuStream`] / [`Event`]: non-blocking streams, events, timing.
+//! - [`GpuStream`] / [`Event`]: non-blocking streams, events, timing; [`GpuGraph`]: a CUDA
+//!   graph captured from a stream's launches and replayed.
 //! - [`Tensor`]: dtype, shape, storage on the host (owned, or a shared view such as a memory
 //!   map) or on a GPU; [`ops`] dispatches every kernel-crate op to the CPU reference or CUDA.
 //! - [`nvtx`]: ranges and stream names for Nsight.
@@ -37,7 +38,7 @@ pub use budget::{MemoryBudget, Reservation};
 pub use device::{Device, DeviceInfo, GpuOptions, PinnedKind, cuda_device_count, discover, mem_available, open_gpu};
 pub use dtype::DType;
 pub use error::{Error, Result, Unavailable, fmt_bytes};
-pub use gpu::{DeviceBuffer, Event, Gpu, GpuStream, PinnedBuffer};
+pub use gpu::{DeviceBuffer, Event, Gpu, GpuGraph, GpuStream, PinnedBuffer};
 pub use host::{HostBuffer, HostMemory, pinning_disabled};
 pub use strata_kernels::RopeLayout;
 pub use tensor::{HostData, SharedBytes, Storage, Stream, Tensor};

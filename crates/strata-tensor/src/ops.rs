@@ -25,9 +25,11 @@
 
 #![allow(clippy::too_many_arguments)]
 
+mod decode_at;
 mod fused;
 mod paged;
 
+pub use decode_at::attention_decode_at;
 pub use fused::{Glu, QuantizedActs, glu_fuses, matvec_add, matvec_glu, matvec_quantized, rmsnorm_quantize};
 pub use paged::{PagedIndex, paged_attention};
 

@@ -109,6 +109,33 @@ impl GpuStream {
     pub(crate) fn raw(&self) -> Result<strata_kernels::cuda::Stream> {
         match self.0 {}
     }
+    /// Runs `f`, capturing the launches it enqueues on this stream into a CUDA graph.
+    pub fn capture<R, E: From<Error>>(&self, f: impl FnOnce() -> Result<R, E>) -> Result<(R, GpuGraph), E> {
+        match self.0 {}
+    }
+}
+
+/// A captured CUDA graph; cannot exist in this build.
+#[derive(Debug)]
+pub struct GpuGraph(Infallible);
+
+impl GpuGraph {
+    /// Enqueues the captured launches on the capturing stream.
+    pub fn launch(&mut self) -> Result<()> {
+        match self.0 {}
+    }
+    /// Kernel launches captured.
+    pub fn launches(&self) -> usize {
+        match self.0 {}
+    }
+    /// The stream it was captured on and runs on.
+    pub fn stream(&self) -> &GpuStream {
+        match self.0 {}
+    }
+    /// Whether the graph reads or writes `buf`'s memory.
+    pub fn holds(&self, buf: &DeviceBuffer) -> bool {
+        match self.0 {}
+    }
 }
 
 /// A CUDA event; cannot exist in this build.

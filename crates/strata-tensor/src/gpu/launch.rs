@@ -101,6 +101,15 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
             fits(op, "V cache", v, need)?;
             bufs.extend([*q, *k, *v, *out]);
         }
+        K::AttentionAt { q, position, cache, k, v, cache_rows, n_heads, n_kv_heads, head_dim, out, .. } => {
+            fits(op, "q", q, prod(&[*n_heads, *head_dim, 4]))?;
+            fits(op, "output", out, prod(&[*n_heads, *head_dim, 4]))?;
+            fits(op, "position", position, bytes(1, 4))?;
+            let need = prod(&[*cache_rows, *n_kv_heads, *head_dim, cache.block_bytes()]);
+            fits(op, "K cache", k, need)?;
+            fits(op, "V cache", v, need)?;
+            bufs.extend([*q, *position, *k, *v, *out]);
+        }
         K::PagedAttention {
             q, shape, positions, table_start, tables, n_table, cache, k, v, cache_rows, out, ..
         } => {
@@ -161,6 +170,8 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
             return Err(Error::Device { op, what: format!("a buffer is on another GPU than stream `{}`", s.name()) });
         }
     }
+    // Inside a graph capture on this thread the graph keeps each buffer (see graph.rs).
+    super::graph::note_launch(s, &bufs)?;
     // 2. Order the stream after each buffer's previous user, then launch.
     let mut ptr = Vec::with_capacity(bufs.len());
     for b in &bufs {
@@ -185,6 +196,12 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
         K::Attention { n_tokens: 1, pos0, n_heads, head_dim, window, .. } if next => {
             cuda::attention_split_bytes(*n_heads, *head_dim, pos0 + 1, *window)
         }
+        // Partials for every split the cache can have: the live ones are known on the device.
+        K::AttentionAt { n_heads, head_dim, cache_rows, window, .. } => {
+            Some(cuda::attention_split_bytes(*n_heads, *head_dim, *cache_rows, *window).ok_or_else(|| {
+                Error::shape(op, format!("no flash-decoding layout for {n_heads} heads of {head_dim} values"))
+            })?)
+        }
         _ => None,
     };
     let scratch = scratch_bytes.map(|bytes| s.scratch(bytes)).transpose()?;
@@ -192,6 +209,7 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
     let _range = crate::nvtx::range(match (&call, &scratch) {
         (K::Matvec { .. }, Some(_)) => "matvec_q8",
         (K::Attention { .. }, Some(_)) => "attention_decode_split",
+        (K::AttentionAt { .. }, _) => "attention_decode_split_at",
         (K::Attention { n_tokens, .. }, None) if next && *n_tokens > 1 => "attention_prefill_mma",
         (K::Matmul { .. }, _) if next => "matmul_tc",
         _ => op,
@@ -262,6 +280,15 @@ pub(crate) fn launch(s: &GpuStream, call: KernelCall<'_>) -> Result<()> {
                     ptr[3], kernel, raw,
                 )
             }
+            K::AttentionAt { cache, cache_rows, n_heads, n_kv_heads, head_dim, scale, window, .. } => match &scratch {
+                // `part` is this stream's scratch of attention_split_bytes(.., cache_rows, ..)
+                // bytes (step 1 refused the launch without one).
+                Some(part) => cuda::attention_decode_split_at_f32(
+                    ptr[0], cache, ptr[2], ptr[3], n_heads, n_kv_heads, head_dim, ptr[1], cache_rows, scale, window,
+                    part.ptr, ptr[4], raw,
+                ),
+                None => Err(strata_kernels::Error::invalid("attention_decode_at", "no scratch for the partials")),
+            },
             K::PagedAttention { shape, n_table, cache, cache_rows, scale, window, .. } => cuda::paged_attention_f32(
                 ptr[0], shape, ptr[1], ptr[2], ptr[3], n_table, cache, ptr[4], ptr[5], cache_rows, scale, window,
                 ptr[6], raw,

@@ -22,14 +22,30 @@
 //! and the block's next owner orders its first stream after those events. The pooled blocks stay
 //! counted against the budget; an allocation the budget or the driver refuses empties the pool
 //! and is tried once more, so the pool never turns into an out-of-memory error.
+//!
+//! No lock per buffer per launch: a launch orders its stream after each buffer's last user and
+//! records itself as the new one. The common case, a buffer used again by the stream that used
+//! it last (every buffer of a decode step), reads one atomic per step ([`LastUse`],
+//! [`Allocation`]'s pending flag) where it took three mutexes. Locks remain where streams change
+//! hands, on allocation and free, and on the stream's scratch for the launches that use it: two
+//! kernels enqueued by one launch (quantize then multiply, partials then combine) share it, and
+//! another thread launching on the same stream between them would overwrite it (the test
+//! binaries share one stream across threads), so its uncontended mutex stays. A CUDA graph
+//! replay takes none of these.
+//!
+//! CUDA graphs ([`GpuStream::capture`], `graph.rs`): the launches of a closure are captured
+//! once and replayed; see that module for what a replay relies on.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::{self, CUdevice_attribute, CUevent_flags};
 use cudarc::driver::{CudaContext, CudaEvent, CudaStream, DriverError, result};
 
+mod graph;
 mod launch;
+pub use graph::GpuGraph;
 pub(crate) use launch::launch;
 
 use crate::device::{DeviceInfo, GpuOptions, PinnedKind};
@@ -250,7 +266,12 @@ impl Gpu {
     pub fn stream(&self, name: &str) -> Result<GpuStream> {
         let s = self.0.ctx.new_stream().map_err(|e| driver(format!("creating stream `{name}`"), e))?;
         crate::nvtx::name_stream(s.cu_stream().cast(), name);
-        Ok(GpuStream(Arc::new(StreamInner { gpu: self.clone(), s, name: name.to_string(), scratch: Mutex::new(None) })))
+        Ok(GpuStream(Arc::new(StreamInner {
+            gpu: self.clone(),
+            s,
+            name: name.to_string(),
+            scratch: StreamScratch::default(),
+        })))
     }
 
     /// Allocates `bytes` of device memory for `what`, counted against the budget (with the
@@ -259,6 +280,7 @@ impl Gpu {
     /// # Errors
     /// [`Error::OutOfMemory`] if the budget or the device has no room (nothing leaks).
     pub fn alloc(&self, bytes: usize, what: &str) -> Result<DeviceBuffer> {
+        graph::refuse_in_capture(what)?;
         let Some(pool) = &self.0.pool else { return self.alloc_new(bytes, what) };
         if bytes > 0
             && let Some(Pooled { ptr, res, after, .. }) = pool.take(bytes)
@@ -285,7 +307,9 @@ impl Gpu {
     }
 
     fn buffer(&self, ptr: sys::CUdeviceptr, bytes: usize, res: Reservation, after: Vec<Event>) -> DeviceBuffer {
-        let alloc = Arc::new(Allocation { ptr, bytes, gpu: self.clone(), res: Some(res), after: Mutex::new(after) });
+        let pending = AtomicBool::new(!after.is_empty());
+        let alloc =
+            Arc::new(Allocation { ptr, bytes, gpu: self.clone(), res: Some(res), after: Mutex::new(after), pending });
         DeviceBuffer { alloc, offset: 0, bytes, gpu: self.clone(), last: LastUse::default() }
     }
 
@@ -295,6 +319,7 @@ impl Gpu {
     /// # Errors
     /// [`Error::OutOfMemory`] if the pinned budget or the driver refuses.
     pub fn alloc_pinned(&self, bytes: usize, kind: PinnedKind, what: &str) -> Result<PinnedBuffer> {
+        graph::refuse_in_capture(what)?;
         let res = self.0.pinned.reserve(bytes as u64, what)?;
         self.bind()?;
         let flags = match kind {
@@ -333,17 +358,29 @@ struct StreamInner {
     gpu: Gpu,
     s: Arc<CudaStream>,
     name: String,
-    /// Scratch memory for work on this stream only (the `next` matvec's 8-bit activations):
-    /// allocated at first use, grown when too small, kept for the stream's life, so a pass
-    /// allocates nothing once the first has run. Never marked as used by the stream (its
-    /// users are ordered by the stream itself), which would make the stream own itself.
-    scratch: Mutex<Option<DeviceBuffer>>,
+    /// Scratch memory for work on this stream only (the `next` matvec's 8-bit activations,
+    /// the flash-decoding partials).
+    scratch: StreamScratch,
+}
+
+/// A stream's scratch: allocated at first use, grown (at least doubled) when too small, so a
+/// pass allocates nothing once the first has run. A grown scratch keeps its earlier blocks
+/// until the stream is dropped (at most as many bytes again as the current one), so an address
+/// handed out stays valid for the stream's life: a captured CUDA graph that holds the stream
+/// may keep using it, and growing never waits for the stream. Never marked as used by the
+/// stream (its users are ordered by the stream itself), which would make the stream own
+/// itself.
+#[derive(Default)]
+struct StreamScratch {
+    /// Every block the stream has had, the current (largest) last; held by a launch that uses
+    /// it (see the module doc).
+    blocks: Mutex<Vec<DeviceBuffer>>,
 }
 
 impl Drop for StreamInner {
     fn drop(&mut self) {
         // The scratch's users are this stream's kernels: let them finish before it is freed.
-        let held = self.scratch.get_mut().map(|s| s.is_some()).unwrap_or(true);
+        let held = self.scratch.blocks.get_mut().map(|b| !b.is_empty()).unwrap_or(true);
         if held {
             let _ = self.s.synchronize();
         }
@@ -367,6 +404,12 @@ impl PartialEq for GpuStream {
 }
 
 impl GpuStream {
+    /// An identity for [`LastUse`]: the stream's address, unique while it is alive (and a
+    /// `LastUse` that holds the id holds the stream).
+    fn id(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+
     /// The stream's name (as Nsight shows it).
     pub fn name(&self) -> &str {
         &self.0.name
@@ -398,7 +441,8 @@ impl GpuStream {
     }
 
     /// At least `bytes` of this stream's scratch memory (16-byte aligned; counted against the
-    /// budget), held until the guard drops. Only work enqueued on this stream may use it.
+    /// budget). Only work enqueued on this stream may use it; the address stays valid while
+    /// the stream lives (see [`StreamScratch`]).
     ///
     /// # Errors
     /// [`Error::OutOfMemory`] when the scratch has to grow and the budget has no room.
@@ -406,21 +450,17 @@ impl GpuStream {
         /// The smallest scratch: the activations of a 64k-column matvec, so that it never grows
         /// for ordinary shapes.
         const MIN: usize = 96 << 10;
-        let mut slot = self.0.scratch.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.as_ref().is_none_or(|b| b.len() < bytes) {
-            // Free the old one once this stream's earlier work (its only users) is done.
-            if slot.is_some() {
-                self.synchronize()?;
-            }
-            *slot = None;
-            let size = bytes.max(MIN).next_multiple_of(4096);
+        let mut blocks = self.0.scratch.blocks.lock().unwrap_or_else(|p| p.into_inner());
+        let len = blocks.last().map_or(0, DeviceBuffer::len);
+        if len < bytes.max(1) {
+            let size = bytes.max(MIN).max(2 * len).next_multiple_of(4096);
             let b = self.0.gpu.alloc(size, &format!("scratch of stream `{}`", self.0.name))?;
             // A block from the pool: this stream waits for its previous owner's users once.
             b.ptr_for(self)?;
-            *slot = Some(b);
+            blocks.push(b);
         }
-        match slot.as_ref() {
-            Some(b) => Ok(Scratch { ptr: b.alloc.ptr + b.offset as u64, _slot: slot }),
+        match blocks.last() {
+            Some(b) => Ok(Scratch { ptr: b.alloc.ptr + b.offset as u64, _blocks: blocks }),
             None => Err(Error::shape("scratch", "no scratch buffer")),
         }
     }
@@ -432,11 +472,12 @@ impl GpuStream {
     }
 }
 
-/// A stream's scratch memory, held (no other thread can take it) while this lives.
+/// A stream's scratch memory, held (no other thread can take it) while this lives; the memory
+/// itself stays allocated while the stream lives.
 pub(crate) struct Scratch<'a> {
     /// Its device address.
     pub(crate) ptr: u64,
-    _slot: std::sync::MutexGuard<'a, Option<DeviceBuffer>>,
+    _blocks: std::sync::MutexGuard<'a, Vec<DeviceBuffer>>,
 }
 
 /// A CUDA event recorded on a stream.
@@ -459,17 +500,31 @@ impl Event {
     }
 }
 
-/// The stream that last used a buffer (see the module doc).
+/// The stream that last used a buffer (see the module doc). `id` mirrors the stream held (its
+/// [`GpuStream::id`], 0 for none) and changes only under the lock, with it; so the common case,
+/// a buffer used again by the stream that used it last, reads one atomic and takes no lock.
 #[derive(Default)]
-struct LastUse(Mutex<Option<GpuStream>>);
+struct LastUse {
+    id: AtomicUsize,
+    stream: Mutex<Option<GpuStream>>,
+}
 
 impl LastUse {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<GpuStream>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.stream.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A tracker starting at `s` as the last user.
+    fn from_stream(s: Option<GpuStream>) -> LastUse {
+        let id = s.as_ref().map_or(0, GpuStream::id);
+        LastUse { id: AtomicUsize::new(id), stream: Mutex::new(s) }
     }
 
     /// Orders `s` after the previous user's work.
     fn before(&self, s: &GpuStream) -> Result<()> {
+        if self.id.load(Ordering::Acquire) == s.id() {
+            return Ok(());
+        }
         let prev = self.lock().clone();
         if let Some(prev) = prev
             && prev != *s
@@ -480,12 +535,21 @@ impl LastUse {
     }
 
     fn after(&self, s: &GpuStream) {
-        *self.lock() = Some(s.clone());
+        if self.id.load(Ordering::Acquire) == s.id() {
+            return;
+        }
+        let mut last = self.lock();
+        *last = Some(s.clone());
+        self.id.store(s.id(), Ordering::Release);
     }
 
     /// Blocks the host until the last user's work is done.
     fn host_wait(&self) -> Result<()> {
-        let prev = self.lock().take();
+        let prev = {
+            let mut last = self.lock();
+            self.id.store(0, Ordering::Release);
+            last.take()
+        };
         if let Some(prev) = prev {
             prev.record()?.synchronize()?;
         }
@@ -504,11 +568,24 @@ struct Allocation {
     /// With a pool: events the block's first stream must wait for (its previous owner's last
     /// users, until the first use; then the views' last users, recorded as they drop).
     after: Mutex<Vec<Event>>,
+    /// Whether `after` may hold events: set under its lock when one is pushed, cleared under
+    /// it when they are taken; a launch reads only this when there are none.
+    pending: AtomicBool,
 }
 
 impl Allocation {
     fn after(&self) -> std::sync::MutexGuard<'_, Vec<Event>> {
         self.after.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The events a new user must wait for (once), taken.
+    fn take_pending(&self) -> Vec<Event> {
+        if !self.pending.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let mut after = self.after();
+        self.pending.store(false, Ordering::Release);
+        std::mem::take(&mut *after)
     }
 }
 
@@ -573,7 +650,7 @@ impl DeviceBuffer {
     /// Call [`DeviceBuffer::used_by`] once the work is enqueued.
     pub(crate) fn ptr_for(&self, s: &GpuStream) -> Result<u64> {
         // A reused block: its previous owner's last users first (once).
-        let pending = std::mem::take(&mut *self.alloc.after());
+        let pending = self.alloc.take_pending();
         for e in &pending {
             s.wait(e)?;
         }
@@ -589,8 +666,7 @@ impl DeviceBuffer {
     /// If the range is outside the buffer.
     pub fn view(&self, range: Range<usize>) -> Result<DeviceBuffer> {
         check_range("view", &range, self.bytes)?;
-        let last = LastUse::default();
-        *last.lock() = self.last.lock().clone();
+        let last = LastUse::from_stream(self.last.lock().clone());
         Ok(DeviceBuffer {
             alloc: self.alloc.clone(),
             offset: self.offset + range.start,
@@ -756,7 +832,11 @@ impl Drop for DeviceBuffer {
         if self.gpu.0.pool.is_some() {
             let prev = self.last.lock().take();
             match prev.map(|s| s.record()) {
-                Some(Ok(e)) => self.alloc.after().push(e),
+                Some(Ok(e)) => {
+                    let mut after = self.alloc.after();
+                    after.push(e);
+                    self.alloc.pending.store(true, Ordering::Release);
+                }
                 Some(Err(_)) => {
                     // No event: wait here instead (the proven path).
                     let _ = self.gpu.synchronize();
