@@ -277,7 +277,13 @@ pub fn layer_attention(cx: &mut LayerCtx<'_>, w: LayerRef<'_>, x: &mut Tensor) -
     if t == 1 {
         reshape(&mut sc.q, &[nh, hd])?;
         reshape(&mut sc.att, &[nh, hd])?;
-        ops::attention_decode(&sc.q, &kv.k, &kv.v, pos0 + 1, scale, window, &mut sc.att, s)?;
+        if fused_decode(t, false)? {
+            // The position read on the device, as RoPE and the append read it: the step's
+            // launches are then the same every token (a CUDA graph replays them).
+            ops::attention_decode_at(&sc.q, &kv.k, &kv.v, positions, scale, window, &mut sc.att, s)?;
+        } else {
+            ops::attention_decode(&sc.q, &kv.k, &kv.v, pos0 + 1, scale, window, &mut sc.att, s)?;
+        }
     } else {
         reshape(&mut sc.att, &[t, nh, hd])?;
         ops::attention_prefill(&sc.q, pos0, &kv.k, &kv.v, scale, window, &mut sc.att, s)?;

@@ -41,6 +41,11 @@ use crate::session_experts::{
 use crate::weights::{HeadWeights, LayerWeights};
 use crate::{Error, Result};
 
+#[path = "decode_graph.rs"]
+mod decode_graph;
+pub use decode_graph::{CUDA_GRAPHS_ENV, graphs_env};
+use decode_graph::{DecodeIo, GraphState, LayerSite};
+
 /// How layers are placed for a session (normally from a plan).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Layout {
@@ -210,6 +215,12 @@ pub struct Session {
     acc_stream: Stream,
     /// A GPU session's KV cache in which a cpu layer's attention runs in a prefill pass.
     prefill_kv: Option<LayerKv>,
+    /// Leading layers a decode step may run as one CUDA graph ([`decode_graph`]).
+    graph_prefix: usize,
+    /// The decode graph's state (warm-up, captured, off).
+    graphs: GraphState<strata_tensor::GpuGraph>,
+    /// The decode graph's inputs at fixed device addresses (allocated at its first step).
+    decode_io: Option<DecodeIo>,
     _res: Vec<Reservation>,
 }
 
@@ -470,6 +481,18 @@ impl Session {
             }
         }
         let device = if on_acc { acc_stream.device() } else { Device::Cpu };
+        let first_gpu = sites.first().map(|s| &s.stream).filter(|s| matches!(s, Stream::Gpu(_)));
+        let graph_sites: Vec<LayerSite> = sites
+            .iter()
+            .map(|s| LayerSite {
+                placement: s.placement,
+                owned_weights: matches!(s.weights, Weights::Owned(_)),
+                split: s.experts.is_some() || s.roles.is_some() || s.prefill_group.is_some(),
+                on_first_gpu_stream: first_gpu == Some(&s.stream),
+            })
+            .collect();
+        let graph_prefix = decode_graph::graph_prefix(&graph_sites, cfg.is_moe());
+        let graphs_wanted = graphs_env(std::env::var(CUDA_GRAPHS_ENV).ok().as_deref());
         Ok(Session {
             model,
             sites,
@@ -494,6 +517,9 @@ impl Session {
             prefill_phase: false,
             acc_stream,
             prefill_kv,
+            graph_prefix,
+            graphs: GraphState::new(graphs_wanted, graph_prefix),
+            decode_io: None,
             _res: res,
         })
     }
@@ -652,7 +678,19 @@ impl Session {
         let mut marks: Vec<(usize, Placement, Mark, Mark, f64)> = Vec::with_capacity(self.sites.len());
         let mut expert_stats = ExpertPassStats::default();
         self.set_phase(self.prefill_min.is_some_and(|m| t >= m))?;
-        for l in 0..self.sites.len() {
+        // Under `next`, a decode step runs its resident prefix as a CUDA graph (decode_graph.rs).
+        let mut first = 0;
+        if t == 1
+            && !self.prefill_phase
+            && let Some(run) = self.decode_prefix(&x, &positions_host, pos0)?
+        {
+            first = run.layers;
+            x = run.x;
+            x_stream = run.stream.clone();
+            positions = Some((run.stream.device(), run.pos));
+            marks.extend(run.marks);
+        }
+        for l in first..self.sites.len() {
             // A cpu layer that this (prompt) pass streams runs on the accelerator.
             let as_group = if self.prefill_phase { self.sites[l].prefill_group } else { None };
             let s = if as_group.is_some() { self.acc_stream.clone() } else { self.sites[l].stream.clone() };
@@ -663,7 +701,7 @@ impl Session {
             }
             let pos = &positions.as_ref().ok_or_else(|| Error::invalid("positions missing"))?.1;
             let mut scratch = self.take_scratch(&s, t)?;
-            let _r = nvtx::range(&format!("layer {l}"));
+            let _r = nvtx::range_with(|| format!("layer {l}"));
             if as_group.is_none() {
                 self.copies_during_cpu_layer(l)?;
             }
@@ -994,16 +1032,18 @@ fn acquire_layer<'a, 's>(
 }
 
 /// A point on a stream's timeline: an instant on the host, an event on a GPU.
+#[derive(Clone)]
 enum Mark {
     Host(Instant),
-    Gpu(Event),
+    /// Shared: the layers of a graphed prefix share the graph's two events.
+    Gpu(Arc<Event>),
 }
 
 impl Mark {
     fn now(s: &Stream) -> Result<Mark> {
         Ok(match s {
             Stream::Host => Mark::Host(Instant::now()),
-            Stream::Gpu(g) => Mark::Gpu(g.record()?),
+            Stream::Gpu(g) => Mark::Gpu(Arc::new(g.record()?)),
         })
     }
 

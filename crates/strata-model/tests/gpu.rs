@@ -124,3 +124,55 @@ fn gpu_streaming_gives_the_resident_tokens() {
         );
     }
 }
+
+/// The index of the largest logit (the greedy token).
+fn argmax(v: &[f32]) -> u32 {
+    v.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as u32
+}
+
+/// CUDA graphs of the decode step (`next` kernel set): the resident prefix captured once and
+/// replayed gives, bit for bit, the logits of the same kernels launched one by one, step after
+/// step (greedy, so a difference anywhere changes the next input), for an all-resident
+/// session and for a resident prefix followed by streamed layers (their copies and events
+/// outside the graph); again after a reset and a new prompt (the graph reads the position on
+/// the device); and the graph is really captured (a session that silently fell back would fail
+/// here). Both sessions run the same kernels: only the launching differs.
+#[test]
+fn decode_graphs_replay_the_plain_launches_exactly() {
+    use strata_tensor::ops::{GpuKernels, with_gpu_kernels};
+    let Some(acc) = gpu_or_skip() else { return };
+    with_gpu_kernels(GpuKernels::Next, || {
+        let model = synthetic(6);
+        let n = model.config.n_layers;
+        use Placement::{Resident as R, Streamed as S};
+        for (name, placements, prefix) in [
+            ("all resident", vec![R; n], n),
+            ("resident prefix then streamed", (0..n).map(|i| if i < 3 { R } else { S }).collect(), 3),
+        ] {
+            let layout = Layout { placements, prefetch_depth: 1 };
+            let mut plain = Session::with_layout(Arc::clone(&model), Some(&acc), &layout, &opts()).expect(name);
+            let mut graphed = Session::with_layout(Arc::clone(&model), Some(&acc), &layout, &opts()).expect(name);
+            plain.set_cuda_graphs(false);
+            graphed.set_cuda_graphs(true);
+            for round in 0..2 {
+                let a = plain.forward(&PROMPT, false).expect("prefill");
+                let b = graphed.forward(&PROMPT, false).expect("prefill");
+                assert_eq!(a, b, "{name}: prefill logits differ (no graph is used there)");
+                let mut tok = argmax(&a);
+                for step in 0..10 {
+                    let a = plain.forward(&[tok], false).expect("plain decode");
+                    let b = graphed.forward(&[tok], false).expect("graphed decode");
+                    let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(same, "{name}, round {round}, step {step}: logits differ by {:.2e}", rel_diff(&a, &b));
+                    tok = argmax(&a);
+                }
+                let (launches, layers) = graphed.cuda_graph().unwrap_or_else(|| panic!("{name}: no graph captured"));
+                assert_eq!(layers, prefix, "{name}: graphed layers");
+                assert!(plain.cuda_graph().is_none(), "{name}: graphs were switched off");
+                println!("{name}, round {round}: {launches} launches replayed per step over {layers} layers");
+                plain.reset();
+                graphed.reset();
+            }
+        }
+    });
+}
