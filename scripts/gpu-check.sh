@@ -18,12 +18,14 @@
 #   scripts/gpu-check.sh next    # there: the `next` kernel set (STRATA_GPU_KERNELS=next) against
 #                                # the proven one (decode matvec on 8-bit activations, flash-
 #                                # decoding attention, tensor-core prefill matmul and
-#                                # attention, fused decode ops):
+#                                # attention, fused decode ops, CUDA graphs of the resident
+#                                # decode step):
 #                                # parity tests (kernels, tensor API, model
 #                                # tokens vs the CPU), memcheck on it, the matvec benches of both
 #                                # sets at 7B shapes, and `strata bench -p 512 -n 128` on a
 #                                # synthetic 7B Q4_0 all resident and at 4 GiB / 2 GiB with each
-#                                # set. About 6 minutes on an H100/H200.
+#                                # set, and `next` with STRATA_CUDA_GRAPHS=0 (all resident
+#                                # and 4 GiB). About 7 minutes on an H100/H200.
 #   scripts/gpu-check.sh spec    # there: speculative decoding over streamed weights: the
 #                                # synthetic 7B at 2 GiB, plain vs --lookup vs a 2-layer draft
 #                                # model; tokens per target pass, tok/s, ids equal plain's.
@@ -248,6 +250,14 @@ next() {
       [[ $mem != unlimited ]] && cap="--gpu-memory $mem"
       TAIL=12 step "bench-$set-$mem" 150 sh -c "STRATA_GPU_KERNELS=$set '$S' bench -m '$tmp/l7b.gguf' --device cuda $cap -p 512 -n 128 -r 2 --json > '$out/next/bench-$set-$mem.json'"
     done
+  done
+  # CUDA graphs of the resident decode step (on by default under `next`): the same runs with
+  # them off, so decode tok/s with and without graphs come from one session (all resident, and
+  # at 4 GiB where a resident prefix is graphed and the streamed layers follow it).
+  for mem in unlimited 4GiB; do
+    cap=""
+    [[ $mem != unlimited ]] && cap="--gpu-memory $mem"
+    TAIL=12 step "bench-next-nographs-$mem" 150 sh -c "STRATA_GPU_KERNELS=next STRATA_CUDA_GRAPHS=0 '$S' bench -m '$tmp/l7b.gguf' --device cuda $cap -p 512 -n 128 -r 2 --json > '$out/next/bench-next-nographs-$mem.json'"
   done
   finish next
 }
