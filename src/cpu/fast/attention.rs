@@ -80,9 +80,16 @@ pub fn attention_prefill(
         return Ok(());
     }
     let n_kv = pos0 + n_tokens;
-    if n_tokens == 1 {
-        let rows = first_visible(pos0, window)..n_kv;
-        decode(q, &k_cache, &v_cache, n_heads, n_kv_heads, head_dim, rows, scale, out);
+    if n_tokens <= FEW_TOKENS {
+        // Decode, and the few tokens of a `--lookup` verification pass: each token as a decode
+        // step over the rows it sees, reading the cache as it is. Converting and transposing
+        // every cached row per KV head (below) cost a verification pass at a 500-token context
+        // more than its products.
+        let per = n_heads * head_dim;
+        for (t, (qt, ot)) in q.chunks_exact(per).zip(out.chunks_exact_mut(per)).enumerate() {
+            let p = pos0 + t;
+            decode(qt, &k_cache, &v_cache, n_heads, n_kv_heads, head_dim, first_visible(p, window)..p + 1, scale, ot);
+        }
         return Ok(());
     }
     let group = n_heads / n_kv_heads;
@@ -120,6 +127,10 @@ pub fn attention_prefill(
     );
     Ok(())
 }
+
+/// Most tokens an attention call runs as decode steps, one per token (see
+/// [`attention_prefill`]); the products' small-batch tiles go as far.
+const FEW_TOKENS: usize = 8;
 
 /// Positions per decode task: a KV head's rows are split into chunks of this many so that a
 /// long context spreads over the threads; each chunk keeps its own softmax max and sum, and
