@@ -27,7 +27,8 @@ pub(crate) use attention::check_attention;
 pub use attention::{CacheMut, CacheRef, attention_decode, attention_prefill, first_visible, kv_append};
 pub use dequant::{dequantize_rows, embedding_gather};
 pub use elementwise::{
-    add, add_bias, argmax_rows, gelu_mul, gelu_tanh, scale, scatter_add_scaled, silu_mul, softmax_rows,
+    GELU_COEF_A, GELU_SQRT_2_OVER_PI, add, add_bias, argmax_rows, gelu_mul, gelu_tanh, scale, scatter_add_scaled,
+    silu_mul, softmax_rows,
 };
 pub use matvec::{matmul, matvec};
 pub use norm::rmsnorm;

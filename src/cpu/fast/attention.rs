@@ -25,6 +25,7 @@ use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use super::Isa;
+use super::glu::exp;
 use crate::cpu::{CacheRef, first_visible};
 use crate::{Error, Result};
 
@@ -355,33 +356,6 @@ fn softmax_weights(s: &mut [f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail.iter().sum::<f32>()
-}
-
-/// e^x to about 1 ulp (Cephes' `expf`: x = n ln 2 + r with |r| <= ln 2 / 2, a degree-6
-/// polynomial for e^r, 2^n from the exponent bits), in straight-line code that vectorizes.
-/// Below -87 it returns e^-87 (about 1.6e-38; softmax weights that small do not count) and
-/// above 88 e^88; NaN stays NaN.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 split so that n * LN2_HI is exact for the n that occur.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer (see `act`).
-    const ROUND: f32 = 12_582_912.0;
-    // `clamp` keeps a NaN a NaN.
-    let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.987_569_2e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 0.166_666_65;
-    p = p * r + 0.5;
-    let er = p * r * r + r + 1.0;
-    // n is in -126..=127 here; a NaN x gives n = 0 and a NaN er.
-    er * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 /// q · k: 16 lane-wise partial sums (one f32 chain would not vectorize), then a tree of vector

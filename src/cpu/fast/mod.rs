@@ -52,6 +52,7 @@ use rayon::prelude::*;
 pub use attention::{attention_decode, attention_prefill};
 pub use f32act::{matmul_f32, matmul_f32_with, matvec_f32};
 pub use f32act_dq::dequantize_row_exact;
+pub use glu::gelu_mul;
 
 use super::{expect_len, expect_matrix};
 use crate::{DType, Error, Result};
@@ -74,6 +75,7 @@ mod f32act_dq;
 mod f32act_k;
 #[cfg(target_arch = "x86_64")]
 mod f32act_k512;
+mod glu;
 mod scalar;
 mod scalar_k;
 #[cfg(target_arch = "x86_64")]
