@@ -8,9 +8,7 @@
 //! which changes every 256 positions; here the grid is sized once for the whole cache and
 //! blocks past the live splits exit at once.
 
-use strata_kernels::cpu;
-
-use super::{CpuPath, cache_ref, check_caches, check_devices, check_window, cpu_path, dev, dims2, expect_dtype};
+use super::{check_caches, check_devices, check_window, dev, dims2, expect_dtype};
 use super::{expect_shape, f32_out, gpu_stream};
 use crate::gpu;
 use crate::kernel_call::KernelCall;
@@ -22,7 +20,7 @@ use crate::{DType, Error, Result, Tensor};
 /// the last `window` of them. On a GPU this is the `next` set's flash-decoding kernel with the
 /// position read on the device (whatever [`super::GpuKernels`] says, like the fused ops), with
 /// the same arithmetic as [`super::attention_decode`] under `next` for the same rows; on the
-/// host the position is read and the reference runs.
+/// host the position is read and [`super::attention_decode`] runs.
 ///
 /// # Errors
 /// Shapes, types or devices that do not match; a position outside the cache (checked on the
@@ -56,20 +54,8 @@ pub fn attention_decode_at(
                 .map(|p| p + 1)
                 .filter(|&n| n <= rows)
                 .ok_or_else(|| Error::shape(OP, format!("position {p} is outside the cache's {rows} rows")))?;
-            let attend =
-                if cpu_path() == CpuPath::Reference { cpu::attention_decode } else { cpu::fast::attention_decode };
-            Ok(attend(
-                q.as_f32()?,
-                cache_ref(k_cache)?,
-                cache_ref(v_cache)?,
-                n_heads,
-                n_kv_heads,
-                head_dim,
-                n_kv,
-                scale,
-                window,
-                out.as_f32_mut()?,
-            )?)
+            // The host's decode attention for those rows, its checks included.
+            super::attention_decode(q, k_cache, v_cache, n_kv, scale, window, out, s)
         }
         Some(g) => gpu::launch(
             g,
