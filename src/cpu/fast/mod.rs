@@ -57,6 +57,60 @@ pub use glu::gelu_mul;
 use super::{expect_len, expect_matrix};
 use crate::{DType, Error, Result};
 
+/// The token and row loops of a K-quant kernel set (`avx2_k`, `avx512_k`): tiles of `T_MANY`
+/// tokens, then `T_MANY / 2`, then one, each over the rows `R_MANY` (or `R_ONE`) at a time and
+/// the leftover rows one at a time, through the invoking module's own `tile`, `store` and
+/// `prefetch`, compiled for `$features`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! k_gemm_loops {
+    ($features:literal) => {
+        #[target_feature(enable = $features)]
+        fn gemm_ty<const TY: u8>(w: &[u8], rb: usize, acts: &ActsK, out: &mut [f32]) {
+            let n = acts.n;
+            let mut t0 = 0;
+            while t0 + T_MANY <= n {
+                rows_loop::<TY, R_MANY, T_MANY>(w, rb, acts, out, t0);
+                t0 += T_MANY;
+            }
+            while t0 + T_MANY / 2 <= n {
+                rows_loop::<TY, R_MANY, { T_MANY / 2 }>(w, rb, acts, out, t0);
+                t0 += T_MANY / 2;
+            }
+            while t0 < n {
+                rows_loop::<TY, R_ONE, 1>(w, rb, acts, out, t0);
+                t0 += 1;
+            }
+        }
+
+        /// Tokens t0..t0+T against every row, R rows at a time and the leftover rows one at a time.
+        #[target_feature(enable = $features)]
+        fn rows_loop<const TY: u8, const R: usize, const T: usize>(
+            w: &[u8],
+            rb: usize,
+            acts: &ActsK,
+            out: &mut [f32],
+            t0: usize,
+        ) {
+            let n = acts.n;
+            let rows = w.len() / rb;
+            let toks: [ActRowK<'_>; T] = std::array::from_fn(|j| acts.token(t0 + j));
+            let mut r0 = 0;
+            while r0 < rows {
+                prefetch(w, (r0 + PREFETCH_TILES * R) * rb, R * rb);
+                if r0 + R <= rows {
+                    let tile = tile::<TY, R, T>(std::array::from_fn(|i| &w[(r0 + i) * rb..][..rb]), &toks, acts.nb);
+                    store(&tile, out, n, r0, t0);
+                    r0 += R;
+                } else {
+                    let tile = tile::<TY, 1, T>([&w[r0 * rb..][..rb]], &toks, acts.nb);
+                    store(&tile, out, n, r0, t0);
+                    r0 += 1;
+                }
+            }
+        }
+    };
+}
+
 mod act;
 mod act_k;
 mod attention;
