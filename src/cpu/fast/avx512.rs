@@ -72,32 +72,7 @@ fn gemm_ty<const TY: u8>(w: &[u8], rb: usize, acts: &Acts, out: &mut [f32]) {
     }
 }
 
-/// Tokens t0..t0+T against every row, R rows at a time and the leftover rows one at a time.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn rows_loop<const TY: u8, const R: usize, const T: usize>(
-    w: &[u8],
-    rb: usize,
-    acts: &Acts,
-    out: &mut [f32],
-    t0: usize,
-) {
-    let n = acts.n;
-    let rows = w.len() / rb;
-    let toks: [ActRow<'_>; T] = std::array::from_fn(|j| acts.token(t0 + j));
-    let mut r0 = 0;
-    while r0 < rows {
-        prefetch(w, (r0 + PREFETCH_TILES * R) * rb, R * rb);
-        if r0 + R <= rows {
-            let tile = tile::<TY, R, T>(std::array::from_fn(|i| &w[(r0 + i) * rb..][..rb]), &toks, acts.nb);
-            store(&tile, out, n, r0, t0);
-            r0 += R;
-        } else {
-            let tile = tile::<TY, 1, T>([&w[r0 * rb..][..rb]], &toks, acts.nb);
-            store(&tile, out, n, r0, t0);
-            r0 += 1;
-        }
-    }
-}
+rows_loop!("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c", Acts, ActRow);
 
 /// Whether every row holds `nb` blocks of `bytes` and every token whole pairs of activation
 /// blocks: checked once per tile so that the loads in the block loop need no bounds checks.

@@ -57,10 +57,45 @@ pub use glu::gelu_mul;
 use super::{expect_len, expect_matrix};
 use crate::{DType, Error, Result};
 
-/// The token and row loops of a K-quant kernel set (`avx2_k`, `avx512_k`): tiles of `T_MANY`
-/// tokens, then `T_MANY / 2`, then one, each over the rows `R_MANY` (or `R_ONE`) at a time and
-/// the leftover rows one at a time, through the invoking module's own `tile`, `store` and
-/// `prefetch`, compiled for `$features`.
+/// The row loop of a kernel set (`avx2`, `avx512`, `avx2_k`, `avx512_k`) compiled for
+/// `$features`: tokens t0..t0+T against every row, R rows at a time and the leftover rows one
+/// at a time, through the invoking module's own `tile`, `store` and `prefetch`, with
+/// activations `$acts` whose tokens are `$row`s.
+#[cfg(target_arch = "x86_64")]
+macro_rules! rows_loop {
+    ($features:literal, $acts:ty, $row:ident) => {
+        /// Tokens t0..t0+T against every row, R rows at a time and the leftover rows one at a
+        /// time.
+        #[target_feature(enable = $features)]
+        fn rows_loop<const TY: u8, const R: usize, const T: usize>(
+            w: &[u8],
+            rb: usize,
+            acts: &$acts,
+            out: &mut [f32],
+            t0: usize,
+        ) {
+            let n = acts.n;
+            let rows = w.len() / rb;
+            let toks: [$row<'_>; T] = std::array::from_fn(|j| acts.token(t0 + j));
+            let mut r0 = 0;
+            while r0 < rows {
+                prefetch(w, (r0 + PREFETCH_TILES * R) * rb, R * rb);
+                if r0 + R <= rows {
+                    let tile = tile::<TY, R, T>(std::array::from_fn(|i| &w[(r0 + i) * rb..][..rb]), &toks, acts.nb);
+                    store(&tile, out, n, r0, t0);
+                    r0 += R;
+                } else {
+                    let tile = tile::<TY, 1, T>([&w[r0 * rb..][..rb]], &toks, acts.nb);
+                    store(&tile, out, n, r0, t0);
+                    r0 += 1;
+                }
+            }
+        }
+    };
+}
+
+/// The token loop of a K-quant kernel set (`avx2_k`, `avx512_k`) compiled for `$features`:
+/// tiles of `T_MANY` tokens, then `T_MANY / 2`, then one, over [`rows_loop!`]'s rows.
 #[cfg(target_arch = "x86_64")]
 macro_rules! k_gemm_loops {
     ($features:literal) => {
@@ -82,32 +117,7 @@ macro_rules! k_gemm_loops {
             }
         }
 
-        /// Tokens t0..t0+T against every row, R rows at a time and the leftover rows one at a time.
-        #[target_feature(enable = $features)]
-        fn rows_loop<const TY: u8, const R: usize, const T: usize>(
-            w: &[u8],
-            rb: usize,
-            acts: &ActsK,
-            out: &mut [f32],
-            t0: usize,
-        ) {
-            let n = acts.n;
-            let rows = w.len() / rb;
-            let toks: [ActRowK<'_>; T] = std::array::from_fn(|j| acts.token(t0 + j));
-            let mut r0 = 0;
-            while r0 < rows {
-                prefetch(w, (r0 + PREFETCH_TILES * R) * rb, R * rb);
-                if r0 + R <= rows {
-                    let tile = tile::<TY, R, T>(std::array::from_fn(|i| &w[(r0 + i) * rb..][..rb]), &toks, acts.nb);
-                    store(&tile, out, n, r0, t0);
-                    r0 += R;
-                } else {
-                    let tile = tile::<TY, 1, T>([&w[r0 * rb..][..rb]], &toks, acts.nb);
-                    store(&tile, out, n, r0, t0);
-                    r0 += 1;
-                }
-            }
-        }
+        rows_loop!($features, ActsK, ActRowK);
     };
 }
 
