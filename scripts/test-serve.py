@@ -334,6 +334,13 @@ def case_queue_full(small):
 def case_drain_on_signal(small):
     """SIGINT while a request runs: the request completes, then the server exits 0."""
     result = {}
+    # The previous case's requests are answered; the gauge must say so before this one starts,
+    # or a request that has not arrived yet could be taken for the running one.
+    for _ in range(200):
+        if small.metric("sequences_running") == 0:
+            break
+        time.sleep(0.05)
+    assert small.metric("sequences_running") == 0, "a finished request still counted as running"
 
     def run():
         result["r"] = small.client().completions.create(

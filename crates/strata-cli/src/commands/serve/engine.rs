@@ -144,6 +144,10 @@ pub fn run(
                 continue;
             }
         };
+        // The gauges before any answer goes out: a client that has its answer never reads a
+        // `sequences_running` that still counts it (the finished ones left the scheduler in
+        // `step`; one a stop string ends is published again below before it is answered).
+        publish(&metrics, &sched, &m);
         let mut generated = 0usize;
         for e in events {
             match e {
@@ -157,6 +161,7 @@ pub fn run(
                     }
                     if stopped {
                         sched.cancel(id);
+                        publish(&metrics, &sched, &m);
                         if let Some(a) = active.remove(&id) {
                             finish(a, "stop", &mut m);
                         }
