@@ -313,7 +313,10 @@ fn decode_chunk_body<const FMA: bool, const AVX512: bool>(
 
 /// scores[p - b0 * 16] = scale * q · k[p] for the blocks of 16 positions b0..ceil(n / 16),
 /// from K transposed to kt [head_dim][n_pad]: 16 positions are 16 lanes of one multiply-add
-/// chain over head_dim.
+/// chain over head_dim. Four blocks at a time, so four chains run side by side: one chain is
+/// an FMA's latency per step (4 cycles) where the core can start two FMAs per cycle, and the
+/// one-block loop was most of a Gemma 3 prefill's attention (head_dim 256). Each position's sum
+/// is the same chain either way, so the scores are the same bit for bit.
 #[inline(always)]
 fn scores_into<const FMA: bool>(
     q: &[f32],
@@ -324,9 +327,29 @@ fn scores_into<const FMA: bool>(
     scale: f32,
     scores: &mut [f32],
 ) {
+    const GROUP: usize = 4;
     let n_blocks = n.div_ceil(LANES) - b0;
-    for (i, s) in scores[..n_blocks * LANES].chunks_exact_mut(LANES).enumerate() {
-        let pb = b0 + i;
+    let (groups, rest) = scores[..n_blocks * LANES].as_chunks_mut::<{ GROUP * LANES }>();
+    for (i, s) in groups.iter_mut().enumerate() {
+        let pb = b0 + i * GROUP;
+        let mut acc = [[0.0f32; LANES]; GROUP];
+        for (d, &qd) in q.iter().enumerate() {
+            let k = &kt[d * n_pad + pb * LANES..][..GROUP * LANES];
+            for (a, kb) in acc.iter_mut().zip(k.as_chunks::<LANES>().0) {
+                for l in 0..LANES {
+                    a[l] = madd::<FMA>(qd, kb[l], a[l]);
+                }
+            }
+        }
+        for (sb, a) in s.as_chunks_mut::<LANES>().0.iter_mut().zip(&acc) {
+            for l in 0..LANES {
+                sb[l] = a[l] * scale;
+            }
+        }
+    }
+    let done = groups.len() * GROUP;
+    for (i, s) in rest.chunks_exact_mut(LANES).enumerate() {
+        let pb = b0 + done + i;
         let mut acc = [0.0f32; LANES];
         for (d, &qd) in q.iter().enumerate() {
             let k = &kt[d * n_pad + pb * LANES..][..LANES];
@@ -541,16 +564,48 @@ fn attend_body<const FMA: bool>(
     scores_into::<FMA>(q, kt, n_pad, b0, rows.end, scale, scores);
     let scores = &mut scores[rows.start - b0 * LANES..rows.end - b0 * LANES];
     let l = softmax_weights(scores);
-    out.fill(0.0);
-    for (p, &e) in rows.zip(scores.iter()) {
-        let v = &vf[p * hd..][..hd];
-        for (o, &vd) in out.iter_mut().zip(v) {
-            *o = madd::<FMA>(e, vd, *o);
+    let inv = 1.0 / l;
+    // The weighted sum in chunks of head_dim held in registers over all positions (a
+    // read-modify-write of `out` per position was half of a Gemma 3 prefill's attention): 128
+    // values (8 registers of 16) where the rows have them, then 16 at a time, then one.
+    let (big, rest) = out.as_chunks_mut::<128>();
+    let (mid, tail) = rest.as_chunks_mut::<LANES>();
+    let mut d0 = 0;
+    for o in big {
+        weighted_sum::<FMA, 128>(vf, hd, d0, rows.clone(), scores, inv, o);
+        d0 += 128;
+    }
+    for o in mid {
+        weighted_sum::<FMA, LANES>(vf, hd, d0, rows.clone(), scores, inv, o);
+        d0 += LANES;
+    }
+    for o in tail.as_chunks_mut::<1>().0 {
+        weighted_sum::<FMA, 1>(vf, hd, d0, rows.clone(), scores, inv, o);
+        d0 += 1;
+    }
+}
+
+/// out[i] = inv * sum over p in rows of e[p] * v[p][d0 + i] (e = scores, one per row), each
+/// sum one chain in position order, as the reference adds them.
+#[inline(always)]
+fn weighted_sum<const FMA: bool, const N: usize>(
+    vf: &[f32],
+    hd: usize,
+    d0: usize,
+    rows: Range<usize>,
+    scores: &[f32],
+    inv: f32,
+    out: &mut [f32; N],
+) {
+    let mut acc = [0.0f32; N];
+    for (p, &e) in rows.zip(scores) {
+        let v = &vf[p * hd + d0..][..N];
+        for i in 0..N {
+            acc[i] = madd::<FMA>(e, v[i], acc[i]);
         }
     }
-    let inv = 1.0 / l;
-    for o in out.iter_mut() {
-        *o *= inv;
+    for i in 0..N {
+        out[i] = acc[i] * inv;
     }
 }
 
