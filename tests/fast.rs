@@ -705,6 +705,58 @@ fn f32_activation_k_quant_prefill_tiles() {
     }
 }
 
+/// Products of 16 tokens or more run the AVX-512 panels (`f32act_panel`: 32 rows decoded once,
+/// 12 tokens per tile): every quantized type, row counts around the panel (short last panels of
+/// 1, 15 and 17 rows, padded with zero rows whose sums must not land anywhere), token counts
+/// around the tile, within the rigorous bound of [`check_f32act`] on every kernel set (the
+/// other sets run their tiles on the same cases); and one changed weight in the last row of a
+/// whole panel moves only that row's sums, for every token.
+#[test]
+fn f32_activation_prefill_panels() {
+    for isa in Isa::available() {
+        for dt in DType::QUANTIZED {
+            let cols = 2 * dt.block_values().max(256);
+            for (k, rows) in [1usize, 15, 32, 49, 65].into_iter().enumerate() {
+                let w = blocks_matrix(k as u64 * 7 + dt.ggml_type() as u64, dt, rows, cols);
+                for n in [16, 23, 24, 37] {
+                    let x = uniform(&mut rng(k as u64 * 3 + n as u64), n * cols, 2.0);
+                    check_f32act(isa, dt, &w, rows, cols, &x, n);
+                }
+            }
+            let (rows, n) = (40, 17);
+            let w = blocks_matrix(9, dt, rows, cols);
+            let x = uniform(&mut rng(4), n * cols, 1.0);
+            let mut bad = w.clone();
+            let rb = w.len() / rows;
+            // Row 31 (the last of the first panel), first block, past the scales.
+            bad[31 * rb + dt.block_bytes() / 2 + 4] ^= 0xFF;
+            let (good, got) =
+                (f32act_with(isa, dt, &w, rows, cols, &x, n), f32act_with(isa, dt, &bad, rows, cols, &x, n));
+            let want = reference(dt, &bad, rows, cols, &x, n);
+            for t in 0..n {
+                for r in 0..rows {
+                    let i = t * rows + r;
+                    assert_eq!(
+                        got[i] != good[i],
+                        r == 31,
+                        "{dt} {}: token {t} row {r}: {} vs {}",
+                        isa.name(),
+                        got[i],
+                        good[i]
+                    );
+                    assert!(
+                        (got[i] - want[i]).abs() <= 1e-3 * want[i].abs().max(1.0),
+                        "{dt} {}: token {t} row {r}: {} vs reference {}",
+                        isa.name(),
+                        got[i],
+                        want[i]
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn f32_activation_new_types_bad_arguments_are_errors() {
     let w = blocks_matrix(1, DType::Q4_K, 2, 512);

@@ -344,6 +344,8 @@ pub fn matmul(w: &Tensor, x: &Tensor, y: &mut Tensor, s: &Stream) -> Result<()> 
             let f = match product_path(dt) {
                 CpuPath::Reference => cpu::matmul,
                 CpuPath::Exact => cpu::fast::matmul_f32,
+                // Prefill on AVX-512: the f32 panels are faster than the 8-bit tiles there.
+                CpuPath::Fast if cpu::fast::prefill_prefers_f32(dt, n_tokens) => cpu::fast::matmul_f32,
                 CpuPath::Fast => cpu::fast::matmul,
             };
             Ok(f(dt, w.host_bytes()?, rows, cols, x.as_f32()?, n_tokens, y.as_f32_mut()?)?)

@@ -139,6 +139,8 @@ mod f32act_dq;
 mod f32act_k;
 #[cfg(target_arch = "x86_64")]
 mod f32act_k512;
+#[cfg(target_arch = "x86_64")]
+mod f32act_panel;
 mod glu;
 mod scalar;
 mod scalar_k;
@@ -513,6 +515,32 @@ fn by_rows(w: &[u8], rb: usize, rows: usize, n: usize, y: &mut [f32], task: impl
         yt.par_chunks_mut(per * n).zip(w.par_chunks(per * rb)).for_each(|(o, wc)| task(wc, o));
     }
     transpose(&yt, n, y);
+}
+
+/// Whether a product of `dtype` with `n_tokens` tokens is faster with f32 activations than with
+/// 8-bit ones on this CPU: on AVX-512, prefill runs in panels (`f32act_panel`: each weight
+/// decoded once per call, then 32 FMA lanes per column and token), which measured faster than
+/// the 8-bit tiles, whose per-block scales cost an integer-to-float conversion and one or two
+/// FMAs per 32 or 64 products (`docs/cpu-bench.md`). The `fast` path runs such products as the
+/// `exact` path does ([`matmul_f32`]: more accurate, and faster); decode keeps 8-bit
+/// activations, whose weights it reads in fewer passes.
+pub fn prefill_prefers_f32(dtype: DType, n_tokens: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        Isa::best() == Isa::Avx512Vnni && f32act_panel::applies(dtype, n_tokens)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (dtype, n_tokens);
+        false
+    }
+}
+
+/// Whether `STRATA_CPU_PANELS` leaves the exact path's prefill panels on (anything but
+/// `off`/`0`; off, prefill runs the register tiles, to measure one against the other).
+fn panels_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| !matches!(std::env::var("STRATA_CPU_PANELS").as_deref(), Ok("off" | "0")))
 }
 
 /// Most tokens a product runs on the spinning team ([`crate::cpu::team`]); longer ones use rayon.
