@@ -705,12 +705,13 @@ fn f32_activation_k_quant_prefill_tiles() {
     }
 }
 
-/// Products of 16 tokens or more run the AVX-512 panels (`f32act_panel`: 32 rows decoded once,
-/// 12 tokens per tile): every quantized type, row counts around the panel (short last panels of
-/// 1, 15 and 17 rows, padded with zero rows whose sums must not land anywhere), token counts
-/// around the tile, within the rigorous bound of [`check_f32act`] on every kernel set (the
-/// other sets run their tiles on the same cases); and one changed weight in the last row of a
-/// whole panel moves only that row's sums, for every token.
+/// Products of 24 tokens or more run in panels (`f32act_panel`: 32 rows decoded once, 12 tokens
+/// per tile with AVX-512; 16 rows and 6 tokens with AVX2): every quantized type, row counts
+/// around the panels (short last panels of 1, 15, 17 and 1 rows, padded with zero rows whose
+/// sums must not land anywhere), token counts around the tiles, within the rigorous bound of
+/// [`check_f32act`] on every kernel set (the portable one runs its tiles on the same cases);
+/// and one changed weight in the last row of a whole panel (row 31: the second 16-row panel
+/// with AVX2) moves only that row's sums, for every token.
 #[test]
 fn f32_activation_prefill_panels() {
     for isa in Isa::available() {
@@ -718,12 +719,12 @@ fn f32_activation_prefill_panels() {
             let cols = 2 * dt.block_values().max(256);
             for (k, rows) in [1usize, 15, 32, 49, 65].into_iter().enumerate() {
                 let w = blocks_matrix(k as u64 * 7 + dt.ggml_type() as u64, dt, rows, cols);
-                for n in [16, 23, 24, 37] {
+                for n in [24, 25, 29, 36, 41] {
                     let x = uniform(&mut rng(k as u64 * 3 + n as u64), n * cols, 2.0);
                     check_f32act(isa, dt, &w, rows, cols, &x, n);
                 }
             }
-            let (rows, n) = (40, 17);
+            let (rows, n) = (40, 27);
             let w = blocks_matrix(9, dt, rows, cols);
             let x = uniform(&mut rng(4), n * cols, 1.0);
             let mut bad = w.clone();

@@ -64,13 +64,13 @@ pub fn matmul_f32_with(
 ) -> Result<()> {
     const OP: &str = "fast::matmul_f32";
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni && super::f32act_panel::applies(dtype, n_tokens) {
+    if matches!(isa, Isa::Avx512Vnni | Isa::Avx2) && super::f32act_panel::applies(dtype, n_tokens) {
         // Prefill: each weight decoded once per call into a panel that every token meets
         // (`f32act_panel`), where the register tiles below decode it once per 4 tokens.
         let rb = check_shapes(OP, isa, dtype, w, rows, cols, x, n_tokens, y)?;
-        // SAFETY: `check_shapes` returned Ok only if `isa.is_available()`: this CPU has AVX-512
-        // F/BW/VL, AVX2, FMA and F16C, the features of `f32act_panel::matmul`.
-        unsafe { super::f32act_panel::matmul(dtype, w, rb, cols, x, n_tokens, y) };
+        // SAFETY: `check_shapes` returned Ok only if `isa.is_available()`: this CPU has `isa`'s
+        // features, as `f32act_panel::matmul` requires.
+        unsafe { super::f32act_panel::matmul(isa, dtype, w, rb, cols, x, n_tokens, y) };
         return Ok(());
     }
     // Q5_0's tiles are x86 ones: the portable set keeps `f32act_dq`'s vectorizable lanes for it

@@ -1,5 +1,6 @@
-//! Prefill products with f32 activations, every quantized type, AVX-512: the weights of a panel
-//! of 32 rows decoded once to f32 and multiplied into every token of the call.
+//! Prefill products with f32 activations, every quantized type, AVX-512 and AVX2: the weights of
+//! a panel of 32 rows (16 with AVX2) decoded once to f32 and multiplied into every token of the
+//! call.
 //!
 //! The register tiles of `f32act` and `f32act_k512` decode a weight block for each tile of 4
 //! tokens, so in a prefill of hundreds of tokens every weight is decoded a hundred times, and
@@ -11,7 +12,8 @@
 //! token's activation and two FMAs per token into 24 accumulators that hold 32 rows × 12
 //! tokens. That is BLIS's shape of an f32 matrix product: no horizontal sums, 14 loads per 24
 //! FMAs, and the panel (32 × cols f32, 80 KiB for 640 columns) stays in the cache while every
-//! token passes over it.
+//! token passes over it. With AVX2 (16 registers of 8 lanes) the same scheme has 16-row panels
+//! and tiles of 16 rows × 6 tokens.
 //!
 //! Each sum is one chain over the columns in order, as the reference's row loop adds them, each
 //! step an FMA (the product `w * x` unrounded, where the reference rounds it first). So the
@@ -26,16 +28,21 @@ use super::Isa;
 use crate::DType;
 
 /// Fewest tokens a product runs through panels: the panel costs a decode and a transpose of
-/// each weight once per call, which the register tiles spread over 4 tokens at a time; from
-/// this many tokens on the panel is cheaper.
-pub(super) const MIN_TOKENS: usize = 16;
+/// each weight once per call, which the register tiles spread over 4 tokens at a time. Measured
+/// (`strata bench -p N`, exact, AVX-512, 2 threads, Intel Xeon VM): Gemma 3 270M pp16 247 tok/s
+/// with panels against 280 without, pp24 337-339 against 269-312, pp32 373 against 314; the
+/// default model's pp24 325 against 345 (within the runs' spread).
+pub(super) const MIN_TOKENS: usize = 24;
 
-/// Rows per panel: two 16-lane registers.
+/// Rows per panel: two 16-lane registers (AVX-512), two 8-lane ones (AVX2).
 const PANEL: usize = 32;
-/// Tokens per tile: 2 × 12 accumulators, two registers of weights and one broadcast.
+const PANEL256: usize = 16;
+/// Tokens per tile: 2 × 12 accumulators, two registers of weights and one broadcast within 32
+/// registers (AVX-512); 2 × 6 and three more within 16 (AVX2).
 const TOKENS: usize = 12;
+const TOKENS256: usize = 6;
 
-/// Whether a product of `dtype` with `n_tokens` tokens on the AVX-512 kernels runs here: 16
+/// Whether a product of `dtype` with `n_tokens` tokens on the x86 kernels runs here: 16
 /// tokens or more, a type [`super::dequantize_row_exact`] decodes, and `STRATA_CPU_PANELS` not
 /// `off`.
 pub(super) fn applies(dtype: DType, n_tokens: usize) -> bool {
@@ -68,8 +75,20 @@ fn handles(dtype: DType) -> bool {
 /// row of `y`), where the register tiles' [rows][n] results took a transpose after the call.
 ///
 /// # Safety
-/// The CPU must support AVX-512 F/BW/VL, AVX2, FMA and F16C.
-pub(super) unsafe fn matmul(dtype: DType, w: &[u8], rb: usize, cols: usize, x: &[f32], n: usize, y: &mut [f32]) {
+/// The CPU must support `isa` ([`Isa::Avx512Vnni`]: AVX-512 F/BW/VL, AVX2, FMA and F16C; any
+/// other: AVX2, FMA and F16C).
+pub(super) unsafe fn matmul(
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    rb: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+) {
+    let wide = isa == Isa::Avx512Vnni;
+    let (panel, tokens) = if wide { (PANEL, TOKENS) } else { (PANEL256, TOKENS256) };
     let rows = w.len() / rb.max(1);
     if rows == 0 || n == 0 {
         return;
@@ -79,28 +98,36 @@ pub(super) unsafe fn matmul(dtype: DType, w: &[u8], rb: usize, cols: usize, x: &
         y.fill(if rb == 0 { 0.0 } else { f32::NAN });
         return;
     }
-    // The activations regrouped 12 tokens at a time, token-minor (xg[g][c][j] = x[12g + j][c],
-    // zeros past the last token): a tile's 12 broadcasts per column are then 48 contiguous
-    // bytes at one pointer, where 12 rows of x were 12 streams and 12 address computations.
-    let groups = n.div_ceil(TOKENS);
-    let mut xg = vec![0.0f32; groups * cols * TOKENS];
-    xg.par_chunks_mut(cols * TOKENS).enumerate().for_each(|(g, xgg)| {
-        for j in 0..TOKENS.min(n - g * TOKENS) {
-            for (c, &v) in x[(g * TOKENS + j) * cols..][..cols].iter().enumerate() {
-                xgg[c * TOKENS + j] = v;
+    // The activations regrouped a tile's tokens at a time, token-minor (xg[g][c][j] =
+    // x[12g + j][c] with AVX-512, zeros past the last token): a tile's 12 broadcasts per column
+    // are then 48 contiguous bytes at one pointer, where 12 rows of x were 12 streams and 12
+    // address computations.
+    let groups = n.div_ceil(tokens);
+    let mut xg = vec![0.0f32; groups * cols * tokens];
+    xg.par_chunks_mut(cols * tokens).enumerate().for_each(|(g, xgg)| {
+        for j in 0..tokens.min(n - g * tokens) {
+            for (c, &v) in x[(g * tokens + j) * cols..][..cols].iter().enumerate() {
+                xgg[c * tokens + j] = v;
             }
         }
     });
     let threads = rayon::current_num_threads().max(1);
     // About four tasks per thread, whole panels each.
-    let per = rows.div_ceil(4 * threads).next_multiple_of(PANEL);
+    let per = rows.div_ceil(4 * threads).next_multiple_of(panel);
     let out = Out { ptr: y.as_mut_ptr(), rows, n };
     (0..rows.div_ceil(per)).into_par_iter().for_each(|i| {
         let (r0, r1) = (i * per, ((i + 1) * per).min(rows));
-        // SAFETY: this CPU has AVX-512 F/BW/VL, AVX2, FMA and F16C (this function's contract);
-        // the tasks' row ranges are disjoint, so each element
-        // of `y` is written by one task only, and `out` describes `y` ([n][rows], checked above).
-        unsafe { panels(dtype, &w[r0 * rb..r1 * rb], rb, cols, &xg, n, &out, r0) };
+        let w = &w[r0 * rb..r1 * rb];
+        // SAFETY: this CPU has `isa`'s features (this function's contract); the tasks' row
+        // ranges are disjoint, so each element of `y` is written by one task only, and `out`
+        // describes `y` ([n][rows], checked above).
+        unsafe {
+            if wide {
+                panels512(dtype, w, rb, cols, &xg, n, &out, r0);
+            } else {
+                panels256(dtype, w, rb, cols, &xg, n, &out, r0);
+            }
+        }
     });
 }
 
@@ -115,25 +142,59 @@ struct Out {
 // which outlives them (`matmul` waits for every task before it returns).
 unsafe impl Sync for Out {}
 
-/// Rows `first..first + w.len() / rb` of the product, panel by panel.
+/// Rows `first..first + w.len() / rb` of the product, panel by panel, with AVX-512.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F/BW/VL, AVX2, FMA and F16C; `out` must describe a live
 /// [n][rows] buffer that no one else reads or writes at rows first.. of this call while it
 /// runs, with `first + w.len() / rb <= out.rows` and `n == out.n`. `xg` holds the activations
 /// grouped as [`matmul`] makes them.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn panels(dtype: DType, w: &[u8], rb: usize, cols: usize, xg: &[f32], n: usize, out: &Out, first: usize) {
+unsafe fn panels512(dtype: DType, w: &[u8], rb: usize, cols: usize, xg: &[f32], n: usize, out: &Out, first: usize) {
+    // SAFETY: this function's contract is the body's, with the features enabled here.
+    unsafe { panels_body::<true>(dtype, w, rb, cols, xg, n, out, first) }
+}
+
+/// [`panels512`] with AVX2: panels of 16 rows, tiles of 6 tokens.
+///
+/// # Safety
+/// As [`panels512`], with AVX2, FMA and F16C for the features.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn panels256(dtype: DType, w: &[u8], rb: usize, cols: usize, xg: &[f32], n: usize, out: &Out, first: usize) {
+    // SAFETY: this function's contract is the body's, with the features enabled here.
+    unsafe { panels_body::<false>(dtype, w, rb, cols, xg, n, out, first) }
+}
+
+/// The panel loop of [`panels512`] (`WIDE`) and [`panels256`]: decode a panel's rows, transpose
+/// them, run every token's tiles.
+///
+/// # Safety
+/// As [`panels512`] / [`panels256`]; inlined into them, so compiled with their features.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn panels_body<const WIDE: bool>(
+    dtype: DType,
+    w: &[u8],
+    rb: usize,
+    cols: usize,
+    xg: &[f32],
+    n: usize,
+    out: &Out,
+    first: usize,
+) {
+    let (p, isa) = if WIDE { (PANEL, Isa::Avx512Vnni) } else { (PANEL256, Isa::Avx2) };
     let rows = w.len() / rb;
-    let mut rowbuf = vec![0.0f32; PANEL * cols];
-    let mut panel = vec![0.0f32; cols * PANEL];
+    let mut rowbuf = vec![0.0f32; p * cols];
+    let mut panel = vec![0.0f32; cols * p];
     let mut r0 = 0;
     while r0 < rows {
-        let pr = (rows - r0).min(PANEL);
+        let pr = (rows - r0).min(p);
         for (i, buf) in rowbuf.chunks_exact_mut(cols).enumerate() {
             if i < pr {
                 let row = &w[(r0 + i) * rb..][..rb];
-                if super::dequantize_row_exact(Isa::Avx512Vnni, dtype, row, buf).is_err() {
+                if super::dequantize_row_exact(isa, dtype, row, buf).is_err() {
                     buf.fill(f32::NAN);
                 }
             } else {
@@ -141,31 +202,116 @@ unsafe fn panels(dtype: DType, w: &[u8], rb: usize, cols: usize, xg: &[f32], n: 
                 buf.fill(0.0);
             }
         }
-        transpose(&rowbuf, cols, &mut panel);
-        let at = first + r0;
-        let mut t0 = 0;
-        // SAFETY (all tiles): as this function's contract; rows at..at + pr are this call's.
+        // SAFETY (both arms): the features are this function's callers'; rows at..at + pr of
+        // `out` are this call's (its contract).
         unsafe {
-            while n - t0 >= TOKENS {
-                tile::<TOKENS>(&panel, xg, cols, t0, out, at, pr);
-                t0 += TOKENS;
-            }
-            match n - t0 {
-                0 => {}
-                1 => tile::<1>(&panel, xg, cols, t0, out, at, pr),
-                2 => tile::<2>(&panel, xg, cols, t0, out, at, pr),
-                3 => tile::<3>(&panel, xg, cols, t0, out, at, pr),
-                4 => tile::<4>(&panel, xg, cols, t0, out, at, pr),
-                5 => tile::<5>(&panel, xg, cols, t0, out, at, pr),
-                6 => tile::<6>(&panel, xg, cols, t0, out, at, pr),
-                7 => tile::<7>(&panel, xg, cols, t0, out, at, pr),
-                8 => tile::<8>(&panel, xg, cols, t0, out, at, pr),
-                9 => tile::<9>(&panel, xg, cols, t0, out, at, pr),
-                10 => tile::<10>(&panel, xg, cols, t0, out, at, pr),
-                _ => tile::<11>(&panel, xg, cols, t0, out, at, pr),
+            if WIDE {
+                transpose(&rowbuf, cols, &mut panel);
+                tiles512(&panel, xg, cols, n, out, first + r0, pr);
+            } else {
+                for (i, row) in rowbuf.chunks_exact(cols).enumerate() {
+                    for (c, &v) in row.iter().enumerate() {
+                        panel[c * PANEL256 + i] = v;
+                    }
+                }
+                tiles256(&panel, xg, cols, n, out, first + r0, pr);
             }
         }
         r0 += pr;
+    }
+}
+
+/// Every token's tiles against one AVX-512 panel (rows at..at + pr of `out`).
+///
+/// # Safety
+/// As [`panels512`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn tiles512(panel: &[f32], xg: &[f32], cols: usize, n: usize, out: &Out, at: usize, pr: usize) {
+    let mut t0 = 0;
+    // SAFETY (all tiles): this function's contract.
+    unsafe {
+        while n - t0 >= TOKENS {
+            tile::<TOKENS>(panel, xg, cols, t0, out, at, pr);
+            t0 += TOKENS;
+        }
+        match n - t0 {
+            0 => {}
+            1 => tile::<1>(panel, xg, cols, t0, out, at, pr),
+            2 => tile::<2>(panel, xg, cols, t0, out, at, pr),
+            3 => tile::<3>(panel, xg, cols, t0, out, at, pr),
+            4 => tile::<4>(panel, xg, cols, t0, out, at, pr),
+            5 => tile::<5>(panel, xg, cols, t0, out, at, pr),
+            6 => tile::<6>(panel, xg, cols, t0, out, at, pr),
+            7 => tile::<7>(panel, xg, cols, t0, out, at, pr),
+            8 => tile::<8>(panel, xg, cols, t0, out, at, pr),
+            9 => tile::<9>(panel, xg, cols, t0, out, at, pr),
+            10 => tile::<10>(panel, xg, cols, t0, out, at, pr),
+            _ => tile::<11>(panel, xg, cols, t0, out, at, pr),
+        }
+    }
+}
+
+/// Every token's tiles against one AVX2 panel (rows at..at + pr of `out`).
+///
+/// # Safety
+/// As [`panels256`].
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tiles256(panel: &[f32], xg: &[f32], cols: usize, n: usize, out: &Out, at: usize, pr: usize) {
+    let mut t0 = 0;
+    // SAFETY (all tiles): this function's contract.
+    unsafe {
+        while n - t0 >= TOKENS256 {
+            tile256::<TOKENS256>(panel, xg, cols, t0, out, at, pr);
+            t0 += TOKENS256;
+        }
+        match n - t0 {
+            0 => {}
+            1 => tile256::<1>(panel, xg, cols, t0, out, at, pr),
+            2 => tile256::<2>(panel, xg, cols, t0, out, at, pr),
+            3 => tile256::<3>(panel, xg, cols, t0, out, at, pr),
+            4 => tile256::<4>(panel, xg, cols, t0, out, at, pr),
+            _ => tile256::<5>(panel, xg, cols, t0, out, at, pr),
+        }
+    }
+}
+
+/// [`tile`] with AVX2: tokens t0..t0 + T (t0 a multiple of 6) against a 16-row panel.
+///
+/// # Safety
+/// As [`panels256`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile256<const T: usize>(panel: &[f32], xg: &[f32], cols: usize, t0: usize, out: &Out, at: usize, pr: usize) {
+    if panel.len() < cols * PANEL256 || xg.len() < (t0 + TOKENS256) * cols || t0 + T > out.n || at + pr > out.rows {
+        return;
+    }
+    let mut acc = [[_mm256_setzero_ps(); 2]; T];
+    let mut xp = xg[t0 * cols..].as_ptr();
+    let mut wp = panel.as_ptr();
+    for _ in 0..cols {
+        // SAFETY: one of `cols` steps: the 16 weights at wp and the 6 activations at xp are
+        // inside the panel and the group (checked above).
+        unsafe {
+            let (w0, w1) = (_mm256_loadu_ps(wp), _mm256_loadu_ps(wp.add(8)));
+            for (j, a) in acc.iter_mut().enumerate() {
+                let xv = _mm256_set1_ps(*xp.add(j));
+                a[0] = _mm256_fmadd_ps(w0, xv, a[0]);
+                a[1] = _mm256_fmadd_ps(w1, xv, a[1]);
+            }
+            wp = wp.add(PANEL256);
+            xp = xp.add(TOKENS256);
+        }
+    }
+    for (j, a) in acc.iter().enumerate() {
+        let mut v = [0.0f32; PANEL256];
+        // SAFETY: v holds 16 values, two registers' worth.
+        unsafe {
+            _mm256_storeu_ps(v.as_mut_ptr(), a[0]);
+            _mm256_storeu_ps(v.as_mut_ptr().add(8), a[1]);
+        }
+        // SAFETY: token t0 + j < n and rows at..at + pr < rows (checked above): inside y, and
+        // this caller's rows (the contract).
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), out.ptr.add((t0 + j) * out.rows + at), pr) };
     }
 }
 

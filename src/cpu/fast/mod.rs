@@ -196,10 +196,21 @@ impl Isa {
         Isa::ALL.into_iter().filter(|i| i.is_available()).collect()
     }
 
-    /// The fastest kernel set this CPU can run (detected once).
+    /// The fastest kernel set this CPU can run (detected once), or at most the one the
+    /// environment variable `STRATA_CPU_ISA` names (`scalar`, `avx2`, `avx512-vnni`: to measure
+    /// or test the kernels another machine would run; a set this CPU lacks, or an unknown name,
+    /// leaves the detected one).
     pub fn best() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
-        *BEST.get_or_init(|| Isa::available().pop().unwrap_or(Isa::Scalar))
+        *BEST.get_or_init(|| {
+            let mut sets = Isa::available();
+            if let Ok(cap) = std::env::var("STRATA_CPU_ISA")
+                && let Some(at) = sets.iter().position(|i| i.name() == cap.trim())
+            {
+                sets.truncate(at + 1);
+            }
+            sets.pop().unwrap_or(Isa::Scalar)
+        })
     }
 
     /// How this kernel set wants the activations for weights of `ty` (see `act::Layout`).
@@ -518,16 +529,16 @@ fn by_rows(w: &[u8], rb: usize, rows: usize, n: usize, y: &mut [f32], task: impl
 }
 
 /// Whether a product of `dtype` with `n_tokens` tokens is faster with f32 activations than with
-/// 8-bit ones on this CPU: on AVX-512, prefill runs in panels (`f32act_panel`: each weight
-/// decoded once per call, then 32 FMA lanes per column and token), which measured faster than
-/// the 8-bit tiles, whose per-block scales cost an integer-to-float conversion and one or two
-/// FMAs per 32 or 64 products (`docs/cpu-bench.md`). The `fast` path runs such products as the
+/// 8-bit ones on this CPU: on x86, prefill runs in panels (`f32act_panel`: each weight decoded
+/// once per call, then 32 (AVX-512) or 16 (AVX2) FMA lanes per column and token), which
+/// measured faster than the 8-bit tiles on both kernel sets, whose per-block scales cost an
+/// integer-to-float conversion and one or two FMAs per 32 or 64 products (`docs/cpu-bench.md`). The `fast` path runs such products as the
 /// `exact` path does ([`matmul_f32`]: more accurate, and faster); decode keeps 8-bit
 /// activations, whose weights it reads in fewer passes.
 pub fn prefill_prefers_f32(dtype: DType, n_tokens: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        Isa::best() == Isa::Avx512Vnni && f32act_panel::applies(dtype, n_tokens)
+        matches!(Isa::best(), Isa::Avx512Vnni | Isa::Avx2) && f32act_panel::applies(dtype, n_tokens)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
