@@ -444,6 +444,25 @@ mod x86 {
         // SAFETY: the caller guarantees a whole block of `TY` at p.
         unsafe {
             let d = _mm512_broadcastss_ps(f16_at(p));
+            if TY == Q4_0 || TY == Q4_1 {
+                // A 4-bit block has 16 possible weights: the table of all 16 computed as the
+                // reference computes each (`q * d + m` by one exact-product FMA for Q4_1,
+                // `(q - 8) * d` for Q4_0; the same instructions on the same inputs as the
+                // per-weight code had, so the same bits), then each weight picked from it by
+                // its nibble (`vpermps` reads only the low 4 bits of each 32-bit index, so the
+                // widened bytes index the low nibbles as they are). Two permutes and a shift
+                // per 32 weights, on the shuffle port, where converting the nibbles to f32 and
+                // scaling them took six operations on the port the FMAs need: on a core with
+                // one 512-bit FMA port a decode step's Q4 products were bound by that port.
+                let iota = _mm512_setr_ps(0., 1., 2., 3., 4., 5., 6., 7., 8., 9., 10., 11., 12., 13., 14., 15.);
+                let table = if TY == Q4_1 {
+                    _mm512_fmadd_ps(iota, d, _mm512_broadcastss_ps(f16_at(p.add(2))))
+                } else {
+                    _mm512_mul_ps(_mm512_sub_ps(iota, _mm512_set1_ps(8.0)), d)
+                };
+                let qs = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(if TY == Q4_1 { 4 } else { 2 }).cast()));
+                return [_mm512_permutexvar_ps(qs, table), _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(qs), table)];
+            }
             let (q0, q1) = match TY {
                 Q8_0 => (
                     _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(2).cast())),
