@@ -681,26 +681,44 @@ fn f32_activation_k_quant_prefill_tiles() {
             }
             let (rows, cols, n) = (8, 2 * 256, 8);
             let w = blocks_matrix(3, dt, rows, cols);
-            let x = vec![1.0f32; n * cols];
-            let mut bad = w.clone();
-            let rb = w.len() / rows;
-            // Row 3 (the last of the first 4-row tile), first super-block, past the scales.
-            bad[3 * rb + dt.block_bytes() / 2 + 4] ^= 0xFF;
-            let (good, got) =
-                (f32act_with(isa, dt, &w, rows, cols, &x, n), f32act_with(isa, dt, &bad, rows, cols, &x, n));
-            let want = reference(dt, &bad, rows, cols, &x, n);
-            for t in 0..n {
-                for r in 0..rows {
-                    let i = t * rows + r;
-                    let changed = (got[i] - good[i]).abs() > 1e-3;
-                    assert_eq!(changed, r == 3, "{dt} {}: token {t} row {r}: {} vs {}", isa.name(), got[i], good[i]);
-                    assert!(
-                        (got[i] - want[i]).abs() <= 1e-3 * want[i].abs().max(1.0),
-                        "{dt} {}: token {t} row {r}",
-                        isa.name()
-                    );
-                }
-            }
+            // Row 3: the last of the first 4-row tile.
+            check_changed_row(isa, dt, &w, rows, cols, &vec![1.0f32; n * cols], n, 3, 1e-3);
+        }
+    }
+}
+
+/// One byte of row `row` (its first block, past the scales) flipped: that row's sums move for
+/// every token (by more than `moved`), no other row's do (by more than `moved`; 0: not at all),
+/// and every sum stays within 1e-3 relative of the reference on the changed weights.
+#[allow(clippy::too_many_arguments)]
+fn check_changed_row(
+    isa: Isa,
+    dt: DType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    row: usize,
+    moved: f32,
+) {
+    let mut bad = w.to_vec();
+    let rb = w.len() / rows;
+    bad[row * rb + dt.block_bytes() / 2 + 4] ^= 0xFF;
+    let (good, got) = (f32act_with(isa, dt, w, rows, cols, x, n), f32act_with(isa, dt, &bad, rows, cols, x, n));
+    let want = reference(dt, &bad, rows, cols, x, n);
+    for t in 0..n {
+        for r in 0..rows {
+            let i = t * rows + r;
+            let changed = (got[i] - good[i]).abs() > moved;
+            assert_eq!(changed, r == row, "{dt} {}: token {t} row {r}: {} vs {}", isa.name(), got[i], good[i]);
+            assert!(
+                (got[i] - want[i]).abs() <= 1e-3 * want[i].abs().max(1.0),
+                "{dt} {}: token {t} row {r}: {} vs reference {}",
+                isa.name(),
+                got[i],
+                want[i]
+            );
         }
     }
 }
@@ -726,34 +744,8 @@ fn f32_activation_prefill_panels() {
             }
             let (rows, n) = (40, 27);
             let w = blocks_matrix(9, dt, rows, cols);
-            let x = uniform(&mut rng(4), n * cols, 1.0);
-            let mut bad = w.clone();
-            let rb = w.len() / rows;
-            // Row 31 (the last of the first panel), first block, past the scales.
-            bad[31 * rb + dt.block_bytes() / 2 + 4] ^= 0xFF;
-            let (good, got) =
-                (f32act_with(isa, dt, &w, rows, cols, &x, n), f32act_with(isa, dt, &bad, rows, cols, &x, n));
-            let want = reference(dt, &bad, rows, cols, &x, n);
-            for t in 0..n {
-                for r in 0..rows {
-                    let i = t * rows + r;
-                    assert_eq!(
-                        got[i] != good[i],
-                        r == 31,
-                        "{dt} {}: token {t} row {r}: {} vs {}",
-                        isa.name(),
-                        got[i],
-                        good[i]
-                    );
-                    assert!(
-                        (got[i] - want[i]).abs() <= 1e-3 * want[i].abs().max(1.0),
-                        "{dt} {}: token {t} row {r}: {} vs reference {}",
-                        isa.name(),
-                        got[i],
-                        want[i]
-                    );
-                }
-            }
+            // Row 31: the last of the first panel.
+            check_changed_row(isa, dt, &w, rows, cols, &uniform(&mut rng(4), n * cols, 1.0), n, 31, 0.0);
         }
     }
 }

@@ -133,6 +133,25 @@ fn pass<const FMA: bool, const BB: usize, const BV: usize, const T: usize, const
     tn
 }
 
+/// Whether [`dequantize_row_exact`] decodes `dtype`: every quantized type but the ternary ones.
+pub(super) fn decodes(dtype: DType) -> bool {
+    matches!(
+        dtype,
+        DType::Q4_0
+            | DType::Q4_1
+            | DType::Q8_0
+            | DType::Q5_0
+            | DType::Q5_1
+            | DType::IQ4_NL
+            | DType::Q2_K
+            | DType::Q3_K
+            | DType::Q4_K
+            | DType::Q5_K
+            | DType::Q6_K
+            | DType::IQ4_XS
+    )
+}
+
 /// Dequantizes `row` (whole blocks of `dtype`, `out.len()` values) with the exact path's block
 /// decoders compiled for `isa`: the values [`crate::quant::dequantize_row`] returns, bit for
 /// bit (what `tests/fast.rs` checks). For every quantized type but the ternary ones: the tiled
@@ -148,21 +167,7 @@ pub fn dequantize_row_exact(isa: Isa, dtype: DType, row: &[u8], out: &mut [f32])
     if !isa.is_available() {
         return Err(Error::invalid(OP, format!("this CPU cannot run the {} kernels", isa.name())));
     }
-    if !matches!(
-        dtype,
-        DType::Q4_0
-            | DType::Q4_1
-            | DType::Q8_0
-            | DType::Q5_0
-            | DType::Q5_1
-            | DType::IQ4_NL
-            | DType::Q2_K
-            | DType::Q3_K
-            | DType::Q4_K
-            | DType::Q5_K
-            | DType::Q6_K
-            | DType::IQ4_XS
-    ) {
+    if !decodes(dtype) {
         return Err(Error::UnsupportedDtype {
             op: OP,
             dtype,

@@ -46,27 +46,7 @@ const TOKENS256: usize = 6;
 /// tokens or more, a type [`super::dequantize_row_exact`] decodes, and `STRATA_CPU_PANELS` not
 /// `off`.
 pub(super) fn applies(dtype: DType, n_tokens: usize) -> bool {
-    n_tokens >= MIN_TOKENS && handles(dtype) && super::panels_enabled()
-}
-
-/// Whether [`matmul`] computes products of `dtype` (the types [`super::dequantize_row_exact`]
-/// decodes).
-fn handles(dtype: DType) -> bool {
-    matches!(
-        dtype,
-        DType::Q4_0
-            | DType::Q4_1
-            | DType::Q8_0
-            | DType::Q5_0
-            | DType::Q5_1
-            | DType::IQ4_NL
-            | DType::Q2_K
-            | DType::Q3_K
-            | DType::Q4_K
-            | DType::Q5_K
-            | DType::Q6_K
-            | DType::IQ4_XS
-    )
+    n_tokens >= MIN_TOKENS && super::f32act_dq::decodes(dtype) && super::panels_enabled()
 }
 
 /// y[t][r] = row r of `w` · token t of `x` ([n][cols]), y [n][rows], `w` whole rows of `rb`
