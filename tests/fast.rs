@@ -455,6 +455,12 @@ fn f32_activation_bad_arguments_are_errors() {
     let mut y = [1.0f32; 6];
     fast::matmul_f32(DType::Q8_0, &[], 3, 0, &[], 2, &mut y).expect("no columns");
     assert_eq!(y, [0.0; 6], "an empty sum is zero");
+    // The same for a prefill long enough for the panels, on every kernel set.
+    for isa in Isa::available() {
+        let mut y = [1.0f32; 3 * 30];
+        fast::matmul_f32_with(isa, DType::Q4_K, &[], 3, 0, &[], 30, &mut y).expect("no columns");
+        assert_eq!(y, [0.0; 90], "{}: an empty prefill sum is zero", isa.name());
+    }
 }
 
 /// Fast attention against the reference: f32 and f16 caches, grouped heads, odd head sizes,

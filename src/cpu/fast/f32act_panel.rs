@@ -12,7 +12,9 @@
 //! token's activation and two FMAs per token into 24 accumulators that hold 32 rows × 12
 //! tokens. That is BLIS's shape of an f32 matrix product: no horizontal sums, 14 loads per 24
 //! FMAs, and the panel (32 × cols f32, 80 KiB for 640 columns) stays in the cache while every
-//! token passes over it. With AVX2 (16 registers of 8 lanes) the same scheme has 16-row panels
+//! token passes over it. The activations are regrouped 12 tokens at a time, token-minor, so the
+//! 12 broadcasts of a column are 48 contiguous bytes, and each tile's 32 sums per token go
+//! straight into y ([n][rows]), one row of it per token. With AVX2 (16 registers of 8 lanes) the same scheme has 16-row panels
 //! and tiles of 16 rows × 6 tokens.
 //!
 //! Each sum is one chain over the columns in order, as the reference's row loop adds them, each
@@ -42,8 +44,8 @@ const PANEL256: usize = 16;
 const TOKENS: usize = 12;
 const TOKENS256: usize = 6;
 
-/// Whether a product of `dtype` with `n_tokens` tokens on the x86 kernels runs here: 16
-/// tokens or more, a type [`super::dequantize_row_exact`] decodes, and `STRATA_CPU_PANELS` not
+/// Whether a product of `dtype` with `n_tokens` tokens on the x86 kernels runs here:
+/// [`MIN_TOKENS`] or more, a type [`super::dequantize_row_exact`] decodes, and `STRATA_CPU_PANELS` not
 /// `off`.
 pub(super) fn applies(dtype: DType, n_tokens: usize) -> bool {
     n_tokens >= MIN_TOKENS && super::f32act_dq::decodes(dtype) && super::panels_enabled()
@@ -69,13 +71,18 @@ pub(super) unsafe fn matmul(
 ) {
     let wide = isa == Isa::Avx512Vnni;
     let (panel, tokens) = if wide { (PANEL, TOKENS) } else { (PANEL256, TOKENS256) };
-    let rows = w.len() / rb.max(1);
+    if rb == 0 {
+        // No columns: every sum is empty (and `w` holds no rows to count).
+        y.fill(0.0);
+        return;
+    }
+    let rows = w.len() / rb;
     if rows == 0 || n == 0 {
         return;
     }
-    if rb == 0 || x.len() < n * cols || y.len() < n * rows {
-        // No columns (every sum empty), or lengths the caller's checks rule out.
-        y.fill(if rb == 0 { 0.0 } else { f32::NAN });
+    if x.len() < n * cols || y.len() < n * rows {
+        // Lengths the caller's checks rule out.
+        y.fill(f32::NAN);
         return;
     }
     // The activations regrouped a tile's tokens at a time, token-minor (xg[g][c][j] =
