@@ -272,7 +272,33 @@ fn decode_chunk_body<const FMA: bool, const AVX512: bool>(
     let mut row = vec![0.0f32; hd];
     let mut scores = vec![0.0f32; group * n];
     let end = rows.end;
-    for (i, p) in rows.clone().enumerate() {
+    // With AVX-512 and whole 16-value chunks: 16 positions at a time, their sums reduced
+    // together (`scores16`); the positions left over one at a time below.
+    #[allow(unused_mut)]
+    let mut first = 0;
+    #[cfg(target_arch = "x86_64")]
+    if AVX512 && hd.is_multiple_of(LANES) {
+        let mut kb = vec![0.0f32; LANES * hd];
+        while first + LANES <= n {
+            for (j, kr) in kb.chunks_exact_mut(hd).enumerate() {
+                let p = rows.start + first + j;
+                if p + DECODE_PREFETCH < end {
+                    prefetch_row(at.k, (p + DECODE_PREFETCH) * at.row + at.off, hd);
+                }
+                read_row::<FMA>(at.k, p * at.row + at.off, kr);
+            }
+            for (h, qh) in qg.chunks_exact(hd).enumerate() {
+                // SAFETY: `AVX512` is true only in `decode_chunk_avx512`, which runs where
+                // `Isa::best()` found AVX-512 F.
+                let s = unsafe { scores16(qh, &kb) };
+                for (o, v) in scores[h * n + first..][..LANES].iter_mut().zip(s) {
+                    *o = v * scale;
+                }
+            }
+            first += LANES;
+        }
+    }
+    for (i, p) in rows.clone().enumerate().skip(first) {
         if p + DECODE_PREFETCH < end {
             prefetch_row(at.k, (p + DECODE_PREFETCH) * at.row + at.off, hd);
         }
@@ -437,6 +463,54 @@ unsafe fn dot512(q: &[f32], k: &[f32]) -> f32 {
         s = a.mul_add(b, s);
     }
     s
+}
+
+/// q · k[j] for the 16 rows of `kb` ([16][q.len()], q.len() a multiple of 16): [`dot512`]'s
+/// sums bit for bit (each row's products in one 16-lane chain in chunk order, then the lanes
+/// added as its tree does: 8 onto 8, 4 onto 4, 2 onto 2, 1 onto 1), but the 16 trees run
+/// together, four stages of shuffles and adds over 16 registers, where `dot512` reduced each
+/// row's register alone (seven operations for one sum): with a head size of 64 the reduction
+/// was most of a decode step's scores.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+#[inline]
+unsafe fn scores16(q: &[f32], kb: &[f32]) -> [f32; LANES] {
+    use std::arch::x86_64::*;
+    let hd = q.len();
+    let mut v = [_mm512_setzero_ps(); LANES];
+    for (a, k) in v.iter_mut().zip(kb.chunks_exact(hd)) {
+        for (qc, kc) in q.as_chunks::<LANES>().0.iter().zip(k.as_chunks::<LANES>().0) {
+            // SAFETY: qc and kc are 16 f32 each; unaligned loads.
+            *a = unsafe { _mm512_fmadd_ps(_mm512_loadu_ps(qc.as_ptr()), _mm512_loadu_ps(kc.as_ptr()), *a) };
+        }
+    }
+    // Stage 1, lanes l + l+8: s1[k] = [rows 2k | 2k+1], 8 lanes each.
+    let mut s1 = [_mm512_setzero_ps(); 8];
+    for (k, o) in s1.iter_mut().enumerate() {
+        let (a, b) = (v[2 * k], v[2 * k + 1]);
+        *o = _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(a, b), _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b));
+    }
+    // Stage 2, lanes l + l+4: s2[m]'s 128-bit block j holds row 4m + j's 4 lanes.
+    let mut s2 = [_mm512_setzero_ps(); 4];
+    for (m, o) in s2.iter_mut().enumerate() {
+        let (a, b) = (s1[2 * m], s1[2 * m + 1]);
+        *o = _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(a, b), _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b));
+    }
+    // Stage 3, lanes l + l+2: s3[u]'s block j holds rows 8u + j and 8u + 4 + j, 2 lanes each.
+    let mut s3 = [_mm512_setzero_ps(); 2];
+    for (u, o) in s3.iter_mut().enumerate() {
+        let (a, b) = (_mm512_castps_pd(s2[2 * u]), _mm512_castps_pd(s2[2 * u + 1]));
+        *o = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    // Stage 4, lane 0 + lane 1: lane 4j + e holds row 4e + j.
+    let (a, b) = (s3[0], s3[1]);
+    let t = _mm512_add_ps(_mm512_shuffle_ps::<0b10_00_10_00>(a, b), _mm512_shuffle_ps::<0b11_01_11_01>(a, b));
+    // Row r = 4e + j is at lane 4j + e.
+    let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    let mut out = [0.0f32; LANES];
+    // SAFETY: `out` holds 16 f32.
+    unsafe { _mm512_storeu_ps(out.as_mut_ptr(), _mm512_permutexvar_ps(order, t)) };
+    out
 }
 
 /// [`read_row`] with F16C where `isa` (the CPU's best) has it.
@@ -614,4 +688,37 @@ fn weighted_sum<const FMA: bool, const N: usize>(
 #[inline(always)]
 fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FMA { a.mul_add(b, c) } else { a * b + c }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// `scores16` is `dot512` bit for bit, row by row, for head sizes of 16 to 256.
+    #[test]
+    fn batched_scores_equal_one_dot_per_row_bit_for_bit() {
+        if !Isa::Avx512Vnni.is_available() {
+            crate::check::skip("attention::batched_scores_equal_one_dot_per_row_bit_for_bit", "this CPU lacks AVX-512");
+            return;
+        }
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
+        };
+        for hd in [16, 48, 64, 128, 256] {
+            let q: Vec<f32> = (0..hd).map(|_| next()).collect();
+            let kb: Vec<f32> = (0..LANES * hd).map(|_| next() * 1e3f32.powi((next() > 1.5) as i32)).collect();
+            // SAFETY: checked above that this CPU has AVX-512 F (and the AVX2 / FMA / F16C every
+            // AVX-512 set here includes).
+            let got = unsafe { scores16(&q, &kb) };
+            for (r, k) in kb.chunks_exact(hd).enumerate() {
+                // SAFETY: as above.
+                let want = unsafe { dot512(&q, k) };
+                assert_eq!(got[r].to_bits(), want.to_bits(), "head size {hd}, row {r}: {} vs {want}", got[r]);
+            }
+        }
+    }
 }
