@@ -30,6 +30,12 @@ pub(crate) enum Layout {
     /// order, and its 16 per-lane scalars as [b0 x4, b1 x4, b0 x4, b1 x4] to match the
     /// 32-bit lanes `vpdpbusd` sums them into.
     Q4Pairs,
+    /// For the AVX-512 Q4_0 and Q4_1 kernels that take four blocks b0..b3 at a time, one
+    /// per 128-bit lane (`avx512::tile_quads`): each quad's 128 values as [b0[0..16],
+    /// b1[0..16], b2[0..16], b3[0..16], b0[16..32], b1[16..32], b2[16..32], b3[16..32]] (the
+    /// low and the high nibbles of the four blocks' bytes), and its 16 per-lane scalars as
+    /// [b0 x4, b1 x4, b2 x4, b3 x4].
+    Q4Quads,
 }
 
 impl Layout {
@@ -38,6 +44,15 @@ impl Layout {
         match self {
             Layout::Natural { lanes } => lanes,
             Layout::Q4Pairs => 8,
+            Layout::Q4Quads => 4,
+        }
+    }
+
+    /// The padded block count is a multiple of this (a kernel's loads take this many blocks).
+    fn group(self) -> usize {
+        match self {
+            Layout::Q4Quads => 4,
+            _ => 2,
         }
     }
 }
@@ -47,14 +62,16 @@ impl Layout {
 ///
 /// The per-block scale arrays hold [`Acts::lanes`] copies of each value so that a SIMD kernel
 /// can load the scales of a block (or a pair of blocks) spread over its lanes with one load;
-/// `qs` is padded with zeros to a whole number of block pairs for the same reason.
+/// `qs` is padded with zeros to a whole number of block pairs (quads for `Q4Quads`) for the
+/// same reason.
 pub(crate) struct Acts {
     pub n: usize,
+    pub layout: Layout,
     /// Blocks per token, before padding.
     pub nb: usize,
-    /// Blocks per token after padding to an even count.
+    /// Blocks per token after padding to an even count (a multiple of 4 for `Q4Quads`).
     pub nb_pad: usize,
-    /// Copies of each per-block scalar in `d` and `s` (1, or 8 for the SIMD kernels).
+    /// Copies of each per-block scalar in `d` and `s` (1, or 4 or 8 for the SIMD kernels).
     pub lanes: usize,
     /// [n][nb_pad * 32] quantized values; padding blocks are zero.
     pub qs: Vec<i8>,
@@ -79,9 +96,10 @@ impl Acts {
     pub fn quantize(x: &[f32], n: usize, cols: usize, layout: Layout) -> Acts {
         let lanes = layout.lanes();
         let nb = cols / QK;
-        let nb_pad = nb.next_multiple_of(2);
+        let nb_pad = nb.next_multiple_of(layout.group());
         let mut a = Acts {
             n,
+            layout,
             nb,
             nb_pad,
             lanes,
@@ -123,6 +141,17 @@ impl Acts {
                                 ds[pair * 16 + base..][..4].fill(d);
                                 ss[pair * 16 + base..][..4].fill(s);
                             }
+                        }
+                        Layout::Q4Quads => {
+                            // Block b is lane `l` of quad `b / 4`: its values 0..16 go to
+                            // [16l, 16l + 16) of the quad and 16..32 to [64 + 16l, 80 + 16l);
+                            // its scalars to lanes [4l, 4l + 4).
+                            let (quad, l) = (b / 4, b % 4);
+                            let qq = &mut qs[quad * 4 * QK..][..4 * QK];
+                            qq[16 * l..][..16].copy_from_slice(&q[..16]);
+                            qq[64 + 16 * l..][..16].copy_from_slice(&q[16..]);
+                            ds[quad * 16 + 4 * l..][..4].fill(d);
+                            ss[quad * 16 + 4 * l..][..4].fill(s);
                         }
                     }
                 }

@@ -217,6 +217,7 @@ impl Isa {
     fn layout(self, ty: WType) -> act::Layout {
         match (self, ty) {
             (Isa::Scalar, _) => act::Layout::Natural { lanes: 1 },
+            (Isa::Avx512Vnni, WType::Q4_0 | WType::Q4_1) if quads_enabled() => act::Layout::Q4Quads,
             (Isa::Avx512Vnni, WType::Q4_0 | WType::Q4_1 | WType::Q5_0) => act::Layout::Q4Pairs,
             (Isa::Avx2 | Isa::Avx512Vnni, _) => act::Layout::Natural { lanes: 8 },
         }
@@ -554,6 +555,14 @@ fn panels_enabled() -> bool {
     *ON.get_or_init(|| !matches!(std::env::var("STRATA_CPU_PANELS").as_deref(), Ok("off" | "0")))
 }
 
+/// Whether `STRATA_CPU_QUADS` leaves the AVX-512 Q4_0/Q4_1 8-bit kernels on four blocks per
+/// register (anything but `off`/`0`; off, they take two, the older kernel, to measure one
+/// against the other).
+fn quads_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| !matches!(std::env::var("STRATA_CPU_QUADS").as_deref(), Ok("off" | "0")))
+}
+
 /// Most tokens a product runs on the spinning team ([`crate::cpu::team`]); longer ones use rayon.
 const TEAM_TOKENS: usize = 8;
 
@@ -628,5 +637,61 @@ fn kernel_k(isa: Isa, ty: KType, w: &[u8], rb: usize, acts: &act_k::ActsK, out: 
         Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2_k::gemm(ty, w, rb, acts, out) },
         #[cfg(not(target_arch = "x86_64"))]
         _ => scalar_k::gemm(ty, w, rb, acts, out),
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use crate::QK;
+
+    /// The AVX-512 Q4_0/Q4_1 kernels on both activation layouts (four blocks per register, the
+    /// default, and two, `STRATA_CPU_QUADS=off`) against the portable kernel, on rows ending
+    /// in a whole quad and in one, two or three blocks, for one token and for the prefill
+    /// tiles of 8 and 4 and the tokens left after them. The integer sums are the same; only the
+    /// order of the f32 additions differs, hence the tolerance.
+    #[test]
+    fn avx512_quads_and_pairs_match_the_portable_kernel() {
+        if !Isa::Avx512Vnni.is_available() {
+            eprintln!("skipped: avx512_quads_and_pairs_match_the_portable_kernel: this CPU lacks AVX-512 VNNI");
+            return;
+        }
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
+        };
+        for (ty, dtype) in [(WType::Q4_0, DType::Q4_0), (WType::Q4_1, DType::Q4_1)] {
+            for (k, (rows, nb)) in [(7, 1), (9, 2), (5, 3), (13, 4), (6, 5), (11, 18), (3, 47)].into_iter().enumerate()
+            {
+                let cols = nb * QK;
+                let rb = nb * ty.block_bytes();
+                let w = crate::quant::random_blocks(dtype, rows * nb, k as u64 + 3);
+                for n in [1, 3, 4, 8, 13] {
+                    let x: Vec<f32> = (0..n * cols).map(|_| next()).collect();
+                    let mut want = vec![0.0f32; rows * n];
+                    let natural = act::Acts::quantize(&x, n, cols, act::Layout::Natural { lanes: 1 });
+                    scalar::gemm(ty, &w, rb, &natural, &mut want);
+                    let tol = 1e-4 * want.iter().fold(0.0f32, |m, v| m.max(v.abs())) + 1e-6;
+                    for layout in [act::Layout::Q4Quads, act::Layout::Q4Pairs] {
+                        let acts = act::Acts::quantize(&x, n, cols, layout);
+                        let mut got = vec![0.0f32; rows * n];
+                        // SAFETY: this CPU has AVX-512 F/BW/VL/VNNI (checked above), AVX2, FMA
+                        // and F16C (part of `Isa::Avx512Vnni`), the features of `avx512::gemm`.
+                        unsafe { avx512::gemm(ty, &w, rb, &acts, &mut got) };
+                        for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                            assert!(
+                                (g - e).abs() <= tol,
+                                "{dtype} {layout:?} {rows}x{cols} T={n} row {} token {}: {g} vs {e} (tolerance {tol:e})",
+                                i / n,
+                                i % n
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }
