@@ -30,7 +30,7 @@ pub(crate) enum Layout {
     /// order, and its 16 per-lane scalars as [b0 x4, b1 x4, b0 x4, b1 x4] to match the
     /// 32-bit lanes `vpdpbusd` sums them into.
     Q4Pairs,
-    /// For the AVX-512 Q4_0 and Q4_1 kernels that take four blocks b0..b3 at a time, one
+    /// For the AVX-512 Q4_0, Q4_1 and Q5_0 kernels that take four blocks b0..b3 at a time, one
     /// per 128-bit lane (`avx512::tile_quads`): each quad's 128 values as [b0[0..16],
     /// b1[0..16], b2[0..16], b3[0..16], b0[16..32], b1[16..32], b2[16..32], b3[16..32]] (the
     /// low and the high nibbles of the four blocks' bytes), and its 16 per-lane scalars as

@@ -44,6 +44,7 @@ pub(super) fn gemm(ty: WType, w: &[u8], rb: usize, acts: &Acts, out: &mut [f32])
     match ty {
         WType::Q4_0 if quads => gemm_ty::<Q4_0_QUADS>(w, rb, acts, out),
         WType::Q4_1 if quads => gemm_ty::<Q4_1_QUADS>(w, rb, acts, out),
+        WType::Q5_0 if quads => gemm_ty::<Q5_0_QUADS>(w, rb, acts, out),
         WType::Q4_0 => gemm_ty::<Q4_0>(w, rb, acts, out),
         WType::Q4_1 => gemm_ty::<Q4_1>(w, rb, acts, out),
         WType::Q8_0 => gemm_ty::<Q8_0>(w, rb, acts, out),
@@ -59,9 +60,11 @@ const Q4_0: u8 = 0;
 const Q4_1: u8 = 1;
 const Q8_0: u8 = 2;
 const Q5_0: u8 = 3;
-/// Q4_0 and Q4_1 four blocks at a time ([`tile_quads`], activations in `Layout::Q4Quads`).
+/// Q4_0, Q4_1 and Q5_0 four blocks at a time ([`tile_quads`], activations in
+/// `Layout::Q4Quads`).
 const Q4_0_QUADS: u8 = 4;
 const Q4_1_QUADS: u8 = 5;
+const Q5_0_QUADS: u8 = 6;
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn gemm_ty<const TY: u8>(w: &[u8], rb: usize, acts: &Acts, out: &mut [f32]) {
@@ -76,7 +79,7 @@ fn gemm_ty<const TY: u8>(w: &[u8], rb: usize, acts: &Acts, out: &mut [f32]) {
         t0 += 4;
     }
     while t0 < n {
-        if TY == Q4_0_QUADS || TY == Q4_1_QUADS {
+        if TY == Q4_0_QUADS || TY == Q4_1_QUADS || TY == Q5_0_QUADS {
             rows_loop::<TY, R_ONE_QUADS, 1>(w, rb, acts, out, t0);
         } else {
             rows_loop::<TY, R_ONE, 1>(w, rb, acts, out, t0);
@@ -118,6 +121,7 @@ fn tile<const TY: u8, const R: usize, const T: usize>(
         Q5_0 => (22, 2),
         Q4_0_QUADS => (18, 4),
         Q4_1_QUADS => (20, 4),
+        Q5_0_QUADS => (22, 4),
         _ => (34, 2),
     };
     if !lengths_ok(&rows, toks, nb, bytes, group) {
@@ -125,7 +129,7 @@ fn tile<const TY: u8, const R: usize, const T: usize>(
     }
     let acc = match TY {
         Q8_0 => tile_q8::<R, T>(&rows, toks, nb),
-        Q4_0_QUADS | Q4_1_QUADS => tile_quads::<TY, R, T>(&rows, toks, nb),
+        Q4_0_QUADS | Q4_1_QUADS | Q5_0_QUADS => tile_quads::<TY, R, T>(&rows, toks, nb),
         _ => tile_q4::<TY, R, T>(&rows, toks, nb),
     };
     let mut sums = [[0.0f32; T]; R];
@@ -260,9 +264,11 @@ fn act_quad(a: &ActRow<'_>, b: usize) -> (__m512i, __m512i, __m512, __m512) {
 
 /// For the quad kernels: which 16-bit word of a row's bytes at block b, b + 1, ... (the first
 /// load's 32 words, then the second load's as 32..) each word of the register takes. `qs`: the
-/// 16 bytes of block k / 8 of the quad, in order (a Q4 block's bytes start at an even offset:
-/// 2 in Q4_0's 18, 4 in Q4_1's 20); `dm`: words 0..16 the scale `d` of block k / 4, words
-/// 16..32 Q4_1's minimum `m` of block (k - 16) / 4 (Q4_0 has none: its `d` again).
+/// 16 bytes of block k / 8 of the quad, in order (a block's nibble bytes start at an even
+/// offset: 2 in Q4_0's 18, 4 in Q4_1's 20, 6 in Q5_0's 22); `dm`: words 0..16 the scale `d` of
+/// block k / 4, words 16..32 Q4_1's minimum `m` of block (k - 16) / 4; for Q5_0, words 16..20
+/// the low halves of blocks 0..4's fifth bits `qh` and words 20..24 their high halves (the
+/// masks of the low- and of the high-nibble bytes, in the quad's byte order); the rest `d`.
 const fn quad_words(bytes: usize) -> ([u16; 32], [u16; 32]) {
     let (half, first) = (bytes / 2, (bytes - 16) / 2);
     let (mut qs, mut dm) = ([0u16; 32], [0u16; 32]);
@@ -273,6 +279,8 @@ const fn quad_words(bytes: usize) -> ([u16; 32], [u16; 32]) {
             (half * (k / 4)) as u16
         } else if bytes == 20 {
             (half * ((k - 16) / 4) + 1) as u16
+        } else if bytes == 22 && k < 24 {
+            (half * ((k - 16) % 4) + 1 + (k - 16) / 4) as u16
         } else {
             (half * ((k - 16) / 4)) as u16
         };
@@ -289,16 +297,20 @@ const fn quad_words(bytes: usize) -> ([u16; 32], [u16; 32]) {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn load_quad<const TY: u8>(p: *const u8, len: usize) -> (__m512i, __m512i) {
-    let whole = if TY == Q4_1_QUADS { 80 } else { 72 };
-    // SAFETY: (the caller's) `p..p + len` is readable. A whole quad is 72 or 80 bytes, so the
-    // 64-byte load and the 8 or 16 bytes at p + 64 are inside it; a short one loads under
-    // masks of its `len` bytes (a masked-off byte is not read and cannot fault).
+    let whole = match TY {
+        Q4_1_QUADS => 80,
+        Q5_0_QUADS => 88,
+        _ => 72,
+    };
+    // SAFETY: (the caller's) `p..p + len` is readable. A whole quad is 72, 80 or 88 bytes, so
+    // the 64-byte load and the 8, 16 or 24 bytes at p + 64 are inside it; a short one loads
+    // under masks of its `len` bytes (a masked-off byte is not read and cannot fault).
     unsafe {
         if len == whole {
-            let rest = if TY == Q4_1_QUADS {
-                _mm512_castsi128_si512(_mm_loadu_si128(p.add(64).cast()))
-            } else {
-                _mm512_castsi128_si512(_mm_loadl_epi64(p.add(64).cast()))
+            let rest = match TY {
+                Q4_1_QUADS => _mm512_castsi128_si512(_mm_loadu_si128(p.add(64).cast())),
+                Q5_0_QUADS => _mm512_castsi256_si512(_mm256_maskz_loadu_epi8(0xFF_FFFF, p.add(64).cast())),
+                _ => _mm512_castsi128_si512(_mm_loadl_epi64(p.add(64).cast())),
             };
             (_mm512_loadu_si512(p.cast()), rest)
         } else {
@@ -309,8 +321,9 @@ unsafe fn load_quad<const TY: u8>(p: *const u8, len: usize) -> (__m512i, __m512i
     }
 }
 
-/// Q4_0 (offset `-8 d`) or Q4_1 (offset `m`) rows four blocks at a time, one per 128-bit lane;
-/// activations in `Layout::Q4Quads` order.
+/// Q4_0 (offset `-8 d`), Q4_1 (offset `m`) or Q5_0 (offset `-16 d`, the fifth bits added
+/// under masks) rows four blocks at a time, one per 128-bit lane; activations in
+/// `Layout::Q4Quads` order.
 ///
 /// Per quad and row: two loads, one two-source word permute that puts the four blocks' 16
 /// nibble bytes side by side (their scales in between fall out), one word permute that spreads
@@ -330,7 +343,12 @@ fn tile_quads<const TY: u8, const R: usize, const T: usize>(
 ) -> [[__m512; T]; R] {
     const Q4_0_WORDS: ([u16; 32], [u16; 32]) = quad_words(18);
     const Q4_1_WORDS: ([u16; 32], [u16; 32]) = quad_words(20);
-    let (bytes, words) = if TY == Q4_1_QUADS { (20, &Q4_1_WORDS) } else { (18, &Q4_0_WORDS) };
+    const Q5_0_WORDS: ([u16; 32], [u16; 32]) = quad_words(22);
+    let (bytes, words) = match TY {
+        Q4_1_QUADS => (20, &Q4_1_WORDS),
+        Q5_0_QUADS => (22, &Q5_0_WORDS),
+        _ => (18, &Q4_0_WORDS),
+    };
     // SAFETY: each array holds 32 u16 values, the 64 bytes loaded; the caller has AVX-512F.
     let (qs_idx, dm_idx) =
         unsafe { (_mm512_loadu_si512(words.0.as_ptr().cast()), _mm512_loadu_si512(words.1.as_ptr().cast())) };
@@ -352,12 +370,24 @@ fn tile_quads<const TY: u8, const R: usize, const T: usize>(
             let q = _mm512_permutex2var_epi16(a0, qs_idx, a1);
             lo[i] = _mm512_and_si512(q, low);
             hi[i] = _mm512_and_si512(_mm512_srli_epi16::<4>(q), low);
-            let dm = _mm512_permutexvar_epi16(dm_idx, a0);
-            dw[i] = _mm512_cvtph_ps(_mm512_castsi512_si256(dm));
-            mw[i] = if TY == Q4_1_QUADS {
-                _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(dm))
+            // Q5_0's fourth scale lies past the first 64 bytes: a two-source permute for it.
+            let dm = if TY == Q5_0_QUADS {
+                _mm512_permutex2var_epi16(a0, dm_idx, a1)
             } else {
-                _mm512_mul_ps(dw[i], _mm512_set1_ps(-8.0))
+                _mm512_permutexvar_epi16(dm_idx, a0)
+            };
+            dw[i] = _mm512_cvtph_ps(_mm512_castsi512_si256(dm));
+            mw[i] = match TY {
+                Q4_1_QUADS => _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(dm)),
+                Q5_0_QUADS => {
+                    // The fifth bits as byte masks of lo and hi: 16 added where set.
+                    let qh = _mm512_extracti32x4_epi32::<2>(dm);
+                    let (k_lo, k_hi) = (_mm_cvtsi128_si64(qh) as u64, _mm_extract_epi64::<1>(qh) as u64);
+                    lo[i] = _mm512_mask_add_epi8(lo[i], k_lo, lo[i], _mm512_set1_epi8(16));
+                    hi[i] = _mm512_mask_add_epi8(hi[i], k_hi, hi[i], _mm512_set1_epi8(16));
+                    _mm512_mul_ps(dw[i], _mm512_set1_ps(-16.0))
+                }
+                _ => _mm512_mul_ps(dw[i], _mm512_set1_ps(-8.0)),
             };
         }
         for j in 0..T {

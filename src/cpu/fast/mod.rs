@@ -217,7 +217,7 @@ impl Isa {
     fn layout(self, ty: WType) -> act::Layout {
         match (self, ty) {
             (Isa::Scalar, _) => act::Layout::Natural { lanes: 1 },
-            (Isa::Avx512Vnni, WType::Q4_0 | WType::Q4_1) if quads_enabled() => act::Layout::Q4Quads,
+            (Isa::Avx512Vnni, WType::Q4_0 | WType::Q4_1 | WType::Q5_0) if quads_enabled() => act::Layout::Q4Quads,
             (Isa::Avx512Vnni, WType::Q4_0 | WType::Q4_1 | WType::Q5_0) => act::Layout::Q4Pairs,
             (Isa::Avx2 | Isa::Avx512Vnni, _) => act::Layout::Natural { lanes: 8 },
         }
@@ -555,7 +555,7 @@ fn panels_enabled() -> bool {
     *ON.get_or_init(|| !matches!(std::env::var("STRATA_CPU_PANELS").as_deref(), Ok("off" | "0")))
 }
 
-/// Whether `STRATA_CPU_QUADS` leaves the AVX-512 Q4_0/Q4_1 8-bit kernels on four blocks per
+/// Whether `STRATA_CPU_QUADS` leaves the AVX-512 Q4_0/Q4_1/Q5_0 8-bit kernels on four blocks per
 /// register (anything but `off`/`0`; off, they take two, the older kernel, to measure one
 /// against the other).
 fn quads_enabled() -> bool {
@@ -645,7 +645,7 @@ mod tests {
     use super::*;
     use crate::QK;
 
-    /// The AVX-512 Q4_0/Q4_1 kernels on both activation layouts (four blocks per register, the
+    /// The AVX-512 Q4_0/Q4_1/Q5_0 kernels on both activation layouts (four blocks per register, the
     /// default, and two, `STRATA_CPU_QUADS=off`) against the portable kernel, on rows ending
     /// in a whole quad and in one, two or three blocks, for one token and for the prefill
     /// tiles of 8 and 4 and the tokens left after them. The integer sums are the same; only the
@@ -663,7 +663,7 @@ mod tests {
             seed ^= seed << 17;
             (seed >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
         };
-        for (ty, dtype) in [(WType::Q4_0, DType::Q4_0), (WType::Q4_1, DType::Q4_1)] {
+        for (ty, dtype) in [(WType::Q4_0, DType::Q4_0), (WType::Q4_1, DType::Q4_1), (WType::Q5_0, DType::Q5_0)] {
             for (k, (rows, nb)) in [(7, 1), (9, 2), (5, 3), (13, 4), (6, 5), (11, 18), (3, 47)].into_iter().enumerate()
             {
                 let cols = nb * QK;
