@@ -10,6 +10,10 @@
 //! scales are one load; the activations are padded to an even number of blocks, and a row's
 //! odd last block is paired with zeros (masked loads).
 //!
+//! Q4_0, Q4_1 and Q5_0 take four blocks per register pair instead by default ([`tile_quads`]:
+//! one block per 128-bit lane, the low nibbles in one register and the high in another, half
+//! the shuffles per block); `STRATA_CPU_QUADS=off` keeps them on the pairs above.
+//!
 //! The block loops load through raw pointers, with the lengths checked once per tile, rather
 //! than through bounds-checked slices: the checks and the registers they hold cost as much as
 //! the arithmetic in a memory-bound decode step.
