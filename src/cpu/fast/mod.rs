@@ -653,7 +653,7 @@ mod tests {
     #[test]
     fn avx512_quads_and_pairs_match_the_portable_kernel() {
         if !Isa::Avx512Vnni.is_available() {
-            eprintln!("skipped: avx512_quads_and_pairs_match_the_portable_kernel: this CPU lacks AVX-512 VNNI");
+            crate::check::skip("fast::avx512_quads_and_pairs_match_the_portable_kernel", "this CPU lacks AVX-512 VNNI");
             return;
         }
         let mut seed = 0x9E37_79B9_7F4A_7C15u64;
