@@ -268,6 +268,19 @@ pub fn skip(test: &str, why: &str) {
     }
 }
 
+/// A seeded stream of values in [-2, 2) (xorshift64, the top 24 bits of each state): inputs
+/// for the unit tests of this crate, the same sequence for the same seed on every machine.
+#[cfg(test)]
+pub(crate) fn test_values(seed: u64) -> impl FnMut() -> f32 {
+    let mut state = seed;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
+    }
+}
+
 /// `x` rounded to binary16 and back (round to nearest even, as the CUDA kernels' `__float2half_rn`
 /// and the `half` crate do): the queries the f16 tensor-core attention multiplies.
 pub fn round_f16(x: &[f32]) -> Vec<f32> {

@@ -701,13 +701,7 @@ mod tests {
             crate::check::skip("attention::batched_scores_equal_one_dot_per_row_bit_for_bit", "this CPU lacks AVX-512");
             return;
         }
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
-        };
+        let mut next = crate::check::test_values(0x2545_F491_4F6C_DD1D);
         for hd in [16, 48, 64, 128, 256] {
             let q: Vec<f32> = (0..hd).map(|_| next()).collect();
             let kb: Vec<f32> = (0..LANES * hd).map(|_| next() * 1e3f32.powi((next() > 1.5) as i32)).collect();

@@ -380,17 +380,17 @@ fn tile_quads<const TY: u8, const R: usize, const T: usize>(
             } else {
                 _mm512_permutexvar_epi16(dm_idx, a0)
             };
+            if TY == Q5_0_QUADS {
+                // The fifth bits as byte masks of lo and hi: 16 added where set.
+                let qh = _mm512_extracti32x4_epi32::<2>(dm);
+                let (k_lo, k_hi) = (_mm_cvtsi128_si64(qh) as u64, _mm_extract_epi64::<1>(qh) as u64);
+                lo[i] = _mm512_mask_add_epi8(lo[i], k_lo, lo[i], _mm512_set1_epi8(16));
+                hi[i] = _mm512_mask_add_epi8(hi[i], k_hi, hi[i], _mm512_set1_epi8(16));
+            }
             dw[i] = _mm512_cvtph_ps(_mm512_castsi512_si256(dm));
             mw[i] = match TY {
                 Q4_1_QUADS => _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(dm)),
-                Q5_0_QUADS => {
-                    // The fifth bits as byte masks of lo and hi: 16 added where set.
-                    let qh = _mm512_extracti32x4_epi32::<2>(dm);
-                    let (k_lo, k_hi) = (_mm_cvtsi128_si64(qh) as u64, _mm_extract_epi64::<1>(qh) as u64);
-                    lo[i] = _mm512_mask_add_epi8(lo[i], k_lo, lo[i], _mm512_set1_epi8(16));
-                    hi[i] = _mm512_mask_add_epi8(hi[i], k_hi, hi[i], _mm512_set1_epi8(16));
-                    _mm512_mul_ps(dw[i], _mm512_set1_ps(-16.0))
-                }
+                Q5_0_QUADS => _mm512_mul_ps(dw[i], _mm512_set1_ps(-16.0)),
                 _ => _mm512_mul_ps(dw[i], _mm512_set1_ps(-8.0)),
             };
         }

@@ -656,13 +656,7 @@ mod tests {
             crate::check::skip("fast::avx512_quads_and_pairs_match_the_portable_kernel", "this CPU lacks AVX-512 VNNI");
             return;
         }
-        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
-        };
+        let mut next = crate::check::test_values(0x9E37_79B9_7F4A_7C15);
         for (ty, dtype) in [(WType::Q4_0, DType::Q4_0), (WType::Q4_1, DType::Q4_1), (WType::Q5_0, DType::Q5_0)] {
             for (k, (rows, nb)) in [(7, 1), (9, 2), (5, 3), (13, 4), (6, 5), (11, 18), (3, 47)].into_iter().enumerate()
             {
