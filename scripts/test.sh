@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The test command (the README's, and what CI runs through .ci/run):
 #   the default model (a failed fetch fails the run), formatting, clippy with and without
-#   `cuda`, the workspace tests (doctests included), the library examples and the `strata serve`
-#   tests (scripts/test-serve.sh: the pinned `openai` client, PyPI the first time) without
-#   `cuda`, then the CUDA toolchain (scripts/setup-cuda.sh)
-#   and the workspace tests with `cuda`. On a machine without a GPU the CUDA tests print
-#   `skipped: ...` and pass; each test binary says how many were skipped and why.
+#   `cuda`, the library docs (rustdoc with warnings denied: no broken links), the workspace
+#   tests (doctests included), the library examples and the `strata serve` tests
+#   (scripts/test-serve.sh: the pinned `openai` client, PyPI the first time) without `cuda`,
+#   then the CUDA toolchain (scripts/setup-cuda.sh) and the workspace tests with `cuda`. On a
+#   machine without a GPU the CUDA tests print `skipped: ...` and pass; each test binary says
+#   how many were skipped and why.
 #
 # Variables:
 #   STRATA_SKIP_CUDA=1  skip the CUDA half (toolchain, clippy and tests with `cuda`): on a
@@ -36,6 +37,9 @@ cargo fmt --all -- --check
 
 say "clippy (no cuda)"
 cargo clippy --workspace --all-targets -- -D warnings
+
+say "rustdoc (no cuda): the library docs build without a warning (no broken links)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
 say "tests (no cuda)"
 cargo test --workspace

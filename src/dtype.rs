@@ -185,13 +185,13 @@ impl fmt::Display for DType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum RopeLayout {
-    /// Rotates (x[2i], x[2i+1]): GGUF llama.
+    /// Rotates (`x[2i]`, `x[2i+1]`): GGUF llama.
     Adjacent = 0,
-    /// Rotates (x[i], x[i + n_rot/2]): NeoX and Hugging Face checkpoints.
+    /// Rotates (`x[i]`, `x[i + n_rot/2]`): NeoX and Hugging Face checkpoints.
     HalfSplit = 1,
 }
 
-/// Q8_0 block (`strata_block_q8_0`): value[i] = qs[i] * d. `d` holds IEEE binary16 bits.
+/// Q8_0 block (`strata_block_q8_0`): `value[i] = qs[i] * d`. `d` holds IEEE binary16 bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
 pub struct BlockQ8_0 {
@@ -199,8 +199,8 @@ pub struct BlockQ8_0 {
     pub qs: [i8; QK],
 }
 
-/// Q4_0 block (`strata_block_q4_0`): value[j] = ((qs[j] & 15) - 8) * d and
-/// value[j + 16] = ((qs[j] >> 4) - 8) * d.
+/// Q4_0 block (`strata_block_q4_0`): `value[j] = ((qs[j] & 15) - 8) * d` and
+/// `value[j + 16] = ((qs[j] >> 4) - 8) * d`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
 pub struct BlockQ4_0 {
@@ -208,8 +208,8 @@ pub struct BlockQ4_0 {
     pub qs: [u8; QK / 2],
 }
 
-/// Q4_1 block (`strata_block_q4_1`): value[j] = (qs[j] & 15) * d + m and
-/// value[j + 16] = (qs[j] >> 4) * d + m.
+/// Q4_1 block (`strata_block_q4_1`): `value[j] = (qs[j] & 15) * d + m` and
+/// `value[j + 16] = (qs[j] >> 4) * d + m`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
 pub struct BlockQ4_1 {
@@ -219,8 +219,8 @@ pub struct BlockQ4_1 {
 }
 
 /// Q5_0 block (`strata_block_q5_0`): like Q4_0 with a fifth bit per value in `qh` (bit j of
-/// the little-endian u32 for value j): value[j] = ((qs[j] & 15 | bit j << 4) - 16) * d and
-/// value[j + 16] = ((qs[j] >> 4 | bit (j + 16) << 4) - 16) * d.
+/// the little-endian u32 for value j): `value[j] = ((qs[j] & 15 | bit j << 4) - 16) * d` and
+/// `value[j + 16] = ((qs[j] >> 4 | bit (j + 16) << 4) - 16) * d`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
 pub struct BlockQ5_0 {
@@ -255,7 +255,7 @@ pub struct BlockQ2K {
 
 /// Q3_K super-block (`strata_block_q3_k`): 16 sub-blocks of 16 values with signed 6-bit scales
 /// (stored + 32, packed in 12 bytes): value = d * (sc - 32) * (q - (hmask bit ? 0 : 4)), q = the
-/// 2 low bits from `qs` (laid out as in Q2_K), the high bit in hmask[l] bit 4 h + k.
+/// 2 low bits from `qs` (laid out as in Q2_K), the high bit in `hmask[l]` bit 4 h + k.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
 pub struct BlockQ3K {
@@ -277,7 +277,7 @@ pub struct BlockQ4K {
     pub qs: [u8; QK_K / 2],
 }
 
-/// Q5_K super-block (`strata_block_q5_k`): Q4_K with a fifth bit per value, bit s of qh[l]
+/// Q5_K super-block (`strata_block_q5_k`): Q4_K with a fifth bit per value, bit s of `qh[l]`
 /// for value l of sub-block s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
@@ -301,7 +301,7 @@ pub struct BlockQ6K {
 }
 
 /// IQ4_NL block (`strata_block_iq4_nl`): Q4_0's nibble order, but each nibble indexes the
-/// non-linear table [`IQ4_VALUES`]: value = d * IQ4_VALUES[q].
+/// non-linear table [`IQ4_VALUES`]: `value = d * IQ4_VALUES[q]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
 pub struct BlockIq4Nl {
@@ -311,7 +311,7 @@ pub struct BlockIq4Nl {
 
 /// IQ4_XS super-block (`strata_block_iq4_xs`): 8 IQ4_NL-like sub-blocks of 32 values sharing
 /// `d`, each with a 6-bit scale (4 low bits in `scales_l`, 2 high bits in `scales_h`, stored +
-/// 32): value = d * (ls - 32) * IQ4_VALUES[q].
+/// 32): `value = d * (ls - 32) * IQ4_VALUES[q]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
 pub struct BlockIq4Xs {

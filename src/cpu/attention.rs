@@ -11,14 +11,14 @@ use rayon::prelude::*;
 use super::expect_len;
 use crate::{DType, Error, Result};
 
-/// A read-only KV cache, [cache_rows][n_kv_heads][head_dim] of f32 or f16.
+/// A read-only KV cache, `[cache_rows][n_kv_heads][head_dim]` of f32 or f16.
 #[derive(Debug, Clone, Copy)]
 pub enum CacheRef<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
 }
 
-/// A writable KV cache, [cache_rows][n_kv_heads][head_dim] of f32 or f16.
+/// A writable KV cache, `[cache_rows][n_kv_heads][head_dim]` of f32 or f16.
 #[derive(Debug)]
 pub enum CacheMut<'a> {
     F32(&'a mut [f32]),
@@ -130,7 +130,7 @@ fn attend(
     }
 }
 
-/// Decode attention: q and out are [n_heads][head_dim]; the query is at position n_kv - 1 and
+/// Decode attention: q and out are `[n_heads][head_dim]`; the query is at position n_kv - 1 and
 /// attends cache rows 0..n_kv, or the last `window` of them (`strata_attention_decode_f32`).
 pub fn attention_decode(
     q: &[f32],
@@ -156,7 +156,7 @@ pub fn attention_decode(
     )
 }
 
-/// Prefill attention: q and out are [n_tokens][n_heads][head_dim]; token t attends cache rows
+/// Prefill attention: q and out are `[n_tokens][n_heads][head_dim]`; token t attends cache rows
 /// 0..=pos0+t, or with a window only `first_visible(pos0 + t, window)..=pos0+t`
 /// (`strata_attention_prefill_f32`).
 pub fn attention_prefill(
@@ -217,7 +217,7 @@ pub(crate) fn check_attention(
     check_shape(op, k_cache, v_cache, &shape, rows)
 }
 
-/// cache[positions[t]] = src[t] converted to the cache type (`strata_kv_append_f32`). Unlike the
+/// `cache[positions[t]] = src[t]` converted to the cache type (`strata_kv_append_f32`). Unlike the
 /// CUDA kernel, which skips them, a position outside [0, cache_rows) is an error here.
 pub fn kv_append(
     src: &[f32],

@@ -5,7 +5,7 @@ use rayon::prelude::*;
 use super::{expect_len, expect_matrix};
 use crate::{DType, Error, Result, quant};
 
-/// out[r][c] = value of w[r][c] as f32 (`strata_dequantize_rows_f32`).
+/// `out[r][c]` = value of `w[r][c]` as f32 (`strata_dequantize_rows_f32`).
 pub fn dequantize_rows(dtype: DType, w: &[u8], rows: usize, cols: usize, out: &mut [f32]) -> Result<()> {
     const OP: &str = "dequantize_rows";
     let rb = expect_matrix(OP, dtype, w, rows, cols)?;
@@ -16,7 +16,7 @@ pub fn dequantize_rows(dtype: DType, w: &[u8], rows: usize, cols: usize, out: &m
     out.par_chunks_mut(cols).zip(w.par_chunks(rb)).try_for_each(|(o, row)| quant::dequantize_row(dtype, row, o))
 }
 
-/// out[t][c] = table[ids[t]][c] as f32 (`strata_embedding_gather_f32`). Unlike the CUDA kernel,
+/// `out[t][c] = table[ids[t]][c] as f32` (`strata_embedding_gather_f32`). Unlike the CUDA kernel,
 /// which fills such rows with NaN, an id outside [0, n_vocab) is an error here.
 pub fn embedding_gather(
     dtype: DType,

@@ -7,7 +7,7 @@ use crate::Result;
 
 const MIN_LEN: usize = 4096;
 
-/// out[i] = gate[i] / (1 + exp(-gate[i])) * up[i] (`strata_silu_mul_f32`).
+/// `out[i] = gate[i] / (1 + exp(-gate[i])) * up[i]` (`strata_silu_mul_f32`).
 pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) -> Result<()> {
     expect_len("silu_mul", "up", up.len(), Some(gate.len()))?;
     expect_len("silu_mul", "out", out.len(), Some(gate.len()))?;
@@ -29,7 +29,7 @@ pub fn gelu_tanh(x: f32) -> f32 {
     0.5 * x * (1.0 + (GELU_SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh())
 }
 
-/// out[i] = gelu_tanh(gate[i]) * up[i] (`strata_gelu_mul_f32`): the gated FFN of Gemma.
+/// `out[i] = gelu_tanh(gate[i]) * up[i]` (`strata_gelu_mul_f32`): the gated FFN of Gemma.
 pub fn gelu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) -> Result<()> {
     expect_len("gelu_mul", "up", up.len(), Some(gate.len()))?;
     expect_len("gelu_mul", "out", out.len(), Some(gate.len()))?;
@@ -39,7 +39,7 @@ pub fn gelu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
-/// out[i] = a[i] + b[i] (`strata_add_f32`).
+/// `out[i] = a[i] + b[i]` (`strata_add_f32`).
 pub fn add(a: &[f32], b: &[f32], out: &mut [f32]) -> Result<()> {
     expect_len("add", "b", b.len(), Some(a.len()))?;
     expect_len("add", "out", out.len(), Some(a.len()))?;
@@ -47,7 +47,7 @@ pub fn add(a: &[f32], b: &[f32], out: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
-/// out[r][c] = x[r][c] + bias[c] for x [rows, cols] (`strata_add_bias_f32`): a bias
+/// `out[r][c] = x[r][c] + bias[c]` for x `[rows, cols]` (`strata_add_bias_f32`): a bias
 /// broadcast over tokens.
 pub fn add_bias(x: &[f32], bias: &[f32], rows: usize, cols: usize, out: &mut [f32]) -> Result<()> {
     expect_len("add_bias", "x", x.len(), rows.checked_mul(cols))?;
@@ -64,7 +64,7 @@ pub fn add_bias(x: &[f32], bias: &[f32], rows: usize, cols: usize, out: &mut [f3
     Ok(())
 }
 
-/// out[i] = x[i] * s (`strata_scale_f32`).
+/// `out[i] = x[i] * s` (`strata_scale_f32`).
 pub fn scale(x: &[f32], s: f32, out: &mut [f32]) -> Result<()> {
     expect_len("scale", "out", out.len(), Some(x.len()))?;
     out.par_iter_mut().zip(x).with_min_len(MIN_LEN).for_each(|(o, v)| *o = v * s);
@@ -91,7 +91,7 @@ pub fn softmax_rows(x: &[f32], rows: usize, cols: usize, out: &mut [f32]) -> Res
     Ok(())
 }
 
-/// out[r] = the smallest index of the largest non-NaN value of row r, 0 if the row is all
+/// `out[r]` = the smallest index of the largest non-NaN value of row r, 0 if the row is all
 /// NaN or empty (`strata_argmax_rows_f32`).
 pub fn argmax_rows(x: &[f32], rows: usize, cols: usize, out: &mut [i32]) -> Result<()> {
     expect_len("argmax_rows", "x", x.len(), rows.checked_mul(cols))?;
@@ -115,7 +115,7 @@ pub fn argmax_rows(x: &[f32], rows: usize, cols: usize, out: &mut [i32]) -> Resu
     Ok(())
 }
 
-/// out[rows[i]][c] += weights[i] * src[i][c] for src [n, cols] and out [out_rows, cols]
+/// `out[rows[i]][c] += weights[i] * src[i][c]` for src `[n, cols]` and out `[out_rows, cols]`
 /// (`strata_scatter_add_scaled_f32`): one expert's outputs added into the rows of the tokens
 /// routed to it.
 ///

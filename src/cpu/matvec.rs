@@ -17,7 +17,7 @@ fn dot_row(dtype: DType, row: &[u8], cols: usize, x: &[f32]) -> f32 {
     acc
 }
 
-/// y[r] = sum_c w[r][c] * x[c] (`strata_matvec_f32`).
+/// `y[r] = sum_c w[r][c] * x[c]` (`strata_matvec_f32`).
 pub fn matvec(dtype: DType, w: &[u8], rows: usize, cols: usize, x: &[f32], y: &mut [f32]) -> Result<()> {
     const OP: &str = "matvec";
     let rb = expect_matrix(OP, dtype, w, rows, cols)?;
@@ -34,7 +34,7 @@ pub fn matvec(dtype: DType, w: &[u8], rows: usize, cols: usize, x: &[f32], y: &m
 /// Rows of W per rayon task in [`matmul`]: they are decoded once and reused for every token.
 const MATMUL_ROWS_PER_TASK: usize = 16;
 
-/// y[t][r] = sum_c x[t][c] * w[r][c], i.e. Y = X W^T (`strata_matmul_f32`).
+/// `y[t][r] = sum_c x[t][c] * w[r][c]`, i.e. `Y = X W^T` (`strata_matmul_f32`).
 pub fn matmul(
     dtype: DType,
     w: &[u8],

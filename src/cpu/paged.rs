@@ -123,7 +123,7 @@ fn check_paged(
     Ok(cache_rows)
 }
 
-/// Paged attention of every row of `q` [n_rows][n_heads][head_dim] into `out` (same shape),
+/// Paged attention of every row of `q` `[n_rows][n_heads][head_dim]` into `out` (same shape),
 /// each row over its own sequence's blocks (see the module doc; `strata_paged_attention_f32`).
 ///
 /// # Errors

@@ -5,7 +5,7 @@ use rayon::prelude::*;
 use super::expect_len;
 use crate::{Error, Result, RopeLayout};
 
-/// inv_freq[i] = base^(-2i / n_rot) / ff[i], computed in f64 and rounded to f32 (as rope.cu
+/// `inv_freq[i] = base^(-2i / n_rot) / ff[i]`, computed in f64 and rounded to f32 (as rope.cu
 /// does, so both sides rotate by the same angles); ff is `freq_factors` (n_rot / 2 divisors,
 /// Llama 3.1-style scaling) or 1.
 pub fn rope_inv_freq(freq_base: f32, n_rot: usize, freq_factors: Option<&[f32]>) -> Vec<f32> {
@@ -17,8 +17,8 @@ pub fn rope_inv_freq(freq_base: f32, n_rot: usize, freq_factors: Option<&[f32]>)
         .collect()
 }
 
-/// Rotates pairs of each head of x[n_tokens][n_heads][head_dim] in place by
-/// theta = (positions[t] * freq_scale) * inv_freq[i] (`strata_rope_f32`; see
+/// Rotates pairs of each head of `x[n_tokens][n_heads][head_dim]` in place by
+/// `theta = (positions[t] * freq_scale) * inv_freq[i]` (`strata_rope_f32`; see
 /// [`rope_inv_freq`] for `freq_factors`).
 pub fn rope(
     x: &mut [f32],

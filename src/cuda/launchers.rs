@@ -212,7 +212,7 @@ launchers! {
         })
     }
 
-    /// out[r] = act(W_gate x')[r] * (W_up x')[r] on the 8-bit activations `act` (the FFN's
+    /// `out[r] = act(W_gate x')[r] * (W_up x')[r]` on the 8-bit activations `act` (the FFN's
     /// gate and up products and SiLU or, with `gelu`, GELU-tanh, in one launch).
     ///
     /// # Safety
@@ -326,7 +326,7 @@ launchers! {
         check(OP, unsafe { ffi::strata_rmsnorm_f32(ptr(x), ptr(weight), n, d, eps, ptr_mut(out), stream(s)) })
     }
 
-    /// RoPE in place on x[n_tokens][n_heads][head_dim].
+    /// RoPE in place on `x[n_tokens][n_heads][head_dim]`.
     ///
     /// # Safety
     /// `x` must address `n_tokens * n_heads * head_dim` f32, `positions` `n_tokens` i32 and
@@ -713,7 +713,7 @@ launchers! {
         check("gelu_mul", unsafe { ffi::strata_gelu_mul_f32(ptr(gate), ptr(up), n, ptr_mut(out), stream(s)) })
     }
 
-    /// out[r][c] = x[r][c] + bias[c] for x [rows, cols] (`out` may equal `x`).
+    /// `out[r][c] = x[r][c] + bias[c]` for x `[rows, cols]` (`out` may equal `x`).
     ///
     /// # Safety
     /// `x` and `out` must address rows × cols f32 and `bias` cols f32 of device memory, alive
@@ -735,7 +735,7 @@ launchers! {
         check(OP, unsafe { ffi::strata_add_bias_f32(ptr(x), ptr(bias), r, c, ptr_mut(out), stream(s)) })
     }
 
-    /// out[rows[i]] += weights[i] * src[i] for `n` rows of `cols` f32 (distinct `rows`; one
+    /// `out[rows[i]] += weights[i] * src[i]` for `n` rows of `cols` f32 (distinct `rows`; one
     /// outside 0..out_rows is skipped).
     ///
     /// # Safety
@@ -790,7 +790,7 @@ launchers! {
         check("scale", unsafe { ffi::strata_scale_f32(ptr(x), factor, n, ptr_mut(out), stream(s)) })
     }
 
-    /// Row-wise softmax of x[rows][cols] (`out` may equal `x`).
+    /// Row-wise softmax of `x[rows][cols]` (`out` may equal `x`).
     ///
     /// # Safety
     /// Both must address `rows * cols` f32 of device memory, alive until the work on stream `s`
@@ -804,7 +804,7 @@ launchers! {
         check("softmax_rows", unsafe { ffi::strata_softmax_rows_f32(ptr(x), r, c, ptr_mut(out), stream(s)) })
     }
 
-    /// Row-wise argmax of x[rows][cols] into `rows` i32.
+    /// Row-wise argmax of `x[rows][cols]` into `rows` i32.
     ///
     /// # Safety
     /// `x` must address `rows * cols` f32 and `out` `rows` i32 of device memory, alive until the

@@ -295,7 +295,7 @@ pub fn layer_attention(cx: &mut LayerCtx<'_>, w: LayerRef<'_>, x: &mut Tensor) -
 /// per-head Q/K norms → RoPE at `positions` (one per token, in any order: a batch of sequences
 /// has its own position per row). Leaves Q in `sc.q` as [T, n_head, head_dim], K as
 /// [T, n_head_kv, head_dim] in `sc.k` and V as [T, kv_dim] in `sc.v`; the caller appends K and
-/// V to its cache, writes the attention output into [`Scratch::att_mut`] and calls
+/// V to its cache, writes the attention output into [`Scratch::q_and_att_mut`] and calls
 /// [`attention_output_and_ffn`]. `matmul` runs every projection as a matmul, even for one
 /// token (a batch then gives each row the same arithmetic whatever the batch size).
 #[allow(clippy::too_many_arguments)]

@@ -3,7 +3,7 @@
 //!
 //! The library API for runners: open an [`Engine`] (model, device, plan, session in one
 //! call), then [`Engine::generate`] text or [`Engine::score`] tokens. Underneath it:
-//! [`Model::load`] a file, open a [`Session`] on a device, and [`generate`] text (or call
+//! [`Model::load`] a file, open a [`Session`] on a device, and [`generate`](fn@generate) text (or call
 //! [`Session::forward`] for logits).
 
 #![warn(missing_docs)]

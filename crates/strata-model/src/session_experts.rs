@@ -2,7 +2,7 @@
 //! `--n-cpu-moe N`, `--expert-cache SIZE`): the layer's attention part runs on its device (the
 //! GPU or the host test device), the FFN input `h` moves to the host, the routed experts run
 //! there on the memory-mapped expert tensors, and their sum moves back and is added. A layer
-//! may also hold an [`ExpertCache`]: copies of its hottest experts on the device, refilled
+//! may also hold an `ExpertCache`: copies of its hottest experts on the device, refilled
 //! between passes from the routing counts; in a pass the routed experts it holds run on the
 //! device and the others on the CPU, and the two sums are added.
 //!

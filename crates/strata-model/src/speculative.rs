@@ -374,7 +374,7 @@ fn verify(sampler: &mut Sampler, p: &[(u32, f64)], d: u32, q: &[(u32, f64)]) -> 
     Err(if residual.is_empty() { sampler.draw(p) } else { sampler.draw(&residual) })
 }
 
-/// [`crate::generate`] with speculative decoding as [`GenerateOptions::speculative`] says
+/// [`crate::generate`](fn@crate::generate) with speculative decoding as [`GenerateOptions::speculative`] says
 /// (plain decoding when it is `None`). `draft` is the draft model's session for
 /// [`Drafter::Model`]: it is reset and sees the prompt and the generated text only (not what
 /// `target` held before), and must share the target's vocabulary (see [`check_draft_vocab`]).
@@ -383,7 +383,7 @@ fn verify(sampler: &mut Sampler, p: &[(u32, f64)], d: u32, q: &[(u32, f64)]) -> 
 /// tokens, in order.
 ///
 /// # Errors
-/// As [`crate::generate`]; invalid speculative options; [`Drafter::Model`] without a draft
+/// As [`crate::generate`](fn@crate::generate); invalid speculative options; [`Drafter::Model`] without a draft
 /// session, or one whose vocabulary size differs.
 pub fn generate_speculative(
     target: &mut Session,

@@ -1,8 +1,8 @@
 //! Text ↔ token ids from a GGUF model's `tokenizer.*` metadata, with the ids llama.cpp produces.
 //!
 //! Two vocabulary kinds are supported: byte-level BPE (`tokenizer.ggml.model = "gpt2"`, with the
-//! pre-tokenizer chosen by `tokenizer.ggml.pre`; see [`bpe`]) and SentencePiece-style BPE
-//! (`"llama"`, with `tokenizer.ggml.scores` and `<0xXX>` byte fallback; see [`spm`]).
+//! pre-tokenizer chosen by `tokenizer.ggml.pre`; see `bpe`) and SentencePiece-style BPE
+//! (`"llama"`, with `tokenizer.ggml.scores` and `<0xXX>` byte fallback; see `spm`).
 //!
 //! Encoding follows llama.cpp's `llama_tokenize`: special tokens are cut out of the text first
 //! (control and unknown tokens only with `parse_special`, user-defined tokens always; longest token

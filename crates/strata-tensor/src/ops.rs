@@ -248,7 +248,7 @@ fn f32_out(op: &'static str, t: &Tensor) -> Result<()> {
     expect_dtype(op, "output", t, &[DType::F32], "f32")
 }
 
-/// out[r][c] = w[r][c] as f32; w is [rows, cols] of any weight type, out [rows, cols] f32.
+/// `out[r][c] = w[r][c] as f32`; w is `[rows, cols]` of any weight type, out `[rows, cols]` f32.
 pub fn dequantize_rows(w: &Tensor, out: &mut Tensor, s: &Stream) -> Result<()> {
     const OP: &str = "dequantize_rows";
     check_devices(OP, s, &[w, out])?;
@@ -262,7 +262,7 @@ pub fn dequantize_rows(w: &Tensor, out: &mut Tensor, s: &Stream) -> Result<()> {
     }
 }
 
-/// out[t] = table[ids[t]] as f32; table [n_vocab, dim], ids [n] i32, out [n, dim] f32.
+/// `out[t] = table[ids[t]] as f32`; table `[n_vocab, dim]`, ids `[n]` i32, out `[n, dim]` f32.
 pub fn embedding_gather(table: &Tensor, ids: &Tensor, out: &mut Tensor, s: &Stream) -> Result<()> {
     const OP: &str = "embedding_gather";
     check_devices(OP, s, &[table, ids, out])?;
@@ -354,7 +354,7 @@ pub fn matmul(w: &Tensor, x: &Tensor, y: &mut Tensor, s: &Stream) -> Result<()> 
     }
 }
 
-/// RMS norm of each row of x [.., dim] with weight [dim] f32 into out (same shape).
+/// RMS norm of each row of x `[.., dim]` with weight `[dim]` f32 into out (same shape).
 pub fn rmsnorm(x: &Tensor, weight: &Tensor, eps: f32, out: &mut Tensor, s: &Stream) -> Result<()> {
     const OP: &str = "rmsnorm";
     check_devices(OP, s, &[x, weight, out])?;
@@ -373,7 +373,7 @@ pub fn rmsnorm(x: &Tensor, weight: &Tensor, eps: f32, out: &mut Tensor, s: &Stre
     }
 }
 
-/// RoPE in place on x [n_tokens, n_heads, head_dim] f32 at positions [n_tokens] i32;
+/// RoPE in place on x `[n_tokens, n_heads, head_dim]` f32 at positions `[n_tokens]` i32;
 /// `freq_factors` [n_rot / 2] f32, if given, divides each frequency (Llama 3.1-style scaling).
 pub fn rope(
     x: &mut Tensor,
@@ -618,7 +618,7 @@ fn check_window(op: &'static str, window: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-/// Writes src [n_tokens, ..] f32 into cache rows positions[t] (cache [rows, ..] f32/f16 with
+/// Writes src `[n_tokens, ..]` f32 into cache rows `positions[t]` (cache `[rows, ..]` f32/f16 with
 /// the same row size), converting to the cache type.
 pub fn kv_append(src: &Tensor, positions: &Tensor, cache: &mut Tensor, s: &Stream) -> Result<()> {
     const OP: &str = "kv_append";
@@ -723,7 +723,7 @@ pub fn add_inplace(acc: &mut Tensor, b: &Tensor, s: &Stream) -> Result<()> {
     }
 }
 
-/// x[t][c] += bias[c] for x [T, C] (f32) and bias [C] (f32): a bias broadcast over tokens.
+/// `x[t][c] += bias[c]` for x `[T, C]` (f32) and bias `[C]` (f32): a bias broadcast over tokens.
 pub fn add_bias_inplace(x: &mut Tensor, bias: &Tensor, s: &Stream) -> Result<()> {
     const OP: &str = "add_bias";
     check_devices(OP, s, &[x, bias])?;
@@ -753,8 +753,8 @@ pub fn scale(x: &Tensor, factor: f32, out: &mut Tensor, s: &Stream) -> Result<()
     }
 }
 
-/// out[rows[i]] += weights[i] * src[i] for src [n, cols], rows [n] i32 (distinct), weights [n]
-/// f32 and out [out_rows, cols] (all f32 but rows): the combine step of a mixture-of-experts
+/// `out[rows[i]] += weights[i] * src[i]` for src `[n, cols]`, rows `[n]` i32 (distinct), weights `[n]`
+/// f32 and out `[out_rows, cols]` (all f32 but rows): the combine step of a mixture-of-experts
 /// FFN, one expert's outputs added into the rows of the tokens routed to it.
 ///
 /// # Errors
@@ -812,7 +812,7 @@ pub fn softmax_rows(x: &Tensor, out: &mut Tensor, s: &Stream) -> Result<()> {
     }
 }
 
-/// out[r] = index of the largest value of row r of x [rows, cols]; out [rows] i32.
+/// `out[r]` = index of the largest value of row r of x `[rows, cols]`; out `[rows]` i32.
 pub fn argmax_rows(x: &Tensor, out: &mut Tensor, s: &Stream) -> Result<()> {
     const OP: &str = "argmax_rows";
     check_devices(OP, s, &[x, out])?;

@@ -23,7 +23,7 @@
 use super::{Isa, WType, by_rows, check_product, check_shapes, f32act_dq};
 use crate::{DType, Error, Result};
 
-/// y[r] = sum_c w[r][c] * x[c] with f32 activations and the best kernels for this CPU.
+/// `y[r] = sum_c w[r][c] * x[c]` with f32 activations and the best kernels for this CPU.
 ///
 /// # Errors
 /// If `dtype` is not quantized, or a length does not fit the shape.
@@ -31,7 +31,7 @@ pub fn matvec_f32(dtype: DType, w: &[u8], rows: usize, cols: usize, x: &[f32], y
     matmul_f32_with(Isa::best(), dtype, w, rows, cols, x, 1, y)
 }
 
-/// Y = X W^T (y[t][r] = sum_c x[t][c] * w[r][c]) with f32 activations and the best kernels for
+/// `Y = X W^T` (`y[t][r] = sum_c x[t][c] * w[r][c]`) with f32 activations and the best kernels for
 /// this CPU.
 ///
 /// # Errors

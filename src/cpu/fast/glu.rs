@@ -16,7 +16,7 @@ use crate::{Error, Result};
 /// Values per rayon task: a decode step's FFN (a few thousand values) runs on the caller.
 const PER_TASK: usize = 16 * 1024;
 
-/// out[i] = gelu_tanh(gate[i]) * up[i], like [`crate::cpu::gelu_mul`] (see the module doc).
+/// `out[i] = gelu_tanh(gate[i]) * up[i]`, like [`crate::cpu::gelu_mul`] (see the module doc).
 ///
 /// # Errors
 /// If the lengths differ.

@@ -366,7 +366,7 @@ pub fn activation_values_for(dtype: DType, x: &[f32], cols: usize, out: &mut [f3
     Ok(())
 }
 
-/// y[r] = sum_c w[r][c] * x[c] with the best kernels for this CPU; like [`crate::cpu::matvec`]
+/// `y[r] = sum_c w[r][c] * x[c]` with the best kernels for this CPU; like [`crate::cpu::matvec`]
 /// except for the activation rounding described in the module doc.
 ///
 /// # Errors
@@ -389,7 +389,7 @@ pub fn matvec_with(isa: Isa, dtype: DType, w: &[u8], rows: usize, cols: usize, x
     Ok(())
 }
 
-/// y[t][r] = sum_c x[t][c] * w[r][c] (Y = X W^T) with the best kernels for this CPU; like
+/// `y[t][r] = sum_c x[t][c] * w[r][c]` (`Y = X W^T`) with the best kernels for this CPU; like
 /// [`crate::cpu::matmul`] except for the activation rounding described in the module doc.
 ///
 /// # Errors

@@ -5,7 +5,7 @@
 //! still being prefilled (at most [`SchedulerOptions::step_tokens`] rows in all), so a new
 //! request joins at the next step without stalling the running streams. The projections and
 //! the FFN of all rows are one matmul over the rows; RoPE uses each row's own position;
-//! attention runs per row over its own sequence's KV blocks ([`kv::paged_attention`], whose
+//! attention runs per row over its own sequence's KV blocks ([`ops::paged_attention`], whose
 //! result for a row does not depend on the other rows). Every projection is a matmul, even for
 //! one row, so the batch changes a row's arithmetic at most through how the matmul kernel
 //! groups tokens (the order of float additions). Tolerance: greedy tokens are unchanged by

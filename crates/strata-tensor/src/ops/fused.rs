@@ -83,7 +83,7 @@ fn on_gpu(s: &Stream) -> bool {
     gpu_stream(s).is_some()
 }
 
-/// RMSNorm of one row x [dim] (or [1, dim]) with weight [dim] into `out` (as [`super::rmsnorm`],
+/// RMSNorm of one row x `[dim]` (or `[1, dim]`) with weight `[dim]` into `out` (as [`super::rmsnorm`],
 /// bit for bit on a GPU too), and on a GPU also its 8-bit activations for weights of `dt` into
 /// `acts`, in one launch. Where no 8-bit layout applies (the host; `dt` plain float; `dim` not
 /// whole blocks of `dt`), the norm alone, and `acts` then holds nothing.

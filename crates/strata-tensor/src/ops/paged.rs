@@ -10,11 +10,11 @@ use crate::{DType, Error, Result, Tensor, gpu};
 
 /// Where each row of a batch finds its sequence's cache rows: i32 tensors on the op's device.
 pub struct PagedIndex<'a> {
-    /// Every sequence's block table, concatenated: [n_table] block indices.
+    /// Every sequence's block table, concatenated: `[n_table]` block indices.
     pub tables: &'a Tensor,
-    /// Where row r's table starts in `tables`: [n_rows].
+    /// Where row r's table starts in `tables`: `[n_rows]`.
     pub table_start: &'a Tensor,
-    /// Row r's logical position (it sees positions 0..=positions[r]): [n_rows].
+    /// Row r's logical position (it sees positions `0..=positions[r]`): `[n_rows]`.
     pub positions: &'a Tensor,
     /// Cache rows per block.
     pub block_size: usize,
