@@ -232,9 +232,10 @@ fn kquant_source() -> GgufFile {
 /// block, GELU, a sliding window of 16 on five layers of six with their own RoPE base) derived
 /// from the same Q4_K source. A 24-token prompt (past the window) and 8 decode steps fed the
 /// CPU's greedy tokens: every step's logits within 1e-3 (relative to the largest) of the CPU
-/// reference's, and the same greedy token wherever the CPU's top two are further apart than
-/// that error allows. The models and the CPU side are built before the GPU is looked for, so
-/// without one this still checks that they load and run.
+/// reference's (which also gives the CPU's greedy token wherever its top two are more than
+/// twice that apart; fed tokens keep a near tie from sending the two runs down different
+/// sequences). The models and the CPU side are built before the GPU is looked for, so
+/// without one this still checks that they load and give finite logits.
 #[test]
 fn derived_architectures_agree_on_cpu_and_cuda() {
     let src = kquant_source();
@@ -274,13 +275,6 @@ fn derived_architectures_agree_on_cpu_and_cuda() {
         for (k, (a, b)) in steps.iter().zip(&got).enumerate() {
             let d = rel_diff(a, b);
             assert!(d < 1e-3, "{name}, step {k}: CPU and CUDA logits differ by {d:.2e}");
-            let scale = a.iter().fold(1f32, |m, v| m.max(v.abs()));
-            let top = argmax(a);
-            let second =
-                a.iter().enumerate().filter(|&(i, _)| i as u32 != top).fold(f32::NEG_INFINITY, |m, (_, &v)| m.max(v));
-            if a[top as usize] - second > 2e-3 * scale {
-                assert_eq!(argmax(b), top, "{name}, step {k}: greedy token differs");
-            }
         }
         println!("{name}: {} steps within 1e-3 of the CPU reference", got.len());
     }
