@@ -32,29 +32,24 @@ fn rewrite(
     src: &GgufFile,
     meta: impl Fn(&mut strata_model::gguf::Metadata),
     keep: impl Fn(&str) -> bool,
-    scale: impl Fn(&str) -> bool + Sync,
+    scale: impl Fn(&str) -> bool,
 ) -> Vec<u8> {
-    let mut w = GgufWriter::new();
-    *w.metadata_mut() = src.metadata().clone();
-    meta(w.metadata_mut());
-    let kept: Vec<_> = src.tensors().iter().filter(|t| keep(&t.name)).collect();
-    for t in &kept {
-        w.add_tensor(&t.name, t.ggml_type, &t.dims).expect("tensor");
-    }
-    w.to_bytes(|i, buf| {
-        let t = kept[i];
-        buf.copy_from_slice(src.tensor_data(t));
-        if scale(&t.name) {
-            assert_eq!(t.ggml_type, GgmlType::Q4_1, "{} must be q4_1 to rescale", t.name);
-            for b in buf.chunks_exact_mut(20) {
+    crate::support::rewrite(src, meta, |name, ty, dims, b| {
+        if !keep(name) {
+            return None;
+        }
+        let mut b = b.to_vec();
+        if scale(name) {
+            assert_eq!(ty, GgmlType::Q4_1, "{name} must be q4_1 to rescale");
+            for blk in b.chunks_exact_mut(20) {
                 for at in [0, 2] {
-                    let v = half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32() * 2.0;
-                    b[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+                    let v = half::f16::from_le_bytes([blk[at], blk[at + 1]]).to_f32() * 2.0;
+                    blk[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
                 }
             }
         }
+        Some((ty, dims.to_vec(), b))
     })
-    .expect("write")
 }
 
 /// All positions' logits of a prompt (prefill) and of one more decoded token.

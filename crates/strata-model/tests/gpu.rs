@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use strata_model::derive::{DeriveArch, DeriveOptions, derive_bytes};
-use strata_model::gguf::{GgmlType, GgufFile, GgufWriter};
+use strata_model::gguf::{GgmlType, GgufFile};
 use strata_model::synth::{DENSE, Preset, gguf_bytes};
 use strata_model::{GenerateOptions, Layout, Model, SamplerConfig, Session, SessionOptions, generate};
 use strata_runtime::device::Accelerator;
@@ -200,30 +200,23 @@ fn kquant_source() -> GgufFile {
         ..DENSE
     };
     let q4k = GgufFile::from_bytes(gguf_bytes(&preset, DType::Q4_K, 23).expect("synthetic Q4_K model")).expect("parse");
-    let mut w = GgufWriter::new();
-    *w.metadata_mut() = q4k.metadata().clone();
-    let embd = |name: &str| name == "token_embd.weight";
-    for t in q4k.tensors() {
-        let ty = if embd(&t.name) { GgmlType::F16 } else { t.ggml_type };
-        w.add_tensor(&t.name, ty, &t.dims).expect("tensor");
-    }
-    let bytes = w
-        .to_bytes(|i, buf| {
-            let t = &q4k.tensors()[i];
-            let data = q4k.tensor_data(t);
-            if embd(&t.name) {
-                let mut row = vec![0f32; t.dims[0] as usize];
-                let (rb, hb) = (data.len() / t.dims[1] as usize, 2 * row.len());
-                for (src, dst) in data.chunks_exact(rb).zip(buf.chunks_exact_mut(hb)) {
-                    strata_kernels::quant::dequantize_row(strata_kernels::DType::Q4_K, src, &mut row)
-                        .expect("dequantize");
-                    strata_kernels::quant::quantize_row(strata_kernels::DType::F16, &row, dst).expect("to f16");
-                }
-            } else {
-                buf.copy_from_slice(data);
+    let bytes = crate::support::rewrite(
+        &q4k,
+        |_| {},
+        |name, ty, dims, data| {
+            if name != "token_embd.weight" {
+                return crate::support::same(name, ty, dims, data);
             }
-        })
-        .expect("write");
+            let mut row = vec![0f32; dims[0] as usize];
+            let rb = data.len() / dims[1] as usize;
+            let mut out = vec![0u8; 2 * row.len() * dims[1] as usize];
+            for (src, dst) in data.chunks_exact(rb).zip(out.chunks_exact_mut(2 * row.len())) {
+                strata_kernels::quant::dequantize_row(strata_kernels::DType::Q4_K, src, &mut row).expect("dequantize");
+                strata_kernels::quant::quantize_row(strata_kernels::DType::F16, &row, dst).expect("to f16");
+            }
+            Some((GgmlType::F16, dims.to_vec(), out))
+        },
+    );
     GgufFile::from_bytes(bytes).expect("parse")
 }
 

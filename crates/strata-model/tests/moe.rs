@@ -16,6 +16,8 @@ use strata_runtime::device::{Accelerator, HostDevice};
 use strata_runtime::plan::Placement;
 use strata_tensor::{DType, Stream, Tensor, ops};
 
+use crate::support::{rewrite, same};
+
 const PROMPT: &[u32] = &[1, 504, 3458, 282, 4649, 314, 260, 3904, 28, 339, 5248, 17];
 
 /// As in `arch`: two computations of one function whose f32 sums run in different orders stay
@@ -49,30 +51,6 @@ fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     let scale = a.iter().fold(0.0f32, |m, x| m.max(x.abs()));
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
-}
-
-/// A copy of `src` with its metadata edited, and each tensor's type, dims and bytes passed
-/// through `edit` (name, type, dims, bytes) → None to drop it.
-fn rewrite(
-    src: &GgufFile,
-    meta: impl Fn(&mut strata_model::gguf::Metadata),
-    edit: impl Fn(&str, GgmlType, &[u64], &[u8]) -> Option<(GgmlType, Vec<u64>, Vec<u8>)>,
-) -> Vec<u8> {
-    let mut w = GgufWriter::new();
-    *w.metadata_mut() = src.metadata().clone();
-    meta(w.metadata_mut());
-    let mut data = Vec::new();
-    for t in src.tensors() {
-        if let Some((ty, dims, bytes)) = edit(&t.name, t.ggml_type, &t.dims, src.tensor_data(t)) {
-            w.add_tensor(&t.name, ty, &dims).expect("tensor");
-            data.push(bytes);
-        }
-    }
-    w.to_bytes(|i, buf| buf.copy_from_slice(&data[i])).expect("write")
-}
-
-fn same(_: &str, ty: GgmlType, dims: &[u64], b: &[u8]) -> Option<(GgmlType, Vec<u64>, Vec<u8>)> {
-    Some((ty, dims.to_vec(), b.to_vec()))
 }
 
 /// The first `layers` layers of the default model, derived as `arch` with `o`'s options.

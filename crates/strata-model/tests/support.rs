@@ -83,26 +83,52 @@ pub fn with_rope_freqs(src: &strata_model::gguf::GgufFile, values: &[f32]) -> Ve
     .expect("write")
 }
 
+/// A tensor as [`rewrite`] passes it on: type, dims, bytes.
+pub type Rewritten = (strata_model::gguf::GgmlType, Vec<u64>, Vec<u8>);
+
+/// A copy of `src` with its metadata edited by `meta`, and each tensor's type, dims and bytes
+/// passed through `edit` (name, type, dims, bytes) → `None` drops the tensor. The one GGUF
+/// rewriting loop the tests share.
+pub fn rewrite(
+    src: &strata_model::gguf::GgufFile,
+    meta: impl Fn(&mut strata_model::gguf::Metadata),
+    edit: impl Fn(&str, strata_model::gguf::GgmlType, &[u64], &[u8]) -> Option<Rewritten>,
+) -> Vec<u8> {
+    let mut w = strata_model::gguf::GgufWriter::new();
+    *w.metadata_mut() = src.metadata().clone();
+    meta(w.metadata_mut());
+    let mut data = Vec::new();
+    for t in src.tensors() {
+        if let Some((ty, dims, bytes)) = edit(&t.name, t.ggml_type, &t.dims, src.tensor_data(t)) {
+            w.add_tensor(&t.name, ty, &dims).expect("tensor");
+            data.push(bytes);
+        }
+    }
+    w.to_bytes(|i, buf| buf.copy_from_slice(&data[i])).expect("write")
+}
+
+/// The [`rewrite`] edit that keeps a tensor as it is.
+pub fn same(_: &str, ty: strata_model::gguf::GgmlType, dims: &[u64], b: &[u8]) -> Option<Rewritten> {
+    Some((ty, dims.to_vec(), b.to_vec()))
+}
+
 /// The default model's GGUF file cut to its first `layers` layers (`block_count` and the
 /// tensors), in memory; `None` after counting the test as skipped (see [`model_path_or_skip`]).
 /// Real weights at a fraction of the cost, for tests about formats rather than depth.
 pub fn default_model_layers(layers: usize) -> Option<strata_model::gguf::GgufFile> {
-    use strata_model::gguf::{GgufFile, GgufWriter, Value};
+    use strata_model::gguf::{GgufFile, Value};
     let path = model_path_or_skip()?;
     let src = GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let arch = src.metadata().str("general.architecture").expect("architecture").to_string();
-    let keep = |name: &str| match name.strip_prefix("blk.").and_then(|r| r.split_once('.')) {
-        Some((l, _)) => l.parse::<usize>().expect("layer") < layers,
-        None => true,
-    };
-    let kept: Vec<_> = src.tensors().iter().filter(|t| keep(&t.name)).collect();
-    let mut w = GgufWriter::new();
-    *w.metadata_mut() = src.metadata().clone();
-    w.metadata_mut().set(&format!("{arch}.block_count"), Value::U32(layers as u32));
-    for t in &kept {
-        w.add_tensor(&t.name, t.ggml_type, &t.dims).expect("tensor");
-    }
-    let bytes = w.to_bytes(|i, buf| buf.copy_from_slice(src.tensor_data(kept[i]))).expect("write");
+    let key = format!("{arch}.block_count");
+    let bytes = rewrite(
+        &src,
+        |md| md.set(&key, Value::U32(layers as u32)),
+        |name, ty, dims, b| match name.strip_prefix("blk.").and_then(|r| r.split_once('.')) {
+            Some((l, _)) if l.parse::<usize>().expect("layer") >= layers => None,
+            _ => same(name, ty, dims, b),
+        },
+    );
     Some(GgufFile::from_bytes(bytes).expect("parse"))
 }
 
