@@ -217,10 +217,161 @@ fn decode_chunk(isa: Isa, qg: &[f32], at: &Cache, rows: Range<usize>, hd: usize,
     }
 }
 
+/// [`decode_chunk_body`] on AVX-512, the same results bit for bit, in blocks of 16 positions
+/// when the head size is a multiple of 16 (else the body's row-at-a-time code): a block's K
+/// rows are converted to f32 once (512-bit `vcvtph2ps`) and scored 16 at a time ([`scores16`],
+/// [`dot512`]'s sums); its V rows likewise, then added into the query heads' sums held in
+/// registers, four heads by 64 values at a time ([`v_tile`]), where the body loaded and stored
+/// every sum for every row. Every sum is still one chain in position order.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 fn decode_chunk_avx512(qg: &[f32], at: &Cache, rows: Range<usize>, hd: usize, scale: f32) -> Partial {
-    decode_chunk_body::<true, true>(qg, at, rows, hd, scale)
+    if !hd.is_multiple_of(LANES) {
+        return decode_chunk_body::<true, true>(qg, at, rows, hd, scale);
+    }
+    let group = qg.len() / hd;
+    let n = rows.len();
+    let end = rows.end;
+    let mut scores = vec![0.0f32; group * n];
+    let mut block = vec![0.0f32; LANES * hd];
+    // `rows` `i0..i0 + len` (at most 16) of the chunk, each a head_dim row of `block`.
+    let fill = |c: &CacheRef, block: &mut [f32], i0: usize, len: usize| {
+        for (j, r) in block.chunks_exact_mut(hd).take(len).enumerate() {
+            let p = rows.start + i0 + j;
+            if p + DECODE_PREFETCH < end {
+                prefetch_row(c, (p + DECODE_PREFETCH) * at.row + at.off, hd);
+            }
+            read_row512(c, p * at.row + at.off, r);
+        }
+    };
+    let mut i0 = 0;
+    while i0 < n {
+        let len = (n - i0).min(LANES);
+        fill(at.k, &mut block, i0, len);
+        for (h, qh) in qg.chunks_exact(hd).enumerate() {
+            let s = &mut scores[h * n + i0..][..len];
+            if len == LANES {
+                // SAFETY: this function is compiled with AVX-512 F, AVX2, FMA and F16C.
+                let d = unsafe { scores16(qh, &block) };
+                for (o, v) in s.iter_mut().zip(d) {
+                    *o = v * scale;
+                }
+            } else {
+                for (o, k) in s.iter_mut().zip(block.chunks_exact(hd)) {
+                    // SAFETY: as above.
+                    *o = unsafe { dot512(qh, k) } * scale;
+                }
+            }
+        }
+        i0 += len;
+    }
+    let mut part = Partial { max: vec![f32::NEG_INFINITY; group], sum: vec![0.0; group], acc: vec![0.0; group * hd] };
+    for (h, s) in scores.chunks_exact_mut(n.max(1)).enumerate().take(group) {
+        (part.max[h], part.sum[h]) = softmax_weights(s);
+    }
+    let mut i0 = 0;
+    while i0 < n {
+        let len = (n - i0).min(LANES);
+        fill(at.v, &mut block, i0, len);
+        let vb = &block[..len * hd];
+        let mut d0 = 0;
+        while d0 < hd {
+            let w = if hd - d0 >= 4 * LANES { 4 } else { 1 };
+            let mut h0 = 0;
+            while h0 < group {
+                let t = Tile { vb, hd, d0, h0, e: &scores, n, i0 };
+                let acc = &mut part.acc;
+                // SAFETY: this function is compiled with AVX-512 F.
+                unsafe {
+                    match ((group - h0).min(4), w) {
+                        (1, 4) => v_tile::<1, 4>(&t, acc),
+                        (2, 4) => v_tile::<2, 4>(&t, acc),
+                        (3, 4) => v_tile::<3, 4>(&t, acc),
+                        (4, 4) => v_tile::<4, 4>(&t, acc),
+                        (1, _) => v_tile::<1, 1>(&t, acc),
+                        (2, _) => v_tile::<2, 1>(&t, acc),
+                        (3, _) => v_tile::<3, 1>(&t, acc),
+                        _ => v_tile::<4, 1>(&t, acc),
+                    }
+                }
+                h0 += 4;
+            }
+            d0 += w * LANES;
+        }
+        i0 += len;
+    }
+    part
+}
+
+/// A block's share of the weighted V sums: `vb` holds its rows as f32 ([len][hd]), `e` the
+/// softmax weights ([head][n], the block's at `i0..`); the tile is heads `h0..` and values
+/// `d0..`.
+#[cfg(target_arch = "x86_64")]
+struct Tile<'a> {
+    vb: &'a [f32],
+    hd: usize,
+    d0: usize,
+    h0: usize,
+    e: &'a [f32],
+    n: usize,
+    i0: usize,
+}
+
+/// acc[h0 + h][d0 .. d0 + 16 W] += e[h0 + h][i0 + r] * vb[r][d0 ..] for the block's rows r in
+/// order, H heads by W registers of sums held in registers across the block (loaded once and
+/// stored once): each sum is the same chain of fused multiply-adds as one per row.
+///
+/// # Safety
+/// The CPU must have AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn v_tile<const H: usize, const W: usize>(t: &Tile, acc: &mut [f32]) {
+    use std::arch::x86_64::{__m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_storeu_ps};
+    let (hd, d0, h0) = (t.hd, t.d0, t.h0);
+    let at = |h: usize, w: usize| (h0 + h) * hd + d0 + w * LANES;
+    // SAFETY (all loads and stores): each reads or writes 16 f32 of a slice indexed to 16
+    // values first; the caller's CPU has AVX-512 F.
+    let mut a: [[__m512; W]; H] =
+        std::array::from_fn(|h| std::array::from_fn(|w| unsafe { _mm512_loadu_ps(acc[at(h, w)..][..LANES].as_ptr()) }));
+    for (r, v) in t.vb.chunks_exact(hd).enumerate() {
+        let v: [__m512; W] = std::array::from_fn(|w| unsafe { _mm512_loadu_ps(v[d0 + w * LANES..][..LANES].as_ptr()) });
+        for (h, ah) in a.iter_mut().enumerate() {
+            let e = unsafe { _mm512_set1_ps(t.e[(h0 + h) * t.n + t.i0 + r]) };
+            for (aw, vw) in ah.iter_mut().zip(v) {
+                *aw = unsafe { _mm512_fmadd_ps(e, vw, *aw) };
+            }
+        }
+    }
+    for (h, ah) in a.iter().enumerate() {
+        for (w, aw) in ah.iter().enumerate() {
+            unsafe { _mm512_storeu_ps(acc[at(h, w)..][..LANES].as_mut_ptr(), *aw) };
+        }
+    }
+}
+
+/// [`read_row`] with 16 values per `vcvtph2ps`, for the AVX-512 code.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn read_row512(c: &CacheRef, at: usize, out: &mut [f32]) {
+    use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm512_cvtph_ps, _mm512_storeu_ps};
+    match c {
+        CacheRef::F32(v) => out.copy_from_slice(&v[at..at + out.len()]),
+        CacheRef::F16(v) => {
+            let src: &[f16] = &v[at..at + out.len()];
+            let (sc, st) = src.as_chunks::<LANES>();
+            let (oc, ot) = out.as_chunks_mut::<LANES>();
+            for (s, o) in sc.iter().zip(oc) {
+                // SAFETY: s is 16 f16 = 32 bytes and o 16 f32, both in bounds; unaligned loads
+                // and stores; this is inlined only into code compiled with AVX-512 F.
+                unsafe {
+                    _mm512_storeu_ps(o.as_mut_ptr(), _mm512_cvtph_ps(_mm256_loadu_si256(s.as_ptr().cast::<__m256i>())))
+                };
+            }
+            for (s, o) in st.iter().zip(ot) {
+                *o = s.to_f32();
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -272,33 +423,7 @@ fn decode_chunk_body<const FMA: bool, const AVX512: bool>(
     let mut row = vec![0.0f32; hd];
     let mut scores = vec![0.0f32; group * n];
     let end = rows.end;
-    // With AVX-512 and whole 16-value chunks: 16 positions at a time, their sums reduced
-    // together (`scores16`); the positions left over one at a time below.
-    #[allow(unused_mut)]
-    let mut first = 0;
-    #[cfg(target_arch = "x86_64")]
-    if AVX512 && hd.is_multiple_of(LANES) {
-        let mut kb = vec![0.0f32; LANES * hd];
-        while first + LANES <= n {
-            for (j, kr) in kb.chunks_exact_mut(hd).enumerate() {
-                let p = rows.start + first + j;
-                if p + DECODE_PREFETCH < end {
-                    prefetch_row(at.k, (p + DECODE_PREFETCH) * at.row + at.off, hd);
-                }
-                read_row::<FMA>(at.k, p * at.row + at.off, kr);
-            }
-            for (h, qh) in qg.chunks_exact(hd).enumerate() {
-                // SAFETY: `AVX512` is true only in `decode_chunk_avx512`, which runs where
-                // `Isa::best()` found AVX-512 F.
-                let s = unsafe { scores16(qh, &kb) };
-                for (o, v) in scores[h * n + first..][..LANES].iter_mut().zip(s) {
-                    *o = v * scale;
-                }
-            }
-            first += LANES;
-        }
-    }
-    for (i, p) in rows.clone().enumerate().skip(first) {
+    for (i, p) in rows.clone().enumerate() {
         if p + DECODE_PREFETCH < end {
             prefetch_row(at.k, (p + DECODE_PREFETCH) * at.row + at.off, hd);
         }
@@ -319,8 +444,7 @@ fn decode_chunk_body<const FMA: bool, const AVX512: bool>(
     }
     let mut part = Partial { max: vec![f32::NEG_INFINITY; group], sum: vec![0.0; group], acc: vec![0.0; group * hd] };
     for (h, s) in scores.chunks_exact_mut(n.max(1)).enumerate().take(group) {
-        part.max[h] = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        part.sum[h] = softmax_weights(s);
+        (part.max[h], part.sum[h]) = softmax_weights(s);
     }
     for (i, p) in rows.enumerate() {
         if p + DECODE_PREFETCH < end {
@@ -389,11 +513,29 @@ fn scores_into<const FMA: bool>(
     }
 }
 
-/// s[i] = exp(s[i] - max s) in place; returns their sum. The exponentials are [`exp`], which
-/// vectorizes (libm's `expf` is a call per value and took a third of a decode step's attention).
+/// The largest of `s` (-inf for none), as a sequential `f32::max` fold gives it but 16 lanes at
+/// a time: the fold is one chain of scalar compares (a NaN check each), which the compiler does
+/// not vectorize, and it was a tenth of a decode step's attention. `max` picks the same value in
+/// any order (a NaN is skipped either way); at most the sign of a zero maximum differs, which
+/// no `exp(x - max)` sees.
 #[inline(always)]
-fn softmax_weights(s: &mut [f32]) -> f32 {
-    let m = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+fn max_of(s: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let (chunks, tail) = s.as_chunks::<LANES>();
+    for c in chunks {
+        for l in 0..LANES {
+            m[l] = m[l].max(c[l]);
+        }
+    }
+    m.iter().chain(tail).fold(f32::NEG_INFINITY, |a, &v| a.max(v))
+}
+
+/// s[i] = exp(s[i] - max s) in place; returns max s and the sum of the new s. The exponentials
+/// are [`exp`], which vectorizes (libm's `expf` is a call per value and took a third of a decode
+/// step's attention).
+#[inline(always)]
+fn softmax_weights(s: &mut [f32]) -> (f32, f32) {
+    let m = max_of(s);
     for v in s.iter_mut() {
         *v = exp(*v - m);
     }
@@ -404,7 +546,7 @@ fn softmax_weights(s: &mut [f32]) -> f32 {
             acc[l] += c[l];
         }
     }
-    acc.iter().sum::<f32>() + tail.iter().sum::<f32>()
+    (m, acc.iter().sum::<f32>() + tail.iter().sum::<f32>())
 }
 
 /// q · k: 16 lane-wise partial sums (one f32 chain would not vectorize), then a tree of vector
@@ -478,10 +620,16 @@ unsafe fn scores16(q: &[f32], kb: &[f32]) -> [f32; LANES] {
     use std::arch::x86_64::*;
     let hd = q.len();
     let mut v = [_mm512_setzero_ps(); LANES];
-    for (a, k) in v.iter_mut().zip(kb.chunks_exact(hd)) {
-        for (qc, kc) in q.as_chunks::<LANES>().0.iter().zip(k.as_chunks::<LANES>().0) {
-            // SAFETY: qc and kc are 16 f32 each; unaligned loads.
-            *a = unsafe { _mm512_fmadd_ps(_mm512_loadu_ps(qc.as_ptr()), _mm512_loadu_ps(kc.as_ptr()), *a) };
+    // Chunk by chunk across the 16 rows: 16 independent chains side by side (row by row, each
+    // row's chain of head_dim / 16 multiply-adds waited on its own latency); each row's sum
+    // still takes its chunks in order.
+    for (c, qc) in q.as_chunks::<LANES>().0.iter().enumerate() {
+        // SAFETY: qc is 16 f32; unaligned load.
+        let qv = unsafe { _mm512_loadu_ps(qc.as_ptr()) };
+        // A fixed count of 16, so the sums stay in registers.
+        for (r, a) in v.iter_mut().enumerate() {
+            // SAFETY: 16 f32 of row r, indexed first; unaligned load.
+            *a = unsafe { _mm512_fmadd_ps(qv, _mm512_loadu_ps(kb[r * hd + c * LANES..][..LANES].as_ptr()), *a) };
         }
     }
     // Stage 1, lanes l + l+8: s1[k] = [rows 2k | 2k+1], 8 lanes each.
@@ -637,7 +785,7 @@ fn attend_body<const FMA: bool>(
     let b0 = rows.start / LANES;
     scores_into::<FMA>(q, kt, n_pad, b0, rows.end, scale, scores);
     let scores = &mut scores[rows.start - b0 * LANES..rows.end - b0 * LANES];
-    let l = softmax_weights(scores);
+    let (_, l) = softmax_weights(scores);
     let inv = 1.0 / l;
     // The weighted sum in chunks of head_dim held in registers over all positions (a
     // read-modify-write of `out` per position was half of a Gemma 3 prefill's attention): 128
@@ -712,6 +860,48 @@ mod tests {
                 // SAFETY: as above.
                 let want = unsafe { dot512(&q, k) };
                 assert_eq!(got[r].to_bits(), want.to_bits(), "head size {hd}, row {r}: {} vs {want}", got[r]);
+            }
+        }
+    }
+    /// The AVX-512 decode chunk (blocks of 16 positions, sums held in registers) is the
+    /// row-at-a-time body bit for bit: maxima, sums and weighted V sums, for head sizes of 16 to
+    /// 256 (and 40, which takes the body's path), groups of 1 to 6 query heads (register tiles of
+    /// 4 + 2), chunks of 1 to 128 positions (whole blocks, a short last block, none whole), the
+    /// second of two KV heads, f16 and f32 caches.
+    #[test]
+    fn blocked_decode_chunk_equals_the_row_by_row_body_bit_for_bit() {
+        if !Isa::Avx512Vnni.is_available() {
+            crate::check::skip(
+                "attention::blocked_decode_chunk_equals_the_row_by_row_body_bit_for_bit",
+                "this CPU lacks AVX-512",
+            );
+            return;
+        }
+        let mut next = crate::check::test_values(0x9E37_79B9_7F4A_7C15);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for hd in [16, 40, 64, 80, 128, 256] {
+            for group in [1, 3, 6] {
+                for (start, n) in [(0, 1), (3, 16), (0, 17), (5, 40), (100, 128)] {
+                    let row = 2 * hd;
+                    let k: Vec<f32> = (0..(start + n) * row).map(|_| next()).collect();
+                    let v: Vec<f32> = (0..(start + n) * row).map(|_| next()).collect();
+                    let (k16, v16): (Vec<f16>, Vec<f16>) =
+                        (k.iter().map(|&x| f16::from_f32(x)).collect(), v.iter().map(|&x| f16::from_f32(x)).collect());
+                    let q: Vec<f32> = (0..group * hd).map(|_| next()).collect();
+                    let caches = [(CacheRef::F32(&k), CacheRef::F32(&v)), (CacheRef::F16(&k16), CacheRef::F16(&v16))];
+                    for (kc, vc) in &caches {
+                        let at = Cache { k: kc, v: vc, off: hd, row };
+                        let rows = start..start + n;
+                        // SAFETY: checked above that this CPU has AVX-512 F (and the AVX2 / FMA
+                        // / F16C every AVX-512 set here includes).
+                        let got = unsafe { decode_chunk_avx512(&q, &at, rows.clone(), hd, 0.125) };
+                        let want = decode_chunk_body::<true, true>(&q, &at, rows, hd, 0.125);
+                        let case = format!("head size {hd}, group {group}, rows {start}+{n}");
+                        assert_eq!(bits(&got.max), bits(&want.max), "{case}: maxima");
+                        assert_eq!(bits(&got.sum), bits(&want.sum), "{case}: sums");
+                        assert_eq!(bits(&got.acc), bits(&want.acc), "{case}: weighted V sums");
+                    }
+                }
             }
         }
     }
