@@ -52,7 +52,7 @@ use rayon::prelude::*;
 pub use attention::{attention_decode, attention_prefill};
 pub use f32act::{matmul_f32, matmul_f32_with, matvec_f32};
 pub use f32act_dq::dequantize_row_exact;
-pub use glu::gelu_mul;
+pub use glu::{gelu_mul, silu_mul};
 
 use super::{expect_len, expect_matrix};
 use crate::{DType, Error, Result};
