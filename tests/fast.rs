@@ -895,33 +895,12 @@ fn exact_decoders_check_catches_a_changed_bit() {
 /// the parallel split runs; a NaN stays a NaN.
 #[test]
 fn gelu_mul_is_as_close_to_float64_as_the_reference() {
-    let n = 60_001;
-    let gate: Vec<f32> = (0..n).map(|i| -30.0 + i as f32 * 0.001).collect();
-    let up: Vec<f32> = (0..n).map(|i| 1.0 + (i % 7) as f32 * 0.25).collect();
-    let (mut got, mut reference) = (vec![0.0f32; n], vec![0.0f32; n]);
-    let (mut worst, mut worst_ref) = (0.0f64, 0.0f64);
-    fast::gelu_mul(&gate, &up, &mut got).expect("fast gelu_mul");
-    cpu::gelu_mul(&gate, &up, &mut reference).expect("reference gelu_mul");
-    for i in 0..n {
-        let (x, u) = (gate[i] as f64, up[i] as f64);
+    let (worst, worst_ref) = glu_against_float64("gelu_mul", -30.0, 0.001, fast::gelu_mul, cpu::gelu_mul, |x| {
         let t = (2.0f64 / std::f64::consts::PI).sqrt() * x * (1.0 + 0.044715 * x * x);
-        let want = x / (1.0 + (-2.0 * t).exp()) * u;
-        let err = (got[i] as f64 - want).abs();
-        let ref_err = (reference[i] as f64 - want).abs();
-        if want.abs() > 1e-30 {
-            worst = worst.max(err / want.abs());
-            worst_ref = worst_ref.max(ref_err / want.abs());
-        } else {
-            assert!(err <= 1e-35, "x = {x}: {} vs {want}", got[i]);
-        }
-    }
-    eprintln!("gelu_mul, largest relative error against float64: fast {worst:.3e}, reference {worst_ref:.3e}");
+        x / (1.0 + (-2.0 * t).exp())
+    });
     assert!(worst <= 2e-5, "fast gelu_mul is {worst:.3e} from float64");
     assert!(worst <= worst_ref, "fast {worst:.3e} against the reference's {worst_ref:.3e}");
-    let mut one = [0.0f32];
-    fast::gelu_mul(&[f32::NAN], &[1.0], &mut one).expect("gelu_mul");
-    assert!(one[0].is_nan());
-    assert!(fast::gelu_mul(&[1.0, 2.0], &[1.0], &mut [0.0, 0.0]).is_err(), "lengths must agree");
 }
 
 /// The exact and fast paths' SiLU-gated product against float64, relative error: at most 3e-7
@@ -931,29 +910,41 @@ fn gelu_mul_is_as_close_to_float64_as_the_reference() {
 /// where float64 gives x e^x. Enough values that the parallel split runs; a NaN stays a NaN.
 #[test]
 fn silu_mul_is_as_close_to_float64_as_the_reference() {
+    let (worst, _) =
+        glu_against_float64("silu_mul", -120.0, 0.004, fast::silu_mul, cpu::silu_mul, |x| x / (1.0 + (-x).exp()));
+    assert!(worst <= 3e-7, "fast silu_mul is {worst:.3e} from float64");
+}
+
+type Glu = fn(&[f32], &[f32], &mut [f32]) -> strata_kernels::Result<()>;
+
+/// A gated product `fast` and its reference on 60001 gates from `from` in steps of `step` (enough
+/// that the parallel split runs) times ups of 1 to 2.5, against float64's `act(x) * up`: the
+/// largest relative errors of the two (printed), where float64 is above 1e-30 (below, `fast`
+/// must be within 1e-35). Also: a NaN gate gives NaN, and lengths that differ are an error.
+fn glu_against_float64(name: &str, from: f32, step: f32, fast: Glu, reference: Glu, act: fn(f64) -> f64) -> (f64, f64) {
     let n = 60_001;
-    let gate: Vec<f32> = (0..n).map(|i| -120.0 + i as f32 * 0.004).collect();
+    let gate: Vec<f32> = (0..n).map(|i| from + i as f32 * step).collect();
     let up: Vec<f32> = (0..n).map(|i| 1.0 + (i % 7) as f32 * 0.25).collect();
-    let (mut got, mut reference) = (vec![0.0f32; n], vec![0.0f32; n]);
+    let (mut got, mut want_ref) = (vec![0.0f32; n], vec![0.0f32; n]);
     let (mut worst, mut worst_ref) = (0.0f64, 0.0f64);
-    fast::silu_mul(&gate, &up, &mut got).expect("fast silu_mul");
-    cpu::silu_mul(&gate, &up, &mut reference).expect("reference silu_mul");
+    fast(&gate, &up, &mut got).unwrap_or_else(|e| panic!("fast {name}: {e}"));
+    reference(&gate, &up, &mut want_ref).unwrap_or_else(|e| panic!("reference {name}: {e}"));
     for i in 0..n {
-        let (x, u) = (gate[i] as f64, up[i] as f64);
-        let want = x / (1.0 + (-x).exp()) * u;
+        let x = gate[i] as f64;
+        let want = act(x) * up[i] as f64;
         let err = (got[i] as f64 - want).abs();
-        let ref_err = (reference[i] as f64 - want).abs();
+        let ref_err = (want_ref[i] as f64 - want).abs();
         if want.abs() > 1e-30 {
             worst = worst.max(err / want.abs());
             worst_ref = worst_ref.max(ref_err / want.abs());
         } else {
-            assert!(err <= 1e-35, "x = {x}: {} vs {want}", got[i]);
+            assert!(err <= 1e-35, "{name}, x = {x}: {} vs {want}", got[i]);
         }
     }
-    eprintln!("silu_mul, largest relative error against float64: fast {worst:.3e}, reference {worst_ref:.3e}");
-    assert!(worst <= 3e-7, "fast silu_mul is {worst:.3e} from float64");
+    eprintln!("{name}, largest relative error against float64: fast {worst:.3e}, reference {worst_ref:.3e}");
     let mut one = [0.0f32];
-    fast::silu_mul(&[f32::NAN], &[1.0], &mut one).expect("silu_mul");
-    assert!(one[0].is_nan());
-    assert!(fast::silu_mul(&[1.0, 2.0], &[1.0], &mut [0.0, 0.0]).is_err(), "lengths must agree");
+    fast(&[f32::NAN], &[1.0], &mut one).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert!(one[0].is_nan(), "{name}: a NaN gate gave {}", one[0]);
+    assert!(fast(&[1.0, 2.0], &[1.0], &mut [0.0, 0.0]).is_err(), "{name}: lengths must agree");
+    (worst, worst_ref)
 }
