@@ -17,7 +17,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-say() { printf '\n==> %s\n' "$*"; }
+# Each step's header says when it began (minutes into the run), so a slow step shows in the log.
+say() { printf '\n==> [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
 if [[ ${STRATA_NO_MODEL:-} == 1 ]]; then
   say "default model: not fetched (STRATA_NO_MODEL=1: the tests that need it are skipped)"
@@ -45,15 +46,23 @@ say "tests (no cuda)"
 cargo test --workspace
 
 if [[ ${STRATA_NO_MODEL:-} != 1 ]]; then
+  # `cargo test` has just built the examples (and the `strata` binary below) with the
+  # workspace's features; `cargo run -p strata-model` would resolve features for that one
+  # package and rebuild the workspace (minutes on 2 cores, in the last CI log).
   say "library examples on the default model (no cuda)"
-  cargo run -p strata-model --example generate
-  cargo run -p strata-model --example score
-  cargo run -p strata-model --example plan
-  cargo run -p strata-model --example batch
+  for example in generate score plan batch; do
+    bin=${CARGO_TARGET_DIR:-target}/debug/examples/$example
+    if [[ ! -x $bin ]]; then
+      echo "test: $bin is missing: cargo test should have built the example $example" >&2
+      exit 1
+    fi
+    echo "--- example $example"
+    "$bin"
+  done
 fi
 
 say "strata serve through the openai Python client (no cuda; skipped with STRATA_NO_MODEL=1)"
-scripts/test-serve.sh
+scripts/test-serve.sh "${CARGO_TARGET_DIR:-target}/debug/strata"
 
 if [[ ${STRATA_SKIP_CUDA:-} == 1 ]]; then
   say "CUDA half skipped (STRATA_SKIP_CUDA=1): no CUDA clippy, no CUDA tests"
