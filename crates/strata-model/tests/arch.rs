@@ -38,17 +38,18 @@ fn rewrite(
         if !keep(name) {
             return None;
         }
+        if !scale(name) {
+            return crate::support::same(name, ty, dims, b);
+        }
+        assert_eq!(ty, GgmlType::Q4_1, "{name} must be q4_1 to rescale");
         let mut b = b.to_vec();
-        if scale(name) {
-            assert_eq!(ty, GgmlType::Q4_1, "{name} must be q4_1 to rescale");
-            for blk in b.chunks_exact_mut(20) {
-                for at in [0, 2] {
-                    let v = half::f16::from_le_bytes([blk[at], blk[at + 1]]).to_f32() * 2.0;
-                    blk[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
-                }
+        for blk in b.chunks_exact_mut(20) {
+            for at in [0, 2] {
+                let v = half::f16::from_le_bytes([blk[at], blk[at + 1]]).to_f32() * 2.0;
+                blk[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
             }
         }
-        Some((ty, dims.to_vec(), b))
+        Some((ty, dims.to_vec(), b.into()))
     })
 }
 

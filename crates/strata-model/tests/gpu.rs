@@ -214,7 +214,7 @@ fn kquant_source() -> GgufFile {
                 strata_kernels::quant::dequantize_row(strata_kernels::DType::Q4_K, src, &mut row).expect("dequantize");
                 strata_kernels::quant::quantize_row(strata_kernels::DType::F16, &row, dst).expect("to f16");
             }
-            Some((GgmlType::F16, dims.to_vec(), out))
+            Some((GgmlType::F16, dims.to_vec(), out.into()))
         },
     );
     GgufFile::from_bytes(bytes).expect("parse")

@@ -1,5 +1,6 @@
 //! Shared helpers: the default model and the llama.cpp reference data.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -66,33 +67,32 @@ pub const FAST_CPU_LOGITS_REL: f32 = 5e-2;
 /// `src` rewritten with a `rope_freqs.weight` tensor of `values` (f32, any length) added: a
 /// model with Llama 3.1-style RoPE frequency factors, the same bytes otherwise.
 pub fn with_rope_freqs(src: &strata_model::gguf::GgufFile, values: &[f32]) -> Vec<u8> {
-    use strata_model::gguf::{GgmlType, GgufWriter};
-    let mut w = GgufWriter::new();
-    *w.metadata_mut() = src.metadata().clone();
-    for t in src.tensors() {
-        w.add_tensor(&t.name, t.ggml_type, &t.dims).expect("tensor");
-    }
-    let extra = w.add_tensor("rope_freqs.weight", GgmlType::F32, &[values.len() as u64]).expect("rope_freqs");
-    w.to_bytes(|i, buf| {
-        if i == extra {
-            buf.copy_from_slice(&values.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>());
-        } else {
-            buf.copy_from_slice(src.tensor_data(&src.tensors()[i]));
-        }
-    })
-    .expect("write")
+    let bytes = values.iter().flat_map(|f| f.to_le_bytes()).collect();
+    let extra = ("rope_freqs.weight", strata_model::gguf::GgmlType::F32, vec![values.len() as u64], bytes);
+    rewrite_adding(src, |_| {}, same, vec![extra])
 }
 
-/// A tensor as [`rewrite`] passes it on: type, dims, bytes.
-pub type Rewritten = (strata_model::gguf::GgmlType, Vec<u64>, Vec<u8>);
+/// A tensor as [`rewrite`] passes it on: type, dims, bytes (borrowed from the source file
+/// when unchanged, so the one copy is the output's).
+pub type Rewritten<'a> = (strata_model::gguf::GgmlType, Vec<u64>, Cow<'a, [u8]>);
 
 /// A copy of `src` with its metadata edited by `meta`, and each tensor's type, dims and bytes
 /// passed through `edit` (name, type, dims, bytes) → `None` drops the tensor. The one GGUF
 /// rewriting loop the tests share.
-pub fn rewrite(
-    src: &strata_model::gguf::GgufFile,
+pub fn rewrite<'a>(
+    src: &'a strata_model::gguf::GgufFile,
     meta: impl Fn(&mut strata_model::gguf::Metadata),
-    edit: impl Fn(&str, strata_model::gguf::GgmlType, &[u64], &[u8]) -> Option<Rewritten>,
+    edit: impl Fn(&str, strata_model::gguf::GgmlType, &[u64], &'a [u8]) -> Option<Rewritten<'a>>,
+) -> Vec<u8> {
+    rewrite_adding(src, meta, edit, Vec::new())
+}
+
+/// [`rewrite`], then the tensors of `extra` (name, type, dims, bytes) appended.
+pub fn rewrite_adding<'a>(
+    src: &'a strata_model::gguf::GgufFile,
+    meta: impl Fn(&mut strata_model::gguf::Metadata),
+    edit: impl Fn(&str, strata_model::gguf::GgmlType, &[u64], &'a [u8]) -> Option<Rewritten<'a>>,
+    extra: Vec<(&str, strata_model::gguf::GgmlType, Vec<u64>, Vec<u8>)>,
 ) -> Vec<u8> {
     let mut w = strata_model::gguf::GgufWriter::new();
     *w.metadata_mut() = src.metadata().clone();
@@ -104,12 +104,16 @@ pub fn rewrite(
             data.push(bytes);
         }
     }
+    for (name, ty, dims, bytes) in extra {
+        w.add_tensor(name, ty, &dims).expect("extra tensor");
+        data.push(Cow::Owned(bytes));
+    }
     w.to_bytes(|i, buf| buf.copy_from_slice(&data[i])).expect("write")
 }
 
 /// The [`rewrite`] edit that keeps a tensor as it is.
-pub fn same(_: &str, ty: strata_model::gguf::GgmlType, dims: &[u64], b: &[u8]) -> Option<Rewritten> {
-    Some((ty, dims.to_vec(), b.to_vec()))
+pub fn same<'a>(_: &str, ty: strata_model::gguf::GgmlType, dims: &[u64], b: &'a [u8]) -> Option<Rewritten<'a>> {
+    Some((ty, dims.to_vec(), Cow::Borrowed(b)))
 }
 
 /// The default model's GGUF file cut to its first `layers` layers (`block_count` and the
