@@ -121,6 +121,45 @@ pub fn argmax(logits: &[f32]) -> u32 {
     logits.iter().position(|&v| v == best).unwrap_or(0) as u32
 }
 
+/// Descending logit (total order), ties to the lower id: the candidates' order.
+fn by_logit(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// The `k` (at least 1) first non-NaN `(id, logit)` pairs of `logits` in [`by_logit`]'s order,
+/// in no particular order: the same set as sorting the whole vocabulary and truncating, in one
+/// pass that keeps at most 2k pairs. Whenever 2k are kept they are cut to their k first, and
+/// the k-th's logit becomes a floor: a later logit must be above it (in the total order) to
+/// enter, since one equal to it has a higher id and so comes after it. Per token this compares
+/// each logit with the floor, where collecting the whole vocabulary as pairs and selecting
+/// from them took about 4% of a Gemma 3 decode step (262144 logits, default sampler).
+fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let k = k.max(1);
+    let cap = k.saturating_mul(2).min(logits.len()).max(k);
+    let mut kept: Vec<(u32, f32)> = Vec::with_capacity(cap + 1);
+    let mut floor = f32::NEG_INFINITY;
+    let mut cut = false;
+    let keep_k_first = |kept: &mut Vec<(u32, f32)>| {
+        kept.select_nth_unstable_by(k - 1, by_logit);
+        kept.truncate(k);
+        kept[k - 1].1
+    };
+    for (i, &l) in logits.iter().enumerate() {
+        if l.is_nan() || (cut && l.total_cmp(&floor) != std::cmp::Ordering::Greater) {
+            continue;
+        }
+        kept.push((i as u32, l));
+        if kept.len() > cap {
+            floor = keep_k_first(&mut kept);
+            cut = true;
+        }
+    }
+    if kept.len() > k {
+        keep_k_first(&mut kept);
+    }
+    kept
+}
+
 impl Sampler {
     /// A sampler with this configuration; an error when it is invalid.
     pub fn new(cfg: SamplerConfig) -> Result<Sampler> {
@@ -173,20 +212,17 @@ impl Sampler {
         if self.cfg.temperature == 0.0 {
             return vec![(argmax(&logits), 1.0)];
         }
-        // Candidates by descending logit (ties by id), NaN dropped.
-        let mut cand: Vec<(u32, f32)> =
-            logits.iter().enumerate().filter(|(_, l)| !l.is_nan()).map(|(i, &l)| (i as u32, l)).collect();
+        // Candidates by descending logit (ties by id), NaN dropped: with top-k only the k
+        // first (`top_k`), else all.
+        let mut cand = if self.cfg.top_k > 0 {
+            top_k(&logits, self.cfg.top_k)
+        } else {
+            logits.iter().enumerate().filter(|(_, l)| !l.is_nan()).map(|(i, &l)| (i as u32, l)).collect()
+        };
         if cand.is_empty() {
             return vec![(0, 1.0)];
         }
-        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if self.cfg.top_k > 0 && self.cfg.top_k < cand.len() {
-            // The k first in that (total) order, then only they are sorted: the same list as
-            // sorting the whole vocabulary and truncating, without sorting it per token.
-            cand.select_nth_unstable_by(self.cfg.top_k - 1, order);
-            cand.truncate(self.cfg.top_k);
-        }
-        cand.sort_unstable_by(order);
+        cand.sort_unstable_by(by_logit);
         let probs = softmax(&cand, 1.0);
         if self.cfg.top_p < 1.0 {
             let mut acc = 0.0;

@@ -305,7 +305,8 @@ fn sampler_skips_nan_logits() {
 /// Top-k picks its k tokens without sorting the whole vocabulary: the distribution lists the
 /// same tokens in the same order as the k first of the whole vocabulary sorted by descending
 /// logit, ties to the lower id, NaN dropped (computed here by sorting everything), on logits
-/// with many ties (a vocabulary of 4096 over 40 distinct values) and with NaNs, for k below,
+/// with many ties (a vocabulary of 4096 over 40 distinct values) and with NaNs, signed zeros and
+/// infinities, for k below,
 /// at and above the number of tokens.
 #[test]
 fn sampler_top_k_keeps_the_sorted_prefix() {
@@ -314,9 +315,13 @@ fn sampler_top_k_keeps_the_sorted_prefix() {
     for i in [3, 700, 4095] {
         l[i] = f32::NAN;
     }
+    // Signed zeros (the total order puts 0.0 before -0.0) and infinities among them.
+    for (i, v) in [(5, 0.0), (6, -0.0), (9, 0.0), (4000, -0.0), (11, f32::INFINITY), (12, f32::NEG_INFINITY)] {
+        l[i] = v;
+    }
     let mut sorted: Vec<u32> = (0..l.len() as u32).filter(|&i| !l[i as usize].is_nan()).collect();
     sorted.sort_by(|&a, &b| l[b as usize].total_cmp(&l[a as usize]).then(a.cmp(&b)));
-    for k in [1, 2, 40, 100, 4093, 4096, 5000] {
+    for k in [1, 2, 3, 40, 100, 4093, 4096, 5000] {
         let s = Sampler::new(SamplerConfig { top_k: k, ..plain() }).expect("config");
         let ids: Vec<u32> = s.probs(&l).iter().map(|p| p.0).collect();
         assert_eq!(ids, sorted[..k.min(sorted.len())], "top-k {k}");
