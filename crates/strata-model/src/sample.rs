@@ -128,7 +128,7 @@ fn by_logit(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
 
 /// The `k` (at least 1) first non-NaN `(id, logit)` pairs of `logits` in [`by_logit`]'s order,
 /// in no particular order: the same set as sorting the whole vocabulary and truncating, in one
-/// pass that keeps at most 2k pairs. Whenever 2k are kept they are cut to their k first, and
+/// pass that keeps at most 2k pairs. Whenever more are kept they are cut to their k first, and
 /// the k-th's logit becomes a floor: a later logit must be above it (in the total order) to
 /// enter, since one equal to it has a higher id and so comes after it. Per token this compares
 /// each logit with the floor, where collecting the whole vocabulary as pairs and selecting
