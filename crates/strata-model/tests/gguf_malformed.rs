@@ -50,11 +50,17 @@ unsafe impl GlobalAlloc for Tracking {
 #[global_allocator]
 static ALLOCATOR: Tracking = Tracking;
 
+/// Runs `f` and returns its result and the largest single allocation this thread made
+/// meanwhile (allocations on other threads are not seen).
+pub(crate) fn largest_alloc_during<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    LARGEST.with(|l| l.set(0));
+    let r = f();
+    (r, LARGEST.with(Cell::get))
+}
+
 /// Parses `bytes` and returns the error and the largest allocation made meanwhile.
 fn parse_err_and_largest_alloc(bytes: Vec<u8>) -> (GgufError, usize) {
-    LARGEST.with(|l| l.set(0));
-    let result = GgufFile::from_bytes(bytes);
-    let largest = LARGEST.with(Cell::get);
+    let (result, largest) = largest_alloc_during(|| GgufFile::from_bytes(bytes));
     match result {
         Ok(f) => panic!("expected an error, parsed {f:?}"),
         Err(e) => (e, largest),

@@ -11,6 +11,9 @@
 //! - `engine`: the Engine against the session it wraps, its CPU path, its refusals;
 //! - `f64_oracle`: the exact CPU path against a float64 forward pass of the default model;
 //! - `gguf`: GGUF round trips, the default model, the ggml type table, inspect;
+//! - `model_malformed`: every metadata key of six architectures' tiny models set to hostile
+//!   values, each file loaded, tokenized and run: an error or finite logits, never a panic or a
+//!   huge allocation;
 //! - `moe`: qwen3moe and Mixtral models derived from the default model: identical experts give
 //!   the dense model, routing spreads tokens, the split forward API, whole-layer placements,
 //!   mixed expert types, a NaN router, malformed expert metadata and shapes;
@@ -45,6 +48,7 @@ mod gguf;
 mod gguf_malformed;
 mod gpu;
 mod hybrid;
+mod model_malformed;
 mod moe;
 mod offload;
 mod offload_moe;
