@@ -9,7 +9,7 @@ non-zero if any fails and prints a summary line `serve tests: N passed, M failed
 Cases: completion, chat, streaming (both, ending in [DONE]), stop strings, seeds, usage
 counts, the API key (401), malformed JSON / wrong-typed fields / n > 1 (400), a prompt longer
 than the context (400 naming the limit), a body over the limit (413), max_tokens over the cap
-(400), a full queue (429 with Retry-After), concurrency (N parallel greedy clients get exactly
+(400), 300 seeded random bodies (200 or 4xx, never 5xx), a full queue (429 with Retry-After), concurrency (N parallel greedy clients get exactly
 the tokens they get alone), cancelling mid-stream frees KV blocks (/metrics), and Ctrl-C
 drains a request in flight.
 """
@@ -17,6 +17,7 @@ drains a request in flight.
 import concurrent.futures
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -247,6 +248,49 @@ def case_bad_requests(s):
         raise AssertionError("a negative temperature was accepted")
     except openai.BadRequestError as e:
         expect_status(e, 400, "temperature")
+
+
+def case_random_bodies(s):
+    # 300 requests (seeded): a valid body with one to three fields set to a value of another type
+    # or out of range, dropped, or unknown fields added, and one in ten with random bytes written
+    # over its JSON text. Each must be answered 200 or 4xx, never 5xx or a dropped connection.
+    rnd = random.Random(11)
+    odd = [None, True, False, 0, -1, 1, 2**31, 2**63, -(2**63), 2**64, 1e308, -1e308, 1.5, -0.0, "", "x", "\u0000",
+           "\U0001F600" * 3, [], [1], {}, {"a": 1}, [[[]]], "NaN", "Infinity", 1e-320]
+    fields = ["model", "prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "seed", "stream",
+              "stop", "n", "ignore_eos", "logprobs", "echo", "presence_penalty", "frequency_penalty", "min_p",
+              "user", "stream_options", "tools", "response_format", "logit_bias", "max_completion_tokens"]
+    seen = {}
+    for i in range(300):
+        chat = rnd.random() < 0.5
+        path = "/v1/chat/completions" if chat else "/v1/completions"
+        body = {"model": "m", "max_tokens": 3, "temperature": 0}
+        body.update({"messages": [{"role": "user", "content": "Hi"}]} if chat else {"prompt": "Hello"})
+        if rnd.random() < 0.1:
+            raw = bytearray(json.dumps(body).encode())
+            for _ in range(rnd.randint(1, 4)):
+                raw[rnd.randrange(len(raw))] = rnd.randrange(256)
+            body = bytes(raw)
+        else:
+            for _ in range(rnd.randint(1, 3)):
+                key = rnd.choice(fields)
+                if rnd.random() < 0.15:
+                    body.pop(key, None)
+                elif key == "messages" and rnd.random() < 0.5:
+                    roles = ["user", "system", "assistant", "tool", "", None, 1]
+                    body[key] = [{"role": rnd.choice(roles), "content": rnd.choice(odd)} for _ in range(rnd.randint(0, 3))]
+                else:
+                    body[key] = rnd.choice(odd)
+            if isinstance(body.get("max_tokens"), int) and body["max_tokens"] > 8:
+                body["max_tokens"] = 8
+        try:
+            status, text, _ = s.post(path, body)
+        except OSError as e:
+            raise AssertionError(f"request {i} to {path} dropped ({e}): {body!r}") from e
+        assert status == 200 or 400 <= status < 500, f"request {i} to {path}: {status} {text[:200]} for {body!r}"
+        seen[status] = seen.get(status, 0) + 1
+    assert s.get("/health")[0] == 200, "the server stopped answering"
+    print(f"     random bodies: {dict(sorted(seen.items()))}")
 
 
 def case_context_limit(s):
