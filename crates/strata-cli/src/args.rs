@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     about = "Run llama, mistral, qwen2, qwen3 and gemma3 language models on the CPU or a GPU, streaming the layers \
              that do not fit",
     long_about = "Run llama, mistral, qwen2, qwen3 and gemma3 language models (GGUF files, or Hugging Face \
-                  safetensors checkpoints of all but gemma3) on the CPU or a CUDA GPU.\n\n\
+                  safetensors checkpoints) on the CPU or a CUDA GPU.\n\n\
                   Without --model, commands use the default model models/SmolLM2-135M-Instruct.Q4_1.gguf \
                   (fetch it with scripts/fetch-model.sh)."
 )]

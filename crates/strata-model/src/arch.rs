@@ -151,6 +151,14 @@ impl Role {
         self.dims(&one).len() == 1
     }
 
+    /// An RMSNorm weight (a block's norms and the per-head Q/K norms).
+    pub fn is_norm(self) -> bool {
+        matches!(
+            self,
+            Role::AttnNorm | Role::FfnNorm | Role::PostAttnNorm | Role::PostFfnNorm | Role::QNorm | Role::KNorm
+        )
+    }
+
     /// One of the 3-D expert tensors (the layer's *expert part*; everything else, router
     /// included, is its attention part, a prefix of the group order).
     pub fn is_expert(self) -> bool {

@@ -133,7 +133,7 @@ impl Model {
         match self.source {
             ModelSource::Gguf(_) => format!("blk.{layer}.{}", role.gguf_suffix()),
             ModelSource::Safetensors(_) => {
-                format!("model.layers.{layer}.{}", safetensors::hf_layer_tensor(role))
+                format!("model.layers.{layer}.{}", safetensors::hf_layer_tensor(&self.config.arch, role))
             }
         }
     }

@@ -1,4 +1,5 @@
-//! Hugging Face checkpoints of llama, mistral, qwen2 and qwen3 models: a directory with
+//! Hugging Face checkpoints of llama, mistral, qwen2, qwen3 and (text-only) gemma3 models: a
+//! directory with
 //! `config.json`, the weights in
 //! safetensors (f32, f16 or bf16; one `model.safetensors` or shards listed by
 //! `model.safetensors.index.json`) and `tokenizer.json` (with `tokenizer_config.json` and a
@@ -9,7 +10,9 @@
 //! *not* permuted to GGUF's adjacent-pair RoPE order (llama.cpp's converter does that for
 //! llama and mistral only): the config says [`strata_tensor::RopeLayout::HalfSplit`] and the
 //! rope op rotates the two halves instead. qwen2's Q/K/V biases and qwen3's per-head Q/K norms
-//! are read by their HF names (`self_attn.q_proj.bias`, `self_attn.q_norm.weight`, …).
+//! are read by their HF names (`self_attn.q_proj.bias`, `self_attn.q_norm.weight`, …); gemma3's
+//! four norms per block by theirs (`pre_feedforward_layernorm`, …), each norm weight plus 1
+//! (its checkpoints store `w - 1`).
 //! The tokenizer is described as GGUF metadata ([`tokenizer_metadata`]) so one tokenizer and
 //! chat template implementation serves both formats.
 //!

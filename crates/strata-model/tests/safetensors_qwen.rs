@@ -1,12 +1,16 @@
-//! qwen2 and qwen3 from Hugging Face safetensors + `config.json`, held to the same weights in
-//! GGUF form. The default model's first layers are derived as qwen2 (Q/K/V biases) and qwen3
-//! (per-head Q/K norms, `head_dim`) GGUF files by `strata_model::derive` (what `strata synth
-//! --derive` writes), then written as HF checkpoints: every weight dequantized to f32 (exact:
-//! each value of a q4_1/q8_0 block is an f32), HF names, `[out, in]` shapes, and the Q/K rows
-//! as they are, since llama.cpp's converter leaves qwen2/qwen3 rows in HF's half-split order
-//! (it permutes llama's only). The checkpoint must give the GGUF model's logits:
+//! qwen2, qwen3 and gemma3 from Hugging Face safetensors + `config.json`, held to the same
+//! weights in GGUF form. The default model's first layers are derived as qwen2 (Q/K/V biases),
+//! qwen3 (per-head Q/K norms, `head_dim`) and gemma3 (four norms per block, sliding windows,
+//! GELU, scaled embeddings) GGUF files by `strata_model::derive` (what `strata synth --derive`
+//! writes), then written as HF checkpoints: every weight dequantized to f32 (exact: each value
+//! of a q4_1/q8_0 block is an f32), HF names, `[out, in]` shapes, and the Q/K rows as they are,
+//! since llama.cpp's converter leaves qwen2/qwen3/gemma3 rows in HF's half-split order (it
+//! permutes llama's only). Gemma's norms are stored as `w - 1` (its RMSNorm multiplies by
+//! `1 + w`; llama.cpp's converter adds the 1 back). The checkpoint must give the GGUF model's
+//! logits:
 //! - bit for bit against the same f32 values in a GGUF file (the same arithmetic: nothing
-//!   differs but the container and the names);
+//!   differs but the container and the names; for gemma3 that file's norms are `(w - 1) + 1`
+//!   in f32, what the loader computes from the checkpoint);
 //! - within [`QUANT_ORDER`] against the quantized GGUF itself (the exact CPU path multiplies the
 //!   same dequantized values, summed in another order).
 
@@ -46,8 +50,8 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// The HF name of a GGUF tensor name, as transformers' Qwen2/Qwen3 modules name them.
-fn hf_name(gguf: &str) -> String {
+/// The HF name of a GGUF tensor name, as transformers' Qwen2/Qwen3/Gemma3 modules name them.
+fn hf_name(gguf: &str, arch: &str) -> String {
     let top = [
         ("token_embd.weight", "model.embed_tokens.weight"),
         ("output_norm.weight", "model.norm.weight"),
@@ -58,6 +62,9 @@ fn hf_name(gguf: &str) -> String {
     }
     let (l, suffix) = gguf.strip_prefix("blk.").and_then(|r| r.split_once('.')).expect("a layer tensor");
     let hf = match suffix {
+        "post_attention_norm.weight" if arch == "gemma3" => "post_attention_layernorm.weight",
+        "ffn_norm.weight" if arch == "gemma3" => "pre_feedforward_layernorm.weight",
+        "post_ffw_norm.weight" if arch == "gemma3" => "post_feedforward_layernorm.weight",
         "attn_norm.weight" => "input_layernorm.weight",
         "attn_q.weight" => "self_attn.q_proj.weight",
         "attn_q.bias" => "self_attn.q_proj.bias",
@@ -77,14 +84,33 @@ fn hf_name(gguf: &str) -> String {
     format!("model.layers.{l}.{hf}")
 }
 
-/// `file` with every tensor stored as f32 (the same values).
-fn as_f32_gguf(file: &GgufFile) -> GgufFile {
+/// What a gemma3 checkpoint stores for the norm weights `w` (`w - 1`), and what the loader
+/// gets back from that (`(w - 1) + 1` in f32, not always `w`); other architectures store `w`.
+fn hf_norm(arch: &str, w: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    if arch != "gemma3" {
+        return (w.to_vec(), w.to_vec());
+    }
+    let stored: Vec<f32> = w.iter().map(|v| v - 1.0).collect();
+    let loaded = stored.iter().map(|v| v + 1.0).collect();
+    (stored, loaded)
+}
+
+/// `file` with every tensor stored as f32 (the same values; norms as the loader gets them from
+/// the checkpoint, see [`hf_norm`]).
+fn as_f32_gguf(file: &GgufFile, arch: &str) -> GgufFile {
     let mut w = GgufWriter::new();
     *w.metadata_mut() = file.metadata().clone();
     for t in file.tensors() {
         w.add_tensor(&t.name, GgmlType::F32, &t.dims).expect("tensor");
     }
-    let bytes = w.to_bytes(|i, buf| buf.copy_from_slice(&f32_bytes(&values(file, &file.tensors()[i])))).expect("write");
+    let bytes = w
+        .to_bytes(|i, buf| {
+            let t = &file.tensors()[i];
+            let v = values(file, t);
+            let v = if t.name.ends_with("norm.weight") { hf_norm(arch, &v).1 } else { v };
+            buf.copy_from_slice(&f32_bytes(&v))
+        })
+        .expect("write");
     GgufFile::from_bytes(bytes).expect("parse")
 }
 
@@ -121,6 +147,32 @@ fn hf_config(md: &Metadata, arch: &str) -> Value {
         o.insert("head_dim".into(), json!(u("attention.key_length")));
         o.insert("attention_bias".into(), json!(false));
     }
+    if arch == "gemma3" {
+        // Gemma3TextConfig's keys (transformers): the window and its layers, the local RoPE
+        // base, the score scale, the GELU name; no hidden_act or use_sliding_window.
+        let layers = u("block_count") as usize;
+        let types: Vec<&str> =
+            (0..layers).map(|l| if l % 6 < 5 { "sliding_attention" } else { "full_attention" }).collect();
+        let o = c.as_object_mut().expect("object");
+        for k in ["hidden_act", "use_sliding_window", "max_window_layers"] {
+            o.remove(k);
+        }
+        for (k, v) in [
+            ("architectures", json!(["Gemma3ForCausalLM"])),
+            ("model_type", json!("gemma3_text")),
+            ("head_dim", json!(u("attention.key_length"))),
+            ("query_pre_attn_scalar", json!(u("attention.key_length"))),
+            ("sliding_window", json!(u("attention.sliding_window"))),
+            ("layer_types", json!(types)),
+            ("rope_local_base_freq", json!(10000.0)),
+            ("hidden_activation", json!("gelu_pytorch_tanh")),
+            ("final_logit_softcapping", Value::Null),
+            ("attn_logit_softcapping", Value::Null),
+            ("attention_bias", json!(false)),
+        ] {
+            o.insert(k.into(), v);
+        }
+    }
     c
 }
 
@@ -128,7 +180,10 @@ fn hf_config(md: &Metadata, arch: &str) -> Value {
 fn write_checkpoint(file: &GgufFile, model: &Model) -> TempDir {
     let arch = model.config.arch.as_str();
     let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("config.json"), hf_config(file.metadata(), arch).to_string()).expect("config");
+    let mut config = hf_config(file.metadata(), arch);
+    // The derived gemma3 has an output head of its own (its embedding is rescaled by 1/√n_embd).
+    config["tie_word_embeddings"] = json!(file.tensor("output.weight").is_none());
+    std::fs::write(dir.path().join("config.json"), config.to_string()).expect("config");
     // SmolLM2's pre-tokenizer (llama.cpp's `smollm`), so the tokenizers can be compared too.
     let pre = json!({"type": "Sequence", "pretokenizers": [
         {"type": "Digits", "individual_digits": true},
@@ -137,11 +192,15 @@ fn write_checkpoint(file: &GgufFile, model: &Model) -> TempDir {
     let tensors: Vec<St> = file
         .tensors()
         .iter()
-        .map(|t| St {
-            name: hf_name(&t.name),
-            dtype: "F32",
-            shape: t.dims.iter().rev().map(|&d| d as usize).collect(),
-            data: f32_bytes(&values(file, t)),
+        .map(|t| {
+            let v = values(file, t);
+            let v = if t.name.ends_with("norm.weight") { hf_norm(arch, &v).0 } else { v };
+            St {
+                name: hf_name(&t.name, arch),
+                dtype: "F32",
+                shape: t.dims.iter().rev().map(|&d| d as usize).collect(),
+                data: f32_bytes(&v),
+            }
         })
         .collect();
     write_safetensors(&dir.path().join("model.safetensors"), &tensors, false);
@@ -159,10 +218,13 @@ fn logits(model: &Arc<Model>) -> Vec<f32> {
 
 fn check(arch: DeriveArch) {
     let Some(src) = crate::support::default_model_layers(LAYERS) else { return };
-    let derived = GgufFile::from_bytes(derive_bytes(&src, &DeriveOptions::new(arch)).expect("derive")).expect("parse");
+    // A gemma3 window shorter than the prompt, so the windowed attention is in the logits.
+    let opts = DeriveOptions { window: 8, ..DeriveOptions::new(arch) };
+    let derived = GgufFile::from_bytes(derive_bytes(&src, &opts).expect("derive")).expect("parse");
     let quantized = Arc::new(Model::from_file(derived, Path::new("derived.gguf")).expect("the derived model loads"));
     let Some(derived) = quantized.source.gguf() else { panic!("a GGUF model") };
-    let f32_gguf = Arc::new(Model::from_file(as_f32_gguf(derived), Path::new("f32.gguf")).expect("f32 gguf loads"));
+    let f32_gguf = as_f32_gguf(derived, arch.name());
+    let f32_gguf = Arc::new(Model::from_file(f32_gguf, Path::new("f32.gguf")).expect("f32 gguf loads"));
     let dir = write_checkpoint(derived, &quantized);
     let hf = Arc::new(Model::load(dir.path()).expect("the HF checkpoint loads"));
 
@@ -200,6 +262,11 @@ fn safetensors_qwen3_checkpoint_gives_the_gguf_logits() {
     check(DeriveArch::Qwen3);
 }
 
+#[test]
+fn safetensors_gemma3_checkpoint_gives_the_gguf_logits() {
+    check(DeriveArch::Gemma3);
+}
+
 /// Qwen2/Qwen3's tokenizer.json pre-tokenizer (their split regex, then byte level) is named
 /// `qwen2`, llama.cpp's name for it (single digits, unlike Llama 3's runs of up to three).
 #[test]
@@ -217,4 +284,52 @@ fn safetensors_qwen2_pre_tokenizer_is_named() {
     std::fs::write(dir.path().join("tokenizer.json"), tj.to_string()).expect("write");
     let md = strata_model::safetensors::tokenizer_metadata(dir.path(), &json!({"eos_token_id": 3}), 4).expect("md");
     assert_eq!(md.str("tokenizer.ggml.pre").expect("pre"), "qwen2");
+}
+
+/// A Gemma 3 config.json whose layout of windowed layers, windowed RoPE base, activation or
+/// soft-capping strata does not run is refused naming the key; the text-only config as
+/// transformers writes it gives Gemma 3's hyperparameters.
+#[test]
+fn safetensors_gemma3_config_is_read_or_refused_by_key() {
+    use strata_model::config::LlamaConfig;
+    let types: Vec<&str> = (0..8).map(|l| if l % 6 < 5 { "sliding_attention" } else { "full_attention" }).collect();
+    let base = json!({
+        "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
+        "hidden_size": 640, "intermediate_size": 2048, "num_hidden_layers": 8, "num_attention_heads": 4,
+        "num_key_value_heads": 1, "head_dim": 256, "query_pre_attn_scalar": 256, "vocab_size": 262144,
+        "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+        "rope_local_base_freq": 10000.0, "sliding_window": 512, "layer_types": types,
+        "hidden_activation": "gelu_pytorch_tanh", "final_logit_softcapping": null,
+        "attn_logit_softcapping": null, "rope_scaling": null
+    });
+    let c = LlamaConfig::from_hf_config(&base).expect("Gemma 3 270M's config");
+    assert_eq!((c.arch.as_str(), c.sliding_window, c.tied_output), ("gemma3", Some(512), true));
+    assert_eq!((c.layer_window(4), c.layer_window(5)), (Some(512), None), "every sixth layer global");
+    assert_eq!((c.layer_rope_base(0), c.layer_rope_base(5)), (10000.0, 1000000.0));
+    assert_eq!((c.attn_scale, c.embed_scale), (1.0 / 16.0, Some(640f32.sqrt())));
+    assert_eq!(c.n_ctx_train, 32768, "the window is per layer, not a bound on the context");
+
+    let mut swapped = types.clone();
+    swapped.swap(0, 5);
+    for (key, value) in [
+        ("layer_types", json!(swapped)),
+        ("layer_types", json!(["sliding_attention"])),
+        ("sliding_window_pattern", json!(4)),
+        ("rope_local_base_freq", json!(20000.0)),
+        ("hidden_activation", json!("gelu")),
+        ("final_logit_softcapping", json!(30.0)),
+        ("attn_logit_softcapping", json!(50.0)),
+        ("sliding_window", json!(0)),
+        ("use_bidirectional_attention", json!(true)),
+    ] {
+        let mut cfg = base.clone();
+        cfg[key] = value.clone();
+        let e = LlamaConfig::from_hf_config(&cfg).expect_err(&format!("{key} = {value} must be refused")).to_string();
+        println!("{key} = {value}: {e}");
+        assert!(e.contains(key), "{key} = {value}: the error must name the key: {e}");
+    }
+    let mut multimodal = base.clone();
+    multimodal["model_type"] = json!("gemma3");
+    let e = LlamaConfig::from_hf_config(&multimodal).expect_err("the multimodal config").to_string();
+    assert!(e.contains("gemma3_text"), "{e}");
 }

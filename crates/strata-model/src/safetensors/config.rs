@@ -23,11 +23,14 @@ const HF_ARCHITECTURES: &[(&str, &str)] = &[
     ("MistralForCausalLM", "mistral"),
     ("Qwen2ForCausalLM", "qwen2"),
     ("Qwen3ForCausalLM", "qwen3"),
+    ("Gemma3ForCausalLM", "gemma3"),
 ];
 
-/// The `model_type`s strata reads from safetensors (gemma3 is GGUF-only: its HF norms store
-/// `w - 1`, and its checkpoints name four norms per block differently).
-pub(crate) const HF_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
+/// The `model_type`s strata reads from safetensors, with the architecture each is. Gemma 3's
+/// text-only checkpoints (270M, 1B) say `gemma3_text`; the multimodal ones (`gemma3`, the text
+/// model under `text_config` beside a vision tower) are not read.
+const HF_MODEL_TYPES: &[(&str, &str)] =
+    &[("llama", "llama"), ("mistral", "mistral"), ("qwen2", "qwen2"), ("qwen3", "qwen3"), ("gemma3_text", "gemma3")];
 
 /// A `config.json` object with key-naming getters.
 struct HfConfig<'a>(&'a Map<String, Value>);
@@ -83,13 +86,17 @@ fn architecture(c: &HfConfig) -> Result<String> {
         Some(v) => return Err(HfConfig::bad("architectures", v, "a list of class names")),
     };
     let from_archs = archs.iter().find_map(|a| HF_ARCHITECTURES.iter().find(|(hf, _)| hf == a).map(|(_, s)| *s));
-    match (c.opt_str("model_type")?, from_archs) {
-        (Some(t), _) if HF_MODEL_TYPES.contains(&t) => Ok(t.to_string()),
-        (None, Some(a)) => Ok(a.to_string()),
-        (found, _) => Err(Error::model(format!(
+    let model_type = c.opt_str("model_type")?;
+    match (
+        model_type.and_then(|t| HF_MODEL_TYPES.iter().find(|(hf, _)| *hf == t)).map(|(_, a)| *a),
+        model_type,
+        from_archs,
+    ) {
+        (Some(arch), _, _) | (None, None, Some(arch)) => Ok(arch.to_string()),
+        (None, found, _) => Err(Error::model(format!(
             "config.json model_type {found:?} (architectures {archs:?}) is not supported from safetensors; strata \
              reads: {}",
-            HF_MODEL_TYPES.join(", ")
+            HF_MODEL_TYPES.iter().map(|(hf, _)| *hf).collect::<Vec<_>>().join(", ")
         ))),
     }
 }
@@ -145,10 +152,26 @@ fn reject_unsupported(c: &HfConfig, arch: &str, spec: &crate::arch::ArchSpec) ->
     if c.opt_bool("mlp_bias")? == Some(true) {
         return Err(Error::model("config.json mlp_bias = true: biased MLP projections are not supported"));
     }
-    if let Some(act) = c.opt_str("hidden_act")?
-        && act != "silu"
+    // Gemma's configs name the FFN activation `hidden_activation` (transformers' Gemma 3 reads
+    // only that one); the others `hidden_act`.
+    let (key, expected) = match spec.activation {
+        crate::arch::Activation::Silu => ("hidden_act", "silu"),
+        crate::arch::Activation::GeluTanh => ("hidden_activation", "gelu_pytorch_tanh"),
+    };
+    if let Some(act) = c.opt_str(key)?
+        && act != expected
     {
-        return Err(Error::model(format!("config.json hidden_act = {act:?} is not supported ({arch} uses \"silu\")")));
+        return Err(Error::model(format!("config.json {key} = {act:?} is not supported ({arch} uses {expected:?})")));
+    }
+    if c.opt_bool("use_bidirectional_attention")? == Some(true) {
+        return Err(Error::model(
+            "config.json use_bidirectional_attention = true (an embedding model): strata runs causal attention only",
+        ));
+    }
+    for key in ["final_logit_softcapping", "attn_logit_softcapping"] {
+        if let Some(v) = c.get(key) {
+            return Err(Error::model(format!("config.json {key} = {v} is not supported (no soft-capping op yet)")));
+        }
     }
     if let Some(f) = c.get("partial_rotary_factor").and_then(Value::as_f64)
         && f != 1.0
@@ -158,9 +181,49 @@ fn reject_unsupported(c: &HfConfig, arch: &str, spec: &crate::arch::ArchSpec) ->
     Ok(())
 }
 
+/// Gemma 3's sliding window (`sliding_window`), after checking that the config's layout of
+/// windowed and global layers and the windowed layers' RoPE base are the ones the architecture
+/// runs (every `spec.swa_pattern`-th layer global, the rest windowed with base
+/// `spec.swa_rope_base`): `sliding_window_pattern` in older configs, `layer_types` in newer.
+fn gemma_windows(c: &HfConfig, spec: &crate::arch::ArchSpec, n_layers: usize) -> Result<usize> {
+    let window = c.count("sliding_window", MAX_CONTEXT)?;
+    let p = spec.swa_pattern;
+    if let Some(v) = c.get("sliding_window_pattern")
+        && v.as_u64() != Some(p as u64)
+    {
+        return Err(Error::model(format!(
+            "config.json sliding_window_pattern = {v} is not supported ({} uses {p}: every {p}th layer global)",
+            spec.name
+        )));
+    }
+    if let Some(v) = c.get("layer_types") {
+        let types = v.as_array().filter(|a| a.len() == n_layers).ok_or_else(|| {
+            HfConfig::bad("layer_types", v, &format!("a list of {n_layers} layer types (num_hidden_layers)"))
+        })?;
+        for (l, t) in types.iter().enumerate() {
+            let want = if l % p < p - 1 { "sliding_attention" } else { "full_attention" };
+            if t.as_str() != Some(want) {
+                return Err(Error::model(format!(
+                    "config.json layer_types[{l}] = {t} is not supported ({} runs {want:?} there: every {p}th layer \
+                     global, the rest windowed)",
+                    spec.name
+                )));
+            }
+        }
+    }
+    let local = c.positive("rope_local_base_freq", f64::from(spec.swa_rope_base))?;
+    if local != spec.swa_rope_base {
+        return Err(Error::model(format!(
+            "config.json rope_local_base_freq = {local} is not supported ({} windowed layers use {})",
+            spec.name, spec.swa_rope_base
+        )));
+    }
+    Ok(window)
+}
+
 impl LlamaConfig {
     /// Reads and checks the hyperparameters of a Hugging Face `config.json` of a llama, mistral,
-    /// qwen2 or qwen3 model. `tied_output` comes from `tie_word_embeddings` (default false, as in
+    /// qwen2, qwen3 or (text-only) gemma3 model. `tied_output` comes from `tie_word_embeddings` (default false, as in
     /// transformers); the head size from `head_dim` when present (qwen3's differs from
     /// hidden / heads). The RoPE layout is [`RopeLayout::HalfSplit`] (see the module doc).
     ///
@@ -201,17 +264,28 @@ impl LlamaConfig {
             return Err(Error::model(format!("the head size {head_dim} is odd; RoPE needs an even head size")));
         }
         let mut n_ctx_train = c.opt_count("max_position_embeddings", MAX_CONTEXT)?.unwrap_or(2048);
-        // strata attends to the whole cache: past a sliding window the results would differ
-        // from the reference, so the window bounds the context this model offers. Qwen configs
-        // carry a `sliding_window` that applies only with `use_sliding_window` (false in the
-        // released models).
-        if c.opt_bool("use_sliding_window")? != Some(false)
-            && let Some(w) = c.opt_count("sliding_window", MAX_CONTEXT)?
-            && w < n_ctx_train
-        {
-            log::info!("config.json sliding_window = {w}: using it as the training context");
-            n_ctx_train = w;
-        }
+        let sliding_window = if spec.swa_pattern > 0 {
+            // Gemma 3: the window on most layers, as in GGUF files of the architecture.
+            Some(gemma_windows(&c, spec, n_layers)?)
+        } else {
+            // strata attends to the whole cache on these architectures: past a sliding window the
+            // results would differ from the reference, so the window bounds the context this
+            // model offers. Qwen configs carry a `sliding_window` that applies only with
+            // `use_sliding_window` (false in the released models).
+            if c.opt_bool("use_sliding_window")? != Some(false)
+                && let Some(w) = c.opt_count("sliding_window", MAX_CONTEXT)?
+                && w < n_ctx_train
+            {
+                log::info!("config.json sliding_window = {w}: using it as the training context");
+                n_ctx_train = w;
+            }
+            None
+        };
+        // Gemma scales the scores by query_pre_attn_scalar^-1/2 (the head size in most sizes).
+        let attn_scale = match c.get("query_pre_attn_scalar") {
+            Some(_) => 1.0 / c.positive("query_pre_attn_scalar", 1.0)?.sqrt(),
+            None => 1.0 / (head_dim as f32).sqrt(),
+        };
         let rope_freq_base = c.positive("rope_theta", 10000.0)?;
         let (rope_freq_scale, rope_freq_factors) = rope_scaling(&c, rope_freq_base, head_dim)?;
         Ok(LlamaConfig {
@@ -220,9 +294,9 @@ impl LlamaConfig {
             layer_roles: crate::config::layer_roles(spec, false, |_| false),
             q_dim,
             activation: spec.activation,
-            embed_scale: None,
-            attn_scale: 1.0 / (head_dim as f32).sqrt(),
-            sliding_window: None,
+            embed_scale: spec.embed_scale.then(|| (n_embd as f32).sqrt()),
+            attn_scale,
+            sliding_window,
             n_layers,
             n_embd,
             n_ff,
@@ -241,7 +315,8 @@ impl LlamaConfig {
             n_rot: head_dim,
             rope_layout: RopeLayout::HalfSplit,
             rms_eps: c.positive("rms_norm_eps", 1e-6)?,
-            tied_output: c.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+            // transformers' default: tied for Gemma, untied for the others.
+            tied_output: c.opt_bool("tie_word_embeddings")?.unwrap_or(spec.embed_scale),
         })
     }
 }

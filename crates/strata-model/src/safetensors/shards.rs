@@ -38,8 +38,18 @@ pub const SINGLE_FILE: &str = "model.safetensors";
 /// Name of a sharded checkpoint's index.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
-/// The HF name (after `model.layers.N.`) of a layer tensor.
-pub(crate) fn hf_layer_tensor(r: Role) -> &'static str {
+/// The HF name (after `model.layers.N.`) of a layer tensor of architecture `arch`.
+pub(crate) fn hf_layer_tensor(arch: &str, r: Role) -> &'static str {
+    // Gemma 3 names its four norms per block after where they sit (transformers'
+    // Gemma3DecoderLayer); llama and qwen call their pre-FFN norm post_attention_layernorm.
+    if arch == "gemma3" {
+        match r {
+            Role::PostAttnNorm => return "post_attention_layernorm.weight",
+            Role::FfnNorm => return "pre_feedforward_layernorm.weight",
+            Role::PostFfnNorm => return "post_feedforward_layernorm.weight",
+            _ => {}
+        }
+    }
     match r {
         Role::AttnNorm => "input_layernorm.weight",
         Role::Q => "self_attn.q_proj.weight",
@@ -52,8 +62,7 @@ pub(crate) fn hf_layer_tensor(r: Role) -> &'static str {
         Role::KNorm => "self_attn.k_norm.weight",
         Role::O => "self_attn.o_proj.weight",
         Role::PostAttnNorm => "post_attention_layernorm.weight",
-        // In HF llama/qwen checkpoints the pre-FFN norm is called post_attention_layernorm;
-        // gemma3 names its four norms differently (not read from safetensors yet).
+        // In HF llama/qwen checkpoints the pre-FFN norm is called post_attention_layernorm.
         Role::FfnNorm => "post_attention_layernorm.weight",
         Role::Gate => "mlp.gate_proj.weight",
         Role::Up => "mlp.up_proj.weight",
@@ -66,6 +75,14 @@ pub(crate) fn hf_layer_tensor(r: Role) -> &'static str {
         Role::UpExps => "mlp.experts.up_proj.weight",
         Role::DownExps => "mlp.experts.down_proj.weight",
     }
+}
+
+/// What an architecture's HF checkpoints add to each RMSNorm weight to get the weight strata
+/// (and GGUF) multiply by: Gemma 3's RMSNorm computes `x̂ · (1 + w)`, so its checkpoints store
+/// `w - 1` for every norm (the four per block, the per-head Q/K norms and the final one), and
+/// llama.cpp's converter adds 1 to each `*norm.weight`; the others store the weight itself.
+pub(crate) fn hf_norm_shift(arch: &str) -> f32 {
+    if arch == "gemma3" { 1.0 } else { 0.0 }
 }
 
 /// One validated safetensors file.
@@ -243,16 +260,18 @@ impl Shards {
         Ok(Tensor::from_bytes(dtype, shape, bytes)?)
     }
 
-    /// A norm vector as f32 (the kernels take f32 norm weights).
-    fn norm(&self, name: &str, n: usize, why: &str) -> Result<Tensor> {
+    /// A norm vector as f32 (the kernels take f32 norm weights), `shift` added to each value
+    /// ([`hf_norm_shift`]).
+    fn norm(&self, name: &str, n: usize, shift: f32, why: &str) -> Result<Tensor> {
         let (shard, info) = self.find(name, &[n], why)?;
         let (_, bytes) = shard.data(info);
         let values: Vec<f32> = match Self::dtype(shard, name, info.dtype)? {
-            DType::F32 => return self.matrix(name, &[n], why),
+            DType::F32 if shift == 0.0 => return self.matrix(name, &[n], why),
+            DType::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             DType::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             _ => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         };
-        Ok(Tensor::from_f32(&[n], values)?)
+        Ok(Tensor::from_f32(&[n], values.into_iter().map(|v| v + shift).collect())?)
     }
 
     /// Every weight of the checkpoint with the shapes `cfg` implies.
@@ -266,22 +285,23 @@ impl Shards {
         let embedding = self.matrix("model.embed_tokens.weight", &[v, e], top)?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
         let dims = cfg.layer_dims();
+        let shift = hf_norm_shift(&cfg.arch);
         for l in 0..cfg.n_layers {
             let mut group = Vec::with_capacity(cfg.layer_roles.len());
             for &r in &cfg.layer_roles {
-                let name = format!("model.layers.{l}.{}", hf_layer_tensor(r));
+                let name = format!("model.layers.{l}.{}", hf_layer_tensor(&cfg.arch, r));
                 // HF shapes are [out, in]: the GGUF dims reversed.
                 let shape: Vec<usize> = r.dims(&dims).iter().rev().map(|&d| d as usize).collect();
                 let why = dims_source(cfg, r);
                 group.push(if r.is_vector() {
-                    self.norm(&name, shape[0], &why)?
+                    self.norm(&name, shape[0], if r.is_norm() { shift } else { 0.0 }, &why)?
                 } else {
                     self.matrix(&name, &shape, &why)?
                 });
             }
             layers.push(LayerWeights::from_group(group, &cfg.layer_roles)?);
         }
-        let norm = self.norm("model.norm.weight", e, " (from config.json hidden_size)")?;
+        let norm = self.norm("model.norm.weight", e, shift, " (from config.json hidden_size)")?;
         let output = if cfg.tied_output {
             self.matrix("model.embed_tokens.weight", &[v, e], top)?
         } else if self.by_name.contains_key("lm_head.weight") {
@@ -301,7 +321,8 @@ impl Shards {
             claimed.insert("lm_head.weight".into());
         }
         for l in 0..cfg.n_layers {
-            claimed.extend(cfg.layer_roles.iter().map(|&r| format!("model.layers.{l}.{}", hf_layer_tensor(r))));
+            claimed
+                .extend(cfg.layer_roles.iter().map(|&r| format!("model.layers.{l}.{}", hf_layer_tensor(&cfg.arch, r))));
         }
         let mut unclaimed: Vec<(&str, &str)> = self
             .shards
@@ -320,7 +341,7 @@ impl Shards {
         } else {
             let known: Vec<&str> = crate::arch::ARCHS
                 .iter()
-                .filter(|a| a.required.iter().chain(a.optional).any(|&r| name.ends_with(hf_layer_tensor(r))))
+                .filter(|a| a.required.iter().chain(a.optional).any(|&r| name.ends_with(hf_layer_tensor(a.name, r))))
                 .map(|a| a.name)
                 .collect();
             if known.is_empty() {
