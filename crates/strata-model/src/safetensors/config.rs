@@ -223,9 +223,10 @@ fn gemma_windows(c: &HfConfig, spec: &crate::arch::ArchSpec, n_layers: usize) ->
 
 impl LlamaConfig {
     /// Reads and checks the hyperparameters of a Hugging Face `config.json` of a llama, mistral,
-    /// qwen2, qwen3 or (text-only) gemma3 model. `tied_output` comes from `tie_word_embeddings` (default false, as in
-    /// transformers); the head size from `head_dim` when present (qwen3's differs from
-    /// hidden / heads). The RoPE layout is [`RopeLayout::HalfSplit`] (see the module doc).
+    /// qwen2, qwen3 or (text-only) gemma3 model. `tied_output` comes from `tie_word_embeddings`
+    /// (by default true for gemma3 and false for the others, as in transformers); the head size
+    /// from `head_dim` when present (qwen3's and gemma3's differ from hidden / heads). The RoPE
+    /// layout is [`RopeLayout::HalfSplit`] (see the module doc).
     ///
     /// # Errors
     /// [`Error::Model`] naming the key at fault.
@@ -286,6 +287,7 @@ impl LlamaConfig {
             Some(_) => 1.0 / c.positive("query_pre_attn_scalar", 1.0)?.sqrt(),
             None => 1.0 / (head_dim as f32).sqrt(),
         };
+        let tied_output = c.opt_bool("tie_word_embeddings")?.unwrap_or(arch == "gemma3");
         let rope_freq_base = c.positive("rope_theta", 10000.0)?;
         let (rope_freq_scale, rope_freq_factors) = rope_scaling(&c, rope_freq_base, head_dim)?;
         Ok(LlamaConfig {
@@ -315,8 +317,7 @@ impl LlamaConfig {
             n_rot: head_dim,
             rope_layout: RopeLayout::HalfSplit,
             rms_eps: c.positive("rms_norm_eps", 1e-6)?,
-            // transformers' default: tied for Gemma, untied for the others.
-            tied_output: c.opt_bool("tie_word_embeddings")?.unwrap_or(spec.embed_scale),
+            tied_output,
         })
     }
 }
