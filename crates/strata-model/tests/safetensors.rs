@@ -764,3 +764,107 @@ fn safetensors_sentencepiece_and_llama3_tokenizers_map_to_gguf_keys() {
     let e = tokenizer_metadata(dir.path(), &config, 5).expect_err("unigram is refused").to_string();
     expect_err("unigram tokenizer", &e, &["tokenizer.json", "Unigram"]);
 }
+
+/// Every key of a checkpoint's `config.json` and `tokenizer_config.json` (and optional keys the
+/// loader reads: `head_dim`, `rope_scaling`, `sliding_window`, `query_pre_attn_scalar`, ...) set
+/// in turn to values a broken or hostile file could hold: numbers out of every range, another
+/// JSON type, nested values. Each checkpoint loads with finite logits or is a named error: never
+/// a panic (the JSON twin of `model_malformed`'s GGUF metadata cases).
+#[test]
+fn safetensors_hostile_config_values_never_panic() {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    let p = preset(false);
+    let gguf = gguf_model(&p, DType::F32);
+    let dir = write_checkpoint(&gguf, &p, DType::F32, DType::F32, Files::Single { odd: false });
+    let read = |name: &str| -> serde_json::Map<String, Value> {
+        let text = std::fs::read_to_string(dir.path().join(name)).expect("read");
+        serde_json::from_str::<Value>(&text).expect("json").as_object().expect("object").clone()
+    };
+    let (config, tok_config) = (read("config.json"), read("tokenizer_config.json"));
+    let hostile = [
+        json!(0),
+        json!(1),
+        json!(3),
+        json!(-1),
+        json!(1u64 << 31),
+        json!(u64::MAX),
+        json!(i64::MIN),
+        json!(0.5),
+        json!(1e308),
+        json!(-1e308),
+        json!(1e-308),
+        Value::Null,
+        json!(""),
+        json!("x"),
+        json!(true),
+        json!([]),
+        json!([1, "a"]),
+        json!({}),
+        json!({"rope_type": "linear", "factor": 0}),
+        json!({"rope_type": "llama3", "factor": 1e308, "low_freq_factor": 1, "high_freq_factor": 1,
+               "original_max_position_embeddings": 0}),
+    ];
+    let extra = [
+        "head_dim",
+        "rope_scaling",
+        "sliding_window",
+        "use_sliding_window",
+        "query_pre_attn_scalar",
+        "layer_types",
+        "partial_rotary_factor",
+        "attention_bias",
+        "mlp_bias",
+        "model_type",
+        "architectures",
+    ];
+    let run = || -> String {
+        let model = match Model::load(dir.path()) {
+            Ok(m) => Arc::new(m),
+            Err(e) => return format!("load: {e}"),
+        };
+        let _ = model.tokenizer.encode("Hello <|im_start|> 12", Some(true), true);
+        let opts = SessionOptions { context: 32, ..SessionOptions::default() };
+        let mut s = match Session::new(model, None, &opts) {
+            Ok(s) => s,
+            Err(e) => return format!("session: {e}"),
+        };
+        for (step, ids, all) in [("prefill", &IDS[..4], true), ("decode", &IDS[4..5], false)] {
+            match s.forward(ids, all) {
+                Ok(l) if l.iter().all(|v| v.is_finite()) => {}
+                Ok(_) => return format!("NON-FINITE logits after the {step}"),
+                Err(e) => return format!("{step}: {e}"),
+            }
+        }
+        "ok".into()
+    };
+    let (mut cases, mut ran, mut failures) = (0, 0, Vec::new());
+    let files = [("config.json", &config), ("tokenizer_config.json", &tok_config)];
+    for (file, base) in files {
+        let keys: Vec<String> = base.keys().cloned().chain(extra.iter().map(|k| k.to_string())).collect();
+        for key in keys.iter().filter(|k| file == "config.json" || base.contains_key(*k)) {
+            for v in &hostile {
+                cases += 1;
+                let mut edited = base.clone();
+                edited.insert(key.clone(), v.clone());
+                std::fs::write(dir.path().join(file), Value::Object(edited).to_string()).expect("write");
+                match catch_unwind(AssertUnwindSafe(run)) {
+                    Err(e) => {
+                        let msg = e.downcast_ref::<String>().map(String::as_str).or(e.downcast_ref::<&str>().copied());
+                        failures.push(format!("{file} {key} = {v}: panicked: {msg:?}"));
+                    }
+                    Ok(o) if o.starts_with("NON-FINITE") => failures.push(format!("{file} {key} = {v}: {o}")),
+                    Ok(o) => {
+                        if std::env::var_os("STRATA_TEST_VERBOSE").is_some() {
+                            println!("{file} {key} = {v}: {o}");
+                        }
+                        ran += usize::from(o == "ok");
+                    }
+                }
+            }
+            std::fs::write(dir.path().join(file), Value::Object(base.clone()).to_string()).expect("restore");
+        }
+    }
+    println!("{cases} hostile config values: {ran} ran, the rest were refused");
+    assert!(cases > 400, "only {cases} cases");
+    assert!(failures.is_empty(), "{} of {cases} cases failed:\n{}", failures.len(), failures.join("\n"));
+}

@@ -58,15 +58,20 @@ impl HfConfig<'_> {
             .ok_or_else(|| Error::model(format!("config.json has no {key}; it is needed to run the model")))
     }
 
+    /// A positive number that is still positive and finite as an f32 (1e-308 is not: it
+    /// rounds to 0). The message shows the value as the file writes it.
     fn positive(&self, key: &str, default: f64) -> Result<f32> {
-        let v = match self.get(key) {
-            None => default,
-            Some(v) => v.as_f64().ok_or_else(|| Self::bad(key, v, "a number"))?,
+        let (v, shown) = match self.get(key) {
+            None => (default, default.to_string()),
+            Some(j) => (j.as_f64().ok_or_else(|| Self::bad(key, j, "a number"))?, j.to_string()),
         };
-        if !(v.is_finite() && v > 0.0 && v <= f32::MAX as f64) {
-            return Err(Error::model(format!("config.json {key} = {v} must be a positive number")));
+        let f = v as f32;
+        if !(f.is_finite() && f > 0.0) {
+            return Err(Error::model(format!(
+                "config.json {key} = {shown} must be a positive number within f32's range"
+            )));
         }
-        Ok(v as f32)
+        Ok(f)
     }
 
     fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
