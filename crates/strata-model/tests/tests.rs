@@ -29,8 +29,8 @@
 //!   allocator for this binary that records the largest allocation per thread (a pass-through
 //!   to `System`), to show that absurd header counts are rejected without allocating;
 //! - `safetensors`, `safetensors_qwen`: HF checkpoints (llama; qwen2/qwen3/gemma3 from the
-//!   default model) against the same weights in GGUF, Gemma 3 config keys read or refused, and
-//!   broken or unused-tensor checkpoints;
+//!   default model) against the same weights in GGUF, Gemma 3 config keys read or refused,
+//!   broken or unused-tensor checkpoints, and hostile config values (never a panic);
 //! - `sample`: the sampler's filters against an f64 reference distribution, seeds, greedy;
 //! - `speculative`: speculative decoding (lookup, draft model) equals plain greedy on the CPU and
 //!   the host device's plans, KV rollback, the sampled distribution (chi-square), bad drafters;
