@@ -109,10 +109,28 @@ fn opt_bounded(md: &Metadata, key: &str, max: u64) -> Result<Option<usize>> {
 
 fn positive_f32(md: &Metadata, key: &str, default: f64) -> Result<f32> {
     let v = md.opt_f64(key)?.unwrap_or(default);
-    if !(v.is_finite() && v > 0.0) {
-        return Err(Error::model(format!("metadata {key} = {v} must be a positive number")));
+    let f = v as f32;
+    if !(f.is_finite() && f > 0.0) {
+        return Err(Error::model(format!("metadata {key} = {v} must be a positive number within f32's range")));
     }
-    Ok(v as f32)
+    Ok(f)
+}
+
+/// Checks that RoPE with base `base`, frequency scale `scale` and `n_rot` rotated dimensions
+/// turns every pair by a finite angle at every position strata can run (up to
+/// [`MAX_CONTEXT`]): the fastest pair turns by `scale · max(1, base^(-(n_rot - 2) / n_rot))`
+/// per position, which a base far below 1 or a huge scale makes overflow f32, and every
+/// rotation, so every logit, NaN. `keys` names where the values came from.
+pub(crate) fn check_rope(keys: &str, base: f32, scale: f32, n_rot: usize) -> Result<()> {
+    let n = n_rot.max(2) as f64;
+    let fastest = f64::from(scale) * f64::from(base).powf(-(n - 2.0) / n).max(1.0);
+    if !(fastest.is_finite() && fastest * MAX_CONTEXT as f64 <= f64::from(f32::MAX)) {
+        return Err(Error::model(format!(
+            "{keys}: a RoPE base of {base:e} with a frequency scale of {scale:e} over {n_rot} dimensions turns by \
+             {fastest:e} radians per position, too fast for f32 angles"
+        )));
+    }
+    Ok(())
 }
 
 impl ModelConfig {
@@ -177,6 +195,12 @@ impl ModelConfig {
                 return Err(Error::model(format!("{} = {other:?} is not supported", k("rope.scaling.type"))));
             }
         };
+        check_rope(
+            &format!("metadata {} and {}", k("rope.freq_base"), k("rope.scaling.factor")),
+            rope_freq_base,
+            rope_freq_scale,
+            n_rot,
+        )?;
         let rope_freq_factors = rope_freq_factors(file, n_rot)?;
         let rms_eps = positive_f32(md, &k("attention.layer_norm_rms_epsilon"), 1e-5)?;
         let n_ctx_train = opt_bounded(md, &k("context_length"), MAX_CONTEXT)?.unwrap_or(4096);

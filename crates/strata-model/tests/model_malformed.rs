@@ -86,6 +86,10 @@ fn exercise(bytes: Vec<u8>) -> String {
         match s.forward(tokens, all) {
             Ok(l) if l.iter().all(|v| v.is_finite()) => {}
             Ok(_) => return format!("NON-FINITE logits after the {step}"),
+            // The session's own refusal of NaN/inf logits: the file loaded but cannot run.
+            Err(e) if e.to_string().contains("non-finite logits") => {
+                return format!("NON-FINITE logits after the {step}: {e}");
+            }
             Err(e) => return format!("{step}: {e}"),
         }
     }

@@ -118,10 +118,12 @@ fn rope_scaling(c: &HfConfig, base: f32, n_rot: usize) -> Result<(f32, Option<Ve
         Some(t) => Some(t),
         None => s.opt_str("type")?,
     };
+    // Positive, and so are the value and its inverse as f32: a factor of 1e-308 would make the
+    // frequency scale infinite and every rotation NaN.
     let positive = |key: &str| match s.get(key).and_then(Value::as_f64) {
-        Some(f) if f.is_finite() && f > 0.0 => Ok(f),
+        Some(f) if [f as f32, (1.0 / f) as f32].iter().all(|v| v.is_finite() && *v > 0.0) => Ok(f),
         _ => Err(Error::model(format!(
-            "config.json rope_scaling.{key} = {} must be a positive number",
+            "config.json rope_scaling.{key} = {} must be a positive number within f32's range",
             s.get(key).map_or("(missing)".to_string(), Value::to_string)
         ))),
     };
@@ -295,6 +297,12 @@ impl LlamaConfig {
         let tied_output = c.opt_bool("tie_word_embeddings")?.unwrap_or(arch == "gemma3");
         let rope_freq_base = c.positive("rope_theta", 10000.0)?;
         let (rope_freq_scale, rope_freq_factors) = rope_scaling(&c, rope_freq_base, head_dim)?;
+        crate::config::check_rope(
+            "config.json rope_theta and rope_scaling",
+            rope_freq_base,
+            rope_freq_scale,
+            head_dim,
+        )?;
         Ok(LlamaConfig {
             arch,
             spec,
