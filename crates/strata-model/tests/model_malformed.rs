@@ -11,11 +11,11 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
 
+use strata_model::Model;
 use strata_model::derive::{DeriveArch, DeriveOptions, derive_bytes};
 use strata_model::gguf::{GgufFile, Value};
 use strata_model::synth::{Preset, gguf_bytes};
 use strata_model::tokenizer::Tokenizer;
-use strata_model::{Model, Session, SessionOptions};
 use strata_tensor::DType;
 
 /// The tokenizer vocabularies and merge lists: large arrays whose entries the tokenizer tests
@@ -78,22 +78,7 @@ fn exercise(bytes: Vec<u8>) -> String {
         let _ = t.decode(&[0, 1, 2, u32::MAX]);
     }
     let _ = strata_model::chat::ChatTemplate::from_metadata(&md);
-    let mut s = match Session::new(model, None, &SessionOptions { context: 64, ..Default::default() }) {
-        Ok(s) => s,
-        Err(e) => return format!("session: {e}"),
-    };
-    for (step, tokens, all) in [("prefill", &[1u32, 2, 3][..], true), ("decode", &[4], false)] {
-        match s.forward(tokens, all) {
-            Ok(l) if l.iter().all(|v| v.is_finite()) => {}
-            Ok(_) => return format!("NON-FINITE logits after the {step}"),
-            // The session's own refusal of NaN/inf logits: the file loaded but cannot run.
-            Err(e) if e.to_string().contains("non-finite logits") => {
-                return format!("NON-FINITE logits after the {step}: {e}");
-            }
-            Err(e) => return format!("{step}: {e}"),
-        }
-    }
-    "ok".into()
+    crate::support::first_passes(model, &[1, 2, 3], 4)
 }
 
 #[test]

@@ -208,3 +208,26 @@ pub fn alone_in_scheduler(model: &Arc<Model>, o: &strata_model::batch::Scheduler
         })
         .collect()
 }
+
+/// What a model loaded from a hostile file does on its first passes: a session of 64
+/// positions, a prefill of `prompt` and one decoded `next`. "ok" when every logit is finite;
+/// "NON-FINITE ..." when a pass returns NaN/inf logits or the session refuses them (the file
+/// loaded but cannot run: the hostile-value tests count that as a failure); else the error.
+pub fn first_passes(model: Arc<Model>, prompt: &[u32], next: u32) -> String {
+    let opts = strata_model::SessionOptions { context: 64, ..Default::default() };
+    let mut s = match strata_model::Session::new(model, None, &opts) {
+        Ok(s) => s,
+        Err(e) => return format!("session: {e}"),
+    };
+    for (step, tokens, all) in [("prefill", prompt, true), ("decode", &[next][..], false)] {
+        match s.forward(tokens, all) {
+            Ok(l) if l.iter().all(|v| v.is_finite()) => {}
+            Ok(_) => return format!("NON-FINITE logits after the {step}"),
+            Err(e) if e.to_string().contains("non-finite logits") => {
+                return format!("NON-FINITE logits after the {step}: {e}");
+            }
+            Err(e) => return format!("{step}: {e}"),
+        }
+    }
+    "ok".into()
+}
